@@ -1,0 +1,243 @@
+"""Run configuration: TOML -> validated dataclasses, and back.
+
+A config has four sections. ``[data]``, ``[model]`` and ``[train]`` are dataclasses below;
+``[optim]`` is an optimizer spec (``name``, ``lr`` and that optimizer's other
+hyperparameters, see :mod:`pyrovae.optim`). Every error names the file, the key and what is
+allowed. ``--set section.key=value`` overrides any key (``model.prior.num_components=5``
+reaches into a part's options).
+"""
+
+import dataclasses
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+from .data import BINARIZE, DATASETS
+from .errors import ConfigError
+from .likelihoods import LIKELIHOODS
+from .nets import DECODERS, ENCODERS
+from .objectives import ESTIMATORS
+from .optim import OPTIMIZERS, check_optimizer
+from .priors import PRIORS
+from .registry import _type_name, check_type
+
+PartSpec = Union[str, Dict[str, Any]]
+
+
+@dataclass
+class DataConfig:
+    """``[data]``: which data set, where it is, how it is binarized."""
+
+    name: str = "digits"
+    #: mnist: torchvision's root folder; frey_face: the .mat file or its folder; file: the file.
+    path: Optional[str] = None
+    #: dynamic, threshold or none; unset: dynamic for digits and mnist, none otherwise.
+    binarize: Optional[str] = None
+    test_fraction: float = 0.1
+    download: bool = True
+
+    def check(self):
+        _choice("data.name", self.name, DATASETS)
+        if self.binarize is not None:
+            _choice("data.binarize", self.binarize, BINARIZE)
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"data.test_fraction = {self.test_fraction}: must be in (0, 1)")
+        if self.name == "file" and not self.path:
+            raise ConfigError("data.path: required when data.name = 'file' (a .npy, .npz or .pt file)")
+
+
+@dataclass
+class ModelConfig:
+    """``[model]``: the latent size and the parts, each a registered name or a table of options."""
+
+    latent_dim: int = 2
+    prior: PartSpec = "standard_normal"
+    likelihood: PartSpec = "bernoulli"
+    encoder: PartSpec = field(default_factory=lambda: {"name": "mlp", "hidden": [256], "activation": "relu"})
+    decoder: PartSpec = field(default_factory=lambda: {"name": "mlp", "hidden": [256], "activation": "relu"})
+
+    def check(self):
+        _range("model.latent_dim", self.latent_dim, 1)
+        PRIORS.split(self.prior, "model.prior")
+        LIKELIHOODS.split(self.likelihood, "model.likelihood")
+        ENCODERS.split(self.encoder, "model.encoder")
+        DECODERS.split(self.decoder, "model.decoder")
+
+
+@dataclass
+class TrainConfig:
+    """``[train]``: the SVI loop."""
+
+    epochs: int = 30
+    batch_size: int = 100
+    #: auto, analytic (estimator B, TraceMeanField_ELBO) or mc (estimator A, Trace_ELBO).
+    estimator: str = "auto"
+    num_particles: int = 1
+    seed: int = 0
+    #: cpu, cuda or cuda:N.
+    device: str = "cpu"
+    #: evaluate the test ELBO every this many epochs (and after the last).
+    eval_every: int = 1
+    #: particles per test point for the test ELBO.
+    eval_particles: int = 1
+    progress: bool = True
+
+    def check(self):
+        _range("train.epochs", self.epochs, 1)
+        _range("train.batch_size", self.batch_size, 1)
+        _choice("train.estimator", self.estimator, ESTIMATORS)
+        _range("train.num_particles", self.num_particles, 1)
+        _range("train.seed", self.seed, 0)
+        _range("train.eval_every", self.eval_every, 1)
+        _range("train.eval_particles", self.eval_particles, 1)
+        if not (self.device == "cpu" or self.device == "cuda"
+                or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+            raise ConfigError(f"train.device = {self.device!r}: valid: cpu, cuda, cuda:N")
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+@dataclass
+class Config:
+    """A whole run: ``[data]``, ``[model]``, ``[train]`` and the ``[optim]`` spec."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: Dict[str, Any] = field(default_factory=lambda: {"name": "adam", "lr": 1e-3})
+
+    def check(self) -> "Config":
+        self.data.check()
+        self.model.check()
+        self.train.check()
+        check_optimizer(self.optim)
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {**{s: _drop_none(dataclasses.asdict(getattr(self, s))) for s in SECTIONS}, "optim": dict(self.optim)}
+
+
+def _drop_none(d):
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def _choice(key, value, allowed):
+    if value not in allowed:
+        raise ConfigError(f"{key} = {value!r}: valid: {', '.join(allowed)}")
+
+
+def _range(key, value, minimum):
+    if value < minimum:
+        raise ConfigError(f"{key} = {value!r}: must be >= {minimum}")
+
+
+def _section(cls, table, section: str):
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{section}] must be a table, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for key, value in table.items():
+        if key not in fields:
+            raise ConfigError(f"{section}.{key}: unknown key; valid keys: {', '.join(sorted(fields))}")
+        if not check_type(value, hints[key]):
+            raise ConfigError(f"{section}.{key} = {value!r}: expected {_type_name(hints[key])}")
+    return cls(**table)
+
+
+def config_from_dict(d: Dict[str, Any]) -> Config:
+    """Validate a parsed TOML document (missing keys take their defaults)."""
+    for section in d:
+        if section not in (*SECTIONS, "optim"):
+            raise ConfigError(f"[{section}]: unknown section; valid: data, model, train, optim")
+    optim = d.get("optim", {"name": "adam", "lr": 1e-3})
+    if not isinstance(optim, dict):
+        raise ConfigError(f"[optim] must be a table, got {optim!r}")
+    optim = {"name": "adam", **optim}
+    return Config(**{s: _section(cls, d.get(s, {}), s) for s, cls in SECTIONS.items()}, optim=optim).check()
+
+
+def parse_override(text: str):
+    """``section.key=value`` -> (["section", "key"], value); the value is read as TOML, else a string."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    path = key.strip().split(".")
+    if len(path) < 2 or not all(path):
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. train.epochs=3")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return path, value
+
+
+def apply_overrides(d: Dict[str, Any], overrides: List[str]) -> Dict[str, Any]:
+    """Apply ``--set`` overrides to a parsed config dict (in place) and return it."""
+    for text in overrides or []:
+        path, value = parse_override(text)
+        node = d
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if isinstance(child, str) and i >= 1:  # a part given by name gains options: prior="x" -> {name="x"}
+                child = {"name": child}
+            elif child is None and i >= 1 and part in ("prior", "likelihood", "encoder", "decoder"):
+                child = dataclasses.asdict(ModelConfig())[part]
+                child = {"name": child} if isinstance(child, str) else child
+            elif child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {'.'.join(path[:i + 1])} is not a table")
+            node[part] = child
+            node = child
+        node[path[-1]] = value
+    return d
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None) -> Config:
+    """Read a TOML config (or the embedded default when ``path`` is None) and apply overrides."""
+    d: Dict[str, Any] = {}
+    if path is not None:
+        try:
+            d = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read ({e})") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: malformed TOML: {e}") from None
+    where = path or "default config"
+    try:
+        return config_from_dict(apply_overrides(d, overrides))
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+# -- writing TOML (the standard library only reads it) -------------------------------------
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")) if not math.isfinite(v) else repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items() if x is not None) + " }"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def dumps(d: Dict[str, Dict[str, Any]]) -> str:
+    """A dict of sections as TOML text (tables nested in a section become inline tables)."""
+    out = []
+    for section, table in d.items():
+        out.append(f"[{section}]")
+        out += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
+        out.append("")
+    return "\n".join(out)

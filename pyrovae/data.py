@@ -1,0 +1,224 @@
+"""Data sets as tensors: each split is one float32 tensor ``(N, *event_shape)`` kept on the
+training device, and minibatches are drawn by index (no DataLoader, no per-step host copies).
+
+Sources, by ``[data] name``:
+
+- ``digits``: scikit-learn's bundled 8x8 digits (1797 images, grey levels 0..16 scaled to
+  [0, 1]); needs no network: the embedded default.
+- ``mnist``: MNIST through torchvision (``path`` is torchvision's root folder; 60000 / 10000).
+- ``frey_face``: Frey Face, 1965 faces of 28x20 from the standard ``frey_rawface.mat``
+  (``path`` is the file or its folder; downloaded there if missing and ``download``).
+- ``file``: a user's ``.npy``, ``.npz`` or ``.pt`` file: one array ``(N, ...)``, or the
+  arrays ``train`` and ``test``.
+
+Binarization (for Bernoulli likelihoods): ``dynamic`` keeps grey levels and draws
+x ~ Bernoulli(grey) each time a training batch is drawn (the test split is binarized once,
+with a fixed seed); ``threshold`` sets x = 1[grey > 0.5]; ``none`` keeps the values.
+Splits without a standard test set hold out ``test_fraction`` of the points, chosen by a
+fixed permutation (the same for every run).
+"""
+
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+DATASETS = ("digits", "mnist", "frey_face", "file")
+BINARIZE = ("dynamic", "threshold", "none")
+DEFAULT_BINARIZE = {"digits": "dynamic", "mnist": "dynamic", "frey_face": "none", "file": "none"}
+FREY_FACE_URL = "https://cs.nyu.edu/~roweis/data/frey_rawface.mat"
+SPLIT_SEED = 0  # the held-out split never depends on the training seed
+
+
+@dataclass
+class Dataset:
+    """A data set's two splits, as tensors on one device.
+
+    :param str name: where it came from.
+    :param torch.Tensor train: ``(N_train, *event_shape)`` float32.
+    :param torch.Tensor test: ``(N_test, *event_shape)`` float32, fixed (already binarized).
+    :param str binarize: ``dynamic`` makes :meth:`batch` draw Bernoulli pixels.
+    """
+
+    name: str
+    train: torch.Tensor
+    test: torch.Tensor
+    binarize: str = "none"
+
+    @property
+    def event_shape(self) -> tuple:
+        return tuple(self.train.shape[1:])
+
+    @property
+    def num_train(self) -> int:
+        return self.train.shape[0]
+
+    def to(self, device) -> "Dataset":
+        return Dataset(self.name, self.train.to(device), self.test.to(device), self.binarize)
+
+    def batch(self, index: torch.Tensor) -> torch.Tensor:
+        """Training points at ``index`` (a tensor on the data's device), binarized if dynamic."""
+        x = self.train[index]
+        return torch.bernoulli(x) if self.binarize == "dynamic" else x
+
+
+def binarize_split(x: torch.Tensor, mode: str, seed: int = SPLIT_SEED) -> torch.Tensor:
+    """Fixed binarization of a split: a seeded Bernoulli draw (``dynamic``), a threshold, or none."""
+    if mode == "threshold":
+        return (x > 0.5).float()
+    if mode == "dynamic":
+        return torch.bernoulli(x, generator=torch.Generator(device=x.device).manual_seed(seed))
+    return x
+
+
+def _check_binarizable(x: torch.Tensor, name: str, mode: str):
+    if mode != "none" and bool(((x < 0) | (x > 1)).any()):
+        raise DataError(f"data.binarize = {mode!r}: {name} has values outside [0, 1]; rescale them or use 'none'")
+
+
+def holdout_split(x: torch.Tensor, test_fraction: float, where: str):
+    """Split x by a fixed permutation into (train, test) with ``round(test_fraction * N)`` test points."""
+    n = x.shape[0]
+    n_test = int(round(test_fraction * n))
+    if n_test < 1 or n_test >= n:
+        raise DataError(f"{where}: test_fraction = {test_fraction} of {n} points leaves an empty split")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return x[perm[n_test:]], x[perm[:n_test]]
+
+
+def _as_float_tensor(array, where: str) -> torch.Tensor:
+    if isinstance(array, torch.Tensor):
+        t = array
+    else:
+        array = np.asarray(array)
+        if array.dtype.kind not in "biuf":
+            raise DataError(f"{where}: expected a numeric array, got dtype {array.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(array))
+    if t.is_complex() or not (t.is_floating_point() or t.dtype in (torch.bool, torch.uint8, torch.int8,
+                                                                   torch.int16, torch.int32, torch.int64)):
+        raise DataError(f"{where}: expected a numeric array, got dtype {t.dtype}")
+    if t.dim() < 2:
+        raise DataError(f"{where}: expected an array of shape (N, ...) with one row per point, got shape {tuple(t.shape)}")
+    t = t.float()
+    if not bool(torch.isfinite(t).all()):
+        raise DataError(f"{where}: contains NaN or infinite values")
+    return t.contiguous()
+
+
+def load_digits() -> torch.Tensor:
+    """scikit-learn's 8x8 digits as ``(1797, 1, 8, 8)`` grey levels in [0, 1]."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    return torch.from_numpy(sk_load_digits().images).float().div_(16.0).unsqueeze(1)
+
+
+def load_mnist(root: str, train: bool, download: bool = True) -> torch.Tensor:
+    """MNIST through torchvision as ``(N, 1, 28, 28)`` grey levels in [0, 1]."""
+    from torchvision.datasets import MNIST
+
+    try:
+        data = MNIST(root, train=train, download=download).data
+    except (RuntimeError, OSError) as e:
+        hint = "" if download else " (data.download = false)"
+        raise DataError(f"data.path = {root!r}: MNIST not found or not downloadable{hint}: "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; torchvision expects "
+                        f"{os.path.join(root, 'MNIST', 'raw')}/*-ubyte[.gz]") from None
+    return data.float().div_(255.0).unsqueeze(1)
+
+
+def load_frey_face(path: str, download: bool = True) -> torch.Tensor:
+    """Frey Face as ``(1965, 1, 28, 20)`` grey levels in [0, 1], from ``frey_rawface.mat``."""
+    from scipy.io import loadmat
+
+    file = Path(path)
+    if file.is_dir() or not file.suffix:
+        file = file / "frey_rawface.mat"
+    if not file.exists():
+        if not download:
+            raise DataError(f"data.path = {str(file)!r}: no such file (data.download = false)")
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = file.with_suffix(".part")
+            urllib.request.urlretrieve(FREY_FACE_URL, tmp)
+            os.replace(tmp, file)
+        except OSError as e:
+            raise DataError(f"data.path = {str(file)!r}: not found and download from {FREY_FACE_URL} failed "
+                            f"({e}); put frey_rawface.mat there") from None
+    try:
+        ff = loadmat(file)["ff"]
+    except Exception as e:  # scipy raises several types for a foreign or truncated file
+        raise DataError(f"data.path = {str(file)!r}: not a Frey Face .mat file with variable 'ff' ({e})") from None
+    return torch.from_numpy(ff.T.reshape(-1, 1, 28, 20).astype(np.float32) / 255.0)
+
+
+def load_file(path: str):
+    """A user's array file -> ``(x, None)`` (one array) or ``(train, test)``."""
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"data.path = {str(path)!r}: no such file")
+    suffix = file.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return np.load(file, allow_pickle=False), None
+        if suffix == ".npz":
+            with np.load(file, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        elif suffix == ".pt":
+            obj = torch.load(file, map_location="cpu", weights_only=True)
+            arrays = obj if isinstance(obj, dict) else {"x": obj}
+        else:
+            raise DataError(f"data.path = {str(path)!r}: unsupported file type {suffix!r}; valid: .npy, .npz, .pt")
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"data.path = {str(path)!r}: cannot read {suffix} file ({type(e).__name__}: {e})") from None
+    if "train" in arrays:
+        return arrays["train"], arrays.get("test")
+    if len(arrays) == 1:
+        return next(iter(arrays.values())), None
+    raise DataError(f"data.path = {str(path)!r}: holds {sorted(arrays)}; expected one array, or 'train' (and 'test')")
+
+
+def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Optional[str] = None,
+                 test_fraction: float = 0.1, download: bool = True, device="cpu") -> Dataset:
+    """Load a data set by name (see the module docstring) onto ``device``."""
+    if name not in DATASETS:
+        raise DataError(f"data.name = {name!r}: unknown data set; valid: {', '.join(DATASETS)}")
+    binarize = binarize or DEFAULT_BINARIZE[name]
+    if binarize not in BINARIZE:
+        raise DataError(f"data.binarize = {binarize!r}: valid: {', '.join(BINARIZE)}")
+    if not 0 < test_fraction < 1:
+        raise DataError(f"data.test_fraction = {test_fraction}: must be in (0, 1)")
+    if name == "digits":
+        train, test = holdout_split(load_digits(), test_fraction, "data")
+    elif name == "mnist":
+        root = path or "data"
+        train, test = load_mnist(root, True, download), load_mnist(root, False, download)
+    elif name == "frey_face":
+        train, test = holdout_split(load_frey_face(path or "data", download), test_fraction, "data")
+    else:
+        if not path:
+            raise DataError("data.path: required when data.name = 'file' (a .npy, .npz or .pt file)")
+        train_array, test_array = load_file(path)
+        train = _as_float_tensor(train_array, f"data.path = {path!r}")
+        if test_array is None:
+            train, test = holdout_split(train, test_fraction, f"data.path = {path!r}")
+        else:
+            test = _as_float_tensor(test_array, f"data.path = {path!r} (test)")
+            if test.shape[1:] != train.shape[1:]:
+                raise DataError(f"data.path = {path!r}: train points have shape {tuple(train.shape[1:])} "
+                                f"but test points {tuple(test.shape[1:])}")
+    for split_name, split in (("train", train), ("test", test)):
+        if split.shape[0] == 0:
+            raise DataError(f"data: the {split_name} split of {name!r} is empty")
+        _check_binarizable(split, f"the {split_name} split", binarize)
+    if binarize == "threshold":
+        train = binarize_split(train, binarize)
+    test = binarize_split(test, binarize)
+    return Dataset(name, train, test, binarize).to(device)

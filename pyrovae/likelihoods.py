@@ -1,0 +1,156 @@
+"""Likelihoods p(x | z), found by name: the decoder's output turned into a distribution.
+
+A likelihood is an ``nn.Module`` with ``num_params``, the number of decoder outputs it needs
+per data value. The decoder emits ``num_params`` tensors, each shaped like the data
+(``(..., *event_shape)``); ``likelihood(params, event_dim)`` takes that tuple and returns a
+Pyro distribution whose event shape is the data's. ``check_data(x)`` rejects data outside the support before training, with a message
+that names the fix.
+
+Registered names: ``bernoulli``, ``continuous_bernoulli``, ``gaussian``, ``laplace``.
+"""
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .errors import DataError
+from .registry import Registry
+
+LIKELIHOODS = Registry("likelihood")
+
+
+class Likelihood(nn.Module):
+    """Base class. Subclasses set ``num_params`` and implement ``base(params)``."""
+
+    num_params = 1
+    #: Human-readable support, used in data-check messages.
+    support_text = "any real value"
+
+    def base(self, params: tuple) -> dist.TorchDistribution:
+        """The per-value distribution (batch shape = data shape) for a tuple of decoder outputs."""
+        raise NotImplementedError
+
+    def forward(self, params: tuple, event_dim: int) -> dist.TorchDistribution:
+        return self.base(params).to_event(event_dim)
+
+    def mean(self, params: tuple) -> torch.Tensor:
+        """E[x | z]: what the decoder 'draws' (used for reconstructions, samples, manifolds)."""
+        return self.base(params).mean
+
+    def in_support(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ones((), dtype=torch.bool, device=x.device)
+
+    def check_data(self, x: torch.Tensor, where: str = "data") -> None:
+        """Raise :class:`DataError` if any value of ``x`` lies outside this likelihood's support."""
+        ok = self.in_support(x)
+        if not bool(ok.all()):
+            bad = x[~ok].flatten()[0].item()
+            raise DataError(f"{where}: value {bad!r} is outside the support of {self.name!r} "
+                            f"({self.support_text}){self.fix_hint}")
+
+    fix_hint = ""
+
+    @property
+    def name(self) -> str:
+        return next(n for n in LIKELIHOODS.names() if LIKELIHOODS.get(n) is type(self))
+
+
+@LIKELIHOODS.register("bernoulli")
+class BernoulliLikelihood(Likelihood):
+    """x_i ~ Bernoulli(sigmoid(logit_i)) independently: the paper's decoder for binary MNIST.
+
+    log p(x|z) = sum_i x_i * l_i - softplus(l_i), the negative binary cross-entropy.
+    """
+
+    support_text = "binary values 0 or 1"
+    fix_hint = ("; binarize the data (data.binarize = 'dynamic' or 'threshold') "
+                "or use likelihood 'continuous_bernoulli' for grey levels in [0, 1]")
+
+    def base(self, params):
+        return dist.Bernoulli(logits=params[0])
+
+    def mean(self, params):
+        return torch.sigmoid(params[0])
+
+    def in_support(self, x):
+        return (x == 0) | (x == 1)
+
+
+@LIKELIHOODS.register("continuous_bernoulli")
+class ContinuousBernoulliLikelihood(Likelihood):
+    """x_i ~ ContinuousBernoulli(sigmoid(logit_i)) on [0, 1] (Loaiza-Ganem & Cunningham 2019).
+
+    The properly normalised version of the Bernoulli 'likelihood' applied to grey levels:
+    log p(x|z) = x l - softplus(l) + log C(l), with C the normalising constant.
+    """
+
+    support_text = "values in [0, 1]"
+    fix_hint = "; rescale the data to [0, 1] (pixels / 255)"
+
+    def base(self, params):
+        return dist.ContinuousBernoulli(logits=params[0])
+
+    def in_support(self, x):
+        return (x >= 0) & (x <= 1)
+
+
+class _LocationScale(Likelihood):
+    """Shared by Gaussian and Laplace: a location from the decoder, a fixed or learned scale.
+
+    :param float scale: the fixed scale sigma when ``learn_scale`` is false.
+    :param bool learn_scale: the decoder emits a second output per value, a raw scale
+        mapped to ``min_scale + softplus(raw)`` (a learned per-pixel sigma).
+    :param bool sigmoid_mean: pass the location through a sigmoid (the paper's Frey Face
+        decoder, for data in [0, 1]).
+    :param float min_scale: floor on a learned scale, which keeps log p(x|z) bounded.
+    """
+
+    family = None
+
+    def __init__(self, scale: float = 1.0, learn_scale: bool = False, sigmoid_mean: bool = False,
+                 min_scale: float = 1e-3):
+        super().__init__()
+        if scale <= 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        if min_scale <= 0:
+            raise ValueError(f"min_scale must be > 0, got {min_scale}")
+        self.scale = float(scale)
+        self.learn_scale = bool(learn_scale)
+        self.sigmoid_mean = bool(sigmoid_mean)
+        self.min_scale = float(min_scale)
+        self.num_params = 2 if learn_scale else 1
+
+    def loc_scale(self, params):
+        loc = torch.sigmoid(params[0]) if self.sigmoid_mean else params[0]
+        if self.learn_scale:
+            return loc, self.min_scale + F.softplus(params[1])
+        return loc, loc.new_full((), self.scale).expand(loc.shape)
+
+    def base(self, params):
+        return self.family(*self.loc_scale(params))
+
+    def mean(self, params):
+        return self.loc_scale(params)[0]
+
+    def in_support(self, x):
+        return torch.isfinite(x)
+
+
+@LIKELIHOODS.register("gaussian")
+class GaussianLikelihood(_LocationScale):
+    """x_i ~ N(mu_i(z), sigma^2).
+
+    With a fixed sigma = 1, -log p(x|z) = 1/2 ||x - mu||^2 + D/2 log(2 pi): the squared-error
+    loss. With ``learn_scale = true`` and ``sigmoid_mean = true`` it is the paper's Frey Face
+    decoder (Kingma & Welling 2014, App. C.2).
+    """
+
+    family = dist.Normal
+
+
+@LIKELIHOODS.register("laplace")
+class LaplaceLikelihood(_LocationScale):
+    """x_i ~ Laplace(mu_i(z), b): -log p(x|z) = ||x - mu||_1 / b + D log(2 b), the L1 loss."""
+
+    family = dist.Laplace

@@ -1,0 +1,172 @@
+"""Encoder and decoder networks, found by name (``mlp``, ``conv``).
+
+Encoder: x of shape ``(M, *event_shape)`` -> ``(loc, log_var)``, each ``(M, latent_dim)``:
+the parameters of q_phi(z|x) = N(loc, diag(exp(log_var))) (Kingma & Welling 2014, App. C.2,
+where the encoder emits mu and log sigma^2).
+
+Decoder: z of shape ``(..., latent_dim)`` (any leading dims: particles, batch) ->
+``(..., num_params, *event_shape)``, the likelihood's raw parameters.
+"""
+
+import math
+from typing import List, Tuple
+
+import torch
+from torch import nn
+
+from .registry import Registry
+
+ENCODERS = Registry("encoder", context=("event_shape", "latent_dim"))
+DECODERS = Registry("decoder", context=("event_shape", "latent_dim", "num_params"))
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "elu": nn.ELU,
+               "leaky_relu": nn.LeakyReLU, "sigmoid": nn.Sigmoid}
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; valid: {', '.join(sorted(ACTIVATIONS))}")
+    return ACTIVATIONS[name]()
+
+
+def _mlp(sizes: List[int], activation: str) -> nn.Sequential:
+    """Linear layers with the activation between them, none after the last."""
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(_activation(activation))
+    return nn.Sequential(*layers)
+
+
+def _check_hidden(hidden) -> List[int]:
+    hidden = list(hidden)
+    if any(h < 1 for h in hidden):
+        raise ValueError(f"hidden sizes must be >= 1, got {hidden}")
+    return hidden
+
+
+def _init_normal_(module: nn.Module, init_std: float) -> None:
+    """The paper's initialisation: every weight and bias drawn from N(0, init_std^2)."""
+    if init_std < 0:
+        raise ValueError(f"init_std must be >= 0, got {init_std}")
+    if init_std > 0:
+        for p in module.parameters():
+            nn.init.normal_(p, 0.0, init_std)
+
+
+@ENCODERS.register("mlp")
+class MLPEncoder(nn.Module):
+    """x -> hidden layers -> (mu, log sigma^2). The paper uses one hidden layer of tanh units.
+
+    :param list hidden: hidden layer sizes.
+    :param str activation: tanh, relu, softplus, elu, leaky_relu or sigmoid.
+    :param float init_std: if > 0, initialise every parameter from N(0, init_std^2) (the
+        paper uses 0.01); 0 keeps PyTorch's default.
+    """
+
+    def __init__(self, event_shape: Tuple[int, ...], latent_dim: int, hidden: List[int] = (256,),
+                 activation: str = "relu", init_std: float = 0.0):
+        super().__init__()
+        self.event_dim = len(event_shape)
+        sizes = [math.prod(event_shape), *_check_hidden(hidden), 2 * latent_dim]
+        _activation(activation)  # validates the name even without hidden layers
+        self.net = _mlp(sizes, activation)
+        _init_normal_(self, init_std)
+
+    def forward(self, x):
+        loc, log_var = self.net(x.flatten(-self.event_dim)).chunk(2, dim=-1)
+        return loc, log_var
+
+
+@DECODERS.register("mlp")
+class MLPDecoder(nn.Module):
+    """z -> hidden layers -> num_params values per data value.
+
+    :param list hidden: hidden layer sizes.
+    :param str activation: tanh, relu, softplus, elu, leaky_relu or sigmoid.
+    :param float init_std: as for the encoder.
+    """
+
+    def __init__(self, event_shape: Tuple[int, ...], latent_dim: int, num_params: int,
+                 hidden: List[int] = (256,), activation: str = "relu", init_std: float = 0.0):
+        super().__init__()
+        self.out_shape = (num_params, *event_shape)
+        _activation(activation)
+        self.net = _mlp([latent_dim, *_check_hidden(hidden), math.prod(self.out_shape)], activation)
+        _init_normal_(self, init_std)
+
+    def forward(self, z):
+        return self.net(z).unflatten(-1, self.out_shape)
+
+
+def _image_shape(event_shape) -> Tuple[int, int, int]:
+    if len(event_shape) == 2:
+        return (1, *event_shape)
+    if len(event_shape) == 3:
+        return tuple(event_shape)
+    raise ValueError(f"the conv networks need image data of shape (H, W) or (C, H, W), got {tuple(event_shape)}")
+
+
+@ENCODERS.register("conv")
+class ConvEncoder(nn.Module):
+    """A small convolutional encoder: stride-2 4x4 convolutions, then a dense layer.
+
+    :param list channels: output channels of each conv layer (each halves height and width).
+    :param int hidden: width of the dense layer.
+    :param str activation: as for the MLP.
+    """
+
+    def __init__(self, event_shape: Tuple[int, ...], latent_dim: int, channels: List[int] = (32, 64),
+                 hidden: int = 256, activation: str = "relu"):
+        super().__init__()
+        self.event_shape = tuple(event_shape)
+        self.image_shape = _image_shape(event_shape)
+        channels = _check_hidden(channels)
+        layers, c_in = [], self.image_shape[0]
+        for c_out in channels:
+            layers += [nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1), _activation(activation)]
+            c_in = c_out
+        self.conv = nn.Sequential(*layers, nn.Flatten())
+        with torch.no_grad():
+            flat = self.conv(torch.zeros(1, *self.image_shape)).shape[-1]
+        self.dense = _mlp([flat, *_check_hidden([hidden]), 2 * latent_dim], activation)
+        self.act = _activation(activation)
+
+    def forward(self, x):
+        batch = x.shape[: x.dim() - len(self.event_shape)]
+        h = self.act(self.conv(x.reshape(-1, *self.image_shape)))
+        loc, log_var = self.dense(h).reshape(*batch, -1).chunk(2, dim=-1)
+        return loc, log_var
+
+
+@DECODERS.register("conv")
+class ConvDecoder(nn.Module):
+    """The mirror of :class:`ConvEncoder`: dense layers, then stride-2 transposed convolutions.
+
+    The coarse grid is ceil(H / 2^L) x ceil(W / 2^L) for L layers; the output is cropped to
+    H x W, so any image size works (8x8 digits, 28x28 MNIST, 28x20 Frey Face).
+    """
+
+    def __init__(self, event_shape: Tuple[int, ...], latent_dim: int, num_params: int,
+                 channels: List[int] = (32, 64), hidden: int = 256, activation: str = "relu"):
+        super().__init__()
+        self.event_shape = tuple(event_shape)
+        self.num_params = num_params
+        c, h, w = self.image_shape = _image_shape(event_shape)
+        channels = _check_hidden(channels)[::-1]
+        scale = 2 ** len(channels)
+        self.grid = (channels[0], -(-h // scale), -(-w // scale))
+        self.dense = nn.Sequential(_mlp([latent_dim, *_check_hidden([hidden]), math.prod(self.grid)], activation),
+                                   _activation(activation))
+        layers = []
+        for c_in, c_out in zip(channels, channels[1:] + [num_params * c]):
+            layers += [nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1), _activation(activation)]
+        self.deconv = nn.Sequential(*layers[:-1])
+
+    def forward(self, z):
+        batch = z.shape[:-1]
+        out = self.deconv(self.dense(z.reshape(-1, z.shape[-1])).reshape(-1, *self.grid))
+        _, h, w = self.image_shape
+        out = out[..., :h, :w]
+        return out.reshape(*batch, self.num_params, *self.event_shape)

@@ -1,0 +1,72 @@
+"""Optimizers by name: ``adagrad`` (the paper's), ``rmsprop``, ``adam``, ``clipped_adam``.
+
+Each is one ``torch.optim.Optimizer`` over all of the VAE's parameters. ``weight_decay``
+adds ``weight_decay * theta`` to the gradient of the per-datapoint loss that pyrovae
+minimises (see :func:`pyrovae.fit`): ``weight_decay = 1 / N`` is exactly the paper's
+N(0, I) prior on the parameters (Kingma & Welling 2014, Sec. 5).
+"""
+
+from typing import List
+
+import torch
+from pyro.optim.clipped_adam import ClippedAdam
+
+from .errors import ConfigError
+from .registry import Registry, Spec
+
+OPTIMIZERS = Registry("optimizer", context=("params",))
+
+
+@OPTIMIZERS.register("adam")
+def adam(params, lr: float = 1e-3, betas: List[float] = (0.9, 0.999), eps: float = 1e-8,
+         weight_decay: float = 0.0, amsgrad: bool = False):
+    """Adam (Kingma & Ba 2015)."""
+    return torch.optim.Adam(params, lr=lr, betas=_betas(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+
+
+@OPTIMIZERS.register("adagrad")
+def adagrad(params, lr: float = 0.01, lr_decay: float = 0.0, weight_decay: float = 0.0,
+            initial_accumulator_value: float = 0.0, eps: float = 1e-10):
+    """AdaGrad (Duchi et al. 2011), the paper's choice with global step size in {0.01, 0.02, 0.1}."""
+    return torch.optim.Adagrad(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                               initial_accumulator_value=initial_accumulator_value, eps=eps)
+
+
+@OPTIMIZERS.register("rmsprop")
+def rmsprop(params, lr: float = 1e-3, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
+            momentum: float = 0.0, centered: bool = False):
+    """RMSProp (Tieleman & Hinton 2012)."""
+    return torch.optim.RMSprop(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                               momentum=momentum, centered=centered)
+
+
+@OPTIMIZERS.register("clipped_adam")
+def clipped_adam(params, lr: float = 1e-3, betas: List[float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, clip_norm: float = 10.0, lrd: float = 1.0):
+    """Pyro's ClippedAdam: Adam with each gradient element clipped to [-clip_norm, clip_norm]
+    and the step size multiplied by ``lrd`` after every step."""
+    if clip_norm <= 0:
+        raise ValueError(f"clip_norm must be > 0, got {clip_norm}")
+    if not 0 < lrd <= 1:
+        raise ValueError(f"lrd must be in (0, 1], got {lrd}")
+    return ClippedAdam(params, lr=lr, betas=_betas(betas), eps=eps, weight_decay=weight_decay,
+                       clip_norm=clip_norm, lrd=lrd)
+
+
+def _betas(betas):
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {list(betas)}")
+    return tuple(float(b) for b in betas)
+
+
+def build_optimizer(spec: Spec, params) -> torch.optim.Optimizer:
+    """A torch optimizer from a spec such as ``{"name": "adagrad", "lr": 0.02}``."""
+    name, options = OPTIMIZERS.split(spec, "optim")
+    if options.get("lr", 1.0) <= 0:
+        raise ConfigError(f"optim.lr = {options['lr']!r}: must be > 0")
+    return OPTIMIZERS.build(spec, "optim", params=list(params))
+
+
+def check_optimizer(spec: Spec) -> None:
+    """Validate a spec (names, types and ranges) by building it over a dummy parameter."""
+    build_optimizer(spec, [torch.zeros(1, requires_grad=True)])

@@ -1,0 +1,117 @@
+"""Figures of a run: image grids (reconstructions, samples), the 2-D manifold, the ELBO curve."""
+
+import math
+from pathlib import Path
+from typing import Dict, List
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from scipy.stats import norm  # noqa: E402
+
+
+def as_images(x: torch.Tensor, event_shape) -> np.ndarray:
+    """Data points -> displayable images ``(n, H, W)`` (or ``(n, H, W, 3)`` for RGB).
+
+    (1, H, W) and (H, W) are grey images; (3, H, W) is RGB; a vector of a square length is
+    shown as a square, any other point as a one-pixel-high strip.
+    """
+    x = x.detach().float().cpu().reshape(-1, *event_shape)
+    if len(event_shape) == 3 and event_shape[0] == 3:
+        return x.permute(0, 2, 3, 1).clamp(0, 1).numpy()
+    if len(event_shape) == 3:
+        return x[:, 0].numpy()
+    if len(event_shape) == 2:
+        return x.numpy()
+    flat = x.reshape(x.shape[0], -1)
+    side = math.isqrt(flat.shape[1])
+    if side * side == flat.shape[1]:
+        return flat.reshape(-1, side, side).numpy()
+    return flat.unsqueeze(1).numpy()
+
+
+def image_grid(images: np.ndarray, ncols: int, pad: int = 1) -> np.ndarray:
+    """Tile images ``(n, H, W[, 3])`` into one array with ``ncols`` columns and ``pad`` pixels between."""
+    n, h, w = images.shape[:3]
+    nrows = -(-n // ncols)
+    grid = np.ones((nrows * (h + pad) + pad, ncols * (w + pad) + pad, *images.shape[3:]), dtype=np.float32)
+    for i, img in enumerate(images):
+        r, c = divmod(i, ncols)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = img
+    return grid
+
+
+def save_grid(path, x: torch.Tensor, event_shape, ncols: int, title: str = "") -> None:
+    """Save data points as one PNG grid; values in [0, 1] are shown as they are, others scaled to their range."""
+    images = as_images(x, event_shape)
+    lo, hi = float(images.min()), float(images.max())
+    vmin, vmax = (0.0, 1.0) if lo >= 0 and hi <= 1 else (lo, hi)
+    fig_w = max(3.0, min(12.0, ncols * 0.6))
+    grid = image_grid(images, ncols)
+    fig, ax = plt.subplots(figsize=(fig_w, fig_w * grid.shape[0] / grid.shape[1] + (0.4 if title else 0)))
+    ax.imshow(grid, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def plot_reconstructions(path, vae, x: torch.Tensor, n: int = 10) -> None:
+    """Test points (odd rows) above their reconstructions E[x | z = mu(x)] (even rows)."""
+    x = x[: 2 * n]
+    rec = vae.reconstruct(x)
+    rows = torch.cat([x[:n], rec[:n], x[n:], rec[n:]])
+    save_grid(path, rows, vae.event_shape, n, "test data (rows 1, 3) and reconstructions (rows 2, 4)")
+
+
+@torch.no_grad()
+def plot_samples(path, vae, n: int = 64) -> None:
+    """E[x | z] for z ~ p(z): the decoder's mean at prior samples."""
+    save_grid(path, vae.sample(n), vae.event_shape, int(math.sqrt(n)), f"{n} samples: E[x | z], z ~ p(z)")
+
+
+@torch.no_grad()
+def plot_manifold(path, vae, n: int = 15) -> None:
+    """The learned 2-D manifold (the paper's Figure 4): decoder means over a grid of z whose
+    coordinates are the inverse Gaussian CDF of evenly spaced probabilities in (0, 1)."""
+    if vae.latent_dim != 2:
+        raise ValueError("the manifold plot needs a 2-D latent space")
+    u = norm.ppf(np.linspace(0.5 / n, 1 - 0.5 / n, n)).astype(np.float32)
+    z1, z2 = np.meshgrid(u, u[::-1])
+    z = torch.from_numpy(np.stack([z1.ravel(), z2.ravel()], -1)).to(vae.device)
+    save_grid(path, vae.likelihood.mean(vae.decode(z)), vae.event_shape, n, "learned manifold: E[x | z] on a grid")
+
+
+def plot_elbo(path, metrics: List[Dict]) -> None:
+    """Train and test ELBO per datapoint against training samples seen (the paper's Figure 2)."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for key, style in (("train_elbo", "-"), ("test_elbo", "--")):
+        pts = [(m["samples_seen"], m[key]) for m in metrics if m.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), style, marker="o", markersize=3, label=key.replace("_", " "))
+    ax.set_xlabel("training samples evaluated")
+    ax.set_ylabel("ELBO per datapoint (nats)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_run(run_dir, vae, test_x: torch.Tensor, metrics: List[Dict]) -> List[str]:
+    """Write every figure of a run folder; returns the file names written."""
+    run_dir = Path(run_dir)
+    plot_reconstructions(run_dir / "reconstructions.png", vae, test_x)
+    plot_samples(run_dir / "samples.png", vae)
+    plot_elbo(run_dir / "elbo.png", metrics)
+    names = ["reconstructions.png", "samples.png", "elbo.png"]
+    if vae.latent_dim == 2:
+        plot_manifold(run_dir / "manifold.png", vae)
+        names.append("manifold.png")
+    return names

@@ -1,0 +1,138 @@
+"""Name -> constructor registries: how a config swaps priors, likelihoods, networks and optimizers.
+
+A *spec* is either a name (``"mixture"``) or a table with a ``name`` and that part's options
+(``{"name": "mixture", "num_components": 10}``). Options are checked against the
+constructor's signature and annotations, so a typo or a wrong type fails before training
+with a message that lists what is allowed.
+"""
+
+import inspect
+import typing
+from typing import Any, Callable, Dict, Mapping, Optional, Union
+
+from .errors import ConfigError
+
+Spec = Union[str, Mapping[str, Any]]
+
+
+def _type_name(annotation) -> str:
+    if annotation is inspect.Parameter.empty:
+        return "any"
+    origin = typing.get_origin(annotation)
+    if origin is Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation) if a is not type(None))
+    if origin in (list, tuple, typing.Sequence):
+        args = typing.get_args(annotation)
+        return f"list of {_type_name(args[0])}" if args else "list"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def check_type(value, annotation) -> bool:
+    """Whether a config value (parsed from TOML) fits a constructor annotation.
+
+    ints are accepted where floats are expected; bools are never taken for numbers.
+    """
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is Union:
+        return any(check_type(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin in (list, tuple, typing.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return False
+        args = typing.get_args(annotation)
+        return not args or all(check_type(v, args[0]) for v in value)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True
+
+
+class Registry:
+    """A named family of constructors (priors, likelihoods, ...).
+
+    :param str kind: what the family is called in messages, e.g. ``"prior"``.
+    :param tuple context: keyword arguments the library passes itself (e.g. ``latent_dim``);
+        users may not set them in a spec.
+    """
+
+    def __init__(self, kind: str, context: tuple = ()):
+        self.kind = kind
+        self.context = tuple(context)
+        self._entries: Dict[str, Callable] = {}
+
+    def register(self, name: str) -> Callable:
+        def decorator(fn):
+            self._entries[name] = fn
+            return fn
+
+        return decorator
+
+    def names(self):
+        return sorted(self._entries)
+
+    def __contains__(self, name) -> bool:
+        return name in self._entries
+
+    def get(self, name: str, where: str = "") -> Callable:
+        if not isinstance(name, str) or name not in self._entries:
+            raise ConfigError(
+                f"{where or self.kind}: unknown {self.kind} {name!r}; valid: {', '.join(self.names())}"
+            )
+        return self._entries[name]
+
+    def options(self, name: str) -> Dict[str, inspect.Parameter]:
+        """The user-settable options of one entry, with their defaults and annotations."""
+        sig = inspect.signature(self.get(name))
+        hints = typing.get_type_hints(self._entries[name].__init__ if inspect.isclass(self._entries[name])
+                                      else self._entries[name])
+        return {
+            p.name: p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in sig.parameters.values()
+            if p.name not in self.context and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+
+    def split(self, spec: Spec, where: str = "") -> tuple:
+        """Validate a spec and return ``(name, options)``."""
+        where = where or self.kind
+        if isinstance(spec, str):
+            name, options = spec, {}
+        elif isinstance(spec, Mapping):
+            if "name" not in spec:
+                raise ConfigError(f"{where}: a table needs a 'name'; valid names: {', '.join(self.names())}")
+            options = dict(spec)
+            name = options.pop("name")
+        else:
+            raise ConfigError(f"{where}: expected a name or a table with 'name', got {spec!r}")
+        self.get(name, where)
+        allowed = self.options(name)
+        for key, value in options.items():
+            if key not in allowed:
+                valid = ", ".join(sorted(allowed)) or "none"
+                raise ConfigError(f"{where}.{key}: unknown option of {self.kind} {name!r}; valid options: {valid}")
+            if not check_type(value, allowed[key].annotation):
+                raise ConfigError(
+                    f"{where}.{key} = {value!r}: expected {_type_name(allowed[key].annotation)}"
+                )
+        return name, options
+
+    def build(self, spec: Spec, where: str = "", **context) -> Any:
+        """Construct an entry from its spec; constructor ``ValueError`` becomes a ConfigError."""
+        name, options = self.split(spec, where)
+        try:
+            return self._entries[name](**context, **options)
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(f"{where or self.kind} {name!r}: {e}") from None
+
+
+def spec_name(spec: Optional[Spec]) -> Optional[str]:
+    if spec is None or isinstance(spec, str):
+        return spec
+    return spec.get("name")
