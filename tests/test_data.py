@@ -1,0 +1,110 @@
+"""Data sets: shapes, splits, binarization, user files and their errors, the real MNIST and Frey Face."""
+
+import numpy as np
+import pytest
+import torch
+
+from pyrovae import DataError, load_dataset
+from pyrovae.data import holdout_split
+
+
+def test_digits_is_the_embedded_default():
+    data = load_dataset()
+    assert data.name == "digits" and data.event_shape == (1, 8, 8)
+    assert data.train.shape[0] + data.test.shape[0] == 1797 and data.test.shape[0] == 180
+    assert data.binarize == "dynamic"
+    assert set(data.test.unique().tolist()) == {0.0, 1.0}  # test split binarized once
+    assert data.train.min() >= 0 and data.train.max() <= 1 and len(data.train.unique()) > 2
+    batch = data.batch(torch.arange(50))
+    assert set(batch.unique().tolist()) <= {0.0, 1.0}
+    # a fixed split: the same test set every time
+    torch.testing.assert_close(load_dataset().test, data.test)
+
+
+def test_threshold_and_none():
+    t = load_dataset(binarize="threshold")
+    assert set(t.train.unique().tolist()) == {0.0, 1.0}
+    torch.testing.assert_close(t.batch(torch.arange(5)), t.train[:5])
+    n = load_dataset(binarize="none")
+    assert len(n.test.unique()) > 2
+
+
+def test_holdout_split_is_a_partition():
+    x = torch.arange(100).float().unsqueeze(1)
+    train, test = holdout_split(x, 0.2, "data")
+    assert test.shape[0] == 20 and train.shape[0] == 80
+    assert sorted(torch.cat([train, test]).squeeze(1).tolist()) == list(range(100))
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".pt"])
+def test_user_files(tmp_path, suffix):
+    x = np.random.rand(50, 6).astype(np.float64)
+    path = tmp_path / f"x{suffix}"
+    if suffix == ".npy":
+        np.save(path, x)
+    elif suffix == ".npz":
+        np.savez(path, train=x[:40], test=x[40:])
+    else:
+        torch.save(torch.from_numpy(x), path)
+    data = load_dataset("file", str(path))
+    assert data.event_shape == (6,) and data.train.dtype == torch.float32
+    assert data.train.shape[0] + data.test.shape[0] == 50
+    if suffix == ".npz":
+        assert data.test.shape[0] == 10
+
+
+@pytest.mark.parametrize("make, pattern", [
+    (lambda p: None, "no such file"),
+    (lambda p: np.save(p, np.array(["a", "b"])), "expected a numeric array"),
+    (lambda p: np.save(p, np.arange(5.0)), r"expected an array of shape \(N, \.\.\.\)"),
+    (lambda p: np.save(p, np.array([[1.0, np.nan]] * 10)), "NaN or infinite"),
+    (lambda p: np.save(p, np.ones((1, 3))), "leaves an empty split"),
+    (lambda p: p.write_bytes(b"not numpy"), "cannot read .npy file"),
+])
+def test_bad_user_files(tmp_path, make, pattern):
+    path = tmp_path / "x.npy"
+    make(path)
+    with pytest.raises(DataError, match=pattern) as info:
+        load_dataset("file", str(path))
+    assert "x.npy" in str(info.value)
+
+
+def test_bad_npz_and_suffix(tmp_path):
+    np.savez(tmp_path / "two.npz", a=np.ones((4, 2)), b=np.ones((4, 2)))
+    with pytest.raises(DataError, match="expected one array, or 'train'"):
+        load_dataset("file", str(tmp_path / "two.npz"))
+    np.savez(tmp_path / "mismatch.npz", train=np.ones((4, 2)), test=np.ones((4, 3)))
+    with pytest.raises(DataError, match="test points"):
+        load_dataset("file", str(tmp_path / "mismatch.npz"))
+    np.savez(tmp_path / "empty.npz", train=np.ones((4, 2)), test=np.ones((0, 2)))
+    with pytest.raises(DataError, match="test split of 'file' is empty"):
+        load_dataset("file", str(tmp_path / "empty.npz"))
+    (tmp_path / "x.csv").write_text("1,2\n")
+    with pytest.raises(DataError, match="unsupported file type '.csv'; valid: .npy, .npz, .pt"):
+        load_dataset("file", str(tmp_path / "x.csv"))
+    np.save(tmp_path / "big.npy", np.full((10, 2), 3.0))
+    with pytest.raises(DataError, match="binarize = 'dynamic'.*outside \\[0, 1\\]"):
+        load_dataset("file", str(tmp_path / "big.npy"), binarize="dynamic")
+
+
+def test_missing_real_data_sets_fail_clearly(tmp_path):
+    with pytest.raises(DataError, match="MNIST not found"):
+        load_dataset("mnist", str(tmp_path), download=False)
+    with pytest.raises(DataError, match="no such file"):
+        load_dataset("frey_face", str(tmp_path), download=False)
+
+
+def test_mnist_through_torchvision(mnist_root):
+    data = load_dataset("mnist", str(mnist_root))
+    assert data.train.shape == (60000, 1, 28, 28) and data.test.shape == (10000, 1, 28, 28)
+    assert set(data.test[:100].unique().tolist()) == {0.0, 1.0}
+    grey = load_dataset("mnist", str(mnist_root), binarize="none")
+    assert 0.0 <= grey.train.min() and grey.train.max() == 1.0
+
+
+def test_frey_face_from_the_mat_file(frey_file):
+    data = load_dataset("frey_face", str(frey_file))
+    assert data.event_shape == (1, 28, 20) and data.train.shape[0] + data.test.shape[0] == 1965
+    assert data.binarize == "none" and 0.0 < data.train.min() and data.train.max() < 1.0
+    # the folder works as well as the file
+    assert load_dataset("frey_face", str(frey_file.parent)).train.shape == data.train.shape
