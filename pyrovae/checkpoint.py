@@ -73,7 +73,8 @@ def read_checkpoint(path) -> Dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise RunDirError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        reason = str(e).splitlines()[0] if str(e) else ""
+        raise RunDirError(f"{path}: not a readable checkpoint ({type(e).__name__}: {reason})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise RunDirError(f"{path}: not a pyrovae checkpoint")
     return state

@@ -20,7 +20,7 @@ from .errors import ConfigError
 from .likelihoods import LIKELIHOODS
 from .nets import DECODERS, ENCODERS
 from .objectives import ESTIMATORS
-from .optim import OPTIMIZERS, check_optimizer
+from .optim import check_optimizer
 from .priors import PRIORS
 from .registry import _type_name, check_type
 

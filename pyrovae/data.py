@@ -104,7 +104,8 @@ def _as_float_tensor(array, where: str) -> torch.Tensor:
                                                                    torch.int16, torch.int32, torch.int64)):
         raise DataError(f"{where}: expected a numeric array, got dtype {t.dtype}")
     if t.dim() < 2:
-        raise DataError(f"{where}: expected an array of shape (N, ...) with one row per point, got shape {tuple(t.shape)}")
+        raise DataError(f"{where}: expected an array of shape (N, ...) with one row per point, "
+                        f"got shape {tuple(t.shape)}")
     t = t.float()
     if not bool(torch.isfinite(t).all()):
         raise DataError(f"{where}: contains NaN or infinite values")

@@ -3,8 +3,8 @@
 A likelihood is an ``nn.Module`` with ``num_params``, the number of decoder outputs it needs
 per data value. The decoder emits ``num_params`` tensors, each shaped like the data
 (``(..., *event_shape)``); ``likelihood(params, event_dim)`` takes that tuple and returns a
-Pyro distribution whose event shape is the data's. ``check_data(x)`` rejects data outside the support before training, with a message
-that names the fix.
+Pyro distribution whose event shape is the data's. ``check_data(x)`` rejects data outside
+the support before training, with a message that names the fix.
 
 Registered names: ``bernoulli``, ``continuous_bernoulli``, ``gaussian``, ``laplace``.
 """

@@ -130,10 +130,11 @@ def fit(vae, data: Dataset, train: Optional[TrainConfig] = None, optim: Optional
                     bar.set_postfix(epoch=epoch, elbo=f"{-total.item() / (i * m + index.numel()):.2f}")
             train_elbo = -total.item() / n
             seconds = time.perf_counter() - start
-            counters = {"epoch": epoch, "step": counters["step"] + steps_per_epoch, "samples_seen": counters["samples_seen"] + n}
+            counters = {"epoch": epoch, "step": counters["step"] + steps_per_epoch,
+                        "samples_seen": counters["samples_seen"] + n}
             if not math.isfinite(train_elbo):
-                raise TrainingError(f"non-finite loss in epoch {epoch} (step {counters['step']}): try a smaller optim.lr, "
-                                    "check the data's scale, or use a bounded likelihood scale; "
+                raise TrainingError(f"non-finite loss in epoch {epoch} (by step {counters['step']}): try a smaller "
+                                    "optim.lr, check the data's scale, or use a bounded likelihood scale; "
                                     "the last good checkpoint is kept")
             record = {**counters, "train_elbo": train_elbo, "test_elbo": None, "train_seconds": seconds,
                       "images_per_second": n / seconds}
