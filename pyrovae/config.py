@@ -71,7 +71,7 @@ class ModelConfig:
 class TrainConfig:
     """``[train]``: the SVI loop."""
 
-    epochs: int = 30
+    epochs: int = 50
     batch_size: int = 100
     #: auto, analytic (estimator B, TraceMeanField_ELBO) or mc (estimator A, Trace_ELBO).
     estimator: str = "auto"
@@ -80,7 +80,7 @@ class TrainConfig:
     #: cpu, cuda or cuda:N.
     device: str = "cpu"
     #: evaluate the test ELBO every this many epochs (and after the last).
-    eval_every: int = 1
+    eval_every: int = 5
     #: particles per test point for the test ELBO.
     eval_particles: int = 1
     progress: bool = True
