@@ -16,7 +16,7 @@ def digits():
 
 def test_fit_raises_the_test_elbo(digits):
     vae = VAE(digits.event_shape, 2, encoder=SMALL, decoder=SMALL)
-    metrics = fit(vae, digits, epochs=6, batch_size=50, progress=False, optim={"name": "adam", "lr": 3e-3})
+    metrics = fit(vae, digits, epochs=6, batch_size=50, eval_every=1, progress=False, optim={"name": "adam", "lr": 3e-3})
     assert [m["epoch"] for m in metrics] == list(range(1, 7))
     assert metrics[-1]["samples_seen"] == 6 * digits.num_train
     assert metrics[-1]["step"] == 6 * -(-digits.num_train // 50)
@@ -33,7 +33,8 @@ def test_fit_raises_the_test_elbo(digits):
 ])
 def test_fit_with_other_priors_estimators_optimizers(digits, prior, estimator, optim):
     vae = VAE(digits.event_shape, 2, prior=prior, encoder=SMALL, decoder=SMALL)
-    metrics = fit(vae, digits, epochs=3, estimator=estimator, num_particles=3, progress=False, optim=optim)
+    metrics = fit(vae, digits, epochs=3, estimator=estimator, num_particles=3, eval_every=1, progress=False,
+                  optim=optim)
     assert metrics[-1]["test_elbo"] > metrics[0]["test_elbo"] - 1.0
     assert all(torch.isfinite(p).all() for p in vae.parameters())
 
