@@ -108,3 +108,30 @@ def test_frey_face_from_the_mat_file(frey_file):
     assert data.binarize == "none" and 0.0 < data.train.min() and data.train.max() < 1.0
     # the folder works as well as the file
     assert load_dataset("frey_face", str(frey_file.parent)).train.shape == data.train.shape
+
+
+def test_frey_face_download_path(tmp_path, frey_file, monkeypatch):
+    """The real download code, with the network replaced by a copy of the shared file."""
+    import shutil
+    import urllib.request
+
+    from pyrovae.data import FREY_FACE_URL
+
+    calls = []
+
+    def fake_urlretrieve(url, filename):
+        calls.append(url)
+        shutil.copyfile(frey_file, filename)
+
+    monkeypatch.setattr(urllib.request, "urlretrieve", fake_urlretrieve)
+    data = load_dataset("frey_face", str(tmp_path / "faces"))
+    assert calls == [FREY_FACE_URL] and (tmp_path / "faces" / "frey_rawface.mat").is_file()
+    assert data.train.shape[0] + data.test.shape[0] == 1965
+
+    def offline(url, filename):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlretrieve", offline)
+    with pytest.raises(DataError, match="download from .* failed .*network is unreachable"):
+        load_dataset("frey_face", str(tmp_path / "elsewhere"))
+    assert not list((tmp_path / "elsewhere").glob("*.mat"))
