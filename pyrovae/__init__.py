@@ -7,27 +7,29 @@ Public API::
     load           a trained VAE from a run folder
     load_dataset   data sets as tensors (digits, mnist, frey_face, file)
     load_config    TOML -> validated Config
-    make_elbo      an estimator name -> a Pyro ELBO
+    make_elbo      an estimator name -> a Pyro ELBO; IWAE, the importance-weighted bound
+    log_likelihood importance-sampled log p(x); evaluate: every test number
 """
 
 from .checkpoint import build_vae, load
 from .config import Config, DataConfig, ModelConfig, TrainConfig, load_config
 from .data import Dataset, load_dataset
 from .errors import ConfigError, DataError, PyrovaeError, RunDirError
-from .evaluate import dataset_elbo, evaluate_run
+from .evaluate import active_units, dataset_elbo, evaluate, evaluate_run, kl_per_dimension, log_likelihood
 from .likelihoods import LIKELIHOODS
 from .model import VAE
 from .nets import DECODERS, ENCODERS
-from .objectives import elbo_per_datapoint, make_elbo, resolve_estimator
+from .objectives import IWAE, elbo_per_datapoint, make_elbo, resolve_estimator
 from .optim import OPTIMIZERS, build_optimizer
 from .priors import PRIORS
-from .train import TrainingError, fit, train
+from .train import PosteriorCollapseWarning, TrainingError, fit, train
 
 __version__ = "0.1.0"
 
 __all__ = [
     "VAE", "fit", "train", "load", "build_vae", "load_dataset", "Dataset", "load_config", "Config", "DataConfig",
-    "ModelConfig", "TrainConfig", "make_elbo", "resolve_estimator", "elbo_per_datapoint", "dataset_elbo",
-    "evaluate_run", "build_optimizer", "PRIORS", "LIKELIHOODS", "ENCODERS", "DECODERS", "OPTIMIZERS",
-    "PyrovaeError", "ConfigError", "DataError", "RunDirError", "TrainingError",
+    "ModelConfig", "TrainConfig", "make_elbo", "resolve_estimator", "elbo_per_datapoint", "IWAE", "dataset_elbo",
+    "log_likelihood", "active_units", "kl_per_dimension", "evaluate", "evaluate_run", "build_optimizer",
+    "PRIORS", "LIKELIHOODS", "ENCODERS", "DECODERS", "OPTIMIZERS",
+    "PyrovaeError", "ConfigError", "DataError", "RunDirError", "TrainingError", "PosteriorCollapseWarning",
 ]

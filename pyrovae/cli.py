@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="score a run on its test split; writes RUN_DIR/evaluation.json")
     p.add_argument("run_dir")
+    p.add_argument("--nll-samples", type=int, default=5000,
+                   help="importance samples per test point for the log-likelihood (default 5000)")
+    p.add_argument("--iwae-samples", type=int, default=50, help="k of the reported IWAE bound (default 50)")
     p.add_argument("-k", "--particles", type=int, default=10, help="samples per test point for the ELBO (default 10)")
     p.add_argument("--device", default="cpu")
 
@@ -58,10 +61,14 @@ def _evaluate(args) -> None:
     from .evaluate import evaluate_run
     from .train import resolve_device
 
-    if args.particles < 1:
-        raise PyrovaeError(f"--particles {args.particles}: must be >= 1")
+    for flag in ("nll_samples", "iwae_samples", "particles"):
+        if getattr(args, flag) < 1:
+            raise PyrovaeError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be >= 1")
     resolve_device(args.device)
-    print(json.dumps(evaluate_run(args.run_dir, args.particles, args.device), indent=2))
+    result = evaluate_run(args.run_dir, nll_samples=args.nll_samples, iwae_samples=args.iwae_samples,
+                          elbo_particles=args.particles, device=args.device)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("unit_activity", "kl_per_dim")}, indent=2))
+    print(f"written: {Path(args.run_dir) / 'evaluation.json'}")
 
 
 def _sample(args) -> None:

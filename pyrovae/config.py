@@ -73,9 +73,14 @@ class TrainConfig:
 
     epochs: int = 50
     batch_size: int = 100
-    #: auto, analytic (estimator B, TraceMeanField_ELBO) or mc (estimator A, Trace_ELBO).
+    #: auto, analytic (estimator B, TraceMeanField_ELBO), mc (estimator A, Trace_ELBO) or iwae.
     estimator: str = "auto"
+    #: L samples per datapoint (k for iwae).
     num_particles: int = 1
+    #: the weight of the KL term (beta-VAE, Higgins et al. 2017); 1 is the ELBO.
+    beta: float = 1.0
+    #: linear warm-up of the KL weight from 0 to beta over this many epochs (0: none).
+    kl_warmup_epochs: int = 0
     seed: int = 0
     #: cpu, cuda or cuda:N.
     device: str = "cpu"
@@ -90,6 +95,12 @@ class TrainConfig:
         _range("train.batch_size", self.batch_size, 1)
         _choice("train.estimator", self.estimator, ESTIMATORS)
         _range("train.num_particles", self.num_particles, 1)
+        if not (self.beta >= 0 and math.isfinite(self.beta)):
+            raise ConfigError(f"train.beta = {self.beta!r}: must be a finite number >= 0")
+        _range("train.kl_warmup_epochs", self.kl_warmup_epochs, 0)
+        if self.estimator == "iwae" and (self.beta != 1 or self.kl_warmup_epochs):
+            raise ConfigError("train.estimator = 'iwae' weighs whole importance weights: it takes no train.beta "
+                              "or train.kl_warmup_epochs; use 'analytic' or 'mc' for KL annealing")
         _range("train.seed", self.seed, 0)
         _range("train.eval_every", self.eval_every, 1)
         _range("train.eval_particles", self.eval_particles, 1)

@@ -1,18 +1,36 @@
-"""Evaluation of a trained VAE on held-out data.
+"""Evaluation of a trained VAE on held-out data: ELBO, IWAE bound, log-likelihood, diagnostics.
 
-Every number is in nats per datapoint; an ELBO is higher-is-better (the paper's "lower
-bound per datapoint", Figure 2).
+Units: nats per datapoint. ELBOs and bounds are higher-is-better log-probabilities (the
+paper's "lower bound per datapoint", Figure 2); the test NLL is positive, -log p(x), as the
+IWAE and VampPrior papers report it.
 """
 
+import contextlib
 import json
+import math
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List, Optional
 
 import torch
+from torch.distributions import Normal, kl_divergence
 
-from .checkpoint import load, read_run_config
+from .checkpoint import atomic_write_bytes, load, read_run_config
 from .data import load_dataset
 from .objectives import elbo_per_datapoint
+
+#: A latent unit u is active when Cov_x(E_q[u | x]) exceeds this (Burda et al. 2015).
+ACTIVE_UNIT_THRESHOLD = 0.01
+
+
+@contextlib.contextmanager
+def _seeded(x: torch.Tensor, seed: Optional[int]):
+    """Draw from a generator seeded with ``seed``, leaving the caller's state untouched (None: the caller's)."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 @torch.no_grad()
@@ -23,23 +41,98 @@ def dataset_elbo(vae, x: torch.Tensor, num_particles: int = 1, batch_size: int =
     It draws from its own seeded generator state and restores the caller's, so evaluating
     never changes a training run's random stream and the same parameters give the same value.
     """
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with _seeded(x, seed):
         total = sum(float(elbo_per_datapoint(vae, chunk, num_particles).sum()) for chunk in x.split(batch_size))
     return total / x.shape[0]
 
 
-def evaluate_run(run_dir, num_particles: int = 10, device: str = "cpu") -> Dict[str, float]:
+@torch.no_grad()
+def log_likelihood(vae, x: torch.Tensor, num_samples: int = 5000, batch_size: int = 100,
+                   max_elements: int = 2**24, seed: Optional[int] = 0) -> torch.Tensor:
+    """The importance-sampled estimate of log p(x_i) for each datapoint (shape ``(N,)``, nats).
+
+    With q(z|x) as the proposal and K = ``num_samples`` (Kingma & Welling 2014, App. D;
+    Burda et al. 2015, who call it IWAE_K):
+
+        log p(x) ~= log (1/K) sum_k p(x | z_k) p(z_k) / q(z_k | x),   z_k ~ q(z | x).
+
+    It is a stochastic lower bound whose expectation rises to log p(x) as K grows. Samples are
+    drawn in chunks whose size keeps about ``max_elements`` numbers per tensor
+    (samples x datapoints x data size), and the log-sum-exp is accumulated across chunks, so
+    memory stays bounded at any K. Runs on x's device (move the model there first).
+    ``seed=None`` draws from the caller's generator.
+    """
+    out = []
+    with _seeded(x, seed):
+        for xb in x.split(batch_size):
+            per_sample = xb.shape[0] * max(math.prod(vae.event_shape), vae.latent_dim, 512)
+            chunk = max(1, min(num_samples, max_elements // per_sample))
+            q, prior = vae.posterior(xb), vae.prior()
+            acc = torch.full((xb.shape[0],), -math.inf, device=xb.device)
+            for start in range(0, num_samples, chunk):
+                z = q.sample((min(chunk, num_samples - start),))
+                log_w = vae.likelihood_dist(z).log_prob(xb) + prior.log_prob(z) - q.log_prob(z)
+                acc = torch.logaddexp(acc, torch.logsumexp(log_w, 0))
+            out.append(acc - math.log(num_samples))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def active_units(vae, x: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD, batch_size: int = 1000):
+    """``(count, activity)``: activity_u = Cov_x(E_q[u | x]), the variance over the data of
+    each latent unit's posterior mean; a unit is active when it exceeds ``threshold``
+    (Burda et al. 2015, Sec. 5.2)."""
+    means = torch.cat([vae.encoder(chunk)[0] for chunk in x.split(batch_size)])
+    activity = means.var(0, unbiased=False) if means.shape[0] > 1 else torch.zeros(means.shape[1])
+    return int((activity > threshold).sum()), activity
+
+
+@torch.no_grad()
+def kl_per_dimension(vae, x: torch.Tensor, batch_size: int = 1000) -> Optional[List[float]]:
+    """The mean over x of KL(q(z_j | x) || p(z_j)) for each latent dimension j, in nats.
+
+    Defined in closed form when the prior factorizes into independent Gaussians
+    (``standard_normal``, ``gaussian``); None for priors that couple the dimensions
+    (mixture, VampPrior, flow), where a per-dimension KL does not exist.
+    """
+    prior = vae.prior()
+    base = getattr(prior, "base_dist", None)
+    if not isinstance(base, Normal) or getattr(prior, "reinterpreted_batch_ndims", 0) != 1:
+        return None
+    total = torch.zeros(vae.latent_dim, device=x.device)
+    for chunk in x.split(batch_size):
+        q = vae.posterior(chunk).base_dist
+        total += kl_divergence(q, base).sum(0)
+    return (total / x.shape[0]).tolist()
+
+
+def evaluate(vae, x: torch.Tensor, nll_samples: int = 5000, iwae_samples: int = 50, elbo_particles: int = 10,
+             seed: int = 0) -> Dict:
+    """Every test number of a model on x (see ``pyrovae evaluate`` in the README)."""
+    count, activity = active_units(vae, x)
+    return {
+        "test_elbo": dataset_elbo(vae, x, elbo_particles, seed=seed),
+        "elbo_particles": elbo_particles,
+        "test_iwae": float(log_likelihood(vae, x, iwae_samples, seed=seed).mean()),
+        "iwae_samples": iwae_samples,
+        "test_nll": -float(log_likelihood(vae, x, nll_samples, seed=seed + 1).mean()),
+        "nll_samples": nll_samples,
+        "active_units": count,
+        "latent_dim": vae.latent_dim,
+        "unit_activity": activity.tolist(),
+        "kl_per_dim": kl_per_dimension(vae, x),
+        "num_test": x.shape[0],
+    }
+
+
+def evaluate_run(run_dir, nll_samples: int = 5000, iwae_samples: int = 50, elbo_particles: int = 10,
+                 device: str = "cpu") -> Dict:
     """Score a finished run on its test split and write ``evaluation.json`` into the run folder."""
     config = read_run_config(run_dir)
     vae = load(run_dir, device=device)
     d = config.data
     data = load_dataset(d.name, d.path, d.binarize, d.test_fraction, d.download, device=device)
-    result = {
-        "test_elbo": dataset_elbo(vae, data.test, num_particles),
-        "elbo_particles": num_particles,
-        "num_test": data.test.shape[0],
-    }
-    (Path(run_dir) / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    result = evaluate(vae, data.test, nll_samples, iwae_samples, elbo_particles, seed=config.train.seed)
+    text = (json.dumps(result, indent=2) + "\n").encode()
+    atomic_write_bytes(Path(run_dir) / "evaluation.json", lambda f: f.write(text))
     return result

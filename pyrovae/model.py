@@ -16,6 +16,7 @@ from typing import Optional, Sequence, Union
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
@@ -67,6 +68,10 @@ class VAE(PyroModule):
         self.decoder = decoder if isinstance(decoder, nn.Module) else \
             DECODERS.build(decoder, "model.decoder", event_shape=self.event_shape, latent_dim=self.latent_dim,
                            num_params=self.likelihood.num_params)
+        if hasattr(self.prior, "attach"):  # e.g. the VampPrior, which runs the encoder on its pseudo-inputs
+            self.prior.attach(self.encoder, self.event_shape)
+        #: beta, the weight of the KL term (log q(z|x) - log p(z)); 1 is the ELBO. Set by KL annealing.
+        self.kl_weight = 1.0
 
     # -- the Pyro program ---------------------------------------------------------------
     def _plate(self, x: torch.Tensor, num_data: Optional[int]):
@@ -79,14 +84,24 @@ class VAE(PyroModule):
     def model(self, x: torch.Tensor, num_data: Optional[int] = None):
         """p(z) p_theta(x|z) for a minibatch x of shape ``(M, *event_shape)`` out of ``num_data``."""
         with self._plate(x, num_data):
-            z = pyro.sample("z", self.prior((x.shape[0],)))
+            z = self._sample_latent(self.prior((x.shape[0],)))
             pyro.sample("x", self.likelihood(self.decode(z), self.event_dim), obs=x)
 
     @pyro_method
     def guide(self, x: torch.Tensor, num_data: Optional[int] = None):
         """q_phi(z|x) = N(mu(x), diag(exp(zeta(x)))), zeta = log sigma^2, under the same plate."""
         with self._plate(x, num_data):
-            pyro.sample("z", self.posterior(x))
+            self._sample_latent(self.posterior(x))
+
+    def _sample_latent(self, fn):
+        # poutine.scale on the latent site in model and guide multiplies log p(z) - log q(z|x),
+        # i.e. the KL term, by beta (Higgins et al. 2017); the reconstruction term is untouched.
+        if self.kl_weight == 1.0:
+            return pyro.sample("z", fn)
+        # beta = 0 (a plain autoencoder with noise) masks the terms out: Pyro's scale must be > 0
+        weight = poutine.mask(mask=False) if self.kl_weight == 0 else poutine.scale(scale=self.kl_weight)
+        with weight:
+            return pyro.sample("z", fn)
 
     # -- plain-tensor helpers (no Pyro effects) --------------------------------------------
     def posterior(self, x: torch.Tensor) -> dist.TorchDistribution:

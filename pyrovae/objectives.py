@@ -9,17 +9,23 @@ For one datapoint, the evidence lower bound (Kingma & Welling 2014, eq. 3) is
 - ``analytic`` (estimator B, eq. 7): -KL(q || p) in closed form plus
   (1/L) sum_l log p(x|z_l), with less variance: Pyro's :class:`~pyro.infer.TraceMeanField_ELBO`.
 - ``auto``: ``analytic`` when the prior's KL has a closed form, else ``mc``.
+- ``iwae``: the importance-weighted bound with k = ``num_particles`` (Burda et al. 2015),
+  :class:`IWAE` below, a tighter bound: ELBO <= IWAE_k <= IWAE_{k+1} <= log p(x).
 
 L = ``num_particles`` samples are drawn in one vectorized pass.
 """
 
+import math
+
 import pyro.infer
 import torch
+from pyro.infer.enum import get_importance_trace
+from pyro.util import warn_if_nan
 from torch.distributions import kl_divergence
 
 from .errors import ConfigError
 
-ESTIMATORS = ("auto", "analytic", "mc")
+ESTIMATORS = ("auto", "analytic", "mc", "iwae")
 
 
 def resolve_estimator(estimator: str, vae) -> str:
@@ -39,8 +45,11 @@ def make_elbo(estimator: str, vae, num_particles: int = 1) -> pyro.infer.ELBO:
     """The Pyro ELBO for an estimator name (after :func:`resolve_estimator`)."""
     if num_particles < 1:
         raise ConfigError(f"train.num_particles = {num_particles}: must be >= 1")
-    cls = {"analytic": pyro.infer.TraceMeanField_ELBO, "mc": pyro.infer.Trace_ELBO}[resolve_estimator(estimator, vae)]
+    estimator = resolve_estimator(estimator, vae)
     # The VAE has exactly one plate, so the particle plate goes at dim -2 without a guessing trace.
+    if estimator == "iwae":
+        return IWAE(num_particles=num_particles, max_plate_nesting=1)
+    cls = {"analytic": pyro.infer.TraceMeanField_ELBO, "mc": pyro.infer.Trace_ELBO}[estimator]
     return cls(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
 
 
@@ -60,3 +69,86 @@ def elbo_per_datapoint(vae, x: torch.Tensor, num_particles: int = 1, analytic_kl
     if analytic_kl:
         return log_px - kl_divergence(q, vae.prior((x.shape[0],)))
     return log_px + (vae.prior().log_prob(z) - q.log_prob(z)).mean(0)
+
+
+_PARTICLE_PLATE = "num_particles_vectorized"  # the plate Pyro's ELBO adds for vectorized particles
+
+
+class IWAE(pyro.infer.ELBO):
+    """The importance-weighted bound (Burda et al. 2015) as a Pyro ELBO that stays correct
+    under minibatches.
+
+    For each datapoint x_i of the plate ``data_plate``, with z_{i,j} ~ q(z | x_i), j = 1..k:
+
+        IWAE_k(x_i) = log (1/k) sum_j p(x_i, z_{i,j}) / q(z_{i,j} | x_i),
+
+    and the loss of a minibatch of M points out of N is ``-(N/M) sum_i IWAE_k(x_i)``. Pyro's
+    ``RenyiELBO(alpha=0)`` applies the N/M scale to the log-weights before the log-sum-exp,
+    computing sum_i log (1/k) sum_j w_ij^(N/M), which is wrong under plate subsampling
+    (``tests/test_evaluate.py`` shows both); here the log-sum-exp runs over each datapoint's
+    own k unscaled weights and the scale is applied after it. k = 1 is estimator A.
+
+    Every latent site must be local (inside the data plate) and reparameterized.
+
+    :param int num_particles: k, drawn in one vectorized pass.
+    :param str data_plate: the name of the plate whose entries are datapoints.
+    :param int max_plate_nesting: as in Pyro's ELBOs (guessed by a trace when not given).
+
+    [1] "Importance Weighted Autoencoders", Yuri Burda, Roger Grosse, Ruslan Salakhutdinov (2015)
+    """
+
+    def __init__(self, num_particles: int = 10, data_plate: str = "data", max_plate_nesting: float = float("inf")):
+        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting, vectorize_particles=True)
+        self.data_plate = data_plate
+
+    def _get_trace(self, model, guide, args, kwargs):
+        return get_importance_trace("flat", self.max_plate_nesting, model, guide, args, kwargs)
+
+    def log_weights(self, model, guide, *args, **kwargs):
+        """``(log_w, scale)``: log p(x_i, z_ij) - log q(z_ij | x_i) of shape ``(k, M)`` and N/M."""
+        model_trace, guide_trace = next(self._get_traces(model, guide, args, kwargs))
+        log_w, scale = 0.0, None
+        for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+            for name, site in trace.nodes.items():
+                if site["type"] != "sample":
+                    continue
+                frames = {f.name: f for f in site["cond_indep_stack"] if f.vectorized}
+                if self.data_plate not in frames:
+                    raise ValueError(f"IWAE: site {name!r} is outside the plate {self.data_plate!r}; "
+                                     "the bound is per datapoint, so every site must be local")
+                if sign < 0 and not site["fn"].has_rsample:
+                    raise ValueError(f"IWAE: guide site {name!r} is not reparameterizable")
+                frame = frames[self.data_plate]
+                site_scale = (frame.full_size or frame.size) / frame.size
+                if scale is not None and site_scale != scale:
+                    raise ValueError(f"IWAE: sites of plate {self.data_plate!r} have different subsample scales")
+                scale = site_scale
+                # Bring the log-density to (particles, ..., datapoints) and sum the plates in between.
+                lp = site["unscaled_log_prob"]  # "log_prob" already carries the N/M scale
+                lp = lp.reshape((1,) * (max(-f.dim for f in frames.values()) - lp.dim()) + lp.shape)
+                particles = frames.get(_PARTICLE_PLATE)
+                if particles is None:
+                    lp = lp.movedim(frame.dim, -1).unsqueeze(0)
+                else:
+                    lp = lp.movedim((particles.dim, frame.dim), (0, -1))
+                inner = tuple(range(1, lp.dim() - 1))
+                log_w = log_w + sign * (lp.sum(inner) if inner else lp)  # sum(()) would sum everything
+        return log_w, scale
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        """-(N/M) sum_i IWAE_k(x_i), differentiable in the parameters of model and guide."""
+        log_w, scale = self.log_weights(model, guide, *args, **kwargs)
+        bound = torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+        loss = -scale * bound.sum()
+        warn_if_nan(loss, "loss")
+        return loss
+
+    def loss(self, model, guide, *args, **kwargs):
+        with torch.no_grad():
+            return self.differentiable_loss(model, guide, *args, **kwargs).item()
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        if loss.requires_grad:
+            loss.backward()
+        return loss.item()

@@ -5,12 +5,17 @@ distribution with event shape ``(latent_dim,)``. ``has_analytic_kl`` says whethe
 KL(q(z|x) || p(z)) against the diagonal-Gaussian guide has a closed form, which is what the
 ``auto`` estimator needs to pick the paper's estimator B (``TraceMeanField_ELBO``).
 
-Registered names: ``standard_normal``, ``gaussian``, ``mixture``.
+Registered names: ``standard_normal``, ``gaussian``, ``mixture``, ``vamp``, ``flow``.
+
+A prior that needs the encoder (the VampPrior) defines ``attach(encoder, event_shape)``,
+which the :class:`~pyrovae.VAE` calls once its encoder exists.
 """
 
 import math
+from typing import List
 
 import pyro.distributions as dist
+import pyro.distributions.transforms as T
 import torch
 from torch import nn
 
@@ -99,5 +104,80 @@ class MixturePrior(Prior):
         self.log_scales = nn.Parameter(torch.full((num_components, latent_dim), init_log_scale))
 
     def distribution(self):
-        components = dist.Normal(self.locs, self.log_scales.exp()).to_event(1)
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+        return gaussian_mixture(self.logits, self.locs, self.log_scales.exp())
+
+
+def gaussian_mixture(logits, locs, scales) -> dist.TorchDistribution:
+    """sum_k softmax(logits)_k N(locs_k, diag(scales_k^2)), with event shape ``(latent_dim,)``."""
+    return dist.MixtureSameFamily(dist.Categorical(logits=logits), dist.Normal(locs, scales).to_event(1))
+
+
+@PRIORS.register("vamp")
+class VampPrior(Prior):
+    """The VampPrior (Tomczak & Welling 2018): p(z) = (1/K) sum_k q_phi(z | u_k), the
+    aggregate posterior of K learned pseudo-inputs u_k passed through the encoder.
+
+    The pseudo-inputs have the data's shape and start uniform in [0, 1]. The KL against q has
+    no closed form: ``auto`` uses estimator A.
+
+    :param int num_pseudo_inputs: K (the paper uses 500 for MNIST).
+
+    [1] "VAE with a VampPrior", Jakub M. Tomczak, Max Welling (AISTATS 2018)
+    """
+
+    def __init__(self, latent_dim: int, num_pseudo_inputs: int = 100):
+        super().__init__(latent_dim)
+        if num_pseudo_inputs < 1:
+            raise ValueError(f"num_pseudo_inputs must be >= 1, got {num_pseudo_inputs}")
+        self.num_pseudo_inputs = num_pseudo_inputs
+        self.pseudo_inputs = None
+
+    def attach(self, encoder: nn.Module, event_shape) -> None:
+        """Use the VAE's own encoder (held by reference, not as a second copy of its parameters)."""
+        self.__dict__["encoder"] = encoder
+        self.pseudo_inputs = nn.Parameter(torch.rand(self.num_pseudo_inputs, *event_shape))
+
+    def distribution(self):
+        if self.pseudo_inputs is None:
+            raise RuntimeError("the VampPrior needs an encoder: build it through pyrovae.VAE")
+        loc, log_var = self.__dict__["encoder"](self.pseudo_inputs)
+        logits = torch.zeros(self.num_pseudo_inputs, device=loc.device, dtype=loc.dtype)
+        return gaussian_mixture(logits, loc, torch.exp(0.5 * log_var))
+
+
+@PRIORS.register("flow")
+class FlowPrior(Prior):
+    """A normalizing-flow prior: z = f(e), e ~ N(0, I), with f a stack of masked
+    autoregressive flows (Papamakarios et al. 2017) built from Pyro's transforms, the latent
+    order reversed between layers.
+
+    Each layer is Pyro's ``AffineAutoregressive`` used in its inverse direction, so that
+    log p(z) = log N(f^{-1}(z)) + log |det d f^{-1} / dz| takes one network pass per layer
+    (the cost paid in every training step) and sampling takes ``latent_dim`` passes. The KL
+    against q has no closed form: ``auto`` uses estimator A.
+
+    :param int num_flows: number of autoregressive layers.
+    :param list hidden: hidden sizes of each layer's autoregressive network (MADE).
+    """
+
+    def __init__(self, latent_dim: int, num_flows: int = 2, hidden: List[int] = (64,)):
+        super().__init__(latent_dim)
+        if latent_dim < 2:
+            raise ValueError("the flow prior needs latent_dim >= 2")
+        if num_flows < 1:
+            raise ValueError(f"num_flows must be >= 1, got {num_flows}")
+        if any(h < 1 for h in hidden):
+            raise ValueError(f"hidden sizes must be >= 1, got {list(hidden)}")
+        self.flows = nn.ModuleList(T.affine_autoregressive(latent_dim, hidden_dims=list(hidden))
+                                   for _ in range(num_flows))
+        self.register_buffer("loc", torch.zeros(latent_dim))
+        self.register_buffer("scale", torch.ones(latent_dim))
+        self.register_buffer("reverse", torch.arange(latent_dim - 1, -1, -1))
+
+    def distribution(self):
+        transforms = []
+        for i, flow in enumerate(self.flows):
+            if i:
+                transforms.append(T.Permute(self.reverse))
+            transforms.append(flow.inv)
+        return dist.TransformedDistribution(dist.Normal(self.loc, self.scale).to_event(1), transforms)

@@ -16,6 +16,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -27,8 +28,8 @@ from .checkpoint import CHECKPOINT, CONFIG, build_vae, read_checkpoint, save_che
 from .config import Config, TrainConfig, dumps
 from .data import Dataset, binarize_split, load_dataset
 from .errors import ConfigError, PyrovaeError, RunDirError
-from .evaluate import dataset_elbo
-from .objectives import make_elbo, resolve_estimator
+from .evaluate import active_units, dataset_elbo
+from .objectives import elbo_per_datapoint, make_elbo, resolve_estimator
 from .optim import build_optimizer
 from .plots import plot_run
 
@@ -37,6 +38,17 @@ METRICS = "metrics.jsonl"
 
 class TrainingError(PyrovaeError):
     """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+class PosteriorCollapseWarning(UserWarning):
+    """Most latent units are inactive: q(z|x) has collapsed onto the prior for them."""
+
+
+def kl_weight(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """beta, reached linearly over ``kl_warmup_epochs`` epochs (Bowman et al. 2016; Sønderby et al. 2016)."""
+    if cfg.kl_warmup_epochs == 0:
+        return cfg.beta
+    return cfg.beta * min(1.0, (step + 1) / (cfg.kl_warmup_epochs * steps_per_epoch))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -76,9 +88,13 @@ def fit(vae, data: Dataset, train: Optional[TrainConfig] = None, optim: Optional
     :param train_options: overrides of ``train``'s fields, e.g. ``epochs=5``.
 
     Each returned record has ``epoch``, ``step``, ``samples_seen``, ``train_elbo`` (the mean
-    minibatch estimate over the epoch), ``test_elbo`` (every ``eval_every`` epochs and after
-    the last, else None), ``train_seconds`` and ``images_per_second``; ELBOs are nats per
-    datapoint, higher is better.
+    of the epoch's minibatch ELBO estimates), ``train_objective`` (the mean of what was
+    maximised: the same as ``train_elbo`` unless the estimator is ``iwae`` or the KL is
+    weighted), ``kl_weight`` (at the epoch's end), ``test_elbo`` and ``active_units`` (every
+    ``eval_every`` epochs and after the last, else None), ``train_seconds`` and
+    ``images_per_second``. ELBOs are nats per datapoint, higher is better; the reported ELBO
+    is always the true one (beta = 1). A :class:`PosteriorCollapseWarning` is issued once if
+    fewer than half of the latent units are active at an evaluation after the first epoch.
     """
     try:
         cfg = dataclasses.replace(train or TrainConfig(), **train_options)
@@ -92,7 +108,8 @@ def fit(vae, data: Dataset, train: Optional[TrainConfig] = None, optim: Optional
     vae.to(device)
     data = data.to(device)
     check_data(vae, data, cfg.batch_size)
-    elbo = make_elbo(resolve_estimator(cfg.estimator, vae), vae, cfg.num_particles)
+    estimator = resolve_estimator(cfg.estimator, vae)
+    elbo = make_elbo(estimator, vae, cfg.num_particles)
     optimizer = build_optimizer(optim, vae.parameters())
 
     counters = {"epoch": 0, "step": 0, "samples_seen": 0}
@@ -109,6 +126,7 @@ def fit(vae, data: Dataset, train: Optional[TrainConfig] = None, optim: Optional
 
     n, m = data.num_train, cfg.batch_size
     steps_per_epoch = -(-n // m)
+    warned = False
     bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=counters["epoch"] * steps_per_epoch, unit="step",
                disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True)
     try:
@@ -116,31 +134,48 @@ def fit(vae, data: Dataset, train: Optional[TrainConfig] = None, optim: Optional
             # The data order depends on (seed, epoch) only, so a resumed run sees the same batches.
             order = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + epoch)
             perm = torch.randperm(n, generator=order, device=device)
-            total = torch.zeros((), device=device)
+            total = torch.zeros((), device=device)  # sum over points of the objective's estimates
+            total_elbo = torch.zeros((), device=device)  # ... of the ELBO's, when the objective differs
             start = time.perf_counter()
             for i, index in enumerate(perm.split(m)):
                 x = data.batch(index)
+                vae.kl_weight = kl_weight(cfg, counters["step"] + i, steps_per_epoch)
                 loss = elbo.differentiable_loss(vae.model, vae.guide, x, n) / n
+                batch_loss = loss.detach() * index.numel()  # = -sum_i objective_i over the batch
+                total += batch_loss
+                if vae.kl_weight != 1.0 or estimator == "iwae":
+                    with torch.no_grad():
+                        total_elbo -= elbo_per_datapoint(vae, x).sum()
+                else:
+                    total_elbo += batch_loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total += loss.detach() * index.numel()
                 bar.update()
                 if i % 20 == 0:
-                    bar.set_postfix(epoch=epoch, elbo=f"{-total.item() / (i * m + index.numel()):.2f}")
-            train_elbo = -total.item() / n
+                    bar.set_postfix(epoch=epoch, loss=f"{total.item() / (i * m + index.numel()):.2f}")
+            objective = -total.item() / n
+            train_elbo = -total_elbo.item() / n
             seconds = time.perf_counter() - start
             counters = {"epoch": epoch, "step": counters["step"] + steps_per_epoch,
                         "samples_seen": counters["samples_seen"] + n}
-            if not math.isfinite(train_elbo):
+            if not (math.isfinite(objective) and math.isfinite(train_elbo)):
                 raise TrainingError(f"non-finite loss in epoch {epoch} (by step {counters['step']}): try a smaller "
                                     "optim.lr, check the data's scale, or use a bounded likelihood scale; "
                                     "the last good checkpoint is kept")
-            record = {**counters, "train_elbo": train_elbo, "test_elbo": None, "train_seconds": seconds,
+            record = {**counters, "train_elbo": train_elbo, "train_objective": objective, "kl_weight": vae.kl_weight,
+                      "test_elbo": None, "active_units": None, "train_seconds": seconds,
                       "images_per_second": n / seconds}
             if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
                 record["test_elbo"] = dataset_elbo(vae, data.test, cfg.eval_particles, seed=cfg.seed)
+                record["active_units"] = active_units(vae, data.test)[0]
                 bar.set_postfix(epoch=epoch, elbo=f"{train_elbo:.2f}", test_elbo=f"{record['test_elbo']:.2f}")
+                if 2 * record["active_units"] < vae.latent_dim and epoch > 1 and not warned:
+                    warned = True
+                    warnings.warn(f"epoch {epoch}: only {record['active_units']} of {vae.latent_dim} latent units are "
+                                  "active (Cov_x E_q[u] > 0.01); the rest have collapsed onto the prior. "
+                                  "Consider train.kl_warmup_epochs, a smaller latent_dim, or a weaker decoder",
+                                  PosteriorCollapseWarning, stacklevel=2)
             metrics.append(record)
             if run_dir is not None:
                 with open(Path(run_dir) / METRICS, "a") as f:
@@ -148,6 +183,7 @@ def fit(vae, data: Dataset, train: Optional[TrainConfig] = None, optim: Optional
                 save_checkpoint(Path(run_dir) / CHECKPOINT, vae, optimizer, config, counters)
     finally:
         bar.close()
+        vae.kl_weight = 1.0
     if run_dir is not None:
         vae.eval()
         plot_run(run_dir, vae, data.test, metrics)
@@ -167,7 +203,7 @@ def _same_run(a: Dict, b: Dict) -> Optional[str]:
         for key in sorted(set(a[section]) | set(b[section])):
             if a[section].get(key) != b[section].get(key):
                 return f"{section}.{key}"
-    for key in ("batch_size", "estimator", "num_particles", "seed"):
+    for key in ("batch_size", "estimator", "num_particles", "seed", "beta", "kl_warmup_epochs"):
         if a["train"].get(key) != b["train"].get(key):
             return f"train.{key}"
     if a["optim"].get("name") != b["optim"].get("name"):

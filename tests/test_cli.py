@@ -41,9 +41,13 @@ def test_train_evaluate_sample_end_to_end(tmp_path):
     for png in ("reconstructions.png", "samples.png", "elbo.png", "manifold.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    assert main(["evaluate", str(out), "--particles", "5"]) == 0
+    assert main(["evaluate", str(out), "--particles", "5", "--nll-samples", "200", "--iwae-samples", "20"]) == 0
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert evaluation["test_elbo"] == pytest.approx(tests[-1], abs=1.5)
+    assert evaluation["iwae_samples"] == 20 and evaluation["nll_samples"] == 200
+    assert evaluation["test_elbo"] < evaluation["test_iwae"] < 0 < evaluation["test_nll"]
+    assert evaluation["test_iwae"] <= -evaluation["test_nll"] + 0.1  # IWAE_20 <= IWAE_200, up to noise
+    assert 0 <= evaluation["active_units"] <= 2 == evaluation["latent_dim"] == len(evaluation["kl_per_dim"])
 
     assert main(["sample", str(out), "-n", "16", "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").stat().st_size > 0

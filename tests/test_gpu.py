@@ -1,6 +1,5 @@
 """CUDA end to end: skipped on machines without a GPU (CI has none)."""
 
-import torch
 from conftest import requires_cuda
 
 from pyrovae import VAE, dataset_elbo, fit, load_dataset

@@ -12,7 +12,7 @@ from pyrovae import PRIORS, VAE, ConfigError, resolve_estimator
 
 @pytest.mark.parametrize("name", PRIORS.names())
 def test_every_prior_builds_samples_and_scores(name):
-    prior = PRIORS.build(name, latent_dim=3)
+    prior = VAE((1, 4, 4), 3, prior=name).prior  # built through the VAE: the VampPrior needs its encoder
     p = prior((5,))
     assert p.batch_shape == (5,) and p.event_shape == (3,)
     z = p.sample()
@@ -70,7 +70,7 @@ def test_auto_estimator_follows_the_prior():
 
 
 def test_unknown_prior_lists_the_valid_names():
-    with pytest.raises(ConfigError, match="valid: gaussian, mixture, standard_normal"):
+    with pytest.raises(ConfigError, match="valid: flow, gaussian, mixture, standard_normal, vamp"):
         PRIORS.build("vampire", "model.prior", latent_dim=2)
     with pytest.raises(ConfigError, match="num_components"):
         PRIORS.build({"name": "mixture", "num_components": 0}, "model.prior", latent_dim=2)

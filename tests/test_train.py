@@ -16,7 +16,8 @@ def digits():
 
 def test_fit_raises_the_test_elbo(digits):
     vae = VAE(digits.event_shape, 2, encoder=SMALL, decoder=SMALL)
-    metrics = fit(vae, digits, epochs=6, batch_size=50, eval_every=1, progress=False, optim={"name": "adam", "lr": 3e-3})
+    metrics = fit(vae, digits, epochs=6, batch_size=50, eval_every=1, progress=False,
+                  optim={"name": "adam", "lr": 3e-3})
     assert [m["epoch"] for m in metrics] == list(range(1, 7))
     assert metrics[-1]["samples_seen"] == 6 * digits.num_train
     assert metrics[-1]["step"] == 6 * -(-digits.num_train // 50)

@@ -1,0 +1,255 @@
+"""Objectives and evaluation: the IWAE bound under minibatches, the log-likelihood against a
+closed form (probabilistic PCA), active units, KL per dimension, KL annealing."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from conftest import binary_batch
+from pyro.infer import SVI, RenyiELBO, TraceMeanField_ELBO
+from torch import nn
+
+from pyrovae import (
+    IWAE,
+    VAE,
+    PosteriorCollapseWarning,
+    active_units,
+    dataset_elbo,
+    elbo_per_datapoint,
+    fit,
+    kl_per_dimension,
+    load_dataset,
+    log_likelihood,
+)
+from pyrovae.config import TrainConfig
+from pyrovae.train import kl_weight
+
+
+# -- probabilistic PCA: z ~ N(0, I), x = W z + b + N(0, s^2 I), so p(x) = N(b, W W^T + s^2 I) -------------
+class LinearDecoder(nn.Module):
+    def __init__(self, w, b):
+        super().__init__()
+        self.w, self.b = nn.Parameter(w), nn.Parameter(b)
+
+    def forward(self, z):
+        return (z @ self.w.T + self.b).unsqueeze(-2)  # (..., num_params = 1, D)
+
+
+class OffsetPosteriorEncoder(nn.Module):
+    """The exact pPCA posterior, deliberately shifted and widened, so importance sampling has work to do."""
+
+    def __init__(self, w, b, s, shift=0.3, widen=1.5):
+        super().__init__()
+        d = w.shape[1]
+        precision = w.T @ w / s**2 + torch.eye(d)
+        self.cov = torch.linalg.inv(precision)
+        self.a, self.b, self.shift = self.cov @ w.T / s**2, b, shift
+        self.log_var = torch.log(torch.diagonal(self.cov) * widen**2)
+
+    def forward(self, x):
+        loc = (x - self.b) @ self.a.T + self.shift
+        return loc, self.log_var.expand_as(loc)
+
+
+@pytest.fixture
+def ppca():
+    torch.manual_seed(0)
+    latent, dim, s = 2, 6, 0.5
+    w, b = torch.randn(dim, latent), torch.randn(dim)
+    vae = VAE((dim,), latent, prior="standard_normal", likelihood={"name": "gaussian", "scale": s},
+              encoder=OffsetPosteriorEncoder(w, b, s), decoder=LinearDecoder(w, b))
+    marginal = dist.MultivariateNormal(b, w @ w.T + s**2 * torch.eye(dim))
+    x = marginal.sample((40,))
+    return vae, x, marginal.log_prob(x)
+
+
+def test_log_likelihood_matches_the_closed_form(ppca):
+    vae, x, exact = ppca
+    estimate = log_likelihood(vae, x, num_samples=5000)
+    # per-datapoint Monte Carlo error, from the spread of independent repeats with fewer samples
+    repeats = torch.stack([log_likelihood(vae, x, 500, seed=s) for s in range(8)])
+    mc_error = repeats.std(0) / math.sqrt(10)  # 5000 samples: sqrt(10) times less than 500
+    assert ((estimate - exact).abs() <= 4 * mc_error + 1e-3).all(), (estimate - exact, mc_error)
+    assert (estimate - exact).abs().max() < 0.1
+
+
+def test_elbo_below_iwae_below_log_likelihood_rising_in_k(ppca):
+    vae, x, exact = ppca
+    elbo = dataset_elbo(vae, x, num_particles=2000)
+    many = x.repeat(50, 1)  # 50 independent estimates per datapoint, to average out the noise
+    iwae = {k: float(log_likelihood(vae, many, k, seed=k).mean()) for k in (1, 5, 50, 500)}
+    assert elbo == pytest.approx(iwae[1], abs=0.1)  # IWAE_1 is the ELBO (estimator A)
+    assert elbo < iwae[5] < iwae[50] < iwae[500] <= float(exact.mean()) + 0.01
+
+
+def test_log_likelihood_memory_is_chunked(ppca):
+    vae, x, exact = ppca
+    tiny = log_likelihood(vae, x, num_samples=300, max_elements=1)  # one sample per chunk
+    whole = log_likelihood(vae, x, num_samples=300)
+    torch.testing.assert_close(tiny, whole, rtol=0, atol=0.2)
+    assert log_likelihood(vae, x, 10, batch_size=7).shape == (40,)
+
+
+# -- the IWAE objective -------------------------------------------------------------------------------
+def per_datapoint_iwae(vae, x, k):
+    with torch.no_grad():
+        q = vae.posterior(x)
+        z = q.rsample((k,))
+        log_w = vae.likelihood_dist(z).log_prob(x) + vae.prior().log_prob(z) - q.log_prob(z)
+        return torch.logsumexp(log_w, 0) - math.log(k)
+
+
+@pytest.mark.parametrize("k", [1, 50])
+def test_iwae_minibatch_loss_is_n_over_m_times_per_datapoint_bounds(k):
+    vae = VAE((1, 8, 8), 3)
+    x = binary_batch(10)
+    pyro.set_rng_seed(3)
+    loss = IWAE(num_particles=k, max_plate_nesting=1).loss(vae.model, vae.guide, x, 1000)
+    pyro.set_rng_seed(3)
+    direct = per_datapoint_iwae(vae, x, k)
+    assert loss == pytest.approx(-100 * float(direct.sum()), rel=1e-5)
+
+
+def test_iwae_agrees_with_renyi_on_one_datapoint_and_fixes_it_under_subsampling():
+    """Pyro's RenyiELBO(alpha=0) applies the N/M scale to the log-weights inside the
+    log-sum-exp, sum_i log (1/k) sum_j w_ij^(N/M); the IWAE bound of the data set is
+    (N/M) sum_i log (1/k) sum_j w_ij. They agree without subsampling only."""
+    renyi = lambda **kw: RenyiELBO(alpha=0, vectorize_particles=True, **kw)  # noqa: E731
+    vae = VAE((1, 8, 8), 3)
+    for m, n in ((10, None), (10, 1000)):
+        x = binary_batch(m)
+        losses = []
+        for cls in (IWAE, renyi):
+            pyro.set_rng_seed(4)
+            losses.append(cls(num_particles=20, max_plate_nesting=1).loss(vae.model, vae.guide, x, n))
+        pyro.set_rng_seed(4)
+        with torch.no_grad():
+            q = vae.posterior(x)
+            z = q.rsample((20,))
+            log_w = vae.likelihood_dist(z).log_prob(x) + vae.prior().log_prob(z) - q.log_prob(z)  # (k, M)
+        scale = (n or m) / m
+        right = -scale * float((torch.logsumexp(log_w, 0) - math.log(20)).sum())
+        renyis = -float((torch.logsumexp(scale * log_w, 0) - math.log(20)).sum())
+        assert losses[0] == pytest.approx(right, rel=1e-5)
+        assert losses[1] == pytest.approx(renyis, rel=1e-5)
+        if n is None:
+            assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+        else:
+            assert abs(losses[0] - losses[1]) > 100  # nats: not a rounding difference
+
+
+def test_iwae_trains_with_plain_svi_and_by_name():
+    x = binary_batch(32)
+    vae = VAE((1, 8, 8), 2, name="iwae_vae")
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), IWAE(num_particles=5))
+    losses = [svi.step(x, num_data=320) for _ in range(50)]
+    assert sum(losses[-10:]) < sum(losses[:10])
+    data = load_dataset("digits")
+    metrics = fit(VAE(data.event_shape, 2), data, epochs=2, estimator="iwae", num_particles=5, eval_every=1,
+                  progress=False)
+    # the objective is the IWAE bound, the reported ELBO the true ELBO: IWAE_5 >= ELBO
+    assert all(m["train_objective"] > m["train_elbo"] for m in metrics)
+
+
+def test_iwae_rejects_non_local_sites():
+    def model(x):
+        g = pyro.sample("g", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(g, 1.0), obs=x)
+
+    def guide(x):
+        pyro.sample("g", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match="outside the plate 'data'"):
+        IWAE(num_particles=3).loss(model, guide, torch.zeros(4))
+
+
+# -- diagnostics -------------------------------------------------------------------------------------
+def test_active_units_count_only_the_live_ones():
+    vae = VAE((1, 8, 8), 5, encoder={"name": "mlp", "hidden": [32]})
+    last = vae.encoder.net[-1]
+    with torch.no_grad():  # loc outputs 2, 3, 4 ignore the input: dead units
+        last.weight[2:5].zero_()
+        last.bias[2:5].zero_()
+        last.weight[:2].mul_(5.0)
+    x = load_dataset("digits").test
+    count, activity = active_units(vae, x)
+    assert count == 2
+    assert (activity[2:] == 0).all() and (activity[:2] > 0.01).all()
+
+
+def test_kl_per_dimension_sums_to_the_kl():
+    vae = VAE((1, 8, 8), 4)
+    x = binary_batch(20)
+    per_dim = kl_per_dimension(vae, x)
+    with torch.no_grad():
+        total = torch.distributions.kl_divergence(vae.posterior(x), vae.prior((20,))).mean()
+    assert sum(per_dim) == pytest.approx(float(total), rel=1e-5)
+    assert kl_per_dimension(VAE((1, 8, 8), 4, prior="mixture"), x) is None
+
+
+def test_collapse_warning():
+    data = load_dataset("digits")
+    with pytest.warns(PosteriorCollapseWarning, match="latent units are active"):
+        fit(VAE(data.event_shape, 6), data, epochs=3, beta=30.0, eval_every=1, progress=False)
+
+
+# -- KL annealing and beta -----------------------------------------------------------------------------
+def test_kl_weight_scales_only_the_kl_term():
+    vae = VAE((1, 8, 8), 3)
+    x = binary_batch(8)
+    values = {}
+    for beta in (0.0, 1.0, 2.0):
+        vae.kl_weight = beta
+        pyro.set_rng_seed(5)
+        values[beta] = TraceMeanField_ELBO().loss(vae.model, vae.guide, x, 80)
+    vae.kl_weight = 1.0
+    with torch.no_grad():
+        kl = 10 * float(torch.distributions.kl_divergence(vae.posterior(x), vae.prior((8,))).sum())
+    assert values[1.0] - values[0.0] == pytest.approx(kl, rel=1e-4)
+    assert values[2.0] - values[0.0] == pytest.approx(2 * kl, rel=1e-4)
+
+
+def test_kl_warmup_schedule_and_true_elbo_reporting():
+    cfg = TrainConfig(beta=1.0, kl_warmup_epochs=2)
+    assert [kl_weight(cfg, s, 10) for s in (0, 9, 19, 30)] == [0.05, 0.5, 1.0, 1.0]
+    data = load_dataset("digits")
+    metrics = fit(VAE(data.event_shape, 2), data, epochs=3, kl_warmup_epochs=2, eval_every=1, progress=False)
+    assert [round(m["kl_weight"], 6) for m in metrics] == [0.5, 1.0, 1.0]
+    assert metrics[0]["train_objective"] > metrics[0]["train_elbo"]  # a down-weighted KL flatters the objective
+    assert metrics[2]["train_objective"] == metrics[2]["train_elbo"]
+
+
+# -- the priors whose KL has no closed form ------------------------------------------------------------
+def test_flow_prior_is_a_normalized_density():
+    vae = VAE((1, 8, 8), 2, prior={"name": "flow", "num_flows": 2, "hidden": [16]})
+    with torch.no_grad():
+        for p in vae.prior.parameters():  # a non-trivial flow, with tails light enough for a finite grid
+            p.add_(0.05 * torch.randn_like(p))
+        g = torch.linspace(-9, 9, 401)
+        grid = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+        mass = vae.prior().log_prob(grid).exp().sum() * (g[1] - g[0]) ** 2
+    assert float(mass) == pytest.approx(1.0, abs=0.02)
+
+
+def test_vamp_prior_is_the_mean_of_the_pseudo_input_posteriors():
+    vae = VAE((1, 8, 8), 3, prior={"name": "vamp", "num_pseudo_inputs": 7})
+    z = torch.randn(5, 3)
+    with torch.no_grad():
+        q = vae.posterior(vae.prior.pseudo_inputs)  # batch of 7
+        expected = torch.logsumexp(q.log_prob(z.unsqueeze(1)), 1) - math.log(7)
+        torch.testing.assert_close(vae.prior().log_prob(z), expected)
+    assert "prior.pseudo_inputs" in dict(vae.named_parameters())
+    assert not any(k.startswith("prior.encoder") for k in vae.state_dict())  # the encoder is not copied
+
+
+@pytest.mark.parametrize("prior", [{"name": "vamp", "num_pseudo_inputs": 20}, {"name": "flow", "hidden": [16]}])
+def test_vamp_and_flow_train_with_the_mc_estimator(prior):
+    data = load_dataset("digits")
+    vae = VAE(data.event_shape, 2, prior=prior)
+    metrics = fit(vae, data, epochs=2, eval_every=1, progress=False)
+    assert metrics[-1]["test_elbo"] > metrics[0]["test_elbo"] - 1.0
+    with torch.no_grad():
+        assert math.isfinite(float(elbo_per_datapoint(vae, data.test[:10]).mean()))
