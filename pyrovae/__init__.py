@@ -22,7 +22,7 @@ from .nets import DECODERS, ENCODERS
 from .objectives import IWAE, elbo_per_datapoint, make_elbo, resolve_estimator
 from .optim import OPTIMIZERS, build_optimizer
 from .priors import PRIORS
-from .train import PosteriorCollapseWarning, TrainingError, fit, train
+from .train import Interrupted, PosteriorCollapseWarning, TrainingError, fit, train
 
 __version__ = "0.1.0"
 
@@ -31,5 +31,6 @@ __all__ = [
     "ModelConfig", "TrainConfig", "make_elbo", "resolve_estimator", "elbo_per_datapoint", "IWAE", "dataset_elbo",
     "log_likelihood", "active_units", "kl_per_dimension", "evaluate", "evaluate_run", "build_optimizer",
     "PRIORS", "LIKELIHOODS", "ENCODERS", "DECODERS", "OPTIMIZERS",
-    "PyrovaeError", "ConfigError", "DataError", "RunDirError", "TrainingError", "PosteriorCollapseWarning",
+    "PyrovaeError", "ConfigError", "DataError", "RunDirError", "TrainingError", "Interrupted",
+    "PosteriorCollapseWarning",
 ]

@@ -82,8 +82,12 @@ def read_checkpoint(path) -> Dict[str, Any]:
 
 def build_vae(model_cfg, event_shape) -> VAE:
     """A :class:`VAE` from a ``[model]`` config and the data's event shape."""
-    return VAE(event_shape, latent_dim=model_cfg.latent_dim, prior=model_cfg.prior,
-               likelihood=model_cfg.likelihood, encoder=model_cfg.encoder, decoder=model_cfg.decoder)
+    try:
+        return VAE(event_shape, latent_dim=model_cfg.latent_dim, prior=model_cfg.prior,
+                   likelihood=model_cfg.likelihood, encoder=model_cfg.encoder, decoder=model_cfg.decoder)
+    except (RuntimeError, MemoryError) as e:  # e.g. layers too large to allocate
+        raise ConfigError(f"model: cannot build the networks for data of shape {tuple(event_shape)} "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def read_run_config(run_dir) -> Config:

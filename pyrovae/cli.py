@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from .errors import PyrovaeError, RunDirError
+from .train import Interrupted
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +92,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         {"train": _train, "evaluate": _evaluate, "sample": _sample}[args.command](args)
+    except Interrupted as e:
+        print(f"pyrovae: {e}", file=sys.stderr)
+        return 128 + e.signal_number
     except PyrovaeError as e:
         print(f"pyrovae: error: {e}", file=sys.stderr)
         return 2

@@ -89,6 +89,11 @@ class TrainConfig:
     #: particles per test point for the test ELBO.
     eval_particles: int = 1
     progress: bool = True
+    #: on a non-finite loss or gradient: stop, or roll back to the last completed epoch.
+    on_nan: str = "stop"
+    #: rollback multiplies the learning rate by this.
+    rollback_lr_factor: float = 0.5
+    max_rollbacks: int = 3
 
     def check(self):
         _range("train.epochs", self.epochs, 1)
@@ -101,9 +106,14 @@ class TrainConfig:
         if self.estimator == "iwae" and (self.beta != 1 or self.kl_warmup_epochs):
             raise ConfigError("train.estimator = 'iwae' weighs whole importance weights: it takes no train.beta "
                               "or train.kl_warmup_epochs; use 'analytic' or 'mc' for KL annealing")
-        _range("train.seed", self.seed, 0)
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"train.seed = {self.seed}: must be in [0, 2^32)")
         _range("train.eval_every", self.eval_every, 1)
         _range("train.eval_particles", self.eval_particles, 1)
+        _choice("train.on_nan", self.on_nan, ("stop", "rollback"))
+        if not 0 < self.rollback_lr_factor < 1:
+            raise ConfigError(f"train.rollback_lr_factor = {self.rollback_lr_factor!r}: must be in (0, 1)")
+        _range("train.max_rollbacks", self.max_rollbacks, 0)
         if not (self.device == "cpu" or self.device == "cuda"
                 or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise ConfigError(f"train.device = {self.device!r}: valid: cpu, cuda, cuda:N")

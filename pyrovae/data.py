@@ -18,6 +18,7 @@ Splits without a standard test set hold out ``test_fraction`` of the points, cho
 fixed permutation (the same for every run).
 """
 
+import math
 import os
 import urllib.request
 from dataclasses import dataclass
@@ -106,6 +107,8 @@ def _as_float_tensor(array, where: str) -> torch.Tensor:
     if t.dim() < 2:
         raise DataError(f"{where}: expected an array of shape (N, ...) with one row per point, "
                         f"got shape {tuple(t.shape)}")
+    if math.prod(t.shape[1:]) == 0:
+        raise DataError(f"{where}: data points of shape {tuple(t.shape[1:])} hold no values")
     t = t.float()
     if not bool(torch.isfinite(t).all()):
         raise DataError(f"{where}: contains NaN or infinite values")

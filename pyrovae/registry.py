@@ -7,6 +7,7 @@ with a message that lists what is allowed.
 """
 
 import inspect
+import math
 import typing
 from typing import Any, Callable, Dict, Mapping, Optional, Union
 
@@ -18,19 +19,30 @@ Spec = Union[str, Mapping[str, Any]]
 def _type_name(annotation) -> str:
     if annotation is inspect.Parameter.empty:
         return "any"
+    if annotation is float:
+        return "a finite number"
+    if annotation is str:
+        return "a string"
+    if annotation is bool:
+        return "true or false"
+    if annotation is int:
+        return "an integer"
+    if typing.get_origin(annotation) is dict or annotation is dict:
+        return "a table"
     origin = typing.get_origin(annotation)
     if origin is Union:
         return " or ".join(_type_name(a) for a in typing.get_args(annotation) if a is not type(None))
     if origin in (list, tuple, typing.Sequence):
         args = typing.get_args(annotation)
-        return f"list of {_type_name(args[0])}" if args else "list"
+        return f"a list of {_type_name(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
     return getattr(annotation, "__name__", str(annotation))
 
 
 def check_type(value, annotation) -> bool:
     """Whether a config value (parsed from TOML) fits a constructor annotation.
 
-    ints are accepted where floats are expected; bools are never taken for numbers.
+    ints are accepted where floats are expected; bools are never taken for numbers; NaN and
+    infinities are never accepted.
     """
     if annotation is inspect.Parameter.empty or annotation is Any:
         return True
@@ -45,7 +57,7 @@ def check_type(value, annotation) -> bool:
         args = typing.get_args(annotation)
         return not args or all(check_type(v, args[0]) for v in value)
     if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if isinstance(annotation, type):

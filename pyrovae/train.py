@@ -10,21 +10,34 @@ an unbiased estimate of the full-data ELBO (Kingma & Welling 2014, eq. 8). Divid
 keeps learning rates and weight decay independent of the data set's size.
 """
 
+import contextlib
+import copy
 import dataclasses
 import datetime
 import json
-import math
+import re
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import pyro
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import CHECKPOINT, CONFIG, build_vae, read_checkpoint, save_checkpoint, set_rng_state
+from .checkpoint import (
+    CHECKPOINT,
+    CONFIG,
+    atomic_write_bytes,
+    build_vae,
+    read_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import Config, TrainConfig, dumps
 from .data import Dataset, binarize_split, load_dataset
 from .errors import ConfigError, PyrovaeError, RunDirError
@@ -74,17 +87,29 @@ def check_data(vae, data: Dataset, batch_size: int) -> None:
     vae.likelihood.check_data(data.test, f"data {data.name!r} (test split)")
 
 
+class Interrupted(PyrovaeError):
+    """SIGINT or SIGTERM arrived; the run saved a checkpoint at the step it had reached."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.signal_number = signal_number
+
+
 def fit(vae, data: Dataset, train: Optional[TrainConfig] = None, optim: Optional[Dict[str, Any]] = None,
-        run_dir=None, config: Optional[Config] = None, resume: bool = False, **train_options) -> List[Dict]:
+        run_dir=None, config: Optional[Config] = None, resume: bool = False,
+        stop_signal: Optional[Callable[[], Optional[int]]] = None, **train_options) -> List[Dict]:
     """Train ``vae`` on ``data`` by stochastic variational inference; return the metrics per epoch.
 
     :param VAE vae: the model and guide.
     :param Dataset data: the splits (see :func:`pyrovae.load_dataset`).
     :param TrainConfig train: epochs, batch size M, estimator, particles L, seed, device, ...
     :param dict optim: an optimizer spec, e.g. ``{"name": "adagrad", "lr": 0.02}`` (default Adam 1e-3).
-    :param run_dir: if given, write ``metrics.jsonl``, ``checkpoint.pt`` and the figures there
-        (needs ``config``, the resolved run config that :func:`train` passes).
-    :param bool resume: continue from ``run_dir/checkpoint.pt``.
+    :param run_dir: if given, write ``metrics.jsonl``, ``checkpoint.pt`` (after every epoch) and
+        the figures there (needs ``config``, the resolved run config that :func:`train` passes).
+    :param bool resume: continue from ``run_dir/checkpoint.pt``, bit for bit on the CPU.
+    :param stop_signal: polled before every step; when it returns a signal number, the run
+        saves a checkpoint at that step and raises :class:`Interrupted` (:func:`train` wires
+        SIGINT and SIGTERM to it).
     :param train_options: overrides of ``train``'s fields, e.g. ``epochs=5``.
 
     Each returned record has ``epoch``, ``step``, ``samples_seen``, ``train_elbo`` (the mean
@@ -95,99 +120,183 @@ def fit(vae, data: Dataset, train: Optional[TrainConfig] = None, optim: Optional
     ``images_per_second``. ELBOs are nats per datapoint, higher is better; the reported ELBO
     is always the true one (beta = 1). A :class:`PosteriorCollapseWarning` is issued once if
     fewer than half of the latent units are active at an evaluation after the first epoch.
+
+    A non-finite loss or gradient stops the run at the step where it appears, before the
+    parameters change (:class:`TrainingError`), or with ``on_nan = "rollback"`` restores the
+    state of the last completed epoch and retries it with the learning rate multiplied by
+    ``rollback_lr_factor``, at most ``max_rollbacks`` times.
     """
     try:
         cfg = dataclasses.replace(train or TrainConfig(), **train_options)
     except TypeError as e:
         raise ConfigError(f"fit: {e}") from None
     cfg.check()
-    optim = optim or {"name": "adam", "lr": 1e-3}
     if run_dir is not None and config is None:
         raise ValueError("fit(run_dir=...) needs the run's config; use pyrovae.train(config, out_dir) instead")
-    device = resolve_device(cfg.device)
-    vae.to(device)
-    data = data.to(device)
-    check_data(vae, data, cfg.batch_size)
-    estimator = resolve_estimator(cfg.estimator, vae)
-    elbo = make_elbo(estimator, vae, cfg.num_particles)
-    optimizer = build_optimizer(optim, vae.parameters())
-
-    counters = {"epoch": 0, "step": 0, "samples_seen": 0}
-    metrics: List[Dict] = []
+    trainer = _Trainer(vae, data, cfg, optim or {"name": "adam", "lr": 1e-3}, run_dir, config, stop_signal)
     if resume:
-        state = read_checkpoint(Path(run_dir) / CHECKPOINT)
-        vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        counters = state["counters"]
-        set_rng_state(state["rng"])
-        metrics = _read_metrics(Path(run_dir) / METRICS, counters["epoch"])
+        trainer.restore(read_checkpoint(Path(run_dir) / CHECKPOINT))
+        trainer.metrics = _read_metrics(Path(run_dir) / METRICS, trainer.counters["epoch"])
     else:
         pyro.set_rng_seed(cfg.seed)
+    return trainer.run()
 
-    n, m = data.num_train, cfg.batch_size
-    steps_per_epoch = -(-n // m)
-    warned = False
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=counters["epoch"] * steps_per_epoch, unit="step",
-               disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True)
-    try:
-        for epoch in range(counters["epoch"] + 1, cfg.epochs + 1):
-            # The data order depends on (seed, epoch) only, so a resumed run sees the same batches.
-            order = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + epoch)
-            perm = torch.randperm(n, generator=order, device=device)
-            total = torch.zeros((), device=device)  # sum over points of the objective's estimates
-            total_elbo = torch.zeros((), device=device)  # ... of the ELBO's, when the objective differs
-            start = time.perf_counter()
-            for i, index in enumerate(perm.split(m)):
-                x = data.batch(index)
-                vae.kl_weight = kl_weight(cfg, counters["step"] + i, steps_per_epoch)
-                loss = elbo.differentiable_loss(vae.model, vae.guide, x, n) / n
-                batch_loss = loss.detach() * index.numel()  # = -sum_i objective_i over the batch
-                total += batch_loss
-                if vae.kl_weight != 1.0 or estimator == "iwae":
-                    with torch.no_grad():
-                        total_elbo -= elbo_per_datapoint(vae, x).sum()
-                else:
-                    total_elbo += batch_loss
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                bar.update()
-                if i % 20 == 0:
-                    bar.set_postfix(epoch=epoch, loss=f"{total.item() / (i * m + index.numel()):.2f}")
-            objective = -total.item() / n
-            train_elbo = -total_elbo.item() / n
-            seconds = time.perf_counter() - start
-            counters = {"epoch": epoch, "step": counters["step"] + steps_per_epoch,
-                        "samples_seen": counters["samples_seen"] + n}
-            if not (math.isfinite(objective) and math.isfinite(train_elbo)):
-                raise TrainingError(f"non-finite loss in epoch {epoch} (by step {counters['step']}): try a smaller "
-                                    "optim.lr, check the data's scale, or use a bounded likelihood scale; "
-                                    "the last good checkpoint is kept")
-            record = {**counters, "train_elbo": train_elbo, "train_objective": objective, "kl_weight": vae.kl_weight,
-                      "test_elbo": None, "active_units": None, "train_seconds": seconds,
-                      "images_per_second": n / seconds}
-            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-                record["test_elbo"] = dataset_elbo(vae, data.test, cfg.eval_particles, seed=cfg.seed)
-                record["active_units"] = active_units(vae, data.test)[0]
-                bar.set_postfix(epoch=epoch, elbo=f"{train_elbo:.2f}", test_elbo=f"{record['test_elbo']:.2f}")
-                if 2 * record["active_units"] < vae.latent_dim and epoch > 1 and not warned:
-                    warned = True
-                    warnings.warn(f"epoch {epoch}: only {record['active_units']} of {vae.latent_dim} latent units are "
-                                  "active (Cov_x E_q[u] > 0.01); the rest have collapsed onto the prior. "
-                                  "Consider train.kl_warmup_epochs, a smaller latent_dim, or a weaker decoder",
-                                  PosteriorCollapseWarning, stacklevel=2)
-            metrics.append(record)
-            if run_dir is not None:
-                with open(Path(run_dir) / METRICS, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                save_checkpoint(Path(run_dir) / CHECKPOINT, vae, optimizer, config, counters)
-    finally:
-        bar.close()
-        vae.kl_weight = 1.0
-    if run_dir is not None:
-        vae.eval()
-        plot_run(run_dir, vae, data.test, metrics)
-    return metrics
+
+class _NonFinite(Exception):
+    pass
+
+
+class _Trainer:
+    """The state of one training run and the loop over it (used by :func:`fit`)."""
+
+    def __init__(self, vae, data, cfg: TrainConfig, optim, run_dir, config, stop_signal):
+        self.cfg, self.run_dir, self.config, self.stop_signal = cfg, run_dir, config, stop_signal
+        self.device = resolve_device(cfg.device)
+        self.vae = vae.to(self.device)
+        self.data = data.to(self.device)
+        check_data(self.vae, self.data, cfg.batch_size)
+        self.estimator = resolve_estimator(cfg.estimator, vae)
+        self.elbo = make_elbo(self.estimator, vae, cfg.num_particles)
+        self.optimizer = build_optimizer(optim, vae.parameters())
+        self.params = [p for p in vae.parameters() if p.requires_grad]
+        self.n, self.m = self.data.num_train, cfg.batch_size
+        self.steps_per_epoch = -(-self.n // self.m)
+        # epoch, step and samples_seen count completed work; epoch_* hold a half-done epoch
+        # (after an interruption): its next step and running sums.
+        self.counters = {"epoch": 0, "step": 0, "samples_seen": 0, "epoch_step": 0,
+                         "epoch_loss": 0.0, "epoch_elbo": 0.0, "epoch_seconds": 0.0}
+        self.metrics: List[Dict] = []
+        self.rollbacks = 0
+        self.warned = False
+
+    # -- state -------------------------------------------------------------------------------
+    def state(self) -> Dict[str, Any]:
+        return {"model": self.vae.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
+                "counters": dict(self.counters)}
+
+    def restore(self, state: Dict[str, Any]) -> None:
+        self.vae.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        self.counters.update(state["counters"])
+
+    def save(self) -> None:
+        if self.run_dir is not None:
+            save_checkpoint(Path(self.run_dir) / CHECKPOINT, self.vae, self.optimizer, self.config, self.counters)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self) -> List[Dict]:
+        cfg = self.cfg
+        bar = tqdm(total=cfg.epochs * self.steps_per_epoch, unit="step", disable=not cfg.progress, file=sys.stderr,
+                   initial=self.counters["epoch"] * self.steps_per_epoch + self.counters["epoch_step"],
+                   dynamic_ncols=True)
+        try:
+            last_good = copy.deepcopy(self.state())
+            while self.counters["epoch"] < cfg.epochs:
+                try:
+                    self.epoch(self.counters["epoch"] + 1, bar)
+                    last_good = copy.deepcopy(self.state())
+                except _NonFinite as e:
+                    if cfg.on_nan != "rollback" or self.rollbacks >= cfg.max_rollbacks:
+                        raise TrainingError(str(e) + self._advice()) from None
+                    self.rollbacks += 1
+                    self.restore(copy.deepcopy(last_good))
+                    for group in self.optimizer.param_groups:
+                        group["lr"] *= cfg.rollback_lr_factor
+                    bar.n = self.counters["epoch"] * self.steps_per_epoch + self.counters["epoch_step"]
+                    tqdm.write(f"pyrovae: {e}; rolled back to epoch {self.counters['epoch']}, learning rate now "
+                               f"{self.optimizer.param_groups[0]['lr']:.3g} (rollback {self.rollbacks} of "
+                               f"{cfg.max_rollbacks})", file=sys.stderr)
+        finally:
+            bar.close()
+            self.vae.kl_weight = 1.0
+        if self.run_dir is not None:
+            self.vae.eval()
+            plot_run(self.run_dir, self.vae, self.data.test, self.metrics)
+        return self.metrics
+
+    def epoch(self, epoch: int, bar) -> None:
+        cfg, c, n, m = self.cfg, self.counters, self.n, self.m
+        # The data order depends on (seed, epoch) only, so a resumed run sees the same batches.
+        order = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003 + epoch)
+        batches = torch.randperm(n, generator=order, device=self.device).split(m)
+        total = torch.tensor(c["epoch_loss"], device=self.device)  # -sum_i objective_i so far
+        total_elbo = torch.tensor(c["epoch_elbo"], device=self.device)  # -sum_i ELBO_i so far
+        start = time.perf_counter() - c["epoch_seconds"]
+        for i in range(c["epoch_step"], len(batches)):
+            signal_number = self.stop_signal() if self.stop_signal else None
+            if signal_number:
+                c.update(epoch_step=i, epoch_loss=total.item(), epoch_elbo=total_elbo.item(),
+                         epoch_seconds=time.perf_counter() - start)
+                self.save()
+                where = f"epoch {epoch}, step {c['step'] + i}"
+                raise Interrupted(f"interrupted by {signal.Signals(signal_number).name} at {where}; "
+                                  + (f"checkpoint saved: resume with pyrovae train --out {self.run_dir} --resume"
+                                     if self.run_dir is not None else "no run folder, nothing saved"),
+                                  signal_number)
+            x = self.data.batch(batches[i])
+            self.vae.kl_weight = kl_weight(cfg, c["step"] + i, self.steps_per_epoch)
+            where = f"at epoch {epoch}, step {c['step'] + i + 1} (batch {i + 1} of {len(batches)})"
+            try:
+                loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, n) / n
+            except ValueError as e:  # distribution validation meets a NaN before the loss does
+                if "invalid values" not in str(e):
+                    raise
+                found = re.search(r"parameter (\w+) .*? of distribution (\w+)", str(e).splitlines()[0])
+                what = f"{found.group(2)} {found.group(1)}" if found else "distribution parameter"
+                raise _NonFinite(f"non-finite {what} in the forward pass {where}") from None
+            batch_loss = loss.detach() * x.shape[0]  # -sum over the batch of the objective's estimates
+            total += batch_loss
+            if self.vae.kl_weight != 1.0 or self.estimator == "iwae":
+                with torch.no_grad():
+                    total_elbo -= elbo_per_datapoint(self.vae, x).sum()
+            else:
+                total_elbo += batch_loss
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            # One sync per step: a non-finite loss or gradient is caught before it reaches the parameters.
+            checks = torch.stack([loss.detach()] + [p.grad.sum() for p in self.params if p.grad is not None])
+            if not bool(torch.isfinite(checks).all()):
+                what = "loss" if not torch.isfinite(loss).item() else "gradient"
+                raise _NonFinite(f"non-finite {what} {where}")
+            self.optimizer.step()
+            bar.update()
+            if i % 20 == 0:
+                bar.set_postfix(epoch=epoch, loss=f"{total.item() / (i * m + x.shape[0]):.2f}")
+        seconds = time.perf_counter() - start
+        c.update(epoch=epoch, step=c["step"] + len(batches), samples_seen=c["samples_seen"] + n, epoch_step=0,
+                 epoch_loss=0.0, epoch_elbo=0.0, epoch_seconds=0.0)
+        record = {"epoch": epoch, "step": c["step"], "samples_seen": c["samples_seen"],
+                  "train_elbo": -total_elbo.item() / n, "train_objective": -total.item() / n,
+                  "kl_weight": self.vae.kl_weight, "test_elbo": None, "active_units": None,
+                  "train_seconds": seconds, "images_per_second": n / seconds}
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            self.evaluate(record)
+            bar.set_postfix(epoch=epoch, elbo=f"{record['train_elbo']:.2f}", test_elbo=f"{record['test_elbo']:.2f}")
+        self.metrics.append(record)
+        if self.run_dir is not None:
+            with open(Path(self.run_dir) / METRICS, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        self.save()
+
+    def evaluate(self, record: Dict) -> None:
+        vae, epoch = self.vae, record["epoch"]
+        record["test_elbo"] = dataset_elbo(vae, self.data.test, self.cfg.eval_particles, seed=self.cfg.seed)
+        record["active_units"] = active_units(vae, self.data.test)[0]
+        if 2 * record["active_units"] < vae.latent_dim and epoch > 1 and not self.warned:
+            self.warned = True
+            warnings.warn(f"epoch {epoch}: only {record['active_units']} of {vae.latent_dim} latent units are "
+                          "active (Cov_x E_q[u] > 0.01); the rest have collapsed onto the prior. "
+                          "Consider train.kl_warmup_epochs, a smaller latent_dim, or a weaker decoder",
+                          PosteriorCollapseWarning, stacklevel=4)
+
+    def _advice(self) -> str:
+        lr = self.optimizer.param_groups[0]["lr"]
+        kept = (f"the last good checkpoint (epoch {self.counters['epoch']}) is kept in {self.run_dir}"
+                if self.run_dir is not None and self.counters["epoch"] > 0 else "no checkpoint was written")
+        return (f"; likely causes: a learning rate too high (optim.lr = {lr:.3g}), a learned likelihood scale "
+                "shrinking to 0 (raise min_scale), extreme data values; "
+                f"{kept}; train.on_nan = 'rollback' retries with a smaller learning rate")
 
 
 def _read_metrics(path: Path, up_to_epoch: int) -> List[Dict]:
@@ -248,6 +357,26 @@ def train(config: Optional[Config] = None, out_dir=None, resume: bool = False) -
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / CONFIG).write_text(dumps(config.to_dict()))
-    fit(vae, data, config.train, config.optim, run_dir=out_dir, config=config, resume=resume)
+    text = dumps(config.to_dict()).encode()
+    atomic_write_bytes(out_dir / CONFIG, lambda f: f.write(text))
+    with _stop_on_signals() as stop_signal:
+        fit(vae, data, config.train, config.optim, run_dir=out_dir, config=config, resume=resume,
+            stop_signal=stop_signal)
     return out_dir
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """Turn SIGINT and SIGTERM into a flag that the loop polls, so it can save a checkpoint
+    at the current step and stop cleanly (only possible in the main thread)."""
+    received: List[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    previous = {s: signal.signal(s, lambda number, frame: received.append(number))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: received[0] if received else None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -16,10 +16,10 @@ def write(tmp_path, text, name="c.toml"):
     ("[train\nepochs = 3", r"c\.toml: malformed TOML"),
     ("[trian]\nepochs = 3", r"c\.toml: \[trian\]: unknown section; valid: data, model, train, optim"),
     ("[train]\nepoch = 3", r"c\.toml: train\.epoch: unknown key; valid keys: .*epochs"),
-    ("[train]\nepochs = \"three\"", r"train\.epochs = 'three': expected int"),
+    ("[train]\nepochs = \"three\"", r"train\.epochs = 'three': expected an integer"),
     ("[train]\nepochs = 0", r"train\.epochs = 0: must be >= 1"),
-    ("[train]\nbatch_size = 2.5", r"train\.batch_size = 2\.5: expected int"),
-    ("[train]\nprogress = 1", r"train\.progress = 1: expected bool"),
+    ("[train]\nbatch_size = 2.5", r"train\.batch_size = 2\.5: expected an integer"),
+    ("[train]\nprogress = 1", r"train\.progress = 1: expected true or false"),
     ("[train]\nestimator = \"iwae2\"", r"train\.estimator = 'iwae2': valid: auto, analytic, mc"),
     ("[train]\ndevice = \"tpu\"", r"train\.device = 'tpu': valid: cpu, cuda, cuda:N"),
     ("[data]\nname = \"cifar\"", r"data\.name = 'cifar': valid: digits, mnist, frey_face, file"),
@@ -71,7 +71,7 @@ def test_overrides_reach_any_key_and_part_options():
     ("train.epochs", "expected section.key=value"),
     ("epochs=3", "expected section.key=value"),
     ("train.epochs=-2", "must be >= 1"),
-    ("train.epochs.x=1", r"train.epochs = \{'x': 1\}: expected int"),
+    ("train.epochs.x=1", r"train.epochs = \{'x': 1\}: expected an integer"),
     ("train.epochs=3", None),
 ])
 def test_bad_overrides(override, pattern):
@@ -91,3 +91,14 @@ def test_config_from_dict_accepts_partial_sections():
     cfg = config_from_dict({"train": {"epochs": 2}})
     assert isinstance(cfg, Config) and cfg.train.epochs == 2 and cfg.train.batch_size == 100
     assert apply_overrides({}, ["optim.name=rmsprop"]) == {"optim": {"name": "rmsprop"}}
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("[optim]\nlr = nan", r"optim\.lr = nan: expected a finite number"),
+    ("[train]\nbeta = inf", r"train\.beta = inf: expected a finite number"),
+    ("[train]\nseed = 4294967296", r"train\.seed = 4294967296: must be in \[0, 2\^32\)"),
+    ("[model]\nlikelihood = { name = \"gaussian\", scale = -inf }", r"likelihood\.scale = -inf: expected a finite"),
+])
+def test_non_finite_and_out_of_range_numbers(tmp_path, text, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(write(tmp_path, text))

@@ -83,5 +83,5 @@ def test_bad_options_are_rejected():
 
     with pytest.raises(ConfigError, match="scale must be > 0"):
         LIKELIHOODS.build({"name": "gaussian", "scale": -1.0})
-    with pytest.raises(ConfigError, match="expected bool"):
+    with pytest.raises(ConfigError, match="expected true or false"):
         LIKELIHOODS.build({"name": "gaussian", "learn_scale": "yes"})

@@ -32,7 +32,7 @@ def test_conv_needs_images():
 def test_bad_activation_and_sizes():
     with pytest.raises(ConfigError, match="unknown activation 'swish'; valid:"):
         ENCODERS.build({"name": "mlp", "activation": "swish"}, "model.encoder", event_shape=(4,), latent_dim=2)
-    with pytest.raises(ConfigError, match="expected list of int"):
+    with pytest.raises(ConfigError, match="expected a list of integers"):
         ENCODERS.build({"name": "mlp", "hidden": 5}, "model.encoder", event_shape=(4,), latent_dim=2)
     with pytest.raises(ConfigError, match="hidden sizes must be >= 1"):
         DECODERS.build({"name": "mlp", "hidden": [0]}, event_shape=(4,), latent_dim=2, num_params=1)

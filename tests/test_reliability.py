@@ -1,0 +1,172 @@
+"""Reliability: NaN caught at its step, rollback, atomic checkpoints under SIGKILL, clean
+SIGTERM / SIGINT, exact resume from the middle of an epoch."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+from pyrovae import Config, Interrupted, TrainingError, build_vae, fit, load_dataset, train
+from pyrovae.checkpoint import read_checkpoint
+from pyrovae.data import Dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"name": "mlp", "hidden": [32]}
+
+
+def small_config(epochs=3, **train):
+    config = Config()
+    config.model.encoder = config.model.decoder = SMALL
+    config.train.epochs = epochs
+    config.train.progress = False
+    for k, v in train.items():
+        setattr(config.train, k, v)
+    return config
+
+
+def poison(monkeypatch, at_calls, value=float("nan")):
+    """Make Dataset.batch return a poisoned batch on the given (1-based) calls."""
+    original, calls = Dataset.batch, []
+
+    def batch(self, index):
+        calls.append(1)
+        x = original(self, index)
+        return torch.full_like(x, value) if len(calls) in at_calls else x
+
+    monkeypatch.setattr(Dataset, "batch", batch)
+    return calls
+
+
+def test_planted_nan_is_caught_at_its_step(tmp_path, monkeypatch):
+    steps_per_epoch = 17  # 1617 training digits in batches of 100
+    poison(monkeypatch, {steps_per_epoch + 3})
+    with pytest.raises(TrainingError, match=rf"non-finite Normal loc in the forward pass at epoch 2, "
+                                            rf"step {steps_per_epoch + 3} \(batch 3 of 17\).*"
+                                            r"last good checkpoint \(epoch 1\) is kept"):
+        train(small_config(), tmp_path / "run")
+    state = read_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["counters"]["epoch"] == 1 and state["counters"]["step"] == steps_per_epoch
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_non_finite_gradient_is_caught_before_the_step():
+    data = load_dataset("digits")
+    from pyrovae import VAE
+
+    vae = VAE(data.event_shape, 2, encoder=SMALL, decoder=SMALL)
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    hook = vae.decoder.net[0].weight.register_hook(lambda g: g * float("inf"))
+    with pytest.raises(TrainingError, match="non-finite gradient at epoch 1, step 1 "):
+        fit(vae, data, epochs=1, progress=False)
+    hook.remove()
+    for k, v in vae.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+def test_rollback_retries_with_a_smaller_learning_rate(tmp_path, monkeypatch, capsys):
+    poison(monkeypatch, {17 + 5})  # once, in epoch 2; the retried epoch 2 is clean
+    run = train(small_config(on_nan="rollback", rollback_lr_factor=0.25), tmp_path / "run")
+    assert "rolled back to epoch 1, learning rate now 0.00025" in capsys.readouterr().err
+    state = read_checkpoint(run / "checkpoint.pt")
+    assert state["counters"]["epoch"] == 3
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(2.5e-4)
+    assert [int(line.split('"epoch": ')[1].split(",")[0]) for line in
+            (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_rollbacks_are_bounded(tmp_path, monkeypatch):
+    poison(monkeypatch, set(range(18, 200)))  # epoch 2 is always poisoned
+    with pytest.raises(TrainingError, match="non-finite .* at epoch 2"):
+        train(small_config(on_nan="rollback", max_rollbacks=2), tmp_path / "run")
+
+
+def _interrupt_at(step):
+    calls = []
+
+    def stop_signal():
+        calls.append(1)
+        return signal.SIGTERM if len(calls) == step else None
+
+    return stop_signal
+
+
+@pytest.mark.parametrize("interrupt_step", [1, 9, 17, 18, 40])
+def test_resume_from_the_middle_of_an_epoch_is_exact(tmp_path, interrupt_step):
+    config = small_config(epochs=3, kl_warmup_epochs=2)  # the KL weight must resume too
+    config.data.binarize = "dynamic"  # resolved, as train() writes it
+    straight = train(config, tmp_path / "straight")
+
+    data = load_dataset("digits")
+    pyro.set_rng_seed(0)
+    vae = build_vae(config.model, data.event_shape)  # what train() builds
+    half = tmp_path / "half"
+    half.mkdir()
+    with pytest.raises(Interrupted, match=f"interrupted by SIGTERM at epoch {(interrupt_step - 1) // 17 + 1}"):
+        fit(vae, data, config.train, config.optim, run_dir=half, config=config,
+            stop_signal=_interrupt_at(interrupt_step))
+    (half / "config.toml").write_text((straight / "config.toml").read_text())
+    counters = read_checkpoint(half / "checkpoint.pt")["counters"]
+    assert counters["epoch"] * 17 + counters["epoch_step"] == interrupt_step - 1
+    train(config, half, resume=True)
+
+    a, b = read_checkpoint(straight / "checkpoint.pt"), read_checkpoint(half / "checkpoint.pt")
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
+    strip = [{k: v for k, v in r.items() if k not in ("train_seconds", "images_per_second")} for r in
+             (eval(line.replace("null", "None")) for line in (straight / "metrics.jsonl").read_text().splitlines())]
+    again = [{k: v for k, v in r.items() if k not in ("train_seconds", "images_per_second")} for r in
+             (eval(line.replace("null", "None")) for line in (half / "metrics.jsonl").read_text().splitlines())]
+    assert strip == again
+
+
+def _spawn(tmp_path, *args):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "pyrovae", "train", "-q", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path, proc, timeout=60):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signals_save_a_checkpoint_and_exit_cleanly(tmp_path, sig):
+    out = tmp_path / "run"
+    proc = _spawn(tmp_path, "--out", str(out), "--set", "train.epochs=100000")
+    _wait_for(out / "checkpoint.pt", proc)
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err
+    assert f"interrupted by {sig.name} at epoch" in err and "--resume" in err and "Traceback" not in err
+    state = read_checkpoint(out / "checkpoint.pt")
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert state["counters"]["epoch"] == len(lines)
+
+
+def test_sigkill_never_leaves_an_unloadable_checkpoint(tmp_path):
+    rng = random.Random(0)
+    for trial in range(4):
+        out = tmp_path / f"run{trial}"
+        proc = _spawn(tmp_path, "--out", str(out), "--set", "train.epochs=100000")
+        _wait_for(out / "config.toml", proc)
+        time.sleep(rng.uniform(0.0, 1.5))
+        proc.kill()
+        proc.communicate()
+        if (out / "checkpoint.pt").exists():
+            state = read_checkpoint(out / "checkpoint.pt")
+            assert state["counters"]["epoch"] >= 1
+        assert not [p for p in out.iterdir() if p.name.endswith(".tmp")] or True  # a torn temp file may stay
+        assert all(p.name.startswith(".") for p in out.iterdir() if p.name.endswith(".tmp"))
