@@ -19,7 +19,7 @@ from .evaluate import active_units, dataset_elbo, evaluate, evaluate_run, kl_per
 from .likelihoods import LIKELIHOODS
 from .model import VAE
 from .nets import DECODERS, ENCODERS
-from .objectives import IWAE, elbo_per_datapoint, make_elbo, resolve_estimator
+from .objectives import IWAE, elbo_per_datapoint, make_elbo, objective_per_datapoint, resolve_estimator
 from .optim import OPTIMIZERS, build_optimizer
 from .priors import PRIORS
 from .train import Interrupted, PosteriorCollapseWarning, TrainingError, fit, train
@@ -28,9 +28,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "VAE", "fit", "train", "load", "build_vae", "load_dataset", "Dataset", "load_config", "Config", "DataConfig",
-    "ModelConfig", "TrainConfig", "make_elbo", "resolve_estimator", "elbo_per_datapoint", "IWAE", "dataset_elbo",
-    "log_likelihood", "active_units", "kl_per_dimension", "evaluate", "evaluate_run", "build_optimizer",
-    "PRIORS", "LIKELIHOODS", "ENCODERS", "DECODERS", "OPTIMIZERS",
+    "ModelConfig", "TrainConfig", "make_elbo", "resolve_estimator", "elbo_per_datapoint", "objective_per_datapoint",
+    "IWAE", "dataset_elbo", "log_likelihood", "active_units", "kl_per_dimension", "evaluate", "evaluate_run",
+    "build_optimizer", "PRIORS", "LIKELIHOODS", "ENCODERS", "DECODERS", "OPTIMIZERS",
     "PyrovaeError", "ConfigError", "DataError", "RunDirError", "TrainingError", "Interrupted",
     "PosteriorCollapseWarning",
 ]

@@ -89,6 +89,8 @@ class TrainConfig:
     #: particles per test point for the test ELBO.
     eval_particles: int = 1
     progress: bool = True
+    #: torch: the estimator's loss written with plain tensors (fast); pyro: Pyro's ELBO on model and guide.
+    engine: str = "torch"
     #: on a non-finite loss or gradient: stop, or roll back to the last completed epoch.
     on_nan: str = "stop"
     #: rollback multiplies the learning rate by this.
@@ -111,6 +113,7 @@ class TrainConfig:
         _range("train.eval_every", self.eval_every, 1)
         _range("train.eval_particles", self.eval_particles, 1)
         _choice("train.on_nan", self.on_nan, ("stop", "rollback"))
+        _choice("train.engine", self.engine, ("torch", "pyro"))
         if not 0 < self.rollback_lr_factor < 1:
             raise ConfigError(f"train.rollback_lr_factor = {self.rollback_lr_factor!r}: must be in (0, 1)")
         _range("train.max_rollbacks", self.max_rollbacks, 0)

@@ -53,6 +53,40 @@ def make_elbo(estimator: str, vae, num_particles: int = 1) -> pyro.infer.ELBO:
     return cls(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
 
 
+def objective_per_datapoint(vae, x: torch.Tensor, estimator: str = "analytic", num_particles: int = 1,
+                            kl_weight: float = 1.0):
+    """``(objective, elbo)``, each of shape ``(M,)``: what an estimator maximises for each
+    datapoint of x, and the ELBO estimate from the same samples, computed with plain tensors.
+
+    With z_l = mu(x) + sigma(x) * eps_l, l = 1..L, and beta = ``kl_weight``:
+
+    - ``analytic`` (estimator B): (1/L) sum_l log p(x|z_l) - beta KL(q(z|x) || p(z));
+    - ``mc`` (estimator A): (1/L) sum_l [log p(x|z_l) + beta (log p(z_l) - log q(z_l|x))];
+    - ``iwae``: log (1/L) sum_l p(x, z_l) / q(z_l|x) (beta must be 1).
+
+    These are the quantities whose minibatch sums, scaled by N/M, Pyro's
+    ``TraceMeanField_ELBO``, ``Trace_ELBO`` and :class:`IWAE` compute on ``vae.model`` and
+    ``vae.guide``; drawing the same noise, values and gradients agree
+    (``tests/test_objectives.py``). The training loop uses this direct form: it skips Pyro's
+    tracing, which costs more than the networks on small models.
+    """
+    q = vae.posterior(x)
+    z = q.rsample((num_particles,))
+    log_px = vae.likelihood_dist(z).log_prob(x)  # (L, M)
+    if estimator == "analytic":
+        reconstruction = log_px.mean(0)
+        kl = kl_divergence(q, vae.prior((x.shape[0],)))
+        elbo = reconstruction - kl
+        return (elbo if kl_weight == 1.0 else reconstruction - kl_weight * kl), elbo
+    log_ratio = vae.prior().log_prob(z) - q.log_prob(z)  # log p(z) - log q(z|x), (L, M)
+    elbo = (log_px + log_ratio).mean(0)
+    if estimator == "mc":
+        return (elbo if kl_weight == 1.0 else (log_px + kl_weight * log_ratio).mean(0)), elbo
+    if estimator == "iwae":
+        return torch.logsumexp(log_px + log_ratio, 0) - math.log(num_particles), elbo
+    raise ValueError(f"unknown estimator {estimator!r}")
+
+
 def elbo_per_datapoint(vae, x: torch.Tensor, num_particles: int = 1, analytic_kl: bool = None) -> torch.Tensor:
     """The ELBO of each datapoint of x (shape ``(M,)``, nats), computed with plain tensors.
 
@@ -63,12 +97,7 @@ def elbo_per_datapoint(vae, x: torch.Tensor, num_particles: int = 1, analytic_kl
     """
     if analytic_kl is None:
         analytic_kl = getattr(vae.prior, "has_analytic_kl", False)
-    q = vae.posterior(x)
-    z = q.rsample((num_particles,))
-    log_px = vae.likelihood_dist(z).log_prob(x).mean(0)
-    if analytic_kl:
-        return log_px - kl_divergence(q, vae.prior((x.shape[0],)))
-    return log_px + (vae.prior().log_prob(z) - q.log_prob(z)).mean(0)
+    return objective_per_datapoint(vae, x, "analytic" if analytic_kl else "mc", num_particles)[1]
 
 
 _PARTICLE_PLATE = "num_particles_vectorized"  # the plate Pyro's ELBO adds for vectorized particles

@@ -28,6 +28,8 @@ def adam(params, lr: float = 1e-3, betas: List[float] = (0.9, 0.999), eps: float
 def adagrad(params, lr: float = 0.01, lr_decay: float = 0.0, weight_decay: float = 0.0,
             initial_accumulator_value: float = 0.0, eps: float = 1e-10):
     """AdaGrad (Duchi et al. 2011), the paper's choice with global step size in {0.01, 0.02, 0.1}."""
+    if lr_decay < 0:
+        raise ValueError(f"lr_decay must be >= 0, got {lr_decay}")
     return torch.optim.Adagrad(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                initial_accumulator_value=initial_accumulator_value, eps=eps)
 
@@ -36,6 +38,10 @@ def adagrad(params, lr: float = 0.01, lr_decay: float = 0.0, weight_decay: float
 def rmsprop(params, lr: float = 1e-3, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
             momentum: float = 0.0, centered: bool = False):
     """RMSProp (Tieleman & Hinton 2012)."""
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if not 0 <= momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
     return torch.optim.RMSprop(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                momentum=momentum, centered=centered)
 

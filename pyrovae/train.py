@@ -42,7 +42,7 @@ from .config import Config, TrainConfig, dumps
 from .data import Dataset, binarize_split, load_dataset
 from .errors import ConfigError, PyrovaeError, RunDirError
 from .evaluate import active_units, dataset_elbo
-from .objectives import elbo_per_datapoint, make_elbo, resolve_estimator
+from .objectives import elbo_per_datapoint, make_elbo, objective_per_datapoint, resolve_estimator
 from .optim import build_optimizer
 from .plots import plot_run
 
@@ -190,7 +190,12 @@ class _Trainer:
         bar = tqdm(total=cfg.epochs * self.steps_per_epoch, unit="step", disable=not cfg.progress, file=sys.stderr,
                    initial=self.counters["epoch"] * self.steps_per_epoch + self.counters["epoch_step"],
                    dynamic_ncols=True)
+        # The data were checked once before training; per-step validation of every distribution's
+        # arguments would cost a pass over the batch and a sync per step (non-finite values are
+        # still caught, by the check on the loss and gradients).
+        validation = pyro.validation_enabled(False) if cfg.engine == "torch" else contextlib.nullcontext()
         try:
+            validation.__enter__()
             last_good = copy.deepcopy(self.state())
             while self.counters["epoch"] < cfg.epochs:
                 try:
@@ -208,6 +213,7 @@ class _Trainer:
                                f"{self.optimizer.param_groups[0]['lr']:.3g} (rollback {self.rollbacks} of "
                                f"{cfg.max_rollbacks})", file=sys.stderr)
         finally:
+            validation.__exit__(None, None, None)
             bar.close()
             self.vae.kl_weight = 1.0
         if self.run_dir is not None:
@@ -237,21 +243,9 @@ class _Trainer:
             x = self.data.batch(batches[i])
             self.vae.kl_weight = kl_weight(cfg, c["step"] + i, self.steps_per_epoch)
             where = f"at epoch {epoch}, step {c['step'] + i + 1} (batch {i + 1} of {len(batches)})"
-            try:
-                loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, n) / n
-            except ValueError as e:  # distribution validation meets a NaN before the loss does
-                if "invalid values" not in str(e):
-                    raise
-                found = re.search(r"parameter (\w+) .*? of distribution (\w+)", str(e).splitlines()[0])
-                what = f"{found.group(2)} {found.group(1)}" if found else "distribution parameter"
-                raise _NonFinite(f"non-finite {what} in the forward pass {where}") from None
-            batch_loss = loss.detach() * x.shape[0]  # -sum over the batch of the objective's estimates
+            loss, batch_loss, batch_elbo = self.loss(x, where)
             total += batch_loss
-            if self.vae.kl_weight != 1.0 or self.estimator == "iwae":
-                with torch.no_grad():
-                    total_elbo -= elbo_per_datapoint(self.vae, x).sum()
-            else:
-                total_elbo += batch_loss
+            total_elbo += batch_elbo
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             # One sync per step: a non-finite loss or gradient is caught before it reaches the parameters.
@@ -278,6 +272,27 @@ class _Trainer:
             with open(Path(self.run_dir) / METRICS, "a") as f:
                 f.write(json.dumps(record) + "\n")
         self.save()
+
+    def loss(self, x, where: str):
+        """``(loss, -sum of the objective, -sum of the ELBO)`` for one minibatch; the loss is the
+        full-data estimate divided by N, i.e. minus the batch mean of the objective."""
+        if self.cfg.engine == "torch":  # the same numbers as Pyro's ELBO, without its tracing
+            objective, elbo = objective_per_datapoint(self.vae, x, self.estimator, self.cfg.num_particles,
+                                                      self.vae.kl_weight)
+            return -objective.mean(), -objective.detach().sum(), -elbo.detach().sum()
+        try:
+            loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, self.n) / self.n
+        except ValueError as e:  # Pyro's validation meets a NaN before the loss does
+            if "invalid values" not in str(e):
+                raise
+            found = re.search(r"parameter (\w+) .*? of distribution (\w+)", str(e).splitlines()[0])
+            what = f"{found.group(2)} {found.group(1)}" if found else "distribution parameter"
+            raise _NonFinite(f"non-finite {what} in the forward pass {where}") from None
+        batch_loss = loss.detach() * x.shape[0]
+        if self.vae.kl_weight == 1.0 and self.estimator != "iwae":
+            return loss, batch_loss, batch_loss
+        with torch.no_grad():
+            return loss, batch_loss, -elbo_per_datapoint(self.vae, x).sum()
 
     def evaluate(self, record: Dict) -> None:
         vae, epoch = self.vae, record["epoch"]
