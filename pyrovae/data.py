@@ -132,7 +132,8 @@ def load_mnist(root: str, train: bool, download: bool = True) -> torch.Tensor:
         hint = "" if download else " (data.download = false)"
         raise DataError(f"data.path = {root!r}: MNIST not found or not downloadable{hint}: "
                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; torchvision expects "
-                        f"{os.path.join(root, 'MNIST', 'raw')}/*-ubyte[.gz]") from None
+                        f"{os.path.join(root, 'MNIST', 'raw')}/*-ubyte (with data.download = true the .gz "
+                        "files there are enough: it checks and extracts them)") from None
     return data.float().div_(255.0).unsqueeze(1)
 
 

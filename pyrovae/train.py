@@ -146,6 +146,10 @@ class _NonFinite(Exception):
     pass
 
 
+def _where(epoch, step, batch, batches) -> str:
+    return f"at epoch {epoch}, step {step} (batch {batch} of {batches})"
+
+
 class _Trainer:
     """The state of one training run and the loop over it (used by :func:`fit`)."""
 
@@ -242,7 +246,7 @@ class _Trainer:
                                   signal_number)
             x = self.data.batch(batches[i])
             self.vae.kl_weight = kl_weight(cfg, c["step"] + i, self.steps_per_epoch)
-            where = f"at epoch {epoch}, step {c['step'] + i + 1} (batch {i + 1} of {len(batches)})"
+            where = (epoch, c["step"] + i + 1, i + 1, len(batches))
             loss, batch_loss, batch_elbo = self.loss(x, where)
             total += batch_loss
             total_elbo += batch_elbo
@@ -252,7 +256,7 @@ class _Trainer:
             checks = torch.stack([loss.detach()] + [p.grad.sum() for p in self.params if p.grad is not None])
             if not bool(torch.isfinite(checks).all()):
                 what = "loss" if not torch.isfinite(loss).item() else "gradient"
-                raise _NonFinite(f"non-finite {what} {where}")
+                raise _NonFinite(f"non-finite {what} {_where(*where)}")
             self.optimizer.step()
             bar.update()
             if i % 20 == 0:
@@ -273,13 +277,14 @@ class _Trainer:
                 f.write(json.dumps(record) + "\n")
         self.save()
 
-    def loss(self, x, where: str):
+    def loss(self, x, where: tuple):
         """``(loss, -sum of the objective, -sum of the ELBO)`` for one minibatch; the loss is the
         full-data estimate divided by N, i.e. minus the batch mean of the objective."""
         if self.cfg.engine == "torch":  # the same numbers as Pyro's ELBO, without its tracing
             objective, elbo = objective_per_datapoint(self.vae, x, self.estimator, self.cfg.num_particles,
                                                       self.vae.kl_weight)
-            return -objective.mean(), -objective.detach().sum(), -elbo.detach().sum()
+            batch_loss = -objective.detach().sum()
+            return -objective.mean(), batch_loss, batch_loss if elbo is objective else -elbo.detach().sum()
         try:
             loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, self.n) / self.n
         except ValueError as e:  # Pyro's validation meets a NaN before the loss does
@@ -287,7 +292,7 @@ class _Trainer:
                 raise
             found = re.search(r"parameter (\w+) .*? of distribution (\w+)", str(e).splitlines()[0])
             what = f"{found.group(2)} {found.group(1)}" if found else "distribution parameter"
-            raise _NonFinite(f"non-finite {what} in the forward pass {where}") from None
+            raise _NonFinite(f"non-finite {what} in the forward pass {_where(*where)}") from None
         batch_loss = loss.detach() * x.shape[0]
         if self.vae.kl_weight == 1.0 and self.estimator != "iwae":
             return loss, batch_loss, batch_loss

@@ -44,13 +44,14 @@ def poison(monkeypatch, at_calls, value=float("nan")):
     return calls
 
 
-def test_planted_nan_is_caught_at_its_step(tmp_path, monkeypatch):
+@pytest.mark.parametrize("engine, what", [("torch", "loss"), ("pyro", "Normal loc in the forward pass")])
+def test_planted_nan_is_caught_at_its_step(tmp_path, monkeypatch, engine, what):
     steps_per_epoch = 17  # 1617 training digits in batches of 100
     poison(monkeypatch, {steps_per_epoch + 3})
-    with pytest.raises(TrainingError, match=rf"non-finite Normal loc in the forward pass at epoch 2, "
+    with pytest.raises(TrainingError, match=rf"non-finite {what} at epoch 2, "
                                             rf"step {steps_per_epoch + 3} \(batch 3 of 17\).*"
                                             r"last good checkpoint \(epoch 1\) is kept"):
-        train(small_config(), tmp_path / "run")
+        train(small_config(engine=engine), tmp_path / "run")
     state = read_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert state["counters"]["epoch"] == 1 and state["counters"]["step"] == steps_per_epoch
     assert all(torch.isfinite(v).all() for v in state["model"].values())

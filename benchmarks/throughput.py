@@ -1,0 +1,280 @@
+"""Training throughput: pyrovae against a hand-written PyTorch VAE and a classic Pyro SVI loop.
+
+Three loops train the same network (the PyTorch examples' MNIST VAE, 784-400-20, ReLU,
+Bernoulli decoder) with the same batch size, optimizer (Adam) and estimator, in one process,
+in alternating repeats:
+
+  (a) torch:   hand-written, BCE + closed-form KL (analytic) or + log q - log p (mc), as in
+               the PyTorch examples;
+  (b) pyro:    the style of Pyro's VAE example: pyro.module, a plate over the batch,
+               SVI.step with pyro.optim.Adam and Trace_ELBO / TraceMeanField_ELBO;
+  (c) pyrovae: pyrovae.fit, its own training path.
+
+All three draw batches by index from one tensor (the DataLoader of the two examples would only
+slow (a) and (b) down). The table gives images per second (medians over repeats), the ratios,
+the FLOPs per image of one training step and the machine's measured matrix-multiply rate (the
+floor: the time a step would take if it did nothing but its matrix multiplies).
+
+    python benchmarks/throughput.py --quick --json results.json
+    python benchmarks/throughput.py --estimators analytic mc --batch-size 128 --repeats 7 --nll
+"""
+
+import argparse
+import json
+import math
+import platform
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+from torch import nn
+from torch.nn import functional as F
+
+import pyrovae
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist" / "MNIST"
+HIDDEN, LATENT, PIXELS = 400, 20, 784
+
+
+def load_mnist(device):
+    """Binarized MNIST training images as one (60000, 784) tensor, or a random stand-in."""
+    if SHARED_MNIST.is_dir():
+        root = Path(tempfile.mkdtemp())
+        shutil.copytree(SHARED_MNIST, root / "MNIST")
+        x = pyrovae.load_dataset("mnist", str(root), binarize="threshold").train
+        shutil.rmtree(root)
+        return x.reshape(-1, PIXELS).to(device), "MNIST (../shared/data), thresholded"
+    g = torch.Generator().manual_seed(0)
+    return (torch.rand(60000, PIXELS, generator=g) < 0.13).float().to(device), "random stand-in of MNIST's shape"
+
+
+# -- (a) hand-written PyTorch -------------------------------------------------------------------
+class TorchVAE(nn.Module):
+    """The PyTorch examples' VAE."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc21, self.fc22 = nn.Linear(PIXELS, HIDDEN), nn.Linear(HIDDEN, LATENT), nn.Linear(HIDDEN, LATENT)
+        self.fc3, self.fc4 = nn.Linear(LATENT, HIDDEN), nn.Linear(HIDDEN, PIXELS)
+
+    def loss(self, x, estimator):
+        h = F.relu(self.fc1(x))
+        mu, logvar = self.fc21(h), self.fc22(h)
+        std = torch.exp(0.5 * logvar)
+        eps = torch.randn_like(std)
+        z = mu + eps * std
+        logits = self.fc4(F.relu(self.fc3(z)))
+        bce = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+        if estimator == "analytic":
+            kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        else:  # log q(z|x) - log p(z), one sample
+            kl = torch.sum(-0.5 * eps.pow(2) - 0.5 * logvar + 0.5 * z.pow(2))
+        return (bce + kl) / x.shape[0]
+
+
+def run_torch(x, steps, batch_size, estimator, particles):
+    model = TorchVAE().to(x.device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batches = torch.randperm(x.shape[0], device=x.device)[: steps * batch_size].split(batch_size)
+    start = time.perf_counter()
+    for index in batches:
+        xb = x[index]
+        loss = sum(model.loss(xb, estimator) for _ in range(particles)) / particles
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    _sync(x)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+# -- (b) classic Pyro, in the style of Pyro's VAE example ------------------------------------------
+class Encoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc21, self.fc22 = nn.Linear(PIXELS, HIDDEN), nn.Linear(HIDDEN, LATENT), nn.Linear(HIDDEN, LATENT)
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x))
+        return self.fc21(h), torch.exp(0.5 * self.fc22(h))
+
+
+class Decoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc3, self.fc4 = nn.Linear(LATENT, HIDDEN), nn.Linear(HIDDEN, PIXELS)
+
+    def forward(self, z):
+        return self.fc4(F.relu(self.fc3(z)))
+
+
+class PyroVAE(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder, self.decoder = Encoder(), Decoder()
+
+    def model(self, x):
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z_loc = x.new_zeros(torch.Size((x.shape[0], LATENT)))
+            z = pyro.sample("latent", dist.Normal(z_loc, torch.ones_like(z_loc)).to_event(1))
+            pyro.sample("obs", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("encoder", self.encoder)
+        with pyro.plate("data", x.shape[0]):
+            z_loc, z_scale = self.encoder(x)
+            pyro.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
+
+
+def run_pyro(x, steps, batch_size, estimator, particles):
+    pyro.clear_param_store()
+    vae = PyroVAE().to(x.device)
+    cls = TraceMeanField_ELBO if estimator == "analytic" else Trace_ELBO
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}),
+              cls(num_particles=particles, vectorize_particles=particles > 1))
+    batches = torch.randperm(x.shape[0], device=x.device)[: steps * batch_size].split(batch_size)
+    start = time.perf_counter()
+    for index in batches:
+        svi.step(x[index])
+    _sync(x)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+# -- (c) pyrovae -------------------------------------------------------------------------------------
+def run_pyrovae(x, steps, batch_size, estimator, particles):
+    n = steps * batch_size
+    index = torch.randperm(x.shape[0], device=x.device)[:n]
+    data = pyrovae.Dataset("bench", x[index], x[:batch_size], "none")
+    net = {"name": "mlp", "hidden": [HIDDEN], "activation": "relu"}
+    vae = pyrovae.VAE((PIXELS,), LATENT, likelihood="bernoulli", encoder=net, decoder=net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pyrovae.PosteriorCollapseWarning)
+        metrics = pyrovae.fit(vae, data, epochs=1, batch_size=batch_size, estimator=estimator,
+                              num_particles=particles, device=str(x.device), progress=False, eval_every=1,
+                              optim={"name": "adam", "lr": 1e-3})
+    return metrics[0]["images_per_second"]
+
+
+def _sync(x):
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def flops_per_image():
+    """Multiply-adds of the step's matrix multiplies, x2, forward and backward (x3)."""
+    macs = PIXELS * HIDDEN + 2 * HIDDEN * LATENT + LATENT * HIDDEN + HIDDEN * PIXELS
+    return 3 * 2 * macs
+
+
+def matmul_rate(device, batch_size, seconds=1.0):
+    """Measured FLOP/s of the step's largest matrix multiply shape."""
+    a = torch.randn(batch_size, PIXELS, device=device)
+    b = torch.randn(PIXELS, HIDDEN, device=device)
+    for _ in range(5):
+        a @ b
+    _sync(a)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    _sync(a)
+    return count * 2 * batch_size * PIXELS * HIDDEN / (time.perf_counter() - start)
+
+
+def time_log_likelihood(x, images, samples):
+    net = {"name": "mlp", "hidden": [HIDDEN], "activation": "relu"}
+    vae = pyrovae.VAE((PIXELS,), LATENT, likelihood="bernoulli", encoder=net, decoder=net).to(x.device)
+    start = time.perf_counter()
+    pyrovae.log_likelihood(vae, x[:images], num_samples=samples)
+    _sync(x)
+    seconds = time.perf_counter() - start
+    return {"nll_images": images, "nll_samples": samples, "nll_seconds": seconds,
+            "nll_seconds_for_10000_images": seconds * 10000 / images}
+
+
+def main(args):
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("benchmarks/throughput.py: --device cuda asked for, but CUDA is not available")
+    torch.manual_seed(0)
+    x, source = load_mnist(device)
+    rate = matmul_rate(device, args.batch_size)
+    fpi = flops_per_image()
+    print(f"data: {source}; device: {device} ({torch.get_num_threads()} threads); torch {torch.__version__}, "
+          f"pyro {pyro.__version__}")
+    print(f"model 784-{HIDDEN}-{LATENT}, batch {args.batch_size}, Adam 1e-3, {args.particles} particle(s); "
+          f"{fpi / 1e6:.2f} MFLOP per image per step; matmul rate {rate / 1e9:.1f} GFLOP/s, "
+          f"floor {rate / fpi:,.0f} images/s")
+    results = []
+    for estimator in args.estimators:
+        runs = {"torch": [], "pyro": [], "pyrovae": []}
+        loops = {"torch": run_torch, "pyro": run_pyro, "pyrovae": run_pyrovae}
+        for name, loop in loops.items():  # warm-up
+            loop(x, max(2, args.steps // 10), args.batch_size, estimator, args.particles)
+        rss = []
+        for _ in range(args.repeats):
+            for name, loop in loops.items():
+                runs[name].append(loop(x, args.steps, args.batch_size, estimator, args.particles))
+            rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        med = {k: statistics.median(v) for k, v in runs.items()}
+        row = {
+            "device": str(device), "batch_size": args.batch_size, "estimator": estimator,
+            "num_particles": args.particles, "steps_per_repeat": args.steps, "repeats": args.repeats,
+            "torch_images_per_s": med["torch"], "pyro_images_per_s": med["pyro"],
+            "pyrovae_images_per_s": med["pyrovae"],
+            "pyrovae_vs_torch_time": med["torch"] / med["pyrovae"],
+            "pyrovae_vs_pyro_speedup": med["pyrovae"] / med["pyro"],
+            "flops_per_image": fpi, "matmul_flops_per_s": rate, "floor_images_per_s": rate / fpi,
+            "all_runs": runs, "peak_rss_mib_after_each_repeat": rss, "data": source,
+        }
+        results.append(row)
+    print()
+    print(f"| estimator | torch img/s | pyro img/s | pyrovae img/s | pyrovae time / torch | pyrovae speed-up vs pyro |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in results:
+        print(f"| {r['estimator']} | {r['torch_images_per_s']:,.0f} | {r['pyro_images_per_s']:,.0f} | "
+              f"{r['pyrovae_images_per_s']:,.0f} | {r['pyrovae_vs_torch_time']:.2f} | "
+              f"{r['pyrovae_vs_pyro_speedup']:.2f} |")
+    extra = {}
+    if args.nll:
+        extra = time_log_likelihood(x, args.nll_images, args.nll_samples)
+        print(f"\nlog_likelihood, K = {extra['nll_samples']}: {extra['nll_images']} images in "
+              f"{extra['nll_seconds']:.1f} s (10000 images: about {extra['nll_seconds_for_10000_images']:.0f} s)")
+    if args.json:
+        meta = {"python": platform.python_version(), "machine": platform.machine(), "processor": platform.processor(),
+                "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+        for r in results:
+            r.update(meta)
+            r.update(extra)
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"\nwritten: {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-b", "--batch-size", type=int, default=128)
+    parser.add_argument("-e", "--estimators", nargs="+", choices=["analytic", "mc"], default=["analytic", "mc"])
+    parser.add_argument("-p", "--particles", type=int, default=1)
+    parser.add_argument("-d", "--device", default="cpu")
+    parser.add_argument("-s", "--steps", type=int, default=100, help="steps per loop per repeat")
+    parser.add_argument("-r", "--repeats", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (under two minutes on 2 CPUs)")
+    parser.add_argument("--nll", action="store_true", help="also time log_likelihood")
+    parser.add_argument("--nll-images", type=int, default=100)
+    parser.add_argument("--nll-samples", type=int, default=5000)
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.repeats = 40, 3
+    main(args)
