@@ -11,7 +11,8 @@ in alternating repeats:
   (c) pyrovae: pyrovae.fit, its own training path.
 
 All three draw batches by index from one tensor (the DataLoader of the two examples would only
-slow (a) and (b) down). The table gives images per second (medians over repeats), the ratios,
+slow (a) and (b) down) and use torch's default Adam implementation. The table gives images per
+second (medians over repeats, the loops' order rotating between repeats), the ratios,
 the FLOPs per image of one training step and the machine's measured matrix-multiply rate (the
 floor: the time a step would take if it did nothing but its matrix multiplies).
 
@@ -21,7 +22,6 @@ floor: the time a step would take if it did nothing but its matrix multiplies).
 
 import argparse
 import json
-import math
 import platform
 import resource
 import shutil
@@ -202,6 +202,27 @@ def time_log_likelihood(x, images, samples):
             "nll_seconds_for_10000_images": seconds * 10000 / images}
 
 
+def memory_over_epochs(x, epochs, batch_size):
+    """Resident memory (MiB) at the end of each epoch of one pyrovae run: it must not grow."""
+    page = resource.getpagesize() / 2**20
+    data = pyrovae.Dataset("bench", x[:20 * batch_size], x[:batch_size], "none")
+    net = {"name": "mlp", "hidden": [HIDDEN], "activation": "relu"}
+    vae = pyrovae.VAE((PIXELS,), LATENT, likelihood="bernoulli", encoder=net, decoder=net)
+    samples, steps = [], []
+
+    def each_step():  # fit polls this before every step
+        steps.append(1)
+        if len(steps) % 20 == 0:
+            samples.append(int(Path("/proc/self/statm").read_text().split()[1]) * page)
+        return None
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pyrovae.PosteriorCollapseWarning)
+        pyrovae.fit(vae, data, epochs=epochs + 1, batch_size=batch_size, device=str(x.device), progress=False,
+                    eval_every=1, stop_signal=each_step)
+    return samples  # one value per epoch, at its last step
+
+
 def main(args):
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -221,10 +242,10 @@ def main(args):
         loops = {"torch": run_torch, "pyro": run_pyro, "pyrovae": run_pyrovae}
         for name, loop in loops.items():  # warm-up
             loop(x, max(2, args.steps // 10), args.batch_size, estimator, args.particles)
-        rss = []
-        for _ in range(args.repeats):
-            for name, loop in loops.items():
-                runs[name].append(loop(x, args.steps, args.batch_size, estimator, args.particles))
+        rss, order = [], list(loops)
+        for repeat in range(args.repeats):
+            for name in order[repeat % 3:] + order[:repeat % 3]:  # rotate, so no loop always runs first
+                runs[name].append(loops[name](x, args.steps, args.batch_size, estimator, args.particles))
             rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         med = {k: statistics.median(v) for k, v in runs.items()}
         row = {
@@ -239,15 +260,19 @@ def main(args):
         }
         results.append(row)
     print()
-    print(f"| estimator | torch img/s | pyro img/s | pyrovae img/s | pyrovae time / torch | pyrovae speed-up vs pyro |")
+    print("| estimator | torch img/s | pyro img/s | pyrovae img/s | pyrovae time / torch | pyrovae speed-up vs pyro |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
         print(f"| {r['estimator']} | {r['torch_images_per_s']:,.0f} | {r['pyro_images_per_s']:,.0f} | "
               f"{r['pyrovae_images_per_s']:,.0f} | {r['pyrovae_vs_torch_time']:.2f} | "
               f"{r['pyrovae_vs_pyro_speedup']:.2f} |")
     extra = {}
+    if args.memory_epochs:
+        rss = memory_over_epochs(x, args.memory_epochs, args.batch_size)
+        extra["rss_mib_per_epoch"] = rss
+        print(f"\nresident memory at the end of epochs 1..{len(rss)}: " + ", ".join(f"{r:.0f}" for r in rss) + " MiB")
     if args.nll:
-        extra = time_log_likelihood(x, args.nll_images, args.nll_samples)
+        extra.update(time_log_likelihood(x, args.nll_images, args.nll_samples))
         print(f"\nlog_likelihood, K = {extra['nll_samples']}: {extra['nll_images']} images in "
               f"{extra['nll_seconds']:.1f} s (10000 images: about {extra['nll_seconds_for_10000_images']:.0f} s)")
     if args.json:
@@ -270,11 +295,12 @@ if __name__ == "__main__":
     parser.add_argument("-s", "--steps", type=int, default=100, help="steps per loop per repeat")
     parser.add_argument("-r", "--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (under two minutes on 2 CPUs)")
+    parser.add_argument("--memory-epochs", type=int, default=10, help="epochs of the memory check (0: none)")
     parser.add_argument("--nll", action="store_true", help="also time log_likelihood")
     parser.add_argument("--nll-images", type=int, default=100)
     parser.add_argument("--nll-samples", type=int, default=5000)
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.repeats = 40, 3
+        args.steps, args.repeats, args.memory_epochs = 40, 3, 3
     main(args)

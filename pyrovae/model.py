@@ -112,7 +112,10 @@ class VAE(PyroModule):
     def decode(self, z: torch.Tensor) -> tuple:
         """The likelihood's parameters for codes z of shape ``(..., latent_dim)``: a tuple of
         ``num_params`` tensors of shape ``(..., *event_shape)``."""
-        return self.decoder(z).unbind(-self.event_dim - 1)
+        out = self.decoder(z)
+        if out.shape[-self.event_dim - 1] == 1:  # a view, whose backward copies nothing (unbind's stacks)
+            return (out.squeeze(-self.event_dim - 1),)
+        return out.unbind(-self.event_dim - 1)
 
     def likelihood_dist(self, z: torch.Tensor) -> dist.TorchDistribution:
         """p_theta(x|z) with the data's event shape."""

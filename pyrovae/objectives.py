@@ -75,7 +75,7 @@ def objective_per_datapoint(vae, x: torch.Tensor, estimator: str = "analytic", n
     log_px = vae.likelihood_dist(z).log_prob(x)  # (L, M)
     if estimator == "analytic":
         reconstruction = log_px.mean(0)
-        kl = kl_divergence(q, vae.prior((x.shape[0],)))
+        kl = kl_divergence(q, vae.prior())  # the prior's batch shape () broadcasts over the M points
         elbo = reconstruction - kl
         return (elbo if kl_weight == 1.0 else reconstruction - kl_weight * kl), elbo
     log_ratio = vae.prior().log_prob(z) - q.log_prob(z)  # log p(z) - log q(z|x), (L, M)
