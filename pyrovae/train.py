@@ -198,32 +198,36 @@ class _Trainer:
         # arguments would cost a pass over the batch and a sync per step (non-finite values are
         # still caught, by the check on the loss and gradients).
         validation = pyro.validation_enabled(False) if cfg.engine == "torch" else contextlib.nullcontext()
-        try:
-            validation.__enter__()
-            last_good = copy.deepcopy(self.state())
-            while self.counters["epoch"] < cfg.epochs:
-                try:
-                    self.epoch(self.counters["epoch"] + 1, bar)
-                    last_good = copy.deepcopy(self.state())
-                except _NonFinite as e:
-                    if cfg.on_nan != "rollback" or self.rollbacks >= cfg.max_rollbacks:
-                        raise TrainingError(str(e) + self._advice()) from None
-                    self.rollbacks += 1
-                    self.restore(copy.deepcopy(last_good))
-                    for group in self.optimizer.param_groups:
-                        group["lr"] *= cfg.rollback_lr_factor
-                    bar.n = self.counters["epoch"] * self.steps_per_epoch + self.counters["epoch_step"]
-                    tqdm.write(f"pyrovae: {e}; rolled back to epoch {self.counters['epoch']}, learning rate now "
-                               f"{self.optimizer.param_groups[0]['lr']:.3g} (rollback {self.rollbacks} of "
-                               f"{cfg.max_rollbacks})", file=sys.stderr)
-        finally:
-            validation.__exit__(None, None, None)
-            bar.close()
-            self.vae.kl_weight = 1.0
+        with validation:
+            try:
+                last_good = copy.deepcopy(self.state())
+                while self.counters["epoch"] < cfg.epochs:
+                    try:
+                        self.epoch(self.counters["epoch"] + 1, bar)
+                        last_good = copy.deepcopy(self.state())
+                    except _NonFinite as e:
+                        self.roll_back(e, last_good, bar)
+            finally:
+                bar.close()
+                self.vae.kl_weight = 1.0
         if self.run_dir is not None:
             self.vae.eval()
             plot_run(self.run_dir, self.vae, self.data.test, self.metrics)
         return self.metrics
+
+    def roll_back(self, error: "_NonFinite", last_good: Dict[str, Any], bar) -> None:
+        """Restore the last completed epoch with a smaller learning rate, or give up."""
+        cfg = self.cfg
+        if cfg.on_nan != "rollback" or self.rollbacks >= cfg.max_rollbacks:
+            raise TrainingError(str(error) + self._advice()) from None
+        self.rollbacks += 1
+        self.restore(copy.deepcopy(last_good))
+        for group in self.optimizer.param_groups:
+            group["lr"] *= cfg.rollback_lr_factor
+        bar.n = self.counters["epoch"] * self.steps_per_epoch + self.counters["epoch_step"]
+        tqdm.write(f"pyrovae: {error}; rolled back to epoch {self.counters['epoch']}, learning rate now "
+                   f"{self.optimizer.param_groups[0]['lr']:.3g} (rollback {self.rollbacks} of {cfg.max_rollbacks})",
+                   file=sys.stderr)
 
     def epoch(self, epoch: int, bar) -> None:
         cfg, c, n, m = self.cfg, self.counters, self.n, self.m
