@@ -1,7 +1,8 @@
 """Checkpoints and run folders: atomic writes, RNG state, and ``pyrovae.load(RUN_DIR)``.
 
 ``checkpoint.pt`` is a ``torch.save`` of a dict: model and optimizer state, every RNG state
-(torch, CUDA, NumPy, Python), the epoch / step / samples counters, the event shape and the
+(torch, CUDA, NumPy, Python, and the training loop's noise generator), the epoch / step /
+samples counters (with the position inside a half-done epoch), the event shape and the
 resolved config. It is written to a temporary file, fsynced and renamed, so a run killed at
 any moment leaves the previous checkpoint loadable.
 """
@@ -58,9 +59,13 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path, vae: VAE, optimizer, config: Config, counters: Dict[str, int]) -> None:
+def save_checkpoint(path, vae: VAE, optimizer, config: Config, counters: Dict[str, int],
+                    noise: torch.Generator = None) -> None:
+    rng = rng_state()
+    if noise is not None:
+        rng["noise"] = noise.get_state()
     state = {"format": FORMAT, "model": vae.state_dict(), "optimizer": optimizer.state_dict(),
-             "rng": rng_state(), "counters": dict(counters), "event_shape": list(vae.event_shape),
+             "rng": rng, "counters": dict(counters), "event_shape": list(vae.event_shape),
              "config": config.to_dict()}
     atomic_write_bytes(Path(path), lambda f: torch.save(state, f))
 

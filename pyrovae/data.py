@@ -63,10 +63,13 @@ class Dataset:
     def to(self, device) -> "Dataset":
         return Dataset(self.name, self.train.to(device), self.test.to(device), self.binarize)
 
-    def batch(self, index: torch.Tensor) -> torch.Tensor:
-        """Training points at ``index`` (a tensor on the data's device), binarized if dynamic."""
+    def batch(self, index: torch.Tensor, uniform: torch.Tensor = None) -> torch.Tensor:
+        """Training points at ``index`` (a tensor on the data's device), binarized if dynamic:
+        x = 1[u < grey] with u ~ U(0, 1), drawn here or given as ``uniform`` (shaped like the batch)."""
         x = self.train[index]
-        return torch.bernoulli(x) if self.binarize == "dynamic" else x
+        if self.binarize != "dynamic":
+            return x
+        return ((torch.rand_like(x) if uniform is None else uniform) < x).to(x.dtype)
 
 
 def binarize_split(x: torch.Tensor, mode: str, seed: int = SPLIT_SEED) -> torch.Tensor:

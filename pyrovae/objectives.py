@@ -54,7 +54,7 @@ def make_elbo(estimator: str, vae, num_particles: int = 1) -> pyro.infer.ELBO:
 
 
 def objective_per_datapoint(vae, x: torch.Tensor, estimator: str = "analytic", num_particles: int = 1,
-                            kl_weight: float = 1.0):
+                            kl_weight: float = 1.0, eps: torch.Tensor = None):
     """``(objective, elbo)``, each of shape ``(M,)``: what an estimator maximises for each
     datapoint of x, and the ELBO estimate from the same samples, computed with plain tensors.
 
@@ -69,9 +69,16 @@ def objective_per_datapoint(vae, x: torch.Tensor, estimator: str = "analytic", n
     ``vae.guide``; drawing the same noise, values and gradients agree
     (``tests/test_objectives.py``). The training loop uses this direct form: it skips Pyro's
     tracing, which costs more than the networks on small models.
+
+    ``eps`` (shape ``(L, M, latent_dim)``), if given, is the standard normal noise to use
+    instead of drawing it: the training loop draws it for the whole global batch from its own
+    generator, so that a run sharded over several processes sees the same noise as one process.
     """
     q = vae.posterior(x)
-    z = q.rsample((num_particles,))
+    if eps is None:
+        z = q.rsample((num_particles,))
+    else:
+        z = q.base_dist.loc + eps * q.base_dist.scale  # the reparameterization, with given noise
     log_px = vae.likelihood_dist(z).log_prob(x)  # (L, M)
     if estimator == "analytic":
         reconstruction = log_px.mean(0)

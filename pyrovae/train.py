@@ -26,6 +26,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pyro
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoint import (
@@ -139,11 +141,23 @@ def fit(vae, data: Dataset, train: Optional[TrainConfig] = None, optim: Optional
         trainer.metrics = _read_metrics(Path(run_dir) / METRICS, trainer.counters["epoch"])
     else:
         pyro.set_rng_seed(cfg.seed)
+        trainer.noise.manual_seed(cfg.seed * 1_000_003 - 1)  # apart from the data-order seeds (seed, epoch)
     return trainer.run()
 
 
 class _NonFinite(Exception):
     pass
+
+
+class _Objective(torch.nn.Module):
+    """The per-datapoint objective as a module, so that DistributedDataParallel can wrap it."""
+
+    def __init__(self, vae, estimator: str, num_particles: int):
+        super().__init__()
+        self.vae, self.estimator, self.num_particles = vae, estimator, num_particles
+
+    def forward(self, x, eps, kl_weight: float):
+        return objective_per_datapoint(self.vae, x, self.estimator, self.num_particles, kl_weight, eps)
 
 
 def _where(epoch, step, batch, batches) -> str:
@@ -161,6 +175,17 @@ class _Trainer:
         check_data(self.vae, self.data, cfg.batch_size)
         self.estimator = resolve_estimator(cfg.estimator, vae)
         self.elbo = make_elbo(self.estimator, vae, cfg.num_particles)
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        if self.world > 1 and cfg.engine != "torch":
+            raise ConfigError("train.engine = 'pyro' trains in one process; distributed runs use 'torch'")
+        # Training noise (dynamic binarization, reparameterization) is drawn for the whole global
+        # batch from this generator, the same on every rank, and each rank takes its shard: a
+        # run on K processes sees the same noise as on one, and resumes on any K.
+        self.noise = torch.Generator(device=self.device)
+        self.objective = _Objective(vae, self.estimator, cfg.num_particles)
+        self.forward = self.objective
+        if self.world > 1:  # gradients are averaged over the ranks by PyTorch's DDP
+            self.forward = DistributedDataParallel(self.objective, broadcast_buffers=False)
         self.optimizer = build_optimizer(optim, vae.parameters())
         self.params = [p for p in vae.parameters() if p.requires_grad]
         self.n, self.m = self.data.num_train, cfg.batch_size
@@ -175,23 +200,31 @@ class _Trainer:
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> Dict[str, Any]:
-        return {"model": self.vae.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
-                "counters": dict(self.counters)}
+        return {"model": self.vae.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "rng": {**rng_state(), "noise": self.noise.get_state()}, "counters": dict(self.counters)}
 
     def restore(self, state: Dict[str, Any]) -> None:
         self.vae.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
+        self.noise.set_state(state["rng"]["noise"])
         self.counters.update(state["counters"])
 
+    @property
+    def writes(self) -> bool:
+        """Only rank 0 writes the run folder."""
+        return self.run_dir is not None and self.rank == 0
+
     def save(self) -> None:
-        if self.run_dir is not None:
-            save_checkpoint(Path(self.run_dir) / CHECKPOINT, self.vae, self.optimizer, self.config, self.counters)
+        if self.writes:
+            save_checkpoint(Path(self.run_dir) / CHECKPOINT, self.vae, self.optimizer, self.config, self.counters,
+                            noise=self.noise)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> List[Dict]:
         cfg = self.cfg
-        bar = tqdm(total=cfg.epochs * self.steps_per_epoch, unit="step", disable=not cfg.progress, file=sys.stderr,
+        bar = tqdm(total=cfg.epochs * self.steps_per_epoch, unit="step", file=sys.stderr,
+                   disable=not cfg.progress or self.rank != 0,
                    initial=self.counters["epoch"] * self.steps_per_epoch + self.counters["epoch_step"],
                    dynamic_ncols=True)
         # The data were checked once before training; per-step validation of every distribution's
@@ -210,7 +243,7 @@ class _Trainer:
             finally:
                 bar.close()
                 self.vae.kl_weight = 1.0
-        if self.run_dir is not None:
+        if self.writes:
             self.vae.eval()
             plot_run(self.run_dir, self.vae, self.data.test, self.metrics)
         return self.metrics
@@ -239,6 +272,10 @@ class _Trainer:
         start = time.perf_counter() - c["epoch_seconds"]
         for i in range(c["epoch_step"], len(batches)):
             signal_number = self.stop_signal() if self.stop_signal else None
+            if self.world > 1:  # every rank stops at the same step, or the collectives would hang
+                flag = torch.tensor([signal_number or 0], device=self.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                signal_number = int(flag.item()) or None
             if signal_number:
                 c.update(epoch_step=i, epoch_loss=total.item(), epoch_elbo=total_elbo.item(),
                          epoch_seconds=time.perf_counter() - start)
@@ -248,10 +285,10 @@ class _Trainer:
                                   + (f"checkpoint saved: resume with pyrovae train --out {self.run_dir} --resume"
                                      if self.run_dir is not None else "no run folder, nothing saved"),
                                   signal_number)
-            x = self.data.batch(batches[i])
+            x, eps = self.minibatch(batches[i])
             self.vae.kl_weight = kl_weight(cfg, c["step"] + i, self.steps_per_epoch)
             where = (epoch, c["step"] + i + 1, i + 1, len(batches))
-            loss, batch_loss, batch_elbo = self.loss(x, where)
+            loss, batch_loss, batch_elbo = self.loss(x, eps, batches[i].numel(), where)
             total += batch_loss
             total_elbo += batch_elbo
             self.optimizer.zero_grad(set_to_none=True)
@@ -266,6 +303,10 @@ class _Trainer:
             if i % 20 == 0:
                 bar.set_postfix(epoch=epoch, loss=f"{total.item() / (i * m + x.shape[0]):.2f}")
         seconds = time.perf_counter() - start
+        if self.world > 1:  # the epoch's sums over all ranks' shards
+            sums = torch.stack([total, total_elbo])
+            dist.all_reduce(sums)
+            total, total_elbo = sums[0], sums[1]
         c.update(epoch=epoch, step=c["step"] + len(batches), samples_seen=c["samples_seen"] + n, epoch_step=0,
                  epoch_loss=0.0, epoch_elbo=0.0, epoch_seconds=0.0)
         record = {"epoch": epoch, "step": c["step"], "samples_seen": c["samples_seen"],
@@ -276,19 +317,38 @@ class _Trainer:
             self.evaluate(record)
             bar.set_postfix(epoch=epoch, elbo=f"{record['train_elbo']:.2f}", test_elbo=f"{record['test_elbo']:.2f}")
         self.metrics.append(record)
-        if self.run_dir is not None:
+        if self.writes:
             with open(Path(self.run_dir) / METRICS, "a") as f:
                 f.write(json.dumps(record) + "\n")
         self.save()
 
-    def loss(self, x, where: tuple):
-        """``(loss, -sum of the objective, -sum of the ELBO)`` for one minibatch; the loss is the
-        full-data estimate divided by N, i.e. minus the batch mean of the objective."""
+    def minibatch(self, index: torch.Tensor):
+        """This rank's shard of a global minibatch, and its reparameterization noise (torch engine).
+
+        The noise is drawn for the whole global batch (every rank draws the same), then sharded
+        like the points: rank r of K takes positions r, r + K, r + 2K, ... of the batch.
+        """
+        shard = slice(self.rank, None, self.world)
+        uniform = None
+        if self.data.binarize == "dynamic":
+            uniform = torch.rand((index.numel(), *self.data.event_shape), generator=self.noise,
+                                 device=self.device)[shard]
+        x = self.data.batch(index[shard], uniform)
+        eps = None
+        if self.cfg.engine == "torch":
+            eps = torch.randn((self.cfg.num_particles, index.numel(), self.vae.latent_dim), generator=self.noise,
+                              device=self.device)[:, shard]
+        return x, eps
+
+    def loss(self, x, eps, global_size: int, where: tuple):
+        """``(loss, -sum of the objective, -sum of the ELBO)`` for this rank's shard; the loss is
+        the full-data estimate divided by N: minus the global batch's mean objective, of which
+        this rank holds its share (DDP averages the ranks' gradients, hence the factor K)."""
         if self.cfg.engine == "torch":  # the same numbers as Pyro's ELBO, without its tracing
-            objective, elbo = objective_per_datapoint(self.vae, x, self.estimator, self.cfg.num_particles,
-                                                      self.vae.kl_weight)
+            objective, elbo = self.forward(x, eps, self.vae.kl_weight)
             batch_loss = -objective.detach().sum()
-            return -objective.mean(), batch_loss, batch_loss if elbo is objective else -elbo.detach().sum()
+            loss = -objective.sum() * (self.world / global_size)
+            return loss, batch_loss, batch_loss if elbo is objective else -elbo.detach().sum()
         try:
             loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, self.n) / self.n
         except ValueError as e:  # Pyro's validation meets a NaN before the loss does
@@ -307,7 +367,7 @@ class _Trainer:
         vae, epoch = self.vae, record["epoch"]
         record["test_elbo"] = dataset_elbo(vae, self.data.test, self.cfg.eval_particles, seed=self.cfg.seed)
         record["active_units"] = active_units(vae, self.data.test)[0]
-        if 2 * record["active_units"] < vae.latent_dim and epoch > 1 and not self.warned:
+        if 2 * record["active_units"] < vae.latent_dim and epoch > 1 and not self.warned and self.rank == 0:
             self.warned = True
             warnings.warn(f"epoch {epoch}: only {record['active_units']} of {vae.latent_dim} latent units are "
                           "active (Cov_x E_q[u] > 0.01); the rest have collapsed onto the prior. "

@@ -41,15 +41,27 @@ def test_direct_loss_and_gradients_equal_pyros(estimator, particles, beta, prior
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_engines_train_to_the_same_parameters():
+def test_given_noise_is_the_reparameterization():
+    vae = VAE((1, 8, 8), 3)
+    x = binary_batch(6)
+    pyro.set_rng_seed(3)
+    drawn = objective_per_datapoint(vae, x, "mc", 4)
+    pyro.set_rng_seed(3)
+    eps = torch.randn(4, 6, 3)  # what rsample draws
+    given = objective_per_datapoint(vae, x, "mc", 4, eps=eps)
+    for a, b in zip(drawn, given):
+        torch.testing.assert_close(a, b)
+
+
+def test_both_engines_train_alike():
+    """The engines draw their noise differently (the torch engine from the loop's own
+    generator), so they agree in distribution, not bit for bit."""
     from pyrovae import fit, load_dataset
 
     data = load_dataset("digits")
-    states = []
+    final = []
     for engine in ("torch", "pyro"):
         torch.manual_seed(0)
         vae = VAE(data.event_shape, 2)
-        fit(vae, data, epochs=2, engine=engine, progress=False)
-        states.append(vae.state_dict())
-    for k in states[0]:
-        torch.testing.assert_close(states[0][k], states[1][k], rtol=1e-4, atol=1e-5)
+        final.append(fit(vae, data, epochs=4, engine=engine, progress=False)[-1]["test_elbo"])
+    assert abs(final[0] - final[1]) < 1.0, final

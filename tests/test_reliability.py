@@ -35,9 +35,9 @@ def poison(monkeypatch, at_calls, value=float("nan")):
     """Make Dataset.batch return a poisoned batch on the given (1-based) calls."""
     original, calls = Dataset.batch, []
 
-    def batch(self, index):
+    def batch(self, index, *args):
         calls.append(1)
-        x = original(self, index)
+        x = original(self, index, *args)
         return torch.full_like(x, value) if len(calls) in at_calls else x
 
     monkeypatch.setattr(Dataset, "batch", batch)
