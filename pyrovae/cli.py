@@ -6,6 +6,7 @@ stderr (``pyrovae: error: ...``) and exits with status 2.
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -55,7 +56,8 @@ def _train(args) -> None:
     from .train import train
 
     run_dir = train(config, args.out, resume=args.resume)
-    print(f"run folder: {run_dir}")
+    if _rank() == 0:
+        print(f"run folder: {run_dir}")
 
 
 def _evaluate(args) -> None:
@@ -88,15 +90,22 @@ def _sample(args) -> None:
     print(f"wrote {args.out}")
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise): only rank 0 speaks."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         {"train": _train, "evaluate": _evaluate, "sample": _sample}[args.command](args)
     except Interrupted as e:
-        print(f"pyrovae: {e}", file=sys.stderr)
+        if _rank() == 0:
+            print(f"pyrovae: {e}", file=sys.stderr)
         return 128 + e.signal_number
     except PyrovaeError as e:
-        print(f"pyrovae: error: {e}", file=sys.stderr)
+        if _rank() == 0:
+            print(f"pyrovae: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pyrovae: interrupted", file=sys.stderr)

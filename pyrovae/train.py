@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import datetime
 import json
+import os
 import re
 import signal
 import sys
@@ -185,7 +186,7 @@ class _Trainer:
         self.objective = _Objective(vae, self.estimator, cfg.num_particles)
         self.forward = self.objective
         if self.world > 1:  # gradients are averaged over the ranks by PyTorch's DDP
-            self.forward = DistributedDataParallel(self.objective, broadcast_buffers=False)
+            self.forward = DistributedDataParallel(self.objective)
         self.optimizer = build_optimizer(optim, vae.parameters())
         self.params = [p for p in vae.parameters() if p.requires_grad]
         self.n, self.m = self.data.num_train, cfg.batch_size
@@ -412,9 +413,40 @@ def train(config: Optional[Config] = None, out_dir=None, resume: bool = False) -
     which holds ``config.toml`` (the resolved config), ``metrics.jsonl``, ``checkpoint.pt``,
     ``reconstructions.png``, ``samples.png``, ``elbo.png`` and, for a 2-D latent,
     ``manifold.png``.
+
+    Started by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment), it trains data-parallel
+    with PyTorch's DistributedDataParallel: backend ``gloo`` on the CPU, ``nccl`` on GPUs (rank
+    r on ``cuda:LOCAL_RANK``); each rank takes its shard of every global minibatch of
+    ``train.batch_size`` points, the ranks' gradients are averaged, and only rank 0 writes.
     """
     config = (config or Config()).check()
-    device = resolve_device(config.train.device)
+    with _distributed(config.train.device) as device:
+        return _train(config, out_dir, resume, device)
+
+
+@contextlib.contextmanager
+def _distributed(device_name: str):
+    """Join the process group torchrun describes (if any) and yield this process's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or dist.is_initialized():
+        yield resolve_device(device_name if world <= 1 else _rank_device(device_name))
+        return
+    device = resolve_device(_rank_device(device_name))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield device
+    finally:
+        dist.destroy_process_group()
+
+
+def _rank_device(device_name: str) -> str:
+    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if device_name.startswith("cuda") else device_name
+
+
+def _train(config: Config, out_dir, resume: bool, device: torch.device) -> Path:
+    rank = dist.get_rank() if dist.is_initialized() else 0
     if resume:
         if out_dir is None:
             raise RunDirError("--resume needs the run folder (--out RUN_DIR)")
@@ -440,12 +472,15 @@ def train(config: Optional[Config] = None, out_dir=None, resume: bool = False) -
     resolve_estimator(config.train.estimator, vae)
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    text = dumps(config.to_dict()).encode()
-    atomic_write_bytes(out_dir / CONFIG, lambda f: f.write(text))
+    if dist.is_initialized():
+        dist.barrier()  # every rank has checked its input before rank 0 creates anything
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        text = dumps(config.to_dict()).encode()
+        atomic_write_bytes(out_dir / CONFIG, lambda f: f.write(text))
     with _stop_on_signals() as stop_signal:
-        fit(vae, data, config.train, config.optim, run_dir=out_dir, config=config, resume=resume,
-            stop_signal=stop_signal)
+        fit(vae, data, dataclasses.replace(config.train, device=str(device)), config.optim, run_dir=out_dir,
+            config=config, resume=resume, stop_signal=stop_signal)
     return out_dir
 
 

@@ -1,0 +1,99 @@
+"""Data-parallel training with torchrun (gloo on the CPU): the same parameters as one process,
+disjoint shards that cover each epoch, and checkpoints that resume with another world size."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyrovae import TrainConfig
+from pyrovae.checkpoint import read_checkpoint
+from pyrovae.data import Dataset
+from pyrovae.model import VAE
+from pyrovae.train import _Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = ["--set", "train.eval_every=1", "--set", "model.encoder.hidden=[32]", "--set", "model.decoder.hidden=[32]",
+            "--set", "train.batch_size=64", "-q"]
+
+
+def pyrovae_cmd(tmp_path, *args, nproc=1):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
+    proc = subprocess.run([sys.executable, *launcher, "-m", "pyrovae", "train", *args, *SETTINGS], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def assert_same_parameters(a, b, atol=1e-4):
+    a, b = read_checkpoint(a / "checkpoint.pt"), read_checkpoint(b / "checkpoint.pt")
+    assert a["counters"] == b["counters"]
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=atol, msg=k)
+
+
+def test_two_processes_match_one_and_resume_with_one(tmp_path):
+    proc = pyrovae_cmd(tmp_path, "--out", "two", "--set", "train.epochs=2", nproc=2)
+    assert proc.stdout.count("run folder:") == 1  # only rank 0 speaks
+    pyrovae_cmd(tmp_path, "--out", "one", "--set", "train.epochs=2")
+    assert_same_parameters(tmp_path / "two", tmp_path / "one")
+    metrics = [(tmp_path / run / "metrics.jsonl").read_text().splitlines() for run in ("two", "one")]
+    assert len(metrics[0]) == len(metrics[1]) == 2  # rank 0 alone wrote its lines
+    for two, one in zip(*metrics):
+        t, o = eval(two.replace("null", "None")), eval(one.replace("null", "None"))
+        assert t["test_elbo"] == pytest.approx(o["test_elbo"], abs=1e-3)
+        assert t["train_elbo"] == pytest.approx(o["train_elbo"], abs=1e-3)  # summed over both ranks' shards
+
+    # a 2-rank checkpoint continues on 1 rank and ends where the 1-rank run does
+    pyrovae_cmd(tmp_path, "--out", "one3", "--set", "train.epochs=3")
+    pyrovae_cmd(tmp_path, "--out", "two", "--resume", "--set", "train.epochs=3")
+    assert_same_parameters(tmp_path / "two", tmp_path / "one3")
+
+
+@pytest.mark.parametrize("world, binarize", [(2, "dynamic"), (3, "none")])
+def test_shards_are_disjoint_and_cover_the_epoch(world, binarize):
+    n = 103
+    ids = torch.arange(n, dtype=torch.float32).reshape(n, 1) / n  # each point carries its index
+    data = Dataset("ids", ids, ids[:4].round(), binarize)
+    cfg = TrainConfig(batch_size=10, epochs=1)
+    vae = VAE((1,), 2, likelihood="continuous_bernoulli" if binarize == "none" else "bernoulli")
+    seen = []
+    for rank in range(world):
+        trainer = _Trainer(vae, data, cfg, {"name": "adam"}, None, None, None)
+        trainer.rank, trainer.world = rank, world  # as a process of a world of this size would be
+        trainer.noise.manual_seed(0)
+        order = torch.Generator().manual_seed(7)
+        batches = torch.randperm(n, generator=order).split(10)
+        shards = []
+        for index in batches:
+            x, eps = trainer.minibatch(index)
+            assert eps.shape == (1, x.shape[0], 2)
+            shards.append(index[rank::world])
+            if binarize == "none":
+                torch.testing.assert_close(x.squeeze(1) * n, shards[-1].float())
+        seen.append(torch.cat(shards))
+    everything = torch.cat(seen)
+    assert sorted(everything.tolist()) == list(range(n))  # disjoint, and together the whole epoch
+
+
+def test_ranks_draw_the_global_batch_noise():
+    """Rank r's noise is the r-th shard of the noise one process would draw for the whole batch."""
+    n = 40
+    data = Dataset("x", torch.rand(n, 1, 4, 4), torch.rand(4, 1, 4, 4).round(), "dynamic")
+    cfg = TrainConfig(batch_size=8, num_particles=2)
+    vae = VAE((1, 4, 4), 3)
+    index = torch.arange(8)
+    alone = _Trainer(vae, data, cfg, {"name": "adam"}, None, None, None)
+    alone.noise.manual_seed(1)
+    x_all, eps_all = alone.minibatch(index)
+    for rank in range(2):
+        t = _Trainer(vae, data, cfg, {"name": "adam"}, None, None, None)
+        t.rank, t.world = rank, 2
+        t.noise.manual_seed(1)
+        x, eps = t.minibatch(index)
+        torch.testing.assert_close(x, x_all[rank::2])
+        torch.testing.assert_close(eps, eps_all[:, rank::2])
