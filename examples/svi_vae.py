@@ -18,6 +18,8 @@ import pyrovae
 
 
 def main(args):
+    if args.smoke:
+        args.epochs = 1
     pyro.set_rng_seed(args.seed)
     pyro.clear_param_store()
     data = pyrovae.load_dataset(args.data, args.data_path)
@@ -36,15 +38,20 @@ def main(args):
     return test_elbo
 
 
+def parser():
+    p = argparse.ArgumentParser(description="A pyrovae VAE trained with plain Pyro SVI")
+    p.add_argument("-n", "--epochs", type=int, default=20)
+    p.add_argument("-e", "--estimator", choices=["mc", "analytic"], default="analytic")
+    p.add_argument("-d", "--data", choices=["digits", "mnist"], default="digits")
+    p.add_argument("--data-path", default=None, help="torchvision root folder for MNIST")
+    p.add_argument("-p", "--prior", default="standard_normal", help="a registered prior name")
+    p.add_argument("-z", "--latent-dim", type=int, default=2)
+    p.add_argument("-b", "--batch-size", type=int, default=100)
+    p.add_argument("-lr", "--learning-rate", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true", help="one epoch, for tests")
+    return p
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="A pyrovae VAE trained with plain Pyro SVI")
-    parser.add_argument("-n", "--epochs", type=int, default=20)
-    parser.add_argument("-e", "--estimator", choices=["mc", "analytic"], default="analytic")
-    parser.add_argument("-d", "--data", choices=["digits", "mnist"], default="digits")
-    parser.add_argument("--data-path", default=None, help="torchvision root folder for MNIST")
-    parser.add_argument("-p", "--prior", default="standard_normal", help="a registered prior name")
-    parser.add_argument("-z", "--latent-dim", type=int, default=2)
-    parser.add_argument("-b", "--batch-size", type=int, default=100)
-    parser.add_argument("-lr", "--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    main(parser.parse_args())
+    main(parser().parse_args())

@@ -373,7 +373,7 @@ class _Trainer:
             warnings.warn(f"epoch {epoch}: only {record['active_units']} of {vae.latent_dim} latent units are "
                           "active (Cov_x E_q[u] > 0.01); the rest have collapsed onto the prior. "
                           "Consider train.kl_warmup_epochs, a smaller latent_dim, or a weaker decoder",
-                          PosteriorCollapseWarning, stacklevel=4)
+                          PosteriorCollapseWarning, stacklevel=5)
 
     def _advice(self) -> str:
         lr = self.optimizer.param_groups[0]["lr"]
