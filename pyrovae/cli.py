@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", help="run folder (default: runs/<data>-<time>)")
     p.add_argument("-r", "--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs to RUN_DIR/tensorboard")
 
     p = sub.add_parser("evaluate", help="score a run on its test split; writes RUN_DIR/evaluation.json")
     p.add_argument("run_dir")
@@ -51,7 +52,8 @@ def _train(args) -> None:
         config_path = str(Path(args.out) / "config.toml")
         if not Path(config_path).exists():
             raise RunDirError(f"{args.out}: not a pyrovae run folder (no config.toml)")
-    overrides = list(args.overrides) + (["train.progress=false"] if args.quiet else [])
+    overrides = (list(args.overrides) + (["train.progress=false"] if args.quiet else [])
+                 + (["log.tensorboard=true"] if args.tensorboard else []))
     config = load_config(config_path, overrides)
     from .train import train
 

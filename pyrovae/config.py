@@ -1,6 +1,6 @@
 """Run configuration: TOML -> validated dataclasses, and back.
 
-A config has four sections. ``[data]``, ``[model]`` and ``[train]`` are dataclasses below;
+A config has five sections. ``[data]``, ``[model]``, ``[train]`` and ``[log]`` are dataclasses below;
 ``[optim]`` is an optimizer spec (``name``, ``lr`` and that optimizer's other
 hyperparameters, see :mod:`pyrovae.optim`). Every error names the file, the key and what is
 allowed. ``--set section.key=value`` overrides any key (``model.prior.num_components=5``
@@ -122,7 +122,23 @@ class TrainConfig:
             raise ConfigError(f"train.device = {self.device!r}: valid: cpu, cuda, cuda:N")
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+@dataclass
+class LogConfig:
+    """``[log]``: what a run writes besides its metrics, checkpoint and figures."""
+
+    #: write TensorBoard event files to RUN_DIR/tensorboard (needs the tensorboard package).
+    tensorboard: bool = False
+
+    def check(self):
+        if self.tensorboard:
+            try:
+                import torch.utils.tensorboard  # noqa: F401
+            except ImportError:
+                raise ConfigError("log.tensorboard = true needs the tensorboard package: "
+                                  "pip install tensorboard (or pyrovae[tensorboard])") from None
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "log": LogConfig}
 
 
 @dataclass
@@ -133,11 +149,13 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: Dict[str, Any] = field(default_factory=lambda: {"name": "adam", "lr": 1e-3})
+    log: LogConfig = field(default_factory=LogConfig)
 
     def check(self) -> "Config":
         self.data.check()
         self.model.check()
         self.train.check()
+        self.log.check()
         check_optimizer(self.optim)
         return self
 
@@ -176,7 +194,7 @@ def config_from_dict(d: Dict[str, Any]) -> Config:
     """Validate a parsed TOML document (missing keys take their defaults)."""
     for section in d:
         if section not in (*SECTIONS, "optim"):
-            raise ConfigError(f"[{section}]: unknown section; valid: data, model, train, optim")
+            raise ConfigError(f"[{section}]: unknown section; valid: data, model, train, log, optim")
     optim = d.get("optim", {"name": "adam", "lr": 1e-3})
     if not isinstance(optim, dict):
         raise ConfigError(f"[optim] must be a table, got {optim!r}")

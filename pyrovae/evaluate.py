@@ -16,14 +16,14 @@ from torch.distributions import Normal, kl_divergence
 
 from .checkpoint import atomic_write_bytes, load, read_run_config
 from .data import load_dataset
-from .objectives import elbo_per_datapoint
+from .objectives import elbo_terms
 
 #: A latent unit u is active when Cov_x(E_q[u | x]) exceeds this (Burda et al. 2015).
 ACTIVE_UNIT_THRESHOLD = 0.01
 
 
 @contextlib.contextmanager
-def _seeded(x: torch.Tensor, seed: Optional[int]):
+def seeded(x: torch.Tensor, seed: Optional[int]):
     """Draw from a generator seeded with ``seed``, leaving the caller's state untouched (None: the caller's)."""
     if seed is None:
         yield
@@ -34,16 +34,26 @@ def _seeded(x: torch.Tensor, seed: Optional[int]):
 
 
 @torch.no_grad()
-def dataset_elbo(vae, x: torch.Tensor, num_particles: int = 1, batch_size: int = 1000, seed: int = 0) -> float:
-    """The mean ELBO per datapoint of x, (1/N) sum_i L(theta, phi; x_i), with estimator B where
-    the prior allows it (else A), ``num_particles`` samples per point, in chunks of ``batch_size``.
+def dataset_terms(vae, x: torch.Tensor, num_particles: int = 1, batch_size: int = 1000, seed: int = 0) -> Dict:
+    """The mean ``elbo``, ``reconstruction`` (E_q[log p(x|z)]) and ``kl`` (KL(q || p)) per
+    datapoint of x, with estimator B where the prior allows it (else A), ``num_particles``
+    samples per point, in chunks of ``batch_size``; elbo = reconstruction - kl.
 
     It draws from its own seeded generator state and restores the caller's, so evaluating
     never changes a training run's random stream and the same parameters give the same value.
     """
-    with _seeded(x, seed):
-        total = sum(float(elbo_per_datapoint(vae, chunk, num_particles).sum()) for chunk in x.split(batch_size))
-    return total / x.shape[0]
+    reconstruction = kl = 0.0
+    with seeded(x, seed):
+        for chunk in x.split(batch_size):
+            r, k = elbo_terms(vae, chunk, num_particles)
+            reconstruction, kl = reconstruction + float(r.sum()), kl + float(k.sum())
+    n = x.shape[0]
+    return {"elbo": (reconstruction - kl) / n, "reconstruction": reconstruction / n, "kl": kl / n}
+
+
+def dataset_elbo(vae, x: torch.Tensor, num_particles: int = 1, batch_size: int = 1000, seed: int = 0) -> float:
+    """The mean ELBO per datapoint of x, (1/N) sum_i L(theta, phi; x_i) (see :func:`dataset_terms`)."""
+    return dataset_terms(vae, x, num_particles, batch_size, seed)["elbo"]
 
 
 @torch.no_grad()
@@ -63,7 +73,7 @@ def log_likelihood(vae, x: torch.Tensor, num_samples: int = 5000, batch_size: in
     ``seed=None`` draws from the caller's generator.
     """
     out = []
-    with _seeded(x, seed):
+    with seeded(x, seed):
         for xb in x.split(batch_size):
             per_sample = xb.shape[0] * max(math.prod(vae.event_shape), vae.latent_dim, 512)
             chunk = max(1, min(num_samples, max_elements // per_sample))

@@ -94,17 +94,31 @@ def objective_per_datapoint(vae, x: torch.Tensor, estimator: str = "analytic", n
     raise ValueError(f"unknown estimator {estimator!r}")
 
 
-def elbo_per_datapoint(vae, x: torch.Tensor, num_particles: int = 1, analytic_kl: bool = None) -> torch.Tensor:
-    """The ELBO of each datapoint of x (shape ``(M,)``, nats), computed with plain tensors.
+def elbo_terms(vae, x: torch.Tensor, num_particles: int = 1, analytic_kl: bool = None):
+    """``(reconstruction, kl)`` for each datapoint of x (each of shape ``(M,)``, nats): the two
+    terms of the ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)) (Kingma & Welling 2014, eq. 3).
 
-    The same quantity as the Pyro ELBOs above, without the N/M scale:
-    with ``analytic_kl``, (1/L) sum_l log p(x|z_l) - KL(q || p) (estimator B); otherwise
-    (1/L) sum_l [log p(x|z_l) + log p(z_l) - log q(z_l|x)] (estimator A).
+    The reconstruction term is (1/L) sum_l log p(x|z_l); the KL is the closed form with
+    ``analytic_kl`` (estimator B), else (1/L) sum_l [log q(z_l|x) - log p(z_l)] (estimator A).
     ``analytic_kl=None`` uses the closed form when the prior has one.
     """
     if analytic_kl is None:
         analytic_kl = getattr(vae.prior, "has_analytic_kl", False)
-    return objective_per_datapoint(vae, x, "analytic" if analytic_kl else "mc", num_particles)[1]
+    q = vae.posterior(x)
+    z = q.rsample((num_particles,))
+    reconstruction = vae.likelihood_dist(z).log_prob(x).mean(0)
+    if analytic_kl:
+        return reconstruction, kl_divergence(q, vae.prior())
+    return reconstruction, (q.log_prob(z) - vae.prior().log_prob(z)).mean(0)
+
+
+def elbo_per_datapoint(vae, x: torch.Tensor, num_particles: int = 1, analytic_kl: bool = None) -> torch.Tensor:
+    """The ELBO of each datapoint of x (shape ``(M,)``, nats), computed with plain tensors.
+
+    The same quantity as the Pyro ELBOs above, without the N/M scale (see :func:`elbo_terms`).
+    """
+    reconstruction, kl = elbo_terms(vae, x, num_particles, analytic_kl)
+    return reconstruction - kl
 
 
 _PARTICLE_PLATE = "num_particles_vectorized"  # the plate Pyro's ELBO adds for vectorized particles

@@ -44,10 +44,10 @@ from .checkpoint import (
 from .config import Config, TrainConfig, dumps
 from .data import Dataset, binarize_split, load_dataset
 from .errors import ConfigError, PyrovaeError, RunDirError
-from .evaluate import active_units, dataset_elbo
+from .evaluate import active_units, dataset_terms, seeded
 from .objectives import elbo_per_datapoint, make_elbo, objective_per_datapoint, resolve_estimator
 from .optim import build_optimizer
-from .plots import plot_run
+from .plots import as_images, image_grid, plot_run
 
 METRICS = "metrics.jsonl"
 
@@ -100,7 +100,8 @@ class Interrupted(PyrovaeError):
 
 def fit(vae, data: Dataset, train: Optional[TrainConfig] = None, optim: Optional[Dict[str, Any]] = None,
         run_dir=None, config: Optional[Config] = None, resume: bool = False,
-        stop_signal: Optional[Callable[[], Optional[int]]] = None, **train_options) -> List[Dict]:
+        stop_signal: Optional[Callable[[], Optional[int]]] = None, tensorboard_dir=None,
+        **train_options) -> List[Dict]:
     """Train ``vae`` on ``data`` by stochastic variational inference; return the metrics per epoch.
 
     :param VAE vae: the model and guide.
@@ -113,16 +114,20 @@ def fit(vae, data: Dataset, train: Optional[TrainConfig] = None, optim: Optional
     :param stop_signal: polled before every step; when it returns a signal number, the run
         saves a checkpoint at that step and raises :class:`Interrupted` (:func:`train` wires
         SIGINT and SIGTERM to it).
+    :param tensorboard_dir: if given, write TensorBoard scalars (ELBO, its reconstruction and
+        KL terms, KL weight, learning rate, speed, active units) every epoch and image grids
+        (samples, reconstructions) at every evaluation there.
     :param train_options: overrides of ``train``'s fields, e.g. ``epochs=5``.
 
     Each returned record has ``epoch``, ``step``, ``samples_seen``, ``train_elbo`` (the mean
     of the epoch's minibatch ELBO estimates), ``train_objective`` (the mean of what was
     maximised: the same as ``train_elbo`` unless the estimator is ``iwae`` or the KL is
-    weighted), ``kl_weight`` (at the epoch's end), ``test_elbo`` and ``active_units`` (every
-    ``eval_every`` epochs and after the last, else None), ``train_seconds`` and
-    ``images_per_second``. ELBOs are nats per datapoint, higher is better; the reported ELBO
-    is always the true one (beta = 1). A :class:`PosteriorCollapseWarning` is issued once if
-    fewer than half of the latent units are active at an evaluation after the first epoch.
+    weighted), ``kl_weight`` (at the epoch's end), ``test_elbo``, its two terms
+    ``test_reconstruction`` and ``test_kl``, and ``active_units`` (every ``eval_every`` epochs
+    and after the last, else None), ``train_seconds`` and ``images_per_second``. ELBOs are
+    nats per datapoint, higher is better; the reported ELBO is always the true one (beta = 1).
+    A :class:`PosteriorCollapseWarning` is issued once if fewer than half of the latent units
+    are active at an evaluation after the first epoch.
 
     A non-finite loss or gradient stops the run at the step where it appears, before the
     parameters change (:class:`TrainingError`), or with ``on_nan = "rollback"`` restores the
@@ -137,6 +142,10 @@ def fit(vae, data: Dataset, train: Optional[TrainConfig] = None, optim: Optional
     if run_dir is not None and config is None:
         raise ValueError("fit(run_dir=...) needs the run's config; use pyrovae.train(config, out_dir) instead")
     trainer = _Trainer(vae, data, cfg, optim or {"name": "adam", "lr": 1e-3}, run_dir, config, stop_signal)
+    if tensorboard_dir is not None and trainer.rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        trainer.tensorboard = SummaryWriter(str(tensorboard_dir))
     if resume:
         trainer.restore(read_checkpoint(Path(run_dir) / CHECKPOINT))
         trainer.metrics = _read_metrics(Path(run_dir) / METRICS, trainer.counters["epoch"])
@@ -198,6 +207,7 @@ class _Trainer:
         self.metrics: List[Dict] = []
         self.rollbacks = 0
         self.warned = False
+        self.tensorboard = None
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> Dict[str, Any]:
@@ -244,6 +254,8 @@ class _Trainer:
             finally:
                 bar.close()
                 self.vae.kl_weight = 1.0
+                if self.tensorboard is not None:
+                    self.tensorboard.close()
         if self.writes:
             self.vae.eval()
             plot_run(self.run_dir, self.vae, self.data.test, self.metrics)
@@ -312,12 +324,14 @@ class _Trainer:
                  epoch_loss=0.0, epoch_elbo=0.0, epoch_seconds=0.0)
         record = {"epoch": epoch, "step": c["step"], "samples_seen": c["samples_seen"],
                   "train_elbo": -total_elbo.item() / n, "train_objective": -total.item() / n,
-                  "kl_weight": self.vae.kl_weight, "test_elbo": None, "active_units": None,
-                  "train_seconds": seconds, "images_per_second": n / seconds}
+                  "kl_weight": self.vae.kl_weight, "test_elbo": None, "test_reconstruction": None, "test_kl": None,
+                  "active_units": None, "train_seconds": seconds, "images_per_second": n / seconds}
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             self.evaluate(record)
             bar.set_postfix(epoch=epoch, elbo=f"{record['train_elbo']:.2f}", test_elbo=f"{record['test_elbo']:.2f}")
         self.metrics.append(record)
+        if self.tensorboard is not None:
+            self.log_tensorboard(record)
         if self.writes:
             with open(Path(self.run_dir) / METRICS, "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -366,7 +380,8 @@ class _Trainer:
 
     def evaluate(self, record: Dict) -> None:
         vae, epoch = self.vae, record["epoch"]
-        record["test_elbo"] = dataset_elbo(vae, self.data.test, self.cfg.eval_particles, seed=self.cfg.seed)
+        terms = dataset_terms(vae, self.data.test, self.cfg.eval_particles, seed=self.cfg.seed)
+        record.update(test_elbo=terms["elbo"], test_reconstruction=terms["reconstruction"], test_kl=terms["kl"])
         record["active_units"] = active_units(vae, self.data.test)[0]
         if 2 * record["active_units"] < vae.latent_dim and epoch > 1 and not self.warned and self.rank == 0:
             self.warned = True
@@ -374,6 +389,25 @@ class _Trainer:
                           "active (Cov_x E_q[u] > 0.01); the rest have collapsed onto the prior. "
                           "Consider train.kl_warmup_epochs, a smaller latent_dim, or a weaker decoder",
                           PosteriorCollapseWarning, stacklevel=5)
+
+    def log_tensorboard(self, record: Dict) -> None:
+        """Scalars every epoch, image grids at evaluations (drawn without touching the training RNG)."""
+        tb, epoch = self.tensorboard, record["epoch"]
+        for tag, key in (("train/elbo", "train_elbo"), ("train/objective", "train_objective"),
+                         ("train/kl_weight", "kl_weight"), ("train/images_per_second", "images_per_second"),
+                         ("test/elbo", "test_elbo"), ("test/reconstruction", "test_reconstruction"),
+                         ("test/kl", "test_kl"), ("test/active_units", "active_units")):
+            if record[key] is not None:
+                tb.add_scalar(tag, record[key], epoch)
+        tb.add_scalar("train/learning_rate", self.optimizer.param_groups[0]["lr"], epoch)
+        if record["test_elbo"] is not None:
+            with torch.no_grad(), seeded(self.data.test, self.cfg.seed):
+                x = self.data.test[:32]
+                grids = {"samples": self.vae.sample(64), "reconstructions": torch.cat([x, self.vae.reconstruct(x)])}
+            for tag, images in grids.items():
+                grid = image_grid(as_images(images, self.vae.event_shape), 8 if tag == "samples" else 16)
+                tb.add_image(tag, grid.clip(0, 1), epoch, dataformats="HWC" if grid.ndim == 3 else "HW")
+        tb.flush()
 
     def _advice(self) -> str:
         lr = self.optimizer.param_groups[0]["lr"]
@@ -480,7 +514,8 @@ def _train(config: Config, out_dir, resume: bool, device: torch.device) -> Path:
         atomic_write_bytes(out_dir / CONFIG, lambda f: f.write(text))
     with _stop_on_signals() as stop_signal:
         fit(vae, data, dataclasses.replace(config.train, device=str(device)), config.optim, run_dir=out_dir,
-            config=config, resume=resume, stop_signal=stop_signal)
+            config=config, resume=resume, stop_signal=stop_signal,
+            tensorboard_dir=out_dir / "tensorboard" if config.log.tensorboard else None)
     return out_dir
 
 

@@ -1,5 +1,7 @@
 """Training: the ELBO rises, metrics are recorded, resume is exact, bad settings are refused."""
 
+import json
+
 import pytest
 import torch
 
@@ -94,3 +96,41 @@ def test_bernoulli_on_grey_levels_is_refused_before_training(digits):
         fit(VAE(grey.event_shape, 2), grey, epochs=1, progress=False)
     metrics = fit(VAE(grey.event_shape, 2, likelihood="continuous_bernoulli"), grey, epochs=1, progress=False)
     assert metrics[0]["test_elbo"] is not None
+
+
+def test_tensorboard_event_file_reads_back(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = Config()
+    config.model.encoder = config.model.decoder = SMALL
+    config.train.progress = False
+    config.train.epochs = 3
+    config.train.eval_every = 2
+    config.log.tensorboard = True
+    run = train(config, tmp_path / "run")
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    tags = events.Tags()
+    assert {"train/elbo", "test/elbo", "test/reconstruction", "test/kl", "train/learning_rate"} <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("train/elbo")] == [1, 2, 3]
+    assert [e.step for e in events.Scalars("test/elbo")] == [2, 3]
+    for event, m in zip(events.Scalars("test/elbo"), [m for m in metrics if m["test_elbo"] is not None]):
+        assert event.value == pytest.approx(m["test_elbo"], rel=1e-6)
+        assert m["test_elbo"] == pytest.approx(m["test_reconstruction"] - m["test_kl"], abs=1e-6)
+    assert {"samples", "reconstructions"} <= set(tags["images"])
+    # logging draws its samples aside: the run's parameters are those of a run without it
+    config.log.tensorboard = False
+    plain = train(config, tmp_path / "plain")
+    a, b = read_checkpoint(run / "checkpoint.pt"), read_checkpoint(plain / "checkpoint.pt")
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
+
+
+def test_tensorboard_missing_is_a_config_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    config = Config()
+    config.log.tensorboard = True
+    with pytest.raises(ConfigError, match="needs the tensorboard package: pip install tensorboard"):
+        config.check()
