@@ -31,12 +31,15 @@ PartSpec = Union[str, Dict[str, Any]]
 class DataConfig:
     """``[data]``: which data set, where it is, how it is binarized."""
 
+    #: digits (scikit-learn's bundled 8x8 digits), mnist, frey_face or file (.npy, .npz, .pt).
     name: str = "digits"
     #: mnist: torchvision's root folder; frey_face: the .mat file or its folder; file: the file.
     path: Optional[str] = None
     #: dynamic, threshold or none; unset: dynamic for digits and mnist, none otherwise.
     binarize: Optional[str] = None
+    #: share of the points held out for the test ELBO where the data set has no test split.
     test_fraction: float = 0.1
+    #: mnist and frey_face: download into path when missing.
     download: bool = True
 
     def check(self):
@@ -53,10 +56,15 @@ class DataConfig:
 class ModelConfig:
     """``[model]``: the latent size and the parts, each a registered name or a table of options."""
 
+    #: the dimension of z.
     latent_dim: int = 2
+    #: p(z): a prior name or table (see the priors below).
     prior: PartSpec = "standard_normal"
+    #: p(x|z): a likelihood name or table (see the likelihoods below).
     likelihood: PartSpec = "bernoulli"
+    #: the network of q(z|x): an encoder name or table.
     encoder: PartSpec = field(default_factory=lambda: {"name": "mlp", "hidden": [256], "activation": "relu"})
+    #: the network of p(x|z): a decoder name or table.
     decoder: PartSpec = field(default_factory=lambda: {"name": "mlp", "hidden": [256], "activation": "relu"})
 
     def check(self):
@@ -71,7 +79,9 @@ class ModelConfig:
 class TrainConfig:
     """``[train]``: the SVI loop."""
 
+    #: passes over the training split.
     epochs: int = 50
+    #: the minibatch size M (the global one when data-parallel).
     batch_size: int = 100
     #: auto, analytic (estimator B, TraceMeanField_ELBO), mc (estimator A, Trace_ELBO) or iwae.
     estimator: str = "auto"
@@ -81,6 +91,7 @@ class TrainConfig:
     beta: float = 1.0
     #: linear warm-up of the KL weight from 0 to beta over this many epochs (0: none).
     kl_warmup_epochs: int = 0
+    #: seeds initialisation, data order and all sampling; in [0, 2^32).
     seed: int = 0
     #: cpu, cuda or cuda:N.
     device: str = "cpu"
@@ -88,6 +99,7 @@ class TrainConfig:
     eval_every: int = 5
     #: particles per test point for the test ELBO.
     eval_particles: int = 1
+    #: a tqdm progress bar with the running loss.
     progress: bool = True
     #: torch: the estimator's loss written with plain tensors (fast); pyro: Pyro's ELBO on model and guide.
     engine: str = "torch"
@@ -95,6 +107,7 @@ class TrainConfig:
     on_nan: str = "stop"
     #: rollback multiplies the learning rate by this.
     rollback_lr_factor: float = 0.5
+    #: after this many rollbacks the run stops as with on_nan = "stop".
     max_rollbacks: int = 3
 
     def check(self):

@@ -45,7 +45,9 @@ class Prior(nn.Module):
 
 @PRIORS.register("standard_normal")
 class StandardNormalPrior(Prior):
-    """p(z) = N(0, I), the paper's prior. KL against a diagonal Gaussian q is, per datapoint,
+    """p(z) = N(0, I), the paper's prior.
+
+    The KL against a diagonal Gaussian q is, per datapoint,
 
     KL = 1/2 * sum_j (mu_j^2 + sigma_j^2 - 1 - log sigma_j^2)   (Kingma & Welling 2014, App. B).
     """

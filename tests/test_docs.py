@@ -80,3 +80,20 @@ def test_example_runs(name, tmp_path):
         result = module.main(parser.parse_args(argv))
     assert SMOKE[name](result)
     assert all(p.stat().st_size > 0 for p in tmp_path.iterdir())
+
+
+def test_config_reference_page_is_generated_from_the_code():
+    spec = importlib.util.spec_from_file_location("config_reference", ROOT / "docs" / "config_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (ROOT / "docs" / "config.md").read_text() == module.render(), \
+        "regenerate it: python docs/config_reference.py > docs/config.md"
+
+
+def test_every_example_has_a_docs_page_and_every_link_resolves():
+    for name in EXAMPLES:
+        assert (ROOT / "docs" / "examples" / name.replace(".py", ".md")).is_file(), name
+    for page in (ROOT / "docs").rglob("*.md"):
+        for target in re.findall(r"\]\(([^)#]+)\)", page.read_text()):
+            if not target.startswith("http"):
+                assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links to a missing {target}"
