@@ -8,6 +8,7 @@ MNIST (``--data mnist --data-path ROOT``).
 """
 
 import argparse
+from pathlib import Path
 
 import pyro
 import torch
@@ -15,6 +16,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.optim import Adam
 
 import pyrovae
+from pyrovae.plots import save_grid
 
 
 def main(args):
@@ -35,6 +37,10 @@ def main(args):
         test_elbo = pyrovae.dataset_elbo(vae, data.test)
         print(f"epoch {epoch:3d}  train ELBO {-total / (n * -(-n // args.batch_size)):9.3f}  "
               f"test ELBO {test_elbo:9.3f} nats per datapoint")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_grid(out / "samples.png", vae.sample(64), vae.event_shape, 8, "E[x | z], z ~ N(0, I)")
+    print(f"outputs in {out}")
     return test_elbo
 
 
@@ -49,6 +55,7 @@ def parser():
     p.add_argument("-b", "--batch-size", type=int, default=100)
     p.add_argument("-lr", "--learning-rate", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--out", default="runs/svi_vae")
     p.add_argument("--smoke", action="store_true", help="one epoch, for tests")
     return p
 
