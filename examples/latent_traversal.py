@@ -8,16 +8,12 @@ encoded images.
 import argparse
 from pathlib import Path
 
-import matplotlib
+import pyro
+import torch
+from scipy.stats import norm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pyro  # noqa: E402
-import torch  # noqa: E402
-from scipy.stats import norm  # noqa: E402
-
-import pyrovae  # noqa: E402
-from pyrovae.plots import as_images, image_grid  # noqa: E402
+import pyrovae
+from pyrovae.plots import as_images, save_image_rows
 
 
 @torch.no_grad()
@@ -53,14 +49,9 @@ def main(args):
               "interpolation.png": (interpolation(vae, data.test[0], data.test[1], args.steps),
                                     "from one encoded test image to another")}
     for name, (images, title) in panels.items():
-        grid = image_grid(as_images(images, vae.event_shape), args.steps)
-        fig, ax = plt.subplots(figsize=(8, 8 * grid.shape[0] / grid.shape[1] + 0.4))
-        ax.imshow(grid, cmap="gray", vmin=0, vmax=1)
-        ax.set_axis_off()
-        ax.set_title(title, fontsize=9)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=100)
-        plt.close(fig)
+        rows = -(-images.shape[0] // args.steps)
+        save_image_rows(out / name, [(as_images(images, vae.event_shape), title)], args.steps,
+                        height=8 * rows / args.steps + 0.4)
     print(f"outputs in {out}")
     return {name: tuple(images.shape) for name, (images, _) in panels.items()}
 

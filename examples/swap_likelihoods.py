@@ -15,15 +15,11 @@ import argparse
 import json
 from pathlib import Path
 
-import matplotlib
+import pyro
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pyro  # noqa: E402
-import torch  # noqa: E402
-
-import pyrovae  # noqa: E402
-from pyrovae.plots import as_images, image_grid  # noqa: E402
+import pyrovae
+from pyrovae.plots import as_images, save_image_rows
 
 LIKELIHOODS = [
     ("bernoulli", "dynamic", "bernoulli"),
@@ -56,14 +52,9 @@ def main(args):
     print("| --- | --- | ---: | ---: |")
     for r in results:
         print(f"| {r['likelihood']} | {r['data']} | {r['test_elbo']:.2f} | {r['test_nll']:.2f} |")
-    fig, axes = plt.subplots(len(rows), 1, figsize=(8, 1.6 * len(rows)))
-    for ax, images, r in zip(axes, rows, results):
-        ax.imshow(image_grid(images, args.num_images), cmap="gray", vmin=0, vmax=1)
-        ax.set_axis_off()
-        ax.set_title(f"{r['likelihood']}: test data above, reconstructions below", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "reconstructions_by_likelihood.png", dpi=100)
-    plt.close(fig)
+    save_image_rows(out / "reconstructions_by_likelihood.png",
+                    [(images, f"{r['likelihood']}: test data above, reconstructions below")
+                     for images, r in zip(rows, results)], args.num_images, height=1.6)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"outputs in {out}")
     return results

@@ -9,14 +9,10 @@ import argparse
 import json
 from pathlib import Path
 
-import matplotlib
+import pyro
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pyro  # noqa: E402
-
-import pyrovae  # noqa: E402
-from pyrovae.plots import as_images, image_grid  # noqa: E402
+import pyrovae
+from pyrovae.plots import as_images, save_image_rows
 
 PRIORS = ["standard_normal", {"name": "mixture", "num_components": 10}, {"name": "vamp", "num_pseudo_inputs": 50},
           {"name": "flow", "num_flows": 2, "hidden": [64]}]
@@ -45,14 +41,9 @@ def main(args):
     print("| --- | --- | ---: | ---: | ---: |")
     for r in results:
         print(f"| {r['prior']} | {r['estimator']} | {r['test_elbo']:.2f} | {r['test_nll']:.2f} | {r['active_units']} |")
-    fig, axes = plt.subplots(len(rows), 1, figsize=(8, 1.2 * len(rows)))
-    for ax, images, r in zip(axes, rows, results):
-        ax.imshow(image_grid(images, len(images)), cmap="gray", vmin=0, vmax=1)
-        ax.set_axis_off()
-        ax.set_title(f"{r['prior']}: test NLL {r['test_nll']:.1f}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "samples_by_prior.png", dpi=100)
-    plt.close(fig)
+    save_image_rows(out / "samples_by_prior.png",
+                    [(images, f"{r['prior']}: test NLL {r['test_nll']:.1f}") for images, r in zip(rows, results)],
+                    args.num_samples, height=1.2)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"outputs in {out}")
     return results

@@ -61,6 +61,19 @@ def save_grid(path, x: torch.Tensor, event_shape, ncols: int, title: str = "") -
     plt.close(fig)
 
 
+def save_image_rows(path, panels, ncols: int, height: float = 1.4) -> None:
+    """One figure of titled image grids stacked vertically; ``panels`` is a list of
+    ``(images, title)`` with images as returned by :func:`as_images`, values in [0, 1]."""
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, height * len(panels)), squeeze=False)
+    for ax, (images, title) in zip(axes[:, 0], panels):
+        ax.imshow(image_grid(images, ncols), cmap="gray", vmin=0, vmax=1)
+        ax.set_axis_off()
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 @torch.no_grad()
 def plot_reconstructions(path, vae, x: torch.Tensor, n: int = 10) -> None:
     """Test points (odd rows) above their reconstructions E[x | z = mu(x)] (even rows)."""
