@@ -15,11 +15,19 @@ from .checkpoint import build_vae, load
 from .config import Config, DataConfig, ModelConfig, TrainConfig, load_config
 from .data import Dataset, load_dataset
 from .errors import ConfigError, DataError, PyrovaeError, RunDirError
-from .evaluate import active_units, dataset_elbo, evaluate, evaluate_run, kl_per_dimension, log_likelihood
+from .evaluate import (
+    active_units,
+    dataset_elbo,
+    dataset_terms,
+    evaluate,
+    evaluate_run,
+    kl_per_dimension,
+    log_likelihood,
+)
 from .likelihoods import LIKELIHOODS
 from .model import VAE
 from .nets import DECODERS, ENCODERS
-from .objectives import IWAE, elbo_per_datapoint, make_elbo, objective_per_datapoint, resolve_estimator
+from .objectives import IWAE, elbo_per_datapoint, elbo_terms, make_elbo, objective_per_datapoint, resolve_estimator
 from .optim import OPTIMIZERS, build_optimizer
 from .priors import PRIORS
 from .train import Interrupted, PosteriorCollapseWarning, TrainingError, fit, train
@@ -29,8 +37,8 @@ __version__ = "0.1.0"
 __all__ = [
     "VAE", "fit", "train", "load", "build_vae", "load_dataset", "Dataset", "load_config", "Config", "DataConfig",
     "ModelConfig", "TrainConfig", "make_elbo", "resolve_estimator", "elbo_per_datapoint", "objective_per_datapoint",
-    "IWAE", "dataset_elbo", "log_likelihood", "active_units", "kl_per_dimension", "evaluate", "evaluate_run",
-    "build_optimizer", "PRIORS", "LIKELIHOODS", "ENCODERS", "DECODERS", "OPTIMIZERS",
+    "IWAE", "elbo_terms", "dataset_elbo", "dataset_terms", "log_likelihood", "active_units", "kl_per_dimension",
+    "evaluate", "evaluate_run", "build_optimizer", "PRIORS", "LIKELIHOODS", "ENCODERS", "DECODERS", "OPTIMIZERS",
     "PyrovaeError", "ConfigError", "DataError", "RunDirError", "TrainingError", "Interrupted",
     "PosteriorCollapseWarning",
 ]
