@@ -59,14 +59,10 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path, vae: VAE, optimizer, config: Config, counters: Dict[str, int],
-                    noise: torch.Generator = None) -> None:
-    rng = rng_state()
-    if noise is not None:
-        rng["noise"] = noise.get_state()
-    state = {"format": FORMAT, "model": vae.state_dict(), "optimizer": optimizer.state_dict(),
-             "rng": rng, "counters": dict(counters), "event_shape": list(vae.event_shape),
-             "config": config.to_dict()}
+def save_checkpoint(path, training_state: Dict[str, Any], event_shape, config: Config) -> None:
+    """Write a training state (model, optimizer, rng, counters: what the loop restores) with what
+    :func:`load` needs to rebuild the model without its data (event shape, config)."""
+    state = {"format": FORMAT, **training_state, "event_shape": list(event_shape), "config": config.to_dict()}
     atomic_write_bytes(Path(path), lambda f: torch.save(state, f))
 
 

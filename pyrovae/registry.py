@@ -9,7 +9,7 @@ with a message that lists what is allowed.
 import inspect
 import math
 import typing
-from typing import Any, Callable, Dict, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Mapping, Union
 
 from .errors import ConfigError
 
@@ -143,8 +143,3 @@ class Registry:
         except ValueError as e:
             raise ConfigError(f"{where or self.kind} {name!r}: {e}") from None
 
-
-def spec_name(spec: Optional[Spec]) -> Optional[str]:
-    if spec is None or isinstance(spec, str):
-        return spec
-    return spec.get("name")

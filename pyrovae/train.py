@@ -228,8 +228,7 @@ class _Trainer:
 
     def save(self) -> None:
         if self.writes:
-            save_checkpoint(Path(self.run_dir) / CHECKPOINT, self.vae, self.optimizer, self.config, self.counters,
-                            noise=self.noise)
+            save_checkpoint(Path(self.run_dir) / CHECKPOINT, self.state(), self.vae.event_shape, self.config)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> List[Dict]:
