@@ -9,6 +9,8 @@ Public API::
     load_config    TOML -> validated Config
     make_elbo      an estimator name -> a Pyro ELBO; IWAE, the importance-weighted bound
     log_likelihood importance-sampled log p(x); evaluate: every test number
+    WakeSleep      the wake-sleep algorithm as a Pyro loss (train.algorithm = "wake_sleep")
+    MonteCarloEM   Monte Carlo EM with per-datapoint HMC E-steps; hmc_log_likelihood
 """
 
 from .checkpoint import build_vae, load
@@ -31,6 +33,7 @@ from .objectives import IWAE, elbo_per_datapoint, elbo_terms, make_elbo, objecti
 from .optim import OPTIMIZERS, build_optimizer
 from .priors import PRIORS
 from .train import Interrupted, PosteriorCollapseWarning, TrainingError, fit, train
+from .wake_sleep import WakeSleep
 
 __version__ = "0.1.0"
 
@@ -40,5 +43,5 @@ __all__ = [
     "IWAE", "elbo_terms", "dataset_elbo", "dataset_terms", "log_likelihood", "active_units", "kl_per_dimension",
     "evaluate", "evaluate_run", "build_optimizer", "PRIORS", "LIKELIHOODS", "ENCODERS", "DECODERS", "OPTIMIZERS",
     "PyrovaeError", "ConfigError", "DataError", "RunDirError", "TrainingError", "Interrupted",
-    "PosteriorCollapseWarning",
+    "PosteriorCollapseWarning", "WakeSleep",
 ]

@@ -24,6 +24,8 @@ from .optim import check_optimizer
 from .priors import PRIORS
 from .registry import _type_name, check_type
 
+ALGORITHMS = ("aevb", "wake_sleep")
+
 PartSpec = Union[str, Dict[str, Any]]
 
 
@@ -83,6 +85,8 @@ class TrainConfig:
     epochs: int = 50
     #: the minibatch size M (the global one when data-parallel).
     batch_size: int = 100
+    #: aevb (the VAE's SVI, Kingma & Welling 2014) or wake_sleep (Hinton et al. 1995; same model and encoder).
+    algorithm: str = "aevb"
     #: auto, analytic (estimator B, TraceMeanField_ELBO), mc (estimator A, Trace_ELBO) or iwae.
     estimator: str = "auto"
     #: L samples per datapoint (k for iwae).
@@ -113,6 +117,7 @@ class TrainConfig:
     def check(self):
         _range("train.epochs", self.epochs, 1)
         _range("train.batch_size", self.batch_size, 1)
+        _choice("train.algorithm", self.algorithm, ALGORITHMS)
         _choice("train.estimator", self.estimator, ESTIMATORS)
         _range("train.num_particles", self.num_particles, 1)
         if not (self.beta >= 0 and math.isfinite(self.beta)):
@@ -121,6 +126,9 @@ class TrainConfig:
         if self.estimator == "iwae" and (self.beta != 1 or self.kl_warmup_epochs):
             raise ConfigError("train.estimator = 'iwae' weighs whole importance weights: it takes no train.beta "
                               "or train.kl_warmup_epochs; use 'analytic' or 'mc' for KL annealing")
+        if self.algorithm == "wake_sleep" and (self.beta != 1 or self.kl_warmup_epochs or self.num_particles != 1):
+            raise ConfigError("train.algorithm = 'wake_sleep' draws one z per datapoint and has no KL term: it takes "
+                              "train.num_particles = 1, no train.beta or train.kl_warmup_epochs")
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"train.seed = {self.seed}: must be in [0, 2^32)")
         _range("train.eval_every", self.eval_every, 1)

@@ -48,6 +48,7 @@ from .evaluate import active_units, dataset_terms, seeded
 from .objectives import elbo_per_datapoint, make_elbo, objective_per_datapoint, resolve_estimator
 from .optim import build_optimizer
 from .plots import as_images, image_grid, plot_run
+from .wake_sleep import WakeSleep
 
 METRICS = "metrics.jsonl"
 
@@ -184,10 +185,19 @@ class _Trainer:
         self.data = data.to(self.device)
         check_data(self.vae, self.data, cfg.batch_size)
         self.estimator = resolve_estimator(cfg.estimator, vae)
-        self.elbo = make_elbo(self.estimator, vae, cfg.num_particles)
+        if cfg.algorithm == "wake_sleep":
+            if hasattr(vae.prior, "attach"):
+                raise ConfigError("train.algorithm = 'wake_sleep': the prior runs the encoder (vamp), so the wake "
+                                  "phase would train the recognition model; choose another prior")
+            self.elbo = WakeSleep()
+        else:
+            self.elbo = make_elbo(self.estimator, vae, cfg.num_particles)
+        # The torch engine writes the AEVB estimators with plain tensors; wake-sleep always runs on Pyro's traces.
+        self.fast = cfg.engine == "torch" and cfg.algorithm == "aevb"
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        if self.world > 1 and cfg.engine != "torch":
-            raise ConfigError("train.engine = 'pyro' trains in one process; distributed runs use 'torch'")
+        if self.world > 1 and not self.fast:
+            raise ConfigError("train.engine = 'pyro' and train.algorithm = 'wake_sleep' train in one process; "
+                              "distributed runs use engine 'torch' with algorithm 'aevb'")
         # Training noise (dynamic binarization, reparameterization) is drawn for the whole global
         # batch from this generator, the same on every rank, and each rank takes its shard: a
         # run on K processes sees the same noise as on one, and resumes on any K.
@@ -240,7 +250,7 @@ class _Trainer:
         # The data were checked once before training; per-step validation of every distribution's
         # arguments would cost a pass over the batch and a sync per step (non-finite values are
         # still caught, by the check on the loss and gradients).
-        validation = pyro.validation_enabled(False) if cfg.engine == "torch" else contextlib.nullcontext()
+        validation = pyro.validation_enabled(False) if self.fast else contextlib.nullcontext()
         with validation:
             try:
                 last_good = copy.deepcopy(self.state())
@@ -349,7 +359,7 @@ class _Trainer:
                                  device=self.device)[shard]
         x = self.data.batch(index[shard], uniform)
         eps = None
-        if self.cfg.engine == "torch":
+        if self.fast:
             eps = torch.randn((self.cfg.num_particles, index.numel(), self.vae.latent_dim), generator=self.noise,
                               device=self.device)[:, shard]
         return x, eps
@@ -358,7 +368,7 @@ class _Trainer:
         """``(loss, -sum of the objective, -sum of the ELBO)`` for this rank's shard; the loss is
         the full-data estimate divided by N: minus the global batch's mean objective, of which
         this rank holds its share (DDP averages the ranks' gradients, hence the factor K)."""
-        if self.cfg.engine == "torch":  # the same numbers as Pyro's ELBO, without its tracing
+        if self.fast:  # the same numbers as Pyro's ELBO, without its tracing
             objective, elbo = self.forward(x, eps, self.vae.kl_weight)
             batch_loss = -objective.detach().sum()
             loss = -objective.sum() * (self.world / global_size)
@@ -372,10 +382,12 @@ class _Trainer:
             what = f"{found.group(2)} {found.group(1)}" if found else "distribution parameter"
             raise _NonFinite(f"non-finite {what} in the forward pass {_where(*where)}") from None
         batch_loss = loss.detach() * x.shape[0]
-        if self.vae.kl_weight == 1.0 and self.estimator != "iwae":
+        if self.vae.kl_weight == 1.0 and self.estimator != "iwae" and self.cfg.algorithm == "aevb":
             return loss, batch_loss, batch_loss
         with torch.no_grad():
-            return loss, batch_loss, -elbo_per_datapoint(self.vae, x).sum()
+            elbo_loss = -elbo_per_datapoint(self.vae, x).sum()
+        # wake-sleep maximises no single objective: its train_objective is the recognition model's ELBO
+        return loss, elbo_loss if self.cfg.algorithm == "wake_sleep" else batch_loss, elbo_loss
 
     def evaluate(self, record: Dict) -> None:
         vae, epoch = self.vae, record["epoch"]
@@ -430,8 +442,9 @@ def _same_run(a: Dict, b: Dict) -> Optional[str]:
         for key in sorted(set(a[section]) | set(b[section])):
             if a[section].get(key) != b[section].get(key):
                 return f"{section}.{key}"
-    for key in ("batch_size", "estimator", "num_particles", "seed", "beta", "kl_warmup_epochs"):
-        if a["train"].get(key) != b["train"].get(key):
+    defaults = dataclasses.asdict(TrainConfig())
+    for key in ("algorithm", "batch_size", "estimator", "num_particles", "seed", "beta", "kl_warmup_epochs"):
+        if a["train"].get(key, defaults[key]) != b["train"].get(key, defaults[key]):
             return f"train.{key}"
     if a["optim"].get("name") != b["optim"].get("name"):
         return "optim.name"

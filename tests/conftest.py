@@ -3,8 +3,12 @@ import shutil
 from pathlib import Path
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
+from torch import nn
+
+from pyrovae import VAE
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -43,3 +47,41 @@ def binary_batch(m=16, shape=(1, 8, 8)):
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+# -- probabilistic PCA: z ~ N(0, I), x = W z + b + N(0, s^2 I), so p(x) = N(b, W W^T + s^2 I) -------------
+class LinearDecoder(nn.Module):
+    def __init__(self, w, b):
+        super().__init__()
+        self.w, self.b = nn.Parameter(w), nn.Parameter(b)
+
+    def forward(self, z):
+        return (z @ self.w.T + self.b).unsqueeze(-2)  # (..., num_params = 1, D)
+
+
+class OffsetPosteriorEncoder(nn.Module):
+    """The exact pPCA posterior, deliberately shifted and widened, so importance sampling has work to do."""
+
+    def __init__(self, w, b, s, shift=0.3, widen=1.5):
+        super().__init__()
+        d = w.shape[1]
+        precision = w.T @ w / s**2 + torch.eye(d)
+        self.cov = torch.linalg.inv(precision)
+        self.a, self.b, self.shift = self.cov @ w.T / s**2, b, shift
+        self.log_var = torch.log(torch.diagonal(self.cov) * widen**2)
+
+    def forward(self, x):
+        loc = (x - self.b) @ self.a.T + self.shift
+        return loc, self.log_var.expand_as(loc)
+
+
+@pytest.fixture
+def ppca():
+    torch.manual_seed(0)
+    latent, dim, s = 2, 6, 0.5
+    w, b = torch.randn(dim, latent), torch.randn(dim)
+    vae = VAE((dim,), latent, prior="standard_normal", likelihood={"name": "gaussian", "scale": s},
+              encoder=OffsetPosteriorEncoder(w, b, s), decoder=LinearDecoder(w, b))
+    marginal = dist.MultivariateNormal(b, w @ w.T + s**2 * torch.eye(dim))
+    x = marginal.sample((40,))
+    return vae, x, marginal.log_prob(x)

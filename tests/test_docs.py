@@ -61,6 +61,11 @@ SMOKE = {
     "optimizers.py": lambda result: set(result) == {"adagrad", "rmsprop", "adam"},
     "anomaly_detection.py": lambda result: all(0 <= v <= 1 for v in result.values()),
     "latent_traversal.py": lambda result: result["traversals.png"][0] == 4 * 11,
+    "reproduce_paper.py": lambda result: (  # every system has a finite bound at every budget of figures 2 and 3
+        {(r["system"], r["nz"]) for r in result[2]} == {(s, nz) for s in ("aevb", "wake_sleep") for nz in (2, 3)}
+        and {r["system"] for r in result[3]} == {"aevb", "wake_sleep", "mcem"}
+        and all(math.isfinite(r["test_bound"]) for r in result[3])
+        and [p.name for p in result[4] + result[5]] == ["figure4-digits.png", "figure5-digits.png"]),
 }
 
 
