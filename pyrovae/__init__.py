@@ -27,6 +27,7 @@ from .evaluate import (
     log_likelihood,
 )
 from .likelihoods import LIKELIHOODS
+from .mcem import MonteCarloEM, hmc_log_likelihood
 from .model import VAE
 from .nets import DECODERS, ENCODERS
 from .objectives import IWAE, elbo_per_datapoint, elbo_terms, make_elbo, objective_per_datapoint, resolve_estimator
@@ -43,5 +44,5 @@ __all__ = [
     "IWAE", "elbo_terms", "dataset_elbo", "dataset_terms", "log_likelihood", "active_units", "kl_per_dimension",
     "evaluate", "evaluate_run", "build_optimizer", "PRIORS", "LIKELIHOODS", "ENCODERS", "DECODERS", "OPTIMIZERS",
     "PyrovaeError", "ConfigError", "DataError", "RunDirError", "TrainingError", "Interrupted",
-    "PosteriorCollapseWarning", "WakeSleep",
+    "PosteriorCollapseWarning", "WakeSleep", "MonteCarloEM", "hmc_log_likelihood",
 ]

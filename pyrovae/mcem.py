@@ -51,8 +51,8 @@ def log_joint(vae, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def hmc_transition(vae, x: torch.Tensor, z: torch.Tensor, step_size: torch.Tensor, num_leapfrog: int = 10,
-                   generator: Optional[torch.Generator] = None):
+def hmc_transition(vae, x: torch.Tensor, z: torch.Tensor, step_size, num_leapfrog: int = 10,
+                   generator: Optional[torch.Generator] = None, jitter: float = 0.2):
     """One HMC transition for each datapoint's own chain: ``(z_next, accept_prob)``.
 
     :param z: the current latents, shape ``(M, latent_dim)``.
@@ -60,7 +60,11 @@ def hmc_transition(vae, x: torch.Tensor, z: torch.Tensor, step_size: torch.Tenso
 
     The momenta r ~ N(0, I); ``num_leapfrog`` velocity-Verlet steps of the Hamiltonian
     H(z, r) = -log p(x, z) + |r|^2 / 2; datapoint i moves to the proposal with probability
-    min(1, exp(H_i(z, r) - H_i(z', r'))). A non-finite proposal is rejected.
+    min(1, exp(H_i(z, r) - H_i(z', r'))). A non-finite proposal is rejected. Each chain's
+    step size is multiplied by a uniform draw from [1 - jitter, 1 + jitter] (independent of
+    the state, so the chain stays reversible): a fixed trajectory length can be a whole
+    period of a Gaussian posterior's oscillation, and the chain would then hardly move
+    (Neal 2011, Sec. 5.4.2.2).
     """
     last = {}
 
@@ -72,8 +76,8 @@ def hmc_transition(vae, x: torch.Tensor, z: torch.Tensor, step_size: torch.Tenso
     with torch.no_grad():
         energy0 = -log_joint(vae, x, z)
     r = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-    step_size = torch.as_tensor(step_size, dtype=z.dtype, device=z.device)
-    step_size = step_size[:, None] if step_size.dim() else step_size
+    u = torch.rand((z.shape[0], 1), generator=generator, device=z.device, dtype=z.dtype)
+    step_size = torch.as_tensor(step_size, dtype=z.dtype, device=z.device).reshape(-1, 1) * (1 + jitter * (2 * u - 1))
     z_new, r_new, _, _ = velocity_verlet({"z": z.clone()}, {"z": r}, potential, lambda m: m, step_size,
                                          num_steps=num_leapfrog)
     energy1 = last["energy"]
