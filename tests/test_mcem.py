@@ -67,7 +67,7 @@ def test_posterior_moments_and_log_likelihood_match_closed_forms(linear_gaussian
     vae, w, b, s, marginal = linear_gaussian
     x = marginal.sample((30,))
     mean, cov = ppca_posterior(w, b, s, x)
-    est_mean, est_var = posterior_moments(vae, x, burn_in=100, num_samples=400)
+    est_mean, est_var = posterior_moments(vae, x, burn_in=50, num_samples=200)
     assert (est_mean - mean).abs().max() < 0.15
     assert torch.allclose(est_var.mean(0), cov.diagonal(), rtol=0.25)
     error = hmc_log_likelihood(vae, x, num_samples=2000) - marginal.log_prob(x)
