@@ -26,6 +26,7 @@ import argparse
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -367,7 +368,8 @@ def main(args):
             return {figure: main(argparse.Namespace(**{**vars(args), "figure": figure, "smoke": False}))
                     for figure in (2, 3, 4, 5)}
     if args.data is None and args.dataset != "digits":
-        raise SystemExit(f"--data is needed for {args.dataset} (MNIST: torchvision's root folder; Frey Face: the .mat)")
+        raise pyrovae.ConfigError(f"--data is needed for {args.dataset} "
+                                  "(MNIST: torchvision's root folder; Frey Face: frey_rawface.mat)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     figure = args.figure or 2
@@ -403,4 +405,8 @@ def parser():
 
 
 if __name__ == "__main__":
-    main(parser().parse_args())
+    try:
+        main(parser().parse_args())
+    except pyrovae.PyrovaeError as e:  # bad input: one line naming it, exit status 2
+        print(f"reproduce_paper.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
