@@ -141,16 +141,15 @@ def draw_bound_curves(path: Path, rows: list, dataset: str) -> None:
                 continue
             for key, style in (("train_bound", "--"), ("test_bound", "-")):
                 xy = [(r["samples"], r[key]) for r in pts if r[key] is not None]
-                ax.plot(*zip(*xy), style, color=COLORS[system],
+                ax.plot(*zip(*xy), style, color=COLORS[system], marker=".", markersize=3,
                         label=f"{SYSTEM_NAMES[system]} {key.split('_')[0]}")
         ax.set_xscale("log")
         ax.set_title(f"{dataset}, $N_z = {nz}$")
         ax.set_xlabel("# training samples evaluated")
         ax.grid(alpha=0.3)
-        lows = [r["test_bound"] for r in rows if r["nz"] == nz and r["test_bound"] is not None]
-        if lows:  # the paper's axes start where the curves settle, not at the first, very low bound
-            top = max(r["train_bound"] for r in rows if r["nz"] == nz)
-            ax.set_ylim(np.percentile(lows, 10) - 0.1 * abs(top), top + 0.05 * abs(top))
+        values = [r[key] for r in rows if r["nz"] == nz for key in ("train_bound", "test_bound") if r[key] is not None]
+        low, high = np.percentile(values, 15), max(values)  # like the paper's axes: from where the curves settle
+        ax.set_ylim(low - 0.1 * (high - low), high + 0.1 * (high - low))
     axes[0, 0].set_ylabel("lower bound per datapoint (nats)")
     axes[0, -1].legend(fontsize=7)
     fig.tight_layout()
@@ -319,18 +318,26 @@ def figure3_table(rows: list) -> str:
 
 # -- Figures 4 and 5 -------------------------------------------------------------------------
 def figure4(args, out: Path) -> list:
-    """Learned 2-D manifolds (AEVB, Nz = 2) of --dataset and of Frey Face with --frey-data (the paper: both)."""
+    """Learned 2-D manifolds (AEVB, Nz = 2) of --dataset and of Frey Face with --frey-data (the paper:
+    both), from the runs of Figure 2 as they are; missing ones are trained at --samples."""
     written = []
     for dataset, path in figure4_datasets(args):
-        run_args = argparse.Namespace(**{**vars(args), "data": path})
-        run_dir = out / "figure2" / dataset / "aevb-nz2"
-        ensure_run(run_config(dataset, "aevb", 2, epochs_for(args.samples, num_train(dataset, run_args)), run_args),
-                   run_dir)
+        vae, samples = trained_model(argparse.Namespace(**{**vars(args), "data": path}), out, dataset, 2)
         target = out / f"figure4-{dataset}.png"
-        plot_manifold(target, pyrovae.load(run_dir), n=20 if dataset == "mnist" else 10)
-        print(f"wrote {target}")
+        plot_manifold(target, vae, n=20 if dataset == "mnist" else 10)
+        print(f"wrote {target} ({dataset}, AEVB after {samples:.3g} samples)")
         written.append(target)
     return written
+
+
+def trained_model(args, out: Path, dataset: str, nz: int):
+    """``(vae, samples seen)`` of the AEVB run of Figure 2 for (dataset, Nz), at whatever budget
+    it has; a missing run is trained first, at ``--samples``."""
+    run_dir = out / "figure2" / dataset / f"aevb-nz{nz}"
+    if not (run_dir / "checkpoint.pt").exists():
+        ensure_run(run_config(dataset, "aevb", nz, epochs_for(args.samples, num_train(dataset, args)), args), run_dir)
+    metrics = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return pyrovae.load(run_dir), json.loads(metrics[-1])["samples_seen"] if metrics else 0
 
 
 def figure4_datasets(args) -> list:
@@ -343,16 +350,14 @@ def figure4_datasets(args) -> list:
 
 
 def figure5(args, out: Path) -> list:
-    """Random samples E[x | z], z ~ N(0, I), of AEVB models with Nz = 2, 5, 10, 20."""
-    n = num_train(args.dataset, args)
+    """Random samples E[x | z], z ~ N(0, I), of AEVB models with Nz = 2, 5, 10, 20 (the runs of
+    Figure 2 as they are; missing ones are trained at --samples)."""
     panels = []
     for nz in args.nz:
-        run_dir = out / "figure2" / args.dataset / f"aevb-nz{nz}"
-        ensure_run(run_config(args.dataset, "aevb", nz, epochs_for(args.samples, n), args), run_dir)
-        vae = pyrovae.load(run_dir)
+        vae, samples = trained_model(args, out, args.dataset, nz)
         with torch.random.fork_rng():
             torch.manual_seed(args.seed)
-            panels.append((as_images(vae.sample(100), vae.event_shape), f"$N_z = {nz}$"))
+            panels.append((as_images(vae.sample(100), vae.event_shape), f"$N_z = {nz}$ ({samples:.2g} samples)"))
     target = out / f"figure5-{args.dataset}.png"
     save_image_rows(target, panels, ncols=25, height=2.2)
     print(f"wrote {target}")
