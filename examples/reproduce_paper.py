@@ -77,8 +77,16 @@ def run_config(dataset: str, system: str, nz: int, epochs: int, args, extra=()) 
     return pyrovae.load_config(str(base), overrides)
 
 
-def ensure_run(config: pyrovae.Config, run_dir: Path) -> list:
-    """Train, resume or reuse the run in ``run_dir``; return its metrics."""
+def read_metrics(run_dir: Path) -> list:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def ensure_run(config: pyrovae.Config, run_dir: Path, train: bool = True) -> list:
+    """Train, resume or reuse the run in ``run_dir``; return its metrics (``train=False``:
+    the metrics as they are, none for a missing run)."""
+    if not train:
+        return [r for r in read_metrics(run_dir) if r["epoch"] <= config.train.epochs]
     if (run_dir / "checkpoint.pt").exists():
         done = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] \
             if (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().strip() else 0
@@ -88,8 +96,7 @@ def ensure_run(config: pyrovae.Config, run_dir: Path) -> list:
     else:
         print(f"training {run_dir}: {config.train.epochs} epochs", flush=True)
         pyrovae.train(config, run_dir)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [r for r in records if r["epoch"] <= config.train.epochs]
+    return [r for r in read_metrics(run_dir) if r["epoch"] <= config.train.epochs]
 
 
 def epochs_for(samples: float, num_train: int) -> int:
@@ -112,7 +119,7 @@ def figure2(args, out: Path) -> list:
             if system == "mcem":
                 continue  # Figure 2 compares AEVB and wake-sleep
             run_dir = out / "figure2" / dataset / f"{system}-nz{nz}"
-            metrics = ensure_run(run_config(dataset, system, nz, epochs, args), run_dir)
+            metrics = ensure_run(run_config(dataset, system, nz, epochs, args), run_dir, not args.no_train)
             rows += [{"system": system, "nz": nz, "samples": r["samples_seen"], "train_bound": r["train_elbo"],
                       "test_bound": r["test_elbo"]} for r in metrics]
     stem = out / f"figure2-{dataset}"
@@ -159,12 +166,19 @@ def draw_bound_curves(path: Path, rows: list, dataset: str) -> None:
 
 
 def at_samples(rows: list, system: str, nz: int, samples: float, key: str = "test_bound"):
-    """The value of ``key`` at the last evaluation with at most 1.05 x ``samples`` (None if none near)."""
-    pts = [r for r in rows if r["system"] == system and r["nz"] == nz and r[key] is not None
-           and r["samples"] <= 1.05 * samples]
-    if not pts or pts[-1]["samples"] < 0.5 * samples:
-        return None, None
-    return pts[-1][key], pts[-1]["samples"]
+    """``(value, samples)``: ``key`` at ``samples`` training samples, interpolated linearly in
+    log(samples) between the two evaluations around it; the last evaluation if it lies
+    within 5% short of ``samples``; ``(None, None)`` if the run has not got that far."""
+    pts = [(r["samples"], r[key]) for r in rows if r["system"] == system and r["nz"] == nz and r[key] is not None]
+    after = [p for p in pts if p[0] >= samples]
+    before = [p for p in pts if p[0] < samples]
+    if not after:
+        return (before[-1][1], before[-1][0]) if before and before[-1][0] >= samples / 1.05 else (None, None)
+    if not before or after[0][0] == samples:
+        return (after[0][1], after[0][0]) if after[0][0] <= 1.05 * samples else (None, None)
+    (s0, v0), (s1, v1) = before[-1], after[0]
+    t = math.log(samples / s0) / math.log(s1 / s0)
+    return v0 + t * (v1 - v0), samples
 
 
 def _fmt(v, digits=1):
@@ -336,8 +350,8 @@ def trained_model(args, out: Path, dataset: str, nz: int):
     run_dir = out / "figure2" / dataset / f"aevb-nz{nz}"
     if not (run_dir / "checkpoint.pt").exists():
         ensure_run(run_config(dataset, "aevb", nz, epochs_for(args.samples, num_train(dataset, args)), args), run_dir)
-    metrics = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return pyrovae.load(run_dir), json.loads(metrics[-1])["samples_seen"] if metrics else 0
+    metrics = read_metrics(run_dir)
+    return pyrovae.load(run_dir), metrics[-1]["samples_seen"] if metrics else 0
 
 
 def figure4_datasets(args) -> list:
@@ -402,6 +416,8 @@ def parser():
     p.add_argument("--ll-points", type=int, default=1000, help="Figure 3: points per split for log p(x)")
     p.add_argument("--ll-samples", type=int, default=1000, help="Figure 3: importance samples per point")
     p.add_argument("--ll-burn-in", type=int, default=100, help="Figure 3: HMC transitions before the proposal's fit")
+    p.add_argument("--no-train", action="store_true",
+                   help="figure 2: draw the runs as they are (partial or missing), training nothing")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("-o", "--out", default="runs/reproduce_paper")
