@@ -138,28 +138,29 @@ def write_csv(path: Path, rows: list) -> None:
 
 
 def draw_bound_curves(path: Path, rows: list, dataset: str) -> None:
-    """One panel per Nz, log x axis; train dashed, test solid; AEVB red, wake-sleep green (the paper's layout)."""
+    """One panel per Nz with shared axes, log x axis; train dashed, test solid; AEVB red,
+    wake-sleep green (the paper's layout)."""
     nzs = sorted({r["nz"] for r in rows})
-    fig, axes = plt.subplots(1, len(nzs), figsize=(3.2 * len(nzs), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(nzs), figsize=(3.2 * len(nzs), 3.4), squeeze=False, sharex=True, sharey=True)
+    handles = {}
     for ax, nz in zip(axes[0], nzs):
         for system in SYSTEM_NAMES:
             pts = [r for r in rows if r["nz"] == nz and r["system"] == system]
-            if not pts:
-                continue
             for key, style in (("train_bound", "--"), ("test_bound", "-")):
                 xy = [(r["samples"], r[key]) for r in pts if r[key] is not None]
-                ax.plot(*zip(*xy), style, color=COLORS[system], marker=".", markersize=3,
-                        label=f"{SYSTEM_NAMES[system]} {key.split('_')[0]}")
+                if xy:
+                    label = f"{SYSTEM_NAMES[system]} {key.split('_')[0]}"
+                    handles[label], = ax.plot(*zip(*xy), style, color=COLORS[system], marker=".", markersize=3)
         ax.set_xscale("log")
         ax.set_title(f"{dataset}, $N_z = {nz}$")
         ax.set_xlabel("# training samples evaluated")
         ax.grid(alpha=0.3)
-        values = [r[key] for r in rows if r["nz"] == nz for key in ("train_bound", "test_bound") if r[key] is not None]
-        low, high = np.percentile(values, 15), max(values)  # like the paper's axes: from where the curves settle
-        ax.set_ylim(low - 0.1 * (high - low), high + 0.1 * (high - low))
+    values = [r[key] for r in rows for key in ("train_bound", "test_bound") if r[key] is not None]
+    low, high = np.percentile(values, 10), max(values)  # like the paper's axes: from where the curves settle
+    axes[0, 0].set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
     axes[0, 0].set_ylabel("lower bound per datapoint (nats)")
-    axes[0, -1].legend(fontsize=7)
-    fig.tight_layout()
+    fig.legend(handles.values(), handles.keys(), fontsize=8, loc="upper center", ncol=len(handles))
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     print(f"wrote {path}")
