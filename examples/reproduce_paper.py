@@ -250,7 +250,7 @@ def figure3(args, out: Path) -> list:
         arrays = np.load(path)
         train_x = torch.from_numpy(arrays["train"]).bernoulli(generator=torch.Generator().manual_seed(1))
         test_x = torch.from_numpy(arrays["test"]).bernoulli(generator=torch.Generator().manual_seed(2))
-        budgets = checkpoints(args.samples, max(n_train, args.samples / 1000))
+        budgets = checkpoints(args.samples, max(n_train, args.samples / 100))
         nets = f"{{name='mlp', hidden=[{hidden}], activation='tanh', init_std=0.01}}"
         extra = ["data.name='file'", f"data.path='{path}'", "data.binarize='dynamic'",
                  f"model.encoder={nets}", f"model.decoder={nets}", "optim.name='adagrad'", f"optim.lr={args.lr}",
