@@ -243,6 +243,8 @@ def marginal_ll(vae, x: torch.Tensor, args) -> float:
 
 
 def figure3(args, out: Path) -> list:
+    """Estimates log p(x) along each system's training; the CSV keeps earlier rows of other
+    N_train values, so each size can be run in its own call."""
     rows = []
     nz, hidden = 3, 100
     for n_train in args.ntrain:
@@ -270,6 +272,11 @@ def figure3(args, out: Path) -> list:
                              "train_bound": marginal_ll(vae, train_x, args),
                              "test_bound": marginal_ll(vae, test_x, args)})
                 print(rows[-1], flush=True)
+    if (out / "figure3.csv").exists():
+        with open(out / "figure3.csv") as f:
+            kept = [{k: (v if k == "system" else float(v) if "." in v or "e" in v else int(v)) for k, v in r.items()}
+                    for r in csv.DictReader(f) if int(r["n_train"]) not in args.ntrain]
+        rows = kept + rows
     write_csv(out / "figure3.csv", rows)
     draw_figure3(out / "figure3.png", rows)
     print(figure3_table(rows))
