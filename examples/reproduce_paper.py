@@ -155,8 +155,12 @@ def draw_bound_curves(path: Path, rows: list, dataset: str) -> None:
         ax.set_title(f"{dataset}, $N_z = {nz}$")
         ax.set_xlabel("# training samples evaluated")
         ax.grid(alpha=0.3)
-    values = [r[key] for r in rows for key in ("train_bound", "test_bound") if r[key] is not None]
-    low, high = np.percentile(values, 10), max(values)  # like the paper's axes: from where the curves settle
+    # like the paper's axes: from where the lowest curve settles (its 10th percentile) to the top
+    series = {(r["system"], r["nz"]) for r in rows}
+    values = {s: [r[k] for r in rows if (r["system"], r["nz"]) == s for k in ("train_bound", "test_bound")
+                  if r[k] is not None] for s in series}
+    low = min(np.percentile(v, 10) for v in values.values() if v)
+    high = max(max(v) for v in values.values() if v)
     axes[0, 0].set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
     axes[0, 0].set_ylabel("lower bound per datapoint (nats)")
     fig.legend(handles.values(), handles.keys(), fontsize=8, loc="upper center", ncol=len(handles))
