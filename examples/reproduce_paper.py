@@ -263,7 +263,7 @@ def figure3(args, out: Path) -> list:
                  f"optim.weight_decay={1 / n_train:.6g}", "train.eval_every=1000000"]
         for system in args.systems:
             if system == "mcem":
-                rows += mcem_curve(args, path, n_train, budgets, train_x, test_x, nets)
+                rows += mcem_curve(args, path, n_train, budgets, train_x, test_x, hidden)
                 continue
             run_dir = out / "figure3" / f"{system}-train{n_train}"
             for budget in budgets:
@@ -287,13 +287,12 @@ def figure3(args, out: Path) -> list:
     return rows
 
 
-def mcem_curve(args, path: Path, n_train: int, budgets: list, train_x, test_x, nets: str) -> list:
+def mcem_curve(args, path: Path, n_train: int, budgets: list, train_x, test_x, hidden: int) -> list:
     """Monte Carlo EM in this process (its chains are not a run folder), log p(x) at each budget."""
-    config = run_config("digits", "aevb", 3, 1, args, ["data.name='file'", f"data.path='{path}'",
-                                                       "data.binarize='dynamic'", f"model.decoder={nets}"])
     data = pyrovae.load_dataset("file", str(path), "dynamic")
     torch.manual_seed(args.seed)
-    vae = pyrovae.build_vae(config.model, data.event_shape)
+    vae = pyrovae.VAE(data.event_shape, latent_dim=3, likelihood="bernoulli",  # the encoder goes unused
+                      decoder={"name": "mlp", "hidden": [hidden], "activation": "tanh", "init_std": 0.01})
     em = MonteCarloEM(vae, data, {"name": "adagrad", "lr": args.lr, "weight_decay": 1 / n_train}, seed=args.seed)
     rows = []
     for budget in budgets:

@@ -66,21 +66,19 @@ def hmc_transition(vae, x: torch.Tensor, z: torch.Tensor, step_size, num_leapfro
     period of a Gaussian posterior's oscillation, and the chain would then hardly move
     (Neal 2011, Sec. 5.4.2.2).
     """
-    last = {}
+    energies = []  # -log p(x_i, z_i) at each position the integrator visits, the start first
 
     def potential(params: Dict[str, torch.Tensor]) -> torch.Tensor:
         energy = -log_joint(vae, x, params["z"])
-        last["energy"] = energy.detach()
+        energies.append(energy.detach())
         return energy.sum()  # the chains are independent: the gradient of the sum is each chain's
 
-    with torch.no_grad():
-        energy0 = -log_joint(vae, x, z)
     r = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
     u = torch.rand((z.shape[0], 1), generator=generator, device=z.device, dtype=z.dtype)
     step_size = torch.as_tensor(step_size, dtype=z.dtype, device=z.device).reshape(-1, 1) * (1 + jitter * (2 * u - 1))
     z_new, r_new, _, _ = velocity_verlet({"z": z.clone()}, {"z": r}, potential, lambda m: m, step_size,
                                          num_steps=num_leapfrog)
-    energy1 = last["energy"]
+    energy0, energy1 = energies[0], energies[-1]
     log_ratio = (energy0 + 0.5 * r.pow(2).sum(-1)) - (energy1 + 0.5 * r_new["z"].pow(2).sum(-1))
     log_ratio = torch.where(torch.isfinite(log_ratio), log_ratio, torch.full_like(log_ratio, -math.inf))
     accept_prob = log_ratio.clamp(max=0).exp()
