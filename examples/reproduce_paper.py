@@ -88,8 +88,7 @@ def ensure_run(config: pyrovae.Config, run_dir: Path, train: bool = True) -> lis
     if not train:
         return [r for r in read_metrics(run_dir) if r["epoch"] <= config.train.epochs]
     if (run_dir / "checkpoint.pt").exists():
-        done = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] \
-            if (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().strip() else 0
+        done = max((r["epoch"] for r in read_metrics(run_dir)), default=0)
         if done < config.train.epochs:
             print(f"resuming {run_dir} at epoch {done} of {config.train.epochs}", flush=True)
             pyrovae.train(config, run_dir, resume=True)
@@ -104,8 +103,9 @@ def epochs_for(samples: float, num_train: int) -> int:
 
 
 def num_train(dataset: str, args) -> int:
-    return {"mnist": 60000, "frey_face": None, "digits": None}[dataset] or \
-        pyrovae.load_dataset(dataset, args.data if dataset != "digits" else None).num_train
+    if dataset == "mnist":
+        return 60000  # without loading it
+    return pyrovae.load_dataset(dataset, args.data if dataset != "digits" else None).num_train
 
 
 # -- Figure 2 ------------------------------------------------------------------------------
@@ -278,7 +278,8 @@ def figure3(args, out: Path) -> list:
                 print(rows[-1], flush=True)
     if (out / "figure3.csv").exists():
         with open(out / "figure3.csv") as f:
-            kept = [{k: (v if k == "system" else float(v) if "." in v or "e" in v else int(v)) for k, v in r.items()}
+            kept = [{**r, "nz": int(r["nz"]), "n_train": int(r["n_train"]), "samples": int(r["samples"]),
+                     "train_bound": float(r["train_bound"]), "test_bound": float(r["test_bound"])}
                     for r in csv.DictReader(f) if int(r["n_train"]) not in args.ntrain]
         rows = kept + rows
     write_csv(out / "figure3.csv", rows)

@@ -72,6 +72,13 @@ class Dataset:
         return ((torch.rand_like(x) if uniform is None else uniform) < x).to(x.dtype)
 
 
+def epoch_order(n: int, seed: int, epoch: int, device="cpu") -> torch.Tensor:
+    """The permutation of the N training points for an epoch: it depends on (seed, epoch) only,
+    so a resumed run, or a run on K processes, sees the same batches."""
+    generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator, device=device)
+
+
 def binarize_split(x: torch.Tensor, mode: str, seed: int = SPLIT_SEED) -> torch.Tensor:
     """Fixed binarization of a split: a seeded Bernoulli draw (``dynamic``), a threshold, or none."""
     if mode == "threshold":

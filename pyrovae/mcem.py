@@ -34,7 +34,7 @@ from pyro import poutine
 from pyro.ops.integrator import velocity_verlet
 from pyro.poutine.subsample_messenger import _Subsample
 
-from .data import Dataset
+from .data import Dataset, epoch_order
 from .errors import ConfigError
 from .evaluate import seeded
 from .optim import build_optimizer
@@ -156,10 +156,8 @@ class MonteCarloEM:
     def run_epoch(self, batch_size: int = 100) -> Dict:
         """One pass over the training split in a seeded random order; returns its record."""
         self.epoch += 1
-        order = torch.Generator(device=self.z.device).manual_seed(self.seed * 1_000_003 + self.epoch)
-        n = self.data.num_train
         start, losses, accepts = time.perf_counter(), [], []
-        for index in torch.randperm(n, generator=order, device=self.z.device).split(batch_size):
+        for index in epoch_order(self.data.num_train, self.seed, self.epoch, self.z.device).split(batch_size):
             uniform = None
             if self.data.binarize == "dynamic":
                 uniform = torch.rand((index.numel(), *self.data.event_shape), generator=self.generator,

@@ -42,7 +42,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import Config, TrainConfig, dumps
-from .data import Dataset, binarize_split, load_dataset
+from .data import Dataset, binarize_split, epoch_order, load_dataset
 from .errors import ConfigError, PyrovaeError, RunDirError
 from .evaluate import active_units, dataset_terms, seeded
 from .objectives import elbo_per_datapoint, make_elbo, objective_per_datapoint, resolve_estimator
@@ -286,9 +286,7 @@ class _Trainer:
 
     def epoch(self, epoch: int, bar) -> None:
         cfg, c, n, m = self.cfg, self.counters, self.n, self.m
-        # The data order depends on (seed, epoch) only, so a resumed run sees the same batches.
-        order = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003 + epoch)
-        batches = torch.randperm(n, generator=order, device=self.device).split(m)
+        batches = epoch_order(n, cfg.seed, epoch, self.device).split(m)
         total = torch.tensor(c["epoch_loss"], device=self.device)  # -sum_i objective_i so far
         total_elbo = torch.tensor(c["epoch_elbo"], device=self.device)  # -sum_i ELBO_i so far
         start = time.perf_counter() - c["epoch_seconds"]

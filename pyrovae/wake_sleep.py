@@ -84,8 +84,7 @@ class WakeSleep(pyro.infer.ELBO):
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         with torch.no_grad():
-            return (self.wake_loss(model, guide, *args, **kwargs)
-                    + self.sleep_loss(model, guide, *args, **kwargs)).item()
+            return self.differentiable_loss(model, guide, *args, **kwargs).item()
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
