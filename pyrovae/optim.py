@@ -4,6 +4,15 @@ Each is one ``torch.optim.Optimizer`` over all of the VAE's parameters. ``weight
 adds ``weight_decay * theta`` to the gradient of the per-datapoint loss that pyrovae
 minimises (see :func:`pyrovae.fit`): ``weight_decay = 1 / N`` is exactly the paper's
 N(0, I) prior on the parameters (Kingma & Welling 2014, Sec. 5).
+
+``implementation`` picks torch's kernel for the update (Adam, AdaGrad, RMSProp): ``auto``
+(the default) uses the fused kernel, one pass over all parameters for the whole update, when
+torch has one for the parameters' device and dtype (Adam and AdaGrad on CPU and CUDA), else
+torch's default; ``fused``, ``foreach`` (one call per operation over the list of parameters)
+and ``for_loop`` (one tensor at a time: the default of ``torch.optim`` on the CPU) force one.
+The update rule is the same in every case; results differ only by floating-point rounding.
+On the standard MNIST VAE the fused Adam step makes a CPU training step about 10 % faster
+than torch's default (``benchmarks/throughput.py``).
 """
 
 from typing import List
@@ -15,35 +24,55 @@ from .errors import ConfigError
 from .registry import Registry, Spec
 
 OPTIMIZERS = Registry("optimizer", context=("params",))
+IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
+FUSED_DEVICES = ("cpu", "cuda")  # where torch has fused Adam and AdaGrad kernels
+
+
+def _implementation(params, choice: str, fused: bool = True) -> dict:
+    """torch.optim keyword arguments (``fused`` / ``foreach``) for an ``implementation`` choice."""
+    allowed = IMPLEMENTATIONS if fused else tuple(c for c in IMPLEMENTATIONS if c != "fused")
+    if choice not in allowed:
+        raise ValueError(f"implementation must be one of {', '.join(allowed)}; got {choice!r}")
+    fusable = fused and all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params)
+    if choice == "fused" and not fusable:
+        kinds = sorted({f"{p.dtype} on {p.device.type}" for p in params})
+        raise ValueError(f"implementation 'fused' needs floating-point parameters on {' or '.join(FUSED_DEVICES)}; "
+                         f"got {', '.join(kinds)}")
+    if choice == "auto":
+        return {"fused": True} if fusable else {}
+    return {"fused": True} if choice == "fused" else {"foreach": choice == "foreach"}
 
 
 @OPTIMIZERS.register("adam")
 def adam(params, lr: float = 1e-3, betas: List[float] = (0.9, 0.999), eps: float = 1e-8,
-         weight_decay: float = 0.0, amsgrad: bool = False):
+         weight_decay: float = 0.0, amsgrad: bool = False, implementation: str = "auto"):
     """Adam (Kingma & Ba 2015)."""
-    return torch.optim.Adam(params, lr=lr, betas=_betas(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+    return torch.optim.Adam(params, lr=lr, betas=_betas(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                            **_implementation(params, implementation))
 
 
 @OPTIMIZERS.register("adagrad")
 def adagrad(params, lr: float = 0.01, lr_decay: float = 0.0, weight_decay: float = 0.0,
-            initial_accumulator_value: float = 0.0, eps: float = 1e-10):
+            initial_accumulator_value: float = 0.0, eps: float = 1e-10, implementation: str = "auto"):
     """AdaGrad (Duchi et al. 2011), the paper's choice with global step size in {0.01, 0.02, 0.1}."""
     if lr_decay < 0:
         raise ValueError(f"lr_decay must be >= 0, got {lr_decay}")
     return torch.optim.Adagrad(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                               initial_accumulator_value=initial_accumulator_value, eps=eps)
+                               initial_accumulator_value=initial_accumulator_value, eps=eps,
+                               **_implementation(params, implementation))
 
 
 @OPTIMIZERS.register("rmsprop")
 def rmsprop(params, lr: float = 1e-3, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
-            momentum: float = 0.0, centered: bool = False):
+            momentum: float = 0.0, centered: bool = False, implementation: str = "auto"):
     """RMSProp (Tieleman & Hinton 2012)."""
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if not 0 <= momentum < 1:
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
     return torch.optim.RMSprop(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                               momentum=momentum, centered=centered)
+                               momentum=momentum, centered=centered,
+                               **_implementation(params, implementation, fused=False))
 
 
 @OPTIMIZERS.register("clipped_adam")

@@ -171,6 +171,16 @@ class _Objective(torch.nn.Module):
         return objective_per_datapoint(self.vae, x, self.estimator, self.num_particles, kl_weight, eps)
 
 
+def _with_implementation(saved: Dict[str, Any], optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
+    """A saved optimizer state whose kernel choice (``fused``, ``foreach``) is this run's: a run
+    resumed on another device, or from an older checkpoint, uses the kernels its own optimizer
+    picked (torch's load places each state tensor by the choice it finds in the groups)."""
+    flags = ("fused", "foreach", "capturable")
+    groups = [{**g, **{k: now[k] for k in flags if k in now}} for g, now in zip(saved["param_groups"],
+                                                                             optimizer.param_groups)]
+    return {**saved, "param_groups": groups}
+
+
 def _where(epoch, step, batch, batches) -> str:
     return f"at epoch {epoch}, step {step} (batch {batch} of {batches})"
 
@@ -226,7 +236,7 @@ class _Trainer:
 
     def restore(self, state: Dict[str, Any]) -> None:
         self.vae.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(_with_implementation(state["optimizer"], self.optimizer))
         set_rng_state(state["rng"])
         self.noise.set_state(state["rng"]["noise"])
         self.counters.update(state["counters"])

@@ -36,6 +36,8 @@ def write(tmp_path, text, name="c.toml"):
     ("[optim]\nlr = -1.0", r"optim\.lr = -1\.0: must be > 0"),
     ("[optim]\nname = \"adagrad\"\nbetas = [0.9, 0.99]", r"optim\.betas: unknown option of optimizer 'adagrad'"),
     ("[optim]\nbetas = [0.9, 1.5]", r"optim 'adam': betas must be two numbers in \[0, 1\)"),
+    ("[optim]\nname = \"rmsprop\"\nimplementation = \"fused\"",
+     r"optim 'rmsprop': implementation must be one of auto, foreach, for_loop; got 'fused'"),
 ])
 def test_config_errors_name_file_key_and_choices(tmp_path, text, pattern):
     with pytest.raises(ConfigError, match=pattern) as info:
