@@ -1,24 +1,29 @@
 """Training throughput: pyrovae against a hand-written PyTorch VAE and a classic Pyro SVI loop.
 
-Three loops train the same network (the PyTorch examples' MNIST VAE, 784-400-20, ReLU,
-Bernoulli decoder) with the same batch size, optimizer (Adam) and estimator, in one process,
-in alternating repeats:
+Loops train the same network (the PyTorch examples' MNIST VAE, 784-400-20, ReLU, Bernoulli
+decoder) with the same batch size, optimizer (Adam 1e-3) and estimator, in one process, in
+alternating repeats:
 
-  (a) torch:   hand-written, BCE + closed-form KL (analytic) or + log q - log p (mc), as in
-               the PyTorch examples;
-  (b) pyro:    the style of Pyro's VAE example: pyro.module, a plate over the batch,
-               SVI.step with pyro.optim.Adam and Trace_ELBO / TraceMeanField_ELBO;
-  (c) pyrovae: pyrovae.fit, its own training path.
+  (a) torch:       hand-written, BCE + closed-form KL (analytic) or + log q - log p (mc), as in
+                   the PyTorch examples, with torch.optim.Adam's default (per-tensor) kernel;
+  (a') torch_fused: the same loop with torch.optim.Adam(..., fused=True), the kernel pyrovae
+                   picks on the CPU and CUDA (a reference: where pyrovae's lead over (a) comes from);
+  (b) pyro:        the style of Pyro's VAE example: pyro.module, a plate over the batch,
+                   SVI.step with pyro.optim.Adam and Trace_ELBO / TraceMeanField_ELBO;
+  (c) pyrovae:     pyrovae.fit, its own training path.
 
-All three draw batches by index from one tensor (the DataLoader of the two examples would only
-slow (a) and (b) down) and use torch's default Adam implementation. The table gives images per
-second (medians over repeats, the loops' order rotating between repeats), the ratios,
-the FLOPs per image of one training step and the machine's measured matrix-multiply rate (the
-floor: the time a step would take if it did nothing but its matrix multiplies).
+All draw batches by index from one tensor (the DataLoader of the two examples would only slow
+(a) and (b) down). The table gives images per second (medians over repeats, the loops' order
+rotating between repeats), the ratios, the FLOPs per image of one training step and the
+machine's measured matrix-multiply rate (the floor: the time a step would take if it did
+nothing but its matrix multiplies). ``--quality-epochs E`` then trains (a), (b) and (c) for E
+epochs each and compares their test ELBOs, computed the same way for all three, next to a
+second run of (a) with another seed (the noise).
 
     python benchmarks/throughput.py --quick --json results.json
     python benchmarks/throughput.py --estimators analytic mc --batch-size 128 --repeats 7 --nll
 """
+
 
 import argparse
 import json
@@ -47,15 +52,17 @@ HIDDEN, LATENT, PIXELS = 400, 20, 784
 
 
 def load_mnist(device):
-    """Binarized MNIST training images as one (60000, 784) tensor, or a random stand-in."""
+    """Binarized MNIST as (60000, 784) training and (10000, 784) test tensors, or a random stand-in."""
     if SHARED_MNIST.is_dir():
         root = Path(tempfile.mkdtemp())
         shutil.copytree(SHARED_MNIST, root / "MNIST")
-        x = pyrovae.load_dataset("mnist", str(root), binarize="threshold").train
+        data = pyrovae.load_dataset("mnist", str(root), binarize="threshold")
         shutil.rmtree(root)
-        return x.reshape(-1, PIXELS).to(device), "MNIST (../shared/data), thresholded"
+        return (data.train.reshape(-1, PIXELS).to(device), data.test.reshape(-1, PIXELS).to(device),
+                "MNIST (../shared/data), thresholded")
     g = torch.Generator().manual_seed(0)
-    return (torch.rand(60000, PIXELS, generator=g) < 0.13).float().to(device), "random stand-in of MNIST's shape"
+    x = (torch.rand(70000, PIXELS, generator=g) < 0.13).float().to(device)
+    return x[:60000], x[60000:], "random stand-in of MNIST's shape"
 
 
 # -- (a) hand-written PyTorch -------------------------------------------------------------------
@@ -67,13 +74,19 @@ class TorchVAE(nn.Module):
         self.fc1, self.fc21, self.fc22 = nn.Linear(PIXELS, HIDDEN), nn.Linear(HIDDEN, LATENT), nn.Linear(HIDDEN, LATENT)
         self.fc3, self.fc4 = nn.Linear(LATENT, HIDDEN), nn.Linear(HIDDEN, PIXELS)
 
-    def loss(self, x, estimator):
+    def encode(self, x):
         h = F.relu(self.fc1(x))
-        mu, logvar = self.fc21(h), self.fc22(h)
+        return self.fc21(h), self.fc22(h)
+
+    def decode(self, z):
+        return self.fc4(F.relu(self.fc3(z)))
+
+    def loss(self, x, estimator):
+        mu, logvar = self.encode(x)
         std = torch.exp(0.5 * logvar)
         eps = torch.randn_like(std)
         z = mu + eps * std
-        logits = self.fc4(F.relu(self.fc3(z)))
+        logits = self.decode(z)
         bce = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
         if estimator == "analytic":
             kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
@@ -82,19 +95,32 @@ class TorchVAE(nn.Module):
         return (bce + kl) / x.shape[0]
 
 
-def run_torch(x, steps, batch_size, estimator, particles):
+def _order(x, images):
+    """The training points of ``images`` steps' worth of data: whole epochs (each a fresh
+    permutation of the N points), the last one cut short."""
+    n = x.shape[0]
+    return torch.cat([torch.randperm(n, device=x.device) for _ in range(-(-images // n))])[:images]
+
+
+def run_torch(x, images, batch_size, estimator, particles, fused=False, x_test=None):
+    """The hand-written loop over ``images`` points: (images per second, (encode, decode))."""
     model = TorchVAE().to(x.device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    batches = torch.randperm(x.shape[0], device=x.device)[: steps * batch_size].split(batch_size)
+    order = _order(x, images)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused or None)
     start = time.perf_counter()
-    for index in batches:
+    for index in order.split(batch_size):
         xb = x[index]
         loss = sum(model.loss(xb, estimator) for _ in range(particles)) / particles
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     _sync(x)
-    return steps * batch_size / (time.perf_counter() - start)
+    return order.numel() / (time.perf_counter() - start), (model.encode, model.decode)
+
+
+def run_torch_fused(x, images, batch_size, estimator, particles, x_test=None):
+    """(a) with ``torch.optim.Adam(..., fused=True)``: the kernel pyrovae picks."""
+    return run_torch(x, images, batch_size, estimator, particles, fused=True)
 
 
 # -- (b) classic Pyro, in the style of Pyro's VAE example ------------------------------------------
@@ -136,33 +162,58 @@ class PyroVAE(nn.Module):
             pyro.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
 
 
-def run_pyro(x, steps, batch_size, estimator, particles):
+def run_pyro(x, images, batch_size, estimator, particles, x_test=None):
+    order = _order(x, images)
     pyro.clear_param_store()
     vae = PyroVAE().to(x.device)
     cls = TraceMeanField_ELBO if estimator == "analytic" else Trace_ELBO
     svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}),
               cls(num_particles=particles, vectorize_particles=particles > 1))
-    batches = torch.randperm(x.shape[0], device=x.device)[: steps * batch_size].split(batch_size)
     start = time.perf_counter()
-    for index in batches:
+    for index in order.split(batch_size):
         svi.step(x[index])
     _sync(x)
-    return steps * batch_size / (time.perf_counter() - start)
+
+    def encode(x):
+        loc, scale = vae.encoder(x)
+        return loc, 2 * scale.log()
+
+    return order.numel() / (time.perf_counter() - start), (encode, vae.decoder)
 
 
 # -- (c) pyrovae -------------------------------------------------------------------------------------
-def run_pyrovae(x, steps, batch_size, estimator, particles):
-    n = steps * batch_size
-    index = torch.randperm(x.shape[0], device=x.device)[:n]
-    data = pyrovae.Dataset("bench", x[index], x[:batch_size], "none")
+def run_pyrovae(x, images, batch_size, estimator, particles, x_test=None):
+    """pyrovae.fit over ``images`` points: whole epochs of x, or one epoch of a random part of it."""
+    epochs, part = divmod(images, x.shape[0])
+    if part:  # less than an epoch (the throughput repeats)
+        x, epochs = x[torch.randperm(x.shape[0], device=x.device)[:images]], 1
     net = {"name": "mlp", "hidden": [HIDDEN], "activation": "relu"}
     vae = pyrovae.VAE((PIXELS,), LATENT, likelihood="bernoulli", encoder=net, decoder=net)
+    data = pyrovae.Dataset("bench", x, x[:batch_size] if x_test is None else x_test, "none")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pyrovae.PosteriorCollapseWarning)
-        metrics = pyrovae.fit(vae, data, epochs=1, batch_size=batch_size, estimator=estimator,
-                              num_particles=particles, device=str(x.device), progress=False, eval_every=1,
-                              optim={"name": "adam", "lr": 1e-3})
-    return metrics[0]["images_per_second"]
+        metrics = pyrovae.fit(vae, data, epochs=epochs, batch_size=batch_size, estimator=estimator,
+                              num_particles=particles, device=str(x.device), progress=False, eval_every=epochs,
+                              optim={"name": "adam", "lr": 1e-3}, seed=int(torch.randint(2**30, ())))
+    seconds = sum(m["train_seconds"] for m in metrics)
+    return images / seconds, (lambda x: vae.encoder(x), lambda z: vae.decode(z)[0])
+
+
+def heldout_elbo(codec, x_test, samples=10):
+    """The test ELBO (nats per image) of a trained loop, the same computation for all: estimator B
+    with the closed-form KL and ``samples`` draws of z per image, from a fixed seed."""
+    encode, decode = codec
+    generator = torch.Generator(device=x_test.device).manual_seed(0)
+    total = 0.0
+    with torch.no_grad():
+        for xb in x_test.split(1000):
+            mu, logvar = encode(xb)
+            kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(-1)
+            eps = torch.randn((samples, *mu.shape), generator=generator, device=mu.device)
+            logits = decode(mu + eps * (0.5 * logvar).exp())
+            log_px = -F.binary_cross_entropy_with_logits(logits, xb.expand_as(logits), reduction="none").sum(-1)
+            total += float((log_px.mean(0) - kl).sum())
+    return total / x_test.shape[0]
 
 
 def _sync(x):
@@ -223,12 +274,22 @@ def memory_over_epochs(x, epochs, batch_size):
     return samples  # one value per epoch, at its last step
 
 
+def quality(x, x_test, args, estimator):
+    """Test ELBO of (a), (b) and (c) after the same epochs, and of a second (a) with another seed."""
+    images = args.quality_epochs * x.shape[0]
+    elbos = {}
+    for name, loop in (("torch", run_torch), ("pyro", run_pyro), ("pyrovae", run_pyrovae), ("torch_seed_2", run_torch)):
+        torch.manual_seed(2 if name == "torch_seed_2" else 1)
+        elbos[name] = heldout_elbo(loop(x, images, args.batch_size, estimator, args.particles, x_test=x_test)[1], x_test)
+    return {"quality_epochs": args.quality_epochs, "test_elbo": elbos}
+
+
 def main(args):
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("benchmarks/throughput.py: --device cuda asked for, but CUDA is not available")
     torch.manual_seed(0)
-    x, source = load_mnist(device)
+    x, x_test, source = load_mnist(device)
     rate = matmul_rate(device, args.batch_size)
     fpi = flops_per_image()
     print(f"data: {source}; device: {device} ({torch.get_num_threads()} threads); torch {torch.__version__}, "
@@ -237,42 +298,57 @@ def main(args):
           f"{fpi / 1e6:.2f} MFLOP per image per step; matmul rate {rate / 1e9:.1f} GFLOP/s, "
           f"floor {rate / fpi:,.0f} images/s")
     results = []
+    loops = {"torch": run_torch, "torch_fused": run_torch_fused, "pyro": run_pyro, "pyrovae": run_pyrovae}
+    images = args.steps * args.batch_size
     for estimator in args.estimators:
-        runs = {"torch": [], "pyro": [], "pyrovae": []}
-        loops = {"torch": run_torch, "pyro": run_pyro, "pyrovae": run_pyrovae}
+        runs = {name: [] for name in loops}
         for name, loop in loops.items():  # warm-up
-            loop(x, max(2, args.steps // 10), args.batch_size, estimator, args.particles)
-        rss, order = [], list(loops)
+            loop(x, max(2, args.steps // 10) * args.batch_size, args.batch_size, estimator, args.particles)
+        rss, names = [], list(loops)
         for repeat in range(args.repeats):
-            for name in order[repeat % 3:] + order[:repeat % 3]:  # rotate, so no loop always runs first
-                runs[name].append(loops[name](x, args.steps, args.batch_size, estimator, args.particles))
+            k = repeat % len(names)
+            for name in names[k:] + names[:k]:  # rotate, so no loop always runs first
+                runs[name].append(loops[name](x, images, args.batch_size, estimator, args.particles)[0])
             rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         med = {k: statistics.median(v) for k, v in runs.items()}
         row = {
             "device": str(device), "batch_size": args.batch_size, "estimator": estimator,
             "num_particles": args.particles, "steps_per_repeat": args.steps, "repeats": args.repeats,
-            "torch_images_per_s": med["torch"], "pyro_images_per_s": med["pyro"],
-            "pyrovae_images_per_s": med["pyrovae"],
+            "torch_images_per_s": med["torch"], "torch_fused_images_per_s": med["torch_fused"],
+            "pyro_images_per_s": med["pyro"], "pyrovae_images_per_s": med["pyrovae"],
             "pyrovae_vs_torch_time": med["torch"] / med["pyrovae"],
+            "pyrovae_vs_torch_fused_time": med["torch_fused"] / med["pyrovae"],
             "pyrovae_vs_pyro_speedup": med["pyrovae"] / med["pyro"],
             "flops_per_image": fpi, "matmul_flops_per_s": rate, "floor_images_per_s": rate / fpi,
             "all_runs": runs, "peak_rss_mib_after_each_repeat": rss, "data": source,
         }
+        if args.quality_epochs:
+            row.update(quality(x, x_test, args, estimator))
         results.append(row)
     print()
-    print("| estimator | torch img/s | pyro img/s | pyrovae img/s | pyrovae time / torch | pyrovae speed-up vs pyro |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| estimator | torch img/s | torch, fused Adam | pyro img/s | pyrovae img/s | pyrovae time / torch "
+          "| pyrovae time / torch fused | pyrovae speed-up vs pyro |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
-        print(f"| {r['estimator']} | {r['torch_images_per_s']:,.0f} | {r['pyro_images_per_s']:,.0f} | "
-              f"{r['pyrovae_images_per_s']:,.0f} | {r['pyrovae_vs_torch_time']:.2f} | "
-              f"{r['pyrovae_vs_pyro_speedup']:.2f} |")
+        print(f"| {r['estimator']} | {r['torch_images_per_s']:,.0f} | {r['torch_fused_images_per_s']:,.0f} | "
+              f"{r['pyro_images_per_s']:,.0f} | {r['pyrovae_images_per_s']:,.0f} | {r['pyrovae_vs_torch_time']:.2f} | "
+              f"{r['pyrovae_vs_torch_fused_time']:.2f} | {r['pyrovae_vs_pyro_speedup']:.2f} |")
+    if args.quality_epochs:
+        print(f"\ntest ELBO after {args.quality_epochs} epoch(s) (nats per image; 'torch, seed 2' is a second "
+              "hand-written run, the seed-to-seed noise):")
+        print("| estimator | torch | torch, seed 2 | pyro | pyrovae |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for r in results:
+            e = r["test_elbo"]
+            print(f"| {r['estimator']} | {e['torch']:.2f} | {e['torch_seed_2']:.2f} | {e['pyro']:.2f} | "
+                  f"{e['pyrovae']:.2f} |")
     extra = {}
     if args.memory_epochs:
         rss = memory_over_epochs(x, args.memory_epochs, args.batch_size)
         extra["rss_mib_per_epoch"] = rss
         print(f"\nresident memory at the end of epochs 1..{len(rss)}: " + ", ".join(f"{r:.0f}" for r in rss) + " MiB")
     if args.nll:
-        extra.update(time_log_likelihood(x, args.nll_images, args.nll_samples))
+        extra.update(time_log_likelihood(x_test, args.nll_images, args.nll_samples))
         print(f"\nlog_likelihood, K = {extra['nll_samples']}: {extra['nll_images']} images in "
               f"{extra['nll_seconds']:.1f} s (10000 images: about {extra['nll_seconds_for_10000_images']:.0f} s)")
     if args.json:
@@ -292,15 +368,19 @@ if __name__ == "__main__":
     parser.add_argument("-e", "--estimators", nargs="+", choices=["analytic", "mc"], default=["analytic", "mc"])
     parser.add_argument("-p", "--particles", type=int, default=1)
     parser.add_argument("-d", "--device", default="cpu")
-    parser.add_argument("-s", "--steps", type=int, default=100, help="steps per loop per repeat")
-    parser.add_argument("-r", "--repeats", type=int, default=7)
-    parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (under two minutes on 2 CPUs)")
-    parser.add_argument("--memory-epochs", type=int, default=10, help="epochs of the memory check (0: none)")
+    parser.add_argument("-s", "--steps", type=int, help="steps per loop per repeat (100; --quick 40)")
+    parser.add_argument("-r", "--repeats", type=int, help="alternating repeats (7; --quick 3)")
+    parser.add_argument("--quick", action="store_true", help="fewer steps, repeats and epochs (about a minute on 2 CPUs)")
+    parser.add_argument("--memory-epochs", type=int, help="epochs of the memory check (10; --quick 3; 0: none)")
+    parser.add_argument("--quality-epochs", type=int,
+                        help="train each loop this many epochs and compare test ELBOs (10; --quick 1; 0: skip)")
     parser.add_argument("--nll", action="store_true", help="also time log_likelihood")
     parser.add_argument("--nll-images", type=int, default=100)
     parser.add_argument("--nll-samples", type=int, default=5000)
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
-    if args.quick:
-        args.steps, args.repeats, args.memory_epochs = 40, 3, 3
+    defaults = {"steps": (100, 40), "repeats": (7, 3), "memory_epochs": (10, 3), "quality_epochs": (10, 1)}
+    for key, (full, quick) in defaults.items():  # what the command line left out
+        if getattr(args, key) is None:
+            setattr(args, key, quick if args.quick else full)
     main(args)

@@ -34,6 +34,12 @@ class Likelihood(nn.Module):
     def forward(self, params: tuple, event_dim: int) -> dist.TorchDistribution:
         return self.base(params).to_event(event_dim)
 
+    def log_prob(self, params: tuple, x: torch.Tensor, event_dim: int) -> torch.Tensor:
+        """log p(x|z), summed over the data's ``event_dim`` dimensions: the distribution's
+        ``log_prob`` (a subclass may write its closed form with fewer operations; the training
+        loop calls this, Pyro's model samples from the distribution)."""
+        return self(params, event_dim).log_prob(x)
+
     def mean(self, params: tuple) -> torch.Tensor:
         """E[x | z]: what the decoder 'draws' (used for reconstructions, samples, manifolds)."""
         return self.base(params).mean
@@ -69,6 +75,11 @@ class BernoulliLikelihood(Likelihood):
 
     def base(self, params):
         return dist.Bernoulli(logits=params[0])
+
+    def log_prob(self, params, x, event_dim):
+        logits = params[0]  # (..., *event_shape); x broadcasts over the leading particle dimensions
+        bce = F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
+        return -bce.flatten(-event_dim).sum(-1)
 
     def mean(self, params):
         return torch.sigmoid(params[0])

@@ -24,6 +24,7 @@ from pyro.util import warn_if_nan
 from torch.distributions import kl_divergence
 
 from .errors import ConfigError
+from .priors import LOG_2PI
 
 ESTIMATORS = ("auto", "analytic", "mc", "iwae")
 
@@ -74,18 +75,20 @@ def objective_per_datapoint(vae, x: torch.Tensor, estimator: str = "analytic", n
     instead of drawing it: the training loop draws it for the whole global batch from its own
     generator, so that a run sharded over several processes sees the same noise as one process.
     """
-    q = vae.posterior(x)
+    loc, log_var = vae.encoder(x)
     if eps is None:
-        z = q.rsample((num_particles,))
-    else:
-        z = q.base_dist.loc + eps * q.base_dist.scale  # the reparameterization, with given noise
-    log_px = vae.likelihood_dist(z).log_prob(x)  # (L, M)
+        eps = torch.randn((num_particles, *loc.shape), dtype=loc.dtype, device=loc.device)
+    z = loc + eps * torch.exp(0.5 * log_var)  # the reparameterization, (L, M, latent_dim)
+    log_px = vae.likelihood.log_prob(vae.decode(z), x, vae.event_dim)  # (L, M)
     if estimator == "analytic":
         reconstruction = log_px.mean(0)
-        kl = kl_divergence(q, vae.prior())  # the prior's batch shape () broadcasts over the M points
+        kl = vae.prior.kl_from_normal(loc, log_var)
         elbo = reconstruction - kl
         return (elbo if kl_weight == 1.0 else reconstruction - kl_weight * kl), elbo
-    log_ratio = vae.prior().log_prob(z) - q.log_prob(z)  # log p(z) - log q(z|x), (L, M)
+    # log q(z|x) at z = mu + sigma * eps is, as a function of phi, sum_j -eps_j^2 / 2 - log sigma_j
+    # - log(2 pi) / 2: the same value and the same total gradient as q.log_prob(z).
+    log_q = -0.5 * (eps.pow(2) + log_var + LOG_2PI).sum(-1)
+    log_ratio = vae.prior.log_prob(z) - log_q  # log p(z) - log q(z|x), (L, M)
     elbo = (log_px + log_ratio).mean(0)
     if estimator == "mc":
         return (elbo if kl_weight == 1.0 else (log_px + kl_weight * log_ratio).mean(0)), elbo

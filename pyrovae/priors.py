@@ -18,10 +18,12 @@ import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
 from torch import nn
+from torch.distributions import kl_divergence
 
 from .registry import Registry
 
 PRIORS = Registry("prior", context=("latent_dim",))
+LOG_2PI = math.log(2 * math.pi)
 
 
 class Prior(nn.Module):
@@ -42,6 +44,15 @@ class Prior(nn.Module):
         d = self.distribution()
         return d.expand(torch.Size(batch_shape)) if batch_shape else d
 
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) for codes of shape ``(..., latent_dim)``."""
+        return self().log_prob(z)
+
+    def kl_from_normal(self, loc: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+        """KL(N(loc, diag(exp(log_var))) || p(z)) for each code (only where ``has_analytic_kl``)."""
+        q = dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
+        return kl_divergence(q, self())
+
 
 @PRIORS.register("standard_normal")
 class StandardNormalPrior(Prior):
@@ -61,6 +72,12 @@ class StandardNormalPrior(Prior):
 
     def distribution(self):
         return dist.Normal(self.loc, self.scale).to_event(1)
+
+    def log_prob(self, z):
+        return -0.5 * (z.pow(2).sum(-1) + self.latent_dim * LOG_2PI)
+
+    def kl_from_normal(self, loc, log_var):
+        return 0.5 * (loc.pow(2) + log_var.exp() - 1 - log_var).sum(-1)
 
 
 @PRIORS.register("gaussian")

@@ -37,6 +37,20 @@ def test_bernoulli_is_negative_binary_cross_entropy():
     torch.testing.assert_close(lik((logits,), 3).log_prob(x), -bce)
 
 
+@pytest.mark.parametrize("spec", SPECS, ids=str)
+def test_log_prob_equals_the_distributions_with_data_broadcast_over_particles(spec):
+    # The training loop's log_prob (Bernoulli: its closed form) against the distribution's, for
+    # params of shape (L, M, *event) and data of shape (M, *event), in value and gradient.
+    lik = LIKELIHOODS.build(spec)
+    params = tuple(p.requires_grad_() for p in _params(lik, batch=(3, 5)))
+    x = lik(tuple(p.detach() for p in params), len(EVENT)).sample()[0]
+    direct, reference = lik.log_prob(params, x, len(EVENT)), lik(params, len(EVENT)).log_prob(x)
+    assert direct.shape == (3, 5)
+    torch.testing.assert_close(direct, reference)
+    for a, b in zip(torch.autograd.grad(direct.sum(), params), torch.autograd.grad(reference.sum(), params)):
+        torch.testing.assert_close(a, b)
+
+
 def test_gaussian_with_unit_sigma_is_squared_error():
     lik = LIKELIHOODS.build("gaussian")
     mu, x = torch.randn(3, *EVENT), torch.randn(3, *EVENT)

@@ -8,19 +8,24 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from pyrovae import IWAE, VAE, objective_per_datapoint
 
+GAUSSIAN = {"name": "gaussian", "learn_scale": True}
 CASES = [
-    ("analytic", 1, 1.0, "standard_normal", TraceMeanField_ELBO),
-    ("analytic", 4, 0.3, "gaussian", TraceMeanField_ELBO),
-    ("mc", 1, 1.0, "standard_normal", Trace_ELBO),
-    ("mc", 3, 2.0, {"name": "mixture", "num_components": 3}, Trace_ELBO),
-    ("mc", 2, 1.0, {"name": "vamp", "num_pseudo_inputs": 5}, Trace_ELBO),
-    ("iwae", 5, 1.0, "standard_normal", IWAE),
+    ("analytic", 1, 1.0, "standard_normal", TraceMeanField_ELBO, GAUSSIAN),
+    ("analytic", 1, 1.0, "standard_normal", TraceMeanField_ELBO, "bernoulli"),
+    ("analytic", 4, 0.3, "gaussian", TraceMeanField_ELBO, GAUSSIAN),
+    ("mc", 1, 1.0, "standard_normal", Trace_ELBO, GAUSSIAN),
+    ("mc", 2, 0.5, "standard_normal", Trace_ELBO, "bernoulli"),
+    ("mc", 3, 2.0, {"name": "mixture", "num_components": 3}, Trace_ELBO, GAUSSIAN),
+    ("mc", 2, 1.0, {"name": "vamp", "num_pseudo_inputs": 5}, Trace_ELBO, GAUSSIAN),
+    ("iwae", 5, 1.0, "standard_normal", IWAE, GAUSSIAN),
+    ("iwae", 3, 1.0, "gaussian", IWAE, "bernoulli"),
 ]
 
 
-@pytest.mark.parametrize("estimator, particles, beta, prior, elbo_cls", CASES, ids=lambda v: str(v)[:20])
-def test_direct_loss_and_gradients_equal_pyros(estimator, particles, beta, prior, elbo_cls):
-    vae = VAE((1, 8, 8), 3, prior=prior, likelihood={"name": "gaussian", "learn_scale": True})
+@pytest.mark.parametrize("estimator, particles, beta, prior, elbo_cls, likelihood", CASES,
+                         ids=lambda v: str(v)[:20])
+def test_direct_loss_and_gradients_equal_pyros(estimator, particles, beta, prior, elbo_cls, likelihood):
+    vae = VAE((1, 8, 8), 3, prior=prior, likelihood=likelihood)
     x = binary_batch(12)
     n = 600
     vae.kl_weight = beta

@@ -49,6 +49,26 @@ def test_standard_normal_kl_is_the_papers_closed_form():
     torch.testing.assert_close(kl_divergence(q, PRIORS.build("standard_normal", latent_dim=3)((4,))), expected)
 
 
+@pytest.mark.parametrize("name", PRIORS.names())
+def test_log_prob_and_closed_form_kl_equal_the_distributions(name):
+    # The training loop calls prior.log_prob and prior.kl_from_normal (the standard normal writes
+    # both in closed form): the same values and gradients as the distribution's.
+    prior = VAE((1, 4, 4), 3, prior=name).prior
+    loc, log_var = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
+    z, z_again = torch.randn(2, 4, 3, requires_grad=True), torch.randn(2, 4, 3)  # two tensors: flows cache
+    z_again = z_again.copy_(z.detach()).requires_grad_()
+    direct, reference = prior.log_prob(z), prior().log_prob(z_again)
+    torch.testing.assert_close(direct, reference)
+    torch.testing.assert_close(torch.autograd.grad(direct.sum(), z)[0], torch.autograd.grad(reference.sum(), z_again)[0])
+    if prior.has_analytic_kl:
+        q = dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
+        direct, reference = prior.kl_from_normal(loc, log_var), kl_divergence(q, prior())
+        torch.testing.assert_close(direct, reference)
+        for a, b in zip(torch.autograd.grad(direct.sum(), (loc, log_var)),
+                        torch.autograd.grad(reference.sum(), (loc, log_var))):
+            torch.testing.assert_close(a, b)
+
+
 def test_mixture_density_is_weighted_sum_of_gaussians():
     prior = PRIORS.build({"name": "mixture", "num_components": 4}, latent_dim=2)
     with torch.no_grad():
