@@ -280,7 +280,8 @@ def quality(x, x_test, args, estimator):
     elbos = {}
     for name, loop in (("torch", run_torch), ("pyro", run_pyro), ("pyrovae", run_pyrovae), ("torch_seed_2", run_torch)):
         torch.manual_seed(2 if name == "torch_seed_2" else 1)
-        elbos[name] = heldout_elbo(loop(x, images, args.batch_size, estimator, args.particles, x_test=x_test)[1], x_test)
+        _, codec = loop(x, images, args.batch_size, estimator, args.particles, x_test=x_test)
+        elbos[name] = heldout_elbo(codec, x_test)
     return {"quality_epochs": args.quality_epochs, "test_elbo": elbos}
 
 
@@ -370,7 +371,8 @@ if __name__ == "__main__":
     parser.add_argument("-d", "--device", default="cpu")
     parser.add_argument("-s", "--steps", type=int, help="steps per loop per repeat (100; --quick 40)")
     parser.add_argument("-r", "--repeats", type=int, help="alternating repeats (7; --quick 3)")
-    parser.add_argument("--quick", action="store_true", help="fewer steps, repeats and epochs (about a minute on 2 CPUs)")
+    parser.add_argument("--quick", action="store_true", 
+                        help="fewer steps, repeats and epochs (about a minute on 2 CPUs)")
     parser.add_argument("--memory-epochs", type=int, help="epochs of the memory check (10; --quick 3; 0: none)")
     parser.add_argument("--quality-epochs", type=int,
                         help="train each loop this many epochs and compare test ELBOs (10; --quick 1; 0: skip)")

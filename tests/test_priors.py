@@ -59,7 +59,8 @@ def test_log_prob_and_closed_form_kl_equal_the_distributions(name):
     z_again = z_again.copy_(z.detach()).requires_grad_()
     direct, reference = prior.log_prob(z), prior().log_prob(z_again)
     torch.testing.assert_close(direct, reference)
-    torch.testing.assert_close(torch.autograd.grad(direct.sum(), z)[0], torch.autograd.grad(reference.sum(), z_again)[0])
+    torch.testing.assert_close(torch.autograd.grad(direct.sum(), z)[0],
+                               torch.autograd.grad(reference.sum(), z_again)[0])
     if prior.has_analytic_kl:
         q = dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
         direct, reference = prior.kl_from_normal(loc, log_var), kl_divergence(q, prior())
