@@ -320,6 +320,10 @@ def main(args):
             "pyrovae_vs_torch_time": med["torch"] / med["pyrovae"],
             "pyrovae_vs_torch_fused_time": med["torch_fused"] / med["pyrovae"],
             "pyrovae_vs_pyro_speedup": med["pyrovae"] / med["pyro"],
+            # the same ratios taken within each repeat (the loops ran back to back) and then the
+            # median: steadier than the ratio of medians when the machine's speed drifts
+            "paired_pyrovae_vs_torch_time": statistics.median(t / c for t, c in zip(runs["torch"], runs["pyrovae"])),
+            "paired_pyrovae_vs_pyro_speedup": statistics.median(c / b for c, b in zip(runs["pyrovae"], runs["pyro"])),
             "flops_per_image": fpi, "matmul_flops_per_s": rate, "floor_images_per_s": rate / fpi,
             "all_runs": runs, "peak_rss_mib_after_each_repeat": rss, "data": source,
         }
@@ -334,6 +338,10 @@ def main(args):
         print(f"| {r['estimator']} | {r['torch_images_per_s']:,.0f} | {r['torch_fused_images_per_s']:,.0f} | "
               f"{r['pyro_images_per_s']:,.0f} | {r['pyrovae_images_per_s']:,.0f} | {r['pyrovae_vs_torch_time']:.2f} | "
               f"{r['pyrovae_vs_torch_fused_time']:.2f} | {r['pyrovae_vs_pyro_speedup']:.2f} |")
+    for r in results:
+        print(f"{r['estimator']}: medians of the per-repeat ratios: pyrovae time / torch "
+              f"{r['paired_pyrovae_vs_torch_time']:.2f}, pyrovae speed-up vs pyro "
+              f"{r['paired_pyrovae_vs_pyro_speedup']:.2f}")
     if args.quality_epochs:
         print(f"\ntest ELBO after {args.quality_epochs} epoch(s) (nats per image; 'torch, seed 2' is a second "
               "hand-written run, the seed-to-seed noise):")
