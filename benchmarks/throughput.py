@@ -371,7 +371,7 @@ def main(args):
     return results
 
 
-if __name__ == "__main__":
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-b", "--batch-size", type=int, default=128)
     parser.add_argument("-e", "--estimators", nargs="+", choices=["analytic", "mc"], default=["analytic", "mc"])
@@ -388,9 +388,13 @@ if __name__ == "__main__":
     parser.add_argument("--nll-images", type=int, default=100)
     parser.add_argument("--nll-samples", type=int, default=5000)
     parser.add_argument("--json", help="write the results here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     defaults = {"steps": (100, 40), "repeats": (7, 3), "memory_epochs": (10, 3), "quality_epochs": (10, 1)}
     for key, (full, quick) in defaults.items():  # what the command line left out
         if getattr(args, key) is None:
             setattr(args, key, quick if args.quick else full)
-    main(args)
+    return args
+
+
+if __name__ == "__main__":
+    main(parse_args())

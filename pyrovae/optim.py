@@ -11,8 +11,8 @@ torch has one for the parameters' device and dtype (Adam and AdaGrad on CPU and 
 torch's default; ``fused``, ``foreach`` (one call per operation over the list of parameters)
 and ``for_loop`` (one tensor at a time: the default of ``torch.optim`` on the CPU) force one.
 The update rule is the same in every case; results differ only by floating-point rounding.
-On the standard MNIST VAE the fused Adam step makes a CPU training step about 10 % faster
-than torch's default (``benchmarks/throughput.py``).
+On the standard MNIST VAE the fused Adam kernel makes a CPU training step 4-7 % faster than
+torch's default (``benchmarks/throughput.py``).
 """
 
 from typing import List
