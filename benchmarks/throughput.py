@@ -155,6 +155,11 @@ class PyroVAE(nn.Module):
             z = pyro.sample("latent", dist.Normal(z_loc, torch.ones_like(z_loc)).to_event(1))
             pyro.sample("obs", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
 
+    def encode(self, x):
+        """(loc, log sigma^2), the encoder's output in the other loops' terms."""
+        loc, scale = self.encoder(x)
+        return loc, 2 * scale.log()
+
     def guide(self, x):
         pyro.module("encoder", self.encoder)
         with pyro.plate("data", x.shape[0]):
@@ -173,12 +178,7 @@ def run_pyro(x, images, batch_size, estimator, particles, x_test=None):
     for index in order.split(batch_size):
         svi.step(x[index])
     _sync(x)
-
-    def encode(x):
-        loc, scale = vae.encoder(x)
-        return loc, 2 * scale.log()
-
-    return order.numel() / (time.perf_counter() - start), (encode, vae.decoder)
+    return order.numel() / (time.perf_counter() - start), (vae.encode, vae.decoder)
 
 
 # -- (c) pyrovae -------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ On the standard MNIST VAE the fused Adam kernel makes a CPU training step 4-7 % 
 torch's default (``benchmarks/throughput.py``).
 """
 
-from typing import List
+from typing import Any, Dict, List
 
 import torch
 from pyro.optim.clipped_adam import ClippedAdam
@@ -92,6 +92,16 @@ def _betas(betas):
     if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
         raise ValueError(f"betas must be two numbers in [0, 1), got {list(betas)}")
     return tuple(float(b) for b in betas)
+
+
+def load_state(optimizer: torch.optim.Optimizer, saved: Dict[str, Any]) -> None:
+    """Load a saved optimizer state, keeping this optimizer's kernel choice (``fused``,
+    ``foreach``): a run resumed on another device, or from an older checkpoint, uses the kernels
+    its own optimizer picked (torch places each state tensor by the choice it finds in the groups)."""
+    flags = ("fused", "foreach", "capturable")
+    groups = [{**g, **{k: now[k] for k in flags if k in now}}
+              for g, now in zip(saved["param_groups"], optimizer.param_groups)]
+    optimizer.load_state_dict({**saved, "param_groups": groups})
 
 
 def build_optimizer(spec: Spec, params) -> torch.optim.Optimizer:

@@ -46,7 +46,7 @@ from .data import Dataset, binarize_split, epoch_order, load_dataset
 from .errors import ConfigError, PyrovaeError, RunDirError
 from .evaluate import active_units, dataset_terms, seeded
 from .objectives import elbo_per_datapoint, make_elbo, objective_per_datapoint, resolve_estimator
-from .optim import build_optimizer
+from .optim import build_optimizer, load_state
 from .plots import as_images, image_grid, plot_run
 from .wake_sleep import WakeSleep
 
@@ -171,16 +171,6 @@ class _Objective(torch.nn.Module):
         return objective_per_datapoint(self.vae, x, self.estimator, self.num_particles, kl_weight, eps)
 
 
-def _with_implementation(saved: Dict[str, Any], optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
-    """A saved optimizer state whose kernel choice (``fused``, ``foreach``) is this run's: a run
-    resumed on another device, or from an older checkpoint, uses the kernels its own optimizer
-    picked (torch's load places each state tensor by the choice it finds in the groups)."""
-    flags = ("fused", "foreach", "capturable")
-    groups = [{**g, **{k: now[k] for k in flags if k in now}} for g, now in zip(saved["param_groups"],
-                                                                             optimizer.param_groups)]
-    return {**saved, "param_groups": groups}
-
-
 def _where(epoch, step, batch, batches) -> str:
     return f"at epoch {epoch}, step {step} (batch {batch} of {batches})"
 
@@ -236,7 +226,7 @@ class _Trainer:
 
     def restore(self, state: Dict[str, Any]) -> None:
         self.vae.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(_with_implementation(state["optimizer"], self.optimizer))
+        load_state(self.optimizer, state["optimizer"])
         set_rng_state(state["rng"])
         self.noise.set_state(state["rng"]["noise"])
         self.counters.update(state["counters"])
@@ -378,8 +368,9 @@ class _Trainer:
         this rank holds its share (DDP averages the ranks' gradients, hence the factor K)."""
         if self.fast:  # the same numbers as Pyro's ELBO, without its tracing
             objective, elbo = self.forward(x, eps, self.vae.kl_weight)
-            batch_loss = -objective.detach().sum()
-            loss = -objective.sum() * (self.world / global_size)
+            total = objective.sum()
+            batch_loss = -total.detach()
+            loss = total * (-self.world / global_size)
             return loss, batch_loss, batch_loss if elbo is objective else -elbo.detach().sum()
         try:
             loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, self.n) / self.n

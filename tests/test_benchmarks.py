@@ -29,13 +29,8 @@ def test_the_three_loops_are_scored_by_one_test_elbo():
         getattr(classic.encoder, name).load_state_dict(getattr(hand, name).state_dict())
     classic.decoder.fc3.load_state_dict(hand.fc3.state_dict())
     classic.decoder.fc4.load_state_dict(hand.fc4.state_dict())
-
-    def encode(x):
-        loc, scale = classic.encoder(x)
-        return loc, 2 * scale.log()
-
     a = throughput.heldout_elbo((hand.encode, hand.decode), x)
-    b = throughput.heldout_elbo((encode, classic.decoder), x)
+    b = throughput.heldout_elbo((classic.encode, classic.decoder), x)
     assert abs(a - b) < 1e-3, (a, b)
     # pyrovae's codec, scored by the benchmark and by pyrovae's own evaluation (both estimator B)
     net = {"name": "mlp", "hidden": [400], "activation": "relu"}

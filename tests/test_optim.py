@@ -1,15 +1,13 @@
 """Optimizers: the update rules in closed form, and the kernel choice (``implementation``)."""
 
 import copy
-import math
 
 import pytest
 import torch
 
 from pyrovae import build_optimizer
 from pyrovae.errors import ConfigError
-from pyrovae.optim import IMPLEMENTATIONS
-from pyrovae.train import _with_implementation
+from pyrovae.optim import IMPLEMENTATIONS, load_state
 
 
 def _params(seed=0):
@@ -81,7 +79,6 @@ def test_adam_and_adagrad_steps_in_closed_form(implementation):
         squares += g * g
         expected = expected - 0.1 * g / (squares.sqrt() + 1e-10)
     assert torch.allclose(p, expected, atol=1e-6)
-    assert math.isfinite(float(p.sum()))
 
 
 def test_a_saved_state_resumes_with_the_resuming_runs_kernels():
@@ -91,7 +88,7 @@ def test_a_saved_state_resumes_with_the_resuming_runs_kernels():
         saver, params = _run({"name": "adam", "implementation": saving}, steps=2)
         resumed_params = [p.clone().requires_grad_() for p in params]
         resumed = build_optimizer({"name": "adam", "implementation": resuming}, resumed_params)
-        resumed.load_state_dict(_with_implementation(copy.deepcopy(saver.state_dict()), resumed))
+        load_state(resumed, copy.deepcopy(saver.state_dict()))
         assert resumed.param_groups[0]["fused"] is (True if resuming == "auto" else None)
         for optimizer, ps in ((saver, saver.param_groups[0]["params"]), (resumed, resumed_params)):
             for p, g in zip(ps, _gradients(2)):
