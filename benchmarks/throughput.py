@@ -24,7 +24,6 @@ second run of (a) with another seed (the noise).
     python benchmarks/throughput.py --estimators analytic mc --batch-size 128 --repeats 7 --nll
 """
 
-
 import argparse
 import json
 import platform
@@ -196,7 +195,7 @@ def run_pyrovae(x, images, batch_size, estimator, particles, x_test=None):
                               num_particles=particles, device=str(x.device), progress=False, eval_every=epochs,
                               optim={"name": "adam", "lr": 1e-3}, seed=int(torch.randint(2**30, ())))
     seconds = sum(m["train_seconds"] for m in metrics)
-    return images / seconds, (lambda x: vae.encoder(x), lambda z: vae.decode(z)[0])
+    return images / seconds, (vae.encoder, lambda z: vae.decode(z)[0])
 
 
 def heldout_elbo(codec, x_test, samples=10):
@@ -379,7 +378,7 @@ def parse_args(argv=None):
     parser.add_argument("-d", "--device", default="cpu")
     parser.add_argument("-s", "--steps", type=int, help="steps per loop per repeat (100; --quick 40)")
     parser.add_argument("-r", "--repeats", type=int, help="alternating repeats (7; --quick 3)")
-    parser.add_argument("--quick", action="store_true", 
+    parser.add_argument("--quick", action="store_true",
                         help="fewer steps, repeats and epochs (about a minute on 2 CPUs)")
     parser.add_argument("--memory-epochs", type=int, help="epochs of the memory check (10; --quick 3; 0: none)")
     parser.add_argument("--quality-epochs", type=int,
