@@ -1,17 +1,19 @@
-"""The ``pyrovae`` command line: ``train``, ``evaluate``, ``sample``.
+"""The ``pyrovae`` command line: ``train``, ``evaluate``, ``sample``, ``convert-checkpoint``.
 
 It only parses arguments and calls the Python API. Bad input of any kind prints one line on
-stderr (``pyrovae: error: ...``) and exits with status 2.
+stderr (``pyrovae: error: ...``) and exits with status 2; SIGINT and SIGTERM exit with
+128 + the signal number.
 """
 
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
-from .errors import PyrovaeError, RunDirError
-from .train import Interrupted
+from .errors import PyrovaeError, RunDirError, one_line
+from .train import Interrupted, StoppedAtOnce, stop_at_once_on_signals
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-r", "--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs to RUN_DIR/tensorboard")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for torch (train.num_threads; on a shared, busy CPU fewer than its cores)")
 
     p = sub.add_parser("evaluate", help="score a run on its test split; writes RUN_DIR/evaluation.json")
     p.add_argument("run_dir")
@@ -35,12 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iwae-samples", type=int, default=50, help="k of the reported IWAE bound (default 50)")
     p.add_argument("-k", "--particles", type=int, default=10, help="samples per test point for the ELBO (default 10)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("-o", "--out", help="where to write the JSON (default RUN_DIR/evaluation.json)")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
 
     p = sub.add_parser("sample", help="draw images from a trained run's model")
     p.add_argument("run_dir")
     p.add_argument("-n", "--num", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("-o", "--out", required=True, help="output PNG file")
     p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("convert-checkpoint", help="rewrite an older pyrovae checkpoint (format 1) in the current, "
+                                                  "code-free format; only for a run folder you trust")
+    p.add_argument("run_dir")
+    p.add_argument("--trust", action="store_true",
+                   help="confirm that you trust the checkpoint: converting unpickles it, which runs any code it holds")
     return parser
 
 
@@ -52,8 +64,10 @@ def _train(args) -> None:
         config_path = str(Path(args.out) / "config.toml")
         if not Path(config_path).exists():
             raise RunDirError(f"{args.out}: not a pyrovae run folder (no config.toml)")
+    _check_threads(args.threads)
     overrides = (list(args.overrides) + (["train.progress=false"] if args.quiet else [])
-                 + (["log.tensorboard=true"] if args.tensorboard else []))
+                 + (["log.tensorboard=true"] if args.tensorboard else [])
+                 + ([f"train.num_threads={args.threads}"] if args.threads is not None else []))
     config = load_config(config_path, overrides)
     from .train import train
 
@@ -62,18 +76,32 @@ def _train(args) -> None:
         print(f"run folder: {run_dir}")
 
 
+def _check_threads(threads) -> None:
+    if threads is not None and not 1 <= threads <= 1024:
+        raise PyrovaeError(f"--threads {threads}: must be in [1, 1024]")
+
+
 def _evaluate(args) -> None:
+    import torch
+
     from .evaluate import evaluate_run
-    from .train import resolve_device
 
     for flag in ("nll_samples", "iwae_samples", "particles"):
-        if getattr(args, flag) < 1:
-            raise PyrovaeError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be >= 1")
-    resolve_device(args.device)
-    result = evaluate_run(args.run_dir, nll_samples=args.nll_samples, iwae_samples=args.iwae_samples,
-                          elbo_particles=args.particles, device=args.device)
-    print(json.dumps({k: v for k, v in result.items() if k not in ("unit_activity", "kl_per_dim")}, indent=2))
-    print(f"written: {Path(args.run_dir) / 'evaluation.json'}")
+        value = getattr(args, flag)
+        if not 1 <= value <= 10**9:
+            raise PyrovaeError(f"--{flag.replace('_', '-')} {value}: must be in [1, 10^9]")
+    _check_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "evaluation.json"
+
+    def report(result):
+        print(json.dumps({k: v for k, v in result.items() if k not in ("unit_activity", "kl_per_dim")}, indent=2),
+              flush=True)
+
+    evaluate_run(args.run_dir, nll_samples=args.nll_samples, iwae_samples=args.iwae_samples,
+                 elbo_particles=args.particles, device=args.device, out=out, report=report)
+    print(f"written: {out}")
 
 
 def _sample(args) -> None:
@@ -81,15 +109,28 @@ def _sample(args) -> None:
 
     from .checkpoint import load
     from .plots import save_grid
+    from .runfolder import check_writable
 
-    if args.num < 1:
-        raise PyrovaeError(f"--num {args.num}: must be >= 1")
+    if not 1 <= args.num <= 100_000:
+        raise PyrovaeError(f"--num {args.num}: must be in [1, 100000]")
     if Path(args.out).suffix.lower() != ".png":
         raise PyrovaeError(f"--out {args.out}: must be a .png file")
+    if not 0 <= args.seed < 2**63:
+        raise PyrovaeError(f"--seed {args.seed}: must be in [0, 2^63)")
+    check_writable(Path(args.out).parent, "--out ")
     vae = load(args.run_dir)
     pyro.set_rng_seed(args.seed)
     save_grid(args.out, vae.sample(args.num), vae.event_shape, max(1, round(args.num ** 0.5)))
     print(f"wrote {args.out}")
+
+
+def _convert(args) -> None:
+    from .checkpoint import convert_checkpoint
+
+    if not args.trust:
+        raise PyrovaeError(f"{args.run_dir}: converting unpickles the old checkpoint, which runs any code it holds; "
+                           "do it only for a run folder from a source you trust, with --trust")
+    print(f"converted: {convert_checkpoint(args.run_dir)}")
 
 
 def _rank() -> int:
@@ -99,20 +140,38 @@ def _rank() -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    command = {"train": _train, "evaluate": _evaluate, "sample": _sample, "convert-checkpoint": _convert}[args.command]
     try:
-        {"train": _train, "evaluate": _evaluate, "sample": _sample}[args.command](args)
+        if args.command == "train":  # the training loop handles its own signals (a checkpoint first)
+            command(args)
+        else:
+            with stop_at_once_on_signals():
+                command(args)
     except Interrupted as e:
-        if _rank() == 0:
-            print(f"pyrovae: {e}", file=sys.stderr)
+        _say(f"pyrovae: {e}")
         return 128 + e.signal_number
     except PyrovaeError as e:
-        if _rank() == 0:
-            print(f"pyrovae: error: {e}", file=sys.stderr)
+        _say(f"pyrovae: error: {e}")
         return 2
-    except KeyboardInterrupt:
-        print("pyrovae: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # a second signal, or one outside the loop: stopped at once
+        number = e.signal_number if isinstance(e, StoppedAtOnce) else signal.SIGINT
+        _say(f"pyrovae: stopped at once by {signal.Signals(number).name}; files already written are kept whole")
+        return 128 + number
+    except MemoryError:
+        _say("pyrovae: error: out of memory; lower the sizes (batch, particles, networks, samples)")
+        return 2
+    except Exception as e:  # a path no check foresaw: still one line, and the traceback on request
+        if os.environ.get("PYROVAE_TRACEBACK"):
+            raise
+        _say(f"pyrovae: error: unexpected {type(e).__name__}: {e} (PYROVAE_TRACEBACK=1 shows where)")
+        return 2
     return 0
+
+
+def _say(message: str) -> None:
+    """One line on stderr, from rank 0 only."""
+    if _rank() == 0:
+        print(one_line(message), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from .data import BINARIZE, DATASETS
-from .errors import ConfigError
+from .errors import ConfigError, one_line, shown
 from .likelihoods import LIKELIHOODS
 from .nets import DECODERS, ENCODERS
 from .objectives import ESTIMATORS
@@ -25,6 +25,9 @@ from .priors import PRIORS
 from .registry import _type_name, check_type
 
 ALGORITHMS = ("aevb", "wake_sleep")
+MAX_THREADS = 1024
+#: a config file larger than this is refused unread (a config is a few hundred bytes)
+MAX_CONFIG_BYTES = 1 << 20
 
 PartSpec = Union[str, Dict[str, Any]]
 
@@ -113,6 +116,9 @@ class TrainConfig:
     rollback_lr_factor: float = 0.5
     #: after this many rollbacks the run stops as with on_nan = "stop".
     max_rollbacks: int = 3
+    #: CPU threads for torch's operations; 0: torch's choice (one per core). On a shared, busy CPU
+    #: fewer threads than cores avoid oversubscription (--threads on the command line).
+    num_threads: int = 0
 
     def check(self):
         _range("train.epochs", self.epochs, 1)
@@ -121,7 +127,7 @@ class TrainConfig:
         _choice("train.estimator", self.estimator, ESTIMATORS)
         _range("train.num_particles", self.num_particles, 1)
         if not (self.beta >= 0 and math.isfinite(self.beta)):
-            raise ConfigError(f"train.beta = {self.beta!r}: must be a finite number >= 0")
+            raise ConfigError(f"train.beta = {shown(self.beta)}: must be a finite number >= 0")
         _range("train.kl_warmup_epochs", self.kl_warmup_epochs, 0)
         if self.estimator == "iwae" and (self.beta != 1 or self.kl_warmup_epochs):
             raise ConfigError("train.estimator = 'iwae' weighs whole importance weights: it takes no train.beta "
@@ -136,11 +142,14 @@ class TrainConfig:
         _choice("train.on_nan", self.on_nan, ("stop", "rollback"))
         _choice("train.engine", self.engine, ("torch", "pyro"))
         if not 0 < self.rollback_lr_factor < 1:
-            raise ConfigError(f"train.rollback_lr_factor = {self.rollback_lr_factor!r}: must be in (0, 1)")
+            raise ConfigError(f"train.rollback_lr_factor = {shown(self.rollback_lr_factor)}: must be in (0, 1)")
         _range("train.max_rollbacks", self.max_rollbacks, 0)
+        _range("train.num_threads", self.num_threads, 0)
+        if self.num_threads > MAX_THREADS:
+            raise ConfigError(f"train.num_threads = {shown(self.num_threads)}: must be <= {MAX_THREADS}")
         if not (self.device == "cpu" or self.device == "cuda"
                 or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
-            raise ConfigError(f"train.device = {self.device!r}: valid: cpu, cuda, cuda:N")
+            raise ConfigError(f"train.device = {shown(self.device)}: valid: cpu, cuda, cuda:N")
 
 
 @dataclass
@@ -190,24 +199,24 @@ def _drop_none(d):
 
 def _choice(key, value, allowed):
     if value not in allowed:
-        raise ConfigError(f"{key} = {value!r}: valid: {', '.join(allowed)}")
+        raise ConfigError(f"{key} = {shown(value)}: valid: {', '.join(allowed)}")
 
 
 def _range(key, value, minimum):
     if value < minimum:
-        raise ConfigError(f"{key} = {value!r}: must be >= {minimum}")
+        raise ConfigError(f"{key} = {shown(value)}: must be >= {minimum}")
 
 
 def _section(cls, table, section: str):
     if not isinstance(table, dict):
-        raise ConfigError(f"[{section}] must be a table, got {table!r}")
+        raise ConfigError(f"[{section}] must be a table, got {shown(table)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     for key, value in table.items():
         if key not in fields:
-            raise ConfigError(f"{section}.{key}: unknown key; valid keys: {', '.join(sorted(fields))}")
+            raise ConfigError(f"{section}.{one_line(str(key), 40)}: unknown key; valid keys: {', '.join(sorted(fields))}")
         if not check_type(value, hints[key]):
-            raise ConfigError(f"{section}.{key} = {value!r}: expected {_type_name(hints[key])}")
+            raise ConfigError(f"{section}.{key} = {shown(value)}: expected {_type_name(hints[key])}")
     return cls(**table)
 
 
@@ -218,7 +227,7 @@ def config_from_dict(d: Dict[str, Any]) -> Config:
             raise ConfigError(f"[{section}]: unknown section; valid: data, model, train, log, optim")
     optim = d.get("optim", {"name": "adam", "lr": 1e-3})
     if not isinstance(optim, dict):
-        raise ConfigError(f"[optim] must be a table, got {optim!r}")
+        raise ConfigError(f"[optim] must be a table, got {shown(optim)}")
     optim = {"name": "adam", **optim}
     return Config(**{s: _section(cls, d.get(s, {}), s) for s, cls in SECTIONS.items()}, optim=optim).check()
 
@@ -226,14 +235,14 @@ def config_from_dict(d: Dict[str, Any]) -> Config:
 def parse_override(text: str):
     """``section.key=value`` -> (["section", "key"], value); the value is read as TOML, else a string."""
     if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected section.key=value")
+        raise ConfigError(f"--set {shown(text)}: expected section.key=value")
     key, raw = text.split("=", 1)
     path = key.strip().split(".")
     if len(path) < 2 or not all(path):
-        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. train.epochs=3")
+        raise ConfigError(f"--set {shown(text)}: expected section.key=value, e.g. train.epochs=3")
     try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+        value = parse_toml(f"v = {raw.strip()}", "--set")["v"]
+    except ConfigError:
         value = raw.strip()
     return path, value
 
@@ -253,25 +262,47 @@ def apply_overrides(d: Dict[str, Any], overrides: List[str]) -> Dict[str, Any]:
             elif child is None:
                 child = {}
             elif not isinstance(child, dict):
-                raise ConfigError(f"--set {text!r}: {'.'.join(path[:i + 1])} is not a table")
+                raise ConfigError(f"--set {shown(text)}: {'.'.join(path[:i + 1])} is not a table")
             node[part] = child
             node = child
         node[path[-1]] = value
     return d
 
 
+def read_config_text(path) -> str:
+    """The text of a config file; a missing, special (a FIFO, a device), huge or binary file is one line."""
+    file = Path(path)
+    try:
+        if not file.exists():
+            raise ConfigError(f"{path}: no such config file")
+        if not file.is_file():
+            raise ConfigError(f"{path}: not a regular file")
+        if file.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {file.stat().st_size} bytes; a config file is at most "
+                              f"{MAX_CONFIG_BYTES} bytes")
+        return file.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read ({type(e).__name__}: {one_line(str(e), 100)})") from None
+
+
+def parse_toml(text: str, where) -> Dict[str, Any]:
+    """``tomllib.loads`` whose every failure is one ConfigError line: malformed text, nesting too
+    deep for the parser (RecursionError), integers too long to convert (ValueError)."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{where}: malformed TOML: {one_line(str(e), 160)}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: malformed TOML: nested too deeply") from None
+    except (ValueError, MemoryError) as e:
+        raise ConfigError(f"{where}: malformed TOML: {one_line(str(e).split(';')[0], 160)}") from None
+
+
 def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None) -> Config:
     """Read a TOML config (or the embedded default when ``path`` is None) and apply overrides."""
     d: Dict[str, Any] = {}
     if path is not None:
-        try:
-            d = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: cannot read ({e})") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: malformed TOML: {e}") from None
+        d = parse_toml(read_config_text(path), path)
     where = path or "default config"
     try:
         return config_from_dict(apply_overrides(d, overrides))

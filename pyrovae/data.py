@@ -20,7 +20,9 @@ fixed permutation (the same for every run).
 
 import math
 import os
+import re
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -28,7 +30,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .errors import DataError
+from .errors import DataError, one_line, shown
 
 DATASETS = ("digits", "mnist", "frey_face", "file")
 BINARIZE = ("dynamic", "threshold", "none")
@@ -90,7 +92,7 @@ def binarize_split(x: torch.Tensor, mode: str, seed: int = SPLIT_SEED) -> torch.
 
 def _check_binarizable(x: torch.Tensor, name: str, mode: str):
     if mode != "none" and bool(((x < 0) | (x > 1)).any()):
-        raise DataError(f"data.binarize = {mode!r}: {name} has values outside [0, 1]; rescale them or use 'none'")
+        raise DataError(f"data.binarize = {shown(mode)}: {name} has values outside [0, 1]; rescale them or use 'none'")
 
 
 def holdout_split(x: torch.Tensor, test_fraction: float, where: str):
@@ -105,11 +107,16 @@ def holdout_split(x: torch.Tensor, test_fraction: float, where: str):
 
 def _as_float_tensor(array, where: str) -> torch.Tensor:
     if isinstance(array, torch.Tensor):
-        t = array
+        t = _dense(array.detach(), where)
     else:
-        array = np.asarray(array)
+        try:
+            array = np.asarray(array)
+        except (ValueError, TypeError, RecursionError) as e:  # ragged or exotic nests in a .pt file
+            raise DataError(f"{where}: expected a numeric array ({type(e).__name__})") from None
         if array.dtype.kind not in "biuf":
             raise DataError(f"{where}: expected a numeric array, got dtype {array.dtype}")
+        if not array.dtype.isnative:  # e.g. big-endian '>f4' from another machine: converted, not refused
+            array = array.astype(array.dtype.newbyteorder("="))
         t = torch.from_numpy(np.ascontiguousarray(array))
     if t.is_complex() or not (t.is_floating_point() or t.dtype in (torch.bool, torch.uint8, torch.int8,
                                                                    torch.int16, torch.int32, torch.int64)):
@@ -123,6 +130,26 @@ def _as_float_tensor(array, where: str) -> torch.Tensor:
     if not bool(torch.isfinite(t).all()):
         raise DataError(f"{where}: contains NaN or infinite values")
     return t.contiguous()
+
+
+def _dense(t: torch.Tensor, where: str) -> torch.Tensor:
+    """A dense tensor with values: sparse layouts are made dense (if that fits in memory),
+    quantized tensors dequantized; meta and nested tensors are refused (one line)."""
+    if t.is_meta:
+        raise DataError(f"{where}: holds a meta tensor (a shape without values); save the values")
+    if getattr(t, "is_nested", False):
+        raise DataError(f"{where}: holds a nested tensor; save one array of shape (N, ...)")
+    if t.is_quantized:
+        t = t.dequantize()
+    if t.layout != torch.strided:
+        from .memory import available_bytes, format_bytes
+
+        need = math.prod(t.shape) * 4
+        if need > available_bytes(t.device):
+            raise DataError(f"{where}: a {t.layout} tensor of shape {tuple(t.shape)} needs {format_bytes(need)} "
+                            f"dense, more than the {format_bytes(available_bytes(t.device))} available")
+        t = t.to_dense()
+    return t
 
 
 def load_digits() -> torch.Tensor:
@@ -140,7 +167,7 @@ def load_mnist(root: str, train: bool, download: bool = True) -> torch.Tensor:
         data = MNIST(root, train=train, download=download).data
     except (RuntimeError, OSError) as e:
         hint = "" if download else " (data.download = false)"
-        raise DataError(f"data.path = {root!r}: MNIST not found or not downloadable{hint}: "
+        raise DataError(f"data.path = {shown(root)}: MNIST not found or not downloadable{hint}: "
                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; torchvision expects "
                         f"{os.path.join(root, 'MNIST', 'raw')}/*-ubyte (with data.download = true the .gz "
                         "files there are enough: it checks and extracts them)") from None
@@ -156,19 +183,19 @@ def load_frey_face(path: str, download: bool = True) -> torch.Tensor:
         file = file / "frey_rawface.mat"
     if not file.exists():
         if not download:
-            raise DataError(f"data.path = {str(file)!r}: no such file (data.download = false)")
+            raise DataError(f"data.path = {shown(str(file))}: no such file (data.download = false)")
         try:
             file.parent.mkdir(parents=True, exist_ok=True)
             tmp = file.with_suffix(".part")
             urllib.request.urlretrieve(FREY_FACE_URL, tmp)
             os.replace(tmp, file)
         except OSError as e:
-            raise DataError(f"data.path = {str(file)!r}: not found and download from {FREY_FACE_URL} failed "
+            raise DataError(f"data.path = {shown(str(file))}: not found and download from {FREY_FACE_URL} failed "
                             f"({e}); put frey_rawface.mat there") from None
     try:
         ff = loadmat(file)["ff"]
     except Exception as e:  # scipy raises several types for a foreign or truncated file
-        raise DataError(f"data.path = {str(file)!r}: not a Frey Face .mat file with variable 'ff' ({e})") from None
+        raise DataError(f"data.path = {shown(str(file))}: not a Frey Face .mat file with variable 'ff' ({e})") from None
     return torch.from_numpy(ff.T.reshape(-1, 1, 28, 20).astype(np.float32) / 255.0)
 
 
@@ -176,7 +203,7 @@ def load_file(path: str):
     """A user's array file -> ``(x, None)`` (one array) or ``(train, test)``."""
     file = Path(path)
     if not file.is_file():
-        raise DataError(f"data.path = {str(path)!r}: no such file")
+        raise DataError(f"data.path = {shown(str(path))}: no such file")
     suffix = file.suffix.lower()
     try:
         if suffix == ".npy":
@@ -185,29 +212,36 @@ def load_file(path: str):
             with np.load(file, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
         elif suffix == ".pt":
-            obj = torch.load(file, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns that it checks sparse tensors
+                warnings.simplefilter("ignore")
+                obj = torch.load(file, map_location="cpu", weights_only=True)  # never unpickles code
             arrays = obj if isinstance(obj, dict) else {"x": obj}
         else:
-            raise DataError(f"data.path = {str(path)!r}: unsupported file type {suffix!r}; valid: .npy, .npz, .pt")
+            raise DataError(f"data.path = {shown(str(path))}: unsupported file type {shown(suffix)}; "
+                            "valid: .npy, .npz, .pt")
     except DataError:
         raise
     except Exception as e:
-        raise DataError(f"data.path = {str(path)!r}: cannot read {suffix} file ({type(e).__name__}: {e})") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        reason = (f"it needs the Python object {shown(found.group(1))}; a data file holds tensors or arrays only"
+                  if found else f"{type(e).__name__}: {one_line(str(e), 160)}")
+        raise DataError(f"data.path = {shown(str(path))}: cannot read {suffix} file ({reason})") from None
     if "train" in arrays:
         return arrays["train"], arrays.get("test")
     if len(arrays) == 1:
         return next(iter(arrays.values())), None
-    raise DataError(f"data.path = {str(path)!r}: holds {sorted(arrays)}; expected one array, or 'train' (and 'test')")
+    raise DataError(f"data.path = {shown(str(path))}: holds {shown(sorted(arrays))}; "
+                    "expected one array, or 'train' (and 'test')")
 
 
 def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Optional[str] = None,
                  test_fraction: float = 0.1, download: bool = True, device="cpu") -> Dataset:
     """Load a data set by name (see the module docstring) onto ``device``."""
     if name not in DATASETS:
-        raise DataError(f"data.name = {name!r}: unknown data set; valid: {', '.join(DATASETS)}")
+        raise DataError(f"data.name = {shown(name)}: unknown data set; valid: {', '.join(DATASETS)}")
     binarize = binarize or DEFAULT_BINARIZE[name]
     if binarize not in BINARIZE:
-        raise DataError(f"data.binarize = {binarize!r}: valid: {', '.join(BINARIZE)}")
+        raise DataError(f"data.binarize = {shown(binarize)}: valid: {', '.join(BINARIZE)}")
     if not 0 < test_fraction < 1:
         raise DataError(f"data.test_fraction = {test_fraction}: must be in (0, 1)")
     if name == "digits":
@@ -227,11 +261,11 @@ def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Opt
         else:
             test = _as_float_tensor(test_array, f"data.path = {path!r} (test)")
             if test.shape[1:] != train.shape[1:]:
-                raise DataError(f"data.path = {path!r}: train points have shape {tuple(train.shape[1:])} "
+                raise DataError(f"data.path = {shown(path)}: train points have shape {tuple(train.shape[1:])} "
                                 f"but test points {tuple(test.shape[1:])}")
     for split_name, split in (("train", train), ("test", test)):
         if split.shape[0] == 0:
-            raise DataError(f"data: the {split_name} split of {name!r} is empty")
+            raise DataError(f"data: the {split_name} split of {shown(name)} is empty")
         _check_binarizable(split, f"the {split_name} split", binarize)
     if binarize == "threshold":
         train = binarize_split(train, binarize)

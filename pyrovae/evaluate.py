@@ -9,14 +9,24 @@ import contextlib
 import json
 import math
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from .checkpoint import atomic_write_bytes, load, read_run_config
+from .checkpoint import (
+    data_fingerprint,
+    fingerprint_difference,
+    read_checkpoint,
+    read_run_config,
+    vae_from_checkpoint,
+)
 from .data import load_dataset
+from .devices import resolve_device
+from .errors import RunDirError
+from .memory import check_evaluation_memory
 from .objectives import elbo_terms
+from .runfolder import CHECKPOINT, EVALUATION, RunLock, atomic_write_bytes, check_writable, remove_stale
 
 #: A latent unit u is active when Cov_x(E_q[u | x]) exceeds this (Burda et al. 2015).
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -136,13 +146,39 @@ def evaluate(vae, x: torch.Tensor, nll_samples: int = 5000, iwae_samples: int = 
 
 
 def evaluate_run(run_dir, nll_samples: int = 5000, iwae_samples: int = 50, elbo_particles: int = 10,
-                 device: str = "cpu") -> Dict:
-    """Score a finished run on its test split and write ``evaluation.json`` into the run folder."""
+                 device: str = "cpu", out=None, report: Optional[Callable[[Dict], None]] = None) -> Dict:
+    """Score a finished run on its test split and write ``evaluation.json``.
+
+    ``out`` is where the JSON goes (default ``RUN_DIR/evaluation.json``); it is checked to be
+    writable before any work, and writing into the run folder takes its lock (one writer per run
+    folder). The data must be those the run was trained on: their fingerprint (shapes and
+    SHA-256 of the values) is compared with the checkpoint's. ``report(result)``, if given, is
+    called before the file is written (the CLI prints the numbers there), so a failed write
+    never loses them.
+    """
+    run_dir = Path(run_dir)
+    device = resolve_device(str(device), "--device")
+    out = Path(out) if out is not None else run_dir / EVALUATION
+    into_run = out.parent.resolve() == run_dir.resolve()
     config = read_run_config(run_dir)
-    vae = load(run_dir, device=device)
+    path = run_dir / CHECKPOINT
+    state = read_checkpoint(path)
+    vae = vae_from_checkpoint(state, path).to(device).eval()
     d = config.data
-    data = load_dataset(d.name, d.path, d.binarize, d.test_fraction, d.download, device=device)
-    result = evaluate(vae, data.test, nll_samples, iwae_samples, elbo_particles, seed=config.train.seed)
-    text = (json.dumps(result, indent=2) + "\n").encode()
-    atomic_write_bytes(Path(run_dir) / "evaluation.json", lambda f: f.write(text))
+    data = load_dataset(d.name, d.path, d.binarize, d.test_fraction, d.download)
+    differs = fingerprint_difference(state["data"], data_fingerprint(data))
+    if differs:
+        raise RunDirError(f"{path}: the data differ from the data it was trained on: {differs}; "
+                          "evaluate with the run's own data")
+    check_evaluation_memory(vae, elbo_particles, device)
+    check_writable(out.parent, "--out " if not into_run else "")
+    with contextlib.ExitStack() as stack:
+        if into_run:
+            stack.enter_context(RunLock(run_dir, "evaluate"))
+            remove_stale(run_dir)
+        result = evaluate(vae, data.test.to(device), nll_samples, iwae_samples, elbo_particles, seed=config.train.seed)
+        if report is not None:
+            report(result)
+        text = (json.dumps(result, indent=2) + "\n").encode()
+        atomic_write_bytes(out, lambda f: f.write(text), "; the numbers above are the result")
     return result

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import DataError
+from .errors import DataError, shown
 from .registry import Registry
 
 LIKELIHOODS = Registry("likelihood")
@@ -52,7 +52,7 @@ class Likelihood(nn.Module):
         ok = self.in_support(x)
         if not bool(ok.all()):
             bad = x[~ok].flatten()[0].item()
-            raise DataError(f"{where}: value {bad!r} is outside the support of {self.name!r} "
+            raise DataError(f"{where}: value {shown(bad)} is outside the support of {shown(self.name)} "
                             f"({self.support_text}){self.fix_hint}")
 
     fix_hint = ""

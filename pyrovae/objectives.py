@@ -23,7 +23,7 @@ from pyro.infer.enum import get_importance_trace
 from pyro.util import warn_if_nan
 from torch.distributions import kl_divergence
 
-from .errors import ConfigError
+from .errors import ConfigError, shown
 from .priors import LOG_2PI
 
 ESTIMATORS = ("auto", "analytic", "mc", "iwae")
@@ -32,7 +32,7 @@ ESTIMATORS = ("auto", "analytic", "mc", "iwae")
 def resolve_estimator(estimator: str, vae) -> str:
     """``auto`` -> ``analytic`` or ``mc`` for this VAE's prior; checks that ``analytic`` applies."""
     if estimator not in ESTIMATORS:
-        raise ConfigError(f"train.estimator: unknown estimator {estimator!r}; valid: {', '.join(ESTIMATORS)}")
+        raise ConfigError(f"train.estimator: unknown estimator {shown(estimator)}; valid: {', '.join(ESTIMATORS)}")
     analytic_ok = getattr(vae.prior, "has_analytic_kl", False)
     if estimator == "auto":
         return "analytic" if analytic_ok else "mc"
@@ -94,7 +94,7 @@ def objective_per_datapoint(vae, x: torch.Tensor, estimator: str = "analytic", n
         return (elbo if kl_weight == 1.0 else (log_px + kl_weight * log_ratio).mean(0)), elbo
     if estimator == "iwae":
         return torch.logsumexp(log_px + log_ratio, 0) - math.log(num_particles), elbo
-    raise ValueError(f"unknown estimator {estimator!r}")
+    raise ValueError(f"unknown estimator {shown(estimator)}")
 
 
 def elbo_terms(vae, x: torch.Tensor, num_particles: int = 1, analytic_kl: bool = None):
@@ -167,14 +167,14 @@ class IWAE(pyro.infer.ELBO):
                     continue
                 frames = {f.name: f for f in site["cond_indep_stack"] if f.vectorized}
                 if self.data_plate not in frames:
-                    raise ValueError(f"IWAE: site {name!r} is outside the plate {self.data_plate!r}; "
+                    raise ValueError(f"IWAE: site {shown(name)} is outside the plate {shown(self.data_plate)}; "
                                      "the bound is per datapoint, so every site must be local")
                 if sign < 0 and not site["fn"].has_rsample:
-                    raise ValueError(f"IWAE: guide site {name!r} is not reparameterizable")
+                    raise ValueError(f"IWAE: guide site {shown(name)} is not reparameterizable")
                 frame = frames[self.data_plate]
                 site_scale = (frame.full_size or frame.size) / frame.size
                 if scale is not None and site_scale != scale:
-                    raise ValueError(f"IWAE: sites of plate {self.data_plate!r} have different subsample scales")
+                    raise ValueError(f"IWAE: sites of plate {shown(self.data_plate)} have different subsample scales")
                 scale = site_scale
                 # Bring the log-density to (particles, ..., datapoints) and sum the plates in between.
                 lp = site["unscaled_log_prob"]  # "log_prob" already carries the N/M scale

@@ -20,7 +20,7 @@ from typing import Any, Dict, List
 import torch
 from pyro.optim.clipped_adam import ClippedAdam
 
-from .errors import ConfigError
+from .errors import ConfigError, shown
 from .registry import Registry, Spec
 
 OPTIMIZERS = Registry("optimizer", context=("params",))
@@ -32,7 +32,7 @@ def _implementation(params, choice: str, fused: bool = True) -> dict:
     """torch.optim keyword arguments (``fused`` / ``foreach``) for an ``implementation`` choice."""
     allowed = IMPLEMENTATIONS if fused else tuple(c for c in IMPLEMENTATIONS if c != "fused")
     if choice not in allowed:
-        raise ValueError(f"implementation must be one of {', '.join(allowed)}; got {choice!r}")
+        raise ValueError(f"implementation must be one of {', '.join(allowed)}; got {shown(choice)}")
     fusable = fused and all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params)
     if choice == "fused" and not fusable:
         kinds = sorted({f"{p.dtype} on {p.device.type}" for p in params})
@@ -108,7 +108,7 @@ def build_optimizer(spec: Spec, params) -> torch.optim.Optimizer:
     """A torch optimizer from a spec such as ``{"name": "adagrad", "lr": 0.02}``."""
     name, options = OPTIMIZERS.split(spec, "optim")
     if options.get("lr", 1.0) <= 0:
-        raise ConfigError(f"optim.lr = {options['lr']!r}: must be > 0")
+        raise ConfigError(f"optim.lr = {shown(options['lr'])}: must be > 0")
     return OPTIMIZERS.build(spec, "optim", params=list(params))
 
 

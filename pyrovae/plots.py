@@ -12,6 +12,17 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 
+from .runfolder import atomic_write_bytes  # noqa: E402
+
+
+def save_figure(fig, path, dpi: int = 100) -> None:
+    """Write a figure as PNG atomically (a temporary file renamed over ``path``: a symbolic link
+    planted under that name is replaced, never written through), then close it."""
+    try:
+        atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)
+
 
 def as_images(x: torch.Tensor, event_shape) -> np.ndarray:
     """Data points -> displayable images ``(n, H, W)`` (or ``(n, H, W, 3)`` for RGB).
@@ -57,8 +68,7 @@ def save_grid(path, x: torch.Tensor, event_shape, ncols: int, title: str = "") -
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def save_image_rows(path, panels, ncols: int, height: float = 1.4) -> None:
@@ -70,8 +80,7 @@ def save_image_rows(path, panels, ncols: int, height: float = 1.4) -> None:
         ax.set_axis_off()
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @torch.no_grad()
@@ -113,8 +122,7 @@ def plot_elbo(path, metrics: List[Dict]) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_run(run_dir, vae, test_x: torch.Tensor, metrics: List[Dict]) -> List[str]:

@@ -11,7 +11,10 @@ import math
 import typing
 from typing import Any, Callable, Dict, Mapping, Union
 
-from .errors import ConfigError
+from .errors import ConfigError, one_line, shown
+
+#: integers in a config are C integers (int64): anything outside is refused before it reaches torch
+INT_RANGE = (-2**63, 2**63)
 
 Spec = Union[str, Mapping[str, Any]]
 
@@ -59,7 +62,7 @@ def check_type(value, annotation) -> bool:
     if annotation is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, int) and not isinstance(value, bool) and INT_RANGE[0] <= value < INT_RANGE[1]
     if isinstance(annotation, type):
         return isinstance(value, annotation)
     return True
@@ -94,7 +97,7 @@ class Registry:
     def get(self, name: str, where: str = "") -> Callable:
         if not isinstance(name, str) or name not in self._entries:
             raise ConfigError(
-                f"{where or self.kind}: unknown {self.kind} {name!r}; valid: {', '.join(self.names())}"
+                f"{where or self.kind}: unknown {self.kind} {shown(name)}; valid: {', '.join(self.names())}"
             )
         return self._entries[name]
 
@@ -120,16 +123,17 @@ class Registry:
             options = dict(spec)
             name = options.pop("name")
         else:
-            raise ConfigError(f"{where}: expected a name or a table with 'name', got {spec!r}")
+            raise ConfigError(f"{where}: expected a name or a table with 'name', got {shown(spec)}")
         self.get(name, where)
         allowed = self.options(name)
         for key, value in options.items():
             if key not in allowed:
                 valid = ", ".join(sorted(allowed)) or "none"
-                raise ConfigError(f"{where}.{key}: unknown option of {self.kind} {name!r}; valid options: {valid}")
+                raise ConfigError(f"{where}.{one_line(str(key), 40)}: unknown option of {self.kind} {name!r}; "
+                                  f"valid options: {valid}")
             if not check_type(value, allowed[key].annotation):
                 raise ConfigError(
-                    f"{where}.{key} = {value!r}: expected {_type_name(allowed[key].annotation)}"
+                    f"{where}.{key} = {shown(value)}: expected {_type_name(allowed[key].annotation)}"
                 )
         return name, options
 
@@ -141,5 +145,5 @@ class Registry:
         except ConfigError:
             raise
         except ValueError as e:
-            raise ConfigError(f"{where or self.kind} {name!r}: {e}") from None
+            raise ConfigError(f"{where or self.kind} {name!r}: {one_line(str(e), 200)}") from None
 

@@ -14,7 +14,6 @@ import contextlib
 import copy
 import dataclasses
 import datetime
-import json
 import os
 import re
 import signal
@@ -32,25 +31,37 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoint import (
-    CHECKPOINT,
-    CONFIG,
-    atomic_write_bytes,
     build_vae,
+    data_fingerprint,
+    fingerprint_difference,
+    new_vae,
     read_checkpoint,
+    read_run_config,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
 from .config import Config, TrainConfig, dumps
 from .data import Dataset, binarize_split, epoch_order, load_dataset
+from .devices import resolve_device
 from .errors import ConfigError, PyrovaeError, RunDirError
 from .evaluate import active_units, dataset_terms, seeded
+from .memory import check_training_memory, meta_model
 from .objectives import elbo_per_datapoint, make_elbo, objective_per_datapoint, resolve_estimator
 from .optim import build_optimizer, load_state
 from .plots import as_images, image_grid, plot_run
+from .runfolder import (
+    CHECKPOINT,
+    CONFIG,
+    RunLock,
+    append_metrics,
+    atomic_write_bytes,
+    create_run_dir,
+    is_fresh,
+    remove_stale,
+    write_metrics,
+)
 from .wake_sleep import WakeSleep
-
-METRICS = "metrics.jsonl"
 
 
 class TrainingError(PyrovaeError):
@@ -68,19 +79,6 @@ def kl_weight(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return cfg.beta * min(1.0, (step + 1) / (cfg.kl_warmup_epochs * steps_per_epoch))
 
 
-def resolve_device(name: str) -> torch.device:
-    """``cpu``, ``cuda`` or ``cuda:N``; asking for CUDA where there is none is a ConfigError."""
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device = {name!r}: CUDA is not available on this machine; use 'cpu'")
-        index = int(name[5:]) if name.startswith("cuda:") else 0
-        if index >= torch.cuda.device_count():
-            raise ConfigError(f"train.device = {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif name != "cpu":
-        raise ConfigError(f"train.device = {name!r}: valid: cpu, cuda, cuda:N")
-    return torch.device(name)
-
-
 def check_data(vae, data: Dataset, batch_size: int) -> None:
     """Reject data that does not fit the VAE or the batch size, before any training."""
     if tuple(data.event_shape) != tuple(vae.event_shape):
@@ -96,6 +94,17 @@ class Interrupted(PyrovaeError):
 
     def __init__(self, message: str, signal_number: int):
         super().__init__(message)
+        self.signal_number = signal_number
+
+
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second SIGINT or SIGTERM (or one outside the training loop): stop where we are.
+
+    A ``KeyboardInterrupt``, so no ``except Exception`` swallows it; every file pyrovae writes
+    is replaced atomically, so the last checkpoint stays whole."""
+
+    def __init__(self, signal_number: int):
+        super().__init__(signal.Signals(signal_number).name)
         self.signal_number = signal_number
 
 
@@ -147,12 +156,23 @@ def fit(vae, data: Dataset, train: Optional[TrainConfig] = None, optim: Optional
         from torch.utils.tensorboard import SummaryWriter
 
         trainer.tensorboard = SummaryWriter(str(tensorboard_dir))
-    if resume:
-        trainer.restore(read_checkpoint(Path(run_dir) / CHECKPOINT))
-        trainer.metrics = _read_metrics(Path(run_dir) / METRICS, trainer.counters["epoch"])
-    else:
+    checkpoint = Path(run_dir) / CHECKPOINT if run_dir is not None else None
+    if resume and checkpoint.exists():
+        state = read_checkpoint(checkpoint)
+        differs = fingerprint_difference(state["data"], trainer.fingerprint)
+        if differs:
+            raise RunDirError(f"{checkpoint}: the data differ from the data it was trained on: {differs}; "
+                              "resume with the same data, or start a new run")
+        trainer.restore(state)
+        trainer.metrics = [dict(r) for r in state["metrics"]]
+        trainer.saved_epoch = trainer.counters["epoch"]
+    else:  # a new run, or one resumed before its first checkpoint: from the start
         pyro.set_rng_seed(cfg.seed)
         trainer.noise.manual_seed(cfg.seed * 1_000_003 - 1)  # apart from the data-order seeds (seed, epoch)
+    if resume and trainer.writes:
+        # metrics.jsonl may lack the checkpoint's last epoch, or hold epochs past it or a torn
+        # line (a kill, a full disk): the checkpoint's records replace it, atomically.
+        write_metrics(run_dir, trainer.metrics)
     return trainer.run()
 
 
@@ -212,12 +232,14 @@ class _Trainer:
         self.steps_per_epoch = -(-self.n // self.m)
         # epoch, step and samples_seen count completed work; epoch_* hold a half-done epoch
         # (after an interruption): its next step and running sums.
-        self.counters = {"epoch": 0, "step": 0, "samples_seen": 0, "epoch_step": 0,
+        self.counters = {"epoch": 0, "step": 0, "samples_seen": 0, "epoch_step": 0, "rollbacks": 0,
                          "epoch_loss": 0.0, "epoch_elbo": 0.0, "epoch_seconds": 0.0}
         self.metrics: List[Dict] = []
-        self.rollbacks = 0
         self.warned = False
         self.tensorboard = None
+        #: the data's shapes and hash, recorded in every checkpoint; --resume and evaluate compare them
+        self.fingerprint = data_fingerprint(data) if run_dir is not None else None
+        self.saved_epoch: Optional[int] = None
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> Dict[str, Any]:
@@ -236,9 +258,36 @@ class _Trainer:
         """Only rank 0 writes the run folder."""
         return self.run_dir is not None and self.rank == 0
 
+    def kept(self) -> str:
+        """What a failed write leaves, for its message."""
+        if self.saved_epoch is None:
+            return "; no checkpoint was written yet"
+        return f"; the last good checkpoint (epoch {self.saved_epoch}) is kept"
+
     def save(self) -> None:
+        """Write the checkpoint (with the metrics records so far) before anything else of the epoch."""
         if self.writes:
-            save_checkpoint(Path(self.run_dir) / CHECKPOINT, self.state(), self.vae.event_shape, self.config)
+            save_checkpoint(Path(self.run_dir) / CHECKPOINT, self.state(), self.vae.event_shape, self.config,
+                            self.fingerprint, self.metrics, self.kept())
+            self.saved_epoch = self.counters["epoch"]
+
+    def poll(self) -> Optional[int]:
+        """The signal number the run was asked to stop by, if any (the same on every rank)."""
+        signal_number = self.stop_signal() if self.stop_signal else None
+        if self.world > 1:  # every rank stops at the same step, or the collectives would hang
+            flag = torch.tensor([signal_number or 0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            signal_number = int(flag.item()) or None
+        return signal_number
+
+    def stop_after_epoch(self, signal_number: Optional[int], what: str) -> None:
+        """Raise :class:`Interrupted` if a signal came while the epoch's checkpoint was taken care of."""
+        if signal_number:
+            raise Interrupted(f"interrupted by {signal.Signals(signal_number).name} {what}; "
+                              + (f"checkpoint of epoch {self.counters['epoch']} saved: resume with "
+                                 f"pyrovae train --out {self.run_dir} --resume"
+                                 if self.run_dir is not None else "no run folder, nothing saved"),
+                              signal_number)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> List[Dict]:
@@ -260,6 +309,12 @@ class _Trainer:
                         last_good = copy.deepcopy(self.state())
                     except _NonFinite as e:
                         self.roll_back(e, last_good, bar)
+                    except (MemoryError, RuntimeError) as e:
+                        if not _out_of_memory(e):
+                            raise
+                        raise TrainingError(f"out of memory in epoch {self.counters['epoch'] + 1} "
+                                            f"({type(e).__name__}); lower train.batch_size, train.num_particles "
+                                            f"or train.eval_particles, or the networks' sizes{self.kept()}") from None
             finally:
                 bar.close()
                 self.vae.kl_weight = 1.0
@@ -268,20 +323,25 @@ class _Trainer:
         if self.writes:
             self.vae.eval()
             plot_run(self.run_dir, self.vae, self.data.test, self.metrics)
+        # a signal during the last evaluation or the figures: the checkpoint is complete, and the exit says so
+        self.stop_after_epoch(self.poll(), f"after the last epoch ({self.counters['epoch']})")
         return self.metrics
 
     def roll_back(self, error: "_NonFinite", last_good: Dict[str, Any], bar) -> None:
         """Restore the last completed epoch with a smaller learning rate, or give up."""
         cfg = self.cfg
-        if cfg.on_nan != "rollback" or self.rollbacks >= cfg.max_rollbacks:
+        k = self.counters["rollbacks"] + 1  # the k-th rollback of the run runs at lr * factor^k
+        if cfg.on_nan != "rollback" or k > cfg.max_rollbacks:
             raise TrainingError(str(error) + self._advice()) from None
-        self.rollbacks += 1
         self.restore(copy.deepcopy(last_good))
+        # the restored optimizer already carries the factors of the rollbacks before its epoch
+        factor = cfg.rollback_lr_factor ** (k - self.counters["rollbacks"])
         for group in self.optimizer.param_groups:
-            group["lr"] *= cfg.rollback_lr_factor
+            group["lr"] *= factor
+        self.counters["rollbacks"] = k
         bar.n = self.counters["epoch"] * self.steps_per_epoch + self.counters["epoch_step"]
         tqdm.write(f"pyrovae: {error}; rolled back to epoch {self.counters['epoch']}, learning rate now "
-                   f"{self.optimizer.param_groups[0]['lr']:.3g} (rollback {self.rollbacks} of {cfg.max_rollbacks})",
+                   f"{self.optimizer.param_groups[0]['lr']:.3g} (rollback {k} of {cfg.max_rollbacks})",
                    file=sys.stderr)
 
     def epoch(self, epoch: int, bar) -> None:
@@ -291,11 +351,7 @@ class _Trainer:
         total_elbo = torch.tensor(c["epoch_elbo"], device=self.device)  # -sum_i ELBO_i so far
         start = time.perf_counter() - c["epoch_seconds"]
         for i in range(c["epoch_step"], len(batches)):
-            signal_number = self.stop_signal() if self.stop_signal else None
-            if self.world > 1:  # every rank stops at the same step, or the collectives would hang
-                flag = torch.tensor([signal_number or 0], device=self.device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                signal_number = int(flag.item()) or None
+            signal_number = self.poll()
             if signal_number:
                 c.update(epoch_step=i, epoch_loss=total.item(), epoch_elbo=total_elbo.item(),
                          epoch_seconds=time.perf_counter() - start)
@@ -337,12 +393,14 @@ class _Trainer:
             self.evaluate(record)
             bar.set_postfix(epoch=epoch, elbo=f"{record['train_elbo']:.2f}", test_elbo=f"{record['test_elbo']:.2f}")
         self.metrics.append(record)
+        # The checkpoint (which holds the records) first, then the metrics line: after a kill
+        # or a write failure between the two, --resume rebuilds metrics.jsonl from the checkpoint.
+        self.save()
+        if self.writes:
+            append_metrics(self.run_dir, record, self.kept())
         if self.tensorboard is not None:
             self.log_tensorboard(record)
-        if self.writes:
-            with open(Path(self.run_dir) / METRICS, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        self.save()
+        self.stop_after_epoch(self.poll() if epoch < cfg.epochs else None, f"after epoch {epoch}")
 
     def minibatch(self, index: torch.Tensor):
         """This rank's shard of a global minibatch, and its reparameterization noise (torch engine).
@@ -428,11 +486,10 @@ class _Trainer:
                 f"{kept}; train.on_nan = 'rollback' retries with a smaller learning rate")
 
 
-def _read_metrics(path: Path, up_to_epoch: int) -> List[Dict]:
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if r["epoch"] <= up_to_epoch]
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether an exception is an allocation failure (torch's CPU allocator raises a RuntimeError)."""
+    return isinstance(e, MemoryError) or isinstance(e, getattr(torch, "OutOfMemoryError", MemoryError)) \
+        or "can't allocate memory" in str(e) or "out of memory" in str(e).lower()
 
 
 def _same_run(a: Dict, b: Dict) -> Optional[str]:
@@ -492,56 +549,132 @@ def _rank_device(device_name: str) -> str:
 
 def _train(config: Config, out_dir, resume: bool, device: torch.device) -> Path:
     rank = dist.get_rank() if dist.is_initialized() else 0
+    if config.train.num_threads:
+        torch.set_num_threads(config.train.num_threads)
     if resume:
         if out_dir is None:
             raise RunDirError("--resume needs the run folder (--out RUN_DIR)")
-        state = read_checkpoint(Path(out_dir) / CHECKPOINT)
-    else:
-        if out_dir is None:
-            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-            out_dir = Path("runs") / f"{config.data.name}-{stamp}"
-        if Path(out_dir).exists() and (not Path(out_dir).is_dir() or any(Path(out_dir).iterdir())):
-            raise RunDirError(f"{out_dir}: already exists and is not empty; use --resume to continue it, "
-                              "or another --out")
+        out_dir = Path(out_dir)
+        if not (out_dir / CONFIG).is_file():
+            raise RunDirError(f"{out_dir}: not a pyrovae run folder (no {CONFIG})")
+        checkpoint = out_dir / CHECKPOINT
+        # the run's record of its config: the checkpoint's, or before the first one, config.toml's
+        saved = read_checkpoint(checkpoint)["config"] if checkpoint.exists() else read_run_config(out_dir).to_dict()
+    elif out_dir is not None and Path(out_dir).exists() and (not Path(out_dir).is_dir() or not is_fresh(out_dir)):
+        raise RunDirError(f"{out_dir}: already exists and is not empty; use --resume to continue it, "
+                          "or another --out")
     d = config.data
     data = load_dataset(d.name, d.path, d.binarize, d.test_fraction, d.download, device=device)
     config = dataclasses.replace(config, data=dataclasses.replace(d, binarize=data.binarize))
     if resume:
-        differs = _same_run(state["config"], config.to_dict())
+        differs = _same_run(saved, config.to_dict())
         if differs:
-            raise RunDirError(f"{out_dir}: the checkpoint was made with another {differs}; "
+            raise RunDirError(f"{out_dir}: the run was made with another {differs}; "
                               "resume with the run's own config (omit CONFIG) or start a new run")
+    # Sizes that cannot be allocated are refused now, from a model built on the meta device.
+    t = config.train
+    shapes = meta_model(lambda: new_vae(config.model, data.event_shape))
+    if shapes is not None:
+        check_training_memory(shapes, t.batch_size, t.num_particles, t.eval_particles,
+                              str(config.optim.get("name")), device)
     pyro.set_rng_seed(config.train.seed)
     vae = build_vae(config.model, data.event_shape)
     check_data(vae, data, config.train.batch_size)
     resolve_estimator(config.train.estimator, vae)
 
-    out_dir = Path(out_dir)
     if dist.is_initialized():
         dist.barrier()  # every rank has checked its input before rank 0 creates anything
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(".", "write")
+    try:
+        out_dir = _on_rank0(lambda: _claim_run_dir(config, out_dir, resume, lock), rank)
+        with _stop_on_signals() as stop_signal:
+            fit(vae, data, dataclasses.replace(config.train, device=str(device)), config.optim, run_dir=out_dir,
+                config=config, resume=resume, stop_signal=stop_signal,
+                tensorboard_dir=out_dir / "tensorboard" if config.log.tensorboard else None)
+    finally:
+        lock.release()
+    return out_dir
+
+
+def _claim_run_dir(config: Config, out_dir, resume: bool, lock: RunLock) -> Path:
+    """Create (or, resuming, open) the run folder, take its lock for the whole run, remove what
+    a killed writer left, and write the resolved config (a new run only)."""
+    if resume:
+        out_dir = Path(out_dir)
+    else:
+        default = f"runs/{config.data.name}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        out_dir = create_run_dir(out_dir, default=default)
+    lock.run_dir = out_dir
+    lock.acquire()
+    if not resume and not is_fresh(out_dir):  # another run got in between our mkdir and our lock
+        raise RunDirError(f"{out_dir}: already exists and is not empty; use --resume to continue it, or another --out")
+    remove_stale(out_dir)
+    tensorboard = out_dir / "tensorboard"
+    if tensorboard.is_symlink():
+        raise RunDirError(f"{tensorboard}: is a symbolic link; a run folder writes only inside itself")
+    if not resume:
         text = dumps(config.to_dict()).encode()
         atomic_write_bytes(out_dir / CONFIG, lambda f: f.write(text))
-    with _stop_on_signals() as stop_signal:
-        fit(vae, data, dataclasses.replace(config.train, device=str(device)), config.optim, run_dir=out_dir,
-            config=config, resume=resume, stop_signal=stop_signal,
-            tensorboard_dir=out_dir / "tensorboard" if config.log.tensorboard else None)
     return out_dir
+
+
+def _on_rank0(fn: Callable[[], Path], rank: int) -> Path:
+    """``fn()`` on rank 0 (the only writer); under torchrun every rank learns its result, or
+    that it failed (then each raises, instead of waiting forever in a collective)."""
+    if not dist.is_initialized():
+        return fn()
+    box: List[Any] = [None]
+    error: Optional[PyrovaeError] = None
+    if rank == 0:
+        try:
+            box[0] = str(fn())
+        except PyrovaeError as e:
+            error = e
+    dist.broadcast_object_list(box, src=0)
+    if error is not None:
+        raise error
+    if box[0] is None:
+        raise RunDirError("rank 0 could not open the run folder; see its message")
+    return Path(box[0])
 
 
 @contextlib.contextmanager
 def _stop_on_signals():
     """Turn SIGINT and SIGTERM into a flag that the loop polls, so it can save a checkpoint
-    at the current step and stop cleanly (only possible in the main thread)."""
+    at the current step (or the end of the epoch being evaluated) and stop cleanly; a second
+    signal stops at once (:class:`StoppedAtOnce`). Only possible in the main thread."""
     received: List[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield lambda: None
         return
-    previous = {s: signal.signal(s, lambda number, frame: received.append(number))
-                for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(number, frame):
+        if received:
+            raise StoppedAtOnce(number)
+        received.append(number)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield lambda: received[0] if received else None
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def stop_at_once_on_signals():
+    """SIGINT and SIGTERM raise :class:`StoppedAtOnce` where the program is (``evaluate``,
+    ``sample``: nothing to save), so the process exits with 128 + the signal number."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(number, frame):
+        raise StoppedAtOnce(number)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

@@ -4,6 +4,7 @@ traceback."""
 
 import math
 import os
+import pickle
 import warnings
 from pathlib import Path
 
@@ -182,3 +183,110 @@ def test_degenerate_config_files(tmp_path, capsys, text):
     path.write_text(text)
     code, _ = run_cli(["train", str(path), "--out", str(tmp_path / "run"), "--set", "train.epochs=1", "-q"], capsys)
     assert code == (2 if "\x00" in text or text.count("epochs") == 2 else 0)
+
+
+# -- hostile TOML and hostile checkpoints ----------------------------------------------------------
+def toml_value(depth_limit=4):
+    leaf = st.one_of(st.integers(-2**70, 2**70).map(str), st.floats(allow_nan=True).map(repr), st.booleans().map(
+        lambda b: "true" if b else "false"), st.text(max_size=6).map(lambda t: '"' + t.replace("\\", "").replace(
+            '"', "") + '"'), st.just("nan"), st.just("inf"), st.just("1979-05-27"))
+    return st.recursive(leaf, lambda inner: st.one_of(
+        st.lists(inner, max_size=3).map(lambda xs: "[" + ", ".join(xs) + "]"),
+        st.dictionaries(st.sampled_from(["name", "hidden", "a", "num_components"]), inner, max_size=3).map(
+            lambda d: "{ " + ", ".join(f"{k} = {v}" for k, v in d.items()) + " }")), max_leaves=8)
+
+
+@SETTINGS
+@given(section=st.sampled_from(["model", "train", "data", "optim", "log"]),
+       key=st.sampled_from(["prior", "encoder", "latent_dim", "epochs", "num_particles", "name", "lr", "x"]),
+       value=toml_value(), depth=st.one_of(st.just(0), st.integers(1, 40), st.integers(400, 3000)),
+       bracket=st.sampled_from(["[", "{ a = "]))
+def test_any_hostile_toml_trains_or_is_rejected_in_one_line(tmp_path, capsys, section, key, value, depth, bracket):
+    if depth:  # nesting deep enough to exhaust a recursive parser
+        close = "]" if bracket == "[" else " }"
+        value = bracket * depth + value + close * depth
+    path = tmp_path / "c.toml"
+    path.write_text(f"[{section}]\n{key} = {value}\n[train]\nepochs = 1\nprogress = false\n"
+                    if section != "train" else f"[train]\n{key} = {value}\nepochs = 1\nprogress = false\n")
+    out = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+    code, err = run_cli(["train", str(path), "--out", str(out)], capsys)
+    assert len(err) < 2100
+    assert (code == 0) == (out / "checkpoint.pt").is_file() or "non-finite" in err
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("finished") / "run"
+    assert main(["train", "--out", str(run), "-q", "--set", "train.epochs=1", "--set", "model.encoder.hidden=[8]",
+                 "--set", "model.decoder.hidden=[8]"]) == 0
+    return run
+
+
+class _Reducer:
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def hostile_objects(marker):
+    import builtins
+    import subprocess
+
+    reducers = st.sampled_from([
+        (os.system, (f"touch {marker}",)), (builtins.exec, (f"open({str(marker)!r}, 'w')",)),
+        (builtins.eval, (f"open({str(marker)!r}, 'w')",)), (subprocess.call, (["touch", str(marker)],)),
+        (Path.touch, (marker,)), (np.array, ([1, 2],)), (print, ("unpickled",))])
+    leaf = st.one_of(st.none(), st.integers(-2**63, 2**63 - 1), st.floats(allow_nan=True), st.text(max_size=4),
+                     st.builds(lambda n, d: torch.zeros(n, dtype=d), st.integers(0, 3),
+                               st.sampled_from([torch.float32, torch.uint8, torch.int64, torch.bool])),
+                     reducers.map(lambda r: _Reducer(*r)))
+    return st.recursive(leaf, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                      st.dictionaries(st.text(max_size=3), inner, max_size=3)),
+                        max_leaves=6)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_any_hostile_or_damaged_checkpoint_is_refused_in_one_line(tmp_path, capsys, finished_run, data):
+    import shutil
+
+    from pyrovae.checkpoint import FORMAT
+
+    marker = tmp_path / "PWNED"
+    run = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+    shutil.copytree(finished_run, run)
+    (run / ".lock").unlink(missing_ok=True)
+    path = run / "checkpoint.pt"
+    how = data.draw(st.sampled_from(["object", "entry", "bytes"]))
+    if how == "object":  # a whole file of hostile or foreign objects
+        torch.save(data.draw(hostile_objects(marker)), path)
+    elif how == "entry":  # one entry of a real checkpoint replaced
+        import pyrovae.checkpoint as checkpoint_module
+
+        state = torch.load(path, weights_only=True)
+        key = data.draw(st.sampled_from(sorted(state) + ["extra"]))
+        state[key] = data.draw(hostile_objects(marker))
+        state["format"] = data.draw(st.sampled_from([FORMAT, FORMAT, "pyrovae-checkpoint-1", "x"]))
+        checkpoint_module.torch.save(state, path)
+    else:  # bytes truncated, flipped or appended
+        blob = bytearray(path.read_bytes())
+        for _ in range(data.draw(st.integers(1, 4))):
+            at = data.draw(st.integers(0, len(blob) - 1))
+            action = data.draw(st.sampled_from(["cut", "flip", "append"]))
+            if action == "cut":
+                blob = blob[:at]
+            elif action == "flip" and blob:
+                blob[at % len(blob)] ^= data.draw(st.integers(1, 255))
+            else:
+                blob += pickle.dumps(_Reducer(os.system, (f"touch {marker}",)))
+            if not blob:
+                break
+        path.write_bytes(bytes(blob))
+    command = data.draw(st.sampled_from(["sample", "evaluate", "resume"]))
+    argv = {"sample": ["sample", str(run), "--out", str(tmp_path / "s.png")],
+            "evaluate": ["evaluate", str(run), "--nll-samples", "3", "--iwae-samples", "2", "--particles", "1"],
+            "resume": ["train", "--out", str(run), "--resume", "--set", "train.epochs=2"]}[command]
+    run_cli(argv, capsys)
+    assert not marker.exists()

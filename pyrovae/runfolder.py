@@ -1,0 +1,246 @@
+"""Run folders: created exclusively, written by one process at a time, never left half-written.
+
+A run folder is what ``pyrovae train`` fills (``config.toml``, ``checkpoint.pt``,
+``metrics.jsonl``, figures) and what ``evaluate``, ``sample`` and :func:`pyrovae.load` open.
+This module holds the rules that keep it trustworthy:
+
+- **Exclusive creation.** :func:`create_run_dir` makes the folder with one ``mkdir`` that
+  fails if it exists; a default name that is taken gets a suffix (``-2``, ``-3``, ...), so runs
+  started together land in separate folders.
+- **One writer.** :class:`RunLock` holds an exclusive ``flock`` on ``RUN_DIR/.lock`` for as
+  long as a process writes the folder (``train``, ``--resume``, ``evaluate``); a second writer
+  is refused with one line.
+- **Atomic files.** :func:`atomic_write_bytes` writes a temporary file beside the target,
+  fsyncs it and renames it over the target: a reader sees the old file or the new one, never
+  a torn one, and a symbolic link planted under the target's name is replaced, not followed.
+  Temporaries left by a killed writer are removed by the next writer (:func:`remove_stale`).
+- **Write failures** (a full disk, a read-only folder) become one :class:`RunDirError` line
+  that says what was kept.
+"""
+
+import errno
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional
+
+from .errors import RunDirError
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.toml"
+METRICS = "metrics.jsonl"
+EVALUATION = "evaluation.json"
+LOCK = ".lock"
+TMP_SUFFIX = ".tmp"
+
+try:  # POSIX; elsewhere the lock is a no-op and the README says so
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+
+def describe_os_error(e: OSError) -> str:
+    """``'No space left on device'`` and the like: the reason without the errno noise."""
+    return e.strerror or type(e).__name__
+
+
+def atomic_write_bytes(path, write: Callable, what: str = "") -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    An ``OSError`` (disk full, read-only folder) removes the temporary file and becomes a
+    :class:`RunDirError` naming ``path``; ``what`` says what was kept (appended to the message).
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide the run from its readers
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_dir(path.parent)
+    except OSError as e:
+        raise RunDirError(f"{path}: cannot write ({describe_os_error(e)}){what}") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def remove_stale(run_dir) -> List[str]:
+    """Remove the temporary files a killed writer left (``.NAME.XXXX.tmp``); returns their names.
+
+    Only call it while holding the folder's :class:`RunLock`: then no other writer is mid-write.
+    """
+    removed = []
+    for p in Path(run_dir).iterdir():
+        if p.name.startswith(".") and p.name.endswith(TMP_SUFFIX) and not p.is_dir():
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return removed
+
+
+def is_fresh(run_dir) -> bool:
+    """Whether a folder holds nothing of a run: no entries but the lock file and stale temporaries."""
+    return all(p.name == LOCK or (p.name.startswith(".") and p.name.endswith(TMP_SUFFIX))
+               for p in Path(run_dir).iterdir())
+
+
+def create_run_dir(path=None, default: Optional[str] = None) -> Path:
+    """Create a run folder exclusively and return it.
+
+    ``path`` given: create it (and missing parents); an existing folder is taken only if it is
+    fresh (:func:`is_fresh`), and only by the process that then holds its lock (the caller
+    locks it next and checks again). ``path`` None: ``default`` (e.g. ``runs/digits-20261121-101500``),
+    or ``default-2``, ``default-3``, ... if that is taken: each attempt is one ``mkdir`` that
+    fails if the folder exists, so two runs never pick the same folder.
+    """
+    if path is not None:
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunDirError(f"{path}: cannot create the run folder ({describe_os_error(e)} at "
+                              f"{path.parent})") from None
+        try:
+            path.mkdir()
+        except FileExistsError:
+            if not path.is_dir() or not is_fresh(path):
+                raise RunDirError(f"{path}: already exists and is not empty; use --resume to continue it, "
+                                  "or another --out") from None
+        except OSError as e:
+            raise RunDirError(f"{path}: cannot create the run folder ({describe_os_error(e)})") from None
+        return path
+    base = Path(default)
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"{base.parent}: cannot create the folder for runs ({describe_os_error(e)}); "
+                          "choose another with --out") from None
+    for n in range(1, 10_000):
+        candidate = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise RunDirError(f"{candidate}: cannot create the run folder ({describe_os_error(e)}); "
+                              "choose another with --out") from None
+    raise RunDirError(f"{base}: too many run folders of this name; choose one with --out")
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held while one process writes it.
+
+    ``flock`` on ``RUN_DIR/.lock`` (opened without following a symbolic link), taken without
+    waiting: if another process holds it, :class:`RunDirError` names the folder and that
+    process's pid. The operating system releases the lock when the process ends, however it
+    ends, so a killed run never leaves its folder locked.
+    """
+
+    def __init__(self, run_dir, purpose: str = "write"):
+        self.run_dir = Path(run_dir)
+        self.purpose = purpose
+        self.fd: Optional[int] = None
+
+    def acquire(self) -> "RunLock":
+        path = self.run_dir / LOCK
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(path, flags, 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise RunDirError(f"{path}: is a symbolic link; a run folder's lock file is a plain file") from None
+            raise RunDirError(f"{self.run_dir}: cannot {self.purpose} this run folder: cannot create its lock file "
+                              f"({describe_os_error(e)})") from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = _read_pid(fd)
+                os.close(fd)
+                raise RunDirError(f"{self.run_dir}: another pyrovae process{holder} is writing this run folder; "
+                                  "one writer per run folder: wait for it, or use another --out") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass  # the pid is only for the message a second writer gets
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire() if self.fd is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> str:
+    try:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    except OSError:
+        return ""
+    return f" (pid {text})" if text.isdigit() else ""
+
+
+# -- metrics.jsonl -------------------------------------------------------------------------
+def write_metrics(run_dir, records: Iterable[Dict]) -> None:
+    """Replace ``metrics.jsonl`` atomically with these records, one JSON object per line."""
+    text = "".join(json.dumps(r) + "\n" for r in records).encode()
+    atomic_write_bytes(Path(run_dir) / METRICS, lambda f: f.write(text))
+
+
+def append_metrics(run_dir, record: Dict, kept: str = "") -> None:
+    """Append one record to ``metrics.jsonl`` (never through a symbolic link).
+
+    A write failure is one :class:`RunDirError` line; a torn last line is repaired by the next
+    ``--resume``, which rewrites the file from the checkpoint's records.
+    """
+    path = Path(run_dir) / METRICS
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    line = (json.dumps(record) + "\n").encode()
+    try:
+        fd = os.open(path, flags, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise RunDirError(f"{path}: cannot write ({describe_os_error(e)}){kept}") from None
+
+
+def check_writable(folder, flag: str = "") -> None:
+    """Fail now, in one line, if no file can be created in ``folder`` (rather than after the work)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RunDirError(f"{flag}{folder}: no such folder")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".pyrovae-write-test.", suffix=TMP_SUFFIX)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise RunDirError(f"{flag}{folder}: cannot write there ({describe_os_error(e)})") from None
