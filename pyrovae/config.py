@@ -214,7 +214,8 @@ def _section(cls, table, section: str):
     fields = {f.name for f in dataclasses.fields(cls)}
     for key, value in table.items():
         if key not in fields:
-            raise ConfigError(f"{section}.{one_line(str(key), 40)}: unknown key; valid keys: {', '.join(sorted(fields))}")
+            raise ConfigError(f"{section}.{one_line(str(key), 40)}: unknown key; "
+                              f"valid keys: {', '.join(sorted(fields))}")
         if not check_type(value, hints[key]):
             raise ConfigError(f"{section}.{key} = {shown(value)}: expected {_type_name(hints[key])}")
     return cls(**table)

@@ -162,7 +162,8 @@ def test_signals_save_a_checkpoint_and_exit_cleanly(tmp_path, sig):
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig, err
-    assert re.search(f"interrupted by {sig.name} (at|after) epoch", err) and "--resume" in err and "Traceback" not in err
+    assert re.search(f"interrupted by {sig.name} (at|after) epoch", err), err
+    assert "--resume" in err and "Traceback" not in err
     state = read_checkpoint(out / "checkpoint.pt")
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert state["counters"]["epoch"] == len(lines)
