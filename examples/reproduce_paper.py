@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 import pyrovae
+from pyrovae.checkpoint import read_checkpoint
 from pyrovae.mcem import MonteCarloEM, hmc_log_likelihood
 from pyrovae.plots import as_images, plot_manifold, plt, save_image_rows
 
@@ -79,7 +80,13 @@ def run_config(dataset: str, system: str, nz: int, epochs: int, args, extra=()) 
 
 def read_metrics(run_dir: Path) -> list:
     path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    records = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            records.append(json.loads(line))
+        except ValueError:  # a line torn by a kill; the next resume rewrites the file from the checkpoint
+            pass
+    return records
 
 
 def ensure_run(config: pyrovae.Config, run_dir: Path, train: bool = True) -> list:
@@ -87,8 +94,9 @@ def ensure_run(config: pyrovae.Config, run_dir: Path, train: bool = True) -> lis
     the metrics as they are, none for a missing run)."""
     if not train:
         return [r for r in read_metrics(run_dir) if r["epoch"] <= config.train.epochs]
-    if (run_dir / "checkpoint.pt").exists():
-        done = max((r["epoch"] for r in read_metrics(run_dir)), default=0)
+    if (run_dir / "config.toml").exists():  # a run folder: resume it (from the start if it has no checkpoint yet)
+        checkpoint = run_dir / "checkpoint.pt"
+        done = read_checkpoint(checkpoint)["counters"]["epoch"] if checkpoint.exists() else 0
         if done < config.train.epochs:
             print(f"resuming {run_dir} at epoch {done} of {config.train.epochs}", flush=True)
             pyrovae.train(config, run_dir, resume=True)

@@ -36,7 +36,7 @@ from .config import Config, config_from_dict, parse_toml, read_config_text
 from .devices import resolve_device
 from .errors import ConfigError, RunDirError, one_line, shown
 from .model import VAE
-from .runfolder import CHECKPOINT, CONFIG, METRICS, atomic_write_bytes
+from .runfolder import CHECKPOINT, CONFIG, METRICS, RunLock, atomic_write_bytes, write_metrics
 
 FORMAT = "pyrovae-checkpoint-2"
 OLD_FORMATS = ("pyrovae-checkpoint-1",)
@@ -348,6 +348,8 @@ def convert_checkpoint(run_dir, data=None) -> Path:
     problem = checkpoint_problem(state)
     if problem:
         raise RunDirError(f"{path}: cannot convert: {problem}")
-    atomic_write_bytes(path, lambda f: torch.save(state, f))
+    with RunLock(run_dir, "convert"):
+        atomic_write_bytes(path, lambda f: torch.save(state, f), "; the old checkpoint is kept")
+        write_metrics(run_dir, records)
     read_checkpoint(path)
     return path

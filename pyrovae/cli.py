@@ -65,6 +65,7 @@ def _train(args) -> None:
         if not Path(config_path).exists():
             raise RunDirError(f"{args.out}: not a pyrovae run folder (no config.toml)")
     _check_threads(args.threads)
+    _hint_if_busy(args.threads, args.quiet)
     overrides = (list(args.overrides) + (["train.progress=false"] if args.quiet else [])
                  + (["log.tensorboard=true"] if args.tensorboard else [])
                  + ([f"train.num_threads={args.threads}"] if args.threads is not None else []))
@@ -74,6 +75,17 @@ def _train(args) -> None:
     run_dir = train(config, args.out, resume=args.resume)
     if _rank() == 0:
         print(f"run folder: {run_dir}")
+
+
+def _hint_if_busy(threads, quiet: bool) -> None:
+    """On a terminal, say when the CPU is already busy: torch's default of one thread per core then
+    oversubscribes it (on a loaded 2-core machine one MNIST epoch took 120 s, 7 s with one thread)."""
+    if threads is not None or quiet or not sys.stderr.isatty() or not hasattr(os, "getloadavg"):
+        return
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load >= cores * 0.75 and cores > 1:
+        print(f"pyrovae: the CPU is busy (load {load:.1f} on {cores} cores); if training is slow, "
+              f"try --threads {max(1, cores // 2)}", file=sys.stderr)
 
 
 def _check_threads(threads) -> None:
@@ -142,11 +154,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     command = {"train": _train, "evaluate": _evaluate, "sample": _sample, "convert-checkpoint": _convert}[args.command]
     try:
-        if args.command == "train":  # the training loop handles its own signals (a checkpoint first)
+        # SIGINT / SIGTERM stop at once (exit 128 + n), except inside the training loop, which
+        # installs its own handlers for as long as it runs: it saves a checkpoint first
+        with stop_at_once_on_signals():
             command(args)
-        else:
-            with stop_at_once_on_signals():
-                command(args)
     except Interrupted as e:
         _say(f"pyrovae: {e}")
         return 128 + e.signal_number

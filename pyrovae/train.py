@@ -322,7 +322,11 @@ class _Trainer:
                     self.tensorboard.close()
         if self.writes:
             self.vae.eval()
-            plot_run(self.run_dir, self.vae, self.data.test, self.metrics)
+            try:
+                plot_run(self.run_dir, self.vae, self.data.test, self.metrics)
+            except RunDirError as e:
+                raise RunDirError(f"{e}; training finished: the checkpoint of epoch {self.counters['epoch']} "
+                                  "is complete") from None
         # a signal during the last evaluation or the figures: the checkpoint is complete, and the exit says so
         self.stop_after_epoch(self.poll(), f"after the last epoch ({self.counters['epoch']})")
         return self.metrics
