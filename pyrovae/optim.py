@@ -101,6 +101,14 @@ def load_state(optimizer: torch.optim.Optimizer, saved: Dict[str, Any]) -> None:
     flags = ("fused", "foreach", "capturable")
     groups = [{**g, **{k: now[k] for k in flags if k in now}}
               for g, now in zip(saved["param_groups"], optimizer.param_groups)]
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for index, slots in saved.get("state", {}).items():  # torch checks the groups' sizes, not the slots' shapes
+        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(slots, dict):
+            raise ValueError(f"optimizer state for parameter {index!r} of {len(params)}")
+        for name, value in slots.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != params[index].shape:
+                raise ValueError(f"optimizer slot {name!r} of parameter {index} has shape {tuple(value.shape)}, "
+                                 f"the parameter {tuple(params[index].shape)}")
     optimizer.load_state_dict({**saved, "param_groups": groups})
 
 

@@ -34,6 +34,7 @@ from .checkpoint import (
     build_vae,
     data_fingerprint,
     fingerprint_difference,
+    load_model_state,
     new_vae,
     read_checkpoint,
     read_run_config,
@@ -44,7 +45,7 @@ from .checkpoint import (
 from .config import Config, TrainConfig, dumps
 from .data import Dataset, binarize_split, epoch_order, load_dataset
 from .devices import resolve_device
-from .errors import ConfigError, PyrovaeError, RunDirError
+from .errors import ConfigError, PyrovaeError, RunDirError, one_line
 from .evaluate import active_units, dataset_terms, seeded
 from .memory import check_training_memory, meta_model
 from .objectives import elbo_per_datapoint, make_elbo, objective_per_datapoint, resolve_estimator
@@ -163,7 +164,11 @@ def fit(vae, data: Dataset, train: Optional[TrainConfig] = None, optim: Optional
         if differs:
             raise RunDirError(f"{checkpoint}: the data differ from the data it was trained on: {differs}; "
                               "resume with the same data, or start a new run")
-        trainer.restore(state)
+        try:
+            trainer.restore(state)
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:  # e.g. an RNG state of another size
+            raise RunDirError(f"{checkpoint}: malformed checkpoint: its training state does not fit the run "
+                              f"({type(e).__name__}: {one_line(str(e), 120)})") from None
         trainer.metrics = [dict(r) for r in state["metrics"]]
         trainer.saved_epoch = trainer.counters["epoch"]
     else:  # a new run, or one resumed before its first checkpoint: from the start
@@ -247,7 +252,7 @@ class _Trainer:
                 "rng": {**rng_state(), "noise": self.noise.get_state()}, "counters": dict(self.counters)}
 
     def restore(self, state: Dict[str, Any]) -> None:
-        self.vae.load_state_dict(state["model"])
+        load_model_state(self.vae, state["model"], Path(self.run_dir or ".") / CHECKPOINT)
         load_state(self.optimizer, state["optimizer"])
         set_rng_state(state["rng"])
         self.noise.set_state(state["rng"]["noise"])

@@ -185,6 +185,21 @@ def test_misshapen_checkpoints_are_one_line(run_copy, tmp_path, capsys, damage, 
         one_line_error(capsys, main(argv), pattern)
     with pytest.raises(RunDirError):
         pyrovae.load(run_copy)
+    one_line_error(capsys, main(["train", "--out", str(run_copy), "--resume", "--set", "train.epochs=3"]))
+
+
+@pytest.mark.parametrize("damage, pattern", [
+    (lambda s: s["optimizer"]["state"][0].update({"exp_avg": torch.zeros(7)}), "slot 'exp_avg' of parameter 0"),
+    (lambda s: s["optimizer"]["param_groups"][0]["params"].pop(), "ValueError"),
+    (lambda s: s["rng"].update({"torch": torch.zeros(10, dtype=torch.uint8)}), "RuntimeError"),
+    (lambda s: s["rng"]["python"].update({"state": torch.zeros(625, dtype=torch.int64)}), "ValueError"),
+])
+def test_a_training_state_that_does_not_fit_is_one_line_on_resume(run_copy, capsys, damage, pattern):
+    state = torch.load(run_copy / "checkpoint.pt", weights_only=True)
+    damage(state)
+    torch.save(state, run_copy / "checkpoint.pt")
+    one_line_error(capsys, main(["train", "--out", str(run_copy), "--resume", "--set", "train.epochs=3"]), pattern)
+    assert epochs_in(run_copy) == [1, 2]
 
 
 def test_load_on_cuda_without_cuda_is_a_pyrovae_error(trained):
