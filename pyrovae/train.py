@@ -166,7 +166,7 @@ def fit(vae, data: Dataset, train: Optional[TrainConfig] = None, optim: Optional
                               "resume with the same data, or start a new run")
         try:
             trainer.restore(state)
-        except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:  # e.g. an RNG state of another size
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError, OverflowError) as e:  # e.g. RNG states
             raise RunDirError(f"{checkpoint}: malformed checkpoint: its training state does not fit the run "
                               f"({type(e).__name__}: {one_line(str(e), 120)})") from None
         trainer.metrics = [dict(r) for r in state["metrics"]]

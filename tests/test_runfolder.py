@@ -192,7 +192,8 @@ def test_misshapen_checkpoints_are_one_line(run_copy, tmp_path, capsys, damage, 
     (lambda s: s["optimizer"]["state"][0].update({"exp_avg": torch.zeros(7)}), "slot 'exp_avg' of parameter 0"),
     (lambda s: s["optimizer"]["param_groups"][0]["params"].pop(), "ValueError"),
     (lambda s: s["rng"].update({"torch": torch.zeros(10, dtype=torch.uint8)}), "RuntimeError"),
-    (lambda s: s["rng"]["python"].update({"state": torch.zeros(625, dtype=torch.int64)}), "ValueError"),
+    (lambda s: s["rng"]["python"].update({"state": torch.full((625,), 2**40)}), "ValueError"),
+    (lambda s: s["rng"]["python"].update({"state": torch.full((625,), -1)}), "OverflowError"),
 ])
 def test_a_training_state_that_does_not_fit_is_one_line_on_resume(run_copy, capsys, damage, pattern):
     state = torch.load(run_copy / "checkpoint.pt", weights_only=True)
