@@ -8,8 +8,8 @@ import dataclasses
 import inspect
 import re
 
-from pyrovae import DECODERS, ENCODERS, LIKELIHOODS, OPTIMIZERS, PRIORS
-from pyrovae.config import SECTIONS, Config
+from pyrovae import DECODERS, ENCODERS, ESTIMATORS, LIKELIHOODS, MODELS, OPTIMIZERS, PRIORS
+from pyrovae.config import SECTIONS, Config, ModelConfig
 from pyrovae.registry import _type_name
 
 
@@ -27,6 +27,14 @@ def field_comments(cls):
         else:
             pending = []
     return comments
+
+
+def param_docs(cls):
+    """``:param type name: text`` lines of a class's docstring, by name."""
+    docs, text = {}, inspect.getdoc(cls) or ""
+    for m in re.finditer(r":param (?:\w+ )?(\w+): (.*?)(?=\n\s*:param|\n\n|$)", text, re.S):
+        docs[m.group(1)] = " ".join(m.group(2).split())
+    return docs
 
 
 def default_text(value):
@@ -49,20 +57,28 @@ def render() -> str:
            "file; every key is optional; `--set section.key=value` overrides any of them.", ""]
     defaults = Config()
     for section, cls in SECTIONS.items():
-        out += [f"## [{section}]", "", (cls.__doc__ or "").strip(), "", "| key | default | meaning |",
-                "| --- | --- | --- |"]
+        doc = " ".join(line.strip() for line in (cls.__doc__ or "").strip().split("\n\n")[0].splitlines())
+        out += [f"## [{section}]", "", doc, "", "| key | default | meaning |", "| --- | --- | --- |"]
+        if cls is ModelConfig:
+            out.append("| `family` | `\"vae\"` | the model family, by name (below); the other keys are its options |")
+            for key, value in ModelConfig().defaults().items():
+                out.append(f"| `{key}` | {default_text(value)} | {param_docs(MODELS.get('vae')).get(key, '')} |")
+            out.append("")
+            continue
         comments = field_comments(cls)
         for f in dataclasses.fields(cls):
             out.append(f"| `{f.name}` | {default_text(getattr(getattr(defaults, section), f.name))} | "
                        f"{comments.get(f.name, '')} |")
         out.append("")
     out += ["## [optim]", "", "An optimizer spec: `name` and that optimizer's options (defaults below).", ""]
-    registries = [("optimizers (`[optim] name`)", OPTIMIZERS), ("priors (`model.prior`)", PRIORS),
+    registries = [("optimizers (`[optim] name`)", OPTIMIZERS), ("model families (`model.family`)", MODELS),
+                  ("estimators (`train.estimator`)", ESTIMATORS), ("priors (`model.prior`)", PRIORS),
                   ("likelihoods (`model.likelihood`)", LIKELIHOODS), ("encoders (`model.encoder`)", ENCODERS),
                   ("decoders (`model.decoder`)", DECODERS)]
     for title, registry in registries:
         if registry is not OPTIMIZERS:
             out += [f"## {title[0].upper() + title[1:]}", "",
+                    "A name." if registry in (MODELS, ESTIMATORS) else
                     "A name, or a table `{ name = ..., option = value }`.", ""]
         out += ["| name | options (default) | what it is |", "| --- | --- | --- |"]
         for name in registry.names():

@@ -35,7 +35,7 @@ import torch
 from .config import Config, config_from_dict, parse_toml, read_config_text
 from .devices import resolve_device
 from .errors import ConfigError, RunDirError, one_line, shown
-from .model import VAE
+from .models import MODELS, Model, takes_labels
 from .runfolder import CHECKPOINT, CONFIG, METRICS, RunLock, atomic_write_bytes, write_metrics
 
 FORMAT = "pyrovae-checkpoint-2"
@@ -70,13 +70,23 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 
 # -- the data's fingerprint ----------------------------------------------------------------
+def _sha256(t: torch.Tensor, dtype) -> str:
+    t = t.detach().to("cpu", dtype).contiguous()
+    return hashlib.sha256(t.numpy().astype(t.numpy().dtype.newbyteorder("<"), copy=False).data).hexdigest()
+
+
 def data_fingerprint(data) -> Dict[str, Any]:
-    """The shapes and SHA-256 of the values (float32, little-endian) of a data set's two splits."""
+    """The shapes and SHA-256 of the values (float32, little-endian) of a data set's two splits,
+    and of their labels and the label mask where there are any."""
     out: Dict[str, Any] = {}
     for split in ("train", "test"):
-        t = getattr(data, split).detach().to("cpu", torch.float32).contiguous()
+        t = getattr(data, split)
         out[f"{split}_shape"] = list(t.shape)
-        out[f"{split}_sha256"] = hashlib.sha256(t.numpy().astype("<f4", copy=False).data).hexdigest()
+        out[f"{split}_sha256"] = _sha256(t, torch.float32)
+    for labels in ("train_y", "test_y", "labeled"):
+        t = getattr(data, labels, None)
+        if t is not None:
+            out[f"{labels}_sha256"] = _sha256(t, torch.int64)
     return out
 
 
@@ -90,17 +100,24 @@ def fingerprint_difference(saved: Dict[str, Any], now: Dict[str, Any]) -> Option
             theirs = str(saved.get(f"{split}_sha256"))[:12]
             return (f"the {split} split has the same shape {tuple(b)} but other values "
                     f"(sha256 {now[f'{split}_sha256'][:12]}..., the checkpoint's {theirs}...)")
+    for labels, what in (("train_y", "the train split's labels"), ("test_y", "the test split's labels"),
+                         ("labeled", "the choice of labelled points (data.labeled)")):
+        if saved.get(f"{labels}_sha256") != now.get(f"{labels}_sha256"):
+            return f"{what} differ" if saved.get(f"{labels}_sha256") and now.get(f"{labels}_sha256") else \
+                f"{what}: {'none now' if saved.get(f'{labels}_sha256') else 'none in the checkpoint'}"
     return None
 
 
 # -- writing and reading -------------------------------------------------------------------
 def save_checkpoint(path, training_state: Dict[str, Any], event_shape, config: Config,
-                    fingerprint: Dict[str, Any], metrics: List[Dict], kept: str = "") -> None:
+                    fingerprint: Dict[str, Any], metrics: List[Dict], kept: str = "",
+                    num_classes: Optional[int] = None) -> None:
     """Write a training state (model, optimizer, rng, counters: what the loop restores) with
-    what :func:`load` needs to rebuild the model without its data (event shape, config), the
-    data's fingerprint and the metrics records so far; atomically (see :mod:`pyrovae.runfolder`)."""
-    state = {"format": FORMAT, **training_state, "event_shape": list(event_shape), "config": config.to_dict(),
-             "data": dict(fingerprint), "metrics": [dict(r) for r in metrics]}
+    what :func:`load` needs to rebuild the model without its data (event shape, number of
+    classes, config), the data's fingerprint and the metrics records so far; atomically (see
+    :mod:`pyrovae.runfolder`)."""
+    state = {"format": FORMAT, **training_state, "event_shape": list(event_shape), "num_classes": num_classes,
+             "config": config.to_dict(), "data": dict(fingerprint), "metrics": [dict(r) for r in metrics]}
     atomic_write_bytes(Path(path), lambda f: torch.save(state, f), kept)
 
 
@@ -175,6 +192,7 @@ def checkpoint_problem(state: Dict[str, Any]) -> Optional[str]:
         "counters": lambda v: isinstance(v, dict) and all(
             isinstance(v.get(k), t) and not isinstance(v.get(k), bool) and math.isfinite(v.get(k)) and v.get(k) >= 0
             for k, t in COUNTERS.items()),
+        "num_classes": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 2**20),
         "event_shape": lambda v: isinstance(v, list) and 1 <= len(v) <= 8
         and all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s < 2**31 for s in v),
         "config": lambda v: _is_dict_of(v, str, lambda t: isinstance(t, dict)),
@@ -226,16 +244,21 @@ def load_model_state(module: torch.nn.Module, saved: Dict[str, torch.Tensor], wh
     module.load_state_dict(saved)
 
 
-def new_vae(model_cfg, event_shape) -> VAE:
-    """``VAE(...)`` from a ``[model]`` config, errors as they come (see :func:`build_vae`)."""
-    return VAE(event_shape, latent_dim=model_cfg.latent_dim, prior=model_cfg.prior,
-               likelihood=model_cfg.likelihood, encoder=model_cfg.encoder, decoder=model_cfg.decoder)
+def new_model(model_cfg, event_shape, num_classes: Optional[int] = None) -> Model:
+    """The family a ``[model]`` config names, built for the data's event shape (and number of
+    classes, for families that take it); errors as they come (see :func:`build_model`)."""
+    if takes_labels(model_cfg.family) and num_classes is None:
+        raise ConfigError(f"model.family = {model_cfg.family!r} needs labelled data (num_classes), and the data "
+                          "have no labels")
+    return MODELS.build({"name": model_cfg.family, **model_cfg.options}, "model", event_shape=tuple(event_shape),
+                        num_classes=num_classes)
 
 
-def build_vae(model_cfg, event_shape) -> VAE:
-    """A :class:`VAE` from a ``[model]`` config and the data's event shape."""
+def build_model(model_cfg, event_shape, num_classes: Optional[int] = None) -> Model:
+    """A model from a ``[model]`` config and the data's event shape (and number of classes);
+    networks too large to allocate are one ConfigError line."""
     try:
-        return new_vae(model_cfg, event_shape)
+        return new_model(model_cfg, event_shape, num_classes)
     except (RuntimeError, MemoryError, OverflowError) as e:  # e.g. layers too large to allocate
         raise ConfigError(f"model: cannot build the networks for data of shape {tuple(event_shape)} "
                           f"({type(e).__name__}: {one_line(str(e), 120)})") from None
@@ -252,19 +275,20 @@ def read_run_config(run_dir) -> Config:
         raise RunDirError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
 
 
-def vae_from_checkpoint(state: Dict[str, Any], where) -> VAE:
+def model_from_checkpoint(state: Dict[str, Any], where) -> Model:
     """The model a checked checkpoint describes, with its weights."""
     try:
         config = config_from_dict(state["config"])
     except ConfigError as e:
         raise RunDirError(f"{where}: the checkpoint's config: {e}") from None
-    vae = build_vae(config.model, state["event_shape"])
-    load_model_state(vae, state["model"], where)
-    return vae
+    model = build_model(config.model, state["event_shape"], state.get("num_classes"))
+    load_model_state(model, state["model"], where)
+    return model
 
 
-def load(run_dir, device="cpu") -> VAE:
-    """The trained :class:`VAE` of a run folder, on ``device`` (the CPU unless told otherwise).
+def load(run_dir, device="cpu") -> Model:
+    """The trained model of a run folder (a :class:`~pyrovae.VAE` for the ``vae`` family), on
+    ``device`` (the CPU unless told otherwise).
 
     The checkpoint is read with ``torch.load(..., weights_only=True)``: opening a run folder
     never runs code from it. Errors are :class:`~pyrovae.PyrovaeError` subclasses, as in the
@@ -277,8 +301,7 @@ def load(run_dir, device="cpu") -> VAE:
     """
     device = resolve_device(str(device), "device")
     path = Path(run_dir) / CHECKPOINT
-    vae = vae_from_checkpoint(read_checkpoint(path), path)
-    return vae.to(device).eval()
+    return model_from_checkpoint(read_checkpoint(path), path).to(device).eval()
 
 
 # -- converting an older checkpoint ---------------------------------------------------------
@@ -338,12 +361,10 @@ def convert_checkpoint(run_dir, data=None) -> Path:
                               "epochs; cannot convert")
     config = config_from_dict(old["config"])
     if data is None:
-        from .data import load_dataset
-
-        d = config.data
-        data = load_dataset(d.name, d.path, d.binarize, d.test_fraction, d.download)
+        data = config.data.load()
     state = {"format": FORMAT, "model": old["model"], "optimizer": old["optimizer"], "rng": new_rng,
-             "counters": counters, "event_shape": list(old["event_shape"]), "config": old["config"],
+             "counters": counters, "event_shape": list(old["event_shape"]), "num_classes": None,
+             "config": config.to_dict(),
              "data": data_fingerprint(data), "metrics": records}
     problem = checkpoint_problem(state)
     if problem:

@@ -15,13 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from .data import BINARIZE, DATASETS
+from .data import BINARIZE, DATASETS, Dataset, load_dataset
 from .errors import ConfigError, one_line, shown
-from .likelihoods import LIKELIHOODS
-from .nets import DECODERS, ENCODERS
-from .objectives import ESTIMATORS
+from .estimators import estimator_names
+from .models import MODELS, check_model_options, family_defaults
 from .optim import check_optimizer
-from .priors import PRIORS
 from .registry import _type_name, check_type
 
 ALGORITHMS = ("aevb", "wake_sleep")
@@ -46,6 +44,9 @@ class DataConfig:
     test_fraction: float = 0.1
     #: mnist and frey_face: download into path when missing.
     download: bool = True
+    #: keep this many training labels (balanced per class, a fixed choice) and mask the rest, for
+    #: semi-supervised families; unset: every label.
+    labeled: Optional[int] = None
 
     def check(self):
         _choice("data.name", self.name, DATASETS)
@@ -55,29 +56,83 @@ class DataConfig:
             raise ConfigError(f"data.test_fraction = {self.test_fraction}: must be in (0, 1)")
         if self.name == "file" and not self.path:
             raise ConfigError("data.path: required when data.name = 'file' (a .npy, .npz or .pt file)")
+        if self.labeled is not None:
+            _range("data.labeled", self.labeled, 1)
+
+    def load(self, device="cpu") -> Dataset:
+        """The data set this section describes, on ``device``."""
+        return load_dataset(self.name, self.path, self.binarize, self.test_fraction, self.download, device,
+                            self.labeled)
 
 
-@dataclass
 class ModelConfig:
-    """``[model]``: the latent size and the parts, each a registered name or a table of options."""
+    """``[model]``: the model family (``family``, default ``vae``) and that family's options, each
+    checked against the family's constructor like a part's; an option left out takes the
+    family's default. For ``vae``: ``latent_dim`` (the dimension of z), ``prior``,
+    ``likelihood``, ``encoder`` and ``decoder`` (each a registered name or a table of options).
 
-    #: the dimension of z.
-    latent_dim: int = 2
-    #: p(z): a prior name or table (see the priors below).
-    prior: PartSpec = "standard_normal"
-    #: p(x|z): a likelihood name or table (see the likelihoods below).
-    likelihood: PartSpec = "bernoulli"
-    #: the network of q(z|x): an encoder name or table.
-    encoder: PartSpec = field(default_factory=lambda: {"name": "mlp", "hidden": [256], "activation": "relu"})
-    #: the network of p(x|z): a decoder name or table.
-    decoder: PartSpec = field(default_factory=lambda: {"name": "mlp", "hidden": [256], "activation": "relu"})
+    Options read and write as attributes: ``config.model.latent_dim``, ``config.model.encoder = "conv"``.
+    """
+
+    def __init__(self, family: str = "vae", **options):
+        self.__dict__["family"] = family
+        self.__dict__["options"] = dict(options)
+
+    def __getattr__(self, key):
+        options = self.__dict__["options"]
+        if key in options:
+            return options[key]
+        defaults = self.defaults()
+        if key in defaults:
+            return defaults[key]
+        raise AttributeError(f"model.{key}: family {self.__dict__['family']!r} has no such option")
+
+    def __setattr__(self, key, value):
+        if key == "family":
+            self.__dict__["family"] = value
+        else:
+            self.__dict__["options"][key] = value
+
+    def __eq__(self, other):
+        return isinstance(other, ModelConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self):
+        return f"ModelConfig({self.to_dict()!r})"
+
+    def defaults(self) -> Dict[str, Any]:
+        """The family's options with their defaults, as config values (TOML-writable ones only)."""
+        if not isinstance(self.family, str) or self.family not in MODELS:
+            return {}
+        return {k: _plain(v) for k, v in family_defaults(self.family).items() if _writable(v)}
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The resolved ``[model]`` table: the family and every option, defaults included."""
+        return {"family": self.family, **self.defaults(), **{k: _plain(v) for k, v in self.options.items()}}
 
     def check(self):
-        _range("model.latent_dim", self.latent_dim, 1)
-        PRIORS.split(self.prior, "model.prior")
-        LIKELIHOODS.split(self.likelihood, "model.likelihood")
-        ENCODERS.split(self.encoder, "model.encoder")
-        DECODERS.split(self.decoder, "model.decoder")
+        if not isinstance(self.family, str):
+            raise ConfigError(f"model.family = {shown(self.family)}: expected a string")
+        MODELS.get(self.family, "model.family")
+        check_model_options(self.family, self.options, "model")
+        if "latent_dim" in self.to_dict():
+            _range("model.latent_dim", self.latent_dim, 1)
+
+
+def _plain(value):
+    """A default as a config value: tuples become lists (TOML has no tuples)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _writable(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_writable(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _writable(v) for k, v in value.items())
+    return isinstance(value, (str, int, float, bool))
 
 
 @dataclass
@@ -124,7 +179,7 @@ class TrainConfig:
         _range("train.epochs", self.epochs, 1)
         _range("train.batch_size", self.batch_size, 1)
         _choice("train.algorithm", self.algorithm, ALGORITHMS)
-        _choice("train.estimator", self.estimator, ESTIMATORS)
+        _choice("train.estimator", self.estimator, estimator_names())
         _range("train.num_particles", self.num_particles, 1)
         if not (self.beta >= 0 and math.isfinite(self.beta)):
             raise ConfigError(f"train.beta = {shown(self.beta)}: must be a finite number >= 0")
@@ -190,7 +245,8 @@ class Config:
         return self
 
     def to_dict(self) -> Dict[str, Any]:
-        return {**{s: _drop_none(dataclasses.asdict(getattr(self, s))) for s in SECTIONS}, "optim": dict(self.optim)}
+        return {**{s: _drop_none(getattr(self, s).to_dict() if s == "model" else dataclasses.asdict(getattr(self, s)))
+                   for s in SECTIONS}, "optim": dict(self.optim)}
 
 
 def _drop_none(d):
@@ -210,6 +266,8 @@ def _range(key, value, minimum):
 def _section(cls, table, section: str):
     if not isinstance(table, dict):
         raise ConfigError(f"[{section}] must be a table, got {shown(table)}")
+    if cls is ModelConfig:  # the family's options are checked by ModelConfig.check
+        return ModelConfig(**table)
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     for key, value in table.items():
@@ -257,9 +315,10 @@ def apply_overrides(d: Dict[str, Any], overrides: List[str]) -> Dict[str, Any]:
             child = node.get(part)
             if isinstance(child, str) and i >= 1:  # a part given by name gains options: prior="x" -> {name="x"}
                 child = {"name": child}
-            elif child is None and i >= 1 and part in ("prior", "likelihood", "encoder", "decoder"):
-                child = dataclasses.asdict(ModelConfig())[part]
-                child = {"name": child} if isinstance(child, str) else child
+            elif child is None and i >= 1 and path[0] == "model":  # a part's default, of the family chosen
+                family = d.get("model", {}).get("family", "vae")
+                child = ModelConfig(family).defaults().get(part) if isinstance(family, str) else None
+                child = {"name": child} if isinstance(child, str) else dict(child or {})
             elif child is None:
                 child = {}
             elif not isinstance(child, dict):

@@ -8,8 +8,12 @@ Sources, by ``[data] name``:
 - ``mnist``: MNIST through torchvision (``path`` is torchvision's root folder; 60000 / 10000).
 - ``frey_face``: Frey Face, 1965 faces of 28x20 from the standard ``frey_rawface.mat``
   (``path`` is the file or its folder; downloaded there if missing and ``download``).
-- ``file``: a user's ``.npy``, ``.npz`` or ``.pt`` file: one array ``(N, ...)``, or the
-  arrays ``train`` and ``test``.
+- ``file``: a user's ``.npy``, ``.npz`` or ``.pt`` file: one array ``(N, ...)`` (and its
+  labels ``y``), or the arrays ``train`` and ``test`` (and ``train_y``, ``test_y``).
+
+Labels (class numbers 0..C-1) come with digits, MNIST and files that hold them; they reach a
+model as :class:`Batch` ``.y``. ``labeled = K`` keeps K training labels, balanced per class,
+for semi-supervised families (``Batch.labeled`` marks them).
 
 Binarization (for Bernoulli likelihoods): ``dynamic`` keeps grey levels and draws
 x ~ Bernoulli(grey) each time a training batch is drawn (the test split is binarized once,
@@ -40,6 +44,41 @@ SPLIT_SEED = 0  # the held-out split never depends on the training seed
 
 
 @dataclass
+class Batch:
+    """What flows from the data to a model: a minibatch and what is known about it.
+
+    :param torch.Tensor x: ``(M, *event_shape)`` the data points.
+    :param torch.Tensor y: ``(M,)`` int64 class labels, or None where the data set has none.
+    :param torch.Tensor labeled: ``(M,)`` bool, which of the labels the model may use (a
+        semi-supervised budget, ``data.labeled``), or None: all of them.
+    """
+
+    x: torch.Tensor
+    y: Optional[torch.Tensor] = None
+    labeled: Optional[torch.Tensor] = None
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, index) -> "Batch":
+        """The points at ``index`` (a slice or an index tensor), with their labels."""
+        return Batch(self.x[index], None if self.y is None else self.y[index],
+                     None if self.labeled is None else self.labeled[index])
+
+    def split(self, size: int):
+        """Consecutive chunks of at most ``size`` points."""
+        return [self[i:i + size] for i in range(0, len(self), size)]
+
+    def to(self, device) -> "Batch":
+        return Batch(*(None if t is None else t.to(device) for t in (self.x, self.y, self.labeled)))
+
+
+def as_batch(batch) -> Batch:
+    """A :class:`Batch` from a Batch or a plain tensor of data points."""
+    return batch if isinstance(batch, Batch) else Batch(batch)
+
+
+@dataclass
 class Dataset:
     """A data set's two splits, as tensors on one device.
 
@@ -47,12 +86,19 @@ class Dataset:
     :param torch.Tensor train: ``(N_train, *event_shape)`` float32.
     :param torch.Tensor test: ``(N_test, *event_shape)`` float32, fixed (already binarized).
     :param str binarize: ``dynamic`` makes :meth:`batch` draw Bernoulli pixels.
+    :param torch.Tensor train_y: ``(N_train,)`` int64 labels, or None.
+    :param torch.Tensor test_y: ``(N_test,)`` int64 labels, or None.
+    :param torch.Tensor labeled: ``(N_train,)`` bool, the training labels a model may use
+        (``data.labeled = K`` keeps K, balanced per class), or None: all of them.
     """
 
     name: str
     train: torch.Tensor
     test: torch.Tensor
     binarize: str = "none"
+    train_y: Optional[torch.Tensor] = None
+    test_y: Optional[torch.Tensor] = None
+    labeled: Optional[torch.Tensor] = None
 
     @property
     def event_shape(self) -> tuple:
@@ -62,8 +108,31 @@ class Dataset:
     def num_train(self) -> int:
         return self.train.shape[0]
 
+    @property
+    def num_classes(self) -> Optional[int]:
+        """The number of classes (labels are 0 .. C-1), or None without labels."""
+        if self.train_y is None:
+            return None
+        top = int(self.train_y.max()) if self.train_y.numel() else -1
+        if self.test_y is not None and self.test_y.numel():
+            top = max(top, int(self.test_y.max()))
+        return top + 1
+
     def to(self, device) -> "Dataset":
-        return Dataset(self.name, self.train.to(device), self.test.to(device), self.binarize)
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Dataset(self.name, self.train.to(device), self.test.to(device), self.binarize,
+                       move(self.train_y), move(self.test_y), move(self.labeled))
+
+    def minibatch(self, index: torch.Tensor, uniform: torch.Tensor = None) -> Batch:
+        """The training :class:`Batch` at ``index``: points (see :meth:`batch`), labels and their mask."""
+        y = None if self.train_y is None else self.train_y.index_select(0, index)
+        labeled = None if self.labeled is None else self.labeled.index_select(0, index)
+        return Batch(self.batch(index, uniform), y, labeled)
+
+    @property
+    def test_batch(self) -> Batch:
+        """The test split as one :class:`Batch` (every test label visible)."""
+        return Batch(self.test, self.test_y)
 
     def batch(self, index: torch.Tensor, uniform: torch.Tensor = None) -> torch.Tensor:
         """Training points at ``index`` (a tensor on the data's device), binarized if dynamic:
@@ -95,14 +164,55 @@ def _check_binarizable(x: torch.Tensor, name: str, mode: str):
         raise DataError(f"data.binarize = {shown(mode)}: {name} has values outside [0, 1]; rescale them or use 'none'")
 
 
-def holdout_split(x: torch.Tensor, test_fraction: float, where: str):
-    """Split x by a fixed permutation into (train, test) with ``round(test_fraction * N)`` test points."""
+def holdout_split(x: torch.Tensor, test_fraction: float, where: str, y: Optional[torch.Tensor] = None):
+    """Split x (and its labels y) by a fixed permutation into ``(train, test, train_y, test_y)``
+    with ``round(test_fraction * N)`` test points."""
     n = x.shape[0]
     n_test = int(round(test_fraction * n))
     if n_test < 1 or n_test >= n:
         raise DataError(f"{where}: test_fraction = {test_fraction} of {n} points leaves an empty split")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
-    return x[perm[n_test:]], x[perm[:n_test]]
+    train, test = perm[n_test:], perm[:n_test]
+    return x[train], x[test], (None if y is None else y[train]), (None if y is None else y[test])
+
+
+def as_labels(array, n: int, where: str) -> torch.Tensor:
+    """Class labels as an int64 tensor ``(N,)`` of values 0, 1, ...; anything else is one DataError line."""
+    t = array.detach() if isinstance(array, torch.Tensor) else None
+    if t is None:
+        try:
+            a = np.asarray(array)
+        except (ValueError, TypeError, RecursionError):
+            raise DataError(f"{where}: labels must be a numeric array") from None
+        if a.dtype.kind not in "biuf":
+            raise DataError(f"{where}: labels must be numbers, got dtype {a.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(a.astype(a.dtype.newbyteorder("="))))
+    t = _dense(t, where)
+    if t.is_complex() or t.dim() != 1 or t.shape[0] != n:
+        raise DataError(f"{where}: labels must be one number per point, shape ({n},); got {tuple(t.shape)}")
+    if t.is_floating_point() and not bool((torch.isfinite(t) & (t == t.round())).all()):
+        raise DataError(f"{where}: labels must be whole numbers 0, 1, ...")
+    if n and (bool((t < 0).any()) or float(t.max()) >= 2**20):
+        raise DataError(f"{where}: labels must be class numbers in [0, 2^20)")
+    return t.to(torch.int64)
+
+
+def choose_labeled(y: torch.Tensor, k: int, where: str = "data.labeled") -> torch.Tensor:
+    """A mask keeping ``k`` labels, balanced per class (floor(k / C) each, one more for the first
+    k mod C classes), chosen by a fixed permutation: the same for every run and seed."""
+    classes = int(y.max()) + 1
+    if not 1 <= k <= y.shape[0]:
+        raise DataError(f"{where} = {k}: must be in [1, {y.shape[0]}] (the training split's size)")
+    order = torch.randperm(y.shape[0], generator=torch.Generator().manual_seed(SPLIT_SEED + 1))
+    mask = torch.zeros(y.shape[0], dtype=torch.bool)
+    for c in range(classes):
+        want = k // classes + (1 if c < k % classes else 0)
+        members = order[y[order] == c]
+        if members.numel() < want:
+            raise DataError(f"{where} = {k}: class {c} has {members.numel()} training points, fewer than its "
+                            f"share {want}")
+        mask[members[:want]] = True
+    return mask
 
 
 def _as_float_tensor(array, where: str) -> torch.Tensor:
@@ -152,26 +262,27 @@ def _dense(t: torch.Tensor, where: str) -> torch.Tensor:
     return t
 
 
-def load_digits() -> torch.Tensor:
-    """scikit-learn's 8x8 digits as ``(1797, 1, 8, 8)`` grey levels in [0, 1]."""
+def load_digits():
+    """scikit-learn's 8x8 digits: ``(1797, 1, 8, 8)`` grey levels in [0, 1] and their labels 0..9."""
     from sklearn.datasets import load_digits as sk_load_digits
 
-    return torch.from_numpy(sk_load_digits().images).float().div_(16.0).unsqueeze(1)
+    digits = sk_load_digits()
+    return torch.from_numpy(digits.images).float().div_(16.0).unsqueeze(1), torch.from_numpy(digits.target).long()
 
 
-def load_mnist(root: str, train: bool, download: bool = True) -> torch.Tensor:
-    """MNIST through torchvision as ``(N, 1, 28, 28)`` grey levels in [0, 1]."""
+def load_mnist(root: str, train: bool, download: bool = True):
+    """MNIST through torchvision: ``(N, 1, 28, 28)`` grey levels in [0, 1] and their labels 0..9."""
     from torchvision.datasets import MNIST
 
     try:
-        data = MNIST(root, train=train, download=download).data
+        mnist = MNIST(root, train=train, download=download)
     except (RuntimeError, OSError) as e:
         hint = "" if download else " (data.download = false)"
         raise DataError(f"data.path = {shown(root)}: MNIST not found or not downloadable{hint}: "
-                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; torchvision expects "
+                        f"{one_line(str(e), 160) if str(e) else type(e).__name__}; torchvision expects "
                         f"{os.path.join(root, 'MNIST', 'raw')}/*-ubyte (with data.download = true the .gz "
                         "files there are enough: it checks and extracts them)") from None
-    return data.float().div_(255.0).unsqueeze(1)
+    return mnist.data.float().div_(255.0).unsqueeze(1), mnist.targets.long()
 
 
 def load_frey_face(path: str, download: bool = True) -> torch.Tensor:
@@ -200,14 +311,16 @@ def load_frey_face(path: str, download: bool = True) -> torch.Tensor:
 
 
 def load_file(path: str):
-    """A user's array file -> ``(x, None)`` (one array) or ``(train, test)``."""
+    """A user's array file -> ``(train, test, train_y, test_y)`` (None where absent): one array
+    (``.npy``, or the only array of an ``.npz`` / ``.pt`` besides its labels ``y``), or the
+    arrays ``train`` and ``test`` with ``train_y`` and ``test_y``."""
     file = Path(path)
     if not file.is_file():
         raise DataError(f"data.path = {shown(str(path))}: no such file")
     suffix = file.suffix.lower()
     try:
         if suffix == ".npy":
-            return np.load(file, allow_pickle=False), None
+            return np.load(file, allow_pickle=False), None, None, None
         if suffix == ".npz":
             with np.load(file, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
@@ -227,16 +340,20 @@ def load_file(path: str):
                   if found else f"{type(e).__name__}: {one_line(str(e), 160)}")
         raise DataError(f"data.path = {shown(str(path))}: cannot read {suffix} file ({reason})") from None
     if "train" in arrays:
-        return arrays["train"], arrays.get("test")
-    if len(arrays) == 1:
-        return next(iter(arrays.values())), None
-    raise DataError(f"data.path = {shown(str(path))}: holds {shown(sorted(arrays))}; "
-                    "expected one array, or 'train' (and 'test')")
+        return arrays["train"], arrays.get("test"), arrays.get("train_y"), arrays.get("test_y")
+    points = [k for k in arrays if k != "y"]
+    if len(points) == 1:
+        return arrays[points[0]], None, arrays.get("y"), None
+    raise DataError(f"data.path = {shown(str(path))}: holds {shown(sorted(arrays))}; expected one array (and "
+                    "its labels 'y'), or 'train' and 'test' (and 'train_y', 'test_y')")
 
 
 def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Optional[str] = None,
-                 test_fraction: float = 0.1, download: bool = True, device="cpu") -> Dataset:
-    """Load a data set by name (see the module docstring) onto ``device``."""
+                 test_fraction: float = 0.1, download: bool = True, device="cpu",
+                 labeled: Optional[int] = None) -> Dataset:
+    """Load a data set by name (see the module docstring) onto ``device``, with its labels where
+    the source has them; ``labeled = K`` keeps K training labels (balanced per class, a fixed
+    choice) and masks the rest."""
     if name not in DATASETS:
         raise DataError(f"data.name = {shown(name)}: unknown data set; valid: {', '.join(DATASETS)}")
     binarize = binarize or DEFAULT_BINARIZE[name]
@@ -244,30 +361,45 @@ def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Opt
         raise DataError(f"data.binarize = {shown(binarize)}: valid: {', '.join(BINARIZE)}")
     if not 0 < test_fraction < 1:
         raise DataError(f"data.test_fraction = {test_fraction}: must be in (0, 1)")
+    train_y = test_y = None
     if name == "digits":
-        train, test = holdout_split(load_digits(), test_fraction, "data")
+        x, y = load_digits()
+        train, test, train_y, test_y = holdout_split(x, test_fraction, "data", y)
     elif name == "mnist":
         root = path or "data"
-        train, test = load_mnist(root, True, download), load_mnist(root, False, download)
+        (train, train_y), (test, test_y) = load_mnist(root, True, download), load_mnist(root, False, download)
     elif name == "frey_face":
-        train, test = holdout_split(load_frey_face(path or "data", download), test_fraction, "data")
+        train, test, _, _ = holdout_split(load_frey_face(path or "data", download), test_fraction, "data")
     else:
         if not path:
             raise DataError("data.path: required when data.name = 'file' (a .npy, .npz or .pt file)")
-        train_array, test_array = load_file(path)
-        train = _as_float_tensor(train_array, f"data.path = {path!r}")
+        where = f"data.path = {shown(path)}"
+        train_array, test_array, train_labels, test_labels = load_file(path)
+        train = _as_float_tensor(train_array, where)
+        if train_labels is not None:
+            train_y = as_labels(train_labels, train.shape[0], f"{where} (labels)")
         if test_array is None:
-            train, test = holdout_split(train, test_fraction, f"data.path = {path!r}")
+            train, test, train_y, test_y = holdout_split(train, test_fraction, where, train_y)
         else:
-            test = _as_float_tensor(test_array, f"data.path = {path!r} (test)")
+            test = _as_float_tensor(test_array, f"{where} (test)")
             if test.shape[1:] != train.shape[1:]:
-                raise DataError(f"data.path = {shown(path)}: train points have shape {tuple(train.shape[1:])} "
+                raise DataError(f"{where}: train points have shape {tuple(train.shape[1:])} "
                                 f"but test points {tuple(test.shape[1:])}")
+            if (train_y is None) != (test_labels is None):
+                raise DataError(f"{where}: labels for one split only; give both 'train_y' and 'test_y', or neither")
+            if test_labels is not None:
+                test_y = as_labels(test_labels, test.shape[0], f"{where} (test labels)")
     for split_name, split in (("train", train), ("test", test)):
         if split.shape[0] == 0:
             raise DataError(f"data: the {split_name} split of {shown(name)} is empty")
         _check_binarizable(split, f"the {split_name} split", binarize)
+    mask = None
+    if labeled is not None:
+        if train_y is None:
+            raise DataError(f"data.labeled = {labeled}: data set {shown(name)} has no labels")
+        mask = choose_labeled(train_y, labeled)
     if binarize == "threshold":
         train = binarize_split(train, binarize)
     test = binarize_split(test, binarize)
-    return Dataset(name, train, test, binarize).to(device)
+    return Dataset(name, train, test, binarize, train_y, test_y, mask).to(device)
+

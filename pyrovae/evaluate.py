@@ -19,9 +19,9 @@ from .checkpoint import (
     fingerprint_difference,
     read_checkpoint,
     read_run_config,
-    vae_from_checkpoint,
+    model_from_checkpoint,
 )
-from .data import load_dataset
+from .data import as_batch
 from .devices import resolve_device
 from .errors import RunDirError
 from .memory import check_evaluation_memory
@@ -43,105 +43,113 @@ def seeded(x: torch.Tensor, seed: Optional[int]):
         yield
 
 
+def _chunks(x, size: int):
+    return as_batch(x).split(size)
+
+
 @torch.no_grad()
-def dataset_terms(vae, x: torch.Tensor, num_particles: int = 1, batch_size: int = 1000, seed: int = 0) -> Dict:
+def dataset_terms(model, x, num_particles: int = 1, batch_size: int = 1000, seed: int = 0) -> Dict:
     """The mean ``elbo``, ``reconstruction`` (E_q[log p(x|z)]) and ``kl`` (KL(q || p)) per
-    datapoint of x, with estimator B where the prior allows it (else A), ``num_particles``
-    samples per point, in chunks of ``batch_size``; elbo = reconstruction - kl.
+    datapoint of x (a tensor or a :class:`~pyrovae.Batch`), with estimator B where the model
+    allows it (else A), ``num_particles`` samples per point, in chunks of ``batch_size``;
+    elbo = reconstruction - kl.
 
     It draws from its own seeded generator state and restores the caller's, so evaluating
     never changes a training run's random stream and the same parameters give the same value.
     """
     reconstruction = kl = 0.0
-    with seeded(x, seed):
+    x = as_batch(x)
+    with seeded(x.x, seed):
         for chunk in x.split(batch_size):
-            r, k = elbo_terms(vae, chunk, num_particles)
+            r, k = elbo_terms(model, chunk, num_particles)
             reconstruction, kl = reconstruction + float(r.sum()), kl + float(k.sum())
-    n = x.shape[0]
+    n = len(x)
     return {"elbo": (reconstruction - kl) / n, "reconstruction": reconstruction / n, "kl": kl / n}
 
 
-def dataset_elbo(vae, x: torch.Tensor, num_particles: int = 1, batch_size: int = 1000, seed: int = 0) -> float:
+def dataset_elbo(model, x, num_particles: int = 1, batch_size: int = 1000, seed: int = 0) -> float:
     """The mean ELBO per datapoint of x, (1/N) sum_i L(theta, phi; x_i) (see :func:`dataset_terms`)."""
-    return dataset_terms(vae, x, num_particles, batch_size, seed)["elbo"]
+    return dataset_terms(model, x, num_particles, batch_size, seed)["elbo"]
 
 
 @torch.no_grad()
-def log_likelihood(vae, x: torch.Tensor, num_samples: int = 5000, batch_size: int = 100,
+def log_likelihood(model, x, num_samples: int = 5000, batch_size: int = 100,
                    max_elements: int = 2**24, seed: Optional[int] = 0) -> torch.Tensor:
     """The importance-sampled estimate of log p(x_i) for each datapoint (shape ``(N,)``, nats).
 
     With q(z|x) as the proposal and K = ``num_samples`` (Kingma & Welling 2014, App. D;
     Burda et al. 2015, who call it IWAE_K):
 
-        log p(x) ~= log (1/K) sum_k p(x | z_k) p(z_k) / q(z_k | x),   z_k ~ q(z | x).
+        log p(x) ~= log (1/K) sum_k p(x | z_k) p(z_k) / q(z_k | x),   z_k ~ q(z | x),
 
-    It is a stochastic lower bound whose expectation rises to log p(x) as K grows. Samples are
-    drawn in chunks whose size keeps about ``max_elements`` numbers per tensor
-    (samples x datapoints x data size), and the log-sum-exp is accumulated across chunks, so
-    memory stays bounded at any K. Runs on x's device (move the model there first).
-    ``seed=None`` draws from the caller's generator.
+    the log-weights being the model's :meth:`~pyrovae.Model.terms`. It is a stochastic lower
+    bound whose expectation rises to log p(x) as K grows. Samples are drawn in chunks whose size
+    keeps about ``max_elements`` numbers per tensor (samples x datapoints x data size), and the
+    log-sum-exp is accumulated across chunks, so memory stays bounded at any K. Runs on x's
+    device (move the model there first). ``seed=None`` draws from the caller's generator.
     """
     out = []
-    with seeded(x, seed):
+    x = as_batch(x)
+    with seeded(x.x, seed):
         for xb in x.split(batch_size):
-            per_sample = xb.shape[0] * max(math.prod(vae.event_shape), vae.latent_dim, 512)
+            m = len(xb)
+            per_sample = m * max(math.prod(model.event_shape), getattr(model, "latent_dim", 0), 512)
             chunk = max(1, min(num_samples, max_elements // per_sample))
-            q, prior = vae.posterior(xb), vae.prior()
-            acc = torch.full((xb.shape[0],), -math.inf, device=xb.device)
+            acc = torch.full((m,), -math.inf, device=xb.x.device)
             for start in range(0, num_samples, chunk):
-                z = q.sample((min(chunk, num_samples - start),))
-                log_w = vae.likelihood_dist(z).log_prob(xb) + prior.log_prob(z) - q.log_prob(z)
+                log_w = model.terms(xb, min(chunk, num_samples - start), kl=False).log_weights
                 acc = torch.logaddexp(acc, torch.logsumexp(log_w, 0))
             out.append(acc - math.log(num_samples))
     return torch.cat(out)
 
 
 @torch.no_grad()
-def active_units(vae, x: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD, batch_size: int = 1000):
+def active_units(model, x, threshold: float = ACTIVE_UNIT_THRESHOLD, batch_size: int = 1000):
     """``(count, activity)``: activity_u = Cov_x(E_q[u | x]), the variance over the data of
-    each latent unit's posterior mean; a unit is active when it exceeds ``threshold``
-    (Burda et al. 2015, Sec. 5.2)."""
-    means = torch.cat([vae.encoder(chunk)[0] for chunk in x.split(batch_size)])
+    each latent unit's posterior mean (:meth:`~pyrovae.Model.encode`); a unit is active when it
+    exceeds ``threshold`` (Burda et al. 2015, Sec. 5.2)."""
+    means = torch.cat([model.encode(chunk) for chunk in _chunks(x, batch_size)])
     activity = means.var(0, unbiased=False) if means.shape[0] > 1 else torch.zeros(means.shape[1])
     return int((activity > threshold).sum()), activity
 
 
 @torch.no_grad()
-def kl_per_dimension(vae, x: torch.Tensor, batch_size: int = 1000) -> Optional[List[float]]:
+def kl_per_dimension(model, x, batch_size: int = 1000) -> Optional[List[float]]:
     """The mean over x of KL(q(z_j | x) || p(z_j)) for each latent dimension j, in nats.
 
-    Defined in closed form when the prior factorizes into independent Gaussians
-    (``standard_normal``, ``gaussian``); None for priors that couple the dimensions
-    (mixture, VampPrior, flow), where a per-dimension KL does not exist.
+    Defined in closed form when the model has one diagonal-Gaussian posterior and a prior that
+    factorizes into independent Gaussians (the ``vae`` family with ``standard_normal`` or
+    ``gaussian``); None otherwise (mixture, VampPrior, flow priors couple the dimensions).
     """
-    prior = vae.prior()
+    if not (hasattr(model, "posterior") and hasattr(model, "prior")):
+        return None
+    prior = model.prior()
     base = getattr(prior, "base_dist", None)
     if not isinstance(base, Normal) or getattr(prior, "reinterpreted_batch_ndims", 0) != 1:
         return None
-    total = torch.zeros(vae.latent_dim, device=x.device)
-    for chunk in x.split(batch_size):
-        q = vae.posterior(chunk).base_dist
-        total += kl_divergence(q, base).sum(0)
-    return (total / x.shape[0]).tolist()
+    total = 0.0
+    for chunk in _chunks(x, batch_size):
+        q = model.posterior(chunk.x).base_dist
+        total = total + kl_divergence(q, base).sum(0)
+    return (total / len(as_batch(x))).tolist()
 
 
-def evaluate(vae, x: torch.Tensor, nll_samples: int = 5000, iwae_samples: int = 50, elbo_particles: int = 10,
+def evaluate(model, x, nll_samples: int = 5000, iwae_samples: int = 50, elbo_particles: int = 10,
              seed: int = 0) -> Dict:
-    """Every test number of a model on x (see ``pyrovae evaluate`` in the README)."""
-    count, activity = active_units(vae, x)
+    """Every test number of a model on x (a tensor or a Batch; see ``pyrovae evaluate`` in the README)."""
+    count, activity = active_units(model, x)
     return {
-        "test_elbo": dataset_elbo(vae, x, elbo_particles, seed=seed),
+        "test_elbo": dataset_elbo(model, x, elbo_particles, seed=seed),
         "elbo_particles": elbo_particles,
-        "test_iwae": float(log_likelihood(vae, x, iwae_samples, seed=seed).mean()),
+        "test_iwae": float(log_likelihood(model, x, iwae_samples, seed=seed).mean()),
         "iwae_samples": iwae_samples,
-        "test_nll": -float(log_likelihood(vae, x, nll_samples, seed=seed + 1).mean()),
+        "test_nll": -float(log_likelihood(model, x, nll_samples, seed=seed + 1).mean()),
         "nll_samples": nll_samples,
         "active_units": count,
-        "latent_dim": vae.latent_dim,
+        "latent_dim": int(activity.shape[0]),
         "unit_activity": activity.tolist(),
-        "kl_per_dim": kl_per_dimension(vae, x),
-        "num_test": x.shape[0],
+        "kl_per_dim": kl_per_dimension(model, x),
+        "num_test": len(as_batch(x)),
     }
 
 
@@ -163,20 +171,20 @@ def evaluate_run(run_dir, nll_samples: int = 5000, iwae_samples: int = 50, elbo_
     config = read_run_config(run_dir)
     path = run_dir / CHECKPOINT
     state = read_checkpoint(path)
-    vae = vae_from_checkpoint(state, path).to(device).eval()
-    d = config.data
-    data = load_dataset(d.name, d.path, d.binarize, d.test_fraction, d.download)
+    model = model_from_checkpoint(state, path).to(device).eval()
+    data = config.data.load()
     differs = fingerprint_difference(state["data"], data_fingerprint(data))
     if differs:
         raise RunDirError(f"{path}: the data differ from the data it was trained on: {differs}; "
                           "evaluate with the run's own data")
-    check_evaluation_memory(vae, elbo_particles, device)
+    check_evaluation_memory(model, elbo_particles, device)
     check_writable(out.parent, "--out " if not into_run else "")
     with contextlib.ExitStack() as stack:
         if into_run:
             stack.enter_context(RunLock(run_dir, "evaluate"))
             remove_stale(run_dir)
-        result = evaluate(vae, data.test.to(device), nll_samples, iwae_samples, elbo_particles, seed=config.train.seed)
+        result = evaluate(model, data.test_batch.to(device), nll_samples, iwae_samples, elbo_particles,
+                          seed=config.train.seed)
         if report is not None:
             report(result)
         text = (json.dumps(result, indent=2) + "\n").encode()

@@ -27,6 +27,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from .data import Batch
 from .errors import ConfigError, shown
 
 EVAL_CHUNK = 1000  # the test ELBO's points per chunk (evaluate.dataset_terms)
@@ -83,17 +84,23 @@ class _CountCreated(TorchDispatchMode):
         return out
 
 
-def _forward_numels(vae) -> Optional[tuple]:
-    """(A_enc, A_dec): numbers created by the encoder and by the decoder plus likelihood, per datapoint."""
+def _forward_numels(model) -> Optional[tuple]:
+    """(A_enc, A_dec): numbers created per datapoint by the parts that run once per point and by
+    those that run once per particle. From the model's terms for 1 and 2 particles on meta
+    tensors: A_dec is the difference, A_enc the rest."""
+    import pyro
+
     try:
-        with torch.no_grad():
-            x = torch.zeros((1, *vae.event_shape), device="meta")
-            with _CountCreated() as enc:
-                loc, log_var = vae.encoder(x)
-            with _CountCreated() as dec:
-                vae.likelihood.log_prob(vae.decode(loc), x, vae.event_dim)
-        return enc.numel, dec.numel
-    except Exception:  # a network that cannot run on meta tensors: no activation estimate
+        counts = []
+        with torch.no_grad(), pyro.validation_enabled(False):
+            batch = Batch(torch.zeros((1, *model.event_shape), device="meta"))
+            for particles in (1, 2):
+                with _CountCreated() as count:
+                    model.terms(batch, particles, kl=False)
+                counts.append(count.numel)
+        per_particle = max(counts[1] - counts[0], 0)
+        return max(counts[0] - per_particle, 0), per_particle
+    except Exception:  # a model that cannot run on meta tensors: no activation estimate
         return None
 
 
@@ -108,10 +115,10 @@ def meta_model(build):
         return None
 
 
-def _largest_part(vae) -> str:
-    sizes = {name: sum(p.numel() for p in getattr(vae, name).parameters())
-             for name in ("encoder", "decoder", "prior", "likelihood")}
-    return f"model.{max(sizes, key=sizes.get)}"
+def _largest_part(model) -> str:
+    """The config key of the submodule with the most parameters (``model.decoder``, ...)."""
+    sizes = {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
+    return f"model.{max(sizes, key=sizes.get)}" if sizes else "model"
 
 
 def check_training_memory(vae, batch_size: int, num_particles: int, eval_particles: int, optim_name: str,

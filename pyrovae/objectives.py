@@ -1,18 +1,12 @@
-"""Estimators of the ELBO, by name: the paper's two SGVB estimators as Pyro ELBOs.
+"""Pyro ELBOs for pyrovae's estimators, and the per-datapoint ELBO with plain tensors.
 
-For one datapoint, the evidence lower bound (Kingma & Welling 2014, eq. 3) is
-
-    L(theta, phi; x) = E_q[log p(x|z)] - KL(q(z|x) || p(z))  <=  log p(x).
-
-- ``mc`` (estimator A, eq. 6): (1/L) sum_l [log p(x, z_l) - log q(z_l|x)],
-  z_l = mu + sigma * eps_l: Pyro's :class:`~pyro.infer.Trace_ELBO`.
-- ``analytic`` (estimator B, eq. 7): -KL(q || p) in closed form plus
-  (1/L) sum_l log p(x|z_l), with less variance: Pyro's :class:`~pyro.infer.TraceMeanField_ELBO`.
-- ``auto``: ``analytic`` when the prior's KL has a closed form, else ``mc``.
-- ``iwae``: the importance-weighted bound with k = ``num_particles`` (Burda et al. 2015),
-  :class:`IWAE` below, a tighter bound: ELBO <= IWAE_k <= IWAE_{k+1} <= log p(x).
-
-L = ``num_particles`` samples are drawn in one vectorized pass.
+- :func:`make_elbo`: an estimator name -> the Pyro ELBO that computes the same on a model's
+  ``model`` and ``guide`` (``analytic``: ``TraceMeanField_ELBO``, ``mc``: ``Trace_ELBO``,
+  ``iwae``: :class:`IWAE` below), with L = ``num_particles`` vectorized particles;
+- :func:`objective_per_datapoint`, :func:`elbo_terms`, :func:`elbo_per_datapoint`: the same
+  numbers per datapoint from the model's :meth:`~pyrovae.Model.terms` (see
+  :mod:`pyrovae.estimators`);
+- :class:`LatentScale`: the KL weight beta for Pyro's ELBOs, as a handler (not model state).
 """
 
 import math
@@ -20,111 +14,91 @@ import math
 import pyro.infer
 import torch
 from pyro.infer.enum import get_importance_trace
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
 from pyro.util import warn_if_nan
-from torch.distributions import kl_divergence
 
 from .errors import ConfigError, shown
-from .priors import LOG_2PI
-
-ESTIMATORS = ("auto", "analytic", "mc", "iwae")
-
-
-def resolve_estimator(estimator: str, vae) -> str:
-    """``auto`` -> ``analytic`` or ``mc`` for this VAE's prior; checks that ``analytic`` applies."""
-    if estimator not in ESTIMATORS:
-        raise ConfigError(f"train.estimator: unknown estimator {shown(estimator)}; valid: {', '.join(ESTIMATORS)}")
-    analytic_ok = getattr(vae.prior, "has_analytic_kl", False)
-    if estimator == "auto":
-        return "analytic" if analytic_ok else "mc"
-    if estimator == "analytic" and not analytic_ok:
-        raise ConfigError(f"train.estimator = 'analytic': the {type(vae.prior).__name__} has no closed-form KL; "
-                          "use 'mc' or 'auto'")
-    return estimator
+from .estimators import ESTIMATORS, estimate, resolve_estimator
+from .models.base import per_datapoint
 
 
-def make_elbo(estimator: str, vae, num_particles: int = 1) -> pyro.infer.ELBO:
-    """The Pyro ELBO for an estimator name (after :func:`resolve_estimator`)."""
+def make_elbo(estimator: str, model, num_particles: int = 1) -> pyro.infer.ELBO:
+    """The Pyro ELBO for an estimator name (after :func:`~pyrovae.estimators.resolve_estimator`)."""
     if num_particles < 1:
         raise ConfigError(f"train.num_particles = {num_particles}: must be >= 1")
-    estimator = resolve_estimator(estimator, vae)
+    estimator = resolve_estimator(estimator, model)
     # The VAE has exactly one plate, so the particle plate goes at dim -2 without a guessing trace.
+    nesting = getattr(model, "plate_nesting", None) or float("inf")
     if estimator == "iwae":
-        return IWAE(num_particles=num_particles, max_plate_nesting=1)
-    cls = {"analytic": pyro.infer.TraceMeanField_ELBO, "mc": pyro.infer.Trace_ELBO}[estimator]
-    return cls(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
+        return IWAE(num_particles=num_particles, max_plate_nesting=nesting)
+    cls = ESTIMATORS.get(estimator).pyro_elbo
+    if cls is None:
+        raise ConfigError(f"train.estimator = {shown(estimator)} has no Pyro ELBO: use train.engine = 'torch'")
+    return cls(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=nesting)
 
 
-def objective_per_datapoint(vae, x: torch.Tensor, estimator: str = "analytic", num_particles: int = 1,
+class LatentScale(Messenger):
+    """Multiply the log-density of every latent (unobserved) site by ``beta``, in model and guide
+    alike: log p(z) - log q(z|x), the KL term, gets the weight beta and the reconstruction term
+    none (beta-VAE, Higgins et al. 2017; KL annealing). ``beta = 0`` masks the sites (Pyro's
+    scales must be positive)."""
+
+    def __init__(self, beta: float):
+        super().__init__()
+        self.beta = float(beta)
+
+    def _process_message(self, msg):
+        if msg["type"] != "sample" or msg["is_observed"] or isinstance(msg["fn"], _Subsample):
+            return
+        if self.beta == 0:
+            msg["mask"] = False if msg["mask"] is None else msg["mask"] & False
+        else:
+            msg["scale"] = self.beta * msg["scale"]
+
+
+def objective_per_datapoint(model, x, estimator: str = "analytic", num_particles: int = 1,
                             kl_weight: float = 1.0, eps: torch.Tensor = None):
     """``(objective, elbo)``, each of shape ``(M,)``: what an estimator maximises for each
-    datapoint of x, and the ELBO estimate from the same samples, computed with plain tensors.
-
-    With z_l = mu(x) + sigma(x) * eps_l, l = 1..L, and beta = ``kl_weight``:
-
-    - ``analytic`` (estimator B): (1/L) sum_l log p(x|z_l) - beta KL(q(z|x) || p(z));
-    - ``mc`` (estimator A): (1/L) sum_l [log p(x|z_l) + beta (log p(z_l) - log q(z_l|x))];
-    - ``iwae``: log (1/L) sum_l p(x, z_l) / q(z_l|x) (beta must be 1).
+    datapoint of x (a tensor or a :class:`~pyrovae.Batch`), and the ELBO estimate from the same
+    samples, with beta = ``kl_weight`` (see :mod:`pyrovae.estimators`).
 
     These are the quantities whose minibatch sums, scaled by N/M, Pyro's
-    ``TraceMeanField_ELBO``, ``Trace_ELBO`` and :class:`IWAE` compute on ``vae.model`` and
-    ``vae.guide``; drawing the same noise, values and gradients agree
-    (``tests/test_objectives.py``). The training loop uses this direct form: it skips Pyro's
-    tracing, which costs more than the networks on small models.
+    ``TraceMeanField_ELBO``, ``Trace_ELBO`` and :class:`IWAE` compute on ``model.model`` and
+    ``model.guide``; drawing the same noise, values and gradients agree
+    (``tests/test_objectives.py``).
 
-    ``eps`` (shape ``(L, M, latent_dim)``), if given, is the standard normal noise to use
-    instead of drawing it: the training loop draws it for the whole global batch from its own
-    generator, so that a run sharded over several processes sees the same noise as one process.
+    ``eps``, if given, is the noise the family takes (:meth:`~pyrovae.Model.noise_shape`; the
+    VAE's standard normal eps of shape ``(L, M, latent_dim)``): the training loop draws it for
+    the whole global batch from its own generator, so that a run sharded over several processes
+    sees the same noise as one process.
     """
-    loc, log_var = vae.encoder(x)
-    if eps is None:
-        eps = torch.randn((num_particles, *loc.shape), dtype=loc.dtype, device=loc.device)
-    z = loc + eps * torch.exp(0.5 * log_var)  # the reparameterization, (L, M, latent_dim)
-    log_px = vae.likelihood.log_prob(vae.decode(z), x, vae.event_dim)  # (L, M)
-    if estimator == "analytic":
-        reconstruction = log_px.mean(0)
-        kl = vae.prior.kl_from_normal(loc, log_var)
-        elbo = reconstruction - kl
-        return (elbo if kl_weight == 1.0 else reconstruction - kl_weight * kl), elbo
-    # log q(z|x) at z = mu + sigma * eps is, as a function of phi, sum_j -eps_j^2 / 2 - log sigma_j
-    # - log(2 pi) / 2: the same value and the same total gradient as q.log_prob(z).
-    log_q = -0.5 * (eps.pow(2) + log_var + LOG_2PI).sum(-1)
-    log_ratio = vae.prior.log_prob(z) - log_q  # log p(z) - log q(z|x), (L, M)
-    elbo = (log_px + log_ratio).mean(0)
-    if estimator == "mc":
-        return (elbo if kl_weight == 1.0 else (log_px + kl_weight * log_ratio).mean(0)), elbo
-    if estimator == "iwae":
-        return torch.logsumexp(log_px + log_ratio, 0) - math.log(num_particles), elbo
-    raise ValueError(f"unknown estimator {shown(estimator)}")
+    return estimate(model, x, estimator, num_particles, kl_weight, eps)
 
 
-def elbo_terms(vae, x: torch.Tensor, num_particles: int = 1, analytic_kl: bool = None):
+def elbo_terms(model, x, num_particles: int = 1, analytic_kl: bool = None):
     """``(reconstruction, kl)`` for each datapoint of x (each of shape ``(M,)``, nats): the two
     terms of the ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)) (Kingma & Welling 2014, eq. 3).
 
-    The reconstruction term is (1/L) sum_l log p(x|z_l); the KL is the closed form with
-    ``analytic_kl`` (estimator B), else (1/L) sum_l [log q(z_l|x) - log p(z_l)] (estimator A).
-    ``analytic_kl=None`` uses the closed form when the prior has one.
+    The reconstruction term is (1/L) sum_l log p(x|z_l); the KL is the closed form where the
+    model has one (``analytic_kl=None``), else (1/L) sum_l [log q(z_l|x) - log p(z_l)];
+    ``analytic_kl=False`` always takes the latter (estimator A), ``True`` requires the former.
     """
-    if analytic_kl is None:
-        analytic_kl = getattr(vae.prior, "has_analytic_kl", False)
-    q = vae.posterior(x)
-    z = q.rsample((num_particles,))
-    reconstruction = vae.likelihood_dist(z).log_prob(x).mean(0)
-    if analytic_kl:
-        return reconstruction, kl_divergence(q, vae.prior())
-    return reconstruction, (q.log_prob(z) - vae.prior().log_prob(z)).mean(0)
+    terms = model.terms(x, num_particles, kl=analytic_kl is not False)
+    if analytic_kl is False:
+        return terms.reconstruction.mean(0), (terms.log_q - terms.log_prior).mean(0)
+    if analytic_kl and not terms.kl_exact:
+        raise ConfigError("analytic_kl=True: the model's KL has no closed form for every latent site")
+    return terms.reconstruction.mean(0), terms.kl.mean(0)
 
 
-def elbo_per_datapoint(vae, x: torch.Tensor, num_particles: int = 1, analytic_kl: bool = None) -> torch.Tensor:
+def elbo_per_datapoint(model, x, num_particles: int = 1, analytic_kl: bool = None) -> torch.Tensor:
     """The ELBO of each datapoint of x (shape ``(M,)``, nats), computed with plain tensors.
 
     The same quantity as the Pyro ELBOs above, without the N/M scale (see :func:`elbo_terms`).
     """
-    reconstruction, kl = elbo_terms(vae, x, num_particles, analytic_kl)
+    reconstruction, kl = elbo_terms(model, x, num_particles, analytic_kl)
     return reconstruction - kl
-
-
-_PARTICLE_PLATE = "num_particles_vectorized"  # the plate Pyro's ELBO adds for vectorized particles
 
 
 class IWAE(pyro.infer.ELBO):
@@ -176,16 +150,10 @@ class IWAE(pyro.infer.ELBO):
                 if scale is not None and site_scale != scale:
                     raise ValueError(f"IWAE: sites of plate {shown(self.data_plate)} have different subsample scales")
                 scale = site_scale
-                # Bring the log-density to (particles, ..., datapoints) and sum the plates in between.
-                lp = site["unscaled_log_prob"]  # "log_prob" already carries the N/M scale
-                lp = lp.reshape((1,) * (max(-f.dim for f in frames.values()) - lp.dim()) + lp.shape)
-                particles = frames.get(_PARTICLE_PLATE)
-                if particles is None:
-                    lp = lp.movedim(frame.dim, -1).unsqueeze(0)
-                else:
-                    lp = lp.movedim((particles.dim, frame.dim), (0, -1))
-                inner = tuple(range(1, lp.dim() - 1))
-                log_w = log_w + sign * (lp.sum(inner) if inner else lp)  # sum(()) would sum everything
+                # "log_prob" already carries the N/M scale; the unscaled one goes to (particles, datapoints)
+                lp = per_datapoint(site["unscaled_log_prob"], site, (self.num_particles, frame.size), frame.size,
+                                   self.data_plate)
+                log_w = log_w + sign * lp
         return log_w, scale
 
     def differentiable_loss(self, model, guide, *args, **kwargs):

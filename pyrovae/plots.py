@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 
+from .data import as_batch  # noqa: E402
 from .runfolder import atomic_write_bytes  # noqa: E402
 
 
@@ -84,10 +85,11 @@ def save_image_rows(path, panels, ncols: int, height: float = 1.4) -> None:
 
 
 @torch.no_grad()
-def plot_reconstructions(path, vae, x: torch.Tensor, n: int = 10) -> None:
-    """Test points (odd rows) above their reconstructions E[x | z = mu(x)] (even rows)."""
-    x = x[: 2 * n]
-    rec = vae.reconstruct(x)
+def plot_reconstructions(path, vae, x, n: int = 10) -> None:
+    """Test points (odd rows) above their reconstructions E[x | z = mu(x)] (even rows); x is a
+    tensor or a :class:`~pyrovae.Batch`."""
+    batch = as_batch(x)[: 2 * n]
+    rec, x = vae.reconstruct(batch), batch.x
     rows = torch.cat([x[:n], rec[:n], x[n:], rec[n:]])
     save_grid(path, rows, vae.event_shape, n, "test data (rows 1, 3) and reconstructions (rows 2, 4)")
 
@@ -132,7 +134,7 @@ def plot_run(run_dir, vae, test_x: torch.Tensor, metrics: List[Dict]) -> List[st
     plot_samples(run_dir / "samples.png", vae)
     plot_elbo(run_dir / "elbo.png", metrics)
     names = ["reconstructions.png", "samples.png", "elbo.png"]
-    if vae.latent_dim == 2:
+    if getattr(vae, "latent_dim", None) == 2 and hasattr(vae, "decode"):
         plot_manifold(run_dir / "manifold.png", vae)
         names.append("manifold.png")
     return names

@@ -140,6 +140,9 @@ class Registry:
     def build(self, spec: Spec, where: str = "", **context) -> Any:
         """Construct an entry from its spec; constructor ``ValueError`` becomes a ConfigError."""
         name, options = self.split(spec, where)
+        parameters = inspect.signature(self._entries[name]).parameters
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+            context = {k: v for k, v in context.items() if k in parameters}  # only what the entry takes
         try:
             return self._entries[name](**context, **options)
         except ConfigError:

@@ -31,11 +31,11 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoint import (
-    build_vae,
+    build_model,
     data_fingerprint,
     fingerprint_difference,
     load_model_state,
-    new_vae,
+    new_model,
     read_checkpoint,
     read_run_config,
     rng_state,
@@ -43,12 +43,13 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import Config, TrainConfig, dumps
-from .data import Dataset, binarize_split, epoch_order, load_dataset
+from .data import Batch, Dataset, binarize_split, epoch_order
 from .devices import resolve_device
 from .errors import ConfigError, PyrovaeError, RunDirError, one_line
 from .evaluate import active_units, dataset_terms, seeded
 from .memory import check_training_memory, meta_model
-from .objectives import elbo_per_datapoint, make_elbo, objective_per_datapoint, resolve_estimator
+from .estimators import get_estimator, resolve_estimator
+from .objectives import LatentScale, elbo_per_datapoint, make_elbo
 from .optim import build_optimizer, load_state
 from .plots import as_images, image_grid, plot_run
 from .runfolder import (
@@ -80,14 +81,14 @@ def kl_weight(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return cfg.beta * min(1.0, (step + 1) / (cfg.kl_warmup_epochs * steps_per_epoch))
 
 
-def check_data(vae, data: Dataset, batch_size: int) -> None:
-    """Reject data that does not fit the VAE or the batch size, before any training."""
-    if tuple(data.event_shape) != tuple(vae.event_shape):
-        raise ConfigError(f"data points have shape {data.event_shape} but the VAE expects {vae.event_shape}")
+def check_data(model, data: Dataset, batch_size: int) -> None:
+    """Reject data that does not fit the model or the batch size, before any training."""
+    if tuple(data.event_shape) != tuple(model.event_shape):
+        raise ConfigError(f"data points have shape {data.event_shape} but the model expects {model.event_shape}")
     if batch_size > data.num_train:
         raise ConfigError(f"train.batch_size = {batch_size}: larger than the training split ({data.num_train} points)")
-    vae.likelihood.check_data(binarize_split(data.train, data.binarize), f"data {data.name!r} (train split)")
-    vae.likelihood.check_data(data.test, f"data {data.name!r} (test split)")
+    model.check_data(binarize_split(data.train, data.binarize), f"data {data.name!r} (train split)")
+    model.check_data(data.test, f"data {data.name!r} (test split)")
 
 
 class Interrupted(PyrovaeError):
@@ -109,13 +110,13 @@ class StoppedAtOnce(KeyboardInterrupt):
         self.signal_number = signal_number
 
 
-def fit(vae, data: Dataset, train: Optional[TrainConfig] = None, optim: Optional[Dict[str, Any]] = None,
+def fit(model, data: Dataset, train: Optional[TrainConfig] = None, optim: Optional[Dict[str, Any]] = None,
         run_dir=None, config: Optional[Config] = None, resume: bool = False,
         stop_signal: Optional[Callable[[], Optional[int]]] = None, tensorboard_dir=None,
         **train_options) -> List[Dict]:
-    """Train ``vae`` on ``data`` by stochastic variational inference; return the metrics per epoch.
+    """Train ``model`` on ``data`` by stochastic variational inference; return the metrics per epoch.
 
-    :param VAE vae: the model and guide.
+    :param Model model: the model and guide (a :class:`~pyrovae.Model`, e.g. a :class:`~pyrovae.VAE`).
     :param Dataset data: the splits (see :func:`pyrovae.load_dataset`).
     :param TrainConfig train: epochs, batch size M, estimator, particles L, seed, device, ...
     :param dict optim: an optimizer spec, e.g. ``{"name": "adagrad", "lr": 0.02}`` (default Adam 1e-3).
@@ -152,7 +153,7 @@ def fit(vae, data: Dataset, train: Optional[TrainConfig] = None, optim: Optional
     cfg.check()
     if run_dir is not None and config is None:
         raise ValueError("fit(run_dir=...) needs the run's config; use pyrovae.train(config, out_dir) instead")
-    trainer = _Trainer(vae, data, cfg, optim or {"name": "adam", "lr": 1e-3}, run_dir, config, stop_signal)
+    trainer = _Trainer(model, data, cfg, optim or {"name": "adam", "lr": 1e-3}, run_dir, config, stop_signal)
     if tensorboard_dir is not None and trainer.rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 
@@ -188,12 +189,15 @@ class _NonFinite(Exception):
 class _Objective(torch.nn.Module):
     """The per-datapoint objective as a module, so that DistributedDataParallel can wrap it."""
 
-    def __init__(self, vae, estimator: str, num_particles: int):
+    def __init__(self, model, estimator: str, num_particles: int, num_data: int):
         super().__init__()
-        self.vae, self.estimator, self.num_particles = vae, estimator, num_particles
+        self.model, self.num_particles, self.num_data = model, num_particles, num_data
+        self.reduce = get_estimator(estimator)  # built once: the hot path only calls it
 
-    def forward(self, x, eps, kl_weight: float):
-        return objective_per_datapoint(self.vae, x, self.estimator, self.num_particles, kl_weight, eps)
+    def forward(self, x, y, labeled, eps, kl_weight: float):
+        terms = self.model.terms(Batch(x, y, labeled), self.num_particles, self.num_data, kl=self.reduce.needs_kl,
+                                 noise=eps)
+        return self.reduce(terms, kl_weight)
 
 
 def _where(epoch, step, batch, batches) -> str:
@@ -203,36 +207,38 @@ def _where(epoch, step, batch, batches) -> str:
 class _Trainer:
     """The state of one training run and the loop over it (used by :func:`fit`)."""
 
-    def __init__(self, vae, data, cfg: TrainConfig, optim, run_dir, config, stop_signal):
+    def __init__(self, model, data, cfg: TrainConfig, optim, run_dir, config, stop_signal):
         self.cfg, self.run_dir, self.config, self.stop_signal = cfg, run_dir, config, stop_signal
         self.device = resolve_device(cfg.device)
-        self.vae = vae.to(self.device)
+        self.model = model.to(self.device)
         self.data = data.to(self.device)
-        check_data(self.vae, self.data, cfg.batch_size)
-        self.estimator = resolve_estimator(cfg.estimator, vae)
+        check_data(self.model, self.data, cfg.batch_size)
+        self.estimator = resolve_estimator(cfg.estimator, model, self.data.test_batch[:2])
         if cfg.algorithm == "wake_sleep":
-            if hasattr(vae.prior, "attach"):
+            if hasattr(getattr(model, "prior", None), "attach"):
                 raise ConfigError("train.algorithm = 'wake_sleep': the prior runs the encoder (vamp), so the wake "
                                   "phase would train the recognition model; choose another prior")
             self.elbo = WakeSleep()
         else:
-            self.elbo = make_elbo(self.estimator, vae, cfg.num_particles)
-        # The torch engine writes the AEVB estimators with plain tensors; wake-sleep always runs on Pyro's traces.
+            self.elbo = make_elbo(self.estimator, model, cfg.num_particles)
+        # The torch engine writes the AEVB estimators over the model's terms; wake-sleep always runs on Pyro's traces.
         self.fast = cfg.engine == "torch" and cfg.algorithm == "aevb"
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         if self.world > 1 and not self.fast:
             raise ConfigError("train.engine = 'pyro' and train.algorithm = 'wake_sleep' train in one process; "
                               "distributed runs use engine 'torch' with algorithm 'aevb'")
-        # Training noise (dynamic binarization, reparameterization) is drawn for the whole global
-        # batch from this generator, the same on every rank, and each rank takes its shard: a
-        # run on K processes sees the same noise as on one, and resumes on any K.
+        # Training noise (dynamic binarization, the family's reparameterization noise) is drawn for
+        # the whole global batch from this generator, the same on every rank, and each rank takes
+        # its shard: a run on K processes sees the same noise as on one, and resumes on any K.
         self.noise = torch.Generator(device=self.device)
-        self.objective = _Objective(vae, self.estimator, cfg.num_particles)
+        self.objective = _Objective(model, self.estimator, cfg.num_particles, self.data.num_train)
         self.forward = self.objective
         if self.world > 1:  # gradients are averaged over the ranks by PyTorch's DDP
             self.forward = DistributedDataParallel(self.objective)
-        self.optimizer = build_optimizer(optim, vae.parameters())
-        self.params = [p for p in vae.parameters() if p.requires_grad]
+        #: beta, the weight of the KL term at this step (an argument of the estimators, not model state)
+        self.beta = 1.0
+        self.optimizer = build_optimizer(optim, model.parameters())
+        self.params = [p for p in model.parameters() if p.requires_grad]
         self.n, self.m = self.data.num_train, cfg.batch_size
         self.steps_per_epoch = -(-self.n // self.m)
         # epoch, step and samples_seen count completed work; epoch_* hold a half-done epoch
@@ -248,11 +254,11 @@ class _Trainer:
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> Dict[str, Any]:
-        return {"model": self.vae.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "rng": {**rng_state(), "noise": self.noise.get_state()}, "counters": dict(self.counters)}
 
     def restore(self, state: Dict[str, Any]) -> None:
-        load_model_state(self.vae, state["model"], Path(self.run_dir or ".") / CHECKPOINT)
+        load_model_state(self.model, state["model"], Path(self.run_dir or ".") / CHECKPOINT)
         load_state(self.optimizer, state["optimizer"])
         set_rng_state(state["rng"])
         self.noise.set_state(state["rng"]["noise"])
@@ -272,8 +278,8 @@ class _Trainer:
     def save(self) -> None:
         """Write the checkpoint (with the metrics records so far) before anything else of the epoch."""
         if self.writes:
-            save_checkpoint(Path(self.run_dir) / CHECKPOINT, self.state(), self.vae.event_shape, self.config,
-                            self.fingerprint, self.metrics, self.kept())
+            save_checkpoint(Path(self.run_dir) / CHECKPOINT, self.state(), self.model.event_shape, self.config,
+                            self.fingerprint, self.metrics, self.kept(), self.data.num_classes)
             self.saved_epoch = self.counters["epoch"]
 
     def poll(self) -> Optional[int]:
@@ -322,13 +328,13 @@ class _Trainer:
                                             f"or train.eval_particles, or the networks' sizes{self.kept()}") from None
             finally:
                 bar.close()
-                self.vae.kl_weight = 1.0
+                self.beta = 1.0
                 if self.tensorboard is not None:
                     self.tensorboard.close()
         if self.writes:
-            self.vae.eval()
+            self.model.eval()
             try:
-                plot_run(self.run_dir, self.vae, self.data.test, self.metrics)
+                plot_run(self.run_dir, self.model, self.data.test_batch, self.metrics)
             except RunDirError as e:
                 raise RunDirError(f"{e}; training finished: the checkpoint of epoch {self.counters['epoch']} "
                                   "is complete") from None
@@ -370,10 +376,10 @@ class _Trainer:
                                   + (f"checkpoint saved: resume with pyrovae train --out {self.run_dir} --resume"
                                      if self.run_dir is not None else "no run folder, nothing saved"),
                                   signal_number)
-            x, eps = self.minibatch(batches[i])
-            self.vae.kl_weight = kl_weight(cfg, c["step"] + i, self.steps_per_epoch)
+            batch, eps = self.minibatch(batches[i])
+            self.beta = kl_weight(cfg, c["step"] + i, self.steps_per_epoch)
             where = (epoch, c["step"] + i + 1, i + 1, len(batches))
-            loss, batch_loss, batch_elbo = self.loss(x, eps, batches[i].numel(), where)
+            loss, batch_loss, batch_elbo = self.loss(batch, eps, batches[i].numel(), where)
             total += batch_loss
             total_elbo += batch_elbo
             self.optimizer.zero_grad(set_to_none=True)
@@ -386,7 +392,7 @@ class _Trainer:
             self.optimizer.step()
             bar.update()
             if i % 20 == 0:
-                bar.set_postfix(epoch=epoch, loss=f"{total.item() / (i * m + x.shape[0]):.2f}")
+                bar.set_postfix(epoch=epoch, loss=f"{total.item() / (i * m + len(batch)):.2f}")
         seconds = time.perf_counter() - start
         if self.world > 1:  # the epoch's sums over all ranks' shards
             sums = torch.stack([total, total_elbo])
@@ -396,7 +402,7 @@ class _Trainer:
                  epoch_loss=0.0, epoch_elbo=0.0, epoch_seconds=0.0)
         record = {"epoch": epoch, "step": c["step"], "samples_seen": c["samples_seen"],
                   "train_elbo": -total_elbo.item() / n, "train_objective": -total.item() / n,
-                  "kl_weight": self.vae.kl_weight, "test_elbo": None, "test_reconstruction": None, "test_kl": None,
+                  "kl_weight": self.beta, "test_elbo": None, "test_reconstruction": None, "test_kl": None,
                   "active_units": None, "train_seconds": seconds, "images_per_second": n / seconds}
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             self.evaluate(record)
@@ -412,7 +418,8 @@ class _Trainer:
         self.stop_after_epoch(self.poll() if epoch < cfg.epochs else None, f"after epoch {epoch}")
 
     def minibatch(self, index: torch.Tensor):
-        """This rank's shard of a global minibatch, and its reparameterization noise (torch engine).
+        """This rank's shard of a global minibatch (a :class:`~pyrovae.Batch`), and the family's
+        noise for it (torch engine; :meth:`~pyrovae.Model.noise_shape`).
 
         The noise is drawn for the whole global batch (every rank draws the same), then sharded
         like the points: rank r of K takes positions r, r + K, r + 2K, ... of the batch.
@@ -422,47 +429,51 @@ class _Trainer:
         if self.data.binarize == "dynamic":
             uniform = torch.rand((index.numel(), *self.data.event_shape), generator=self.noise,
                                  device=self.device)[shard]
-        x = self.data.batch(index[shard], uniform)
+        batch = self.data.minibatch(index[shard], uniform)
         eps = None
-        if self.fast:
-            eps = torch.randn((self.cfg.num_particles, index.numel(), self.vae.latent_dim), generator=self.noise,
-                              device=self.device)[:, shard]
-        return x, eps
+        shape = self.model.noise_shape(index.numel(), self.cfg.num_particles) if self.fast else None
+        if shape is not None:  # (particles, global batch, ...): sharded along the batch
+            eps = torch.randn(shape, generator=self.noise, device=self.device)[:, shard]
+        return batch, eps
 
-    def loss(self, x, eps, global_size: int, where: tuple):
+    def loss(self, batch, eps, global_size: int, where: tuple):
         """``(loss, -sum of the objective, -sum of the ELBO)`` for this rank's shard; the loss is
         the full-data estimate divided by N: minus the global batch's mean objective, of which
         this rank holds its share (DDP averages the ranks' gradients, hence the factor K)."""
-        if self.fast:  # the same numbers as Pyro's ELBO, without its tracing
-            objective, elbo = self.forward(x, eps, self.vae.kl_weight)
+        if self.fast:  # the estimator over the model's terms (closed forms where the family has them)
+            objective, elbo = self.forward(batch.x, batch.y, batch.labeled, eps, self.beta)
             total = objective.sum()
             batch_loss = -total.detach()
             loss = total * (-self.world / global_size)
             return loss, batch_loss, batch_loss if elbo is objective else -elbo.detach().sum()
+        weighted = LatentScale(self.beta) if self.beta != 1.0 else contextlib.nullcontext()
         try:
-            loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, self.n) / self.n
+            with weighted:
+                loss = self.elbo.differentiable_loss(self.model.model, self.model.guide, batch, self.n) / self.n
         except ValueError as e:  # Pyro's validation meets a NaN before the loss does
             if "invalid values" not in str(e):
                 raise
             found = re.search(r"parameter (\w+) .*? of distribution (\w+)", str(e).splitlines()[0])
             what = f"{found.group(2)} {found.group(1)}" if found else "distribution parameter"
             raise _NonFinite(f"non-finite {what} in the forward pass {_where(*where)}") from None
-        batch_loss = loss.detach() * x.shape[0]
-        if self.vae.kl_weight == 1.0 and self.estimator != "iwae" and self.cfg.algorithm == "aevb":
+        batch_loss = loss.detach() * len(batch)
+        if self.beta == 1.0 and self.estimator != "iwae" and self.cfg.algorithm == "aevb":
             return loss, batch_loss, batch_loss
         with torch.no_grad():
-            elbo_loss = -elbo_per_datapoint(self.vae, x).sum()
+            elbo_loss = -elbo_per_datapoint(self.model, batch).sum()
         # wake-sleep maximises no single objective: its train_objective is the recognition model's ELBO
         return loss, elbo_loss if self.cfg.algorithm == "wake_sleep" else batch_loss, elbo_loss
 
     def evaluate(self, record: Dict) -> None:
-        vae, epoch = self.vae, record["epoch"]
-        terms = dataset_terms(vae, self.data.test, self.cfg.eval_particles, seed=self.cfg.seed)
+        model, epoch = self.model, record["epoch"]
+        test = self.data.test_batch
+        terms = dataset_terms(model, test, self.cfg.eval_particles, seed=self.cfg.seed)
         record.update(test_elbo=terms["elbo"], test_reconstruction=terms["reconstruction"], test_kl=terms["kl"])
-        record["active_units"] = active_units(vae, self.data.test)[0]
-        if 2 * record["active_units"] < vae.latent_dim and epoch > 1 and not self.warned and self.rank == 0:
+        record["active_units"], activity = active_units(model, test)
+        units = int(activity.shape[0])
+        if 2 * record["active_units"] < units and epoch > 1 and not self.warned and self.rank == 0:
             self.warned = True
-            warnings.warn(f"epoch {epoch}: only {record['active_units']} of {vae.latent_dim} latent units are "
+            warnings.warn(f"epoch {epoch}: only {record['active_units']} of {units} latent units are "
                           "active (Cov_x E_q[u] > 0.01); the rest have collapsed onto the prior. "
                           "Consider train.kl_warmup_epochs, a smaller latent_dim, or a weaker decoder",
                           PosteriorCollapseWarning, stacklevel=5)
@@ -479,10 +490,11 @@ class _Trainer:
         tb.add_scalar("train/learning_rate", self.optimizer.param_groups[0]["lr"], epoch)
         if record["test_elbo"] is not None:
             with torch.no_grad(), seeded(self.data.test, self.cfg.seed):
-                x = self.data.test[:32]
-                grids = {"samples": self.vae.sample(64), "reconstructions": torch.cat([x, self.vae.reconstruct(x)])}
+                x = self.data.test_batch[:32]
+                grids = {"samples": self.model.sample(64),
+                         "reconstructions": torch.cat([x.x, self.model.reconstruct(x)])}
             for tag, images in grids.items():
-                grid = image_grid(as_images(images, self.vae.event_shape), 8 if tag == "samples" else 16)
+                grid = image_grid(as_images(images, self.model.event_shape), 8 if tag == "samples" else 16)
                 tb.add_image(tag, grid.clip(0, 1), epoch, dataformats="HWC" if grid.ndim == 3 else "HW")
         tb.flush()
 
@@ -572,9 +584,8 @@ def _train(config: Config, out_dir, resume: bool, device: torch.device) -> Path:
     elif out_dir is not None and Path(out_dir).exists() and (not Path(out_dir).is_dir() or not is_fresh(out_dir)):
         raise RunDirError(f"{out_dir}: already exists and is not empty; use --resume to continue it, "
                           "or another --out")
-    d = config.data
-    data = load_dataset(d.name, d.path, d.binarize, d.test_fraction, d.download, device=device)
-    config = dataclasses.replace(config, data=dataclasses.replace(d, binarize=data.binarize))
+    data = config.data.load(device)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, binarize=data.binarize))
     if resume:
         differs = _same_run(saved, config.to_dict())
         if differs:
@@ -582,14 +593,14 @@ def _train(config: Config, out_dir, resume: bool, device: torch.device) -> Path:
                               "resume with the run's own config (omit CONFIG) or start a new run")
     # Sizes that cannot be allocated are refused now, from a model built on the meta device.
     t = config.train
-    shapes = meta_model(lambda: new_vae(config.model, data.event_shape))
+    shapes = meta_model(lambda: new_model(config.model, data.event_shape, data.num_classes))
     if shapes is not None:
         check_training_memory(shapes, t.batch_size, t.num_particles, t.eval_particles,
                               str(config.optim.get("name")), device)
     pyro.set_rng_seed(config.train.seed)
-    vae = build_vae(config.model, data.event_shape)
-    check_data(vae, data, config.train.batch_size)
-    resolve_estimator(config.train.estimator, vae)
+    model = build_model(config.model, data.event_shape, data.num_classes)
+    check_data(model, data, config.train.batch_size)
+    resolve_estimator(config.train.estimator, model, data.test_batch[:2])
 
     if dist.is_initialized():
         dist.barrier()  # every rank has checked its input before rank 0 creates anything
@@ -597,7 +608,7 @@ def _train(config: Config, out_dir, resume: bool, device: torch.device) -> Path:
     try:
         out_dir = _on_rank0(lambda: _claim_run_dir(config, out_dir, resume, lock), rank)
         with _stop_on_signals() as stop_signal:
-            fit(vae, data, dataclasses.replace(config.train, device=str(device)), config.optim, run_dir=out_dir,
+            fit(model, data, dataclasses.replace(config.train, device=str(device)), config.optim, run_dir=out_dir,
                 config=config, resume=resume, stop_signal=stop_signal,
                 tensorboard_dir=out_dir / "tensorboard" if config.log.tensorboard else None)
     finally:

@@ -20,7 +20,7 @@ def write(tmp_path, text, name="c.toml"):
     ("[train]\nepochs = 0", r"train\.epochs = 0: must be >= 1"),
     ("[train]\nbatch_size = 2.5", r"train\.batch_size = 2\.5: expected an integer"),
     ("[train]\nprogress = 1", r"train\.progress = 1: expected true or false"),
-    ("[train]\nestimator = \"iwae2\"", r"train\.estimator = 'iwae2': valid: auto, analytic, mc"),
+    ("[train]\nestimator = \"iwae2\"", r"train\.estimator = 'iwae2': valid: auto, analytic, iwae, mc"),
     ("[train]\ndevice = \"tpu\"", r"train\.device = 'tpu': valid: cpu, cuda, cuda:N"),
     ("[data]\nname = \"cifar\"", r"data\.name = 'cifar': valid: digits, mnist, frey_face, file"),
     ("[data]\nbinarize = \"yes\"", r"data\.binarize = 'yes': valid: dynamic, threshold, none"),

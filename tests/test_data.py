@@ -31,9 +31,10 @@ def test_threshold_and_none():
 
 def test_holdout_split_is_a_partition():
     x = torch.arange(100).float().unsqueeze(1)
-    train, test = holdout_split(x, 0.2, "data")
+    train, test, train_y, test_y = holdout_split(x, 0.2, "data", x[:, 0].long() % 7)
     assert test.shape[0] == 20 and train.shape[0] == 80
     assert sorted(torch.cat([train, test]).squeeze(1).tolist()) == list(range(100))
+    assert torch.equal(train_y, train[:, 0].long() % 7) and torch.equal(test_y, test[:, 0].long() % 7)
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".npz", ".pt"])
@@ -71,7 +72,7 @@ def test_bad_user_files(tmp_path, make, pattern):
 
 def test_bad_npz_and_suffix(tmp_path):
     np.savez(tmp_path / "two.npz", a=np.ones((4, 2)), b=np.ones((4, 2)))
-    with pytest.raises(DataError, match="expected one array, or 'train'"):
+    with pytest.raises(DataError, match=r"expected one array \(and its labels 'y'\), or 'train'"):
         load_dataset("file", str(tmp_path / "two.npz"))
     np.savez(tmp_path / "mismatch.npz", train=np.ones((4, 2)), test=np.ones((4, 3)))
     with pytest.raises(DataError, match="test points"):

@@ -12,7 +12,7 @@ import torch
 from pyrovae import TrainConfig
 from pyrovae.checkpoint import read_checkpoint
 from pyrovae.data import Dataset
-from pyrovae.model import VAE
+from pyrovae import VAE
 from pyrovae.train import _Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +70,8 @@ def test_shards_are_disjoint_and_cover_the_epoch(world, binarize):
         batches = torch.randperm(n, generator=order).split(10)
         shards = []
         for index in batches:
-            x, eps = trainer.minibatch(index)
+            batch, eps = trainer.minibatch(index)
+            x = batch.x
             assert eps.shape == (1, x.shape[0], 2)
             shards.append(index[rank::world])
             if binarize == "none":
@@ -89,11 +90,11 @@ def test_ranks_draw_the_global_batch_noise():
     index = torch.arange(8)
     alone = _Trainer(vae, data, cfg, {"name": "adam"}, None, None, None)
     alone.noise.manual_seed(1)
-    x_all, eps_all = alone.minibatch(index)
+    batch_all, eps_all = alone.minibatch(index)
     for rank in range(2):
         t = _Trainer(vae, data, cfg, {"name": "adam"}, None, None, None)
         t.rank, t.world = rank, 2
         t.noise.manual_seed(1)
-        x, eps = t.minibatch(index)
-        torch.testing.assert_close(x, x_all[rank::2])
+        batch, eps = t.minibatch(index)
+        torch.testing.assert_close(batch.x, batch_all.x[rank::2])
         torch.testing.assert_close(eps, eps_all[:, rank::2])

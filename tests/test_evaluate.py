@@ -23,6 +23,7 @@ from pyrovae import (
     log_likelihood,
 )
 from pyrovae.config import TrainConfig
+from pyrovae.objectives import LatentScale
 from pyrovae.train import kl_weight
 
 
@@ -163,10 +164,9 @@ def test_kl_weight_scales_only_the_kl_term():
     x = binary_batch(8)
     values = {}
     for beta in (0.0, 1.0, 2.0):
-        vae.kl_weight = beta
         pyro.set_rng_seed(5)
-        values[beta] = TraceMeanField_ELBO().loss(vae.model, vae.guide, x, 80)
-    vae.kl_weight = 1.0
+        with LatentScale(beta):
+            values[beta] = TraceMeanField_ELBO().loss(vae.model, vae.guide, x, 80)
     with torch.no_grad():
         kl = 10 * float(torch.distributions.kl_divergence(vae.posterior(x), vae.prior((8,))).sum())
     assert values[1.0] - values[0.0] == pytest.approx(kl, rel=1e-4)

@@ -6,7 +6,7 @@ import torch
 from conftest import binary_batch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
-from pyrovae import IWAE, VAE, objective_per_datapoint
+from pyrovae import IWAE, VAE, LatentScale, objective_per_datapoint
 
 GAUSSIAN = {"name": "gaussian", "learn_scale": True}
 CASES = [
@@ -28,12 +28,12 @@ def test_direct_loss_and_gradients_equal_pyros(estimator, particles, beta, prior
     vae = VAE((1, 8, 8), 3, prior=prior, likelihood=likelihood)
     x = binary_batch(12)
     n = 600
-    vae.kl_weight = beta
     vectorize = {"vectorize_particles": particles > 1} if elbo_cls is not IWAE else {}
     elbo = elbo_cls(num_particles=particles, max_plate_nesting=1, **vectorize)
 
     pyro.set_rng_seed(7)
-    pyro_loss = elbo.differentiable_loss(vae.model, vae.guide, x, n) / n
+    with LatentScale(beta):
+        pyro_loss = elbo.differentiable_loss(vae.model, vae.guide, x, n) / n
     pyro_grads = torch.autograd.grad(pyro_loss, list(vae.parameters()))
 
     pyro.set_rng_seed(7)

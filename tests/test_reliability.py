@@ -14,7 +14,7 @@ import pyro
 import pytest
 import torch
 
-from pyrovae import Config, Interrupted, TrainingError, build_vae, fit, load_dataset, train
+from pyrovae import Config, Interrupted, TrainingError, build_model, fit, load_dataset, train
 from pyrovae.checkpoint import read_checkpoint
 from pyrovae.data import Dataset
 
@@ -117,7 +117,7 @@ def test_resume_from_the_middle_of_an_epoch_is_exact(tmp_path, interrupt_step):
 
     data = load_dataset("digits")
     pyro.set_rng_seed(0)
-    vae = build_vae(config.model, data.event_shape)  # what train() builds
+    vae = build_model(config.model, data.event_shape)  # what train() builds
     half = tmp_path / "half"
     half.mkdir()
     words, steps_done = _where_poll_stops(interrupt_step)

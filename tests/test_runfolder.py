@@ -366,7 +366,7 @@ def test_an_unwritable_metrics_file_is_one_line(tmp_path, capsys):
     run.mkdir()
     (run / "metrics.jsonl").mkdir()  # cannot be opened for writing
     data = load_dataset("digits")
-    vae = pyrovae.build_vae(config.model, data.event_shape)
+    vae = pyrovae.build_model(config.model, data.event_shape)
     with pytest.raises(RunDirError, match=r"metrics.jsonl: cannot write \(.*\); the last good checkpoint \(epoch 1\)"):
         fit(vae, data, config.train, config.optim, run_dir=run, config=config)
 
@@ -509,7 +509,7 @@ def test_a_signal_during_evaluation_stops_after_that_epochs_checkpoint(tmp_path,
 
     config = small_config(epochs=4, eval_every=2)
     data = load_dataset("digits")
-    vae = pyrovae.build_vae(config.model, data.event_shape)
+    vae = pyrovae.build_model(config.model, data.event_shape)
     run = tmp_path / "run"
     run.mkdir()
     with pytest.raises(Interrupted, match="SIGTERM after epoch 2; checkpoint of epoch 2 saved"):
@@ -527,7 +527,7 @@ def test_a_signal_while_plotting_exits_after_the_last_checkpoint(tmp_path, monke
     monkeypatch.setattr(train_module, "plot_run", lambda *a: (received.append(signal.SIGINT), original(*a))[1])
     config = small_config(epochs=2)
     data = load_dataset("digits")
-    vae = pyrovae.build_vae(config.model, data.event_shape)
+    vae = pyrovae.build_model(config.model, data.event_shape)
     run = tmp_path / "run"
     run.mkdir()
     with pytest.raises(Interrupted, match="SIGINT after the last epoch"):
@@ -574,7 +574,7 @@ def test_threads_flag(tmp_path, capsys):
 
 def test_memory_estimate_counts_parameters_exactly(tmp_path):
     from pyrovae.memory import check_training_memory, meta_model
-    from pyrovae.model import VAE
+    from pyrovae import VAE
 
     vae = meta_model(lambda: VAE((64,), 2, encoder={"name": "mlp", "hidden": [100]},
                                  decoder={"name": "mlp", "hidden": [100]}))

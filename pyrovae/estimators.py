@@ -1,0 +1,113 @@
+"""Estimators by name: how a model's per-datapoint :class:`~pyrovae.models.Terms` become the
+objective that training maximises, and the ELBO that is reported.
+
+For one datapoint, the evidence lower bound (Kingma & Welling 2014, eq. 3) is
+
+    L(theta, phi; x) = E_q[log p(x|z)] - KL(q(z|x) || p(z))  <=  log p(x).
+
+With L particles z_l ~ q(z | x) and the KL weight beta (1 is the ELBO; beta-VAE, KL warm-up):
+
+- ``analytic`` (estimator B, eq. 7): (1/L) sum_l log p(x|z_l) - beta KL(q || p), the KL in
+  closed form (Pyro's ``TraceMeanField_ELBO``);
+- ``mc`` (estimator A, eq. 6): (1/L) sum_l [log p(x|z_l) + beta (log p(z_l) - log q(z_l|x))]
+  (Pyro's ``Trace_ELBO``);
+- ``iwae``: log (1/L) sum_l p(x, z_l) / q(z_l | x), the importance-weighted bound (Burda et
+  al. 2015; :class:`pyrovae.IWAE`), a tighter bound: ELBO <= IWAE_L <= log p(x); beta must be 1.
+
+``auto`` (not an estimator, a choice) is ``analytic`` when the model's KL has a closed form for
+every latent site, else ``mc``. An estimator registered with ``@ESTIMATORS.register(name)``
+(e.g. in a plugin) is a class with ``needs_kl`` and ``__call__(terms, beta) -> (objective,
+elbo)``, each of shape ``(M,)``.
+"""
+
+import math
+from typing import Optional, Tuple
+
+import pyro.infer
+import torch
+
+from .errors import ConfigError, shown
+from .registry import Registry
+
+ESTIMATORS = Registry("estimator")
+
+
+class Estimator:
+    """Reduces terms ``(L, M)`` to ``(objective, elbo)`` per datapoint, ``(M,)`` each."""
+
+    #: whether it reads ``terms.kl`` (else ``terms.log_prior`` and ``terms.log_q``)
+    needs_kl = False
+    #: the Pyro ELBO class computing the same (train.engine = "pyro"), or None
+    pyro_elbo = None
+
+    def __call__(self, terms, beta: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+@ESTIMATORS.register("analytic")
+class Analytic(Estimator):
+    """Estimator B: (1/L) sum_l log p(x|z_l) - beta KL(q || p), the KL in closed form."""
+
+    needs_kl = True
+    pyro_elbo = pyro.infer.TraceMeanField_ELBO
+
+    def __call__(self, terms, beta=1.0):
+        reconstruction = terms.reconstruction.mean(0)
+        kl = terms.kl.mean(0)
+        elbo = reconstruction - kl
+        return (elbo if beta == 1.0 else reconstruction - beta * kl), elbo
+
+
+@ESTIMATORS.register("mc")
+class MonteCarlo(Estimator):
+    """Estimator A: (1/L) sum_l [log p(x|z_l) + beta (log p(z_l) - log q(z_l|x))]."""
+
+    pyro_elbo = pyro.infer.Trace_ELBO
+
+    def __call__(self, terms, beta=1.0):
+        log_ratio = terms.log_prior - terms.log_q
+        elbo = (terms.reconstruction + log_ratio).mean(0)
+        return (elbo if beta == 1.0 else (terms.reconstruction + beta * log_ratio).mean(0)), elbo
+
+
+@ESTIMATORS.register("iwae")
+class ImportanceWeighted(Estimator):
+    """IWAE_L: log (1/L) sum_l p(x, z_l) / q(z_l | x) (Burda et al. 2015); the ELBO from the same samples."""
+
+    def __call__(self, terms, beta=1.0):
+        log_w = terms.log_weights
+        return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0]), log_w.mean(0)
+
+
+def estimator_names() -> Tuple[str, ...]:
+    """What ``train.estimator`` takes: ``auto`` and every registered estimator."""
+    return ("auto", *ESTIMATORS.names())
+
+
+def get_estimator(name: str) -> Estimator:
+    return ESTIMATORS.build(name, "train.estimator")
+
+
+def resolve_estimator(estimator: str, model, batch=None) -> str:
+    """``auto`` -> ``analytic`` or ``mc`` for this model; checks that ``analytic`` applies
+    (``batch``: a sample batch, for families whose answer needs a trace)."""
+    if estimator not in estimator_names():
+        raise ConfigError(f"train.estimator: unknown estimator {shown(estimator)}; "
+                          f"valid: {', '.join(estimator_names())}")
+    if estimator not in ("auto", "analytic"):
+        return estimator
+    analytic_ok = model.has_analytic_kl(batch)
+    if estimator == "auto":
+        return "analytic" if analytic_ok else "mc"
+    if not analytic_ok:
+        what = f"the {type(model.prior).__name__}" if hasattr(model, "prior") else "a latent site of the model"
+        raise ConfigError(f"train.estimator = 'analytic': {what} has no closed-form KL; use 'mc' or 'auto'")
+    return estimator
+
+
+def estimate(model, batch, estimator: str, num_particles: int = 1, beta: float = 1.0,
+             noise: Optional[torch.Tensor] = None, num_data: Optional[int] = None):
+    """``(objective, elbo)`` per datapoint: the estimator over the model's terms."""
+    reduce = get_estimator(estimator)
+    terms = model.terms(batch, num_particles, num_data, kl=reduce.needs_kl, noise=noise)
+    return reduce(terms, beta)

@@ -1,0 +1,308 @@
+"""``pyrovae.Model``: the base of every model family, and what pyrovae reads off its traces.
+
+A family is a Pyro program over a minibatch: ``model(batch, num_data)`` samples its local
+latent sites and observes the data under the plate "data" (``self.data_plate``), which scales
+every site by N/M; ``guide(batch, num_data)`` is the amortized posterior q(z | x) under the
+same plate. From these two functions alone, :meth:`Model.terms` derives everything the rest
+of pyrovae needs, per datapoint and unscaled, for L particles drawn in one vectorized pass:
+
+- ``reconstruction``: log p(x | z), the observed sites;
+- ``log_prior``: log p(z), the model's latent sites;
+- ``log_q``: log q(z | x), the guide's latent sites;
+- ``kl``: KL(q || p) site by site, in closed form where Pyro has one (else log q - log p at
+  the particle, as in Pyro's ``TraceMeanField_ELBO``); ``kl_exact`` says whether every site had one.
+
+The estimators (analytic, mc, iwae), training, evaluation (ELBO, IWAE_k, NLL), active units
+and sampling use only :meth:`terms`, :meth:`encode`, :meth:`sample` and :meth:`reconstruct`.
+A family may override any of them with closed forms for speed; a test then ties the override
+to the trace-derived value, in value and gradient (``tests/test_families.py``).
+
+Per-datapoint values come from each site's plates: the particle plate's dimension gives the
+particles, the data plate's dimension the datapoints, and every other plate's dimension is
+summed. A latent site outside the data plate (a global latent) is shared by all N datapoints:
+its log-density is divided by N and added to each, so that (N/M) sum over a minibatch of the
+per-datapoint terms is still an unbiased estimate of the full-data ELBO.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.nn import PyroModule, pyro_method
+from pyro.poutine.subsample_messenger import _Subsample
+from torch.distributions import kl_divergence
+
+from ..data import Batch, as_batch
+
+DATA_PLATE = "data"
+PARTICLE_PLATE = "num_particles_vectorized"  # the name Pyro's own ELBOs give the particle plate
+
+
+def data_plate(x, num_data: Optional[int] = None, name: str = DATA_PLATE) -> pyro.plate:
+    """The plate "data" of size ``num_data`` (or M) with the minibatch as its subsample.
+
+    Every site sampled inside it is scaled by ``num_data / M``, so a Pyro ELBO of the
+    minibatch is an unbiased estimate of the full-data ELBO (Kingma & Welling 2014, eq. 8).
+    ``x`` is the minibatch (a tensor whose first dimension is M, or a :class:`~pyrovae.Batch`).
+    Passing the subsample indices rather than ``subsample_size`` avoids a ``randperm(N)`` per step.
+    """
+    x = x.x if isinstance(x, Batch) else x
+    size = x.shape[0]
+    return pyro.plate(name, size=num_data or size, subsample=torch.arange(size, device=x.device))
+
+
+@dataclass
+class Terms:
+    """The terms of the ELBO for each particle and datapoint, unscaled (no N/M), each ``(L, M)``
+    (``kl`` may be ``(1, M)`` when it does not depend on the particle). ``log_prior`` and
+    ``log_q`` are None when only the analytic estimator's terms were asked for."""
+
+    reconstruction: torch.Tensor
+    kl: Optional[torch.Tensor] = None
+    log_prior: Optional[torch.Tensor] = None
+    log_q: Optional[torch.Tensor] = None
+    #: whether ``kl`` is closed-form for every latent site
+    kl_exact: bool = True
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        """log p(x, z_l) - log q(z_l | x): the importance weights' logarithms, ``(L, M)``."""
+        return self.reconstruction + self.log_prior - self.log_q
+
+    @property
+    def num_particles(self) -> int:
+        return self.reconstruction.shape[0]
+
+
+def _frames(site) -> Dict[str, object]:
+    return {f.name: f for f in site["cond_indep_stack"] if f.vectorized}
+
+
+def per_datapoint(value: torch.Tensor, site, shape: tuple, num_data: int, plate: str = DATA_PLATE) -> torch.Tensor:
+    """A site's per-element log-density brought to ``shape = (L, M)``: the particle plate's
+    dimension first, the data plate's last, every other plate's summed; a site outside the data
+    plate counts 1/N (``num_data``) for each datapoint."""
+    frames = _frames(site)
+    ndim = max([value.dim()] + [-f.dim for f in frames.values()])
+    value = value.reshape((1,) * (ndim - value.dim()) + value.shape)
+    particles, data = frames.get(PARTICLE_PLATE), frames.get(plate)
+    source = [ndim + f.dim for f in (particles, data) if f is not None]
+    target = [d for f, d in ((particles, 0), (data, -1)) if f is not None]
+    value = value.movedim(tuple(source), tuple(target)) if source else value
+    if particles is None:
+        value = value.unsqueeze(0)
+    if data is None:
+        value = value.unsqueeze(-1) / num_data
+    inner = tuple(range(1, value.dim() - 1))
+    return (value.sum(inner) if inner else value).expand(shape)
+
+
+def _per_datapoint_values(value: torch.Tensor, site, m: int) -> Optional[torch.Tensor]:
+    """A local site's value-shaped tensor (e.g. its posterior mean) as ``(M, -1)``; None for a
+    site outside the data plate."""
+    frames = _frames(site)
+    data = frames.get(DATA_PLATE)
+    if data is None:
+        return None
+    batch_dims = value.dim() - site["fn"].event_dim
+    ndim = max([batch_dims] + [-f.dim for f in frames.values()])
+    value = value.reshape((1,) * (ndim - batch_dims) + value.shape)
+    return value.movedim(ndim + data.dim, 0).reshape(m, -1)
+
+
+class Model(PyroModule):
+    """The base of every model family: a Pyro ``model`` and ``guide`` over a minibatch.
+
+    Subclass it, write ``model(batch, num_data=None)`` and ``guide(batch, num_data=None)``
+    with the local sites inside ``self.data_plate(batch, num_data)``, and register the class
+    with ``@pyrovae.MODELS.register("name")`` to name it in a config (``[model] family``).
+    ``batch`` is a :class:`~pyrovae.Batch` (``.x``, ``.y`` labels or None, ``.labeled``
+    mask or None); a plain tensor is accepted for ``x`` alone.
+
+    :param tuple event_shape: the shape of one data point.
+    :param str name: the Pyro name prefix of the parameters.
+    """
+
+    #: the observed site that :meth:`sample` and :meth:`reconstruct` return
+    observed_site = "x"
+    #: how many plates model and guide nest, where a family knows it (else one trace finds out)
+    plate_nesting: Optional[int] = None
+
+    def __init_subclass__(cls, **kwargs):
+        """A family's ``model`` and ``guide`` run in the module's Pyro context (as with
+        ``@pyro_method``), so that its parameters reach Pyro's param store under plain SVI."""
+        super().__init_subclass__(**kwargs)
+        for name in ("model", "guide"):
+            fn = cls.__dict__.get(name)
+            if fn is not None and not getattr(fn, "_pyrovae_method", False):
+                wrapped = pyro_method(fn)
+                wrapped._pyrovae_method = True
+                setattr(cls, name, wrapped)
+
+    def __init__(self, event_shape: Sequence[int], name: str = ""):
+        super().__init__(name)
+        self.event_shape = tuple(int(s) for s in event_shape)
+        self.event_dim = len(self.event_shape)
+        self._max_plate_nesting: Optional[int] = None
+
+    # -- the Pyro program (a family writes these) ------------------------------------------
+    def model(self, batch, num_data: Optional[int] = None):
+        raise NotImplementedError(f"{type(self).__name__} defines no model")
+
+    def guide(self, batch, num_data: Optional[int] = None):
+        raise NotImplementedError(f"{type(self).__name__} defines no guide")
+
+    def data_plate(self, batch, num_data: Optional[int] = None) -> pyro.plate:
+        """The plate "data" of size ``num_data`` (or M) with the minibatch as its subsample:
+        every site inside it is scaled by N/M (see :func:`pyrovae.data_plate`)."""
+        return data_plate(batch, num_data)
+
+    # -- derived from traces ---------------------------------------------------------------
+    def max_plate_nesting(self, batch) -> int:
+        """How many plates the model and guide nest (from one trace, then remembered)."""
+        if self.plate_nesting is not None:
+            return self.plate_nesting
+        if self._max_plate_nesting is None:
+            with torch.no_grad(), poutine.block(), torch.random.fork_rng(devices=[]):  # leaves the RNG as it was
+                traces = [poutine.trace(fn).get_trace(batch, None) for fn in (self.guide, self.model)]
+            dims = [-f.dim for t in traces for site in t.nodes.values() if site["type"] == "sample"
+                    for f in site["cond_indep_stack"] if f.vectorized]
+            self._max_plate_nesting = max(dims, default=0)
+        return self._max_plate_nesting
+
+    def _vectorized(self, fn, num_particles: int, nesting: int):
+        def wrapped(batch, num_data):
+            with pyro.plate(PARTICLE_PLATE, num_particles, dim=-(nesting + 1)):
+                return fn(batch, num_data)
+        return wrapped
+
+    def traces(self, batch, num_particles: int = 1, num_data: Optional[int] = None,
+               values: Optional[Dict[str, torch.Tensor]] = None):
+        """``(model_trace, guide_trace)`` for L = ``num_particles`` vectorized particles, with
+        log-densities computed; ``values`` fixes guide sites to given (reparameterized) values."""
+        batch = as_batch(batch)
+        nesting = self.max_plate_nesting(batch)
+        guide = self._vectorized(self.guide, num_particles, nesting)
+        if values:
+            guide = poutine.condition(guide, data=values)
+        guide_trace = poutine.trace(guide).get_trace(batch, num_data)
+        for name in values or ():  # given values stand for samples: latent, not observed
+            guide_trace.nodes[name]["is_observed"] = False
+        model = poutine.replay(self._vectorized(self.model, num_particles, nesting), trace=guide_trace)
+        model_trace = poutine.trace(model).get_trace(batch, num_data)
+        for trace in (guide_trace, model_trace):
+            trace.compute_log_prob(lambda name, site: not isinstance(site["fn"], _Subsample))
+        return model_trace, guide_trace
+
+    def terms(self, batch, num_particles: int = 1, num_data: Optional[int] = None, kl: bool = True,
+              noise: Optional[torch.Tensor] = None, values: Optional[Dict[str, torch.Tensor]] = None) -> Terms:
+        """The ELBO's terms per particle and datapoint, read off traces of the guide and of the
+        model replayed on it (see the module docstring). ``noise`` is for families that draw
+        their own (the training loop passes what :meth:`noise_shape` asks for); the general
+        path samples through Pyro. ``values`` fixes guide sites (as ``poutine.condition``)."""
+        batch = as_batch(batch)
+        model_trace, guide_trace = self.traces(batch, num_particles, num_data, values)
+        m = batch.x.shape[0]
+        n = num_data or m
+        shape = (num_particles, m)
+        zero = batch.x.new_zeros(shape)
+        reconstruction, log_prior, log_q, kl_total, exact = zero, zero, zero, zero, True
+        latent = set()
+        for name, site in guide_trace.nodes.items():
+            if site["type"] == "sample" and not isinstance(site["fn"], _Subsample) and not site["is_observed"]:
+                latent.add(name)
+                if name not in (values or {}) and not site["fn"].has_rsample:
+                    raise ValueError(f"guide site {name!r} is not reparameterizable; pyrovae's estimators "
+                                     "differentiate through the samples")
+                log_q = log_q + per_datapoint(site["unscaled_log_prob"], site, shape, n)
+        for name, site in model_trace.nodes.items():
+            if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
+                continue
+            per = per_datapoint(site["unscaled_log_prob"], site, shape, n)
+            if name not in latent:
+                reconstruction = reconstruction + per
+                continue
+            log_prior = log_prior + per
+            if kl:
+                q_site = guide_trace.nodes[name]
+                try:
+                    closed = kl_divergence(q_site["fn"], site["fn"])
+                    kl_total = kl_total + per_datapoint(closed, q_site, shape, n)
+                except NotImplementedError:
+                    exact = False
+                    kl_total = kl_total + per_datapoint(q_site["unscaled_log_prob"], q_site, shape, n) - per
+        return Terms(reconstruction, kl_total if kl else None, log_prior, log_q, exact)
+
+    def has_analytic_kl(self, batch) -> bool:
+        """Whether every latent site's KL(q || p) has a closed form (what ``auto`` asks)."""
+        with torch.no_grad():
+            return self.terms(batch, 1, kl=True).kl_exact
+
+    def noise_shape(self, batch_size: int, num_particles: int) -> Optional[tuple]:
+        """The shape of the standard normal noise :meth:`terms` takes as ``noise`` (None: it
+        draws its own). The training loop draws it for the whole global batch from its own
+        generator, so that K processes see the noise of one."""
+        return None
+
+    def check_data(self, x: torch.Tensor, where: str = "data") -> None:
+        """Raise :class:`~pyrovae.DataError` for data this model cannot score (the ``vae`` family
+        checks its likelihood's support); by default nothing is checked."""
+
+    # -- what evaluation and the figures use ---------------------------------------------------
+    def latent_sites(self, batch) -> Dict[str, dict]:
+        """The guide's latent sites (name -> trace node) for a batch."""
+        with torch.no_grad():
+            guide_trace = poutine.trace(self.guide).get_trace(as_batch(batch), None)
+        return {name: site for name, site in guide_trace.nodes.items()
+                if site["type"] == "sample" and not site["is_observed"] and not isinstance(site["fn"], _Subsample)}
+
+    @torch.no_grad()
+    def encode(self, batch) -> torch.Tensor:
+        """The posterior means E_q[z | x] of every local latent site, flattened and
+        concatenated: ``(M, D)`` (what active units are computed from)."""
+        batch = as_batch(batch)
+        m = batch.x.shape[0]
+        means = [_per_datapoint_values(site["fn"].mean, site, m) for site in self.latent_sites(batch).values()]
+        means = [v for v in means if v is not None]
+        return torch.cat(means, -1) if means else batch.x.new_zeros((m, 0))
+
+    @torch.no_grad()
+    def reconstruct(self, batch) -> torch.Tensor:
+        """E[x | z = E_q[z | x]]: the observed site's mean with every latent site at its posterior mean."""
+        batch = as_batch(batch)
+        values = {name: site["fn"].mean for name, site in self.latent_sites(batch).items()}
+        trace = poutine.trace(poutine.condition(self.model, data=values)).get_trace(batch, None)
+        return _mean_or_sample(trace.nodes[self.observed_site]["fn"])
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, mean: bool = True, batch=None) -> torch.Tensor:
+        """Draw from the model: the observed site's mean E[x | z] (``mean=True``) or a sample of
+        it, z ~ p(z). ``batch`` supplies what the model conditions on besides x (labels)."""
+        if batch is None:
+            batch = Batch(torch.zeros((num_samples, *self.event_shape), device=self.device))
+        trace = poutine.trace(poutine.uncondition(self.model)).get_trace(as_batch(batch), None)
+        site = trace.nodes[self.observed_site]
+        return _mean_or_sample(site["fn"]) if mean else site["value"]
+
+    @property
+    def device(self) -> torch.device:
+        param = next(self.parameters(), None)
+        if param is not None:
+            return param.device
+        buffer = next(self.buffers(), None)
+        return buffer.device if buffer is not None else torch.device("cpu")
+
+
+def _mean_or_sample(fn) -> torch.Tensor:
+    try:
+        return fn.mean
+    except NotImplementedError:
+        return fn.sample()
+
+
+def log_mean_exp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """log (1/K) sum_k exp(log_w_k), stably."""
+    return torch.logsumexp(log_w, dim) - math.log(log_w.shape[dim])

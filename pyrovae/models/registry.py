@@ -1,0 +1,48 @@
+"""Model families by name: ``[model] family = "vae"`` (and a user's own, registered in a plugin).
+
+A family is a :class:`~pyrovae.Model` subclass whose constructor takes the data's
+``event_shape`` (and ``num_classes``, if it asks for it: then it comes from the data's labels)
+and its own options, which the ``[model]`` table sets and the registry checks like a part's
+(names, types). An option named like a part (``prior``, ``likelihood``, ``encoder``,
+``decoder``) is a part spec, checked against that part's registry.
+"""
+
+import inspect
+from typing import Any, Dict, Mapping
+
+from ..errors import ConfigError
+from ..likelihoods import LIKELIHOODS
+from ..nets import DECODERS, ENCODERS
+from ..priors import PRIORS
+from ..registry import Registry
+
+#: what pyrovae passes a family itself; a config may not set these
+CONTEXT = ("event_shape", "num_classes", "name")
+MODELS = Registry("model family", context=CONTEXT)
+PART_REGISTRIES = {"prior": PRIORS, "likelihood": LIKELIHOODS, "encoder": ENCODERS, "decoder": DECODERS}
+
+
+def family_defaults(family: str) -> Dict[str, Any]:
+    """The family's options with their defaults (options without a default are left out): the
+    constructor's, updated by the class's ``config_defaults`` (fuller part tables for the config)."""
+    defaults = {k: p.default for k, p in MODELS.options(family).items() if p.default is not inspect.Parameter.empty}
+    return {**defaults, **getattr(MODELS.get(family), "config_defaults", {})}
+
+
+def check_model_options(family: str, options: Mapping[str, Any], where: str = "model") -> None:
+    """Check a ``[model]`` table: the family exists, every key is one of its options with the
+    right type, and part specs name registered parts with valid options."""
+    MODELS.split({"name": family, **options}, where)
+    for key, value in options.items():
+        registry = PART_REGISTRIES.get(key)
+        if registry is not None and isinstance(value, (str, Mapping)):
+            registry.split(value, f"{where}.{key}")
+    required = [k for k, p in MODELS.options(family).items() if p.default is inspect.Parameter.empty]
+    missing = [k for k in required if k not in options]
+    if missing:
+        raise ConfigError(f"{where}: family {family!r} needs {', '.join(f'model.{k}' for k in missing)}")
+
+
+def takes_labels(family: str) -> bool:
+    """Whether the family's constructor asks for ``num_classes`` (then the data must have labels)."""
+    return "num_classes" in inspect.signature(MODELS.get(family)).parameters

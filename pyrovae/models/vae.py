@@ -1,0 +1,197 @@
+"""The ``vae`` family: Kingma & Welling's VAE, a Pyro ``model`` and ``guide`` that serve every
+prior, likelihood and network.
+
+Kingma & Welling, "Auto-Encoding Variational Bayes" (2014):
+
+- model:  z_i ~ p(z),  x_i ~ p_theta(x | z_i)  for i in the minibatch;
+- guide:  z_i ~ q_phi(z | x_i) = N(mu(x_i), diag(sigma^2(x_i))), the encoder emitting mu and
+  zeta = log sigma^2, so that z = mu + sigma * eps with eps ~ N(0, I) (reparameterization).
+
+Both run under the plate "data" (``self.data_plate``) with the minibatch as the subsample:
+each log-probability is scaled by N/M, so any Pyro ELBO of a minibatch of M points is an
+unbiased estimate of the ELBO of all N points (the paper's estimator, eq. 8).
+
+:meth:`VAE.terms` overrides the trace-derived terms of :class:`~pyrovae.Model` with closed
+forms through the parts (``likelihood.log_prob``, ``prior.log_prob``,
+``prior.kl_from_normal``) and the reparameterization written out, which skips Pyro's tracing
+(it costs more than the networks on small models); ``tests/test_families.py`` ties the two
+together in value and gradient.
+"""
+
+from typing import Optional, Sequence, Union
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from ..data import as_batch
+from ..likelihoods import LIKELIHOODS, Likelihood
+from ..nets import DECODERS, ENCODERS
+from ..priors import LOG_2PI, PRIORS, Prior
+from ..registry import Spec
+from .base import Model, Terms
+from .registry import MODELS
+
+
+@MODELS.register("vae")
+class VAE(Model):
+    """A variational autoencoder as a Pyro model and guide.
+
+    :param tuple event_shape: the shape of one data point, e.g. ``(1, 28, 28)`` or ``(64,)``.
+    :param int latent_dim: the dimension of z.
+    :param prior: a registered prior name or spec (``"standard_normal"``, ``"gaussian"``,
+        ``{"name": "mixture", "num_components": 10}``), or a :class:`~pyrovae.priors.Prior`.
+    :param likelihood: a registered likelihood name or spec (``"bernoulli"``,
+        ``{"name": "gaussian", "scale": 1.0}``, ...), or a :class:`~pyrovae.likelihoods.Likelihood`.
+    :param encoder: a network spec (``"mlp"``, ``{"name": "mlp", "hidden": [500]}``, ``"conv"``)
+        or an ``nn.Module`` mapping x to ``(loc, log_var)``.
+    :param decoder: a network spec or an ``nn.Module`` mapping z to
+        ``(..., likelihood.num_params, *event_shape)``.
+    :param str name: the Pyro name prefix of the parameters (give two VAEs trained by plain
+        SVI in one process different names).
+
+    Example with plain Pyro::
+
+        vae = VAE((64,), latent_dim=2, prior="mixture", likelihood="bernoulli")
+        svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}),
+                             pyro.infer.TraceMeanField_ELBO())
+        svi.step(x_batch, num_data=N)
+    """
+
+    plate_nesting = 1  # the plate "data"
+    #: the networks' defaults as a config writes them out
+    config_defaults = {"encoder": {"name": "mlp", "hidden": [256], "activation": "relu"},
+                       "decoder": {"name": "mlp", "hidden": [256], "activation": "relu"}}
+
+    def __init__(self, event_shape: Sequence[int], latent_dim: int = 2,
+                 prior: Union[Spec, Prior] = "standard_normal",
+                 likelihood: Union[Spec, Likelihood] = "bernoulli",
+                 encoder: Union[Spec, nn.Module] = "mlp", decoder: Union[Spec, nn.Module] = "mlp",
+                 name: str = ""):
+        super().__init__(event_shape, name)
+        self.latent_dim = int(latent_dim)
+        self.prior = prior if isinstance(prior, nn.Module) else \
+            PRIORS.build(prior, "model.prior", latent_dim=self.latent_dim)
+        self.likelihood = likelihood if isinstance(likelihood, nn.Module) else \
+            LIKELIHOODS.build(likelihood, "model.likelihood")
+        self.encoder = encoder if isinstance(encoder, nn.Module) else \
+            ENCODERS.build(encoder, "model.encoder", event_shape=self.event_shape, latent_dim=self.latent_dim)
+        self.decoder = decoder if isinstance(decoder, nn.Module) else \
+            DECODERS.build(decoder, "model.decoder", event_shape=self.event_shape, latent_dim=self.latent_dim,
+                           num_params=self.likelihood.num_params)
+        if hasattr(self.prior, "attach"):  # e.g. the VampPrior, which runs the encoder on its pseudo-inputs
+            self.prior.attach(self.encoder, self.event_shape)
+        self.check_networks()
+
+    def check_networks(self) -> None:
+        """One dry batch of 2 points with 2 particles through the networks: a wrong output shape is
+        one ConfigError line that names the network and the expected shape (not a torch error deep
+        inside training)."""
+        from ..errors import ConfigError
+
+        with torch.no_grad():
+            x = torch.zeros((2, *self.event_shape), device=self.device)
+            out = self.encoder(x)
+            if not (isinstance(out, (tuple, list)) and len(out) == 2
+                    and all(isinstance(t, torch.Tensor) and tuple(t.shape) == (2, self.latent_dim) for t in out)):
+                got = tuple(tuple(t.shape) for t in out) if isinstance(out, (tuple, list)) else type(out).__name__
+                raise ConfigError(f"model.encoder: for x of shape {tuple(x.shape)} it returns {got}; expected "
+                                  f"(loc, log_var), each of shape (2, {self.latent_dim})")
+            z = torch.zeros((2, 2, self.latent_dim), device=self.device)
+            out = self.decoder(z)
+            want = (2, 2, self.likelihood.num_params, *self.event_shape)
+            if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ConfigError(f"model.decoder: for z of shape (2, 2, {self.latent_dim}) it returns {got}; "
+                                  f"expected {want} (particles, points, the likelihood's {self.likelihood.num_params} "
+                                  "parameter(s), the data's shape)")
+
+    # -- the Pyro program ---------------------------------------------------------------
+    def model(self, batch, num_data: Optional[int] = None):
+        """p(z) p_theta(x|z) for a minibatch (a Batch, or x of shape ``(M, *event_shape)``) out of ``num_data``."""
+        x = as_batch(batch).x
+        with self.data_plate(x, num_data):
+            z = pyro.sample("z", self.prior((x.shape[0],)))
+            pyro.sample("x", self.likelihood(self.decode(z), self.event_dim), obs=x)
+
+    def guide(self, batch, num_data: Optional[int] = None):
+        """q_phi(z|x) = N(mu(x), diag(exp(zeta(x)))), zeta = log sigma^2, under the same plate."""
+        x = as_batch(batch).x
+        with self.data_plate(x, num_data):
+            pyro.sample("z", self.posterior(x))
+
+    # -- the closed forms (Model.terms derives the same from traces) ------------------------
+    def terms(self, batch, num_particles: int = 1, num_data: Optional[int] = None, kl: bool = True,
+              noise: Optional[torch.Tensor] = None, values=None) -> Terms:
+        """The ELBO's terms per particle and datapoint with z_l = mu(x) + sigma(x) * eps_l:
+
+        - reconstruction: log p(x | z_l) (``likelihood.log_prob``);
+        - ``kl=True``: KL(q(z|x) || p(z)), the prior's closed form
+          (1/2 sum_j (mu_j^2 + sigma_j^2 - 1 - log sigma_j^2) for N(0, I)) where it has one, else
+          log q(z_l|x) - log p(z_l);
+        - ``kl=False``: log p(z_l) (``prior.log_prob``) and log q(z_l | x), which at
+          z = mu + sigma * eps is sum_j -eps_j^2 / 2 - log sigma_j - log(2 pi) / 2: the same value
+          and the same total gradient as ``q.log_prob(z)``.
+
+        ``noise`` (shape ``(L, M, latent_dim)``) is the standard normal eps to use; drawn here if
+        None. ``values`` is not needed by the closed forms and must be None.
+        """
+        if values is not None:
+            return Model.terms(self, batch, num_particles, num_data, kl, noise, values)
+        x = as_batch(batch).x
+        loc, log_var = self.encoder(x)
+        eps = noise if noise is not None else torch.randn((num_particles, *loc.shape), dtype=loc.dtype,
+                                                          device=loc.device)
+        z = loc + eps * torch.exp(0.5 * log_var)  # the reparameterization, (L, M, latent_dim)
+        reconstruction = self.likelihood.log_prob(self.decode(z), x, self.event_dim)  # (L, M)
+        if kl and self.prior.has_analytic_kl:
+            return Terms(reconstruction, kl=self.prior.kl_from_normal(loc, log_var).unsqueeze(0))
+        log_q = -0.5 * (eps.pow(2) + log_var + LOG_2PI).sum(-1)
+        log_prior = self.prior.log_prob(z)
+        return Terms(reconstruction, log_q - log_prior if kl else None, log_prior, log_q, kl_exact=False)
+
+    def check_data(self, x: torch.Tensor, where: str = "data") -> None:
+        """Values outside the likelihood's support are one DataError line that names the fix."""
+        self.likelihood.check_data(x, where)
+
+    def has_analytic_kl(self, batch=None) -> bool:
+        return bool(self.prior.has_analytic_kl)
+
+    def noise_shape(self, batch_size: int, num_particles: int) -> Optional[tuple]:
+        return (num_particles, batch_size, self.latent_dim)
+
+    # -- plain-tensor helpers (no Pyro effects) --------------------------------------------
+    def posterior(self, x: torch.Tensor) -> dist.TorchDistribution:
+        """q_phi(z|x) as a distribution with batch shape ``(M,)`` and event shape ``(latent_dim,)``."""
+        loc, log_var = self.encoder(x)
+        return dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
+
+    def decode(self, z: torch.Tensor) -> tuple:
+        """The likelihood's parameters for codes z of shape ``(..., latent_dim)``: a tuple of
+        ``num_params`` tensors of shape ``(..., *event_shape)``."""
+        out = self.decoder(z)
+        if out.shape[-self.event_dim - 1] == 1:  # a view, whose backward copies nothing (unbind's stacks)
+            return (out.squeeze(-self.event_dim - 1),)
+        return out.unbind(-self.event_dim - 1)
+
+    def likelihood_dist(self, z: torch.Tensor) -> dist.TorchDistribution:
+        """p_theta(x|z) with the data's event shape."""
+        return self.likelihood(self.decode(z), self.event_dim)
+
+    @torch.no_grad()
+    def encode(self, batch) -> torch.Tensor:
+        """E_q[z | x] = mu(x), ``(M, latent_dim)``."""
+        return self.encoder(as_batch(batch).x)[0]
+
+    @torch.no_grad()
+    def reconstruct(self, batch) -> torch.Tensor:
+        """E[x | z = mu(x)]: the decoder's mean at the encoder's mean."""
+        return self.likelihood.mean(self.decode(self.encode(batch)))
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, mean: bool = True, batch=None) -> torch.Tensor:
+        """Draw z ~ p(z) and return E[x|z] (``mean=True``) or a sample x ~ p(x|z)."""
+        z = self.prior().sample((num_samples,))
+        return self.likelihood.mean(self.decode(z)) if mean else self.likelihood_dist(z).sample()
+
