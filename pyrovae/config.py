@@ -20,6 +20,8 @@ from .errors import ConfigError, one_line, shown
 from .estimators import estimator_names
 from .models import MODELS, check_model_options, family_defaults
 from .optim import check_optimizer
+from .plugins import import_plugins
+from .plugins import resolve as resolve_plugins
 from .registry import _type_name, check_type
 
 ALGORITHMS = ("aevb", "wake_sleep")
@@ -223,7 +225,22 @@ class LogConfig:
                                   "pip install tensorboard (or pyrovae[tensorboard])") from None
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "log": LogConfig}
+@dataclass
+class PluginsConfig:
+    """``[plugins]``: user modules imported before the rest of the config is checked, so that what
+    they register (priors, likelihoods, networks, model families, estimators) can be named in it."""
+
+    #: module names, or .py files (relative to the config file); recorded as absolute paths.
+    modules: List[str] = field(default_factory=list)
+    #: the SHA-256 of each file when the run recorded it ('' for module names); written by pyrovae.
+    sha256: List[str] = field(default_factory=list)
+
+    def check(self):
+        pass  # checked and imported by config_from_dict, before the other sections
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "log": LogConfig,
+            "plugins": PluginsConfig}
 
 
 @dataclass
@@ -235,6 +252,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: Dict[str, Any] = field(default_factory=lambda: {"name": "adam", "lr": 1e-3})
     log: LogConfig = field(default_factory=LogConfig)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
 
     def check(self) -> "Config":
         self.data.check()
@@ -279,11 +297,17 @@ def _section(cls, table, section: str):
     return cls(**table)
 
 
-def config_from_dict(d: Dict[str, Any]) -> Config:
-    """Validate a parsed TOML document (missing keys take their defaults)."""
+def config_from_dict(d: Dict[str, Any], base_dir: Optional[Path] = None) -> Config:
+    """Validate a parsed TOML document (missing keys take their defaults). ``[plugins]`` comes
+    first: its modules are imported (relative files from ``base_dir``) before the rest is checked."""
     for section in d:
         if section not in (*SECTIONS, "optim"):
-            raise ConfigError(f"[{section}]: unknown section; valid: data, model, train, log, optim")
+            valid = ", ".join((*SECTIONS, "optim"))
+            raise ConfigError(f"[{one_line(str(section), 40)}]: unknown section; valid: {valid}")
+    plugins = _section(PluginsConfig, d.get("plugins", {}), "plugins")
+    plugins.modules = resolve_plugins(plugins.modules, base_dir)
+    plugins.sha256 = import_plugins(plugins.modules, plugins.sha256 or None)
+    d = {**d, "plugins": dataclasses.asdict(plugins)}
     optim = d.get("optim", {"name": "adam", "lr": 1e-3})
     if not isinstance(optim, dict):
         raise ConfigError(f"[optim] must be a table, got {shown(optim)}")
@@ -365,7 +389,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
         d = parse_toml(read_config_text(path), path)
     where = path or "default config"
     try:
-        return config_from_dict(apply_overrides(d, overrides))
+        return config_from_dict(apply_overrides(d, overrides), Path(path).parent if path else None)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
 

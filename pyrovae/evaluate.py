@@ -17,9 +17,9 @@ from torch.distributions import Normal, kl_divergence
 from .checkpoint import (
     data_fingerprint,
     fingerprint_difference,
+    model_from_checkpoint,
     read_checkpoint,
     read_run_config,
-    model_from_checkpoint,
 )
 from .data import as_batch
 from .devices import resolve_device

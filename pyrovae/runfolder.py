@@ -233,6 +233,22 @@ def append_metrics(run_dir, record: Dict, kept: str = "") -> None:
         raise RunDirError(f"{path}: cannot write ({describe_os_error(e)}){kept}") from None
 
 
+def copy_plugins(modules, run_dir) -> None:
+    """Keep a copy of each plugin file in ``RUN_DIR/plugins/`` (for reading: never imported from there)."""
+    files = [Path(m) for m in modules if m.endswith(".py") and Path(m).is_file()]
+    if not files:
+        return
+    folder = Path(run_dir) / "plugins"
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"{folder}: cannot create ({describe_os_error(e)})") from None
+    for i, file in enumerate(files):
+        data = file.read_bytes()
+        atomic_write_bytes(folder / (file.name if i == 0 or file.name not in {f.name for f in files[:i]}
+                                     else f"{i}-{file.name}"), lambda f: f.write(data))
+
+
 def check_writable(folder, flag: str = "") -> None:
     """Fail now, in one line, if no file can be created in ``folder`` (rather than after the work)."""
     folder = Path(folder)

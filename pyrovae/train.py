@@ -46,9 +46,9 @@ from .config import Config, TrainConfig, dumps
 from .data import Batch, Dataset, binarize_split, epoch_order
 from .devices import resolve_device
 from .errors import ConfigError, PyrovaeError, RunDirError, one_line
+from .estimators import get_estimator, resolve_estimator
 from .evaluate import active_units, dataset_terms, seeded
 from .memory import check_training_memory, meta_model
-from .estimators import get_estimator, resolve_estimator
 from .objectives import LatentScale, elbo_per_datapoint, make_elbo
 from .optim import build_optimizer, load_state
 from .plots import as_images, image_grid, plot_run
@@ -58,6 +58,7 @@ from .runfolder import (
     RunLock,
     append_metrics,
     atomic_write_bytes,
+    copy_plugins,
     create_run_dir,
     is_fresh,
     remove_stale,
@@ -635,6 +636,7 @@ def _claim_run_dir(config: Config, out_dir, resume: bool, lock: RunLock) -> Path
     if not resume:
         text = dumps(config.to_dict()).encode()
         atomic_write_bytes(out_dir / CONFIG, lambda f: f.write(text))
+        copy_plugins(config.plugins.modules, out_dir)
     return out_dir
 
 

@@ -14,7 +14,7 @@ def write(tmp_path, text, name="c.toml"):
 
 @pytest.mark.parametrize("text, pattern", [
     ("[train\nepochs = 3", r"c\.toml: malformed TOML"),
-    ("[trian]\nepochs = 3", r"c\.toml: \[trian\]: unknown section; valid: data, model, train, log, optim"),
+    ("[trian]\nepochs = 3", r"c\.toml: \[trian\]: unknown section; valid: data, model, train, log, plugins, optim"),
     ("[train]\nepoch = 3", r"c\.toml: train\.epoch: unknown key; valid keys: .*epochs"),
     ("[train]\nepochs = \"three\"", r"train\.epochs = 'three': expected an integer"),
     ("[train]\nepochs = 0", r"train\.epochs = 0: must be >= 1"),

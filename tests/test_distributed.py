@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyrovae import TrainConfig
+from pyrovae import VAE, TrainConfig
 from pyrovae.checkpoint import read_checkpoint
 from pyrovae.data import Dataset
-from pyrovae import VAE
 from pyrovae.train import _Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

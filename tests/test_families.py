@@ -124,7 +124,7 @@ def test_a_users_family_trains_and_evaluates_through_the_interface():
     result = pyrovae.evaluate(model, data.test_batch, nll_samples=100, iwae_samples=10, elbo_particles=5)
     assert result["test_elbo"] < result["test_iwae"] <= -result["test_nll"] + 0.5
     assert result["latent_dim"] == 5 and result["kl_per_dim"] is None  # z1 (3) and z2 (2); s is global
-    assert model.sample(4).shape == (4, 64) and model.reconstruct(data.test_batch[:3]).shape == (3, 64)
+    assert model.sample(4).shape == (4, 1, 8, 8) and model.reconstruct(data.test_batch[:3]).shape == (3, 1, 8, 8)
 
 
 def test_the_analytic_estimator_of_a_generic_model_is_pyros_mean_field_elbo():

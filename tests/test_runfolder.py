@@ -573,8 +573,8 @@ def test_threads_flag(tmp_path, capsys):
 
 
 def test_memory_estimate_counts_parameters_exactly(tmp_path):
-    from pyrovae.memory import check_training_memory, meta_model
     from pyrovae import VAE
+    from pyrovae.memory import check_training_memory, meta_model
 
     vae = meta_model(lambda: VAE((64,), 2, encoder={"name": "mlp", "hidden": [100]},
                                  decoder={"name": "mlp", "hidden": [100]}))

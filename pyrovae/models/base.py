@@ -275,17 +275,23 @@ class Model(PyroModule):
         batch = as_batch(batch)
         values = {name: site["fn"].mean for name, site in self.latent_sites(batch).items()}
         trace = poutine.trace(poutine.condition(self.model, data=values)).get_trace(batch, None)
-        return _mean_or_sample(trace.nodes[self.observed_site]["fn"])
+        return self._as_data(_mean_or_sample(trace.nodes[self.observed_site]["fn"]), len(batch))
 
     @torch.no_grad()
     def sample(self, num_samples: int, mean: bool = True, batch=None) -> torch.Tensor:
         """Draw from the model: the observed site's mean E[x | z] (``mean=True``) or a sample of
         it, z ~ p(z). ``batch`` supplies what the model conditions on besides x (labels)."""
-        if batch is None:
-            batch = Batch(torch.zeros((num_samples, *self.event_shape), device=self.device))
+        if batch is None:  # families that read labels get the classes in turn: 0, 1, ..., C-1, 0, ...
+            classes = getattr(self, "num_classes", None)
+            y = torch.arange(num_samples, device=self.device) % classes if classes else None
+            batch = Batch(torch.zeros((num_samples, *self.event_shape), device=self.device), y)
         trace = poutine.trace(poutine.uncondition(self.model)).get_trace(as_batch(batch), None)
         site = trace.nodes[self.observed_site]
-        return _mean_or_sample(site["fn"]) if mean else site["value"]
+        return self._as_data(_mean_or_sample(site["fn"]) if mean else site["value"], num_samples)
+
+    def _as_data(self, values: torch.Tensor, m: int) -> torch.Tensor:
+        """The observed site's values in the data's shape ``(M, *event_shape)`` (a family may flatten x)."""
+        return values.reshape(m, *self.event_shape) if values.numel() == m * math.prod(self.event_shape) else values
 
     @property
     def device(self) -> torch.device:
