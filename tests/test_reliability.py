@@ -171,7 +171,7 @@ def test_signals_save_a_checkpoint_and_exit_cleanly(tmp_path, sig):
 
 def test_sigkill_never_leaves_an_unloadable_checkpoint(tmp_path):
     rng = random.Random(0)
-    for trial in range(4):
+    for trial in range(2):  # tests/test_runfolder.py kills at random moments and resumes, too
         out = tmp_path / f"run{trial}"
         proc = _spawn(tmp_path, "--out", str(out), "--set", "train.epochs=100000")
         _wait_for(out / "config.toml", proc)
