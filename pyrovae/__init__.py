@@ -4,7 +4,8 @@ Public API::
 
     Model          the base of every model family: a Pyro model and guide over a Batch
     VAE            the ``vae`` family (the default)
-    MODELS         model families by name; PRIORS, LIKELIHOODS, ENCODERS, DECODERS, OPTIMIZERS, ESTIMATORS
+    MODELS         model families by name; PRIORS, LIKELIHOODS, ENCODERS, DECODERS, OPTIMIZERS, ESTIMATORS,
+                   ALGORITHMS
     Batch          what flows from data to model: x, labels y, the labelled mask
     data_plate     the plate "data" with the minibatch as subsample (scales sites by N/M)
     fit, train     the SVI loop, and whole runs with their folders
@@ -17,6 +18,7 @@ Public API::
     MonteCarloEM   Monte Carlo EM with per-datapoint HMC E-steps; hmc_log_likelihood
 """
 
+from .algorithms import ALGORITHMS, Algorithm
 from .checkpoint import build_model, load
 from .config import Config, DataConfig, ModelConfig, TrainConfig, load_config
 from .data import Batch, Dataset, load_dataset
@@ -44,7 +46,8 @@ from .wake_sleep import WakeSleep
 __version__ = "0.1.0"
 
 __all__ = [
-    "Model", "VAE", "Terms", "Batch", "data_plate", "MODELS", "fit", "train", "load", "build_model",
+    "Model", "VAE", "Terms", "ALGORITHMS", "Algorithm", "Batch", "data_plate", "MODELS", "fit", "train", "load",
+    "build_model",
     "load_dataset", "Dataset", "load_config", "Config", "DataConfig", "ModelConfig", "TrainConfig", "make_elbo",
     "resolve_estimator", "ESTIMATORS", "Estimator", "elbo_per_datapoint", "objective_per_datapoint", "IWAE",
     "LatentScale", "elbo_terms", "dataset_elbo", "dataset_terms", "log_likelihood", "active_units",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+from .algorithms import ALGORITHMS
 from .data import BINARIZE, DATASETS, Dataset, load_dataset
 from .errors import ConfigError, one_line, shown
 from .estimators import estimator_names
@@ -24,7 +25,6 @@ from .plugins import import_plugins
 from .plugins import resolve as resolve_plugins
 from .registry import _type_name, check_type
 
-ALGORITHMS = ("aevb", "wake_sleep")
 MAX_THREADS = 1024
 #: a config file larger than this is refused unread (a config is a few hundred bytes)
 MAX_CONFIG_BYTES = 1 << 20
@@ -180,7 +180,7 @@ class TrainConfig:
     def check(self):
         _range("train.epochs", self.epochs, 1)
         _range("train.batch_size", self.batch_size, 1)
-        _choice("train.algorithm", self.algorithm, ALGORITHMS)
+        _choice("train.algorithm", self.algorithm, ALGORITHMS.names())
         _choice("train.estimator", self.estimator, estimator_names())
         _range("train.num_particles", self.num_particles, 1)
         if not (self.beta >= 0 and math.isfinite(self.beta)):
@@ -189,9 +189,7 @@ class TrainConfig:
         if self.estimator == "iwae" and (self.beta != 1 or self.kl_warmup_epochs):
             raise ConfigError("train.estimator = 'iwae' weighs whole importance weights: it takes no train.beta "
                               "or train.kl_warmup_epochs; use 'analytic' or 'mc' for KL annealing")
-        if self.algorithm == "wake_sleep" and (self.beta != 1 or self.kl_warmup_epochs or self.num_particles != 1):
-            raise ConfigError("train.algorithm = 'wake_sleep' draws one z per datapoint and has no KL term: it takes "
-                              "train.num_particles = 1, no train.beta or train.kl_warmup_epochs")
+        ALGORITHMS.get(self.algorithm).check_config(self)
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"train.seed = {self.seed}: must be in [0, 2^32)")
         _range("train.eval_every", self.eval_every, 1)

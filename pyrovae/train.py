@@ -15,7 +15,6 @@ import copy
 import dataclasses
 import datetime
 import os
-import re
 import signal
 import sys
 import threading
@@ -27,9 +26,9 @@ from typing import Any, Callable, Dict, List, Optional
 import pyro
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from .algorithms import ALGORITHMS, NonFinite, build_algorithm, validation
 from .checkpoint import (
     build_model,
     data_fingerprint,
@@ -43,13 +42,12 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import Config, TrainConfig, dumps
-from .data import Batch, Dataset, binarize_split, epoch_order
+from .data import Dataset, binarize_split, epoch_order
 from .devices import resolve_device
 from .errors import ConfigError, PyrovaeError, RunDirError, one_line
-from .estimators import get_estimator, resolve_estimator
+from .estimators import resolve_estimator
 from .evaluate import active_units, dataset_terms, seeded
 from .memory import check_training_memory, meta_model
-from .objectives import LatentScale, elbo_per_datapoint, make_elbo
 from .optim import build_optimizer, load_state
 from .plots import as_images, image_grid, plot_run
 from .runfolder import (
@@ -64,7 +62,6 @@ from .runfolder import (
     remove_stale,
     write_metrics,
 )
-from .wake_sleep import WakeSleep
 
 
 class TrainingError(PyrovaeError):
@@ -183,24 +180,6 @@ def fit(model, data: Dataset, train: Optional[TrainConfig] = None, optim: Option
     return trainer.run()
 
 
-class _NonFinite(Exception):
-    pass
-
-
-class _Objective(torch.nn.Module):
-    """The per-datapoint objective as a module, so that DistributedDataParallel can wrap it."""
-
-    def __init__(self, model, estimator: str, num_particles: int, num_data: int):
-        super().__init__()
-        self.model, self.num_particles, self.num_data = model, num_particles, num_data
-        self.reduce = get_estimator(estimator)  # built once: the hot path only calls it
-
-    def forward(self, x, y, labeled, eps, kl_weight: float):
-        terms = self.model.terms(Batch(x, y, labeled), self.num_particles, self.num_data, kl=self.reduce.needs_kl,
-                                 noise=eps)
-        return self.reduce(terms, kl_weight)
-
-
 def _where(epoch, step, batch, batches) -> str:
     return f"at epoch {epoch}, step {step} (batch {batch} of {batches})"
 
@@ -215,27 +194,13 @@ class _Trainer:
         self.data = data.to(self.device)
         check_data(self.model, self.data, cfg.batch_size)
         self.estimator = resolve_estimator(cfg.estimator, model, self.data.test_batch[:2])
-        if cfg.algorithm == "wake_sleep":
-            if hasattr(getattr(model, "prior", None), "attach"):
-                raise ConfigError("train.algorithm = 'wake_sleep': the prior runs the encoder (vamp), so the wake "
-                                  "phase would train the recognition model; choose another prior")
-            self.elbo = WakeSleep()
-        else:
-            self.elbo = make_elbo(self.estimator, model, cfg.num_particles)
-        # The torch engine writes the AEVB estimators over the model's terms; wake-sleep always runs on Pyro's traces.
-        self.fast = cfg.engine == "torch" and cfg.algorithm == "aevb"
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        if self.world > 1 and not self.fast:
-            raise ConfigError("train.engine = 'pyro' and train.algorithm = 'wake_sleep' train in one process; "
-                              "distributed runs use engine 'torch' with algorithm 'aevb'")
+        #: what a step maximises (train.algorithm): the loop only calls its loss
+        self.algorithm = build_algorithm(model, cfg, self.estimator, self.data.num_train, self.world)
         # Training noise (dynamic binarization, the family's reparameterization noise) is drawn for
         # the whole global batch from this generator, the same on every rank, and each rank takes
         # its shard: a run on K processes sees the same noise as on one, and resumes on any K.
         self.noise = torch.Generator(device=self.device)
-        self.objective = _Objective(model, self.estimator, cfg.num_particles, self.data.num_train)
-        self.forward = self.objective
-        if self.world > 1:  # gradients are averaged over the ranks by PyTorch's DDP
-            self.forward = DistributedDataParallel(self.objective)
         #: beta, the weight of the KL term at this step (an argument of the estimators, not model state)
         self.beta = 1.0
         self.optimizer = build_optimizer(optim, model.parameters())
@@ -256,7 +221,8 @@ class _Trainer:
     # -- state -------------------------------------------------------------------------------
     def state(self) -> Dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "rng": {**rng_state(), "noise": self.noise.get_state()}, "counters": dict(self.counters)}
+                "rng": {**rng_state(), "noise": self.noise.get_state()}, "counters": dict(self.counters),
+                "algorithm": self.algorithm.state_dict()}
 
     def restore(self, state: Dict[str, Any]) -> None:
         load_model_state(self.model, state["model"], Path(self.run_dir or ".") / CHECKPOINT)
@@ -264,6 +230,7 @@ class _Trainer:
         set_rng_state(state["rng"])
         self.noise.set_state(state["rng"]["noise"])
         self.counters.update(state["counters"])
+        self.algorithm.load_state_dict(state.get("algorithm", {}))
 
     @property
     def writes(self) -> bool:
@@ -311,15 +278,14 @@ class _Trainer:
         # The data were checked once before training; per-step validation of every distribution's
         # arguments would cost a pass over the batch and a sync per step (non-finite values are
         # still caught, by the check on the loss and gradients).
-        validation = pyro.validation_enabled(False) if self.fast else contextlib.nullcontext()
-        with validation:
+        with validation(self.algorithm):
             try:
                 last_good = copy.deepcopy(self.state())
                 while self.counters["epoch"] < cfg.epochs:
                     try:
                         self.epoch(self.counters["epoch"] + 1, bar)
                         last_good = copy.deepcopy(self.state())
-                    except _NonFinite as e:
+                    except NonFinite as e:
                         self.roll_back(e, last_good, bar)
                     except (MemoryError, RuntimeError) as e:
                         if not _out_of_memory(e):
@@ -343,7 +309,7 @@ class _Trainer:
         self.stop_after_epoch(self.poll(), f"after the last epoch ({self.counters['epoch']})")
         return self.metrics
 
-    def roll_back(self, error: "_NonFinite", last_good: Dict[str, Any], bar) -> None:
+    def roll_back(self, error: NonFinite, last_good: Dict[str, Any], bar) -> None:
         """Restore the last completed epoch with a smaller learning rate, or give up."""
         cfg = self.cfg
         k = self.counters["rollbacks"] + 1  # the k-th rollback of the run runs at lr * factor^k
@@ -380,16 +346,20 @@ class _Trainer:
             batch, eps = self.minibatch(batches[i])
             self.beta = kl_weight(cfg, c["step"] + i, self.steps_per_epoch)
             where = (epoch, c["step"] + i + 1, i + 1, len(batches))
-            loss, batch_loss, batch_elbo = self.loss(batch, eps, batches[i].numel(), where)
-            total += batch_loss
-            total_elbo += batch_elbo
+            try:
+                step = self.algorithm.loss(batch, eps, self.beta, batches[i].numel())
+            except NonFinite as e:
+                raise NonFinite(f"{e} {_where(*where)}") from None
+            loss = step.loss
+            total += step.objective_sum
+            total_elbo += step.elbo_sum
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             # One sync per step: a non-finite loss or gradient is caught before it reaches the parameters.
             checks = torch.stack([loss.detach()] + [p.grad.sum() for p in self.params if p.grad is not None])
             if not bool(torch.isfinite(checks).all()):
                 what = "loss" if not torch.isfinite(loss).item() else "gradient"
-                raise _NonFinite(f"non-finite {what} {_where(*where)}")
+                raise NonFinite(f"non-finite {what} {_where(*where)}")
             self.optimizer.step()
             bar.update()
             if i % 20 == 0:
@@ -432,38 +402,10 @@ class _Trainer:
                                  device=self.device)[shard]
         batch = self.data.minibatch(index[shard], uniform)
         eps = None
-        shape = self.model.noise_shape(index.numel(), self.cfg.num_particles) if self.fast else None
+        shape = self.model.noise_shape(index.numel(), self.cfg.num_particles) if self.algorithm.draws_noise else None
         if shape is not None:  # (particles, global batch, ...): sharded along the batch
             eps = torch.randn(shape, generator=self.noise, device=self.device)[:, shard]
         return batch, eps
-
-    def loss(self, batch, eps, global_size: int, where: tuple):
-        """``(loss, -sum of the objective, -sum of the ELBO)`` for this rank's shard; the loss is
-        the full-data estimate divided by N: minus the global batch's mean objective, of which
-        this rank holds its share (DDP averages the ranks' gradients, hence the factor K)."""
-        if self.fast:  # the estimator over the model's terms (closed forms where the family has them)
-            objective, elbo = self.forward(batch.x, batch.y, batch.labeled, eps, self.beta)
-            total = objective.sum()
-            batch_loss = -total.detach()
-            loss = total * (-self.world / global_size)
-            return loss, batch_loss, batch_loss if elbo is objective else -elbo.detach().sum()
-        weighted = LatentScale(self.beta) if self.beta != 1.0 else contextlib.nullcontext()
-        try:
-            with weighted:
-                loss = self.elbo.differentiable_loss(self.model.model, self.model.guide, batch, self.n) / self.n
-        except ValueError as e:  # Pyro's validation meets a NaN before the loss does
-            if "invalid values" not in str(e):
-                raise
-            found = re.search(r"parameter (\w+) .*? of distribution (\w+)", str(e).splitlines()[0])
-            what = f"{found.group(2)} {found.group(1)}" if found else "distribution parameter"
-            raise _NonFinite(f"non-finite {what} in the forward pass {_where(*where)}") from None
-        batch_loss = loss.detach() * len(batch)
-        if self.beta == 1.0 and self.estimator != "iwae" and self.cfg.algorithm == "aevb":
-            return loss, batch_loss, batch_loss
-        with torch.no_grad():
-            elbo_loss = -elbo_per_datapoint(self.model, batch).sum()
-        # wake-sleep maximises no single objective: its train_objective is the recognition model's ELBO
-        return loss, elbo_loss if self.cfg.algorithm == "wake_sleep" else batch_loss, elbo_loss
 
     def evaluate(self, record: Dict) -> None:
         model, epoch = self.model, record["epoch"]
@@ -521,7 +463,9 @@ def _same_run(a: Dict, b: Dict) -> Optional[str]:
             if a[section].get(key) != b[section].get(key):
                 return f"{section}.{key}"
     defaults = dataclasses.asdict(TrainConfig())
-    for key in ("algorithm", "batch_size", "estimator", "num_particles", "seed", "beta", "kl_warmup_epochs"):
+    algorithm = b["train"].get("algorithm", defaults["algorithm"])
+    keys = ALGORITHMS.get(algorithm).resume_keys if algorithm in ALGORITHMS else ()
+    for key in ("algorithm", *keys):
         if a["train"].get(key, defaults[key]) != b["train"].get(key, defaults[key]):
             return f"train.{key}"
     if a["optim"].get("name") != b["optim"].get("name"):

@@ -1,0 +1,187 @@
+"""Training algorithms by name (``train.algorithm``): what one step of the loop maximises.
+
+- ``aevb``: stochastic variational inference on an ELBO estimator (Kingma & Welling 2014), with
+  the torch engine (the estimator over the model's :meth:`~pyrovae.Model.terms`, closed forms
+  where the family has them) or Pyro's ELBO classes on ``model.model`` and ``model.guide``;
+- ``wake_sleep``: the paper's baseline (Hinton et al. 1995), :class:`pyrovae.WakeSleep`.
+
+An algorithm owns its step loss, its compatibility checks (with the config, the model and the
+number of processes), any state of its own for the checkpoint, and the ``[train]`` keys that
+must match on ``--resume``. The loop (:mod:`pyrovae.train`) calls only this interface: per step,
+``loss(batch, noise, beta, global_size)``, then backward, the finiteness check and the optimizer.
+Register another with ``@pyrovae.ALGORITHMS.register("name")``.
+"""
+
+import contextlib
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import pyro
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from .data import Batch
+from .errors import ConfigError
+from .estimators import get_estimator
+from .objectives import LatentScale, elbo_per_datapoint, make_elbo
+from .registry import Registry
+from .wake_sleep import WakeSleep
+
+ALGORITHMS = Registry("algorithm", context=("model", "train", "estimator", "num_data", "world"))
+
+
+class NonFinite(Exception):
+    """A non-finite value met in the forward pass (the loop adds where it happened)."""
+
+
+@dataclass
+class StepLoss:
+    """One step's loss for this process's shard of the global minibatch.
+
+    :param loss: what ``backward()`` runs on: minus the full-data objective estimate divided by
+        N, of which this process holds its share (DDP averages the processes' gradients).
+    :param objective_sum: minus the shard's sum of what is maximised (detached).
+    :param elbo_sum: minus the shard's sum of ELBO estimates (detached).
+    """
+
+    loss: torch.Tensor
+    objective_sum: torch.Tensor
+    elbo_sum: torch.Tensor
+
+
+class Algorithm:
+    """The base: ``loss`` per step, plus checks, state and resume keys."""
+
+    #: the ``[train]`` keys a resumed run must share with the checkpoint's
+    resume_keys = ("batch_size", "estimator", "num_particles", "seed", "beta", "kl_warmup_epochs")
+    #: whether the loop draws the family's noise for it (:meth:`~pyrovae.Model.noise_shape`)
+    draws_noise = False
+    #: whether Pyro's validation stays on during the loop (the torch engine checked the data once)
+    validates = True
+
+    def __init__(self, model, train, estimator: str, num_data: int, world: int = 1):
+        self.model, self.train, self.estimator, self.num_data, self.world = model, train, estimator, num_data, world
+
+    @classmethod
+    def check_config(cls, train) -> None:
+        """Refuse ``[train]`` settings the algorithm cannot honour (one ConfigError line)."""
+
+    def loss(self, batch: Batch, noise: Optional[torch.Tensor], beta: float, global_size: int) -> StepLoss:
+        raise NotImplementedError
+
+    def state_dict(self) -> Dict[str, Any]:
+        """State of its own to checkpoint (tensors and plain containers only)."""
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        pass
+
+
+class _Objective(torch.nn.Module):
+    """The estimator over the model's terms, as a module that DistributedDataParallel can wrap."""
+
+    def __init__(self, model, estimator: str, num_particles: int, num_data: int):
+        super().__init__()
+        self.model, self.num_particles, self.num_data = model, num_particles, num_data
+        self.reduce = get_estimator(estimator)  # built once: the hot path only calls it
+
+    def forward(self, x, y, labeled, eps, kl_weight: float):
+        terms = self.model.terms(Batch(x, y, labeled), self.num_particles, self.num_data, kl=self.reduce.needs_kl,
+                                 noise=eps)
+        return self.reduce(terms, kl_weight)
+
+
+@ALGORITHMS.register("aevb")
+class AEVB(Algorithm):
+    """Auto-encoding variational Bayes: a gradient step on an ELBO estimator of the minibatch,
+    scaled to the full data (Kingma & Welling 2014, Algorithm 1)."""
+
+    def __init__(self, model, train, estimator, num_data, world=1):
+        super().__init__(model, train, estimator, num_data, world)
+        self.torch_engine = train.engine == "torch"
+        self.draws_noise = self.torch_engine
+        self.validates = not self.torch_engine
+        if self.torch_engine:
+            self.objective = _Objective(model, estimator, train.num_particles, num_data)
+            # gradients are averaged over the processes by PyTorch's DDP
+            self.forward = DistributedDataParallel(self.objective) if world > 1 else self.objective
+        else:
+            if world > 1:
+                raise ConfigError("train.engine = 'pyro' trains in one process; distributed runs use engine 'torch'")
+            self.elbo = make_elbo(estimator, model, train.num_particles)
+
+    def loss(self, batch, noise, beta, global_size):
+        if self.torch_engine:  # the estimator over the model's terms (closed forms where the family has them)
+            objective, elbo = self.forward(batch.x, batch.y, batch.labeled, noise, beta)
+            total = objective.sum()
+            objective_sum = -total.detach()
+            elbo_sum = objective_sum if elbo is objective else -elbo.detach().sum()
+            return StepLoss(total * (-self.world / global_size), objective_sum, elbo_sum)
+        weighted = LatentScale(beta) if beta != 1.0 else contextlib.nullcontext()
+        with weighted, _non_finite_from_validation():
+            loss = self.elbo.differentiable_loss(self.model.model, self.model.guide, batch, self.num_data)
+        loss = loss / self.num_data
+        objective_sum = loss.detach() * len(batch)
+        if beta == 1.0 and self.estimator != "iwae":
+            return StepLoss(loss, objective_sum, objective_sum)
+        with torch.no_grad():
+            elbo_sum = -elbo_per_datapoint(self.model, batch).sum()
+        return StepLoss(loss, objective_sum, elbo_sum)
+
+
+@ALGORITHMS.register("wake_sleep")
+class WakeSleepAlgorithm(Algorithm):
+    """Wake-sleep (Hinton, Dayan, Frey & Neal 1995) on the same model and recognition model: the
+    wake phase trains the decoder on log p(x, z) with z ~ q, the sleep phase the encoder on
+    log q(z | x) with (z, x) dreamed from the model; one optimizer step does both
+    (:class:`pyrovae.WakeSleep`). The reported ``train_elbo`` and ``train_objective`` are the
+    recognition model's ELBO, as in the paper."""
+
+    resume_keys = ("batch_size", "seed")
+
+    def __init__(self, model, train, estimator, num_data, world=1):
+        super().__init__(model, train, estimator, num_data, world)
+        if world > 1:
+            raise ConfigError("train.algorithm = 'wake_sleep' trains in one process")
+        if hasattr(getattr(model, "prior", None), "attach"):
+            raise ConfigError("train.algorithm = 'wake_sleep': the prior runs the encoder (vamp), so the wake "
+                              "phase would train the recognition model; choose another prior")
+        self.elbo = WakeSleep()
+
+    @classmethod
+    def check_config(cls, train) -> None:
+        if train.beta != 1 or train.kl_warmup_epochs or train.num_particles != 1:
+            raise ConfigError("train.algorithm = 'wake_sleep' draws one z per datapoint and has no KL term: it takes "
+                              "train.num_particles = 1, no train.beta or train.kl_warmup_epochs")
+
+    def loss(self, batch, noise, beta, global_size):
+        with _non_finite_from_validation():
+            loss = self.elbo.differentiable_loss(self.model.model, self.model.guide, batch, self.num_data)
+        with torch.no_grad():
+            elbo_sum = -elbo_per_datapoint(self.model, batch).sum()
+        return StepLoss(loss / self.num_data, elbo_sum, elbo_sum)
+
+
+@contextlib.contextmanager
+def _non_finite_from_validation():
+    """Pyro's validation meets a NaN before the loss does: that is a non-finite forward pass."""
+    try:
+        yield
+    except ValueError as e:
+        if "invalid values" not in str(e):
+            raise
+        found = re.search(r"parameter (\w+) .*? of distribution (\w+)", str(e).splitlines()[0])
+        what = f"{found.group(2)} {found.group(1)}" if found else "distribution parameter"
+        raise NonFinite(f"non-finite {what} in the forward pass") from None
+
+
+def build_algorithm(model, train, estimator: str, num_data: int, world: int = 1) -> Algorithm:
+    """The algorithm ``train.algorithm`` names, for this model and number of processes."""
+    return ALGORITHMS.build(train.algorithm, "train.algorithm", model=model, train=train, estimator=estimator,
+                            num_data=num_data, world=world)
+
+
+def validation(algorithm: Algorithm):
+    """The context the loop runs in: Pyro's validation off where the algorithm does not need it."""
+    return contextlib.nullcontext() if algorithm.validates else pyro.validation_enabled(False)
