@@ -49,7 +49,6 @@ from .estimators import resolve_estimator
 from .evaluate import active_units, dataset_terms, seeded
 from .memory import check_training_memory, meta_model
 from .optim import build_optimizer, load_state
-from .plots import as_images, image_grid, plot_run
 from .runfolder import (
     CHECKPOINT,
     CONFIG,
@@ -87,6 +86,7 @@ def check_data(model, data: Dataset, batch_size: int) -> None:
         raise ConfigError(f"train.batch_size = {batch_size}: larger than the training split ({data.num_train} points)")
     model.check_data(binarize_split(data.train, data.binarize), f"data {data.name!r} (train split)")
     model.check_data(data.test, f"data {data.name!r} (test split)")
+    model.dry_run(data.test_batch[:2])
 
 
 class Interrupted(PyrovaeError):
@@ -299,6 +299,8 @@ class _Trainer:
                 if self.tensorboard is not None:
                     self.tensorboard.close()
         if self.writes:
+            from .plots import plot_run  # the figures' module sets matplotlib's backend: only when plotting
+
             self.model.eval()
             try:
                 plot_run(self.run_dir, self.model, self.data.test_batch, self.metrics)
@@ -423,6 +425,8 @@ class _Trainer:
 
     def log_tensorboard(self, record: Dict) -> None:
         """Scalars every epoch, image grids at evaluations (drawn without touching the training RNG)."""
+        from .plots import as_images, image_grid
+
         tb, epoch = self.tensorboard, record["epoch"]
         for tag, key in (("train/elbo", "train_elbo"), ("train/objective", "train_objective"),
                          ("train/kl_weight", "kl_weight"), ("train/images_per_second", "images_per_second"),

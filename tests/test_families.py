@@ -206,3 +206,41 @@ def test_terms_shape_contract():
     terms = Terms(torch.zeros(2, 3), kl=torch.zeros(1, 3), log_prior=torch.ones(2, 3), log_q=torch.zeros(2, 3))
     assert terms.num_particles == 2 and torch.equal(terms.log_weights, torch.ones(2, 3))
     assert "vae" in MODELS.names()
+
+
+class ShiftedPosterior(VAE):
+    """A VAE whose posterior is not the encoder's Gaussian (as an IAF posterior would not be)."""
+
+    def posterior(self, x):
+        loc, log_var = self.encoder(x)
+        return dist.Normal(loc + 1.0, torch.exp(0.5 * log_var)).to_event(1)
+
+
+def test_a_vae_subclass_with_its_own_posterior_is_trained_with_it():
+    model = ShiftedPosterior((1, 8, 8), 2)
+    x = binary_batch(6)
+    assert not model.closed_form and model.noise_shape(6, 1) is None
+    pyro.set_rng_seed(0)
+    a = model.terms(x, 3, kl=False)
+    pyro.set_rng_seed(0)
+    b = Model.terms(model, x, 3, kl=False)
+    torch.testing.assert_close(a.log_weights, b.log_weights)
+    torch.testing.assert_close(model.encode(x), model.encoder(x)[0] + 1.0)
+    pyro.set_rng_seed(0)
+    z = pyro.poutine.trace(model.guide).get_trace(x).nodes["z"]["value"]
+    with torch.no_grad():
+        assert abs(float(z.mean()) - float(model.encoder(x)[0].mean()) - 1.0) < 1.0  # drawn around loc + 1
+
+
+def test_a_family_that_does_not_fit_the_data_is_one_line():
+    class Broken(Model):
+        def model(self, batch, num_data=None):
+            with self.data_plate(batch, num_data):
+                pyro.sample("x", dist.Normal(torch.zeros(3), 1.0).to_event(1), obs=batch.x)
+
+        def guide(self, batch, num_data=None):
+            pass
+
+    data = load_dataset("digits")
+    with pytest.raises(ConfigError, match=r"model \(Broken\): a dry batch of 2 points with 2 particles fails"):
+        fit(Broken(data.event_shape), data, epochs=1, progress=False)

@@ -247,6 +247,20 @@ class Model(PyroModule):
         generator, so that K processes see the noise of one."""
         return None
 
+    def dry_run(self, batch) -> None:
+        """Run the model's terms on a small batch with 2 particles: a family whose model, guide or
+        networks do not fit the data fails here, in one ConfigError line, not deep inside training."""
+        from ..errors import ConfigError, PyrovaeError, one_line
+
+        try:
+            with torch.no_grad():
+                self.terms(batch, 2, kl=False)
+        except PyrovaeError:
+            raise
+        except Exception as e:  # a family's own code can fail in any way
+            raise ConfigError(f"model ({type(self).__name__}): a dry batch of {len(as_batch(batch))} points with 2 "
+                              f"particles fails ({type(e).__name__}: {one_line(str(e), 200)})") from None
+
     def check_data(self, x: torch.Tensor, where: str = "data") -> None:
         """Raise :class:`~pyrovae.DataError` for data this model cannot score (the ``vae`` family
         checks its likelihood's support); by default nothing is checked."""

@@ -137,7 +137,7 @@ class VAE(Model):
         ``noise`` (shape ``(L, M, latent_dim)``) is the standard normal eps to use; drawn here if
         None. ``values`` is not needed by the closed forms and must be None.
         """
-        if values is not None:
+        if values is not None or not self.closed_form:
             return Model.terms(self, batch, num_particles, num_data, kl, noise, values)
         x = as_batch(batch).x
         loc, log_var = self.encoder(x)
@@ -155,11 +155,20 @@ class VAE(Model):
         """Values outside the likelihood's support are one DataError line that names the fix."""
         self.likelihood.check_data(x, where)
 
+    @property
+    def closed_form(self) -> bool:
+        """Whether the closed forms describe this model: not where a subclass overrides the model,
+        the guide or the posterior (an IAF posterior, say); then every term comes from the traces."""
+        cls = type(self)
+        return cls.model is VAE.model and cls.guide is VAE.guide and cls.posterior is VAE.posterior
+
     def has_analytic_kl(self, batch=None) -> bool:
+        if not self.closed_form:
+            return Model.has_analytic_kl(self, batch)
         return bool(self.prior.has_analytic_kl)
 
     def noise_shape(self, batch_size: int, num_particles: int) -> Optional[tuple]:
-        return (num_particles, batch_size, self.latent_dim)
+        return (num_particles, batch_size, self.latent_dim) if self.closed_form else None
 
     # -- plain-tensor helpers (no Pyro effects) --------------------------------------------
     def posterior(self, x: torch.Tensor) -> dist.TorchDistribution:
@@ -182,6 +191,8 @@ class VAE(Model):
     @torch.no_grad()
     def encode(self, batch) -> torch.Tensor:
         """E_q[z | x] = mu(x), ``(M, latent_dim)``."""
+        if not self.closed_form:
+            return Model.encode(self, batch)
         return self.encoder(as_batch(batch).x)[0]
 
     @torch.no_grad()
