@@ -236,7 +236,8 @@ def load_model_state(module: torch.nn.Module, saved: Dict[str, torch.Tensor], wh
         names = ", ".join(shown(k, 40) for k in (missing or unexpected)[:3])
         raise RunDirError(f"{where}: the checkpoint's model {'lacks' if missing else 'has unknown'} parameters "
                           f"({names}{', ...' if len(missing or unexpected) > 3 else ''}); "
-                          "it does not match its config")
+                          "it does not match its config (a model built in Python loads with "
+                          "pyrovae.load(run, model=...))")
     for k, t in mine.items():
         if tuple(saved[k].shape) != tuple(t.shape):
             raise RunDirError(f"{where}: the checkpoint's {shown(k, 60)} has shape {tuple(saved[k].shape)}, "
@@ -286,13 +287,17 @@ def model_from_checkpoint(state: Dict[str, Any], where) -> Model:
     return model
 
 
-def load(run_dir, device="cpu") -> Model:
+def load(run_dir, device="cpu", model: Optional[Model] = None) -> Model:
     """The trained model of a run folder (a :class:`~pyrovae.VAE` for the ``vae`` family), on
     ``device`` (the CPU unless told otherwise).
 
     The checkpoint is read with ``torch.load(..., weights_only=True)``: opening a run folder
     never runs code from it. Errors are :class:`~pyrovae.PyrovaeError` subclasses, as in the
     CLI (e.g. a ``ConfigError`` for ``device="cuda"`` on a machine without CUDA).
+
+    ``model``: for a run trained on a model built in Python (``pyrovae.train(config, out,
+    model=...)``), an instance of the same architecture to load the weights into (missing,
+    unknown or misshapen parameters are one line).
 
     Example::
 
@@ -301,7 +306,12 @@ def load(run_dir, device="cpu") -> Model:
     """
     device = resolve_device(str(device), "device")
     path = Path(run_dir) / CHECKPOINT
-    return model_from_checkpoint(read_checkpoint(path), path).to(device).eval()
+    state = read_checkpoint(path)
+    if model is None:
+        model = model_from_checkpoint(state, path)
+    else:
+        load_model_state(model, state["model"], path)
+    return model.to(device).eval()
 
 
 # -- converting an older checkpoint ---------------------------------------------------------

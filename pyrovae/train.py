@@ -477,8 +477,12 @@ def _same_run(a: Dict, b: Dict) -> Optional[str]:
     return None
 
 
-def train(config: Optional[Config] = None, out_dir=None, resume: bool = False) -> Path:
-    """Run a whole config: load the data, build the VAE, train it, and fill a run folder.
+def train(config: Optional[Config] = None, out_dir=None, resume: bool = False, model=None) -> Path:
+    """Run a whole config: load the data, build the model, train it, and fill a run folder.
+
+    ``model``: a model built in Python (its own networks, say) to train instead of the one the
+    config's ``[model]`` names; the run folder records its weights, and
+    ``pyrovae.load(run, model=an_instance_like_it)`` loads them back.
 
     Everything that can be wrong with the input (config, data, device, run folder) is checked
     before the folder is created, so bad input leaves nothing behind. Returns the run folder,
@@ -493,7 +497,7 @@ def train(config: Optional[Config] = None, out_dir=None, resume: bool = False) -
     """
     config = (config or Config()).check()
     with _distributed(config.train.device) as device:
-        return _train(config, out_dir, resume, device)
+        return _train(config, out_dir, resume, device, model)
 
 
 @contextlib.contextmanager
@@ -517,7 +521,7 @@ def _rank_device(device_name: str) -> str:
     return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if device_name.startswith("cuda") else device_name
 
 
-def _train(config: Config, out_dir, resume: bool, device: torch.device) -> Path:
+def _train(config: Config, out_dir, resume: bool, device: torch.device, model=None) -> Path:
     rank = dist.get_rank() if dist.is_initialized() else 0
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
@@ -542,12 +546,14 @@ def _train(config: Config, out_dir, resume: bool, device: torch.device) -> Path:
                               "resume with the run's own config (omit CONFIG) or start a new run")
     # Sizes that cannot be allocated are refused now, from a model built on the meta device.
     t = config.train
-    shapes = meta_model(lambda: new_model(config.model, data.event_shape, data.num_classes))
+    shapes = model if model is not None else meta_model(
+        lambda: new_model(config.model, data.event_shape, data.num_classes))
     if shapes is not None:
         check_training_memory(shapes, t.batch_size, t.num_particles, t.eval_particles,
                               str(config.optim.get("name")), device)
     pyro.set_rng_seed(config.train.seed)
-    model = build_model(config.model, data.event_shape, data.num_classes)
+    if model is None:
+        model = build_model(config.model, data.event_shape, data.num_classes)
     check_data(model, data, config.train.batch_size)
     resolve_estimator(config.train.estimator, model, data.test_batch[:2])
 

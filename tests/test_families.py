@@ -244,3 +244,25 @@ def test_a_family_that_does_not_fit_the_data_is_one_line():
     data = load_dataset("digits")
     with pytest.raises(ConfigError, match=r"model \(Broken\): a dry batch of 2 points with 2 particles fails"):
         fit(Broken(data.event_shape), data, epochs=1, progress=False)
+
+
+def test_a_model_built_in_python_trains_into_a_run_folder_and_loads_back(tmp_path):
+    class Encoder(nn.Module):  # its own networks, in no registry
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Linear(64, 4)
+
+        def forward(self, x):
+            return self.net(x.flatten(1)).chunk(2, -1)
+
+    def build():
+        return VAE((1, 8, 8), 2, encoder=Encoder(), decoder={"name": "mlp", "hidden": [16]})
+
+    config = pyrovae.load_config(None, ["train.epochs=2", "train.progress=false"])
+    run = pyrovae.train(config, tmp_path / "run", model=build())
+    with pytest.raises(pyrovae.RunDirError, match=r"pyrovae.load\(run, model=...\)"):
+        pyrovae.load(run)
+    loaded = pyrovae.load(run, model=build())
+    saved = pyrovae.checkpoint.read_checkpoint(run / "checkpoint.pt")["model"]
+    for k, v in loaded.state_dict().items():
+        torch.testing.assert_close(v, saved[k], rtol=0, atol=0)
