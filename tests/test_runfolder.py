@@ -498,41 +498,38 @@ def test_bad_output_paths_are_one_line(trained, tmp_path, capsys):
 
 
 # -- 7. signals --------------------------------------------------------------------------------
+def fit_into_run_folder(tmp_path, config, stop_signal):
+    """pyrovae.train's fit, into a fresh run folder, with a given signal poll."""
+    data = load_dataset("digits")
+    model = pyrovae.build_model(config.model, data.event_shape)
+    run = tmp_path / "run"
+    run.mkdir()
+    importlib.import_module("pyrovae.train").fit(model, data, config.train, config.optim, run_dir=run, config=config,
+                                                  stop_signal=stop_signal)
+    return run
+
+
 def test_a_signal_during_evaluation_stops_after_that_epochs_checkpoint(tmp_path, monkeypatch):
     train_module = importlib.import_module("pyrovae.train")
-
     evaluated = []
     original = train_module._Trainer.evaluate
     monkeypatch.setattr(train_module._Trainer, "evaluate",
                         lambda self, record: (evaluated.append(1), original(self, record))[1])
-    from pyrovae import Interrupted
-
-    config = small_config(epochs=4, eval_every=2)
-    data = load_dataset("digits")
-    vae = pyrovae.build_model(config.model, data.event_shape)
+    with pytest.raises(pyrovae.Interrupted, match="SIGTERM after epoch 2; checkpoint of epoch 2 saved"):
+        fit_into_run_folder(tmp_path, small_config(epochs=4, eval_every=2),
+                            lambda: signal.SIGTERM if evaluated else None)
     run = tmp_path / "run"
-    run.mkdir()
-    with pytest.raises(Interrupted, match="SIGTERM after epoch 2; checkpoint of epoch 2 saved"):
-        train_module.fit(vae, data, config.train, config.optim, run_dir=run, config=config,
-                         stop_signal=lambda: signal.SIGTERM if evaluated else None)
     assert read_checkpoint(run / "checkpoint.pt")["counters"]["epoch"] == 2 and epochs_in(run) == [1, 2]
 
 
 def test_a_signal_while_plotting_exits_after_the_last_checkpoint(tmp_path, monkeypatch):
-    train_module = importlib.import_module("pyrovae.train")
-    from pyrovae import Interrupted
-
+    plots = importlib.import_module("pyrovae.plots")
     received = []
-    original = train_module.plot_run
-    monkeypatch.setattr(train_module, "plot_run", lambda *a: (received.append(signal.SIGINT), original(*a))[1])
-    config = small_config(epochs=2)
-    data = load_dataset("digits")
-    vae = pyrovae.build_model(config.model, data.event_shape)
+    original = plots.plot_run
+    monkeypatch.setattr(plots, "plot_run", lambda *a: (received.append(signal.SIGINT), original(*a))[1])
+    with pytest.raises(pyrovae.Interrupted, match="SIGINT after the last epoch"):
+        fit_into_run_folder(tmp_path, small_config(epochs=2), lambda: received[0] if received else None)
     run = tmp_path / "run"
-    run.mkdir()
-    with pytest.raises(Interrupted, match="SIGINT after the last epoch"):
-        train_module.fit(vae, data, config.train, config.optim, run_dir=run, config=config,
-                         stop_signal=lambda: received[0] if received else None)
     assert (run / "samples.png").exists() and epochs_in(run) == [1, 2]
 
 
