@@ -3,7 +3,9 @@
 - ``aevb``: stochastic variational inference on an ELBO estimator (Kingma & Welling 2014), with
   the torch engine (the estimator over the model's :meth:`~pyrovae.Model.terms`, closed forms
   where the family has them) or Pyro's ELBO classes on ``model.model`` and ``model.guide``;
-- ``wake_sleep``: the paper's baseline (Hinton et al. 1995), :class:`pyrovae.WakeSleep`.
+- ``wake_sleep``: the paper's baseline (Hinton et al. 1995), :class:`pyrovae.WakeSleep`;
+- ``mcem``: Monte Carlo EM, the paper's other baseline: per-datapoint HMC chains (E-step), then
+  ``weight_updates`` gradient steps on the decoder and prior (M-step); the chains are checkpointed.
 
 An algorithm owns its step loss, its compatibility checks (with the config, the model and the
 number of processes), any state of its own for the checkpoint, and the ``[train]`` keys that
@@ -59,6 +61,8 @@ class Algorithm:
     draws_noise = False
     #: whether Pyro's validation stays on during the loop (the torch engine checked the data once)
     validates = True
+    #: gradient steps the loop takes on each minibatch (``loss`` is called with update = 0, 1, ...)
+    updates_per_batch = 1
 
     def __init__(self, model, train, estimator: str, num_data: int, world: int = 1):
         self.model, self.train, self.estimator, self.num_data, self.world = model, train, estimator, num_data, world
@@ -67,7 +71,10 @@ class Algorithm:
     def check_config(cls, train) -> None:
         """Refuse ``[train]`` settings the algorithm cannot honour (one ConfigError line)."""
 
-    def loss(self, batch: Batch, noise: Optional[torch.Tensor], beta: float, global_size: int) -> StepLoss:
+    def loss(self, batch: Batch, noise: Optional[torch.Tensor], beta: float, global_size: int,
+             index: Optional[torch.Tensor] = None, update: int = 0) -> StepLoss:
+        """The step's loss for this process's shard ``batch`` (training points ``index``); ``update``
+        counts the gradient steps taken on this minibatch so far."""
         raise NotImplementedError
 
     def state_dict(self) -> Dict[str, Any]:
@@ -111,7 +118,7 @@ class AEVB(Algorithm):
                 raise ConfigError("train.engine = 'pyro' trains in one process; distributed runs use engine 'torch'")
             self.elbo = make_elbo(estimator, model, train.num_particles)
 
-    def loss(self, batch, noise, beta, global_size):
+    def loss(self, batch, noise, beta, global_size, index=None, update=0):
         if self.torch_engine:  # the estimator over the model's terms (closed forms where the family has them)
             objective, elbo = self.forward(batch.x, batch.y, batch.labeled, noise, beta)
             total = objective.sum()
@@ -155,12 +162,75 @@ class WakeSleepAlgorithm(Algorithm):
             raise ConfigError("train.algorithm = 'wake_sleep' draws one z per datapoint and has no KL term: it takes "
                               "train.num_particles = 1, no train.beta or train.kl_warmup_epochs")
 
-    def loss(self, batch, noise, beta, global_size):
+    def loss(self, batch, noise, beta, global_size, index=None, update=0):
         with _non_finite_from_validation():
             loss = self.elbo.differentiable_loss(self.model.model, self.model.guide, batch, self.num_data)
         with torch.no_grad():
             elbo_sum = -elbo_per_datapoint(self.model, batch).sum()
         return StepLoss(loss / self.num_data, elbo_sum, elbo_sum)
+
+
+@ALGORITHMS.register("mcem")
+class MonteCarloEMAlgorithm(Algorithm):
+    """Monte Carlo EM (Kingma & Welling 2014, Sec. 5, Figure 3), for the ``vae`` family's generative
+    model: for each minibatch, the E-step moves each datapoint's own persistent HMC chain on
+    p_theta(z | x_i) (:class:`pyrovae.mcem.Chains`: ``hmc_steps`` transitions of ``num_leapfrog``
+    leapfrog steps, the step size tuned to ``target_accept``), then ``weight_updates`` gradient
+    steps on theta of -(1/M) sum_i log p_theta(x_i, z_i) (the M-step). The encoder is not trained;
+    the reported ``train_objective`` is the mean log p(x, z) at the chains, ``train_elbo`` the
+    (untrained) encoder's ELBO. Score the model with :func:`pyrovae.hmc_log_likelihood`.
+
+    :param int num_leapfrog: leapfrog steps per HMC transition (the paper: 10).
+    :param int hmc_steps: HMC transitions per E-step.
+    :param int weight_updates: gradient steps per minibatch (the paper: 5).
+    :param float target_accept: the acceptance rate the step size is tuned to (the paper: 0.9).
+    :param float initial_step_size: the leapfrog step size to start from.
+    """
+
+    resume_keys = ("batch_size", "seed")
+
+    def __init__(self, model, train, estimator, num_data, world=1, num_leapfrog: int = 10, hmc_steps: int = 1,
+                 weight_updates: int = 5, target_accept: float = 0.9, initial_step_size: float = 0.1):
+        super().__init__(model, train, estimator, num_data, world)
+        from . import mcem  # the HMC machinery (mcem imports evaluation helpers)
+
+        if world > 1:
+            raise ConfigError("train.algorithm = 'mcem' trains in one process (its chains live in it)")
+        if not getattr(model, "closed_form", False):
+            raise ConfigError("train.algorithm = 'mcem' needs the vae family's model (a prior and a likelihood "
+                              f"to run HMC on); got {type(model).__name__}")
+        if weight_updates < 1:
+            raise ConfigError(f"train.algorithm.weight_updates = {weight_updates}: must be >= 1")
+        self.log_joint = mcem.log_joint
+        self.chains = mcem.Chains(model, num_data, num_leapfrog, hmc_steps, target_accept, initial_step_size,
+                                  seed=train.seed)
+        self.updates_per_batch = weight_updates
+        self.latents: Optional[torch.Tensor] = None
+
+    @classmethod
+    def check_config(cls, train) -> None:
+        if train.beta != 1 or train.kl_warmup_epochs or train.num_particles != 1:
+            raise ConfigError("train.algorithm = 'mcem' has no KL term and one chain per datapoint: it takes "
+                              "train.num_particles = 1, no train.beta or train.kl_warmup_epochs")
+
+    def loss(self, batch, noise, beta, global_size, index=None, update=0):
+        if update == 0:  # the E-step, once per minibatch
+            if index is None:
+                raise ValueError("mcem: the loop passes the minibatch's indices")
+            self.latents = self.chains.advance(index, batch.x).detach()
+        log_joint = self.log_joint(self.model, batch.x, self.latents)
+        objective_sum = -log_joint.detach().sum()
+        with torch.no_grad():
+            elbo_sum = -elbo_per_datapoint(self.model, batch).sum()
+        return StepLoss(-log_joint.mean(), objective_sum, elbo_sum)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"chains": self.chains.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if "chains" not in state:
+            raise KeyError("the checkpoint holds no chains for train.algorithm = 'mcem'")
+        self.chains.load_state_dict(state["chains"])
 
 
 @contextlib.contextmanager
@@ -176,8 +246,13 @@ def _non_finite_from_validation():
         raise NonFinite(f"non-finite {what} in the forward pass") from None
 
 
+def algorithm_name(spec) -> str:
+    """``train.algorithm`` is a name or a table ``{ name = ..., options }``."""
+    return spec.get("name") if isinstance(spec, dict) else spec
+
+
 def build_algorithm(model, train, estimator: str, num_data: int, world: int = 1) -> Algorithm:
-    """The algorithm ``train.algorithm`` names, for this model and number of processes."""
+    """The algorithm ``train.algorithm`` names (with its options), for this model and number of processes."""
     return ALGORITHMS.build(train.algorithm, "train.algorithm", model=model, train=train, estimator=estimator,
                             num_data=num_data, world=world)
 

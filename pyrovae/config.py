@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from .algorithms import ALGORITHMS
+from .algorithms import ALGORITHMS, algorithm_name
 from .data import BINARIZE, DATASETS, Dataset, load_dataset
 from .errors import ConfigError, one_line, shown
 from .estimators import estimator_names
@@ -145,8 +145,9 @@ class TrainConfig:
     epochs: int = 50
     #: the minibatch size M (the global one when data-parallel).
     batch_size: int = 100
-    #: aevb (the VAE's SVI, Kingma & Welling 2014) or wake_sleep (Hinton et al. 1995; same model and encoder).
-    algorithm: str = "aevb"
+    #: aevb (the VAE's SVI, Kingma & Welling 2014), wake_sleep (Hinton et al. 1995; same model and encoder) or
+    #: mcem (Monte Carlo EM with per-datapoint HMC chains; options as a table: { name = "mcem", weight_updates = 5 }).
+    algorithm: PartSpec = "aevb"
     #: auto, analytic (estimator B, TraceMeanField_ELBO), mc (estimator A, Trace_ELBO) or iwae.
     estimator: str = "auto"
     #: L samples per datapoint (k for iwae).
@@ -180,7 +181,7 @@ class TrainConfig:
     def check(self):
         _range("train.epochs", self.epochs, 1)
         _range("train.batch_size", self.batch_size, 1)
-        _choice("train.algorithm", self.algorithm, ALGORITHMS.names())
+        ALGORITHMS.split(self.algorithm, "train.algorithm")
         _choice("train.estimator", self.estimator, estimator_names())
         _range("train.num_particles", self.num_particles, 1)
         if not (self.beta >= 0 and math.isfinite(self.beta)):
@@ -189,7 +190,7 @@ class TrainConfig:
         if self.estimator == "iwae" and (self.beta != 1 or self.kl_warmup_epochs):
             raise ConfigError("train.estimator = 'iwae' weighs whole importance weights: it takes no train.beta "
                               "or train.kl_warmup_epochs; use 'analytic' or 'mc' for KL annealing")
-        ALGORITHMS.get(self.algorithm).check_config(self)
+        ALGORITHMS.get(algorithm_name(self.algorithm)).check_config(self)
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"train.seed = {self.seed}: must be in [0, 2^32)")
         _range("train.eval_every", self.eval_every, 1)

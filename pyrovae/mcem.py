@@ -93,6 +93,53 @@ def adapt_step_size(step_size: float, accept_prob: torch.Tensor, target: float, 
     return step_size * math.exp(rate * (accept_prob.mean().item() - target))
 
 
+class Chains:
+    """One persistent HMC chain per training point on p_theta(z | x_i), the E-step of Monte Carlo
+    EM: :meth:`advance` moves the chains of a minibatch's points by ``hmc_steps`` transitions of
+    ``num_leapfrog`` leapfrog steps, the shared step size tuned towards ``target_accept``.
+    The chains start from the prior. Their state (latents, step size, generator) is tensors and
+    numbers: :meth:`state_dict` goes into a checkpoint.
+    """
+
+    def __init__(self, vae, num_data: int, num_leapfrog: int = 10, hmc_steps: int = 1, target_accept: float = 0.9,
+                 initial_step_size: float = 0.1, seed: int = 0):
+        if num_leapfrog < 1 or hmc_steps < 1:
+            raise ConfigError("MonteCarloEM: num_leapfrog and hmc_steps must be >= 1")
+        if not 0 < target_accept < 1:
+            raise ConfigError(f"MonteCarloEM: target_accept = {target_accept!r}: must be in (0, 1)")
+        if not initial_step_size > 0:
+            raise ConfigError(f"MonteCarloEM: initial_step_size = {initial_step_size!r}: must be > 0")
+        self.vae, self.num_leapfrog, self.hmc_steps, self.target_accept = vae, num_leapfrog, hmc_steps, target_accept
+        device = vae.device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        with torch.no_grad():
+            self.z = vae.prior().sample((num_data,)).to(device)
+        self.step_size = float(initial_step_size)
+        self.last_accept = float("nan")
+
+    def advance(self, index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Move the chains of the datapoints ``index`` (data ``x``); return their latents."""
+        z = self.z[index]
+        accepts = []
+        for _ in range(self.hmc_steps):
+            z, accept_prob = hmc_transition(self.vae, x, z, self.step_size, self.num_leapfrog, self.generator)
+            self.step_size = adapt_step_size(self.step_size, accept_prob, self.target_accept)
+            accepts.append(accept_prob.mean())
+        self.z[index] = z
+        self.last_accept = torch.stack(accepts).mean().item()
+        return z
+
+    def state_dict(self) -> Dict:
+        return {"z": self.z, "step_size": self.step_size, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Dict) -> None:
+        if tuple(state["z"].shape) != tuple(self.z.shape):
+            raise ValueError(f"chains of shape {tuple(state['z'].shape)}, the run has {tuple(self.z.shape)}")
+        self.z = state["z"].to(self.z.device, self.z.dtype)
+        self.step_size = float(state["step_size"])
+        self.generator.set_state(state["generator"])
+
+
 class MonteCarloEM:
     """Monte Carlo EM for a :class:`~pyrovae.VAE`'s generative model (its encoder is unused).
 
@@ -113,36 +160,29 @@ class MonteCarloEM:
     def __init__(self, vae, data: Dataset, optim: Optional[dict] = None, num_leapfrog: int = 10,
                  hmc_steps: int = 1, weight_updates: int = 5, target_accept: float = 0.9,
                  initial_step_size: float = 0.1, seed: int = 0):
-        if num_leapfrog < 1 or hmc_steps < 1 or weight_updates < 1:
-            raise ConfigError("MonteCarloEM: num_leapfrog, hmc_steps and weight_updates must be >= 1")
-        if not 0 < target_accept < 1:
-            raise ConfigError(f"MonteCarloEM: target_accept = {target_accept!r}: must be in (0, 1)")
-        self.vae, self.data = vae, data
-        self.num_leapfrog, self.hmc_steps, self.weight_updates = num_leapfrog, hmc_steps, weight_updates
-        self.target_accept = target_accept
-        device = vae.device
-        self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.seed = seed
-        n = data.num_train
-        with torch.no_grad():
-            self.z = vae.prior().sample((n,)).to(device)
-        self.step_size = float(initial_step_size)
+        if weight_updates < 1:
+            raise ConfigError("MonteCarloEM: weight_updates must be >= 1")
+        self.vae, self.data, self.weight_updates, self.seed = vae, data, weight_updates, seed
+        self.chains = Chains(vae, data.num_train, num_leapfrog, hmc_steps, target_accept, initial_step_size, seed)
         params = [p for name, p in vae.named_parameters() if not name.startswith("encoder.")]
         self.optimizer = build_optimizer(optim or {"name": "adagrad", "lr": 0.02}, params)
         self.samples_seen, self.epoch = 0, 0
-        self.last_accept = float("nan")
+
+    @property
+    def z(self) -> torch.Tensor:
+        return self.chains.z
+
+    @property
+    def step_size(self) -> float:
+        return self.chains.step_size
+
+    @property
+    def last_accept(self) -> float:
+        return self.chains.last_accept
 
     def e_step(self, index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Move the chains of the datapoints ``index`` by ``hmc_steps`` transitions; return their z."""
-        z = self.z[index]
-        accepts = []
-        for _ in range(self.hmc_steps):
-            z, accept_prob = hmc_transition(self.vae, x, z, self.step_size, self.num_leapfrog, self.generator)
-            self.step_size = adapt_step_size(self.step_size, accept_prob, self.target_accept)
-            accepts.append(accept_prob.mean())
-        self.z[index] = z
-        self.last_accept = torch.stack(accepts).mean().item()
-        return z
+        return self.chains.advance(index, x)
 
     def m_step(self, x: torch.Tensor, z: torch.Tensor) -> float:
         """``weight_updates`` gradient steps on -(1/M) sum_i log p(x_i, z_i); returns the last loss."""
@@ -160,7 +200,7 @@ class MonteCarloEM:
         for index in epoch_order(self.data.num_train, self.seed, self.epoch, self.z.device).split(batch_size):
             uniform = None
             if self.data.binarize == "dynamic":
-                uniform = torch.rand((index.numel(), *self.data.event_shape), generator=self.generator,
+                uniform = torch.rand((index.numel(), *self.data.event_shape), generator=self.chains.generator,
                                      device=self.z.device)
             x = self.data.batch(index, uniform)
             z = self.e_step(index, x)

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .algorithms import ALGORITHMS, NonFinite, build_algorithm, validation
+from .algorithms import ALGORITHMS, NonFinite, algorithm_name, build_algorithm, validation
 from .checkpoint import (
     build_model,
     data_fingerprint,
@@ -348,21 +348,23 @@ class _Trainer:
             batch, eps = self.minibatch(batches[i])
             self.beta = kl_weight(cfg, c["step"] + i, self.steps_per_epoch)
             where = (epoch, c["step"] + i + 1, i + 1, len(batches))
-            try:
-                step = self.algorithm.loss(batch, eps, self.beta, batches[i].numel())
-            except NonFinite as e:
-                raise NonFinite(f"{e} {_where(*where)}") from None
-            loss = step.loss
-            total += step.objective_sum
+            for update in range(self.algorithm.updates_per_batch):  # 1, but for mcem's M-steps
+                try:
+                    step = self.algorithm.loss(batch, eps, self.beta, batches[i].numel(),
+                                               batches[i][self.rank::self.world], update)
+                except NonFinite as e:
+                    raise NonFinite(f"{e} {_where(*where)}") from None
+                loss = step.loss
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                # One sync per step: a non-finite loss or gradient is caught before it reaches the parameters.
+                checks = torch.stack([loss.detach()] + [p.grad.sum() for p in self.params if p.grad is not None])
+                if not bool(torch.isfinite(checks).all()):
+                    what = "loss" if not torch.isfinite(loss).item() else "gradient"
+                    raise NonFinite(f"non-finite {what} {_where(*where)}")
+                self.optimizer.step()
+            total += step.objective_sum  # the minibatch's last update
             total_elbo += step.elbo_sum
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            # One sync per step: a non-finite loss or gradient is caught before it reaches the parameters.
-            checks = torch.stack([loss.detach()] + [p.grad.sum() for p in self.params if p.grad is not None])
-            if not bool(torch.isfinite(checks).all()):
-                what = "loss" if not torch.isfinite(loss).item() else "gradient"
-                raise NonFinite(f"non-finite {what} {_where(*where)}")
-            self.optimizer.step()
             bar.update()
             if i % 20 == 0:
                 bar.set_postfix(epoch=epoch, loss=f"{total.item() / (i * m + len(batch)):.2f}")
@@ -467,7 +469,7 @@ def _same_run(a: Dict, b: Dict) -> Optional[str]:
             if a[section].get(key) != b[section].get(key):
                 return f"{section}.{key}"
     defaults = dataclasses.asdict(TrainConfig())
-    algorithm = b["train"].get("algorithm", defaults["algorithm"])
+    algorithm = algorithm_name(b["train"].get("algorithm", defaults["algorithm"]))
     keys = ALGORITHMS.get(algorithm).resume_keys if algorithm in ALGORITHMS else ()
     for key in ("algorithm", *keys):
         if a["train"].get(key, defaults[key]) != b["train"].get(key, defaults[key]):

@@ -4,6 +4,8 @@ likelihood."""
 
 import math
 
+import numpy as np
+import pyro
 import pyro.distributions as dist
 import pytest
 import torch
@@ -111,3 +113,57 @@ def test_monte_carlo_em_checks_its_options(linear_gaussian):
         MonteCarloEM(vae, data, target_accept=1.5)
     with pytest.raises(ConfigError, match="weight_updates"):
         MonteCarloEM(vae, data, weight_updates=0)
+
+
+def test_mcem_as_a_training_algorithm_raises_the_exact_likelihood_and_resumes_bit_for_bit(linear_gaussian, tmp_path):
+    """train.algorithm = "mcem": the same E- and M-steps through the training loop, with the chains
+    in the checkpoint, so a resumed run ends where a straight one does."""
+    from pyrovae import Config, fit, train
+    from pyrovae.checkpoint import read_checkpoint
+
+    vae, w, b, s, marginal = linear_gaussian
+    x = marginal.sample((400,))
+
+    def fresh():
+        pyro.set_rng_seed(3)
+        return VAE((6,), 2, likelihood={"name": "gaussian", "scale": s},
+                   decoder=LinearDecoder(0.1 * torch.randn(6, 2), torch.zeros(6)))
+
+    def exact(model):
+        w_, b_ = model.decoder.w.detach(), model.decoder.b.detach()
+        return dist.MultivariateNormal(b_, w_ @ w_.T + s**2 * torch.eye(6)).log_prob(x).mean().item()
+
+    np.save(tmp_path / "ppca.npy", np.concatenate([x.numpy(), marginal.sample((40,)).numpy()]))
+    model = fresh()
+    before, encoder = exact(model), [p.detach().clone() for p in model.encoder.parameters()]
+    data = Dataset("ppca", x, x[:20])
+    metrics = fit(model, data, epochs=12, batch_size=50, algorithm={"name": "mcem", "weight_updates": 5},
+                  optim={"name": "adam", "lr": 0.02}, progress=False, eval_every=12)
+    assert exact(model) > before + 1.0 and exact(model) > exact(vae) - 0.5
+    assert all(torch.equal(p, q) for p, q in zip(encoder, model.encoder.parameters()))
+    assert metrics[-1]["train_objective"] > metrics[0]["train_objective"]  # the mean log p(x, z) at the chains
+
+    config = Config()
+    config.data.name, config.data.path = "file", str(tmp_path / "ppca.npy")
+    config.model.likelihood = {"name": "gaussian", "scale": s}
+    config.train.algorithm = {"name": "mcem", "weight_updates": 2}
+    config.train.progress, config.train.batch_size, config.optim = False, 40, {"name": "adam", "lr": 0.02}
+    config.train.epochs = 3
+    straight = train(config, tmp_path / "straight", model=fresh())
+    config.train.epochs = 2
+    half = train(config, tmp_path / "half", model=fresh())
+    config.train.epochs = 3
+    train(config, half, resume=True, model=fresh())
+    a, b_ = read_checkpoint(straight / "checkpoint.pt"), read_checkpoint(half / "checkpoint.pt")
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b_["model"][k], rtol=0, atol=0, msg=k)
+    torch.testing.assert_close(a["algorithm"]["chains"]["z"], b_["algorithm"]["chains"]["z"], rtol=0, atol=0)
+
+
+def test_mcem_refuses_what_it_cannot_do():
+    from pyrovae import load_config
+
+    with pytest.raises(ConfigError, match="train.algorithm = 'mcem' has no KL term"):
+        load_config(None, ["train.algorithm=mcem", "train.num_particles=2"])
+    with pytest.raises(ConfigError, match="train.algorithm.hmc_steps = 'x': expected an integer"):
+        load_config(None, ["train.algorithm={ name = 'mcem', hmc_steps = 'x' }"])
