@@ -34,13 +34,14 @@ from .evaluate import (
     log_likelihood,
 )
 from .likelihoods import LIKELIHOODS, Likelihood
+from .loop import Callback, Interrupted, PosteriorCollapseWarning, TrainingError, fit
 from .mcem import MonteCarloEM, hmc_log_likelihood
 from .models import MODELS, VAE, Model, Terms, data_plate
 from .nets import DECODERS, ENCODERS
 from .objectives import IWAE, LatentScale, elbo_per_datapoint, elbo_terms, make_elbo, objective_per_datapoint
 from .optim import OPTIMIZERS, build_optimizer
 from .priors import PRIORS, Prior
-from .train import Interrupted, PosteriorCollapseWarning, TrainingError, fit, train
+from .train import RunFolder, TensorBoardLog, train
 from .wake_sleep import WakeSleep
 
 __version__ = "0.1.0"
@@ -53,5 +54,6 @@ __all__ = [
     "LatentScale", "elbo_terms", "dataset_elbo", "dataset_terms", "log_likelihood", "active_units",
     "kl_per_dimension", "evaluate", "evaluate_run", "build_optimizer", "Prior", "Likelihood", "PRIORS",
     "LIKELIHOODS", "ENCODERS", "DECODERS", "OPTIMIZERS", "PyrovaeError", "ConfigError", "DataError", "RunDirError",
-    "TrainingError", "Interrupted", "PosteriorCollapseWarning", "WakeSleep", "MonteCarloEM", "hmc_log_likelihood",
+    "TrainingError", "Interrupted", "Callback", "RunFolder", "TensorBoardLog", "PosteriorCollapseWarning",
+    "WakeSleep", "MonteCarloEM", "hmc_log_likelihood",
 ]

@@ -23,7 +23,6 @@ stored NumPy's RNG state as an array) from a source you trust is converted by
 
 import hashlib
 import math
-import random
 import re
 import warnings
 from pathlib import Path
@@ -37,36 +36,13 @@ from .devices import resolve_device
 from .errors import ConfigError, RunDirError, one_line, shown
 from .models import MODELS, Model, takes_labels
 from .runfolder import CHECKPOINT, CONFIG, METRICS, RunLock, atomic_write_bytes, write_metrics
+from .state import load_model_state, rng_state, set_rng_state  # noqa: F401 (re-exported)
 
 FORMAT = "pyrovae-checkpoint-2"
 OLD_FORMATS = ("pyrovae-checkpoint-1",)
 COUNTERS = {"epoch": int, "step": int, "samples_seen": int, "epoch_step": int, "rollbacks": int,
             "epoch_loss": float, "epoch_elbo": float, "epoch_seconds": float}
 CONVERT_HINT = "pyrovae convert-checkpoint RUN_DIR --trust"
-
-
-# -- RNG state as plain containers ---------------------------------------------------------
-def rng_state() -> Dict[str, Any]:
-    """Every global RNG state, as tensors and plain values (loadable with ``weights_only=True``)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    version, mt, gauss_next = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-            "python": {"version": int(version), "state": torch.tensor(mt, dtype=torch.int64),
-                       "gauss_next": gauss_next}}
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # -- the data's fingerprint ----------------------------------------------------------------
@@ -225,24 +201,6 @@ def _rng_ok(rng) -> bool:
             and isinstance(p, dict) and isinstance(p.get("version"), int)
             and isinstance(p.get("state"), torch.Tensor) and tuple(p["state"].shape) == (625,)
             and (p.get("gauss_next") is None or isinstance(p["gauss_next"], float)))
-
-
-def load_model_state(module: torch.nn.Module, saved: Dict[str, torch.Tensor], where) -> None:
-    """``module.load_state_dict(saved)``; missing or unexpected keys and other shapes are one line."""
-    mine = module.state_dict()
-    missing = [k for k in mine if k not in saved]
-    unexpected = [k for k in saved if k not in mine]
-    if missing or unexpected:
-        names = ", ".join(shown(k, 40) for k in (missing or unexpected)[:3])
-        raise RunDirError(f"{where}: the checkpoint's model {'lacks' if missing else 'has unknown'} parameters "
-                          f"({names}{', ...' if len(missing or unexpected) > 3 else ''}); "
-                          "it does not match its config (a model built in Python loads with "
-                          "pyrovae.load(run, model=...))")
-    for k, t in mine.items():
-        if tuple(saved[k].shape) != tuple(t.shape):
-            raise RunDirError(f"{where}: the checkpoint's {shown(k, 60)} has shape {tuple(saved[k].shape)}, "
-                              f"the config's model needs {tuple(t.shape)}")
-    module.load_state_dict(saved)
 
 
 def new_model(model_cfg, event_shape, num_classes: Optional[int] = None) -> Model:

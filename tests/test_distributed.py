@@ -12,7 +12,7 @@ import torch
 from pyrovae import VAE, TrainConfig
 from pyrovae.checkpoint import read_checkpoint
 from pyrovae.data import Dataset
-from pyrovae.train import _Trainer
+from pyrovae.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ["--set", "train.eval_every=1", "--set", "model.encoder.hidden=[32]", "--set", "model.decoder.hidden=[32]",
@@ -62,7 +62,7 @@ def test_shards_are_disjoint_and_cover_the_epoch(world, binarize):
     vae = VAE((1,), 2, likelihood="continuous_bernoulli" if binarize == "none" else "bernoulli")
     seen = []
     for rank in range(world):
-        trainer = _Trainer(vae, data, cfg, {"name": "adam"}, None, None, None)
+        trainer = Trainer(vae, data, cfg, {"name": "adam"})
         trainer.rank, trainer.world = rank, world  # as a process of a world of this size would be
         trainer.noise.manual_seed(0)
         order = torch.Generator().manual_seed(7)
@@ -87,11 +87,11 @@ def test_ranks_draw_the_global_batch_noise():
     cfg = TrainConfig(batch_size=8, num_particles=2)
     vae = VAE((1, 4, 4), 3)
     index = torch.arange(8)
-    alone = _Trainer(vae, data, cfg, {"name": "adam"}, None, None, None)
+    alone = Trainer(vae, data, cfg, {"name": "adam"})
     alone.noise.manual_seed(1)
     batch_all, eps_all = alone.minibatch(index)
     for rank in range(2):
-        t = _Trainer(vae, data, cfg, {"name": "adam"}, None, None, None)
+        t = Trainer(vae, data, cfg, {"name": "adam"})
         t.rank, t.world = rank, 2
         t.noise.manual_seed(1)
         batch, eps = t.minibatch(index)

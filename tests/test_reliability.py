@@ -14,7 +14,7 @@ import pyro
 import pytest
 import torch
 
-from pyrovae import Config, Interrupted, TrainingError, build_model, fit, load_dataset, train
+from pyrovae import Config, Interrupted, RunFolder, TrainingError, build_model, fit, load_dataset, train
 from pyrovae.checkpoint import read_checkpoint
 from pyrovae.data import Dataset
 
@@ -122,7 +122,7 @@ def test_resume_from_the_middle_of_an_epoch_is_exact(tmp_path, interrupt_step):
     half.mkdir()
     words, steps_done = _where_poll_stops(interrupt_step)
     with pytest.raises(Interrupted, match=f"interrupted by SIGTERM {words}"):
-        fit(vae, data, config.train, config.optim, run_dir=half, config=config,
+        fit(vae, data, config.train, config.optim, [RunFolder(half, config)],
             stop_signal=_interrupt_at(interrupt_step))
     (half / "config.toml").write_text((straight / "config.toml").read_text())
     counters = read_checkpoint(half / "checkpoint.pt")["counters"]

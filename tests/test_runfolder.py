@@ -368,7 +368,7 @@ def test_an_unwritable_metrics_file_is_one_line(tmp_path, capsys):
     data = load_dataset("digits")
     vae = pyrovae.build_model(config.model, data.event_shape)
     with pytest.raises(RunDirError, match=r"metrics.jsonl: cannot write \(.*\); the last good checkpoint \(epoch 1\)"):
-        fit(vae, data, config.train, config.optim, run_dir=run, config=config)
+        fit(vae, data, config.train, config.optim, [pyrovae.RunFolder(run, config)])
 
 
 def test_evaluate_checks_its_output_before_the_work_and_prints_before_writing(run_copy, tmp_path, monkeypatch,
@@ -504,16 +504,15 @@ def fit_into_run_folder(tmp_path, config, stop_signal):
     model = pyrovae.build_model(config.model, data.event_shape)
     run = tmp_path / "run"
     run.mkdir()
-    importlib.import_module("pyrovae.train").fit(model, data, config.train, config.optim, run_dir=run, config=config,
-                                                  stop_signal=stop_signal)
+    pyrovae.fit(model, data, config.train, config.optim, [pyrovae.RunFolder(run, config)], stop_signal)
     return run
 
 
 def test_a_signal_during_evaluation_stops_after_that_epochs_checkpoint(tmp_path, monkeypatch):
-    train_module = importlib.import_module("pyrovae.train")
+    loop = importlib.import_module("pyrovae.loop")
     evaluated = []
-    original = train_module._Trainer.evaluate
-    monkeypatch.setattr(train_module._Trainer, "evaluate",
+    original = loop.Trainer.evaluate
+    monkeypatch.setattr(loop.Trainer, "evaluate",
                         lambda self, record: (evaluated.append(1), original(self, record))[1])
     with pytest.raises(pyrovae.Interrupted, match="SIGTERM after epoch 2; checkpoint of epoch 2 saved"):
         fit_into_run_folder(tmp_path, small_config(epochs=4, eval_every=2),

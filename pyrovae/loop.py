@@ -1,0 +1,377 @@
+"""The training loop: stochastic variational inference over minibatches (:func:`fit`).
+
+Each step draws a minibatch of M indices from the epoch's permutation of the N training
+points, and takes a gradient step on the per-datapoint loss
+
+    loss = -ELBO_hat(minibatch) / N,   ELBO_hat = (N/M) sum_{i in batch} L(theta, phi; x_i),
+
+where ELBO_hat is the model's ELBO estimate under ``pyro.plate("data", size=N)``: an unbiased
+estimate of the full-data ELBO (Kingma & Welling 2014, eq. 8). Dividing by N keeps learning
+rates and weight decay independent of the data set's size. What a step maximises is the
+algorithm's (:mod:`pyrovae.algorithms`); the loop draws the batch and the noise, takes the
+algorithm's loss, runs backward and the finiteness check, and steps the optimizer.
+
+Everything around the loop attaches as a :class:`Callback`: the run folder (checkpoints,
+metrics, figures: :class:`pyrovae.train.RunFolder`), TensorBoard, anything a user adds. The
+loop itself writes nothing.
+"""
+
+import copy
+import dataclasses
+import signal
+import sys
+import time
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import pyro
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from .algorithms import NonFinite, build_algorithm, validation
+from .config import TrainConfig
+from .data import Dataset, binarize_split, epoch_order
+from .devices import resolve_device
+from .errors import ConfigError, PyrovaeError
+from .estimators import resolve_estimator
+from .evaluate import active_units, dataset_terms
+from .optim import build_optimizer, load_state
+from .state import load_model_state, rng_state, set_rng_state
+
+
+class TrainingError(PyrovaeError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+class PosteriorCollapseWarning(UserWarning):
+    """Most latent units are inactive: q(z|x) has collapsed onto the prior for them."""
+
+
+class Interrupted(PyrovaeError):
+    """SIGINT or SIGTERM arrived; the run saved a checkpoint at the step it had reached."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.signal_number = signal_number
+
+
+class Callback:
+    """Hooks around the loop; each gets the :class:`Trainer` (its model, optimizer, counters,
+    metrics, ``state()``). Override what you need."""
+
+    def on_start(self, trainer: "Trainer") -> None:
+        """Before the first step (the run folder restores a checkpoint here)."""
+
+    def on_epoch_end(self, trainer: "Trainer", record: Dict) -> None:
+        """After an epoch, its record complete (evaluated when due) and appended to ``trainer.metrics``."""
+
+    def on_interrupt(self, trainer: "Trainer", mid_epoch: bool) -> Optional[str]:
+        """A signal stops the run (mid-epoch: at a step; else after an epoch's callbacks): save what
+        is needed; return what the message should say of it (e.g. how to resume)."""
+        return None
+
+    def on_end(self, trainer: "Trainer") -> None:
+        """After the last epoch (the run folder draws its figures here)."""
+
+    def on_close(self, trainer: "Trainer") -> None:
+        """Always, last, however the loop ended (close files)."""
+
+    def kept(self) -> Optional[str]:
+        """What survives a failure, for its message (e.g. the last good checkpoint)."""
+        return None
+
+
+def fit(model, data: Dataset, train: Optional[TrainConfig] = None, optim: Optional[Dict[str, Any]] = None,
+        callbacks: Sequence[Callback] = (), stop_signal: Optional[Callable[[], Optional[int]]] = None,
+        **train_options) -> List[Dict]:
+    """Train ``model`` on ``data`` by stochastic variational inference; return the metrics per epoch.
+
+    :param Model model: the model and guide (a :class:`~pyrovae.Model`, e.g. a :class:`~pyrovae.VAE`).
+    :param Dataset data: the splits (see :func:`pyrovae.load_dataset`).
+    :param TrainConfig train: epochs, batch size M, estimator, particles L, seed, device, ...
+    :param dict optim: an optimizer spec, e.g. ``{"name": "adagrad", "lr": 0.02}`` (default Adam 1e-3).
+    :param callbacks: :class:`Callback` objects around the loop (:func:`pyrovae.train` adds the
+        run folder's: checkpoints, metrics, figures, TensorBoard; a resumed run restores there).
+    :param stop_signal: polled before every step and after every epoch; when it returns a signal
+        number, the callbacks save what they keep and the run raises :class:`Interrupted`
+        (:func:`pyrovae.train` wires SIGINT and SIGTERM to it).
+    :param train_options: overrides of ``train``'s fields, e.g. ``epochs=5``.
+
+    Each returned record has ``epoch``, ``step``, ``samples_seen``, ``train_elbo`` (the mean
+    of the epoch's minibatch ELBO estimates), ``train_objective`` (the mean of what was
+    maximised: the same as ``train_elbo`` unless the estimator is ``iwae`` or the KL is
+    weighted), ``kl_weight`` (at the epoch's end), ``test_elbo``, its two terms
+    ``test_reconstruction`` and ``test_kl``, and ``active_units`` (every ``eval_every`` epochs
+    and after the last, else None), ``train_seconds`` and ``images_per_second``. ELBOs are
+    nats per datapoint, higher is better; the reported ELBO is always the true one (beta = 1).
+    A :class:`PosteriorCollapseWarning` is issued once if fewer than half of the latent units
+    are active at an evaluation after the first epoch.
+
+    A non-finite loss or gradient stops the run at the step where it appears, before the
+    parameters change (:class:`TrainingError`), or with ``on_nan = "rollback"`` restores the
+    state of the last completed epoch and retries it with the learning rate multiplied by
+    ``rollback_lr_factor``, at most ``max_rollbacks`` times.
+    """
+    try:
+        cfg = dataclasses.replace(train or TrainConfig(), **train_options)
+    except TypeError as e:
+        raise ConfigError(f"fit: {e}") from None
+    cfg.check()
+    trainer = Trainer(model, data, cfg, optim or {"name": "adam", "lr": 1e-3}, callbacks, stop_signal)
+    return trainer.run()
+
+
+def _where(epoch, step, batch, batches) -> str:
+    return f"at epoch {epoch}, step {step} (batch {batch} of {batches})"
+
+
+class Trainer:
+    """The state of one training run and the loop over it (used by :func:`fit`)."""
+
+    def __init__(self, model, data, cfg: TrainConfig, optim, callbacks: Sequence[Callback] = (), stop_signal=None):
+        self.cfg, self.callbacks, self.stop_signal = cfg, list(callbacks), stop_signal
+        self.device = resolve_device(cfg.device)
+        self.model = model.to(self.device)
+        self.data = data.to(self.device)
+        check_data(self.model, self.data, cfg.batch_size)
+        self.estimator = resolve_estimator(cfg.estimator, model, self.data.test_batch[:2])
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        #: what a step maximises (train.algorithm): the loop only calls its loss
+        self.algorithm = build_algorithm(model, cfg, self.estimator, self.data.num_train, self.world)
+        # Training noise (dynamic binarization, the family's reparameterization noise) is drawn for
+        # the whole global batch from this generator, the same on every rank, and each rank takes
+        # its shard: a run on K processes sees the same noise as on one, and resumes on any K.
+        self.noise = torch.Generator(device=self.device)
+        #: beta, the weight of the KL term at this step (an argument of the estimators, not model state)
+        self.beta = 1.0
+        self.optimizer = build_optimizer(optim, model.parameters())
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.n, self.m = self.data.num_train, cfg.batch_size
+        self.steps_per_epoch = -(-self.n // self.m)
+        # epoch, step and samples_seen count completed work; epoch_* hold a half-done epoch
+        # (after an interruption): its next step and running sums.
+        self.counters = {"epoch": 0, "step": 0, "samples_seen": 0, "epoch_step": 0, "rollbacks": 0,
+                         "epoch_loss": 0.0, "epoch_elbo": 0.0, "epoch_seconds": 0.0}
+        self.metrics: List[Dict] = []
+        self.warned = False
+        # a new run starts from the seed; a callback restoring a checkpoint (on_start) overrides it
+        pyro.set_rng_seed(cfg.seed)
+        self.noise.manual_seed(cfg.seed * 1_000_003 - 1)  # apart from the data-order seeds (seed, epoch)
+
+    # -- state -------------------------------------------------------------------------------
+    def state(self) -> Dict[str, Any]:
+        """What a checkpoint holds to continue the run bit for bit."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "rng": {**rng_state(), "noise": self.noise.get_state()}, "counters": dict(self.counters),
+                "algorithm": self.algorithm.state_dict()}
+
+    def restore(self, state: Dict[str, Any], where="checkpoint") -> None:
+        load_model_state(self.model, state["model"], where)
+        load_state(self.optimizer, state["optimizer"])
+        set_rng_state(state["rng"])
+        self.noise.set_state(state["rng"]["noise"])
+        self.counters.update(state["counters"])
+        self.algorithm.load_state_dict(state.get("algorithm", {}))
+
+    def poll(self) -> Optional[int]:
+        """The signal number the run was asked to stop by, if any (the same on every rank)."""
+        signal_number = self.stop_signal() if self.stop_signal else None
+        if self.world > 1:  # every rank stops at the same step, or the collectives would hang
+            flag = torch.tensor([signal_number or 0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            signal_number = int(flag.item()) or None
+        return signal_number
+
+    def stop(self, signal_number: int, where: str, mid_epoch: bool) -> None:
+        """The callbacks keep what they keep; then :class:`Interrupted` says so."""
+        notes = [note for note in (cb.on_interrupt(self, mid_epoch) for cb in self.callbacks) if note]
+        raise Interrupted(f"interrupted by {signal.Signals(signal_number).name} {where}; "
+                          + ("; ".join(notes) or "no run folder, nothing saved"), signal_number)
+
+    def kept(self) -> str:
+        """What survives a failure, as the callbacks say (for messages)."""
+        notes = [note for note in (cb.kept() for cb in self.callbacks) if note]
+        return "; ".join(notes) if notes else "no checkpoint was written"
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self) -> List[Dict]:
+        cfg = self.cfg
+        try:
+            for callback in self.callbacks:
+                callback.on_start(self)
+            bar = tqdm(total=cfg.epochs * self.steps_per_epoch, unit="step", file=sys.stderr,
+                       disable=not cfg.progress or self.rank != 0,
+                       initial=self.counters["epoch"] * self.steps_per_epoch + self.counters["epoch_step"],
+                       dynamic_ncols=True)
+            # The data were checked once before training; per-step validation of every distribution's
+            # arguments would cost a pass over the batch and a sync per step (non-finite values are
+            # still caught, by the check on the loss and gradients).
+            with validation(self.algorithm):
+                try:
+                    last_good = copy.deepcopy(self.state())
+                    while self.counters["epoch"] < cfg.epochs:
+                        try:
+                            self.epoch(self.counters["epoch"] + 1, bar)
+                            last_good = copy.deepcopy(self.state())
+                        except NonFinite as e:
+                            self.roll_back(e, last_good, bar)
+                        except (MemoryError, RuntimeError) as e:
+                            if not _out_of_memory(e):
+                                raise
+                            raise TrainingError(f"out of memory in epoch {self.counters['epoch'] + 1} "
+                                                f"({type(e).__name__}); lower train.batch_size, train.num_particles "
+                                                f"or train.eval_particles, or the networks' sizes; "
+                                                f"{self.kept()}") from None
+                finally:
+                    bar.close()
+                    self.beta = 1.0
+            self.model.eval()
+            for callback in self.callbacks:
+                callback.on_end(self)
+            # a signal during the last evaluation or the figures: the checkpoint is complete, and the exit says so
+            signal_number = self.poll()
+            if signal_number:
+                self.stop(signal_number, f"after the last epoch ({self.counters['epoch']})", mid_epoch=False)
+            return self.metrics
+        finally:
+            for callback in self.callbacks:
+                callback.on_close(self)
+
+    def roll_back(self, error: NonFinite, last_good: Dict[str, Any], bar) -> None:
+        """Restore the last completed epoch with a smaller learning rate, or give up."""
+        cfg = self.cfg
+        k = self.counters["rollbacks"] + 1  # the k-th rollback of the run runs at lr * factor^k
+        if cfg.on_nan != "rollback" or k > cfg.max_rollbacks:
+            raise TrainingError(str(error) + self.advice()) from None
+        self.restore(copy.deepcopy(last_good))
+        # the restored optimizer already carries the factors of the rollbacks before its epoch
+        factor = cfg.rollback_lr_factor ** (k - self.counters["rollbacks"])
+        for group in self.optimizer.param_groups:
+            group["lr"] *= factor
+        self.counters["rollbacks"] = k
+        bar.n = self.counters["epoch"] * self.steps_per_epoch + self.counters["epoch_step"]
+        tqdm.write(f"pyrovae: {error}; rolled back to epoch {self.counters['epoch']}, learning rate now "
+                   f"{self.optimizer.param_groups[0]['lr']:.3g} (rollback {k} of {cfg.max_rollbacks})",
+                   file=sys.stderr)
+
+    def epoch(self, epoch: int, bar) -> None:
+        cfg, c, n, m = self.cfg, self.counters, self.n, self.m
+        batches = epoch_order(n, cfg.seed, epoch, self.device).split(m)
+        total = torch.tensor(c["epoch_loss"], device=self.device)  # -sum_i objective_i so far
+        total_elbo = torch.tensor(c["epoch_elbo"], device=self.device)  # -sum_i ELBO_i so far
+        start = time.perf_counter() - c["epoch_seconds"]
+        for i in range(c["epoch_step"], len(batches)):
+            signal_number = self.poll()
+            if signal_number:
+                c.update(epoch_step=i, epoch_loss=total.item(), epoch_elbo=total_elbo.item(),
+                         epoch_seconds=time.perf_counter() - start)
+                self.stop(signal_number, f"at epoch {epoch}, step {c['step'] + i}", mid_epoch=True)
+            batch, eps = self.minibatch(batches[i])
+            self.beta = kl_weight(cfg, c["step"] + i, self.steps_per_epoch)
+            where = (epoch, c["step"] + i + 1, i + 1, len(batches))
+            for update in range(self.algorithm.updates_per_batch):  # 1, but for mcem's M-steps
+                try:
+                    step = self.algorithm.loss(batch, eps, self.beta, batches[i].numel(),
+                                               batches[i][self.rank::self.world], update)
+                except NonFinite as e:
+                    raise NonFinite(f"{e} {_where(*where)}") from None
+                loss = step.loss
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                # One sync per step: a non-finite loss or gradient is caught before it reaches the parameters.
+                checks = torch.stack([loss.detach()] + [p.grad.sum() for p in self.params if p.grad is not None])
+                if not bool(torch.isfinite(checks).all()):
+                    what = "loss" if not torch.isfinite(loss).item() else "gradient"
+                    raise NonFinite(f"non-finite {what} {_where(*where)}")
+                self.optimizer.step()
+            total += step.objective_sum  # the minibatch's last update
+            total_elbo += step.elbo_sum
+            bar.update()
+            if i % 20 == 0:
+                bar.set_postfix(epoch=epoch, loss=f"{total.item() / (i * m + len(batch)):.2f}")
+        seconds = time.perf_counter() - start
+        if self.world > 1:  # the epoch's sums over all ranks' shards
+            sums = torch.stack([total, total_elbo])
+            dist.all_reduce(sums)
+            total, total_elbo = sums[0], sums[1]
+        c.update(epoch=epoch, step=c["step"] + len(batches), samples_seen=c["samples_seen"] + n, epoch_step=0,
+                 epoch_loss=0.0, epoch_elbo=0.0, epoch_seconds=0.0)
+        record = {"epoch": epoch, "step": c["step"], "samples_seen": c["samples_seen"],
+                  "train_elbo": -total_elbo.item() / n, "train_objective": -total.item() / n,
+                  "kl_weight": self.beta, "test_elbo": None, "test_reconstruction": None, "test_kl": None,
+                  "active_units": None, "train_seconds": seconds, "images_per_second": n / seconds}
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            self.evaluate(record)
+            bar.set_postfix(epoch=epoch, elbo=f"{record['train_elbo']:.2f}", test_elbo=f"{record['test_elbo']:.2f}")
+        self.metrics.append(record)
+        for callback in self.callbacks:  # the run folder saves its checkpoint here, then the metrics line
+            callback.on_epoch_end(self, record)
+        signal_number = self.poll() if epoch < cfg.epochs else None
+        if signal_number:
+            self.stop(signal_number, f"after epoch {epoch}", mid_epoch=False)
+
+    def minibatch(self, index: torch.Tensor):
+        """This rank's shard of a global minibatch (a :class:`~pyrovae.Batch`), and the family's
+        noise for it (torch engine; :meth:`~pyrovae.Model.noise_shape`).
+
+        The noise is drawn for the whole global batch (every rank draws the same), then sharded
+        like the points: rank r of K takes positions r, r + K, r + 2K, ... of the batch.
+        """
+        shard = slice(self.rank, None, self.world)
+        uniform = None
+        if self.data.binarize == "dynamic":
+            uniform = torch.rand((index.numel(), *self.data.event_shape), generator=self.noise,
+                                 device=self.device)[shard]
+        batch = self.data.minibatch(index[shard], uniform)
+        eps = None
+        shape = self.model.noise_shape(index.numel(), self.cfg.num_particles) if self.algorithm.draws_noise else None
+        if shape is not None:  # (particles, global batch, ...): sharded along the batch
+            eps = torch.randn(shape, generator=self.noise, device=self.device)[:, shard]
+        return batch, eps
+
+    def evaluate(self, record: Dict) -> None:
+        model, epoch = self.model, record["epoch"]
+        test = self.data.test_batch
+        terms = dataset_terms(model, test, self.cfg.eval_particles, seed=self.cfg.seed)
+        record.update(test_elbo=terms["elbo"], test_reconstruction=terms["reconstruction"], test_kl=terms["kl"])
+        record["active_units"], activity = active_units(model, test)
+        units = int(activity.shape[0])
+        if 2 * record["active_units"] < units and epoch > 1 and not self.warned and self.rank == 0:
+            self.warned = True
+            warnings.warn(f"epoch {epoch}: only {record['active_units']} of {units} latent units are "
+                          "active (Cov_x E_q[u] > 0.01); the rest have collapsed onto the prior. "
+                          "Consider train.kl_warmup_epochs, a smaller latent_dim, or a weaker decoder",
+                          PosteriorCollapseWarning, stacklevel=5)
+
+    def advice(self) -> str:
+        lr = self.optimizer.param_groups[0]["lr"]
+        return (f"; likely causes: a learning rate too high (optim.lr = {lr:.3g}), a learned likelihood scale "
+                "shrinking to 0 (raise min_scale), extreme data values; "
+                f"{self.kept()}; train.on_nan = 'rollback' retries with a smaller learning rate")
+
+
+def kl_weight(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """beta, reached linearly over ``kl_warmup_epochs`` epochs (Bowman et al. 2016; Sønderby et al. 2016)."""
+    if cfg.kl_warmup_epochs == 0:
+        return cfg.beta
+    return cfg.beta * min(1.0, (step + 1) / (cfg.kl_warmup_epochs * steps_per_epoch))
+
+
+def check_data(model, data: Dataset, batch_size: int) -> None:
+    """Reject data that does not fit the model or the batch size, before any training."""
+    if tuple(data.event_shape) != tuple(model.event_shape):
+        raise ConfigError(f"data points have shape {data.event_shape} but the model expects {model.event_shape}")
+    if batch_size > data.num_train:
+        raise ConfigError(f"train.batch_size = {batch_size}: larger than the training split ({data.num_train} points)")
+    model.check_data(binarize_split(data.train, data.binarize), f"data {data.name!r} (train split)")
+    model.check_data(data.test, f"data {data.name!r} (test split)")
+    model.dry_run(data.test_batch[:2])
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether an exception is an allocation failure (torch's CPU allocator raises a RuntimeError)."""
+    return isinstance(e, MemoryError) or isinstance(e, getattr(torch, "OutOfMemoryError", MemoryError)) \
+        or "can't allocate memory" in str(e) or "out of memory" in str(e).lower()
+
+
