@@ -14,19 +14,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from .checkpoint import (
-    data_fingerprint,
-    fingerprint_difference,
-    model_from_checkpoint,
-    read_checkpoint,
-    read_run_config,
-)
 from .data import as_batch
-from .devices import resolve_device
-from .errors import RunDirError
-from .memory import check_evaluation_memory
 from .objectives import elbo_terms
-from .runfolder import CHECKPOINT, EVALUATION, RunLock, atomic_write_bytes, check_writable, remove_stale
 
 #: A latent unit u is active when Cov_x(E_q[u | x]) exceeds this (Burda et al. 2015).
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -164,6 +153,19 @@ def evaluate_run(run_dir, nll_samples: int = 5000, iwae_samples: int = 50, elbo_
     called before the file is written (the CLI prints the numbers there), so a failed write
     never loses them.
     """
+    # a run folder is the application layer's: imported here, so that evaluation itself stays core
+    from .checkpoint import (
+        data_fingerprint,
+        fingerprint_difference,
+        model_from_checkpoint,
+        read_checkpoint,
+        read_run_config,
+    )
+    from .devices import resolve_device
+    from .errors import RunDirError
+    from .memory import check_evaluation_memory
+    from .runfolder import CHECKPOINT, EVALUATION, RunLock, atomic_write_bytes, check_writable, remove_stale
+
     run_dir = Path(run_dir)
     device = resolve_device(str(device), "--device")
     out = Path(out) if out is not None else run_dir / EVALUATION
