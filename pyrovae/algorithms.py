@@ -158,9 +158,7 @@ class WakeSleepAlgorithm(Algorithm):
 
     @classmethod
     def check_config(cls, train) -> None:
-        if train.beta != 1 or train.kl_warmup_epochs or train.num_particles != 1:
-            raise ConfigError("train.algorithm = 'wake_sleep' draws one z per datapoint and has no KL term: it takes "
-                              "train.num_particles = 1, no train.beta or train.kl_warmup_epochs")
+        _one_particle_no_kl_weight(train, "wake_sleep", "draws one z per datapoint and has no KL term")
 
     def loss(self, batch, noise, beta, global_size, index=None, update=0):
         with _non_finite_from_validation():
@@ -209,9 +207,7 @@ class MonteCarloEMAlgorithm(Algorithm):
 
     @classmethod
     def check_config(cls, train) -> None:
-        if train.beta != 1 or train.kl_warmup_epochs or train.num_particles != 1:
-            raise ConfigError("train.algorithm = 'mcem' has no KL term and one chain per datapoint: it takes "
-                              "train.num_particles = 1, no train.beta or train.kl_warmup_epochs")
+        _one_particle_no_kl_weight(train, "mcem", "has no KL term and one chain per datapoint")
 
     def loss(self, batch, noise, beta, global_size, index=None, update=0):
         if update == 0:  # the E-step, once per minibatch
@@ -231,6 +227,13 @@ class MonteCarloEMAlgorithm(Algorithm):
         if "chains" not in state:
             raise KeyError("the checkpoint holds no chains for train.algorithm = 'mcem'")
         self.chains.load_state_dict(state["chains"])
+
+
+def _one_particle_no_kl_weight(train, name: str, why: str) -> None:
+    """Algorithms without an ELBO estimator take one particle and no KL weight (one line otherwise)."""
+    if train.beta != 1 or train.kl_warmup_epochs or train.num_particles != 1:
+        raise ConfigError(f"train.algorithm = {name!r} {why}: it takes train.num_particles = 1, no train.beta or "
+                          "train.kl_warmup_epochs")
 
 
 @contextlib.contextmanager
