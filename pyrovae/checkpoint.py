@@ -22,8 +22,8 @@ stored NumPy's RNG state as an array) from a source you trust is converted by
 """
 
 import hashlib
+import json
 import math
-import re
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -33,10 +33,10 @@ import torch
 
 from .config import Config, config_from_dict, parse_toml, read_config_text
 from .devices import resolve_device
-from .errors import ConfigError, RunDirError, one_line, shown
+from .errors import ConfigError, RunDirError, needed_object, one_line, shown
 from .models import MODELS, Model, takes_labels
 from .runfolder import CHECKPOINT, CONFIG, METRICS, RunLock, atomic_write_bytes, write_metrics
-from .state import load_model_state, rng_state, set_rng_state  # noqa: F401 (re-exported)
+from .state import load_model_state, plain_numpy_state, plain_python_state
 
 FORMAT = "pyrovae-checkpoint-2"
 OLD_FORMATS = ("pyrovae-checkpoint-1",)
@@ -47,8 +47,9 @@ CONVERT_HINT = "pyrovae convert-checkpoint RUN_DIR --trust"
 
 # -- the data's fingerprint ----------------------------------------------------------------
 def _sha256(t: torch.Tensor, dtype) -> str:
-    t = t.detach().to("cpu", dtype).contiguous()
-    return hashlib.sha256(t.numpy().astype(t.numpy().dtype.newbyteorder("<"), copy=False).data).hexdigest()
+    """SHA-256 of a tensor's values as little-endian ``dtype`` (the same bytes on every machine)."""
+    values = t.detach().to("cpu", dtype).numpy()
+    return hashlib.sha256(np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).data).hexdigest()
 
 
 def data_fingerprint(data) -> Dict[str, Any]:
@@ -116,9 +117,9 @@ def read_checkpoint(path) -> Dict[str, Any]:
     try:
         state = _torch_load(path)
     except Exception as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if found:
-            raise RunDirError(f"{path}: refused: it needs the Python object {shown(found.group(1))}, and "
+        needed = needed_object(e)
+        if needed:
+            raise RunDirError(f"{path}: refused: it needs the Python object {shown(needed)}, and "
                               "pyrovae loads only tensors and plain containers (loading it could run code); "
                               f"an older pyrovae checkpoint you trust converts with: {CONVERT_HINT}") from None
         reason = str(e).splitlines()[0] if str(e) else ""
@@ -284,8 +285,6 @@ def convert_checkpoint(run_dir, data=None) -> Path:
     are now). The result is read back with :func:`read_checkpoint` before it replaces the old
     file. Returns the checkpoint's path.
     """
-    import json
-
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT
     if not path.is_file():
@@ -305,13 +304,8 @@ def convert_checkpoint(run_dir, data=None) -> Path:
     if not isinstance(old, dict) or old.get("format") not in OLD_FORMATS:
         raise RunDirError(f"{path}: not an older pyrovae checkpoint; nothing to convert")
     rng = old["rng"]
-    name, keys, pos, has_gauss, cached = rng["numpy"]
-    version, mt, gauss_next = rng["python"]
     new_rng = {"torch": rng["torch"], "cuda": list(rng.get("cuda", [])), "noise": rng["noise"],
-               "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
-                         "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-               "python": {"version": int(version), "state": torch.tensor(mt, dtype=torch.int64),
-                          "gauss_next": gauss_next}}
+               "numpy": plain_numpy_state(rng["numpy"]), "python": plain_python_state(rng["python"])}
     counters = {"rollbacks": 0, **old["counters"]}
     records = []
     if (run_dir / METRICS).is_file():

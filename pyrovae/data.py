@@ -24,7 +24,6 @@ fixed permutation (the same for every run).
 
 import math
 import os
-import re
 import urllib.request
 import warnings
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .errors import DataError, one_line, shown
+from .errors import DataError, needed_object, one_line, shown
 
 DATASETS = ("digits", "mnist", "frey_face", "file")
 BINARIZE = ("dynamic", "threshold", "none")
@@ -335,9 +334,9 @@ def load_file(path: str):
     except DataError:
         raise
     except Exception as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        reason = (f"it needs the Python object {shown(found.group(1))}; a data file holds tensors or arrays only"
-                  if found else f"{type(e).__name__}: {one_line(str(e), 160)}")
+        needed = needed_object(e)
+        reason = (f"it needs the Python object {shown(needed)}; a data file holds tensors or arrays only"
+                  if needed else f"{type(e).__name__}: {one_line(str(e), 160)}")
         raise DataError(f"data.path = {shown(str(path))}: cannot read {suffix} file ({reason})") from None
     if "train" in arrays:
         return arrays["train"], arrays.get("test"), arrays.get("train_y"), arrays.get("test_y")

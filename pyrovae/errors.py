@@ -6,6 +6,8 @@ stderr and exits with status 2; the Python API lets it propagate. Values echoed 
 go through :func:`shown`, so a hostile or huge value never floods the terminal.
 """
 
+import re
+
 #: the longest echo of a value in a message, in characters
 SHOWN_LIMIT = 80
 
@@ -23,6 +25,12 @@ def _safe_repr(value) -> str:
         return repr(value)
     except Exception:  # a repr that fails, or recurses too deeply
         return f"<{type(value).__name__}>"
+
+
+def needed_object(error: BaseException):
+    """The Python object a ``torch.load(..., weights_only=True)`` refused to unpickle (None for other errors)."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(error))
+    return found.group(1) if found else None
 
 
 def one_line(message: str, limit: int = 2000) -> str:

@@ -20,13 +20,13 @@ every latent site, else ``mc``. An estimator registered with ``@ESTIMATORS.regis
 elbo)``, each of shape ``(M,)``.
 """
 
-import math
 from typing import Optional, Tuple
 
 import pyro.infer
 import torch
 
 from .errors import ConfigError, shown
+from .models.base import log_mean_exp
 from .registry import Registry
 
 ESTIMATORS = Registry("estimator")
@@ -76,7 +76,7 @@ class ImportanceWeighted(Estimator):
 
     def __call__(self, terms, beta=1.0):
         log_w = terms.log_weights
-        return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0]), log_w.mean(0)
+        return log_mean_exp(log_w, 0), log_w.mean(0)
 
 
 def estimator_names() -> Tuple[str, ...]:

@@ -9,7 +9,6 @@
 - :class:`LatentScale`: the KL weight beta for Pyro's ELBOs, as a handler (not model state).
 """
 
-import math
 
 import pyro.infer
 import torch
@@ -20,7 +19,7 @@ from pyro.util import warn_if_nan
 
 from .errors import ConfigError, shown
 from .estimators import ESTIMATORS, estimate, resolve_estimator
-from .models.base import per_datapoint
+from .models.base import log_mean_exp, per_datapoint
 
 
 def make_elbo(estimator: str, model, num_particles: int = 1) -> pyro.infer.ELBO:
@@ -159,7 +158,7 @@ class IWAE(pyro.infer.ELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs):
         """-(N/M) sum_i IWAE_k(x_i), differentiable in the parameters of model and guide."""
         log_w, scale = self.log_weights(model, guide, *args, **kwargs)
-        bound = torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+        bound = log_mean_exp(log_w, 0)
         loss = -scale * bound.sum()
         warn_if_nan(loss, "loss")
         return loss

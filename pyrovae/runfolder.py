@@ -103,6 +103,13 @@ def is_fresh(run_dir) -> bool:
                for p in Path(run_dir).iterdir())
 
 
+def check_fresh(path) -> None:
+    """Refuse (one line) an existing path that is not a fresh folder: a run never overwrites one."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or not is_fresh(path)):
+        raise RunDirError(f"{path}: already exists and is not empty; use --resume to continue it, or another --out")
+
+
 def create_run_dir(path=None, default: Optional[str] = None) -> Path:
     """Create a run folder exclusively and return it.
 
@@ -122,9 +129,7 @@ def create_run_dir(path=None, default: Optional[str] = None) -> Path:
         try:
             path.mkdir()
         except FileExistsError:
-            if not path.is_dir() or not is_fresh(path):
-                raise RunDirError(f"{path}: already exists and is not empty; use --resume to continue it, "
-                                  "or another --out") from None
+            check_fresh(path)
         except OSError as e:
             raise RunDirError(f"{path}: cannot create the run folder ({describe_os_error(e)})") from None
         return path

@@ -14,16 +14,24 @@ import torch
 from .errors import RunDirError, shown
 
 
+def plain_numpy_state(numpy_state: tuple) -> Dict[str, Any]:
+    """``np.random.get_state()`` as a dict of a tensor and numbers."""
+    name, keys, pos, has_gauss, cached = numpy_state
+    return {"name": str(name), "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def plain_python_state(python_state: tuple) -> Dict[str, Any]:
+    """``random.getstate()`` as a dict of a tensor and numbers."""
+    version, mt, gauss_next = python_state
+    return {"version": int(version), "state": torch.tensor(mt, dtype=torch.int64), "gauss_next": gauss_next}
+
+
 def rng_state() -> Dict[str, Any]:
     """Every global RNG state, as tensors and plain values (loadable with ``weights_only=True``)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    version, mt, gauss_next = random.getstate()
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-            "python": {"version": int(version), "state": torch.tensor(mt, dtype=torch.int64),
-                       "gauss_next": gauss_next}}
+            "numpy": plain_numpy_state(np.random.get_state()), "python": plain_python_state(random.getstate())}
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:

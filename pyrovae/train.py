@@ -54,9 +54,9 @@ from .runfolder import (
     RunLock,
     append_metrics,
     atomic_write_bytes,
+    check_fresh,
     copy_plugins,
     create_run_dir,
-    is_fresh,
     remove_stale,
     write_metrics,
 )
@@ -244,9 +244,8 @@ def _train(config: Config, out_dir, resume: bool, device: torch.device, model=No
         checkpoint = out_dir / CHECKPOINT
         # the run's record of its config: the checkpoint's, or before the first one, config.toml's
         saved = read_checkpoint(checkpoint)["config"] if checkpoint.exists() else read_run_config(out_dir).to_dict()
-    elif out_dir is not None and Path(out_dir).exists() and (not Path(out_dir).is_dir() or not is_fresh(out_dir)):
-        raise RunDirError(f"{out_dir}: already exists and is not empty; use --resume to continue it, "
-                          "or another --out")
+    elif out_dir is not None:
+        check_fresh(out_dir)
     data = config.data.load(device)
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, binarize=data.binarize))
     if resume:
@@ -293,8 +292,8 @@ def _claim_run_dir(config: Config, out_dir, resume: bool, lock: RunLock) -> Path
         out_dir = create_run_dir(out_dir, default=default)
     lock.run_dir = out_dir
     lock.acquire()
-    if not resume and not is_fresh(out_dir):  # another run got in between our mkdir and our lock
-        raise RunDirError(f"{out_dir}: already exists and is not empty; use --resume to continue it, or another --out")
+    if not resume:
+        check_fresh(out_dir)  # another run may have got in between our mkdir and our lock
     remove_stale(out_dir)
     tensorboard = out_dir / "tensorboard"
     if tensorboard.is_symlink():
@@ -307,42 +306,41 @@ def _claim_run_dir(config: Config, out_dir, resume: bool, lock: RunLock) -> Path
 
 
 @contextlib.contextmanager
-def _stop_on_signals():
-    """Turn SIGINT and SIGTERM into a flag that the loop polls, so it can save a checkpoint
-    at the current step (or the end of the epoch being evaluated) and stop cleanly; a second
-    signal stops at once (:class:`StoppedAtOnce`). Only possible in the main thread."""
-    received: List[int] = []
+def _handling_signals(handler):
+    """``handler`` for SIGINT and SIGTERM while the block runs (the main thread only: Python
+    delivers signals there), the previous handlers restored after it."""
     if threading.current_thread() is not threading.main_thread():
-        yield lambda: None
+        yield
         return
-
-    def handler(number, frame):
-        if received:
-            raise StoppedAtOnce(number)
-        received.append(number)
-
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield lambda: received[0] if received else None
+        yield
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
 
 
 @contextlib.contextmanager
+def _stop_on_signals():
+    """Turn SIGINT and SIGTERM into a flag that the loop polls, so it can save a checkpoint
+    at the current step (or the end of the epoch being evaluated) and stop cleanly; a second
+    signal stops at once (:class:`StoppedAtOnce`)."""
+    received: List[int] = []
+
+    def handler(number, frame):
+        if received:
+            raise StoppedAtOnce(number)
+        received.append(number)
+
+    with _handling_signals(handler):
+        yield lambda: received[0] if received else None
+
+
+def _stop_at_once(number, frame):
+    raise StoppedAtOnce(number)
+
+
 def stop_at_once_on_signals():
     """SIGINT and SIGTERM raise :class:`StoppedAtOnce` where the program is (``evaluate``,
     ``sample``: nothing to save), so the process exits with 128 + the signal number."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(number, frame):
-        raise StoppedAtOnce(number)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+    return _handling_signals(_stop_at_once)

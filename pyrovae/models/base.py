@@ -210,19 +210,19 @@ class Model(PyroModule):
         shape = (num_particles, m)
         zero = batch.x.new_zeros(shape)
         reconstruction, log_prior, log_q, kl_total, exact = zero, zero, zero, zero, True
-        latent = set()
+        q_per_site = {}  # each latent site's log q, (L, M)
         for name, site in guide_trace.nodes.items():
             if site["type"] == "sample" and not isinstance(site["fn"], _Subsample) and not site["is_observed"]:
-                latent.add(name)
                 if name not in (values or {}) and not site["fn"].has_rsample:
                     raise ValueError(f"guide site {name!r} is not reparameterizable; pyrovae's estimators "
                                      "differentiate through the samples")
-                log_q = log_q + per_datapoint(site["unscaled_log_prob"], site, shape, n)
+                q_per_site[name] = per_datapoint(site["unscaled_log_prob"], site, shape, n)
+                log_q = log_q + q_per_site[name]
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
                 continue
             per = per_datapoint(site["unscaled_log_prob"], site, shape, n)
-            if name not in latent:
+            if name not in q_per_site:
                 reconstruction = reconstruction + per
                 continue
             log_prior = log_prior + per
@@ -233,7 +233,7 @@ class Model(PyroModule):
                     kl_total = kl_total + per_datapoint(closed, q_site, shape, n)
                 except NotImplementedError:
                     exact = False
-                    kl_total = kl_total + per_datapoint(q_site["unscaled_log_prob"], q_site, shape, n) - per
+                    kl_total = kl_total + q_per_site[name] - per
         return Terms(reconstruction, kl_total if kl else None, log_prior, log_q, exact)
 
     def has_analytic_kl(self, batch) -> bool:
