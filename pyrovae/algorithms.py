@@ -23,6 +23,7 @@ import pyro
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from . import mcem
 from .data import Batch
 from .errors import ConfigError
 from .estimators import get_estimator
@@ -190,8 +191,6 @@ class MonteCarloEMAlgorithm(Algorithm):
     def __init__(self, model, train, estimator, num_data, world=1, num_leapfrog: int = 10, hmc_steps: int = 1,
                  weight_updates: int = 5, target_accept: float = 0.9, initial_step_size: float = 0.1):
         super().__init__(model, train, estimator, num_data, world)
-        from . import mcem  # the HMC machinery (mcem imports evaluation helpers)
-
         if world > 1:
             raise ConfigError("train.algorithm = 'mcem' trains in one process (its chains live in it)")
         if not getattr(model, "closed_form", False):

@@ -177,17 +177,8 @@ def holdout_split(x: torch.Tensor, test_fraction: float, where: str, y: Optional
 
 def as_labels(array, n: int, where: str) -> torch.Tensor:
     """Class labels as an int64 tensor ``(N,)`` of values 0, 1, ...; anything else is one DataError line."""
-    t = array.detach() if isinstance(array, torch.Tensor) else None
-    if t is None:
-        try:
-            a = np.asarray(array)
-        except (ValueError, TypeError, RecursionError):
-            raise DataError(f"{where}: labels must be a numeric array") from None
-        if a.dtype.kind not in "biuf":
-            raise DataError(f"{where}: labels must be numbers, got dtype {a.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(a.astype(a.dtype.newbyteorder("="))))
-    t = _dense(t, where)
-    if t.is_complex() or t.dim() != 1 or t.shape[0] != n:
+    t = _numeric_tensor(array, where)
+    if t.dim() != 1 or t.shape[0] != n:
         raise DataError(f"{where}: labels must be one number per point, shape ({n},); got {tuple(t.shape)}")
     if t.is_floating_point() and not bool((torch.isfinite(t) & (t == t.round())).all()):
         raise DataError(f"{where}: labels must be whole numbers 0, 1, ...")
@@ -214,7 +205,9 @@ def choose_labeled(y: torch.Tensor, k: int, where: str = "data.labeled") -> torc
     return mask
 
 
-def _as_float_tensor(array, where: str) -> torch.Tensor:
+def _numeric_tensor(array, where: str) -> torch.Tensor:
+    """A real-valued dense tensor in native byte order from an array or tensor of a data file;
+    anything else is one DataError line."""
     if isinstance(array, torch.Tensor):
         t = _dense(array.detach(), where)
     else:
@@ -230,6 +223,11 @@ def _as_float_tensor(array, where: str) -> torch.Tensor:
     if t.is_complex() or not (t.is_floating_point() or t.dtype in (torch.bool, torch.uint8, torch.int8,
                                                                    torch.int16, torch.int32, torch.int64)):
         raise DataError(f"{where}: expected a numeric array, got dtype {t.dtype}")
+    return t
+
+
+def _as_float_tensor(array, where: str) -> torch.Tensor:
+    t = _numeric_tensor(array, where)
     if t.dim() < 2:
         raise DataError(f"{where}: expected an array of shape (N, ...) with one row per point, "
                         f"got shape {tuple(t.shape)}")

@@ -8,9 +8,10 @@ in the first step or at the end of the first epoch. The estimate:
   parameter count P exactly;
 - training keeps P numbers four times over at least (parameters, gradients, the copy the
   loop keeps for a rollback, and its optimizer state, k slots per parameter, twice);
-- one forward pass for a single datapoint runs on ``meta`` tensors under a dispatch mode that
-  adds up the size of every tensor an operation creates (views excluded): A_enc numbers for
-  the encoder, A_dec for the decoder and the likelihood. A training step holds
+- the model's terms for a single datapoint run on ``meta`` tensors, with 1 and with 2
+  particles, under a dispatch mode that adds up the size of every tensor an operation creates
+  (views excluded): A_dec numbers per particle (the difference; the decoder and likelihood of
+  the ``vae`` family) and A_enc per datapoint besides (the encoder). A training step holds
   3 (A_enc M + A_dec L M) numbers (forward, saved for backward, gradients) for a minibatch of
   M points with L particles; the test ELBO, in chunks of 1000 points with ``eval_particles``
   particles and no gradients, 1.5 (A_enc + A_dec L_eval) 1000.
@@ -23,6 +24,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+import pyro
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -88,8 +90,6 @@ def _forward_numels(model) -> Optional[tuple]:
     """(A_enc, A_dec): numbers created per datapoint by the parts that run once per point and by
     those that run once per particle. From the model's terms for 1 and 2 particles on meta
     tensors: A_dec is the difference, A_enc the rest."""
-    import pyro
-
     try:
         counts = []
         with torch.no_grad(), pyro.validation_enabled(False):
