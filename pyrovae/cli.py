@@ -127,8 +127,8 @@ def _sample(args) -> None:
         raise PyrovaeError(f"--num {args.num}: must be in [1, 100000]")
     if Path(args.out).suffix.lower() != ".png":
         raise PyrovaeError(f"--out {args.out}: must be a .png file")
-    if not 0 <= args.seed < 2**63:
-        raise PyrovaeError(f"--seed {args.seed}: must be in [0, 2^63)")
+    if not 0 <= args.seed < 2**32:  # NumPy's seeds, which pyro.set_rng_seed sets too
+        raise PyrovaeError(f"--seed {args.seed}: must be in [0, 2^32)")
     check_writable(Path(args.out).parent, "--out ")
     vae = load(args.run_dir)
     pyro.set_rng_seed(args.seed)
