@@ -3,9 +3,9 @@
 Public API::
 
     Model          the base of every model family: a Pyro model and guide over a Batch
-    VAE            the ``vae`` family (the default)
-    MODELS         model families by name; PRIORS, LIKELIHOODS, ENCODERS, DECODERS, OPTIMIZERS, ESTIMATORS,
-                   ALGORITHMS
+    VAE            the ``vae`` family (the default); CVAE, M2, HVAE: ``cvae``, ``m2``, ``hvae``
+    MODELS         model families by name; PRIORS, LIKELIHOODS, ENCODERS, DECODERS, POSTERIORS, CLASSIFIERS,
+                   OPTIMIZERS, ESTIMATORS, ALGORITHMS
     Batch          what flows from data to model: x, labels y, the labelled mask
     data_plate     the plate "data" with the minibatch as subsample (scales sites by N/M)
     fit, train     the SVI loop, and whole runs with their folders
@@ -36,10 +36,11 @@ from .evaluate import (
 from .likelihoods import LIKELIHOODS, Likelihood
 from .loop import Callback, Interrupted, PosteriorCollapseWarning, TrainingError, fit
 from .mcem import MonteCarloEM, hmc_log_likelihood
-from .models import MODELS, VAE, Model, Terms, data_plate
-from .nets import DECODERS, ENCODERS
+from .models import CVAE, HVAE, M2, MODELS, VAE, Model, Terms, data_plate
+from .nets import CLASSIFIERS, DECODERS, ENCODERS
 from .objectives import IWAE, LatentScale, elbo_per_datapoint, elbo_terms, make_elbo, objective_per_datapoint
 from .optim import OPTIMIZERS, build_optimizer
+from .posteriors import POSTERIORS
 from .priors import PRIORS, Prior
 from .train import RunFolder, TensorBoardLog, train
 from .wake_sleep import WakeSleep
@@ -47,7 +48,8 @@ from .wake_sleep import WakeSleep
 __version__ = "0.1.0"
 
 __all__ = [
-    "Model", "VAE", "Terms", "ALGORITHMS", "Algorithm", "Batch", "data_plate", "MODELS", "fit", "train", "load",
+    "Model", "VAE", "CVAE", "M2", "HVAE", "POSTERIORS", "CLASSIFIERS", "Terms", "ALGORITHMS", "Algorithm", "Batch",
+    "data_plate", "MODELS", "fit", "train", "load",
     "build_model",
     "load_dataset", "Dataset", "load_config", "Config", "DataConfig", "ModelConfig", "TrainConfig", "make_elbo",
     "resolve_estimator", "ESTIMATORS", "Estimator", "elbo_per_datapoint", "objective_per_datapoint", "IWAE",

@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--num", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("-o", "--out", required=True, help="output PNG file")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label", type=int, default=None, metavar="K",
+                   help="draw every sample for class K (families that read labels: cvae, m2)")
 
     p = sub.add_parser("convert-checkpoint", help="rewrite an older pyrovae checkpoint (format 1) in the current, "
                                                   "code-free format; only for a run folder you trust")
@@ -131,8 +133,15 @@ def _sample(args) -> None:
         raise PyrovaeError(f"--seed {args.seed}: must be in [0, 2^32)")
     check_writable(Path(args.out).parent, "--out ")
     vae = load(args.run_dir)
+    classes = getattr(vae, "num_classes", None)
+    if args.label is not None and not classes:
+        raise PyrovaeError(f"--label {args.label}: the run's model ({type(vae).__name__}) reads no labels; "
+                           "--label is for families that do (cvae, m2)")
+    if args.label is not None and not 0 <= args.label < classes:
+        raise PyrovaeError(f"--label {args.label}: must be a class in [0, {classes})")
     pyro.set_rng_seed(args.seed)
-    save_grid(args.out, vae.sample(args.num), vae.event_shape, max(1, round(args.num ** 0.5)))
+    samples = vae.sample(args.num) if args.label is None else vae.sample(args.num, y=args.label)
+    save_grid(args.out, samples, vae.event_shape, max(1, round(args.num ** 0.5)))
     print(f"wrote {args.out}")
 
 

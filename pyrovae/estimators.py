@@ -33,7 +33,8 @@ ESTIMATORS = Registry("estimator")
 
 
 class Estimator:
-    """Reduces terms ``(L, M)`` to ``(objective, elbo)`` per datapoint, ``(M,)`` each."""
+    """Reduces terms ``(L, M)`` to ``(objective, elbo)`` per datapoint, ``(M,)`` each. A family's
+    ``terms.auxiliary`` (M2's classifier term) is added to the objective, never to the ELBO."""
 
     #: whether it reads ``terms.kl`` (else ``terms.log_prior`` and ``terms.log_q``)
     needs_kl = False
@@ -55,7 +56,7 @@ class Analytic(Estimator):
         reconstruction = terms.reconstruction.mean(0)
         kl = terms.kl.mean(0)
         elbo = reconstruction - kl
-        return (elbo if beta == 1.0 else reconstruction - beta * kl), elbo
+        return with_auxiliary(elbo if beta == 1.0 else reconstruction - beta * kl, terms), elbo
 
 
 @ESTIMATORS.register("mc")
@@ -67,7 +68,7 @@ class MonteCarlo(Estimator):
     def __call__(self, terms, beta=1.0):
         log_ratio = terms.log_prior - terms.log_q
         elbo = (terms.reconstruction + log_ratio).mean(0)
-        return (elbo if beta == 1.0 else (terms.reconstruction + beta * log_ratio).mean(0)), elbo
+        return with_auxiliary(elbo if beta == 1.0 else (terms.reconstruction + beta * log_ratio).mean(0), terms), elbo
 
 
 @ESTIMATORS.register("iwae")
@@ -75,8 +76,12 @@ class ImportanceWeighted(Estimator):
     """IWAE_L: log (1/L) sum_l p(x, z_l) / q(z_l | x) (Burda et al. 2015); the ELBO from the same samples."""
 
     def __call__(self, terms, beta=1.0):
-        log_w = terms.log_weights
-        return log_mean_exp(log_w, 0), log_w.mean(0)
+        return with_auxiliary(log_mean_exp(terms.log_weights, 0), terms), terms.log_ratio.mean(0)
+
+
+def with_auxiliary(objective: torch.Tensor, terms) -> torch.Tensor:
+    """The objective plus the family's auxiliary term, if it has one."""
+    return objective if terms.auxiliary is None else objective + terms.auxiliary
 
 
 def estimator_names() -> Tuple[str, ...]:
@@ -100,8 +105,15 @@ def resolve_estimator(estimator: str, model, batch=None) -> str:
     if estimator == "auto":
         return "analytic" if analytic_ok else "mc"
     if not analytic_ok:
-        what = f"the {type(model.prior).__name__}" if hasattr(model, "prior") else "a latent site of the model"
-        raise ConfigError(f"train.estimator = 'analytic': {what} has no closed-form KL; use 'mc' or 'auto'")
+        posterior = getattr(model, "posterior_module", None)
+        if posterior is not None and not getattr(posterior, "closed_form", True):
+            what = f"the posterior ({type(posterior).__name__})"
+        elif hasattr(model, "prior") and not getattr(model.prior, "has_analytic_kl", True):
+            what = f"the {type(model.prior).__name__}"
+        else:
+            what = "a latent site of the model"
+        raise ConfigError(f"train.estimator = 'analytic': {what} gives no closed-form KL(q || p); "
+                          "use 'mc' or 'iwae' (or 'auto')")
     return estimator
 
 

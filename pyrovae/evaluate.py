@@ -32,6 +32,12 @@ def seeded(x: torch.Tensor, seed: Optional[int]):
         yield
 
 
+def _scored(model, x):
+    """The batch test scores are computed on (:meth:`~pyrovae.Model.scoring_batch`: M2 withholds labels)."""
+    scoring = getattr(model, "scoring_batch", None)
+    return scoring(x) if scoring is not None else as_batch(x)
+
+
 def _chunks(x, size: int):
     return as_batch(x).split(size)
 
@@ -47,7 +53,7 @@ def dataset_terms(model, x, num_particles: int = 1, batch_size: int = 1000, seed
     never changes a training run's random stream and the same parameters give the same value.
     """
     reconstruction = kl = 0.0
-    x = as_batch(x)
+    x = _scored(model, x)
     with seeded(x.x, seed):
         for chunk in x.split(batch_size):
             r, k = elbo_terms(model, chunk, num_particles)
@@ -78,7 +84,7 @@ def log_likelihood(model, x, num_samples: int = 5000, batch_size: int = 100,
     device (move the model there first). ``seed=None`` draws from the caller's generator.
     """
     out = []
-    x = as_batch(x)
+    x = _scored(model, x)
     with seeded(x.x, seed):
         for xb in x.split(batch_size):
             m = len(xb)
@@ -97,7 +103,7 @@ def active_units(model, x, threshold: float = ACTIVE_UNIT_THRESHOLD, batch_size:
     """``(count, activity)``: activity_u = Cov_x(E_q[u | x]), the variance over the data of
     each latent unit's posterior mean (:meth:`~pyrovae.Model.encode`); a unit is active when it
     exceeds ``threshold`` (Burda et al. 2015, Sec. 5.2)."""
-    means = torch.cat([model.encode(chunk) for chunk in _chunks(x, batch_size)])
+    means = torch.cat([model.encode(chunk) for chunk in _chunks(_scored(model, x), batch_size)])
     activity = means.var(0, unbiased=False) if means.shape[0] > 1 else torch.zeros(means.shape[1])
     return int((activity > threshold).sum()), activity
 
@@ -123,6 +129,17 @@ def kl_per_dimension(model, x, batch_size: int = 1000) -> Optional[List[float]]:
     return (total / len(as_batch(x))).tolist()
 
 
+@torch.no_grad()
+def accuracy(model, x, batch_size: int = 1000) -> Optional[float]:
+    """The fraction of x's points whose label the model's classifier predicts (M2's
+    argmax_y q(y | x)); None for a family that does not classify or data without labels."""
+    x = as_batch(x)
+    if not hasattr(model, "classify") or x.y is None or len(x) == 0:
+        return None
+    correct = sum(int((model.classify(chunk) == chunk.y.to(chunk.x.device)).sum()) for chunk in x.split(batch_size))
+    return correct / len(x)
+
+
 def evaluate(model, x, nll_samples: int = 5000, iwae_samples: int = 50, elbo_particles: int = 10,
              seed: int = 0) -> Dict:
     """Every test number of a model on x (a tensor or a Batch; see ``pyrovae evaluate`` in the README)."""
@@ -139,6 +156,7 @@ def evaluate(model, x, nll_samples: int = 5000, iwae_samples: int = 50, elbo_par
         "unit_activity": activity.tolist(),
         "kl_per_dim": kl_per_dimension(model, x),
         "num_test": len(as_batch(x)),
+        **({} if (acc := accuracy(model, x)) is None else {"test_accuracy": acc}),
     }
 
 

@@ -35,7 +35,7 @@ from .data import Dataset, binarize_split, epoch_order
 from .devices import resolve_device
 from .errors import ConfigError, PyrovaeError
 from .estimators import resolve_estimator
-from .evaluate import active_units, dataset_terms
+from .evaluate import accuracy, active_units, dataset_terms
 from .optim import build_optimizer, load_state
 from .state import load_model_state, rng_state, set_rng_state
 
@@ -102,9 +102,10 @@ def fit(model, data: Dataset, train: Optional[TrainConfig] = None, optim: Option
     of the epoch's minibatch ELBO estimates), ``train_objective`` (the mean of what was
     maximised: the same as ``train_elbo`` unless the estimator is ``iwae`` or the KL is
     weighted), ``kl_weight`` (at the epoch's end), ``test_elbo``, its two terms
-    ``test_reconstruction`` and ``test_kl``, and ``active_units`` (every ``eval_every`` epochs
-    and after the last, else None), ``train_seconds`` and ``images_per_second``. ELBOs are
-    nats per datapoint, higher is better; the reported ELBO is always the true one (beta = 1).
+    ``test_reconstruction`` and ``test_kl``, ``active_units`` and, for a family that classifies
+    (m2), ``test_accuracy`` (every ``eval_every`` epochs and after the last, else None),
+    ``train_seconds`` and ``images_per_second``. ELBOs are nats per datapoint, higher is better;
+    the reported ELBO is always the true one (beta = 1).
     A :class:`PosteriorCollapseWarning` is issued once if fewer than half of the latent units
     are active at an evaluation after the first epoch.
 
@@ -135,6 +136,7 @@ class Trainer:
         self.model = model.to(self.device)
         self.data = data.to(self.device)
         check_data(self.model, self.data, cfg.batch_size)
+        self.model.prepare(self.data)  # a resumed run's checkpoint restores the same state over it
         self.estimator = resolve_estimator(cfg.estimator, model, self.data.test_batch[:2])
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         #: what a step maximises (train.algorithm): the loop only calls its loss
@@ -300,7 +302,8 @@ class Trainer:
         record = {"epoch": epoch, "step": c["step"], "samples_seen": c["samples_seen"],
                   "train_elbo": -total_elbo.item() / n, "train_objective": -total.item() / n,
                   "kl_weight": self.beta, "test_elbo": None, "test_reconstruction": None, "test_kl": None,
-                  "active_units": None, "train_seconds": seconds, "images_per_second": n / seconds}
+                  "active_units": None, "test_accuracy": None, "train_seconds": seconds,
+                  "images_per_second": n / seconds}
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             self.evaluate(record)
             bar.set_postfix(epoch=epoch, elbo=f"{record['train_elbo']:.2f}", test_elbo=f"{record['test_elbo']:.2f}")
@@ -336,6 +339,7 @@ class Trainer:
         terms = dataset_terms(model, test, self.cfg.eval_particles, seed=self.cfg.seed)
         record.update(test_elbo=terms["elbo"], test_reconstruction=terms["reconstruction"], test_kl=terms["kl"])
         record["active_units"], activity = active_units(model, test)
+        record["test_accuracy"] = accuracy(model, test)
         units = int(activity.shape[0])
         if 2 * record["active_units"] < units and epoch > 1 and not self.warned and self.rank == 0:
             self.warned = True

@@ -112,10 +112,15 @@ def _image_shape(event_shape) -> Tuple[int, int, int]:
 class ConvEncoder(nn.Module):
     """A small convolutional encoder: stride-2 4x4 convolutions, then a dense layer.
 
+    It reads images (``reads_images``): a conditional family gives it its condition as extra
+    constant channels, not as a flat vector.
+
     :param list channels: output channels of each conv layer (each halves height and width).
     :param int hidden: width of the dense layer.
     :param str activation: as for the MLP.
     """
+
+    reads_images = True
 
     def __init__(self, event_shape: Tuple[int, ...], latent_dim: int, channels: List[int] = (32, 64),
                  hidden: int = 256, activation: str = "relu"):
@@ -170,3 +175,27 @@ class ConvDecoder(nn.Module):
         _, h, w = self.image_shape
         out = out[..., :h, :w]
         return out.reshape(*batch, self.num_params, *self.event_shape)
+
+
+CLASSIFIERS = Registry("classifier", context=("event_shape", "num_classes"))
+
+
+@CLASSIFIERS.register("mlp")
+class MLPClassifier(nn.Module):
+    """x -> hidden layers -> class logits ``(M, num_classes)``: q_phi(y | x) = Cat(softmax(logits)),
+    the classifier of the ``m2`` family (Kingma et al. 2014 use one hidden layer of 500 softplus units
+    on MNIST).
+
+    :param list hidden: hidden layer sizes.
+    :param str activation: as for the MLP encoder.
+    """
+
+    def __init__(self, event_shape: Tuple[int, ...], num_classes: int, hidden: List[int] = (256,),
+                 activation: str = "relu"):
+        super().__init__()
+        self.event_dim = len(event_shape)
+        _activation(activation)
+        self.net = _mlp([math.prod(event_shape), *_check_hidden(hidden), num_classes], activation)
+
+    def forward(self, x):
+        return self.net(x.flatten(-self.event_dim))

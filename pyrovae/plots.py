@@ -96,7 +96,15 @@ def plot_reconstructions(path, vae, x, n: int = 10) -> None:
 
 @torch.no_grad()
 def plot_samples(path, vae, n: int = 64) -> None:
-    """E[x | z] for z ~ p(z): the decoder's mean at prior samples."""
+    """E[x | z] for z ~ p(z): the decoder's mean at prior samples; for a family that draws for
+    labels (cvae, m2: ``num_classes``), one row per class of ``sqrt(n)`` samples each."""
+    classes = getattr(vae, "num_classes", None)
+    if classes:
+        per_class = max(1, int(math.sqrt(n)))
+        y = torch.arange(classes, device=vae.device).repeat_interleave(per_class)
+        save_grid(path, vae.sample(len(y), y=y), vae.event_shape, per_class,
+                  "samples E[x | z, y], z ~ p(z): row k has y = k")
+        return
     save_grid(path, vae.sample(n), vae.event_shape, int(math.sqrt(n)), f"{n} samples: E[x | z], z ~ p(z)")
 
 
@@ -134,7 +142,7 @@ def plot_run(run_dir, vae, test_x: torch.Tensor, metrics: List[Dict]) -> List[st
     plot_samples(run_dir / "samples.png", vae)
     plot_elbo(run_dir / "elbo.png", metrics)
     names = ["reconstructions.png", "samples.png", "elbo.png"]
-    if getattr(vae, "latent_dim", None) == 2 and hasattr(vae, "decode"):
+    if getattr(vae, "latent_dim", None) == 2 and hasattr(vae, "decode") and not getattr(vae, "num_classes", None):
         plot_manifold(run_dir / "manifold.png", vae)
         names.append("manifold.png")
     return names

@@ -33,7 +33,7 @@ import torch
 from pyro import poutine
 from pyro.nn import PyroModule, pyro_method
 from pyro.poutine.subsample_messenger import _Subsample
-from torch.distributions import kl_divergence
+from torch.distributions import TransformedDistribution, kl_divergence
 
 from ..data import Batch, as_batch
 
@@ -58,7 +58,13 @@ def data_plate(x, num_data: Optional[int] = None, name: str = DATA_PLATE) -> pyr
 class Terms:
     """The terms of the ELBO for each particle and datapoint, unscaled (no N/M), each ``(L, M)``
     (``kl`` may be ``(1, M)`` when it does not depend on the particle). ``log_prior`` and
-    ``log_q`` are None when only the analytic estimator's terms were asked for."""
+    ``log_q`` are None when only the analytic estimator's terms were asked for.
+
+    Two optional fields serve families with more than the ELBO: ``auxiliary`` ``(M,)`` is added
+    to the training objective and left out of the ELBO (M2's alpha log q(y | x) on labelled
+    points); ``importance_log_weights`` ``(L, M)`` replaces the default log-weights where a
+    family sums a discrete latent out inside each weight (M2: log sum_y p(x, y, z_y) / q(z_y | x, y)).
+    """
 
     reconstruction: torch.Tensor
     kl: Optional[torch.Tensor] = None
@@ -66,11 +72,19 @@ class Terms:
     log_q: Optional[torch.Tensor] = None
     #: whether ``kl`` is closed-form for every latent site
     kl_exact: bool = True
+    auxiliary: Optional[torch.Tensor] = None
+    importance_log_weights: Optional[torch.Tensor] = None
+
+    @property
+    def log_ratio(self) -> torch.Tensor:
+        """log p(x, z_l) - log q(z_l | x) per particle, ``(L, M)``: its mean over particles is the ELBO."""
+        return self.reconstruction + self.log_prior - self.log_q
 
     @property
     def log_weights(self) -> torch.Tensor:
-        """log p(x, z_l) - log q(z_l | x): the importance weights' logarithms, ``(L, M)``."""
-        return self.reconstruction + self.log_prior - self.log_q
+        """The importance weights' logarithms, ``(L, M)``: each exp(log_weights_l) is an unbiased
+        estimate of p(x); by default :attr:`log_ratio`."""
+        return self.log_ratio if self.importance_log_weights is None else self.importance_log_weights
 
     @property
     def num_particles(self) -> int:
@@ -261,6 +275,16 @@ class Model(PyroModule):
             raise ConfigError(f"model ({type(self).__name__}): a dry batch of {len(as_batch(batch))} points with 2 "
                               f"particles fails ({type(e).__name__}: {one_line(str(e), 200)})") from None
 
+    def prepare(self, data) -> None:
+        """Called by the loop with the training :class:`~pyrovae.Dataset` before the first step of
+        a new run (M2 counts its labels here); what it sets must live in the state dict, so that a
+        loaded model has it. By default nothing."""
+
+    def scoring_batch(self, batch) -> Batch:
+        """The batch that test scores (ELBO, IWAE, NLL, active units) are computed on: the batch
+        itself, or (M2) the points without their labels, so that the scores bound log p(x)."""
+        return as_batch(batch)
+
     def check_data(self, x: torch.Tensor, where: str = "data") -> None:
         """Raise :class:`~pyrovae.DataError` for data this model cannot score (the ``vae`` family
         checks its likelihood's support); by default nothing is checked."""
@@ -279,7 +303,8 @@ class Model(PyroModule):
         concatenated: ``(M, D)`` (what active units are computed from)."""
         batch = as_batch(batch)
         m = batch.x.shape[0]
-        means = [_per_datapoint_values(site["fn"].mean, site, m) for site in self.latent_sites(batch).values()]
+        sites = self.latent_sites(batch).values()
+        means = [_per_datapoint_values(posterior_mean(site["fn"]), site, m) for site in sites]
         means = [v for v in means if v is not None]
         return torch.cat(means, -1) if means else batch.x.new_zeros((m, 0))
 
@@ -287,17 +312,21 @@ class Model(PyroModule):
     def reconstruct(self, batch) -> torch.Tensor:
         """E[x | z = E_q[z | x]]: the observed site's mean with every latent site at its posterior mean."""
         batch = as_batch(batch)
-        values = {name: site["fn"].mean for name, site in self.latent_sites(batch).items()}
+        values = {name: posterior_mean(site["fn"]) for name, site in self.latent_sites(batch).items()}
         trace = poutine.trace(poutine.condition(self.model, data=values)).get_trace(batch, None)
         return self._as_data(_mean_or_sample(trace.nodes[self.observed_site]["fn"]), len(batch))
 
     @torch.no_grad()
-    def sample(self, num_samples: int, mean: bool = True, batch=None) -> torch.Tensor:
+    def sample(self, num_samples: int, mean: bool = True, batch=None, y=None) -> torch.Tensor:
         """Draw from the model: the observed site's mean E[x | z] (``mean=True``) or a sample of
-        it, z ~ p(z). ``batch`` supplies what the model conditions on besides x (labels)."""
-        if batch is None:  # families that read labels get the classes in turn: 0, 1, ..., C-1, 0, ...
-            classes = getattr(self, "num_classes", None)
-            y = torch.arange(num_samples, device=self.device) % classes if classes else None
+        it, z ~ p(z). ``batch`` supplies what the model conditions on besides x (labels); or
+        ``y``, the labels of a family that reads them (one int, or ``num_samples``; default the
+        classes in turn: 0, 1, ..., C-1, 0, ...)."""
+        classes = getattr(self, "num_classes", None)
+        if y is not None and not classes:
+            raise ValueError(f"y: {type(self).__name__} reads no labels (it has no num_classes)")
+        if batch is None:
+            y = labels_for(num_samples, y, classes, self.device) if classes else None
             batch = Batch(torch.zeros((num_samples, *self.event_shape), device=self.device), y)
         trace = poutine.trace(poutine.uncondition(self.model)).get_trace(as_batch(batch), None)
         site = trace.nodes[self.observed_site]
@@ -314,6 +343,35 @@ class Model(PyroModule):
             return param.device
         buffer = next(self.buffers(), None)
         return buffer.device if buffer is not None else torch.device("cpu")
+
+
+def labels_for(num_samples: int, y, num_classes: int, device) -> torch.Tensor:
+    """The labels to draw ``num_samples`` points for: ``y`` an int (every point that class), a
+    sequence or tensor of ``num_samples`` labels, or None (the classes in turn: 0, 1, ..., C-1, 0, ...)."""
+    if y is None:
+        return torch.arange(num_samples, device=device) % num_classes
+    y = torch.as_tensor(y, device=device).long()
+    if y.dim() == 0:
+        y = y.expand(num_samples)
+    if y.shape != (num_samples,):
+        raise ValueError(f"y: expected one label or {num_samples} labels, got shape {tuple(y.shape)}")
+    if y.numel() and not (0 <= int(y.min()) and int(y.max()) < num_classes):
+        raise ValueError(f"y: labels must be in [0, {num_classes}), got {int(y.min())}..{int(y.max())}")
+    return y
+
+
+def posterior_mean(fn) -> torch.Tensor:
+    """A latent site's mean E_q[z]; for a flow (e.g. IAF), whose mean has no closed form, the
+    flow's image of its base distribution's mean (deterministic, as a point estimate should be)."""
+    try:
+        return fn.mean
+    except NotImplementedError:
+        if not isinstance(fn, TransformedDistribution):
+            raise
+        value = posterior_mean(fn.base_dist)
+        for transform in fn.transforms:
+            value = transform(value)
+        return value
 
 
 def _mean_or_sample(fn) -> torch.Tensor:

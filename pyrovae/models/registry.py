@@ -4,7 +4,8 @@ A family is a :class:`~pyrovae.Model` subclass whose constructor takes the data'
 ``event_shape`` (and ``num_classes``, if it asks for it: then it comes from the data's labels)
 and its own options, which the ``[model]`` table sets and the registry checks like a part's
 (names, types). An option named like a part (``prior``, ``likelihood``, ``encoder``,
-``decoder``) is a part spec, checked against that part's registry.
+``decoder``, ``posterior``, ``classifier``, ``encoder2``, ``decoder2``) is a part spec, checked
+against that part's registry.
 """
 
 import inspect
@@ -12,14 +13,18 @@ from typing import Any, Dict, Mapping
 
 from ..errors import ConfigError
 from ..likelihoods import LIKELIHOODS
-from ..nets import DECODERS, ENCODERS
+from ..nets import CLASSIFIERS, DECODERS, ENCODERS
+from ..posteriors import POSTERIORS
 from ..priors import PRIORS
 from ..registry import Registry
 
 #: what pyrovae passes a family itself; a config may not set these
 CONTEXT = ("event_shape", "num_classes", "name")
 MODELS = Registry("model family", context=CONTEXT)
-PART_REGISTRIES = {"prior": PRIORS, "likelihood": LIKELIHOODS, "encoder": ENCODERS, "decoder": DECODERS}
+PART_REGISTRIES = {"prior": PRIORS, "likelihood": LIKELIHOODS, "encoder": ENCODERS, "decoder": DECODERS,
+                   "posterior": POSTERIORS, "classifier": CLASSIFIERS,
+                   # the hvae family's second layer: networks from a vector to a diagonal Gaussian
+                   "encoder2": ENCODERS, "decoder2": ENCODERS}
 
 
 def family_defaults(family: str) -> Dict[str, Any]:

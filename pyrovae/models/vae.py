@@ -28,6 +28,7 @@ from torch import nn
 from ..data import as_batch
 from ..likelihoods import LIKELIHOODS, Likelihood
 from ..nets import DECODERS, ENCODERS
+from ..posteriors import POSTERIORS
 from ..priors import LOG_2PI, PRIORS, Prior
 from ..registry import Spec
 from .base import Model, Terms
@@ -48,6 +49,9 @@ class VAE(Model):
         or an ``nn.Module`` mapping x to ``(loc, log_var)``.
     :param decoder: a network spec or an ``nn.Module`` mapping z to
         ``(..., likelihood.num_params, *event_shape)``.
+    :param posterior: a registered posterior name or spec (``"gaussian"``, the paper's;
+        ``{"name": "iaf", "num_flows": 2}``, :mod:`pyrovae.posteriors`), or a module mapping the
+        encoder's ``(loc, log_var)`` to q(z | x).
     :param str name: the Pyro name prefix of the parameters (give two VAEs trained by plain
         SVI in one process different names).
 
@@ -68,7 +72,7 @@ class VAE(Model):
                  prior: Union[Spec, Prior] = "standard_normal",
                  likelihood: Union[Spec, Likelihood] = "bernoulli",
                  encoder: Union[Spec, nn.Module] = "mlp", decoder: Union[Spec, nn.Module] = "mlp",
-                 name: str = ""):
+                 posterior: Union[Spec, nn.Module] = "gaussian", name: str = ""):
         super().__init__(event_shape, name)
         self.latent_dim = int(latent_dim)
         self.prior = prior if isinstance(prior, nn.Module) else \
@@ -76,10 +80,12 @@ class VAE(Model):
         self.likelihood = likelihood if isinstance(likelihood, nn.Module) else \
             LIKELIHOODS.build(likelihood, "model.likelihood")
         self.encoder = encoder if isinstance(encoder, nn.Module) else \
-            ENCODERS.build(encoder, "model.encoder", event_shape=self.event_shape, latent_dim=self.latent_dim)
+            ENCODERS.build(encoder, "model.encoder", event_shape=self.encoder_event_shape, latent_dim=self.latent_dim)
         self.decoder = decoder if isinstance(decoder, nn.Module) else \
-            DECODERS.build(decoder, "model.decoder", event_shape=self.event_shape, latent_dim=self.latent_dim,
-                           num_params=self.likelihood.num_params)
+            DECODERS.build(decoder, "model.decoder", event_shape=self.event_shape,
+                           latent_dim=self.latent_dim + self.num_conditions, num_params=self.likelihood.num_params)
+        self.posterior_module = posterior if isinstance(posterior, nn.Module) else \
+            POSTERIORS.build(posterior, "model.posterior", latent_dim=self.latent_dim)
         if hasattr(self.prior, "attach"):  # e.g. the VampPrior, which runs the encoder on its pseudo-inputs
             self.prior.attach(self.encoder, self.event_shape)
         self.check_networks()
@@ -91,35 +97,57 @@ class VAE(Model):
         from ..errors import ConfigError
 
         with torch.no_grad():
-            x = torch.zeros((2, *self.event_shape), device=self.device)
+            c = torch.zeros((2, self.num_conditions), device=self.device) if self.num_conditions else None
+            x = self.encoder_input(torch.zeros((2, *self.event_shape), device=self.device), c)
             out = self.encoder(x)
             if not (isinstance(out, (tuple, list)) and len(out) == 2
                     and all(isinstance(t, torch.Tensor) and tuple(t.shape) == (2, self.latent_dim) for t in out)):
                 got = tuple(tuple(t.shape) for t in out) if isinstance(out, (tuple, list)) else type(out).__name__
                 raise ConfigError(f"model.encoder: for x of shape {tuple(x.shape)} it returns {got}; expected "
                                   f"(loc, log_var), each of shape (2, {self.latent_dim})")
-            z = torch.zeros((2, 2, self.latent_dim), device=self.device)
+            z = self.decoder_input(torch.zeros((2, 2, self.latent_dim), device=self.device), c)
             out = self.decoder(z)
             want = (2, 2, self.likelihood.num_params, *self.event_shape)
             if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                raise ConfigError(f"model.decoder: for z of shape (2, 2, {self.latent_dim}) it returns {got}; "
+                raise ConfigError(f"model.decoder: for z of shape {tuple(z.shape)} it returns {got}; "
                                   f"expected {want} (particles, points, the likelihood's {self.likelihood.num_params} "
                                   "parameter(s), the data's shape)")
+
+    # -- what the networks condition on (the cvae family's labels; nothing here) ------------
+    #: the size of the condition c appended to the networks' inputs (0: none)
+    num_conditions = 0
+    #: the shape of what the encoder reads (x itself here; x and the condition in ``cvae``)
+    encoder_event_shape = property(lambda self: self.event_shape)
+
+    def condition(self, batch) -> Optional[torch.Tensor]:
+        """The condition c of each point, ``(M, num_conditions)``, or None: the ``vae`` has none."""
+        return None
+
+    def encoder_input(self, x: torch.Tensor, c: Optional[torch.Tensor]) -> torch.Tensor:
+        """What the encoder reads for x under condition c (x itself here)."""
+        return x
+
+    def decoder_input(self, z: torch.Tensor, c: Optional[torch.Tensor]) -> torch.Tensor:
+        """What the decoder reads for codes z ``(..., M, latent_dim)`` under condition c (z itself here)."""
+        return z
 
     # -- the Pyro program ---------------------------------------------------------------
     def model(self, batch, num_data: Optional[int] = None):
         """p(z) p_theta(x|z) for a minibatch (a Batch, or x of shape ``(M, *event_shape)``) out of ``num_data``."""
-        x = as_batch(batch).x
+        batch = as_batch(batch)
+        x, c = batch.x, self.condition(batch)
         with self.data_plate(x, num_data):
             z = pyro.sample("z", self.prior((x.shape[0],)))
-            pyro.sample("x", self.likelihood(self.decode(z), self.event_dim), obs=x)
+            pyro.sample("x", self.likelihood(self.decode(z, c), self.event_dim), obs=x)
 
     def guide(self, batch, num_data: Optional[int] = None):
-        """q_phi(z|x) = N(mu(x), diag(exp(zeta(x)))), zeta = log sigma^2, under the same plate."""
-        x = as_batch(batch).x
-        with self.data_plate(x, num_data):
-            pyro.sample("z", self.posterior(x))
+        """q_phi(z|x) = N(mu(x), diag(exp(zeta(x)))), zeta = log sigma^2 (or the configured
+        posterior), under the same plate."""
+        batch = as_batch(batch)
+        c = self.condition(batch)
+        with self.data_plate(batch.x, num_data):  # a subclass's posterior(x) without a condition still serves
+            pyro.sample("z", self.posterior(batch.x) if c is None else self.posterior(batch.x, c))
 
     # -- the closed forms (Model.terms derives the same from traces) ------------------------
     def terms(self, batch, num_particles: int = 1, num_data: Optional[int] = None, kl: bool = True,
@@ -139,12 +167,13 @@ class VAE(Model):
         """
         if values is not None or not self.closed_form:
             return Model.terms(self, batch, num_particles, num_data, kl, noise, values)
-        x = as_batch(batch).x
-        loc, log_var = self.encoder(x)
+        batch = as_batch(batch)
+        x, c = batch.x, self.condition(batch)
+        loc, log_var = self.encoder(self.encoder_input(x, c))
         eps = noise if noise is not None else torch.randn((num_particles, *loc.shape), dtype=loc.dtype,
                                                           device=loc.device)
         z = loc + eps * torch.exp(0.5 * log_var)  # the reparameterization, (L, M, latent_dim)
-        reconstruction = self.likelihood.log_prob(self.decode(z), x, self.event_dim)  # (L, M)
+        reconstruction = self.likelihood.log_prob(self.decode(z, c), x, self.event_dim)  # (L, M)
         if kl and self.prior.has_analytic_kl:
             return Terms(reconstruction, kl=self.prior.kl_from_normal(loc, log_var).unsqueeze(0))
         log_q = -0.5 * (eps.pow(2) + log_var + LOG_2PI).sum(-1)
@@ -158,9 +187,11 @@ class VAE(Model):
     @property
     def closed_form(self) -> bool:
         """Whether the closed forms describe this model: not where a subclass overrides the model,
-        the guide or the posterior (an IAF posterior, say); then every term comes from the traces."""
+        the guide or the posterior, nor with a posterior other than the Gaussian (``iaf``); then
+        every term comes from the traces."""
         cls = type(self)
-        return cls.model is VAE.model and cls.guide is VAE.guide and cls.posterior is VAE.posterior
+        return (cls.model is VAE.model and cls.guide is VAE.guide and cls.posterior is VAE.posterior
+                and getattr(self.posterior_module, "closed_form", False))
 
     def has_analytic_kl(self, batch=None) -> bool:
         if not self.closed_form:
@@ -171,38 +202,45 @@ class VAE(Model):
         return (num_particles, batch_size, self.latent_dim) if self.closed_form else None
 
     # -- plain-tensor helpers (no Pyro effects) --------------------------------------------
-    def posterior(self, x: torch.Tensor) -> dist.TorchDistribution:
-        """q_phi(z|x) as a distribution with batch shape ``(M,)`` and event shape ``(latent_dim,)``."""
-        loc, log_var = self.encoder(x)
-        return dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
+    def posterior(self, x: torch.Tensor, c: Optional[torch.Tensor] = None) -> dist.TorchDistribution:
+        """q_phi(z|x) (under condition c) as a distribution with batch shape ``(M,)`` and event
+        shape ``(latent_dim,)``."""
+        loc, log_var = self.encoder(self.encoder_input(x, c))
+        return self.posterior_module(loc, log_var)
 
-    def decode(self, z: torch.Tensor) -> tuple:
-        """The likelihood's parameters for codes z of shape ``(..., latent_dim)``: a tuple of
-        ``num_params`` tensors of shape ``(..., *event_shape)``."""
-        out = self.decoder(z)
+    def decode(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> tuple:
+        """The likelihood's parameters for codes z of shape ``(..., latent_dim)`` (under condition
+        c): a tuple of ``num_params`` tensors of shape ``(..., *event_shape)``."""
+        out = self.decoder(self.decoder_input(z, c))
         if out.shape[-self.event_dim - 1] == 1:  # a view, whose backward copies nothing (unbind's stacks)
             return (out.squeeze(-self.event_dim - 1),)
         return out.unbind(-self.event_dim - 1)
 
-    def likelihood_dist(self, z: torch.Tensor) -> dist.TorchDistribution:
-        """p_theta(x|z) with the data's event shape."""
-        return self.likelihood(self.decode(z), self.event_dim)
+    def likelihood_dist(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> dist.TorchDistribution:
+        """p_theta(x|z) (under condition c) with the data's event shape."""
+        return self.likelihood(self.decode(z, c), self.event_dim)
 
     @torch.no_grad()
     def encode(self, batch) -> torch.Tensor:
         """E_q[z | x] = mu(x), ``(M, latent_dim)``."""
         if not self.closed_form:
             return Model.encode(self, batch)
-        return self.encoder(as_batch(batch).x)[0]
+        batch = as_batch(batch)
+        return self.encoder(self.encoder_input(batch.x, self.condition(batch)))[0]
 
     @torch.no_grad()
     def reconstruct(self, batch) -> torch.Tensor:
-        """E[x | z = mu(x)]: the decoder's mean at the encoder's mean."""
-        return self.likelihood.mean(self.decode(self.encode(batch)))
+        """E[x | z = E_q[z | x]]: the decoder's mean at the posterior mean (the encoder's mean
+        for the Gaussian posterior)."""
+        if not self.closed_form:
+            return Model.reconstruct(self, batch)
+        return self.likelihood.mean(self.decode(self.encode(batch), self.condition(as_batch(batch))))
 
     @torch.no_grad()
-    def sample(self, num_samples: int, mean: bool = True, batch=None) -> torch.Tensor:
+    def sample(self, num_samples: int, mean: bool = True, batch=None, y=None) -> torch.Tensor:
         """Draw z ~ p(z) and return E[x|z] (``mean=True``) or a sample x ~ p(x|z)."""
+        if y is not None:
+            raise ValueError("y: the vae family reads no labels; the cvae and m2 families draw for a label")
         z = self.prior().sample((num_samples,))
         return self.likelihood.mean(self.decode(z)) if mean else self.likelihood_dist(z).sample()
 

@@ -1,0 +1,110 @@
+"""The ``hvae`` family: a VAE with two stochastic layers, z2 -> z1 -> x (Burda, Grosse &
+Salakhutdinov, "Importance Weighted Autoencoders", 2016, Sec. 5; the architecture of their
+two-layer MNIST models).
+
+- model:  z2 ~ p(z2) (the prior, any registered one),  z1 ~ N(mu(z2), diag sigma^2(z2)),
+  x ~ p_theta(x | z1) (the likelihood);
+- guide:  z1 ~ q(z1 | x),  z2 ~ q(z2 | z1), each a diagonal Gaussian (or the configured
+  posterior, e.g. ``iaf``).
+
+Burda et al.'s default: 784-200-200-z1(100)-100-100-z2(50), tanh: ``encoder`` x -> z1 and
+``decoder`` z1 -> x have two hidden layers of 200 units, ``encoder2`` z1 -> z2 and ``decoder2``
+z2 -> z1 two of 100. ``encoder``/``decoder`` are any registered networks (as in ``vae``);
+``encoder2`` and ``decoder2`` map a vector to a diagonal Gaussian, so they are registered
+encoders (``mlp``). Every term comes from the traces (:meth:`pyrovae.Model.terms`): the KL of
+each layer is closed-form where Pyro has one (KL(q(z1 | x) || p(z1 | z2)) at the sampled z2,
+KL(q(z2 | z1) || p(z2)) for a Gaussian prior), so ``analytic`` applies with the Gaussian
+posterior and a Gaussian prior; ``mc`` and ``iwae`` always do.
+"""
+
+from typing import Optional, Sequence, Union
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from ..data import as_batch
+from ..likelihoods import LIKELIHOODS, Likelihood
+from ..nets import DECODERS, ENCODERS
+from ..posteriors import POSTERIORS
+from ..priors import PRIORS, Prior
+from ..registry import Spec
+from .base import Model
+from .registry import MODELS
+
+_TANH_200 = {"name": "mlp", "hidden": [200, 200], "activation": "tanh"}
+_TANH_100 = {"name": "mlp", "hidden": [100, 100], "activation": "tanh"}
+
+
+@MODELS.register("hvae")
+class HVAE(Model):
+    """Two stochastic layers, z2 -> z1 -> x (see the module docstring).
+
+    :param tuple event_shape: the shape of one data point.
+    :param int latent_dim: the dimension of z1 (the layer next to the data).
+    :param int latent_dim2: the dimension of z2 (the top layer).
+    :param prior: the prior p(z2), a registered prior spec or a Prior.
+    :param likelihood: p(x | z1), a registered likelihood spec or a Likelihood.
+    :param encoder: x -> (loc, log_var) of q(z1 | x), a registered encoder spec or a module.
+    :param decoder: z1 -> the likelihood's parameters, a registered decoder spec or a module.
+    :param encoder2: z1 -> (loc, log_var) of q(z2 | z1), a registered encoder spec or a module.
+    :param decoder2: z2 -> (loc, log_var) of p(z1 | z2), a registered encoder spec or a module.
+    :param posterior: the posterior family of each guide layer (``gaussian``, ``iaf``).
+    """
+
+    plate_nesting = 1
+    config_defaults = {"encoder": _TANH_200, "decoder": _TANH_200, "encoder2": _TANH_100, "decoder2": _TANH_100}
+
+    def __init__(self, event_shape: Sequence[int], latent_dim: int = 100, latent_dim2: int = 50,
+                 prior: Union[Spec, Prior] = "standard_normal",
+                 likelihood: Union[Spec, Likelihood] = "bernoulli",
+                 encoder: Union[Spec, nn.Module] = "mlp", decoder: Union[Spec, nn.Module] = "mlp",
+                 encoder2: Union[Spec, nn.Module] = "mlp", decoder2: Union[Spec, nn.Module] = "mlp",
+                 posterior: Union[Spec, nn.Module] = "gaussian", name: str = ""):
+        super().__init__(event_shape, name)
+        if int(latent_dim) < 1 or int(latent_dim2) < 1:
+            raise ValueError(f"latent_dim and latent_dim2 must be >= 1, got {latent_dim} and {latent_dim2}")
+        self.latent_dim, self.latent_dim2 = int(latent_dim), int(latent_dim2)
+
+        def build(registry, spec, where, **context):
+            return spec if isinstance(spec, nn.Module) else registry.build(spec, where, **context)
+
+        self.prior = build(PRIORS, prior, "model.prior", latent_dim=self.latent_dim2)
+        self.likelihood = build(LIKELIHOODS, likelihood, "model.likelihood")
+        self.encoder = build(ENCODERS, encoder, "model.encoder", event_shape=self.event_shape,
+                             latent_dim=self.latent_dim)
+        self.decoder = build(DECODERS, decoder, "model.decoder", event_shape=self.event_shape,
+                             latent_dim=self.latent_dim, num_params=self.likelihood.num_params)
+        self.encoder2 = build(ENCODERS, encoder2, "model.encoder2", event_shape=(self.latent_dim,),
+                              latent_dim=self.latent_dim2)
+        self.decoder2 = build(ENCODERS, decoder2, "model.decoder2", event_shape=(self.latent_dim2,),
+                              latent_dim=self.latent_dim)
+        self.posterior1 = build(POSTERIORS, posterior, "model.posterior", latent_dim=self.latent_dim)
+        self.posterior2 = build(POSTERIORS, posterior, "model.posterior", latent_dim=self.latent_dim2)
+        if hasattr(self.prior, "attach"):  # the VampPrior runs an encoder on its pseudo-inputs: here z1 -> z2
+            self.prior.attach(self.encoder2, (self.latent_dim,))
+
+    def model(self, batch, num_data: Optional[int] = None):
+        """p(z2) p(z1 | z2) p_theta(x | z1) under the plate "data"."""
+        x = as_batch(batch).x
+        with self.data_plate(x, num_data):
+            z2 = pyro.sample("z2", self.prior((x.shape[0],)))
+            loc, log_var = self.decoder2(z2)
+            z1 = pyro.sample("z1", dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1))
+            pyro.sample("x", self.likelihood_dist(z1), obs=x)
+
+    def guide(self, batch, num_data: Optional[int] = None):
+        """q(z1 | x) q(z2 | z1) under the same plate."""
+        x = as_batch(batch).x
+        with self.data_plate(x, num_data):
+            z1 = pyro.sample("z1", self.posterior1(*self.encoder(x)))
+            pyro.sample("z2", self.posterior2(*self.encoder2(z1)))
+
+    def likelihood_dist(self, z1: torch.Tensor) -> dist.TorchDistribution:
+        """p_theta(x | z1) with the data's event shape."""
+        out = self.decoder(z1)
+        return self.likelihood(out.unbind(-self.event_dim - 1), self.event_dim)
+
+    def check_data(self, x: torch.Tensor, where: str = "data") -> None:
+        self.likelihood.check_data(x, where)
