@@ -24,6 +24,7 @@ its log-density is divided by N and added to each, so that (N/M) sum over a mini
 per-datapoint terms is still an unbiased estimate of the full-data ELBO.
 """
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
@@ -155,6 +156,18 @@ class Model(PyroModule):
                 wrapped = pyro_method(fn)
                 wrapped._pyrovae_method = True
                 setattr(cls, name, wrapped)
+        if cls.guide is Model.guide and "__init__" in cls.__dict__:
+            # a family without a guide gets an AmortizedGuide, built when its constructor is done
+            # (so that its parameters exist before an optimizer or a checkpoint meets them)
+            init = cls.__dict__["__init__"]
+
+            @functools.wraps(init)
+            def __init__(self, *args, **kwargs):
+                init(self, *args, **kwargs)
+                if type(self) is cls:
+                    self.build_guide()
+
+            cls.__init__ = __init__
 
     def __init__(self, event_shape: Sequence[int], name: str = ""):
         super().__init__(name)
@@ -166,8 +179,32 @@ class Model(PyroModule):
     def model(self, batch, num_data: Optional[int] = None):
         raise NotImplementedError(f"{type(self).__name__} defines no model")
 
+    #: the encoder of the :class:`~pyrovae.AmortizedGuide` built for a family that defines no
+    #: guide (any registered encoder spec; set it in the constructor to make it an option)
+    guide_encoder = "mlp"
+
     def guide(self, batch, num_data: Optional[int] = None):
-        raise NotImplementedError(f"{type(self).__name__} defines no guide")
+        """q(latents | x): a family writes it, or leaves it out and gets an
+        :class:`~pyrovae.AmortizedGuide` of its model (:meth:`build_guide`)."""
+        amortized = getattr(self, "amortized_guide", None)
+        if amortized is None:
+            raise NotImplementedError(f"{type(self).__name__} defines no guide; call build_guide() "
+                                      "for an AmortizedGuide of its model")
+        return amortized(batch, num_data)
+
+    def build_guide(self, batch=None) -> None:
+        """Build an :class:`~pyrovae.AmortizedGuide` of :meth:`model` as this family's guide,
+        tracing the model on ``batch`` (default: 2 blank points of ``event_shape``, with labels
+        0 if the family has ``num_classes``)."""
+        from ..amortized import AmortizedGuide
+
+        classes = getattr(self, "num_classes", None)
+        if batch is None:
+            x = torch.zeros((2, *self.event_shape), device=self.device)
+            batch = Batch(x, torch.zeros(2, dtype=torch.long, device=x.device) if classes else None)
+        self.amortized_guide = AmortizedGuide(self.model, encoder=self.guide_encoder, num_classes=classes)
+        self.amortized_guide.setup(as_batch(batch), None)
+        self._max_plate_nesting = None
 
     def data_plate(self, batch, num_data: Optional[int] = None) -> pyro.plate:
         """The plate "data" of size ``num_data`` (or M) with the minibatch as its subsample:
