@@ -19,6 +19,7 @@ Public API::
 """
 
 from .algorithms import ALGORITHMS, Algorithm
+from .amortized import AmortizedGuide
 from .checkpoint import build_model, load
 from .config import Config, DataConfig, ModelConfig, TrainConfig, load_config
 from .data import Batch, Dataset, load_dataset
@@ -48,7 +49,8 @@ from .wake_sleep import WakeSleep
 __version__ = "0.1.0"
 
 __all__ = [
-    "Model", "VAE", "CVAE", "M2", "HVAE", "POSTERIORS", "CLASSIFIERS", "Terms", "ALGORITHMS", "Algorithm", "Batch",
+    "Model", "AmortizedGuide", "VAE", "CVAE", "M2", "HVAE", "POSTERIORS", "CLASSIFIERS", "Terms", "ALGORITHMS",
+    "Algorithm", "Batch",
     "data_plate", "MODELS", "fit", "train", "load",
     "build_model",
     "load_dataset", "Dataset", "load_config", "Config", "DataConfig", "ModelConfig", "TrainConfig", "make_elbo",

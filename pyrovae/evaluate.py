@@ -116,8 +116,8 @@ def kl_per_dimension(model, x, batch_size: int = 1000) -> Optional[List[float]]:
     factorizes into independent Gaussians (the ``vae`` family with ``standard_normal`` or
     ``gaussian``); None otherwise (mixture, VampPrior, flow priors couple the dimensions).
     """
-    if not (hasattr(model, "posterior") and hasattr(model, "prior")):
-        return None
+    if not (hasattr(model, "posterior") and hasattr(model, "prior")) or getattr(model, "num_conditions", 0):
+        return None  # (a conditional family's posterior needs the labels)
     prior = model.prior()
     base = getattr(prior, "base_dist", None)
     if not isinstance(base, Normal) or getattr(prior, "reinterpreted_batch_ndims", 0) != 1:

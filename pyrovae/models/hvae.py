@@ -59,8 +59,8 @@ class HVAE(Model):
     def __init__(self, event_shape: Sequence[int], latent_dim: int = 100, latent_dim2: int = 50,
                  prior: Union[Spec, Prior] = "standard_normal",
                  likelihood: Union[Spec, Likelihood] = "bernoulli",
-                 encoder: Union[Spec, nn.Module] = "mlp", decoder: Union[Spec, nn.Module] = "mlp",
-                 encoder2: Union[Spec, nn.Module] = "mlp", decoder2: Union[Spec, nn.Module] = "mlp",
+                 encoder: Union[Spec, nn.Module] = _TANH_200, decoder: Union[Spec, nn.Module] = _TANH_200,
+                 encoder2: Union[Spec, nn.Module] = _TANH_100, decoder2: Union[Spec, nn.Module] = _TANH_100,
                  posterior: Union[Spec, nn.Module] = "gaussian", name: str = ""):
         super().__init__(event_shape, name)
         if int(latent_dim) < 1 or int(latent_dim2) < 1:

@@ -1,0 +1,119 @@
+"""The families that read labels: ``cvae`` (conditional) and ``m2`` (semi-supervised).
+
+Each fast path is tied to the general one: the cvae's closed forms to the terms read off its
+Pyro traces, M2's closed-form sum over the classes to Pyro's TraceEnum_ELBO on its program.
+"""
+
+import math
+
+import pyro
+import pytest
+import torch
+
+import pyrovae
+from pyrovae import CVAE, M2, Batch, Model
+from pyrovae.cli import main
+from pyrovae.estimators import get_estimator
+
+
+def _labelled(m=6, d=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return Batch(torch.rand((m, d), generator=g), torch.randint(0, 10, (m,), generator=g))
+
+
+@pytest.mark.parametrize("encoder", ["mlp", "conv"])
+def test_cvae_closed_forms_match_its_traces_in_value_and_gradient(encoder):
+    torch.manual_seed(0)
+    model = CVAE((1, 8, 8), num_classes=10, latent_dim=3, likelihood="continuous_bernoulli", encoder=encoder)
+    b = _labelled()
+    batch = Batch(b.x.reshape(-1, 1, 8, 8), b.y)
+    eps = torch.randn(4, 6, 3)
+    loc, log_var = model.encoder(model.encoder_input(batch.x, model.condition(batch)))
+    z = loc + eps * torch.exp(0.5 * log_var)
+    fast = model.terms(batch, 4, 100, kl=True, noise=eps)
+    general = Model.terms(model, batch, 4, 100, kl=True, values={"z": z})
+    torch.testing.assert_close(fast.reconstruction, general.reconstruction)
+    torch.testing.assert_close(fast.kl.expand(4, 6), general.kl)
+    grads = [torch.autograd.grad((t.reconstruction - t.kl).sum(), model.decoder.parameters(), retain_graph=True)
+             for t in (fast, general)]
+    for a, b_ in zip(*grads):
+        torch.testing.assert_close(a, b_)
+
+
+def test_cvae_conditions_on_the_label():
+    torch.manual_seed(0)
+    model = CVAE((64,), num_classes=10, latent_dim=2, likelihood="continuous_bernoulli")
+    b = _labelled()
+    other = Batch(b.x, (b.y + 1) % 10)
+    assert not torch.allclose(model.terms(b, 1, noise=torch.zeros(1, 6, 2)).reconstruction,
+                              model.terms(other, 1, noise=torch.zeros(1, 6, 2)).reconstruction)
+    assert model.sample(5, y=3).shape == (5, 64)
+    with pytest.raises(ValueError, match="labels must be in"):
+        model.sample(2, y=10)
+    with pytest.raises(ValueError, match="needs the labels"):
+        model.terms(Batch(b.x), 1)
+    with pytest.raises(ValueError, match="reads no labels"):
+        pyrovae.VAE((64,)).sample(2, y=1)
+
+
+@pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")  # a labelled batch has none
+def test_m2_closed_form_sum_matches_trace_enum_elbo():
+    """The closed-form sum over the classes (pyrovae's loop) and Pyro's TraceEnum_ELBO on the m2
+    program estimate the same objective, for an unlabelled and a labelled minibatch."""
+    torch.manual_seed(0)
+    model = M2((64,), num_classes=10, latent_dim=2, likelihood="continuous_bernoulli")
+    model.num_labeled.fill_(20.0)  # alpha N / N_l = 0.1 * 100 / 20 per labelled point
+    b = _labelled()
+    elbo = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1, num_particles=3000, vectorize_particles=True)
+    for batch in (Batch(b.x), b):
+        with torch.no_grad():
+            pyro_loss = elbo.loss(model.model, model.guide, batch, 100)
+            terms = model.terms(batch, 3000, 100)
+            objective, _ = get_estimator("analytic")(terms)
+        ours = -float(objective.sum()) * 100 / 6
+        assert abs(pyro_loss - ours) < 0.01 * abs(ours) + 2.0, (pyro_loss, ours)
+    assert terms.auxiliary is not None and float(terms.auxiliary.abs().sum()) > 0
+
+
+def test_m2_bounds_and_scores_without_labels():
+    torch.manual_seed(0)
+    model = M2((64,), num_classes=10, latent_dim=2, likelihood="continuous_bernoulli")
+    b = _labelled(m=8)
+    mixed = Batch(b.x, b.y, torch.tensor([1, 0, 1, 0, 0, 0, 1, 0], dtype=torch.bool))
+    with torch.no_grad():
+        t = model.terms(mixed, 2000, 100, kl=False)
+        elbo = t.log_ratio.mean(0)
+        iwae = torch.logsumexp(t.log_weights, 0) - math.log(2000)
+        analytic = model.terms(mixed, 2000, 100, kl=True)
+    assert (elbo <= iwae + 1e-4).all()
+    torch.testing.assert_close(analytic.reconstruction.mean(0) - analytic.kl.mean(0), elbo, atol=0.15, rtol=0)
+    assert t.auxiliary[~mixed.labeled].eq(0).all() and t.auxiliary[mixed.labeled].lt(0).all()
+    assert model.scoring_batch(b).y is None  # test scores bound log p(x)
+    assert pyrovae.evaluate(model, b, nll_samples=20, iwae_samples=5, elbo_particles=2)["test_accuracy"] == \
+        float((model.classify(b) == b.y).float().mean())
+
+
+def test_m2_learns_a_classifier_from_few_labels():
+    data = pyrovae.load_dataset("digits", labeled=100)
+    torch.manual_seed(0)
+    model = M2(data.event_shape, num_classes=10, latent_dim=8)
+    metrics = pyrovae.fit(model, data, epochs=12, progress=False, eval_every=12)
+    assert model.num_labeled == 100
+    assert metrics[-1]["test_accuracy"] > 0.6  # chance is 0.1
+
+
+def test_cli_sample_label_and_per_class_grid(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--set", "model.family=cvae", "--set", "train.epochs=1", "--out", str(run), "-q"]) == 0
+    assert (run / "samples.png").exists() and not (run / "manifold.png").exists()
+    out = tmp_path / "three.png"
+    assert main(["sample", str(run), "--label", "3", "-n", "4", "-o", str(out)]) == 0 and out.exists()
+    capsys.readouterr()
+    assert main(["sample", str(run), "--label", "10", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--label 10" in err and "[0, 10)" in err
+    vae_run = tmp_path / "vae"
+    assert main(["train", "--set", "train.epochs=1", "--out", str(vae_run), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(vae_run), "--label", "1", "-o", str(out)]) == 2
+    assert "reads no labels" in capsys.readouterr().err
