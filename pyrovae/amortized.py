@@ -29,6 +29,7 @@ The model is ``model(x_or_batch, num_data=None)``: a tensor of datapoints, or a
 (:attr:`Model.guide_encoder` sets its network), and trains and evaluates with everything else.
 """
 
+import contextlib
 import math
 from typing import Callable, Dict, List, Optional
 
@@ -155,25 +156,32 @@ class AmortizedGuide(PyroModule):
         if not self.is_set_up:
             self.setup(*args, **kwargs)
         num_data = kwargs.get("num_data", args[1] if len(args) > 1 else None)
-        values = {}
+        values, plates = {}, {}  # each plate made once (a plate is a site of its own), entered per site
+
+        def plate(name, size, dim, **kwargs):
+            if name not in plates:
+                plates[name] = pyro.plate(name, size, dim=dim, **kwargs)
+            return plates[name]
+
         if self.encoder is not None:
             x = _observed_input(args, self.num_classes)
             loc, log_var = self.encoder(x)
         for name, s in self.sites.items():
-            plates = [pyro.plate(f.name, f.size, dim=f.dim) for f in s.plates]
+            entered = [plate(f.name, f.size, f.dim) for f in s.plates]
             if s.local:
                 m = x.shape[0]
                 piece = slice(s.offset, s.offset + s.per_point)
                 shape = (m, *s.shape[:s.data_dim], *s.shape[s.data_dim + 1:])
                 site_loc = loc[:, piece].reshape(shape).movedim(0, s.data_dim)
                 site_scale = torch.exp(0.5 * log_var[:, piece]).reshape(shape).movedim(0, s.data_dim)
-                data_frame = pyro.plate(DATA_PLATE, num_data or m, subsample=torch.arange(m, device=x.device),
-                                        dim=s.plate_dim)
-                plates.append(data_frame)
+                entered.append(plate(DATA_PLATE, num_data or m, s.plate_dim,
+                                     subsample=torch.arange(m, device=x.device)))
             else:
                 key = name.replace(".", "_")
                 site_loc, site_scale = self.global_loc[key], self.global_log_scale[key].exp()
-            with _entered(plates):
+            with contextlib.ExitStack() as stack:
+                for p in entered:
+                    stack.enter_context(p)
                 values[name] = pyro.sample(name, s.distribution(site_loc, site_scale))
         return values
 
@@ -187,19 +195,3 @@ class AmortizedGuide(PyroModule):
             base = fn.base_dist if isinstance(fn, dist.TransformedDistribution) else fn
             out[name] = base.mean if s.identity else s.transform(base.mean)
         return out
-
-
-class _entered:
-    """Enter a list of plates (a context manager over several)."""
-
-    def __init__(self, plates):
-        self.plates = plates
-
-    def __enter__(self):
-        for p in self.plates:
-            p.__enter__()
-
-    def __exit__(self, *exc):
-        for p in reversed(self.plates):
-            p.__exit__(*exc)
-        return False

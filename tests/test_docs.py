@@ -77,6 +77,14 @@ SMOKE = {
         and {r["system"] for r in result[3]} == {"aevb", "wake_sleep", "mcem"}
         and all(math.isfinite(r["test_bound"]) for r in result[3])
         and [p.name for p in result[4] + result[5]] == ["figure4-digits.png", "figure5-digits.png"]),
+    "conditional_vae.py": lambda result: math.isfinite(result["test_elbo"]) and 0 <= result["sample_accuracy"] <= 1,
+    "semi_supervised.py": lambda result: [r["labels"] for r in result] == [50]
+        and all(0 <= r["m2_accuracy"] <= 1 for r in result),
+    "hierarchical.py": lambda result: [r["model"] for r in result] == ["vae", "vae + iaf", "hvae", "hvae + iaf"]
+        and [r["estimator"] for r in result] == ["analytic", "mc", "analytic", "mc"]
+        and all(r["test_elbo"] <= r["test_iwae50"] for r in result),
+    "own_model.py": lambda result: result["sites"] == ["bias", "ink", "z"]
+        and result["test_elbo"] <= result["test_iwae"] and result["ink_median_range"][0] > 0,
 }
 
 
