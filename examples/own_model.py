@@ -47,7 +47,8 @@ def main(args):
     model = pyrovae.load(run)
     data = pyrovae.load_dataset("digits")
     pyro.set_rng_seed(args.seed)
-    save_grid(out / "ink_vae_samples.png", model.sample(64), data.event_shape, 8, "ink_vae: samples E[x | z, ink, bias]")
+    save_grid(out / "ink_vae_samples.png", model.sample(64), data.event_shape, 8,
+              "ink_vae: samples E[x | z, ink, bias]")
     ink = model.amortized_guide.medians(data.test_batch)["ink"]
     darkest = torch.argsort(ink)
     picks = torch.cat([darkest[:8], darkest[-8:]])
