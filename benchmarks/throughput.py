@@ -284,7 +284,53 @@ def quality(x, x_test, args, estimator):
     return {"quality_epochs": args.quality_epochs, "test_elbo": elbos}
 
 
+def load_labelled_mnist(labels):
+    """Thresholded MNIST as (N, 784) with its labels, ``labels`` of them usable (None: all); or a
+    random stand-in of that shape."""
+    if SHARED_MNIST.is_dir():
+        root = Path(tempfile.mkdtemp())
+        shutil.copytree(SHARED_MNIST, root / "MNIST")
+        data = pyrovae.load_dataset("mnist", str(root), binarize="threshold", labeled=labels)
+        shutil.rmtree(root)
+        source = "MNIST (../shared/data), thresholded"
+    else:
+        g = torch.Generator().manual_seed(0)
+        x = (torch.rand(70000, PIXELS, generator=g) < 0.13).float()
+        y = torch.randint(10, (70000,), generator=g)
+        data = pyrovae.Dataset("stand-in", x[:60000], x[60000:], "none", y[:60000], y[60000:])
+        if labels is not None:
+            data.labeled = pyrovae.data.choose_labeled(data.train_y, labels)
+        source = "random stand-in of MNIST's shape"
+    flat = pyrovae.Dataset(data.name, data.train.reshape(-1, PIXELS), data.test.reshape(-1, PIXELS), "none",
+                           data.train_y, data.test_y, data.labeled)
+    return flat, source
+
+
+def main_family(args):
+    """``--family cvae | m2 | amortized``: see benchmarks/families.py."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import families
+
+    data, source = load_labelled_mnist(args.labels if args.family == "m2" else None)
+    print(f"data: {source}; {torch.get_num_threads()} threads; torch {torch.__version__}, pyro {pyro.__version__}")
+    row = families.benchmark(args.family, data, args.steps, args.repeats, args.batch_size)
+    ref = row["reference"]
+    print(f"\n| family | {ref} img/s | pyrovae img/s | pyrovae time / {ref} | median of per-repeat ratios |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    print(f"| {args.family}{' (%d labels)' % row['labels'] if row['labels'] else ''} | "
+          f"{row[ref + '_images_per_s']:,.0f} | {row['pyrovae_images_per_s']:,.0f} | "
+          f"{row['pyrovae_time_vs_reference']:.2f} | {row['paired_pyrovae_time_vs_reference']:.2f} |")
+    row.update({"data": source, "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
+                "python": platform.python_version()})
+    if args.json:
+        Path(args.json).write_text(json.dumps([row], indent=2) + "\n")
+        print(f"\nwritten: {args.json}")
+    return [row]
+
+
 def main(args):
+    if args.family != "vae":
+        return main_family(args)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("benchmarks/throughput.py: --device cuda asked for, but CUDA is not available")
@@ -387,6 +433,11 @@ def parse_args(argv=None):
     parser.add_argument("--nll-images", type=int, default=100)
     parser.add_argument("--nll-samples", type=int, default=5000)
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--family", choices=["vae", "cvae", "m2", "amortized"], default="vae",
+                        help="vae (the loops above); cvae, m2: against hand-written PyTorch loops of the same models; "
+                             "amortized: a Pyro-only model with no guide, pyrovae against Pyro's SVI "
+                             "(benchmarks/families.py)")
+    parser.add_argument("--labels", type=int, default=3000, help="m2: the label budget (default 3000)")
     args = parser.parse_args(argv)
     defaults = {"steps": (100, 40), "repeats": (7, 3), "memory_epochs": (10, 3), "quality_epochs": (10, 1)}
     for key, (full, quick) in defaults.items():  # what the command line left out
