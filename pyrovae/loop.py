@@ -35,7 +35,7 @@ from .data import Dataset, binarize_split, epoch_order
 from .devices import resolve_device
 from .errors import ConfigError, PyrovaeError
 from .estimators import resolve_estimator
-from .evaluate import accuracy, active_units, dataset_terms
+from .evaluate import accuracy, active_units, dataset_terms, seeded
 from .optim import build_optimizer, load_state
 from .state import load_model_state, rng_state, set_rng_state
 
@@ -338,8 +338,9 @@ class Trainer:
         test = self.data.test_batch
         terms = dataset_terms(model, test, self.cfg.eval_particles, seed=self.cfg.seed)
         record.update(test_elbo=terms["elbo"], test_reconstruction=terms["reconstruction"], test_kl=terms["kl"])
-        record["active_units"], activity = active_units(model, test)
-        record["test_accuracy"] = accuracy(model, test)
+        with seeded(test.x, self.cfg.seed):  # a family's encode may sample (its guide's trace): never the run's RNG
+            record["active_units"], activity = active_units(model, test)
+            record["test_accuracy"] = accuracy(model, test)
         units = int(activity.shape[0])
         if 2 * record["active_units"] < units and epoch > 1 and not self.warned and self.rank == 0:
             self.warned = True

@@ -5,6 +5,9 @@
   the hand-built ``vae`` family (same encoder, same decoder), within seed noise.
 """
 
+import shutil
+from pathlib import Path
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -13,7 +16,10 @@ from torch import nn
 
 import pyrovae
 from pyrovae import AmortizedGuide, Batch, Model, data_plate
+from pyrovae.checkpoint import read_checkpoint
 from pyrovae.data import as_batch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_recovers_the_exact_posterior_of_probabilistic_pca():
@@ -120,3 +126,34 @@ def test_model_family_without_a_guide_round_trips_through_a_checkpoint(tmp_path)
     torch.testing.assert_close(again.encode(batch), model.encode(batch))
     result = pyrovae.evaluate(again, data.test_batch[:50], nll_samples=50, iwae_samples=10, elbo_particles=5)
     assert result["test_elbo"] <= result["test_iwae"] + 0.5 and result["test_iwae"] <= -result["test_nll"] + 0.5
+
+
+@pytest.fixture
+def ink_project(tmp_path):
+    """examples/plugins/ink_vae.py beside a config; what it registers is gone after the test."""
+    from pyrovae import MODELS
+    from pyrovae.plugins import _IMPORTED
+
+    saved = dict(MODELS._entries)
+    shutil.copy(ROOT / "examples" / "plugins" / "ink_vae.py", tmp_path / "ink_vae.py")
+    (tmp_path / "run.toml").write_text('[plugins]\nmodules = ["ink_vae.py"]\n\n[model]\nfamily = "ink_vae"\n'
+                                       'hidden = [32]\n\n[train]\nepochs = 2\nprogress = false\n')
+    yield tmp_path
+    MODELS._entries.clear()
+    MODELS._entries.update(saved)
+    _IMPORTED.clear()
+
+
+@pytest.mark.filterwarnings("ignore::pyrovae.PosteriorCollapseWarning")  # two short epochs
+def test_a_guide_free_plugin_family_resumes_bit_for_bit(ink_project):
+    """A Pyro-only family whose guide pyrovae built: 2 epochs then 1 more equal 3 straight."""
+    first = pyrovae.train(pyrovae.load_config(str(ink_project / "run.toml")), ink_project / "resumed")
+    pyrovae.train(pyrovae.load_config(str(ink_project / "run.toml"), ["train.epochs=3"]), first, resume=True)
+    straight = pyrovae.train(pyrovae.load_config(str(ink_project / "run.toml"), ["train.epochs=3"]),
+                             ink_project / "straight")
+    a, b = read_checkpoint(first / "checkpoint.pt"), read_checkpoint(straight / "checkpoint.pt")
+    assert any(k.startswith("amortized_guide.global_loc") for k in a["model"])  # the global site's q
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0, msg=k)
+    model = pyrovae.load(first)
+    assert set(model.amortized_guide.sites) == {"bias", "ink", "z"}

@@ -156,10 +156,10 @@ class Model(PyroModule):
                 wrapped = pyro_method(fn)
                 wrapped._pyrovae_method = True
                 setattr(cls, name, wrapped)
-        if cls.guide is Model.guide and "__init__" in cls.__dict__:
+        if cls.guide is Model.guide:
             # a family without a guide gets an AmortizedGuide, built when its constructor is done
             # (so that its parameters exist before an optimizer or a checkpoint meets them)
-            init = cls.__dict__["__init__"]
+            init = cls.__init__
 
             @functools.wraps(init)
             def __init__(self, *args, **kwargs):
