@@ -51,12 +51,15 @@ def dataset_terms(model, x, num_particles: int = 1, batch_size: int = 1000, seed
 
     It draws from its own seeded generator state and restores the caller's, so evaluating
     never changes a training run's random stream and the same parameters give the same value.
+    A global latent (outside the plate "data") is shared by the points scored: its log-densities
+    count 1/N per point with N = len(x), the per-point share of x's ELBO as a whole, whatever
+    the chunks; :func:`log_likelihood` shares it alike.
     """
     reconstruction = kl = 0.0
     x = _scored(model, x)
     with seeded(x.x, seed):
-        for chunk in x.split(batch_size):
-            r, k = elbo_terms(model, chunk, num_particles)
+        for chunk in x.split(batch_size):  # a global latent counts 1/len(x) per point, whatever the chunks
+            r, k = elbo_terms(model, chunk, num_particles, num_data=len(x))
             reconstruction, kl = reconstruction + float(r.sum()), kl + float(k.sum())
     n = len(x)
     return {"elbo": (reconstruction - kl) / n, "reconstruction": reconstruction / n, "kl": kl / n}
@@ -92,7 +95,7 @@ def log_likelihood(model, x, num_samples: int = 5000, batch_size: int = 100,
             chunk = max(1, min(num_samples, max_elements // per_sample))
             acc = torch.full((m,), -math.inf, device=xb.x.device)
             for start in range(0, num_samples, chunk):
-                log_w = model.terms(xb, min(chunk, num_samples - start), kl=False).log_weights
+                log_w = model.terms(xb, min(chunk, num_samples - start), len(x), kl=False).log_weights
                 acc = torch.logaddexp(acc, torch.logsumexp(log_w, 0))
             out.append(acc - math.log(num_samples))
     return torch.cat(out)

@@ -10,6 +10,8 @@
 """
 
 
+from typing import Optional
+
 import pyro.infer
 import torch
 from pyro.infer.enum import get_importance_trace
@@ -75,15 +77,16 @@ def objective_per_datapoint(model, x, estimator: str = "analytic", num_particles
     return estimate(model, x, estimator, num_particles, kl_weight, eps)
 
 
-def elbo_terms(model, x, num_particles: int = 1, analytic_kl: bool = None):
+def elbo_terms(model, x, num_particles: int = 1, analytic_kl: bool = None, num_data: Optional[int] = None):
     """``(reconstruction, kl)`` for each datapoint of x (each of shape ``(M,)``, nats): the two
     terms of the ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)) (Kingma & Welling 2014, eq. 3).
 
     The reconstruction term is (1/L) sum_l log p(x|z_l); the KL is the closed form where the
     model has one (``analytic_kl=None``), else (1/L) sum_l [log q(z_l|x) - log p(z_l)];
     ``analytic_kl=False`` always takes the latter (estimator A), ``True`` requires the former.
+    ``num_data``: the N that a global latent's log-densities are shared by (default: x's size).
     """
-    terms = model.terms(x, num_particles, kl=analytic_kl is not False)
+    terms = model.terms(x, num_particles, num_data, kl=analytic_kl is not False)
     if analytic_kl is False:
         return terms.reconstruction.mean(0), (terms.log_q - terms.log_prior).mean(0)
     if analytic_kl and not terms.kl_exact:

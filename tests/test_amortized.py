@@ -157,3 +157,11 @@ def test_a_guide_free_plugin_family_resumes_bit_for_bit(ink_project):
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0, msg=k)
     model = pyrovae.load(first)
     assert set(model.amortized_guide.sites) == {"bias", "ink", "z"}
+    # the global latent is shared alike by the ELBO and the IWAE bound, whatever the chunks: ordered
+    test = pyrovae.load_dataset("digits").test_batch[:120]
+    scores = pyrovae.evaluate(model, test, nll_samples=200, iwae_samples=50, elbo_particles=20)
+    assert scores["test_elbo"] < scores["test_iwae"] < -scores["test_nll"] + 0.05, scores
+    with torch.no_grad():  # a q(bias) far from the prior: its KL is large, and must count 1/N whatever the chunks
+        model.amortized_guide.global_loc["bias"].fill_(3.0)
+    small, whole = (pyrovae.log_likelihood(model, test, 20, batch_size=b).mean() for b in (10, 120))
+    assert abs(float(small - whole)) < 1.0
