@@ -73,6 +73,8 @@ def main(args):
     ax.plot([r["labels"] for r in rows], [100 * r["supervised_only_accuracy"] for r in rows], "s--",
             label="classifier on the labels alone")
     ax.set_xscale("log")
+    ax.set_xticks([r["labels"] for r in rows], [str(r["labels"]) for r in rows])
+    ax.minorticks_off()
     ax.set_xlabel("labelled training points")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
