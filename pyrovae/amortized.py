@@ -12,7 +12,7 @@ the model once, on the first batch it sees, and builds what a VAE's author write
 
   whose means and log-variances for all local sites come from one encoder network (any
   registered encoder spec, as ``model.encoder``) reading the datapoint's observed values x_i
-  (and its one-hot label y_i where the batch has labels and ``num_classes`` is given);
+  (and, if ``num_classes`` is given, its one-hot label y_i, zeros where the point has none);
 - every latent site outside the plate (a global latent) gets a mean-field Normal with free
   parameters in its unconstrained space, as ``AutoNormal`` would;
 - a discrete site marked for enumeration (``infer={"enumerate": "parallel"}``) is left to the
@@ -49,11 +49,19 @@ from .registry import Spec
 
 
 def _observed_input(args, num_classes: Optional[int]) -> torch.Tensor:
-    """What the encoder reads of a batch: x flattened, with y one-hot appended where given."""
+    """What the encoder reads of a batch: x flattened, with y one-hot appended where the guide
+    reads labels (``num_classes``): zeros for a point without a usable label (no ``y``, or
+    ``labeled`` False), so that an unlabelled point's label never reaches the posterior."""
     batch = args[0] if isinstance(args[0], Batch) else Batch(args[0])
     x = batch.x.reshape(batch.x.shape[0], -1)
-    if num_classes and batch.y is not None:
-        x = torch.cat([x, torch.nn.functional.one_hot(batch.y.long(), num_classes).to(x.dtype)], -1)
+    if num_classes:
+        if batch.y is None:
+            c = x.new_zeros((x.shape[0], num_classes))
+        else:
+            c = torch.nn.functional.one_hot(batch.y.long(), num_classes).to(x.dtype)
+            if batch.labeled is not None:
+                c = c * batch.labeled.to(x.dtype).unsqueeze(-1)
+        x = torch.cat([x, c], -1)
     return x
 
 

@@ -165,3 +165,20 @@ def test_a_guide_free_plugin_family_resumes_bit_for_bit(ink_project):
         model.amortized_guide.global_loc["bias"].fill_(3.0)
     small, whole = (pyrovae.log_likelihood(model, test, 20, batch_size=b).mean() for b in (10, 120))
     assert abs(float(small - whole)) < 1.0
+
+
+def test_the_guide_reads_labels_only_where_they_are_usable():
+    def model(batch, num_data=None):
+        with data_plate(batch.x, num_data):
+            pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+
+    x = torch.rand(4, 3)
+    guide = AmortizedGuide(model, num_classes=5, batch=Batch(x, torch.tensor([0, 1, 2, 3])))
+    assert guide.encoder.net[0].in_features == 3 + 5
+    seen = {}
+    guide.encoder.register_forward_hook(lambda module, inputs, out: seen.update(x=inputs[0]))
+    guide(Batch(x, torch.tensor([0, 1, 2, 3]), torch.tensor([True, False, True, False])))
+    torch.testing.assert_close(seen["x"][:, 3:], torch.tensor([[1.0, 0, 0, 0, 0], [0, 0, 0, 0, 0],
+                                                              [0, 0, 1, 0, 0], [0, 0, 0, 0, 0]]))
+    guide(Batch(x))  # no labels at all: zeros
+    assert seen["x"][:, 3:].eq(0).all()
