@@ -39,6 +39,15 @@ def _kl(loc, log_var):
     return 0.5 * (loc.pow(2) + log_var.exp() - 1 - log_var).sum(-1)
 
 
+def _neg_elbo(encoder, decoder, x, y):
+    """-ELBO of log p(x | y) for each (x, y) row: Bernoulli reconstruction plus the closed-form KL."""
+    c = F.one_hot(y, CLASSES).float()
+    loc, log_var = encoder(torch.cat([x, c], -1)).chunk(2, -1)
+    z = loc + torch.randn_like(loc) * torch.exp(0.5 * log_var)
+    logits = decoder(torch.cat([z, c], -1))
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1) + _kl(loc, log_var)
+
+
 class TorchCVAE(nn.Module):
     """A hand-written conditional VAE: q(z | x, y), p(x | z, y)."""
 
@@ -47,31 +56,20 @@ class TorchCVAE(nn.Module):
         self.encoder, self.decoder = _mlp(PIXELS + CLASSES, 2 * LATENT), _mlp(LATENT + CLASSES, PIXELS)
 
     def loss(self, x, y):
-        c = F.one_hot(y, CLASSES).float()
-        loc, log_var = self.encoder(torch.cat([x, c], -1)).chunk(2, -1)
-        z = loc + torch.randn_like(loc) * torch.exp(0.5 * log_var)
-        logits = self.decoder(torch.cat([z, c], -1))
-        bce = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
-        return (bce + _kl(loc, log_var)).sum()
+        return _neg_elbo(self.encoder, self.decoder, x, y).sum()
 
 
-class TorchM2(nn.Module):
+class TorchM2(TorchCVAE):
     """A hand-written M2: labelled points with their label, unlabelled ones with every class."""
 
     def __init__(self, alpha_per_label):
         super().__init__()
         self.classifier = _mlp(PIXELS, CLASSES)
-        self.encoder, self.decoder = _mlp(PIXELS + CLASSES, 2 * LATENT), _mlp(LATENT + CLASSES, PIXELS)
         self.alpha_per_label = alpha_per_label
 
     def neg_elbo(self, x, y):
-        """-L(x, y) for each (x, y) row."""
-        c = F.one_hot(y, CLASSES).float()
-        loc, log_var = self.encoder(torch.cat([x, c], -1)).chunk(2, -1)
-        z = loc + torch.randn_like(loc) * torch.exp(0.5 * log_var)
-        logits = self.decoder(torch.cat([z, c], -1))
-        bce = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
-        return bce + _kl(loc, log_var) + math.log(CLASSES)
+        """-L(x, y) for each (x, y) row, log p(y) = -log C included."""
+        return _neg_elbo(self.encoder, self.decoder, x, y) + math.log(CLASSES)
 
     def loss(self, x, y, labelled):
         log_q = F.log_softmax(self.classifier(x), -1)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+import pyrovae
 from pyrovae import VAE, dataset_elbo
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
@@ -55,3 +56,17 @@ def test_quick_run_writes_the_json_fields(tmp_path):
         assert r["pyrovae_vs_torch_time"] == r["torch_images_per_s"] / r["pyrovae_images_per_s"]
         assert len(r["all_runs"]["pyrovae"]) == 2 and all(v > 0 for v in r["all_runs"]["pyrovae"])
         assert len(r["rss_mib_per_epoch"]) == 2 and r["nll_images"] == 2
+
+
+def test_the_family_loops_run_and_report_their_ratio():
+    """``--family``: each family's two loops run on a small stand-in and give a finite ratio."""
+    import sys
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import families
+
+    x, y = _binary(240), torch.randint(10, (240,), generator=torch.Generator().manual_seed(1))
+    data = pyrovae.Dataset("stand-in", x, x[:40], "none", y, y[:40], pyrovae.data.choose_labeled(y, 30))
+    for family in ("cvae", "m2", "amortized"):
+        row = families.benchmark(family, data, steps=2, repeats=1, batch_size=40)
+        assert row["family"] == family and 0 < row["pyrovae_time_vs_reference"] < float("inf")
