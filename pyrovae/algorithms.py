@@ -57,7 +57,8 @@ class Algorithm:
     """The base: ``loss`` per step, plus checks, state and resume keys."""
 
     #: the ``[train]`` keys a resumed run must share with the checkpoint's
-    resume_keys = ("batch_size", "estimator", "num_particles", "seed", "beta", "kl_warmup_epochs")
+    resume_keys = ("batch_size", "estimator", "num_particles", "seed", "beta", "kl_warmup_epochs",
+                   "labeled_per_batch")
     #: whether the loop draws the family's noise for it (:meth:`~pyrovae.Model.noise_shape`)
     draws_noise = False
     #: whether Pyro's validation stays on during the loop (the torch engine checked the data once)
@@ -94,16 +95,26 @@ class _Objective(torch.nn.Module):
         self.model, self.num_particles, self.num_data = model, num_particles, num_data
         self.reduce = get_estimator(estimator)  # built once: the hot path only calls it
 
-    def forward(self, x, y, labeled, eps, kl_weight: float):
+    def forward(self, x, y, labeled, eps, kl_weight: float, weight=None):
         terms = self.model.terms(Batch(x, y, labeled), self.num_particles, self.num_data, kl=self.reduce.needs_kl,
                                  noise=eps)
-        return self.reduce(terms, kl_weight)
+        objective, elbo = self.reduce(terms, kl_weight)
+        if weight is None:
+            return objective, elbo
+        weighted = objective * weight  # a stratified minibatch (train.labeled_per_batch): data.epoch_plan
+        return weighted, (weighted if elbo is objective else elbo * weight)
 
 
 @ALGORITHMS.register("aevb")
 class AEVB(Algorithm):
     """Auto-encoding variational Bayes: a gradient step on an ELBO estimator of the minibatch,
     scaled to the full data (Kingma & Welling 2014, Algorithm 1)."""
+
+    @classmethod
+    def check_config(cls, train) -> None:
+        if train.labeled_per_batch and train.engine == "pyro":
+            raise ConfigError("train.labeled_per_batch weighs the points of a minibatch, which train.engine = 'pyro' "
+                              "does not; use engine 'torch'")
 
     def __init__(self, model, train, estimator, num_data, world=1):
         super().__init__(model, train, estimator, num_data, world)
@@ -121,7 +132,7 @@ class AEVB(Algorithm):
 
     def loss(self, batch, noise, beta, global_size, index=None, update=0):
         if self.torch_engine:  # the estimator over the model's terms (closed forms where the family has them)
-            objective, elbo = self.forward(batch.x, batch.y, batch.labeled, noise, beta)
+            objective, elbo = self.forward(batch.x, batch.y, batch.labeled, noise, beta, batch.weight)
             total = objective.sum()
             objective_sum = -total.detach()
             elbo_sum = objective_sum if elbo is objective else -elbo.detach().sum()
@@ -233,6 +244,9 @@ def _one_particle_no_kl_weight(train, name: str, why: str) -> None:
     if train.beta != 1 or train.kl_warmup_epochs or train.num_particles != 1:
         raise ConfigError(f"train.algorithm = {name!r} {why}: it takes train.num_particles = 1, no train.beta or "
                           "train.kl_warmup_epochs")
+    if train.labeled_per_batch:
+        raise ConfigError(f"train.algorithm = {name!r} takes no train.labeled_per_batch (weighted minibatches are "
+                          "for aevb)")
 
 
 @contextlib.contextmanager

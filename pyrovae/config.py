@@ -152,6 +152,9 @@ class TrainConfig:
     estimator: str = "auto"
     #: L samples per datapoint (k for iwae).
     num_particles: int = 1
+    #: with a label budget (data.labeled): k labelled points drawn into every minibatch, weighted so
+    #: the objective stays unbiased (semi-supervised families, where labels are rare); 0: none.
+    labeled_per_batch: int = 0
     #: the weight of the KL term (beta-VAE, Higgins et al. 2017); 1 is the ELBO.
     beta: float = 1.0
     #: linear warm-up of the KL weight from 0 to beta over this many epochs (0: none).
@@ -184,6 +187,10 @@ class TrainConfig:
         ALGORITHMS.split(self.algorithm, "train.algorithm")
         _choice("train.estimator", self.estimator, estimator_names())
         _range("train.num_particles", self.num_particles, 1)
+        _range("train.labeled_per_batch", self.labeled_per_batch, 0)
+        if self.labeled_per_batch >= self.batch_size:
+            raise ConfigError(f"train.labeled_per_batch = {self.labeled_per_batch}: must be less than "
+                              f"train.batch_size ({self.batch_size})")
         if not (self.beta >= 0 and math.isfinite(self.beta)):
             raise ConfigError(f"train.beta = {shown(self.beta)}: must be a finite number >= 0")
         _range("train.kl_warmup_epochs", self.kl_warmup_epochs, 0)

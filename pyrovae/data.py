@@ -28,7 +28,7 @@ import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -50,26 +50,28 @@ class Batch:
     :param torch.Tensor y: ``(M,)`` int64 class labels, or None where the data set has none.
     :param torch.Tensor labeled: ``(M,)`` bool, which of the labels the model may use (a
         semi-supervised budget, ``data.labeled``), or None: all of them.
+    :param torch.Tensor weight: ``(M,)`` each point's weight in the minibatch's objective, or
+        None: 1 each (see :func:`epoch_plan`; the loop applies it, a model never needs to).
     """
 
     x: torch.Tensor
     y: Optional[torch.Tensor] = None
     labeled: Optional[torch.Tensor] = None
+    weight: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return self.x.shape[0]
 
     def __getitem__(self, index) -> "Batch":
         """The points at ``index`` (a slice or an index tensor), with their labels."""
-        return Batch(self.x[index], None if self.y is None else self.y[index],
-                     None if self.labeled is None else self.labeled[index])
+        return Batch(*(None if t is None else t[index] for t in (self.x, self.y, self.labeled, self.weight)))
 
     def split(self, size: int):
         """Consecutive chunks of at most ``size`` points."""
         return [self[i:i + size] for i in range(0, len(self), size)]
 
     def to(self, device) -> "Batch":
-        return Batch(*(None if t is None else t.to(device) for t in (self.x, self.y, self.labeled)))
+        return Batch(*(None if t is None else t.to(device) for t in (self.x, self.y, self.labeled, self.weight)))
 
 
 def as_batch(batch) -> Batch:
@@ -147,6 +149,44 @@ def epoch_order(n: int, seed: int, epoch: int, device="cpu") -> torch.Tensor:
     so a resumed run, or a run on K processes, sees the same batches."""
     generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=generator, device=device)
+
+
+@dataclass
+class Step:
+    """One minibatch of an epoch: the training points' ``index``, their objective ``weight``
+    (None: 1 each) and ``size``, the number of points the step's objective is an average over."""
+
+    index: torch.Tensor
+    weight: Optional[torch.Tensor]
+    size: int
+
+
+def epoch_plan(n: int, batch_size: int, seed: int, epoch: int, labeled: Optional[torch.Tensor] = None,
+               labeled_per_batch: int = 0, device="cpu") -> List[Step]:
+    """The minibatches of an epoch, from (seed, epoch) only (a resumed run, or K processes, see the same).
+
+    By default the epoch's permutation in chunks of M. With ``labeled_per_batch = k`` and a label
+    budget (``labeled``, the training mask), each minibatch is M - k points of the permutation
+    plus k points drawn uniformly from the N_l labelled ones: a stratified estimate of the same
+    full-data objective, J = sum_unlabelled f_i + sum_labelled f_i, which a semi-supervised
+    family (m2) needs when labels are rare (100 of 60000 appear once an epoch each, and a
+    minibatch of 200 holds one every three steps). Weights keep it unbiased: a permutation point
+    that is labelled gets 0 (the labelled draws stand for it), the others 1, and each labelled
+    draw (M - k) N_l / (k N), so that the weighted sum over a step estimates (M - k) / N of J.
+    """
+    order = epoch_order(n, seed, epoch, device)
+    if not labeled_per_batch or labeled is None:
+        return [Step(chunk, None, chunk.numel()) for chunk in order.split(batch_size)]
+    labelled = labeled.nonzero().squeeze(-1)
+    generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch + 7_919)
+    steps = []
+    for chunk in order.split(batch_size - labeled_per_batch):
+        draws = labelled[torch.randint(labelled.numel(), (labeled_per_batch,), generator=generator, device=device)]
+        weight = torch.cat([(~labeled[chunk]).float(),
+                            torch.full((labeled_per_batch,), chunk.numel() * labelled.numel() / (labeled_per_batch * n),
+                                       device=device)])
+        steps.append(Step(torch.cat([chunk, draws]), weight, chunk.numel()))
+    return steps
 
 
 def binarize_split(x: torch.Tensor, mode: str, seed: int = SPLIT_SEED) -> torch.Tensor:

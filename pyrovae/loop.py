@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .algorithms import NonFinite, build_algorithm, validation
 from .config import TrainConfig
-from .data import Dataset, binarize_split, epoch_order
+from .data import Dataset, binarize_split, epoch_plan
 from .devices import resolve_device
 from .errors import ConfigError, PyrovaeError
 from .estimators import resolve_estimator
@@ -150,7 +150,10 @@ class Trainer:
         self.optimizer = build_optimizer(optim, model.parameters())
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.n, self.m = self.data.num_train, cfg.batch_size
-        self.steps_per_epoch = -(-self.n // self.m)
+        if cfg.labeled_per_batch and self.data.labeled is None:
+            raise ConfigError(f"train.labeled_per_batch = {cfg.labeled_per_batch}: needs a label budget "
+                              "(data.labeled); with every label usable, uniform minibatches already hold them")
+        self.steps_per_epoch = -(-self.n // (self.m - cfg.labeled_per_batch))
         # epoch, step and samples_seen count completed work; epoch_* hold a half-done epoch
         # (after an interruption): its next step and running sums.
         self.counters = {"epoch": 0, "step": 0, "samples_seen": 0, "epoch_step": 0, "rollbacks": 0,
@@ -259,7 +262,7 @@ class Trainer:
 
     def epoch(self, epoch: int, bar) -> None:
         cfg, c, n, m = self.cfg, self.counters, self.n, self.m
-        batches = epoch_order(n, cfg.seed, epoch, self.device).split(m)
+        batches = epoch_plan(n, m, cfg.seed, epoch, self.data.labeled, cfg.labeled_per_batch, self.device)
         total = torch.tensor(c["epoch_loss"], device=self.device)  # -sum_i objective_i so far
         total_elbo = torch.tensor(c["epoch_elbo"], device=self.device)  # -sum_i ELBO_i so far
         start = time.perf_counter() - c["epoch_seconds"]
@@ -269,13 +272,13 @@ class Trainer:
                 c.update(epoch_step=i, epoch_loss=total.item(), epoch_elbo=total_elbo.item(),
                          epoch_seconds=time.perf_counter() - start)
                 self.stop(signal_number, f"at epoch {epoch}, step {c['step'] + i}", mid_epoch=True)
-            batch, eps = self.minibatch(batches[i])
+            batch, eps = self.minibatch(batches[i].index, batches[i].weight)
             self.beta = kl_weight(cfg, c["step"] + i, self.steps_per_epoch)
             where = (epoch, c["step"] + i + 1, i + 1, len(batches))
             for update in range(self.algorithm.updates_per_batch):  # 1, but for mcem's M-steps
                 try:
-                    step = self.algorithm.loss(batch, eps, self.beta, batches[i].numel(),
-                                               batches[i][self.rank::self.world], update)
+                    step = self.algorithm.loss(batch, eps, self.beta, batches[i].size,
+                                               batches[i].index[self.rank::self.world], update)
                 except NonFinite as e:
                     raise NonFinite(f"{e} {_where(*where)}") from None
                 loss = step.loss
@@ -314,9 +317,9 @@ class Trainer:
         if signal_number:
             self.stop(signal_number, f"after epoch {epoch}", mid_epoch=False)
 
-    def minibatch(self, index: torch.Tensor):
-        """This rank's shard of a global minibatch (a :class:`~pyrovae.Batch`), and the family's
-        noise for it (torch engine; :meth:`~pyrovae.Model.noise_shape`).
+    def minibatch(self, index: torch.Tensor, weight: Optional[torch.Tensor] = None):
+        """This rank's shard of a global minibatch (a :class:`~pyrovae.Batch`, with its points'
+        weights, if any), and the family's noise for it (torch engine; :meth:`~pyrovae.Model.noise_shape`).
 
         The noise is drawn for the whole global batch (every rank draws the same), then sharded
         like the points: rank r of K takes positions r, r + K, r + 2K, ... of the batch.
@@ -327,6 +330,8 @@ class Trainer:
             uniform = torch.rand((index.numel(), *self.data.event_shape), generator=self.noise,
                                  device=self.device)[shard]
         batch = self.data.minibatch(index[shard], uniform)
+        if weight is not None:
+            batch.weight = weight[shard]
         eps = None
         shape = self.model.noise_shape(index.numel(), self.cfg.num_particles) if self.algorithm.draws_noise else None
         if shape is not None:  # (particles, global batch, ...): sharded along the batch

@@ -4,6 +4,7 @@ Each fast path is tied to the general one: the cvae's closed forms to the terms 
 Pyro traces, M2's closed-form sum over the classes to Pyro's TraceEnum_ELBO on its program.
 """
 
+import json
 import math
 
 import pyro
@@ -12,7 +13,9 @@ import torch
 
 import pyrovae
 from pyrovae import CVAE, M2, Batch, Model
+from pyrovae.checkpoint import read_checkpoint
 from pyrovae.cli import main
+from pyrovae.data import epoch_plan
 from pyrovae.estimators import get_estimator
 
 
@@ -117,3 +120,47 @@ def test_cli_sample_label_and_per_class_grid(tmp_path, capsys):
     capsys.readouterr()
     assert main(["sample", str(vae_run), "--label", "1", "-o", str(out)]) == 2
     assert "reads no labels" in capsys.readouterr().err
+
+
+def test_stratified_minibatches_estimate_the_full_data_sum():
+    """train.labeled_per_batch: every epoch covers each point once (labelled ones through the
+    labelled draws), and the weighted sums estimate sum_i f_i without bias."""
+    n, m, k = 300, 40, 8
+    labeled = torch.zeros(n, dtype=torch.bool)
+    labeled[torch.randperm(n, generator=torch.Generator().manual_seed(0))[:12]] = True
+    f = torch.linspace(-1.0, 3.0, n) ** 2
+    totals = []
+    for epoch in range(1, 401):
+        steps = epoch_plan(n, m, seed=0, epoch=epoch, labeled=labeled, labeled_per_batch=k)
+        assert sum(s.size for s in steps) == n and all(s.index.numel() == s.size + k for s in steps)
+        unlabelled_part = torch.cat([s.index[:s.size] for s in steps])
+        assert sorted(unlabelled_part.tolist()) == list(range(n))
+        assert all(labeled[s.index[s.size:]].all() for s in steps)
+        totals.append(sum(float((s.weight * f[s.index]).sum()) for s in steps))
+    totals = torch.tensor(totals)
+    assert abs(float(totals.mean()) - float(f.sum())) < 4 * float(totals.std()) / 20 + 1e-6
+    # with no budget, the plain permutation in chunks of M
+    plain = epoch_plan(n, m, seed=0, epoch=1)
+    assert [s.weight for s in plain] == [None] * len(plain) and plain[0].size == m
+
+
+@pytest.mark.filterwarnings("ignore::pyrovae.PosteriorCollapseWarning")
+def test_stratified_m2_resumes_bit_for_bit_and_bad_settings_are_refused(tmp_path):
+    sets = ["model.family=m2", "data.labeled=50", "train.labeled_per_batch=10", "train.progress=false",
+            "train.eval_every=3"]
+    first = pyrovae.train(pyrovae.load_config(None, sets + ["train.epochs=2"]), tmp_path / "a")
+    pyrovae.train(pyrovae.load_config(None, sets + ["train.epochs=3"]), first, resume=True)
+    straight = pyrovae.train(pyrovae.load_config(None, sets + ["train.epochs=3"]), tmp_path / "b")
+    a, b = read_checkpoint(first / "checkpoint.pt"), read_checkpoint(straight / "checkpoint.pt")
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0, msg=key)
+    metrics = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["step"] == 3 * math.ceil(len(pyrovae.load_dataset("digits").train) / 90)
+    for bad, match in ((["train.labeled_per_batch=100"], "less than train.batch_size"),
+                       (["train.engine=pyro"], "engine 'torch'"),
+                       (["train.algorithm=wake_sleep", "model.family=vae"], "no train.labeled_per_batch")):
+        with pytest.raises(pyrovae.ConfigError, match=match):
+            pyrovae.load_config(None, sets + bad)
+    with pytest.raises(pyrovae.ConfigError, match="needs a label budget"):
+        pyrovae.train(pyrovae.load_config(None, ["model.family=m2", "train.labeled_per_batch=10", "train.epochs=1"]),
+                      tmp_path / "c")
