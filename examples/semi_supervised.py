@@ -42,6 +42,23 @@ def supervised_only(data, steps: int, hidden, lr: float, seed: int) -> float:
         return float((net(data.test).argmax(-1) == data.test_y).float().mean())
 
 
+def plot_accuracy(rows, path) -> None:
+    """Test accuracy against the number of labels, M2 beside the classifier on the labels alone."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([r["labels"] for r in rows], [100 * r["m2_accuracy"] for r in rows], "o-", label="M2")
+    ax.plot([r["labels"] for r in rows], [100 * r["supervised_only_accuracy"] for r in rows], "s--",
+            label="classifier on the labels alone")
+    ax.set_xscale("log")
+    ax.set_xticks([r["labels"] for r in rows], [str(r["labels"]) for r in rows])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled training points")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def main(args):
     if args.smoke:
         args.epochs, args.labels = 2, [50]
@@ -57,6 +74,7 @@ def main(args):
                            decoder={"name": "mlp", "hidden": args.hidden})
         metrics = pyrovae.fit(model, data, epochs=args.epochs, seed=args.seed, progress=False,
                               batch_size=args.batch_size, eval_every=args.epochs,
+                              labeled_per_batch=args.labeled_per_batch,
                               optim={"name": "adam", "lr": args.learning_rate})
         steps = metrics[-1]["step"]
         rows.append({"labels": labels, "m2_accuracy": metrics[-1]["test_accuracy"],
@@ -68,19 +86,7 @@ def main(args):
     for r in rows:
         print(f"| {r['labels']} | {100 * r['m2_accuracy']:.1f} % | {100 * r['supervised_only_accuracy']:.1f} % "
               f"| {r['test_elbo']:.2f} |")
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot([r["labels"] for r in rows], [100 * r["m2_accuracy"] for r in rows], "o-", label="M2")
-    ax.plot([r["labels"] for r in rows], [100 * r["supervised_only_accuracy"] for r in rows], "s--",
-            label="classifier on the labels alone")
-    ax.set_xscale("log")
-    ax.set_xticks([r["labels"] for r in rows], [str(r["labels"]) for r in rows])
-    ax.minorticks_off()
-    ax.set_xlabel("labelled training points")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    save_figure(fig, out / "accuracy_vs_labels.png")
+    plot_accuracy(rows, out / "accuracy_vs_labels.png")
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     return rows
 
@@ -94,6 +100,8 @@ def parser():
     p.add_argument("-z", "--latent-dim", type=int, default=8)
     p.add_argument("--hidden", type=int, nargs="+", default=[256])
     p.add_argument("-b", "--batch-size", type=int, default=100)
+    p.add_argument("--labeled-per-batch", type=int, default=0,
+                   help="labelled points drawn into every minibatch (train.labeled_per_batch; 0: uniform)")
     p.add_argument("-lr", "--learning-rate", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--out", default="runs/semi_supervised")
