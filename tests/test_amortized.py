@@ -182,3 +182,17 @@ def test_the_guide_reads_labels_only_where_they_are_usable():
                                                               [0, 0, 1, 0, 0], [0, 0, 0, 0, 0]]))
     guide(Batch(x))  # no labels at all: zeros
     assert seen["x"][:, 3:].eq(0).all()
+
+
+def test_pyrovaes_estimators_refuse_a_latent_site_the_guide_leaves_out():
+    class Mixture(Model):
+        def model(self, batch, num_data=None):
+            x = as_batch(batch).x
+            with data_plate(x, num_data):
+                c = pyro.sample("c", dist.Categorical(torch.ones(2) / 2), infer={"enumerate": "parallel"})
+                pyro.sample("x", dist.Normal(c.float().unsqueeze(-1), 1.0).to_event(1), obs=x)
+
+    model = Mixture((1,))
+    assert model.amortized_guide.enumerated == ["c"]
+    with pytest.raises(ValueError, match="'c' is latent but the guide has no site"):
+        model.terms(Batch(torch.randn(3, 1)), 2)

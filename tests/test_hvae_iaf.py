@@ -2,6 +2,7 @@
 (ELBO <= IWAE_k <= log p(x) in expectation), and the analytic estimator goes only where every
 KL has a closed form."""
 
+import json
 import math
 
 import pytest
@@ -81,3 +82,13 @@ def test_iaf_changes_the_posterior_and_its_log_density_is_exact():
         value = nxt
     torch.testing.assert_close(q.log_prob(z), base.log_prob(z0) - log_det, atol=1e-4, rtol=1e-4)
     assert not model.closed_form
+
+
+@pytest.mark.filterwarnings("ignore::pyrovae.PosteriorCollapseWarning")
+@pytest.mark.parametrize("family", ["m2", "hvae"])
+def test_a_family_trains_on_the_embedded_digits_with_nothing_else_set(family, tmp_path):
+    run = pyrovae.train(pyrovae.load_config(None, [f"model.family={family}", "train.epochs=1",
+                                                   "train.progress=false"]), tmp_path / family)
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert math.isfinite(last["test_elbo"]) and (last["test_accuracy"] is not None) == (family == "m2")
+    assert type(pyrovae.load(run)).__name__ == family.upper()

@@ -274,6 +274,11 @@ class Model(PyroModule):
                 continue
             per = per_datapoint(site["unscaled_log_prob"], site, shape, n)
             if name not in q_per_site:
+                if not site["is_observed"]:
+                    raise ValueError(f"model site {name!r} is latent but the guide has no site for it (a discrete "
+                                     "site marked for enumeration?); pyrovae's estimators need every latent site "
+                                     "in the guide: sum it out in the family's terms (as m2 does), or train the "
+                                     "model and guide with Pyro's TraceEnum_ELBO")
                 reconstruction = reconstruction + per
                 continue
             log_prior = log_prior + per
