@@ -196,3 +196,24 @@ def test_pyrovaes_estimators_refuse_a_latent_site_the_guide_leaves_out():
     assert model.amortized_guide.enumerated == ["c"]
     with pytest.raises(ValueError, match="'c' is latent but the guide has no site"):
         model.terms(Batch(torch.randn(3, 1)), 2)
+
+
+@pytest.mark.filterwarnings("ignore::pyrovae.PosteriorCollapseWarning")
+def test_the_write_your_own_family_without_a_guide_works():
+    import re
+
+    from pyrovae import MODELS
+
+    page = (ROOT / "docs" / "write-your-own.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", page, re.S) if "guide_encoder" in b)
+    saved = dict(MODELS._entries)
+    try:
+        namespace = {"dist": dist, "torch": torch, "pyrovae": pyrovae, "nn": nn, "pyro": pyro}
+        exec(compile(block, "write-your-own.md", "exec"), namespace)
+        data = pyrovae.load_dataset("digits")
+        model = MODELS.build("factor", "model", event_shape=data.event_shape)
+        assert sorted(model.amortized_guide.sites) == ["scale", "z"]
+        assert pyrovae.fit(model, data, epochs=1, progress=False)[-1]["test_elbo"] < 0
+    finally:
+        MODELS._entries.clear()
+        MODELS._entries.update(saved)
