@@ -58,7 +58,7 @@ class Algorithm:
 
     #: the ``[train]`` keys a resumed run must share with the checkpoint's
     resume_keys = ("batch_size", "estimator", "num_particles", "seed", "beta", "kl_warmup_epochs",
-                   "labeled_per_batch")
+                   "labeled_per_batch", "labeled_weight")
     #: whether the loop draws the family's noise for it (:meth:`~pyrovae.Model.noise_shape`)
     draws_noise = False
     #: whether Pyro's validation stays on during the loop (the torch engine checked the data once)
@@ -112,9 +112,9 @@ class AEVB(Algorithm):
 
     @classmethod
     def check_config(cls, train) -> None:
-        if train.labeled_per_batch and train.engine == "pyro":
-            raise ConfigError("train.labeled_per_batch weighs the points of a minibatch, which train.engine = 'pyro' "
-                              "does not; use engine 'torch'")
+        if (train.labeled_per_batch or train.labeled_weight != 1) and train.engine == "pyro":
+            raise ConfigError("train.labeled_per_batch and train.labeled_weight weigh the points of a minibatch, "
+                              "which train.engine = 'pyro' does not; use engine 'torch'")
 
     def __init__(self, model, train, estimator, num_data, world=1):
         super().__init__(model, train, estimator, num_data, world)
@@ -244,9 +244,9 @@ def _one_particle_no_kl_weight(train, name: str, why: str) -> None:
     if train.beta != 1 or train.kl_warmup_epochs or train.num_particles != 1:
         raise ConfigError(f"train.algorithm = {name!r} {why}: it takes train.num_particles = 1, no train.beta or "
                           "train.kl_warmup_epochs")
-    if train.labeled_per_batch:
-        raise ConfigError(f"train.algorithm = {name!r} takes no train.labeled_per_batch (weighted minibatches are "
-                          "for aevb)")
+    if train.labeled_per_batch or train.labeled_weight != 1:
+        raise ConfigError(f"train.algorithm = {name!r} takes no train.labeled_per_batch or train.labeled_weight "
+                          "(weighted minibatches are for aevb)")
 
 
 @contextlib.contextmanager

@@ -155,6 +155,9 @@ class TrainConfig:
     #: with a label budget (data.labeled): k labelled points drawn into every minibatch, weighted so
     #: the objective stays unbiased (semi-supervised families, where labels are rare); 0: none.
     labeled_per_batch: int = 0
+    #: with a label budget: each labelled point counts this many times in the objective (as if the labelled
+    #: set were copied); "balanced": N_unlabelled / N_labelled, the labelled data weighing as much as the rest.
+    labeled_weight: Union[float, str] = 1.0
     #: the weight of the KL term (beta-VAE, Higgins et al. 2017); 1 is the ELBO.
     beta: float = 1.0
     #: linear warm-up of the KL weight from 0 to beta over this many epochs (0: none).
@@ -188,6 +191,11 @@ class TrainConfig:
         _choice("train.estimator", self.estimator, estimator_names())
         _range("train.num_particles", self.num_particles, 1)
         _range("train.labeled_per_batch", self.labeled_per_batch, 0)
+        if self.labeled_weight != "balanced" and not (isinstance(self.labeled_weight, (int, float))
+                                                      and not isinstance(self.labeled_weight, bool)
+                                                      and 0 < self.labeled_weight < 1e12):
+            raise ConfigError(f"train.labeled_weight = {shown(self.labeled_weight)}: must be a number > 0 or "
+                              "'balanced'")
         if self.labeled_per_batch >= self.batch_size:
             raise ConfigError(f"train.labeled_per_batch = {self.labeled_per_batch}: must be less than "
                               f"train.batch_size ({self.batch_size})")

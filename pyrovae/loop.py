@@ -150,9 +150,15 @@ class Trainer:
         self.optimizer = build_optimizer(optim, model.parameters())
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.n, self.m = self.data.num_train, cfg.batch_size
-        if cfg.labeled_per_batch and self.data.labeled is None:
-            raise ConfigError(f"train.labeled_per_batch = {cfg.labeled_per_batch}: needs a label budget "
-                              "(data.labeled); with every label usable, uniform minibatches already hold them")
+        if (cfg.labeled_per_batch or cfg.labeled_weight != 1) and self.data.labeled is None:
+            raise ConfigError("train.labeled_per_batch and train.labeled_weight need a label budget (data.labeled); "
+                              "with every label usable there is no labelled part to weigh")
+        labelled = 0 if self.data.labeled is None else int(self.data.labeled.sum())
+        #: how many times a labelled point counts in the objective (data.epoch_plan)
+        if cfg.labeled_weight == "balanced":
+            self.labeled_weight = max(self.n - labelled, 1) / labelled
+        else:
+            self.labeled_weight = float(cfg.labeled_weight)
         self.steps_per_epoch = -(-self.n // (self.m - cfg.labeled_per_batch))
         # epoch, step and samples_seen count completed work; epoch_* hold a half-done epoch
         # (after an interruption): its next step and running sums.
@@ -262,7 +268,8 @@ class Trainer:
 
     def epoch(self, epoch: int, bar) -> None:
         cfg, c, n, m = self.cfg, self.counters, self.n, self.m
-        batches = epoch_plan(n, m, cfg.seed, epoch, self.data.labeled, cfg.labeled_per_batch, self.device)
+        batches = epoch_plan(n, m, cfg.seed, epoch, self.data.labeled, cfg.labeled_per_batch, self.labeled_weight,
+                             self.device)
         total = torch.tensor(c["epoch_loss"], device=self.device)  # -sum_i objective_i so far
         total_elbo = torch.tensor(c["epoch_elbo"], device=self.device)  # -sum_i ELBO_i so far
         start = time.perf_counter() - c["epoch_seconds"]

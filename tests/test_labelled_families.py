@@ -139,6 +139,13 @@ def test_stratified_minibatches_estimate_the_full_data_sum():
         totals.append(sum(float((s.weight * f[s.index]).sum()) for s in steps))
     totals = torch.tensor(totals)
     assert abs(float(totals.mean()) - float(f.sum())) < 4 * float(totals.std()) / 20 + 1e-6
+    # labeled_weight = w counts each labelled point w times, with or without labelled draws
+    target = float(f[~labeled].sum() + 3.0 * f[labeled].sum())
+    for k_ in (0, k):
+        weighted = torch.tensor([sum(float((s.weight * f[s.index]).sum())
+                                     for s in epoch_plan(n, m, 0, epoch, labeled, k_, labeled_weight=3.0))
+                                 for epoch in range(1, 201)])
+        assert abs(float(weighted.mean()) - target) < 4 * float(weighted.std()) / 200 ** 0.5 + 1e-4
     # with no budget, the plain permutation in chunks of M
     plain = epoch_plan(n, m, seed=0, epoch=1)
     assert [s.weight for s in plain] == [None] * len(plain) and plain[0].size == m
@@ -146,7 +153,8 @@ def test_stratified_minibatches_estimate_the_full_data_sum():
 
 @pytest.mark.filterwarnings("ignore::pyrovae.PosteriorCollapseWarning")
 def test_stratified_m2_resumes_bit_for_bit_and_bad_settings_are_refused(tmp_path):
-    sets = ["model.family=m2", "data.labeled=50", "train.labeled_per_batch=10", "train.progress=false",
+    sets = ["model.family=m2", "data.labeled=50", "train.labeled_per_batch=10", "train.labeled_weight=balanced",
+            "train.progress=false",
             "train.eval_every=3"]
     first = pyrovae.train(pyrovae.load_config(None, sets + ["train.epochs=2"]), tmp_path / "a")
     pyrovae.train(pyrovae.load_config(None, sets + ["train.epochs=3"]), first, resume=True)
@@ -158,9 +166,11 @@ def test_stratified_m2_resumes_bit_for_bit_and_bad_settings_are_refused(tmp_path
     assert metrics[-1]["step"] == 3 * math.ceil(len(pyrovae.load_dataset("digits").train) / 90)
     for bad, match in ((["train.labeled_per_batch=100"], "less than train.batch_size"),
                        (["train.engine=pyro"], "engine 'torch'"),
-                       (["train.algorithm=wake_sleep", "model.family=vae"], "no train.labeled_per_batch")):
+                       (["train.algorithm=wake_sleep", "model.family=vae"], "no train.labeled_per_batch"),
+                       (["train.labeled_weight=0"], "a number > 0 or 'balanced'"),
+                       (["train.labeled_weight='even'"], "a number > 0 or 'balanced'")):
         with pytest.raises(pyrovae.ConfigError, match=match):
             pyrovae.load_config(None, sets + bad)
-    with pytest.raises(pyrovae.ConfigError, match="needs a label budget"):
+    with pytest.raises(pyrovae.ConfigError, match="need a label budget"):
         pyrovae.train(pyrovae.load_config(None, ["model.family=m2", "train.labeled_per_batch=10", "train.epochs=1"]),
                       tmp_path / "c")
