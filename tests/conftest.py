@@ -23,6 +23,36 @@ def pyro_setup():
     pyro.clear_param_store()
 
 
+@pytest.fixture(autouse=True)
+def registries_as_they_were():
+    """What a test registers (a plugin, a docs snippet, an example's family) is gone after it:
+    the registries are global, and the config reference lists what they hold."""
+    from pyrovae import (
+        ALGORITHMS,
+        CLASSIFIERS,
+        DECODERS,
+        ENCODERS,
+        ESTIMATORS,
+        LIKELIHOODS,
+        MODELS,
+        OPTIMIZERS,
+        POSTERIORS,
+        PRIORS,
+    )
+    from pyrovae.plugins import _IMPORTED
+
+    registries = (ALGORITHMS, CLASSIFIERS, DECODERS, ENCODERS, ESTIMATORS, LIKELIHOODS, MODELS, OPTIMIZERS,
+                  POSTERIORS, PRIORS)
+    saved = [dict(r._entries) for r in registries]
+    imported = dict(_IMPORTED)
+    yield
+    for registry, entries in zip(registries, saved):
+        registry._entries.clear()
+        registry._entries.update(entries)
+    _IMPORTED.clear()
+    _IMPORTED.update(imported)
+
+
 @pytest.fixture(scope="session")
 def mnist_root(tmp_path_factory):
     """A private copy of ../shared/data/mnist (torchvision extracts files there, and shared/ is read-only)."""

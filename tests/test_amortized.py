@@ -130,18 +130,11 @@ def test_model_family_without_a_guide_round_trips_through_a_checkpoint(tmp_path)
 
 @pytest.fixture
 def ink_project(tmp_path):
-    """examples/plugins/ink_vae.py beside a config; what it registers is gone after the test."""
-    from pyrovae import MODELS
-    from pyrovae.plugins import _IMPORTED
-
-    saved = dict(MODELS._entries)
+    """examples/plugins/ink_vae.py beside a config (conftest unregisters it after the test)."""
     shutil.copy(ROOT / "examples" / "plugins" / "ink_vae.py", tmp_path / "ink_vae.py")
     (tmp_path / "run.toml").write_text('[plugins]\nmodules = ["ink_vae.py"]\n\n[model]\nfamily = "ink_vae"\n'
                                        'hidden = [32]\n\n[train]\nepochs = 2\nprogress = false\n')
-    yield tmp_path
-    MODELS._entries.clear()
-    MODELS._entries.update(saved)
-    _IMPORTED.clear()
+    return tmp_path
 
 
 @pytest.mark.filterwarnings("ignore::pyrovae.PosteriorCollapseWarning")  # two short epochs
@@ -206,14 +199,9 @@ def test_the_write_your_own_family_without_a_guide_works():
 
     page = (ROOT / "docs" / "write-your-own.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", page, re.S) if "guide_encoder" in b)
-    saved = dict(MODELS._entries)
-    try:
-        namespace = {"dist": dist, "torch": torch, "pyrovae": pyrovae, "nn": nn, "pyro": pyro}
-        exec(compile(block, "write-your-own.md", "exec"), namespace)
-        data = pyrovae.load_dataset("digits")
-        model = MODELS.build("factor", "model", event_shape=data.event_shape)
-        assert sorted(model.amortized_guide.sites) == ["scale", "z"]
-        assert pyrovae.fit(model, data, epochs=1, progress=False)[-1]["test_elbo"] < 0
-    finally:
-        MODELS._entries.clear()
-        MODELS._entries.update(saved)
+    namespace = {"dist": dist, "torch": torch, "pyrovae": pyrovae, "nn": nn, "pyro": pyro}
+    exec(compile(block, "write-your-own.md", "exec"), namespace)  # registers "factor" (conftest unregisters it)
+    data = pyrovae.load_dataset("digits")
+    model = MODELS.build("factor", "model", event_shape=data.event_shape)
+    assert sorted(model.amortized_guide.sites) == ["scale", "z"]
+    assert pyrovae.fit(model, data, epochs=1, progress=False)[-1]["test_elbo"] < 0

@@ -36,21 +36,6 @@ progress = false
 """
 
 
-@pytest.fixture(autouse=True)
-def registries_as_they_were():
-    """What a plugin registers in this process is gone after the test (the registries are global)."""
-    from pyrovae import DECODERS, ENCODERS, ESTIMATORS, LIKELIHOODS, MODELS, OPTIMIZERS, PRIORS
-    from pyrovae.plugins import _IMPORTED
-
-    registries = (DECODERS, ENCODERS, ESTIMATORS, LIKELIHOODS, MODELS, OPTIMIZERS, PRIORS)
-    saved = [dict(r._entries) for r in registries]
-    yield
-    for registry, entries in zip(registries, saved):
-        registry._entries.clear()
-        registry._entries.update(entries)
-    _IMPORTED.clear()
-
-
 @pytest.fixture
 def project(tmp_path):
     """A config in one folder with its plugin beside it; commands run from another folder."""
