@@ -22,7 +22,7 @@ Register another with ``@pyrovae.POSTERIORS.register("name")``: a module built w
 ``latent_dim`` and its own options, called as ``posterior(loc, log_var)``.
 """
 
-from typing import List
+from typing import List, Optional
 
 import pyro.distributions as dist
 import torch
@@ -57,16 +57,17 @@ class IAFPosterior(nn.Module):
     conditioned on the encoder's output (Kingma et al. 2016; see the module docstring).
 
     :param int num_flows: the number of IAF steps (>= 1).
-    :param list hidden: hidden layer sizes of each step's autoregressive network (MADE).
+    :param list hidden: hidden layer sizes of each step's autoregressive network (MADE), each
+        >= latent_dim; default one layer of max(64, 2 latent_dim).
     """
 
     closed_form = False
 
-    def __init__(self, latent_dim: int, num_flows: int = 2, hidden: List[int] = (64,)):
+    def __init__(self, latent_dim: int, num_flows: int = 2, hidden: Optional[List[int]] = None):
         super().__init__()
         if num_flows < 1:
             raise ValueError(f"num_flows must be >= 1, got {num_flows}")
-        hidden = [int(h) for h in hidden]
+        hidden = [max(64, 2 * latent_dim)] if hidden is None else [int(h) for h in hidden]
         if not hidden or any(h < latent_dim for h in hidden):
             raise ValueError(f"hidden sizes must be >= latent_dim ({latent_dim}) for the autoregressive "
                              f"network to see every coordinate, got {hidden}")

@@ -1,6 +1,6 @@
 """Build docs/results/m2_mnist.csv from M2 run folders (one per label budget).
 
-    for L in 100 600 1000 3000; do
+    for L in 100 600 1000 3000; do   # the config: 100 labelled + 100 other points per minibatch, balanced weight
       pyrovae train examples/configs/m2_mnist.toml --set data.path=DATA --set data.labeled=$L \
           --set train.epochs=20 --set optim.lr=0.001 --out runs/m2-$L --threads 1
     done
@@ -27,7 +27,8 @@ def row(run: Path) -> dict:
     return {"labels": labels, "test_error": round(100 * (1 - last["test_accuracy"]), 2),
             "paper_test_error": PAPER.get(labels, ""), "epochs": last["epoch"], "seed": config.train.seed,
             "lr": config.optim.get("lr", ""), "minutes": round(sum(m["train_seconds"] for m in metrics) / 60, 1),
-            "test_elbo_unlabelled": round(last["test_elbo"], 2)}
+            "test_elbo_unlabelled": round(last["test_elbo"], 2), "batch_size": config.train.batch_size,
+            "labeled_per_batch": config.train.labeled_per_batch, "labeled_weight": config.train.labeled_weight}
 
 
 def main(runs) -> None:
