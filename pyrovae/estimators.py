@@ -111,7 +111,8 @@ def resolve_estimator(estimator: str, model, batch=None) -> str:
         elif hasattr(model, "prior") and not getattr(model.prior, "has_analytic_kl", True):
             what = f"the {type(model.prior).__name__}"
         else:
-            what = "a latent site of the model"
+            what = ("a latent site of the model (its KL has no closed form, or its prior depends on a latent the "
+                    "guide samples after it, as z1's on z2 in hvae, where the closed form would be biased)")
         raise ConfigError(f"train.estimator = 'analytic': {what} gives no closed-form KL(q || p); "
                           "use 'mc' or 'iwae' (or 'auto')")
     return estimator

@@ -81,7 +81,7 @@ SMOKE = {
     "semi_supervised.py": lambda result: [r["labels"] for r in result] == [50]
         and all(0 <= r["m2_accuracy"] <= 1 for r in result),
     "hierarchical.py": lambda result: [r["model"] for r in result] == ["vae", "vae + iaf", "hvae", "hvae + iaf"]
-        and [r["estimator"] for r in result] == ["analytic", "mc", "analytic", "mc"]
+        and [r["estimator"] for r in result] == ["analytic", "mc", "mc", "mc"]
         and all(r["test_elbo"] <= r["test_iwae50"] for r in result),
     "own_model.py": lambda result: result["sites"] == ["bias", "ink", "z"]
         and result["test_elbo"] <= result["test_iwae"] and result["ink_median_range"][0] > 0,

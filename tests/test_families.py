@@ -111,7 +111,9 @@ def test_a_global_site_counts_one_nth_per_datapoint():
     pyro.set_rng_seed(2)
     ours = -10 * float(Model.terms(model, x, 1, num_data=50).log_weights.sum().detach())
     assert pyro_loss == pytest.approx(ours, rel=1e-5)
-    assert terms.kl_exact  # torch has KL(LogNormal || LogNormal), and z1 | z2 is Normal against Normal
+    # torch has KL(LogNormal || LogNormal) and Normal against Normal, but z1's prior depends on z2,
+    # which the guide samples after z1: z1 takes log q - log p (the closed form there would be biased)
+    assert not terms.kl_exact
 
 
 def test_a_users_family_trains_and_evaluates_through_the_interface():

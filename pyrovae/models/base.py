@@ -269,6 +269,12 @@ class Model(PyroModule):
                                      "differentiate through the samples")
                 q_per_site[name] = per_datapoint(site["unscaled_log_prob"], site, shape, n)
                 log_q = log_q + q_per_site[name]
+        # A site's closed-form KL at the sampled values of the others is unbiased only if every latent
+        # site the model samples before it (its possible parents in p) the guide samples before it too:
+        # in a bottom-up guide (hvae: q(z1 | x) q(z2 | z1) for p(z2) p(z1 | z2)) KL(q(z1 | x) || p(z1 | z2))
+        # at a z2 drawn given z1 is not E_q[log q(z1 | x) - log p(z1 | z2)]; such a site takes log q - log p.
+        guide_order = {name: i for i, name in enumerate(q_per_site)}
+        latest = -1  # the guide position of the latest latent site the model has sampled so far
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
                 continue
@@ -284,12 +290,13 @@ class Model(PyroModule):
             log_prior = log_prior + per
             if kl:
                 q_site = guide_trace.nodes[name]
-                try:
-                    closed = kl_divergence(q_site["fn"], site["fn"])
+                closed = _closed_form_kl(q_site["fn"], site["fn"]) if guide_order[name] > latest else None
+                if closed is not None:
                     kl_total = kl_total + per_datapoint(closed, q_site, shape, n)
-                except NotImplementedError:
+                else:
                     exact = False
                     kl_total = kl_total + q_per_site[name] - per
+            latest = max(latest, guide_order[name])
         return Terms(reconstruction, kl_total if kl else None, log_prior, log_q, exact)
 
     def has_analytic_kl(self, batch) -> bool:
@@ -400,6 +407,14 @@ def labels_for(num_samples: int, y, num_classes: int, device) -> torch.Tensor:
     if y.numel() and not (0 <= int(y.min()) and int(y.max()) < num_classes):
         raise ValueError(f"y: labels must be in [0, {num_classes}), got {int(y.min())}..{int(y.max())}")
     return y
+
+
+def _closed_form_kl(q, p) -> Optional[torch.Tensor]:
+    """KL(q || p) where torch has a closed form, else None."""
+    try:
+        return kl_divergence(q, p)
+    except NotImplementedError:
+        return None
 
 
 def posterior_mean(fn) -> torch.Tensor:

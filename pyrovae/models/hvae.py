@@ -11,10 +11,11 @@ Burda et al.'s default: 784-200-200-z1(100)-100-100-z2(50), tanh: ``encoder`` x 
 ``decoder`` z1 -> x have two hidden layers of 200 units, ``encoder2`` z1 -> z2 and ``decoder2``
 z2 -> z1 two of 100. ``encoder``/``decoder`` are any registered networks (as in ``vae``);
 ``encoder2`` and ``decoder2`` map a vector to a diagonal Gaussian, so they are registered
-encoders (``mlp``). Every term comes from the traces (:meth:`pyrovae.Model.terms`): the KL of
-each layer is closed-form where Pyro has one (KL(q(z1 | x) || p(z1 | z2)) at the sampled z2,
-KL(q(z2 | z1) || p(z2)) for a Gaussian prior), so ``analytic`` applies with the Gaussian
-posterior and a Gaussian prior; ``mc`` and ``iwae`` always do.
+encoders (``mlp``). Every term comes from the traces (:meth:`pyrovae.Model.terms`); ``mc`` and
+``iwae`` apply. KL(q(z2 | z1) || p(z2)) is closed-form at the sampled z1 (a Gaussian prior), but
+z1's term is not: p(z1 | z2) depends on z2, which this bottom-up guide draws given z1, so the
+Gaussian closed form at that z2 would be biased; it takes log q - log p, and ``analytic`` is
+refused.
 """
 
 from typing import Optional, Sequence, Union
