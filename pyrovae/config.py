@@ -272,6 +272,9 @@ class Config:
         self.data.check()
         self.model.check()
         self.train.check()
+        if (self.train.labeled_per_batch or self.train.labeled_weight != 1) and self.data.labeled is None:
+            raise ConfigError("train.labeled_per_batch and train.labeled_weight need a label budget (data.labeled); "
+                              "with every label usable there is no labelled part to weigh")
         self.log.check()
         check_optimizer(self.optim)
         return self

@@ -171,6 +171,7 @@ def test_stratified_m2_resumes_bit_for_bit_and_bad_settings_are_refused(tmp_path
                        (["train.labeled_weight='even'"], "a number > 0 or 'balanced'")):
         with pytest.raises(pyrovae.ConfigError, match=match):
             pyrovae.load_config(None, sets + bad)
-    with pytest.raises(pyrovae.ConfigError, match="need a label budget"):
-        pyrovae.train(pyrovae.load_config(None, ["model.family=m2", "train.labeled_per_batch=10", "train.epochs=1"]),
-                      tmp_path / "c")
+    with pytest.raises(pyrovae.ConfigError, match="need a label budget"):  # before any run folder exists
+        pyrovae.load_config(None, ["model.family=m2", "train.labeled_per_batch=10", "train.epochs=1"])
+    with pytest.raises(pyrovae.ConfigError, match="need a label budget"):  # and from Python, before training
+        pyrovae.fit(M2((1, 8, 8), 10), pyrovae.load_dataset("digits"), epochs=1, labeled_weight=2.0)
