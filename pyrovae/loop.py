@@ -159,6 +159,8 @@ class Trainer:
             self.labeled_weight = max(self.n - labelled, 1) / labelled
         else:
             self.labeled_weight = float(cfg.labeled_weight)
+        #: the number of training points as the objective counts them (a labelled one labeled_weight times)
+        self.weighted_n = self.n + (self.labeled_weight - 1) * labelled
         self.steps_per_epoch = -(-self.n // (self.m - cfg.labeled_per_batch))
         # epoch, step and samples_seen count completed work; epoch_* hold a half-done epoch
         # (after an interruption): its next step and running sums.
@@ -309,8 +311,9 @@ class Trainer:
             total, total_elbo = sums[0], sums[1]
         c.update(epoch=epoch, step=c["step"] + len(batches), samples_seen=c["samples_seen"] + n, epoch_step=0,
                  epoch_loss=0.0, epoch_elbo=0.0, epoch_seconds=0.0)
+        per_point = -1 / self.weighted_n
         record = {"epoch": epoch, "step": c["step"], "samples_seen": c["samples_seen"],
-                  "train_elbo": -total_elbo.item() / n, "train_objective": -total.item() / n,
+                  "train_elbo": total_elbo.item() * per_point, "train_objective": total.item() * per_point,
                   "kl_weight": self.beta, "test_elbo": None, "test_reconstruction": None, "test_kl": None,
                   "active_units": None, "test_accuracy": None, "train_seconds": seconds,
                   "images_per_second": n / seconds}
