@@ -19,7 +19,10 @@ of the labels (eq. 9), so that q(y | x) also learns from the labelled points dir
 
 with the paper's alpha = 0.1 N; per labelled point that is 0.1 N / N_labelled, and the family
 option ``alpha`` is the factor (0.1). A minibatch mixes labelled and unlabelled points as the
-data has them (``data.labeled = K`` keeps K labels); :meth:`M2.prepare` counts N_labelled.
+data has them (``data.labeled = K`` keeps K labels); :meth:`M2.prepare` counts N_labelled. With
+rare labels, ``train.labeled_per_batch`` puts k labelled points in every minibatch and
+``train.labeled_weight = "balanced"`` makes the labelled data weigh as much as the unlabelled
+(the loop weighs each point; see :func:`pyrovae.data.epoch_plan`).
 
 Two implementations of the same sum, tied by a test:
 
