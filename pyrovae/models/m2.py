@@ -141,7 +141,8 @@ class M2(CVAE):
         # rows: (point, class) for every class of an unlabelled point, then (point, label)
         owner = torch.cat([unl.repeat_interleave(classes), lab])
         row_class = torch.cat([torch.arange(classes, device=x.device).repeat(len(unl)), labels[lab]])
-        weight = torch.cat([log_qy[unl].reshape(-1).exp(), x.new_ones(len(lab))])  # q(y | x), or 1
+        log_qy_unl = log_qy[unl]
+        weight = torch.cat([log_qy_unl.exp().reshape(-1), x.new_ones(len(lab))])  # q(y | x), or 1
         x_rows, c = x[owner], one_hot(row_class, classes, x.dtype)
         loc, log_var = self.encoder(self.encoder_input(x_rows, c))
         gaussian = getattr(self.posterior_module, "closed_form", False)
@@ -161,7 +162,8 @@ class M2(CVAE):
             return rows.new_zeros((*rows.shape[:-1], m)).index_add(-1, owner, rows * weight)
 
         log_c = math.log(classes)
-        q_log_q = torch.zeros_like(log_qy[:, 0]).index_add(0, unl, (log_qy[unl].exp() * log_qy[unl]).sum(-1))
+        q_log_q = torch.zeros_like(log_qy[:, 0]).index_add(0, unl, (weight[: len(unl) * classes].reshape(-1, classes)
+                                                                     * log_qy_unl).sum(-1))
         reconstruction = per_point(reconstruction_rows)
         log_prior = per_point(log_prior_rows) - log_c
         log_q = per_point(log_q_rows) + q_log_q
