@@ -69,7 +69,7 @@ class _Site:
     """What the guide knows of one latent site, from the prototype trace."""
 
     def __init__(self, name: str, site, data_frame):
-        self.name = name
+        self.key = name.replace(".", "_")  # its name in the global parameters' ParameterDicts
         self.support = site["fn"].support
         self.transform = biject_to(self.support)
         self.event_dim = self.transform.domain.event_dim  # event dims in the unconstrained space
@@ -119,12 +119,9 @@ class AmortizedGuide(PyroModule):
         self.global_log_scale = nn.ParameterDict()
         self.sites: Dict[str, _Site] = {}
         self.enumerated: List[str] = []
+        self.is_set_up = False
         if batch is not None:
             self.setup(batch)
-
-    @property
-    def is_set_up(self) -> bool:
-        return bool(self.sites) or self.encoder is not None or bool(self.enumerated)
 
     def setup(self, *args, **kwargs) -> None:
         """Trace the model once on ``args`` and build the encoder and the global parameters."""
@@ -149,15 +146,14 @@ class AmortizedGuide(PyroModule):
                 s.offset = local_size
                 local_size += s.per_point
             else:
-                key = name.replace(".", "_")
-                self.global_loc[key] = nn.Parameter(torch.zeros(s.shape))
-                self.global_log_scale[key] = nn.Parameter(torch.full(s.shape, math.log(self.init_scale)))
+                self.global_loc[s.key] = nn.Parameter(torch.zeros(s.shape))
+                self.global_log_scale[s.key] = nn.Parameter(torch.full(s.shape, math.log(self.init_scale)))
+        observed = _observed_input(args, self.num_classes)
         if local_size:
-            features = _observed_input(args, self.num_classes).shape[-1]
-            self.encoder = ENCODERS.build(self.encoder_spec, "guide encoder", event_shape=(features,),
+            self.encoder = ENCODERS.build(self.encoder_spec, "guide encoder", event_shape=(observed.shape[-1],),
                                           latent_dim=local_size)
-        device = _observed_input(args, None).device
-        self.to(device)
+        self.to(observed.device)
+        self.is_set_up = True
 
     def forward(self, *args, **kwargs):
         """Sample every latent site of the model (bar enumerated ones) from q; same arguments as the model."""
@@ -185,8 +181,7 @@ class AmortizedGuide(PyroModule):
                 entered.append(plate(DATA_PLATE, num_data or m, s.plate_dim,
                                      subsample=torch.arange(m, device=x.device)))
             else:
-                key = name.replace(".", "_")
-                site_loc, site_scale = self.global_loc[key], self.global_log_scale[key].exp()
+                site_loc, site_scale = self.global_loc[s.key], self.global_log_scale[s.key].exp()
             with contextlib.ExitStack() as stack:
                 for p in entered:
                     stack.enter_context(p)
