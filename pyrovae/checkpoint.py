@@ -22,20 +22,24 @@ stored NumPy's RNG state as an array) from a source you trust is converted by
 """
 
 import hashlib
+import io
 import json
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
-from .config import Config, config_from_dict, parse_toml, read_config_text
+from .config import Config, parse_toml, read_config_text, record_config, run_difference
 from .devices import resolve_device
-from .errors import ConfigError, RunDirError, needed_object, one_line, shown
+from .errors import ConfigError, RunDirError, needed_object, one_line, shell_word, shown
+from .loop import RECORD_KEYS, steps_per_epoch
+from .memory import build_budget, meta_model
 from .models import MODELS, Model, takes_labels
 from .runfolder import CHECKPOINT, CONFIG, METRICS, RunLock, atomic_write_bytes, write_metrics
+from .safe_load import UnsafeFile, load_torch_file
 from .state import load_model_state, plain_numpy_state, plain_python_state
 
 FORMAT = "pyrovae-checkpoint-2"
@@ -43,6 +47,11 @@ OLD_FORMATS = ("pyrovae-checkpoint-1",)
 COUNTERS = {"epoch": int, "step": int, "samples_seen": int, "epoch_step": int, "rollbacks": int,
             "epoch_loss": float, "epoch_elbo": float, "epoch_seconds": float}
 CONVERT_HINT = "pyrovae convert-checkpoint RUN_DIR --trust"
+#: every key a checkpoint holds ("algorithm": the algorithm's own state, e.g. mcem's chains)
+TOP_KEYS = frozenset({"format", "model", "optimizer", "rng", "counters", "algorithm", "event_shape", "num_classes",
+                      "config", "data", "metrics"})
+FINGERPRINT_KEYS = frozenset({"train_shape", "train_sha256", "test_shape", "test_sha256", "train_y_sha256",
+                              "test_y_sha256", "labeled_sha256"})
 
 
 # -- the data's fingerprint ----------------------------------------------------------------
@@ -95,10 +104,13 @@ def save_checkpoint(path, training_state: Dict[str, Any], event_shape, config: C
     :mod:`pyrovae.runfolder`)."""
     state = {"format": FORMAT, **training_state, "event_shape": list(event_shape), "num_classes": num_classes,
              "config": config.to_dict(), "data": dict(fingerprint), "metrics": [dict(r) for r in metrics]}
-    atomic_write_bytes(Path(path), lambda f: torch.save(state, f), kept)
+    buffer = io.BytesIO()  # serialized first: a full disk is then an OSError of the write, not torch's own error
+    torch.save(state, buffer)
+    atomic_write_bytes(Path(path), lambda f: f.write(buffer.getbuffer()), kept)
 
 
 def _torch_load(path: Path, weights_only: bool = True):
+    """``torch.load`` for the converter of older checkpoints (``weights_only=False`` only when trusted)."""
     with warnings.catch_warnings():  # sparse tensors make torch warn about its O(nnz) check
         warnings.simplefilter("ignore")
         return torch.load(path, map_location="cpu", weights_only=weights_only)
@@ -107,15 +119,23 @@ def _torch_load(path: Path, weights_only: bool = True):
 def read_checkpoint(path) -> Dict[str, Any]:
     """Load and check a checkpoint, or raise :class:`RunDirError` in one line.
 
-    Refused: a missing, truncated or foreign file; one that needs any Python object beyond
-    tensors and plain containers (it is never unpickled, so no code in it runs); one whose keys,
-    types or tensors are not those pyrovae writes (sparse or meta tensors included).
+    Nothing is allocated or run before it is checked: the zip archive's entries must be
+    uncompressed (:func:`_archive_problem`), the pickle is read with
+    ``torch.load(..., weights_only=True, mmap=True)`` (tensors stay in the file, mapped, and no
+    Python object beyond tensors and plain containers is ever built, so no code in it runs), then
+    every key, type and tensor is checked (:func:`checkpoint_problem`: dense, contiguous, no
+    stride 0, no storage beyond its shape, no unknown keys, counters and records consistent).
+    Only then are the tensors copied into memory.
     """
     path = Path(path)
     if not path.is_file():
         raise RunDirError(f"{path}: no checkpoint here")
     try:
-        state = _torch_load(path)
+        state = load_torch_file(path)
+    except UnsafeFile as e:
+        raise RunDirError(f"{path}: refused unread: {e}") from None
+    except RecursionError:
+        raise RunDirError(f"{path}: not a readable checkpoint (nested too deeply)") from None
     except Exception as e:
         needed = needed_object(e)
         if needed:
@@ -125,14 +145,30 @@ def read_checkpoint(path) -> Dict[str, Any]:
         reason = str(e).splitlines()[0] if str(e) else ""
         raise RunDirError(f"{path}: not a readable checkpoint ({type(e).__name__}: {one_line(reason, 120)})") from None
     if isinstance(state, dict) and state.get("format") in OLD_FORMATS:
-        raise RunDirError(f"{path}: a checkpoint of an older pyrovae ({state['format']}); "
+        raise RunDirError(f"{path}: a checkpoint of an older pyrovae ({shown(state['format'])}); "
                           f"if you trust it, convert it with: {CONVERT_HINT}")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise RunDirError(f"{path}: not a pyrovae checkpoint")
-    problem = checkpoint_problem(state)
+    try:
+        problem = checkpoint_problem(state)
+    except RecursionError:
+        problem = "nested too deeply"
     if problem:
         raise RunDirError(f"{path}: malformed checkpoint: {problem}")
-    return state
+    return _in_memory(state)
+
+
+def _in_memory(obj):
+    """A checked state with every tensor copied out of the file's mapping."""
+    if isinstance(obj, torch.Tensor):
+        return obj.clone()
+    if isinstance(obj, dict):
+        return {k: _in_memory(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_in_memory(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_in_memory(v) for v in obj)
+    return obj
 
 
 def _is_dict_of(value, key_type, value_check) -> bool:
@@ -154,53 +190,133 @@ def _tensors(obj, path="") -> List[tuple]:
     return []
 
 
+def tensor_problem(t) -> Optional[str]:
+    """What makes a saved tensor unsafe to hand to PyTorch (None if nothing): a sparse, meta or
+    quantized layout, a stride of 0 or overlapping elements (an in-place update through it writes
+    one element many times, or past its storage), or a storage larger than its shape implies."""
+    if not _plain_tensor(t):
+        return f"is a {'meta (no values)' if t.is_meta else 'quantized' if t.is_quantized else str(t.layout)} tensor"
+    if not t.is_contiguous():
+        return f"has strides {tuple(t.stride())} for shape {tuple(t.shape)} (a stride-0 or overlapping tensor)"
+    if t.storage_offset() != 0 or t.untyped_storage().nbytes() != t.numel() * t.element_size():
+        return (f"has a storage of {t.untyped_storage().nbytes()} bytes for a shape of {t.numel()} elements "
+                f"(offset {t.storage_offset()})")
+    return None
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and (isinstance(v, int) or math.isfinite(v))
+
+
+def _plain_values(v, depth: int = 0) -> bool:
+    """Whether a nest holds only what a TOML config holds (strings, numbers, booleans, lists, tables)."""
+    if depth > 32:
+        return False
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _plain_values(x, depth + 1) for k, x in v.items())
+    if isinstance(v, list):
+        return all(_plain_values(x, depth + 1) for x in v)
+    if isinstance(v, int) and not isinstance(v, bool):
+        return -2**63 <= v < 2**63
+    return isinstance(v, (str, float, bool))
+
+
+def _record_ok(r) -> bool:
+    """A metrics record as the loop writes it: known keys, each a number (or None, or a bool)."""
+    return (isinstance(r, dict) and isinstance(r.get("epoch"), int) and set(r) <= RECORD_KEYS
+            and all(v is None or isinstance(v, (bool, float)) or (isinstance(v, int) and abs(v) < 2**63)
+                    for v in r.values()))
+
+
+def _optimizer_ok(v) -> bool:
+    def group_value(x):
+        return (x is None or isinstance(x, (bool, str)) or _number(x)
+                or (isinstance(x, (list, tuple)) and len(x) <= 2**20 and all(_number(e) for e in x)))
+
+    return (isinstance(v, dict) and set(v) == {"state", "param_groups"} and isinstance(v["param_groups"], list)
+            and all(_is_dict_of(g, str, group_value) for g in v["param_groups"])
+            and _is_dict_of(v["state"], int, lambda slots: _is_dict_of(
+                slots, str, lambda t: isinstance(t, torch.Tensor) or _number(t))))
+
+
 def checkpoint_problem(state: Dict[str, Any]) -> Optional[str]:
-    """What is wrong with a loaded checkpoint dict (None if nothing): each key pyrovae reads,
-    with its type; every tensor dense and with values."""
+    """What is wrong with a loaded checkpoint dict (None if nothing): no keys but pyrovae's,
+    each with its type; every tensor safe (:func:`tensor_problem`); one metrics record per
+    finished epoch, numbered 1, 2, ...."""
+    unknown = sorted(map(str, set(state) - TOP_KEYS))
+    if unknown:
+        return f"unknown key {shown(unknown[0])}; a checkpoint holds {', '.join(sorted(TOP_KEYS))}"
     for where, t in _tensors(state):
-        if not _plain_tensor(t):
-            kind = "meta (no values)" if t.is_meta else "quantized" if t.is_quantized else str(t.layout)
-            return f"{shown(where)} is a {kind} tensor; a checkpoint holds dense tensors"
+        problem = tensor_problem(t)
+        if problem:
+            return f"{shown(where)} {problem}; a checkpoint holds dense, contiguous tensors"
     checks = {
         "model": lambda v: _is_dict_of(v, str, lambda t: isinstance(t, torch.Tensor)),
-        "optimizer": lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
-        and isinstance(v.get("param_groups"), list) and all(isinstance(g, dict) for g in v["param_groups"]),
+        "optimizer": _optimizer_ok,
         "rng": _rng_ok,
-        "counters": lambda v: isinstance(v, dict) and all(
+        "counters": lambda v: isinstance(v, dict) and set(v) == set(COUNTERS) and all(
             isinstance(v.get(k), t) and not isinstance(v.get(k), bool) and math.isfinite(v.get(k)) and v.get(k) >= 0
-            for k, t in COUNTERS.items()),
+            and abs(v.get(k)) < 2**62 for k, t in COUNTERS.items()),
         "num_classes": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 2**20),
         "event_shape": lambda v: isinstance(v, list) and 1 <= len(v) <= 8
         and all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s < 2**31 for s in v),
-        "config": lambda v: _is_dict_of(v, str, lambda t: isinstance(t, dict)),
-        "data": lambda v: isinstance(v, dict) and all(isinstance(v.get(f"{s}_sha256"), str)
-                                                      and isinstance(v.get(f"{s}_shape"), list)
-                                                      for s in ("train", "test")),
-        "metrics": lambda v: isinstance(v, list) and all(isinstance(r, dict) and isinstance(r.get("epoch"), int)
-                                                         for r in v),
+        "config": lambda v: _is_dict_of(v, str, lambda t: isinstance(t, dict)) and _plain_values(v),
+        "data": lambda v: isinstance(v, dict) and set(v) <= FINGERPRINT_KEYS
+        and all(isinstance(v.get(f"{s}_sha256"), str) and isinstance(v.get(f"{s}_shape"), list)
+                and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**62 for d in v[f"{s}_shape"])
+                for s in ("train", "test")),
+        "metrics": lambda v: isinstance(v, list) and all(_record_ok(r) for r in v),
+        "algorithm": lambda v: isinstance(v, dict),
     }
     for key, ok in checks.items():
         if key not in state:
+            if key == "algorithm":
+                continue  # older checkpoints of algorithms without state of their own
             return f"no {key!r}"
         if not ok(state[key]):
             return f"{key!r} is not what pyrovae writes"
     if len(state["metrics"]) != state["counters"]["epoch"]:
         return f"{len(state['metrics'])} metrics records for {state['counters']['epoch']} epochs"
+    if [r["epoch"] for r in state["metrics"]] != list(range(1, len(state["metrics"]) + 1)):
+        return "the metrics records are not one per epoch, numbered from 1"
+    return None
+
+
+def counters_problem(state: Dict[str, Any], config: Config) -> Optional[str]:
+    """What is inconsistent between a checkpoint's counters and its run's config (None if
+    nothing): the epoch at most ``train.epochs``, the step and the samples seen exactly what the
+    finished epochs imply, the step inside an epoch below the steps per epoch, rollbacks at most
+    ``train.max_rollbacks``. A counter out of range would skip epochs or misplace the data order."""
+    c, t = state["counters"], config.train
+    n = state["data"]["train_shape"][0] if state["data"]["train_shape"] else 0
+    per_epoch = steps_per_epoch(n, t.batch_size, t.labeled_per_batch)
+    expected = {"epoch": (0, t.epochs), "epoch_step": (0, max(per_epoch - 1, 0)),
+                "rollbacks": (0, t.max_rollbacks)}
+    for key, (low, high) in expected.items():
+        if not low <= c[key] <= high:
+            return f"counters.{key} = {shown(c[key])}: must be in [{low}, {high}] for this run"
+    if c["step"] != c["epoch"] * per_epoch or c["samples_seen"] != c["epoch"] * n:
+        return (f"counters.step = {shown(c['step'])}, samples_seen = {shown(c['samples_seen'])} after "
+                f"{c['epoch']} epochs of {per_epoch} steps and {n} points")
     return None
 
 
 def _rng_ok(rng) -> bool:
-    if not isinstance(rng, dict):
+    if not isinstance(rng, dict) or set(rng) != {"torch", "cuda", "noise", "numpy", "python"}:
         return False
     byte = lambda t: isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1  # noqa: E731
     n, p = rng.get("numpy"), rng.get("python")
     return (byte(rng.get("torch")) and byte(rng.get("noise")) and isinstance(rng.get("cuda"), list)
             and all(byte(t) for t in rng["cuda"])
-            and isinstance(n, dict) and isinstance(n.get("name"), str)
+            and isinstance(n, dict) and set(n) == {"name", "keys", "pos", "has_gauss", "cached_gaussian"}
+            and isinstance(n.get("name"), str)
             and isinstance(n.get("keys"), torch.Tensor) and tuple(n["keys"].shape) == (624,)
+            and n["keys"].dtype == torch.int64
             and all(isinstance(n.get(k), t) for k, t in (("pos", int), ("has_gauss", int), ("cached_gaussian", float)))
-            and isinstance(p, dict) and isinstance(p.get("version"), int)
+            and isinstance(p, dict) and set(p) == {"version", "state", "gauss_next"}
+            and isinstance(p.get("version"), int)
             and isinstance(p.get("state"), torch.Tensor) and tuple(p["state"].shape) == (625,)
+            and p["state"].dtype == torch.int64
             and (p.get("gauss_next") is None or isinstance(p["gauss_next"], float)))
 
 
@@ -224,35 +340,105 @@ def build_model(model_cfg, event_shape, num_classes: Optional[int] = None) -> Mo
                           f"({type(e).__name__}: {one_line(str(e), 120)})") from None
 
 
-def read_run_config(run_dir) -> Config:
-    """A run folder's ``config.toml``, validated; hostile or malformed text is one line."""
+def checked_model_shapes(config: Config, event_shape, num_classes, device="cpu") -> Optional[Model]:
+    """The run's model built on the meta device, within the memory ``device`` has (refused in one
+    line, naming the largest size in ``[model]``, as soon as building it creates more than that:
+    a flow count of 10^9 is refused at once, not built); None if it cannot be built there."""
+    return meta_model(lambda: new_model(config.model, event_shape, num_classes), device, *_sizes(config, num_classes))
+
+
+def build_run_model(config: Config, event_shape, num_classes, device="cpu") -> Model:
+    """The run's model, built for real within the memory ``device`` has (see :func:`build_budget`)."""
+    with build_budget(device, *_sizes(config, num_classes)):
+        return build_model(config.model, event_shape, num_classes)
+
+
+def _sizes(config: Config, num_classes) -> tuple:
+    """What a refusal names: the ``[model]`` options, and the classes for a family that reads labels."""
+    return config.model.to_dict(), num_classes if takes_labels(config.model.family) else None
+
+
+
+def read_run_config(run_dir, plugins: Sequence[str] = (), command: str = "pyrovae evaluate RUN_DIR {plugins}",
+                    text: Optional[str] = None) -> Config:
+    """A run folder's ``config.toml``, validated as the run's record: nothing it names runs, and
+    only the ``plugins`` the user names (checked against the record) do (see
+    :func:`pyrovae.config.record_config`). Hostile or malformed text is one line."""
     path = Path(run_dir) / CONFIG
     if not path.exists():
         raise RunDirError(f"{run_dir}: not a pyrovae run folder (no {CONFIG})")
     try:
-        return config_from_dict(parse_toml(read_config_text(path), path))
+        d = parse_toml(read_config_text(path) if text is None else text, path)
+        return record_config(d, plugins, run_dir, command.replace("RUN_DIR", shell_word(run_dir)))
     except ConfigError as e:
         raise RunDirError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
 
 
-def model_from_checkpoint(state: Dict[str, Any], where) -> Model:
-    """The model a checked checkpoint describes, with its weights."""
-    try:
-        config = config_from_dict(state["config"])
-    except ConfigError as e:
-        raise RunDirError(f"{where}: the checkpoint's config: {e}") from None
-    model = build_model(config.model, state["event_shape"], state.get("num_classes"))
-    load_model_state(model, state["model"], where)
-    return model
+class OpenRun:
+    """A run folder opened for reading: its config (``config.toml``, the one source of truth,
+    with the checkpoint's copy checked against it), its checked checkpoint, and the model with its
+    weights (on the CPU)."""
+
+    def __init__(self, run_dir, config: Config, state: Dict[str, Any], model: Model):
+        self.run_dir, self.config, self.state, self.model = Path(run_dir), config, state, model
 
 
-def load(run_dir, device="cpu", model: Optional[Model] = None) -> Model:
+def check_one_config(run_dir, config: Config, state: Dict[str, Any]) -> None:
+    """The checkpoint's copy of the config must agree with ``config.toml`` on every key that makes
+    the run what it is (data, model, plugins, algorithm, the keys ``--resume`` refuses to change,
+    the optimizer): else one line naming the first key that differs."""
+    differs = run_difference(config.to_dict(), state["config"], plugins=True)
+    if differs:
+        raise RunDirError(f"{Path(run_dir) / CHECKPOINT}: its config and {Path(run_dir) / CONFIG} differ in "
+                          f"{differs}; a run has one config (config.toml, which the checkpoint's copy must match): "
+                          "the folder was altered")
+
+
+def open_run(run_dir, plugins: Sequence[str] = (), command: str = "pyrovae evaluate RUN_DIR {plugins}",
+             device="cpu", model: Optional[Model] = None) -> OpenRun:
+    """Open a run folder without running anything from it (see :mod:`pyrovae.plugins`).
+
+    ``config.toml`` is read as the run's record (only the ``plugins`` the user names run, checked
+    against it); the checkpoint is read and checked (:func:`read_checkpoint`), its config
+    checked against ``config.toml`` (:func:`check_one_config`) and its counters against the
+    config; the model is sized on the meta device within the memory ``device`` has, then built,
+    and the saved weights (names, shapes, dtypes, finite values) loaded into it. ``model``: an
+    instance to load the weights into instead (a model built in Python).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: not a pyrovae run folder (no such folder)")
+    path = run_dir / CHECKPOINT
+    state = read_checkpoint(path)
+    config = read_run_config(run_dir, plugins, command)
+    check_one_config(run_dir, config, state)
+    problem = counters_problem(state, config)
+    if problem:
+        raise RunDirError(f"{path}: malformed checkpoint: {problem}")
+    if model is None:
+        try:
+            checked_model_shapes(config, state["event_shape"], state.get("num_classes"), device)
+        except ConfigError as e:
+            raise RunDirError(f"{path}: the run's model: {e}") from None
+        try:
+            model = build_run_model(config, state["event_shape"], state.get("num_classes"), device)
+        except ConfigError as e:
+            raise RunDirError(f"{path}: the run's model: {e}") from None
+    load_model_state(model, state["model"], path)
+    return OpenRun(run_dir, config, state, model)
+
+
+def load(run_dir, device="cpu", model: Optional[Model] = None, plugins: Sequence[str] = ()) -> Model:
     """The trained model of a run folder (a :class:`~pyrovae.VAE` for the ``vae`` family), on
     ``device`` (the CPU unless told otherwise).
 
-    The checkpoint is read with ``torch.load(..., weights_only=True)``: opening a run folder
-    never runs code from it. Errors are :class:`~pyrovae.PyrovaeError` subclasses, as in the
-    CLI (e.g. a ``ConfigError`` for ``device="cuda"`` on a machine without CUDA).
+    Opening a run folder never runs code from it: the checkpoint is read with ``torch.load(...,
+    weights_only=True)`` after its archive is checked, and nothing the folder names is imported.
+    A run trained with plugins needs them named: ``plugins=["my_parts.py"]`` (files or dotted
+    module names), each checked against the SHA-256 the run recorded and run from the bytes
+    that were hashed; or import the plugin yourself before ``load``, so that its registries
+    already hold what the run needs. Errors are :class:`~pyrovae.PyrovaeError` subclasses, as in
+    the CLI (e.g. a ``ConfigError`` for ``device="cuda"`` on a machine without CUDA).
 
     ``model``: for a run trained on a model built in Python (``pyrovae.train(config, out,
     model=...)``), an instance of the same architecture to load the weights into (missing,
@@ -264,13 +450,10 @@ def load(run_dir, device="cpu", model: Optional[Model] = None) -> Model:
         images = vae.sample(64)
     """
     device = resolve_device(str(device), "device")
-    path = Path(run_dir) / CHECKPOINT
-    state = read_checkpoint(path)
-    if model is None:
-        model = model_from_checkpoint(state, path)
-    else:
-        load_model_state(model, state["model"], path)
-    return model.to(device).eval()
+    if isinstance(plugins, str):
+        plugins = [plugins]
+    opened = open_run(run_dir, plugins, f"pyrovae.load({str(run_dir)!r}, plugins={{plugin_list}})", device, model)
+    return opened.model.to(device).eval()
 
 
 # -- converting an older checkpoint ---------------------------------------------------------
@@ -321,7 +504,7 @@ def convert_checkpoint(run_dir, data=None) -> Path:
         if len(records) != counters["epoch"]:
             raise RunDirError(f"{run_dir / METRICS}: lacks records of some of the checkpoint's {counters['epoch']} "
                               "epochs; cannot convert")
-    config = config_from_dict(old["config"])
+    config = record_config(old["config"])  # the old run's record: nothing it names runs
     if data is None:
         data = config.data.load()
     state = {"format": FORMAT, "model": old["model"], "optimizer": old["optimizer"], "rng": new_rng,

@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .errors import PyrovaeError, RunDirError, one_line
+from .errors import PyrovaeError, RunDirError, one_line, shell_word
 from .train import Interrupted, StoppedAtOnce, stop_at_once_on_signals
 
 
@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs to RUN_DIR/tensorboard")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for torch (train.num_threads; on a shared, busy CPU fewer than its cores)")
+    p.add_argument("--plugins", nargs="+", action="extend", default=[], metavar="PATH_OR_MODULE",
+                   help="plugin files or dotted module names the run needs (checked against the SHA-256 the run "
+                        "recorded, then run: this runs their code; nothing in a run folder is run otherwise)")
 
     p = sub.add_parser("evaluate", help="score a run on its test split; writes RUN_DIR/evaluation.json")
     p.add_argument("run_dir")
@@ -41,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("-o", "--out", help="where to write the JSON (default RUN_DIR/evaluation.json)")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--plugins", nargs="+", action="extend", default=[], metavar="PATH_OR_MODULE",
+                   help="plugin files or dotted module names the run needs (checked against the SHA-256 the run "
+                        "recorded, then run: this runs their code; nothing in a run folder is run otherwise)")
 
     p = sub.add_parser("sample", help="draw images from a trained run's model")
     p.add_argument("run_dir")
@@ -49,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label", type=int, default=None, metavar="K",
                    help="draw every sample for class K (families that read labels: cvae, m2)")
+    p.add_argument("--plugins", nargs="+", action="extend", default=[], metavar="PATH_OR_MODULE",
+                   help="plugin files or dotted module names the run needs (checked against the SHA-256 the run "
+                        "recorded, then run: this runs their code; nothing in a run folder is run otherwise)")
 
     p = sub.add_parser("convert-checkpoint", help="rewrite an older pyrovae checkpoint (format 1) in the current, "
                                                   "code-free format; only for a run folder you trust")
@@ -61,9 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _train(args) -> None:
     from .config import load_config
 
-    config_path = args.config
+    config_path, record_of = args.config, None
     if config_path is None and args.resume and args.out:
         config_path = str(Path(args.out) / "config.toml")
+        record_of = Path(args.out)  # the run's own config is its record: nothing it names runs
         if not Path(config_path).exists():
             raise RunDirError(f"{args.out}: not a pyrovae run folder (no config.toml)")
     _check_threads(args.threads)
@@ -71,7 +81,9 @@ def _train(args) -> None:
     overrides = (list(args.overrides) + (["train.progress=false"] if args.quiet else [])
                  + (["log.tensorboard=true"] if args.tensorboard else [])
                  + ([f"train.num_threads={args.threads}"] if args.threads is not None else []))
-    config = load_config(config_path, overrides)
+    command = (f"pyrovae train --out {shell_word(args.out)} --resume {{plugins}}" if args.resume else
+               f"pyrovae train {shell_word(config_path)} {{plugins}}")
+    config = load_config(config_path, overrides, args.plugins, record_of, command)
     from .train import train
 
     run_dir = train(config, args.out, resume=args.resume)
@@ -114,14 +126,14 @@ def _evaluate(args) -> None:
               flush=True)
 
     evaluate_run(args.run_dir, nll_samples=args.nll_samples, iwae_samples=args.iwae_samples,
-                 elbo_particles=args.particles, device=args.device, out=out, report=report)
+                 elbo_particles=args.particles, device=args.device, out=out, report=report, plugins=args.plugins)
     print(f"written: {out}")
 
 
 def _sample(args) -> None:
     import pyro
 
-    from .checkpoint import load
+    from .checkpoint import open_run
     from .plots import save_grid
     from .runfolder import check_writable
 
@@ -132,7 +144,8 @@ def _sample(args) -> None:
     if not 0 <= args.seed < 2**32:  # NumPy's seeds, which pyro.set_rng_seed sets too
         raise PyrovaeError(f"--seed {args.seed}: must be in [0, 2^32)")
     check_writable(Path(args.out).parent, "--out ")
-    vae = load(args.run_dir)
+    command = f"pyrovae sample RUN_DIR {{plugins}} --out {shell_word(args.out)}"
+    vae = open_run(args.run_dir, args.plugins, command).model.eval()
     classes = getattr(vae, "num_classes", None)
     if args.label is not None and not classes:
         raise PyrovaeError(f"--label {args.label}: the run's model ({type(vae).__name__}) reads no labels; "

@@ -13,16 +13,15 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from .algorithms import ALGORITHMS, algorithm_name
 from .data import BINARIZE, DATASETS, Dataset, load_dataset
-from .errors import ConfigError, one_line, shown
+from .errors import ConfigError, UnknownNameError, one_line, shown
 from .estimators import estimator_names
 from .models import MODELS, check_model_options, family_defaults
 from .optim import check_optimizer
-from .plugins import import_plugins
-from .plugins import resolve as resolve_plugins
+from .plugins import PluginRecord, needs_plugins_message, parse_record, run_named_plugins, run_own_plugins
 from .registry import _type_name, check_type
 
 MAX_THREADS = 1024
@@ -188,7 +187,7 @@ class TrainConfig:
         _range("train.epochs", self.epochs, 1)
         _range("train.batch_size", self.batch_size, 1)
         ALGORITHMS.split(self.algorithm, "train.algorithm")
-        _choice("train.estimator", self.estimator, estimator_names())
+        _choice("train.estimator", self.estimator, estimator_names(), UnknownNameError)
         _range("train.num_particles", self.num_particles, 1)
         _range("train.labeled_per_batch", self.labeled_per_batch, 0)
         if self.labeled_weight != "balanced" and not (isinstance(self.labeled_weight, (int, float))
@@ -241,16 +240,22 @@ class LogConfig:
 
 @dataclass
 class PluginsConfig:
-    """``[plugins]``: user modules imported before the rest of the config is checked, so that what
-    they register (priors, likelihoods, networks, model families, estimators) can be named in it."""
+    """``[plugins]``: user code run before the rest of a fresh run's config is checked, so that what
+    it registers (priors, likelihoods, networks, model families, estimators) can be named in it.
+    In a run's own config it is a record: opening the run runs none of it (see :mod:`pyrovae.plugins`)."""
 
-    #: module names, or .py files (relative to the config file); recorded as absolute paths.
+    #: dotted module names, or .py files (relative to the config file); recorded as named (files as absolute paths).
     modules: List[str] = field(default_factory=list)
-    #: the SHA-256 of each file when the run recorded it ('' for module names); written by pyrovae.
+    #: each module's source file, resolved when the run started; written by pyrovae.
+    files: List[str] = field(default_factory=list)
+    #: the SHA-256 of each file's bytes when the run started; written by pyrovae.
     sha256: List[str] = field(default_factory=list)
 
     def check(self):
-        pass  # checked and imported by config_from_dict, before the other sections
+        pass  # checked (and, for a fresh run, run) by config_from_dict or record_config, before the other sections
+
+    def record(self) -> PluginRecord:
+        return PluginRecord(tuple(self.modules), tuple(self.files), tuple(self.sha256))
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "log": LogConfig,
@@ -284,13 +289,42 @@ class Config:
                    for s in SECTIONS}, "optim": dict(self.optim)}
 
 
+def run_difference(a: Dict[str, Any], b: Dict[str, Any], plugins: bool = False) -> Optional[str]:
+    """The first ``section.key`` in which two resolved configs (as dicts) differ in a way that makes
+    them two runs: the data, the model, the algorithm and the keys it cannot resume across (batch
+    size, estimator, seed, ...), the optimizer's name, and with ``plugins`` the plugin record.
+    Others (``train.epochs``, ``eval_every``, the device, ...) may change when a run is resumed."""
+    sections = ("data", "model", *(("plugins",) if plugins else ()))
+    for section in sections:
+        x, y = a.get(section, {}), b.get(section, {})
+        if not isinstance(x, dict) or not isinstance(y, dict):
+            return f"[{section}]"
+        for key in sorted(set(x) | set(y), key=str):
+            if x.get(key) != y.get(key):
+                return f"{section}.{one_line(str(key), 40)}"
+    defaults = dataclasses.asdict(TrainConfig())
+    ta, tb = a.get("train", {}), b.get("train", {})
+    if not isinstance(ta, dict) or not isinstance(tb, dict):
+        return "[train]"
+    algorithm = tb.get("algorithm", defaults["algorithm"])
+    name = algorithm_name(algorithm) if isinstance(algorithm, (str, dict)) else None
+    keys = ALGORITHMS.get(name).resume_keys if isinstance(name, str) and name in ALGORITHMS else ()
+    for key in ("algorithm", *keys):
+        if ta.get(key, defaults[key]) != tb.get(key, defaults[key]):
+            return f"train.{key}"
+    oa, ob = a.get("optim", {}), b.get("optim", {})
+    if not isinstance(oa, dict) or not isinstance(ob, dict) or oa.get("name") != ob.get("name"):
+        return "optim.name"
+    return None
+
+
 def _drop_none(d):
     return {k: v for k, v in d.items() if v is not None}
 
 
-def _choice(key, value, allowed):
+def _choice(key, value, allowed, error=ConfigError):
     if value not in allowed:
-        raise ConfigError(f"{key} = {shown(value)}: valid: {', '.join(allowed)}")
+        raise error(f"{key} = {shown(value)}: valid: {', '.join(allowed)}")
 
 
 def _range(key, value, minimum):
@@ -314,17 +348,51 @@ def _section(cls, table, section: str):
     return cls(**table)
 
 
-def config_from_dict(d: Dict[str, Any], base_dir: Optional[Path] = None) -> Config:
-    """Validate a parsed TOML document (missing keys take their defaults). ``[plugins]`` comes
-    first: its modules are imported (relative files from ``base_dir``) before the rest is checked."""
+def _check_sections(d: Dict[str, Any]) -> None:
+    if not isinstance(d, dict):
+        raise ConfigError(f"a config is a table of sections, got {shown(d)}")
     for section in d:
         if section not in (*SECTIONS, "optim"):
             valid = ", ".join((*SECTIONS, "optim"))
             raise ConfigError(f"[{one_line(str(section), 40)}]: unknown section; valid: {valid}")
-    plugins = _section(PluginsConfig, d.get("plugins", {}), "plugins")
-    plugins.modules = resolve_plugins(plugins.modules, base_dir)
-    plugins.sha256 = import_plugins(plugins.modules, plugins.sha256 or None)
-    d = {**d, "plugins": dataclasses.asdict(plugins)}
+
+
+def config_from_dict(d: Dict[str, Any], base_dir: Optional[Path] = None, plugins: Sequence[str] = ()) -> Config:
+    """Validate a user's own config, a parsed TOML document (missing keys take their defaults),
+    for a fresh run. ``[plugins]`` comes first: its modules (relative files from ``base_dir``)
+    and the extra ``plugins`` the user names are run from the bytes that are hashed, and
+    recorded (:func:`pyrovae.plugins.run_own_plugins`), before the rest is checked."""
+    _check_sections(d)
+    table = _section(PluginsConfig, d.get("plugins", {}), "plugins")
+    recorded = table.record() if table.sha256 else None
+    record = run_own_plugins([*table.modules, *plugins], base_dir, recorded)
+    return _checked({**d, "plugins": record.as_config()})
+
+
+def record_config(d: Dict[str, Any], plugins: Sequence[str] = (), run_dir=None,
+                  command: str = "pyrovae evaluate RUN_DIR {plugins}") -> Config:
+    """Validate a run's own config (its record), running nothing it names.
+
+    ``[plugins]`` is read as the run's record (:func:`pyrovae.plugins.parse_record`); only the
+    ``plugins`` the user names run, each checked against that record first (none from inside
+    ``run_dir``). A config that names a part or family no registry holds while recorded plugins
+    were left unnamed is one line that names what it needs, the recorded files and their
+    SHA-256, and ``command`` (with ``{plugins}`` for the flags) to open the run with them.
+    """
+    _check_sections(d)
+    record = parse_record(d.get("plugins", {}))
+    named = run_named_plugins(plugins, record, run_dir)
+    try:
+        return _checked({**d, "plugins": record.as_config()})
+    except UnknownNameError as e:
+        unnamed = [i for i in range(len(record.files)) if i not in named]
+        if not unnamed:
+            raise
+        raise ConfigError(needs_plugins_message(e, record, unnamed, command, run_dir)) from None
+
+
+def _checked(d: Dict[str, Any]) -> Config:
+    """Every section but ``[plugins]`` (already checked), validated into a Config."""
     optim = d.get("optim", {"name": "adam", "lr": 1e-3})
     if not isinstance(optim, dict):
         raise ConfigError(f"[optim] must be a table, got {shown(optim)}")
@@ -399,16 +467,41 @@ def parse_toml(text: str, where) -> Dict[str, Any]:
         raise ConfigError(f"{where}: malformed TOML: {one_line(str(e).split(';')[0], 160)}") from None
 
 
-def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None) -> Config:
-    """Read a TOML config (or the embedded default when ``path`` is None) and apply overrides."""
+def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None, plugins: Sequence[str] = (),
+                record_of=None, command: str = "pyrovae train --out RUN_DIR --resume {plugins}") -> Config:
+    """Read a TOML config (or the embedded default when ``path`` is None) and apply overrides.
+
+    A user's own config runs its ``[plugins]`` and the ``plugins`` named here
+    (:func:`config_from_dict`). ``record_of`` (a run folder) says the file is that run's record,
+    as is any config inside a run folder: then nothing it names runs, and ``plugins`` are checked
+    against its record (:func:`record_config`).
+    """
     d: Dict[str, Any] = {}
     if path is not None:
         d = parse_toml(read_config_text(path), path)
+        if record_of is None:
+            record_of = enclosing_run_folder(path)
     where = path or "default config"
     try:
-        return config_from_dict(apply_overrides(d, overrides), Path(path).parent if path else None)
+        d = apply_overrides(d, overrides)
+        if record_of is not None:
+            return record_config(d, plugins, record_of, command)
+        return config_from_dict(d, Path(path).parent if path else None, plugins)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+#: what a run folder holds besides its config.toml, any one of which marks it as one
+RUN_FOLDER_MARKS = ("checkpoint.pt", "metrics.jsonl", ".lock")
+
+
+def enclosing_run_folder(path) -> Optional[Path]:
+    """The run folder a file lies in (the nearest folder above it that holds a ``config.toml``
+    beside a checkpoint, metrics or lock file), or None."""
+    for folder in Path(path).resolve().parents:
+        if (folder / "config.toml").is_file() and any((folder / m).exists() for m in RUN_FOLDER_MARKS):
+            return folder
+    return None
 
 
 # -- writing TOML (the standard library only reads it) -------------------------------------

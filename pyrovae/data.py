@@ -25,7 +25,6 @@ fixed permutation (the same for every run).
 import math
 import os
 import urllib.request
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from .errors import DataError, needed_object, one_line, shown
+from .safe_load import UnsafeFile, load_torch_file
 
 DATASETS = ("digits", "mnist", "frey_face", "file")
 BINARIZE = ("dynamic", "threshold", "none")
@@ -371,9 +371,10 @@ def load_file(path: str):
             with np.load(file, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
         elif suffix == ".pt":
-            with warnings.catch_warnings():  # torch warns that it checks sparse tensors
-                warnings.simplefilter("ignore")
-                obj = torch.load(file, map_location="cpu", weights_only=True)  # never unpickles code
+            try:
+                obj = load_torch_file(file)  # never unpickles code, never inflates a compressed entry
+            except UnsafeFile as e:
+                raise DataError(f"data.path = {shown(str(path))}: refused unread: {e}") from None
             arrays = obj if isinstance(obj, dict) else {"x": obj}
         else:
             raise DataError(f"data.path = {shown(str(path))}: unsupported file type {shown(suffix)}; "

@@ -13,9 +13,20 @@ SHOWN_LIMIT = 80
 
 
 def shown(value, limit: int = SHOWN_LIMIT) -> str:
-    """``repr(value)`` on one line, cut to ``limit`` characters with an ellipsis."""
-    text = _safe_repr(value)
+    """``repr(value)`` on one line, printable, cut to ``limit`` characters with an ellipsis."""
+    text = printable(_safe_repr(value))
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on (escapes, control and format
+    characters such as ESC or a right-to-left override) written as ``\\x1b``, ``\\u202e``: a
+    message can name a hostile key without setting the terminal's title or clearing its screen."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else
+                                                 f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
+                   for ch in text)
 
 
 def _safe_repr(value) -> str:
@@ -34,9 +45,17 @@ def needed_object(error: BaseException):
 
 
 def one_line(message: str, limit: int = 2000) -> str:
-    """A message as one line of at most ``limit`` characters (the CLI's last guard)."""
-    text = " ".join(str(message).split())
+    """A message as one printable line of at most ``limit`` characters (the CLI's last guard):
+    white space folded to single spaces, other control characters escaped (:func:`printable`)."""
+    text = printable(" ".join(str(message).split()))
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shell_word(text) -> str:
+    """``text`` as one word typed in a POSIX shell (quoted where it must be), for the commands a
+    message tells the user to run."""
+    text = printable(str(text))
+    return text if text and re.fullmatch(r"[\w./@%+=:,-]+", text) else "'" + text.replace("'", "'\\''") + "'"
 
 
 class PyrovaeError(Exception):
@@ -45,6 +64,11 @@ class PyrovaeError(Exception):
 
 class ConfigError(PyrovaeError, ValueError):
     """A config file, key or value is malformed, unknown or out of range."""
+
+
+class UnknownNameError(ConfigError):
+    """A config names a part, family or other registered entry that no registry holds (a
+    plugin that registers it may not have been named)."""
 
 
 class DataError(PyrovaeError, ValueError):

@@ -9,7 +9,7 @@ import contextlib
 import json
 import math
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch.distributions import Normal, kl_divergence
@@ -166,39 +166,39 @@ def evaluate(model, x, nll_samples: int = 5000, iwae_samples: int = 50, elbo_par
 
 
 def evaluate_run(run_dir, nll_samples: int = 5000, iwae_samples: int = 50, elbo_particles: int = 10,
-                 device: str = "cpu", out=None, report: Optional[Callable[[Dict], None]] = None) -> Dict:
+                 device: str = "cpu", out=None, report: Optional[Callable[[Dict], None]] = None,
+                 plugins: Sequence[str] = ()) -> Dict:
     """Score a finished run on its test split and write ``evaluation.json``.
 
-    ``out`` is where the JSON goes (default ``RUN_DIR/evaluation.json``); it is checked to be
-    writable before any work, and writing into the run folder takes its lock (one writer per run
-    folder). The data must be those the run was trained on: their fingerprint (shapes and
-    SHA-256 of the values) is compared with the checkpoint's. ``report(result)``, if given, is
-    called before the file is written (the CLI prints the numbers there), so a failed write
-    never loses them.
+    ``plugins``: the plugin files or modules a run trained with them needs (checked against the
+    SHA-256 the run recorded, then run from the bytes that were hashed; nothing the run folder
+    names is ever run). ``out`` is where the JSON goes (default ``RUN_DIR/evaluation.json``; never
+    one of the run's own files); it is checked to be writable before any work, and writing into
+    the run folder takes its lock (one writer per run folder). The data must be those the run
+    was trained on: their fingerprint (shapes and SHA-256 of the values) is compared with the
+    checkpoint's. ``report(result)``, if given, is called before the file is written (the CLI
+    prints the numbers there), so a failed write never loses them. The file is strict JSON: a
+    non-finite result is refused in one line, and nothing is written.
     """
     # a run folder is the application layer's: imported here, so that evaluation itself stays core
-    from .checkpoint import (
-        data_fingerprint,
-        fingerprint_difference,
-        model_from_checkpoint,
-        read_checkpoint,
-        read_run_config,
-    )
+    from .checkpoint import data_fingerprint, fingerprint_difference, open_run
     from .devices import resolve_device
     from .errors import RunDirError
     from .memory import check_evaluation_memory
-    from .runfolder import CHECKPOINT, EVALUATION, RunLock, atomic_write_bytes, check_writable, remove_stale
+    from .runfolder import EVALUATION, RunLock, atomic_write_bytes, check_writable, own_file_problem, remove_stale
 
     run_dir = Path(run_dir)
     device = resolve_device(str(device), "--device")
     out = Path(out) if out is not None else run_dir / EVALUATION
+    problem = own_file_problem(out, run_dir)
+    if problem:
+        raise RunDirError(f"--out {problem}")
     into_run = out.parent.resolve() == run_dir.resolve()
-    config = read_run_config(run_dir)
-    path = run_dir / CHECKPOINT
-    state = read_checkpoint(path)
-    model = model_from_checkpoint(state, path).to(device).eval()
+    opened = open_run(run_dir, plugins, "pyrovae evaluate RUN_DIR {plugins}", device)
+    config, path = opened.config, run_dir / "checkpoint.pt"
+    model = opened.model.to(device).eval()
     data = config.data.load()
-    differs = fingerprint_difference(state["data"], data_fingerprint(data))
+    differs = fingerprint_difference(opened.state["data"], data_fingerprint(data))
     if differs:
         raise RunDirError(f"{path}: the data differ from the data it was trained on: {differs}; "
                           "evaluate with the run's own data")
@@ -210,8 +210,25 @@ def evaluate_run(run_dir, nll_samples: int = 5000, iwae_samples: int = 50, elbo_
             remove_stale(run_dir)
         result = evaluate(model, data.test_batch.to(device), nll_samples, iwae_samples, elbo_particles,
                           seed=config.train.seed)
+        bad = non_finite(result)
+        if bad:
+            raise RunDirError(f"{run_dir}: the evaluation gave {bad}: the model or the data give non-finite "
+                              "scores, and evaluation.json holds finite numbers only; nothing was written")
         if report is not None:
             report(result)
-        text = (json.dumps(result, indent=2) + "\n").encode()
+        text = (json.dumps(result, indent=2, allow_nan=False) + "\n").encode()
         atomic_write_bytes(out, lambda f: f.write(text), "; the numbers above are the result")
     return result
+
+
+def non_finite(result, where: str = "") -> Optional[str]:
+    """The first number in a nest of results that is NaN or infinite, as ``key = nan`` (None if none)."""
+    items = result.items() if isinstance(result, dict) else enumerate(result) if isinstance(result, list) else ()
+    for key, value in items:
+        name = f"{where}.{key}" if where and isinstance(result, dict) else f"{where}[{key}]" if where else str(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{name} = {value}"
+        found = non_finite(value, name) if isinstance(value, (dict, list)) else None
+        if found:
+            return found
+    return None

@@ -127,6 +127,18 @@ def _where(epoch, step, batch, batches) -> str:
     return f"at epoch {epoch}, step {step} (batch {batch} of {batches})"
 
 
+#: the keys of an epoch's metrics record (``metrics.jsonl``, and every checkpoint's ``metrics``)
+RECORD_KEYS = frozenset({"epoch", "step", "samples_seen", "train_elbo", "train_objective", "kl_weight", "test_elbo",
+                         "test_reconstruction", "test_kl", "active_units", "test_accuracy", "train_seconds",
+                         "images_per_second"})
+
+
+def steps_per_epoch(num_train: int, batch_size: int, labeled_per_batch: int = 0) -> int:
+    """Minibatches in an epoch of ``num_train`` points (:func:`~pyrovae.data.epoch_plan`): the
+    permutation in chunks of M, or of M - k beside k labelled draws."""
+    return -(-num_train // (batch_size - labeled_per_batch))
+
+
 class Trainer:
     """The state of one training run and the loop over it (used by :func:`fit`)."""
 
@@ -161,7 +173,7 @@ class Trainer:
             self.labeled_weight = float(cfg.labeled_weight)
         #: the number of training points as the objective counts them (a labelled one labeled_weight times)
         self.weighted_n = self.n + (self.labeled_weight - 1) * labelled
-        self.steps_per_epoch = -(-self.n // (self.m - cfg.labeled_per_batch))
+        self.steps_per_epoch = steps_per_epoch(self.n, self.m, cfg.labeled_per_batch)
         # epoch, step and samples_seen count completed work; epoch_* hold a half-done epoch
         # (after an interruption): its next step and running sums.
         self.counters = {"epoch": 0, "step": 0, "samples_seen": 0, "epoch_step": 0, "rollbacks": 0,

@@ -20,6 +20,7 @@ These are overestimates of the peak by design: refusing a configuration that wou
 only just is better than losing a run to an allocation failure.
 """
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Optional
@@ -89,25 +90,99 @@ class _CountCreated(TorchDispatchMode):
 def _forward_numels(model) -> Optional[tuple]:
     """(A_enc, A_dec): numbers created per datapoint by the parts that run once per point and by
     those that run once per particle. From the model's terms for 1 and 2 particles on meta
-    tensors: A_dec is the difference, A_enc the rest."""
-    try:
-        counts = []
-        with torch.no_grad(), pyro.validation_enabled(False):
-            batch = Batch(torch.zeros((1, *model.event_shape), device="meta"))
-            for particles in (1, 2):
-                with _CountCreated() as count:
-                    model.terms(batch, particles, kl=False)
-                counts.append(count.numel)
-        per_particle = max(counts[1] - counts[0], 0)
-        return max(counts[0] - per_particle, 0), per_particle
-    except Exception:  # a model that cannot run on meta tensors: no activation estimate
-        return None
+    tensors: A_dec is the difference, A_enc the rest. A family that reads labels is run with a
+    label (its one-hot inputs counted too)."""
+    x = torch.zeros((1, *model.event_shape), device="meta")
+    batches = [Batch(x)]
+    if getattr(model, "num_classes", None):
+        batches.insert(0, Batch(x, torch.zeros(1, dtype=torch.long, device="meta")))
+    for batch in batches:
+        try:
+            counts = []
+            with torch.no_grad(), pyro.validation_enabled(False):
+                for particles in (1, 2):
+                    with _CountCreated() as count:
+                        model.terms(batch, particles, kl=False)
+                    counts.append(count.numel)
+            per_particle = max(counts[1] - counts[0], 0)
+            return max(counts[0] - per_particle, 0), per_particle
+        except Exception:  # a model that cannot run on meta tensors (this way): no activation estimate
+            continue
+    return None
 
 
-def meta_model(build):
-    """``build()`` on the meta device (shapes only); None if the model cannot be built there."""
+#: building a model on the meta device that creates more tensors than this is refused: a model has
+#: hundreds (a deep flow a few thousand); a size such as 10^9 flow steps would take hours to build
+MAX_BUILD_TENSORS = 100_000
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _BuildBudget(TorchDispatchMode):
+    """Counts the elements and tensors created while a model is built on the meta device, and
+    stops the build (:class:`_TooLarge`) the moment either passes its budget: a huge layer or
+    flow count is refused at the first tensor past what memory could hold, never built."""
+
+    def __init__(self, max_numel: int, max_tensors: int = MAX_BUILD_TENSORS):
+        super().__init__()
+        self.max_numel, self.max_tensors = max_numel, max_tensors
+        self.numel = self.tensors = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view:
+            inputs = {id(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor) and id(t) not in inputs:  # in-place ops return an input
+                    self.numel += t.numel()
+                    self.tensors += 1
+            if self.numel > self.max_numel or self.tensors > self.max_tensors:
+                raise _TooLarge()
+        return out
+
+
+def largest_size(options, prefix: str = "model") -> Optional[tuple]:
+    """(key, value) of the largest integer in a nest of config options (``model.prior.num_flows``, 10**9)."""
+    best = None
+    items = options.items() if isinstance(options, dict) else enumerate(options) if isinstance(options, list) else ()
+    for key, value in items:
+        where = f"{prefix}.{key}" if isinstance(options, dict) else f"{prefix}[{key}]"
+        found = (where, value) if isinstance(value, int) and not isinstance(value, bool) else \
+            largest_size(value, where) if isinstance(value, (dict, list)) else None
+        if found and (best is None or found[1] > best[1]):
+            best = found
+    return best
+
+
+@contextlib.contextmanager
+def build_budget(device="cpu", options=None, num_classes: Optional[int] = None):
+    """Build a model inside this block within the memory ``device`` has: a build that creates more
+    numbers than that, or more than :data:`MAX_BUILD_TENSORS` tensors, stops at that tensor, in
+    one ConfigError line naming the largest size in ``options`` (the ``[model]`` table) and, for
+    a family that reads labels, the number of classes. For meta and real builds alike (a part that
+    cannot be built on meta, such as Pyro's autoregressive flows, is still stopped in time)."""
+    budget = _BuildBudget(max(available_bytes(device) // 4, 1))
     try:
-        with torch.device("meta"):
+        with budget:
+            yield
+    except _TooLarge:
+        largest = largest_size(options or {})
+        what = f"its largest size: {largest[0]} = {shown(largest[1])}" if largest else ""
+        classes = f"{'; ' if what else ''}{num_classes} classes from the data's labels" if num_classes else ""
+        reason = (f"more than {budget.max_tensors} tensors" if budget.tensors > budget.max_tensors else
+                  f"more numbers than the {format_bytes(budget.max_numel * 4)} available on "
+                  f"{torch.device(device).type} can hold")
+        detail = f" ({what}{classes})" if what or classes else ""
+        raise ConfigError(f"model: building it would make {reason}{detail}; lower the sizes in [model]") from None
+
+
+def meta_model(build, device="cpu", options=None, num_classes: Optional[int] = None):
+    """``build()`` on the meta device (shapes only), within :func:`build_budget`; None if the model
+    cannot be built there."""
+    try:
+        with build_budget(device, options, num_classes), torch.device("meta"):
             return build()
     except ConfigError:
         raise

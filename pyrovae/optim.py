@@ -109,6 +109,9 @@ def load_state(optimizer: torch.optim.Optimizer, saved: Dict[str, Any]) -> None:
             if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != params[index].shape:
                 raise ValueError(f"optimizer slot {name!r} of parameter {index} has shape {tuple(value.shape)}, "
                                  f"the parameter {tuple(params[index].shape)}")
+            if isinstance(value, torch.Tensor) and (not value.is_floating_point()
+                                                    or not bool(torch.isfinite(value).all())):
+                raise ValueError(f"optimizer slot {name!r} of parameter {index} is not finite floating point")
     optimizer.load_state_dict({**saved, "param_groups": groups})
 
 

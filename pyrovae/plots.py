@@ -94,11 +94,16 @@ def plot_reconstructions(path, vae, x, n: int = 10) -> None:
     save_grid(path, rows, vae.event_shape, n, "test data (rows 1, 3) and reconstructions (rows 2, 4)")
 
 
+#: a figure of samples per class draws at most this many classes, one row each
+MAX_CLASS_ROWS = 20
+
+
 @torch.no_grad()
 def plot_samples(path, vae, n: int = 64) -> None:
     """E[x | z] for z ~ p(z): the decoder's mean at prior samples; for a family that draws for
-    labels (cvae, m2: ``num_classes``), one row per class of ``sqrt(n)`` samples each."""
-    classes = getattr(vae, "num_classes", None)
+    labels (cvae, m2: ``num_classes``), one row per class of ``sqrt(n)`` samples each (the first
+    :data:`MAX_CLASS_ROWS` classes)."""
+    classes = min(getattr(vae, "num_classes", None) or 0, MAX_CLASS_ROWS)
     if classes:
         per_class = max(1, int(math.sqrt(n)))
         y = torch.arange(classes, device=vae.device).repeat_interleave(per_class)

@@ -11,7 +11,7 @@ import math
 import typing
 from typing import Any, Callable, Dict, Mapping, Union
 
-from .errors import ConfigError, one_line, shown
+from .errors import ConfigError, UnknownNameError, one_line, shown
 
 #: integers in a config are C integers (int64): anything outside is refused before it reaches torch
 INT_RANGE = (-2**63, 2**63)
@@ -96,7 +96,7 @@ class Registry:
 
     def get(self, name: str, where: str = "") -> Callable:
         if not isinstance(name, str) or name not in self._entries:
-            raise ConfigError(
+            raise UnknownNameError(
                 f"{where or self.kind}: unknown {self.kind} {shown(name)}; valid: {', '.join(self.names())}"
             )
         return self._entries[name]

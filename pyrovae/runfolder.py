@@ -7,9 +7,10 @@ This module holds the rules that keep it trustworthy:
 - **Exclusive creation.** :func:`create_run_dir` makes the folder with one ``mkdir`` that
   fails if it exists; a default name that is taken gets a suffix (``-2``, ``-3``, ...), so runs
   started together land in separate folders.
-- **One writer.** :class:`RunLock` holds an exclusive ``flock`` on ``RUN_DIR/.lock`` for as
-  long as a process writes the folder (``train``, ``--resume``, ``evaluate``); a second writer
-  is refused with one line.
+- **One writer.** :class:`RunLock` holds an exclusive ``flock`` on the run folder itself (its
+  directory, opened with ``O_DIRECTORY``) for as long as a process writes it (``train``,
+  ``--resume``, ``evaluate``); a second writer is refused with one line. No file can be deleted
+  to side-step it; ``RUN_DIR/.lock`` only holds the writer's pid, for that message.
 - **Atomic files.** :func:`atomic_write_bytes` writes a temporary file beside the target,
   fsyncs it and renames it over the target: a reader sees the old file or the new one, never
   a torn one, and a symbolic link planted under the target's name is replaced, not followed.
@@ -32,6 +33,7 @@ CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
 EVALUATION = "evaluation.json"
 LOCK = ".lock"
+PLUGINS = "plugins"
 TMP_SUFFIX = ".tmp"
 
 try:  # POSIX; elsewhere the lock is a no-op and the README says so
@@ -155,10 +157,11 @@ def create_run_dir(path=None, default: Optional[str] = None) -> Path:
 class RunLock:
     """An exclusive lock on a run folder, held while one process writes it.
 
-    ``flock`` on ``RUN_DIR/.lock`` (opened without following a symbolic link), taken without
-    waiting: if another process holds it, :class:`RunDirError` names the folder and that
-    process's pid. The operating system releases the lock when the process ends, however it
-    ends, so a killed run never leaves its folder locked.
+    ``flock`` on the folder's own directory (opened with ``O_DIRECTORY``, not following a
+    symbolic link), taken without waiting: if another process holds it, :class:`RunDirError`
+    names the folder and, from ``RUN_DIR/.lock``, that process's pid. Deleting ``.lock`` does not
+    release anything: the lock is on the directory. The operating system releases it when the
+    process ends, however it ends, so a killed run never leaves its folder locked.
     """
 
     def __init__(self, run_dir, purpose: str = "write"):
@@ -167,29 +170,23 @@ class RunLock:
         self.fd: Optional[int] = None
 
     def acquire(self) -> "RunLock":
-        path = self.run_dir / LOCK
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
-            fd = os.open(path, flags, 0o644)
+            fd = os.open(self.run_dir, flags)
         except OSError as e:
             if e.errno == errno.ELOOP:
-                raise RunDirError(f"{path}: is a symbolic link; a run folder's lock file is a plain file") from None
-            raise RunDirError(f"{self.run_dir}: cannot {self.purpose} this run folder: cannot create its lock file "
+                raise RunDirError(f"{self.run_dir}: is a symbolic link; a run folder is a plain folder") from None
+            raise RunDirError(f"{self.run_dir}: cannot {self.purpose} this run folder "
                               f"({describe_os_error(e)})") from None
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                holder = _read_pid(fd)
                 os.close(fd)
-                raise RunDirError(f"{self.run_dir}: another pyrovae process{holder} is writing this run folder; "
-                                  "one writer per run folder: wait for it, or use another --out") from None
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-        except OSError:
-            pass  # the pid is only for the message a second writer gets
+                raise RunDirError(f"{self.run_dir}: another pyrovae process{_read_pid(self.run_dir)} is writing this "
+                                  "run folder; one writer per run folder: wait for it, or use another --out") from None
         self.fd = fd
+        _write_pid(self.run_dir)
         return self
 
     def release(self) -> None:
@@ -204,9 +201,21 @@ class RunLock:
         self.release()
 
 
-def _read_pid(fd: int) -> str:
+def _write_pid(run_dir: Path) -> None:
+    """``RUN_DIR/.lock``: the writer's pid, for the message a second writer gets (not the lock)."""
     try:
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        atomic_write_bytes(run_dir / LOCK, lambda f: f.write(f"{os.getpid()}\n".encode()))
+    except RunDirError:
+        pass  # a read-only folder still takes the lock; the pid is only for a message
+
+
+def _read_pid(run_dir: Path) -> str:
+    try:
+        fd = os.open(run_dir / LOCK, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        try:
+            text = os.read(fd, 32).decode(errors="replace").strip()
+        finally:
+            os.close(fd)
     except OSError:
         return ""
     return f" (pid {text})" if text.isdigit() else ""
@@ -238,20 +247,44 @@ def append_metrics(run_dir, record: Dict, kept: str = "") -> None:
         raise RunDirError(f"{path}: cannot write ({describe_os_error(e)}){kept}") from None
 
 
-def copy_plugins(modules, run_dir) -> None:
-    """Keep a copy of each plugin file in ``RUN_DIR/plugins/`` (for reading: never imported from there)."""
-    files = [Path(m) for m in modules if m.endswith(".py") and Path(m).is_file()]
-    if not files:
+def copy_plugins(sources, run_dir) -> None:
+    """Keep a copy of each plugin in ``RUN_DIR/plugins/``, for reading (never run from there):
+    ``sources`` are (file name, the bytes that ran) pairs; names that repeat get a ``N-`` prefix."""
+    sources = list(sources)
+    if not sources:
         return
-    folder = Path(run_dir) / "plugins"
+    folder = Path(run_dir) / PLUGINS
     try:
         folder.mkdir(exist_ok=True)
     except OSError as e:
         raise RunDirError(f"{folder}: cannot create ({describe_os_error(e)})") from None
-    for i, file in enumerate(files):
-        data = file.read_bytes()
-        atomic_write_bytes(folder / (file.name if i == 0 or file.name not in {f.name for f in files[:i]}
-                                     else f"{i}-{file.name}"), lambda f: f.write(data))
+    seen = set()
+    for i, (name, data) in enumerate(sources):
+        target = name if name not in seen else f"{i}-{name}"
+        seen.add(name)
+        atomic_write_bytes(folder / target, lambda f: f.write(data))
+
+
+#: the names of what pyrovae writes in a run folder (``evaluate --out`` may write none of them)
+OWN_FILES = (CHECKPOINT, CONFIG, METRICS, LOCK, "reconstructions.png", "samples.png", "elbo.png", "manifold.png")
+
+
+def own_file_problem(out, run_dir) -> Optional[str]:
+    """Why ``out`` may not be written by ``evaluate --out`` (None if it may): inside the run folder
+    only ``*.json`` files directly in it that are not among its own files; never a file in one of
+    its folders (``plugins/``, ``tensorboard/``)."""
+    out, run_dir = Path(out), Path(run_dir)
+    try:
+        where = out.parent.resolve() / out.name
+        relative = where.relative_to(run_dir.resolve())
+    except (ValueError, OSError):
+        return None
+    if len(relative.parts) != 1:
+        return f"{out} lies in a folder of the run ({relative.parts[0]}/), which holds the run's own files"
+    if relative.name in OWN_FILES or relative.name.startswith(".") or relative.suffix != ".json":
+        return (f"{out} is one of the run's own files or names; inside the run folder --out writes a new .json file "
+                f"(default {EVALUATION})")
+    return None
 
 
 def check_writable(folder, flag: str = "") -> None:

@@ -60,6 +60,12 @@ def load_model_state(module: torch.nn.Module, saved: Dict[str, torch.Tensor], wh
         if tuple(saved[k].shape) != tuple(t.shape):
             raise RunDirError(f"{where}: the checkpoint's {shown(k, 60)} has shape {tuple(saved[k].shape)}, "
                               f"the config's model needs {tuple(t.shape)}")
+        if saved[k].dtype != t.dtype:
+            raise RunDirError(f"{where}: the checkpoint's {shown(k, 60)} is {saved[k].dtype}, the config's model "
+                              f"holds {t.dtype}")
+        if saved[k].is_floating_point() and not bool(torch.isfinite(saved[k]).all()):
+            raise RunDirError(f"{where}: the checkpoint's {shown(k, 60)} holds non-finite values (NaN or infinite); "
+                              "a model with them gives no meaningful numbers")
     module.load_state_dict(saved)
 
 

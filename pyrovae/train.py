@@ -13,6 +13,7 @@
 import contextlib
 import dataclasses
 import datetime
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -22,19 +23,18 @@ import pyro
 import torch
 import torch.distributed as dist
 
-from .algorithms import ALGORITHMS, algorithm_name
 from .checkpoint import (
-    build_model,
+    build_run_model,
+    checked_model_shapes,
+    counters_problem,
     data_fingerprint,
     fingerprint_difference,
-    new_model,
     read_checkpoint,
-    read_run_config,
     save_checkpoint,
 )
-from .config import Config, TrainConfig, dumps
+from .config import Config, dumps, parse_toml, read_config_text, run_difference
 from .distributed import distributed, on_rank0
-from .errors import RunDirError, one_line
+from .errors import ConfigError, RunDirError, one_line
 from .estimators import resolve_estimator
 from .evaluate import seeded
 from .loop import (  # noqa: F401 (the loop's names, re-exported for pyrovae.train users)
@@ -47,10 +47,13 @@ from .loop import (  # noqa: F401 (the loop's names, re-exported for pyrovae.tra
     fit,
     kl_weight,
 )
-from .memory import check_training_memory, meta_model
+from .memory import check_training_memory
+from .plugins import source_of as plugin_source
 from .runfolder import (
     CHECKPOINT,
     CONFIG,
+    LOCK,
+    PLUGINS,
     RunLock,
     append_metrics,
     atomic_write_bytes,
@@ -191,23 +194,6 @@ class TensorBoardLog(Callback):
             self.writer.close()
 
 
-def _same_run(a: Dict, b: Dict) -> Optional[str]:
-    """The first section.key in which two configs differ in a way a resumed run cannot absorb."""
-    for section in ("data", "model"):
-        for key in sorted(set(a[section]) | set(b[section])):
-            if a[section].get(key) != b[section].get(key):
-                return f"{section}.{key}"
-    defaults = dataclasses.asdict(TrainConfig())
-    algorithm = algorithm_name(b["train"].get("algorithm", defaults["algorithm"]))
-    keys = ALGORITHMS.get(algorithm).resume_keys if algorithm in ALGORITHMS else ()
-    for key in ("algorithm", *keys):
-        if a["train"].get(key, defaults[key]) != b["train"].get(key, defaults[key]):
-            return f"train.{key}"
-    if a["optim"].get("name") != b["optim"].get("name"):
-        return "optim.name"
-    return None
-
-
 def train(config: Optional[Config] = None, out_dir=None, resume: bool = False, model=None) -> Path:
     """Run a whole config: load the data, build the model, train it, and fill a run folder.
 
@@ -242,27 +228,42 @@ def _train(config: Config, out_dir, resume: bool, device: torch.device, model=No
         if not (out_dir / CONFIG).is_file():
             raise RunDirError(f"{out_dir}: not a pyrovae run folder (no {CONFIG})")
         checkpoint = out_dir / CHECKPOINT
-        # the run's record of its config: the checkpoint's, or before the first one, config.toml's
-        saved = read_checkpoint(checkpoint)["config"] if checkpoint.exists() else read_run_config(out_dir).to_dict()
+        # the run's record of its config: config.toml, with the checkpoint's copy checked against it
+        recorded = parse_toml(read_config_text(out_dir / CONFIG), out_dir / CONFIG)
+        state = read_checkpoint(checkpoint) if checkpoint.exists() else None
+        if state is not None:
+            differs = run_difference(recorded, state["config"], plugins=True)
+            if differs:
+                raise RunDirError(f"{checkpoint}: its config and {out_dir / CONFIG} differ in {differs}; a run has "
+                                  "one config (config.toml, which the checkpoint's copy must match): the folder was "
+                                  "altered")
+        saved = state["config"] if state is not None else recorded
     elif out_dir is not None:
         check_fresh(out_dir)
     data = config.data.load(device)
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, binarize=data.binarize))
     if resume:
-        differs = _same_run(saved, config.to_dict())
+        differs = run_difference(saved, config.to_dict(), plugins=True)
         if differs:
             raise RunDirError(f"{out_dir}: the run was made with another {differs}; "
                               "resume with the run's own config (omit CONFIG) or start a new run")
+        problem = counters_problem(state, config) if state is not None else None
+        if problem:
+            raise RunDirError(f"{out_dir / CHECKPOINT}: malformed checkpoint: {problem}")
     # Sizes that cannot be allocated are refused now, from a model built on the meta device.
     t = config.train
-    shapes = model if model is not None else meta_model(
-        lambda: new_model(config.model, data.event_shape, data.num_classes))
+    shapes = model if model is not None else checked_model_shapes(config, data.event_shape, data.num_classes, device)
     if shapes is not None:
-        check_training_memory(shapes, t.batch_size, t.num_particles, t.eval_particles,
-                              str(config.optim.get("name")), device)
+        labels = (f"; {data.num_classes} classes from the data's labels (classes are 0, 1, ..., the largest label)"
+                  if getattr(shapes, "num_classes", None) else "")
+        try:
+            check_training_memory(shapes, t.batch_size, t.num_particles, t.eval_particles,
+                                  str(config.optim.get("name")), device)
+        except ConfigError as e:
+            raise ConfigError(f"{e}{labels}") from None
     pyro.set_rng_seed(config.train.seed)
     if model is None:
-        model = build_model(config.model, data.event_shape, data.num_classes)
+        model = build_run_model(config, data.event_shape, data.num_classes, device)
     check_data(model, data, config.train.batch_size)
     resolve_estimator(config.train.estimator, model, data.test_batch[:2])
 
@@ -284,7 +285,12 @@ def _train(config: Config, out_dir, resume: bool, device: torch.device, model=No
 
 def _claim_run_dir(config: Config, out_dir, resume: bool, lock: RunLock) -> Path:
     """Create (or, resuming, open) the run folder, take its lock for the whole run, remove what
-    a killed writer left, and write the resolved config (a new run only)."""
+    a killed writer left, and write the resolved config (on resume too: the run's config is
+    ``config.toml``, with the new ``train.epochs`` and the like).
+
+    A new folder that cannot be set up (a full disk while the plugins are copied, say) is removed
+    again, so nothing half-made blocks ``--out``."""
+    existed = out_dir is not None and Path(out_dir).exists()
     if resume:
         out_dir = Path(out_dir)
     else:
@@ -292,17 +298,46 @@ def _claim_run_dir(config: Config, out_dir, resume: bool, lock: RunLock) -> Path
         out_dir = create_run_dir(out_dir, default=default)
     lock.run_dir = out_dir
     lock.acquire()
-    if not resume:
-        check_fresh(out_dir)  # another run may have got in between our mkdir and our lock
-    remove_stale(out_dir)
-    tensorboard = out_dir / "tensorboard"
-    if tensorboard.is_symlink():
-        raise RunDirError(f"{tensorboard}: is a symbolic link; a run folder writes only inside itself")
-    if not resume:
+    try:
+        if not resume:
+            check_fresh(out_dir)  # another run may have got in between our mkdir and our lock
+        remove_stale(out_dir)
+        tensorboard = out_dir / "tensorboard"
+        if tensorboard.is_symlink():
+            raise RunDirError(f"{tensorboard}: is a symbolic link; a run folder writes only inside itself")
+        if not resume:  # the copies first: config.toml, written last, makes the folder a run
+            copy_plugins(_plugin_copies(config), out_dir)
         text = dumps(config.to_dict()).encode()
         atomic_write_bytes(out_dir / CONFIG, lambda f: f.write(text))
-        copy_plugins(config.plugins.modules, out_dir)
+    except BaseException:
+        if not resume:
+            _unmake(out_dir, remove_folder=not existed)
+        lock.release()
+        raise
     return out_dir
+
+
+def _plugin_copies(config: Config):
+    """(file name, bytes that ran) for each of the run's plugins this process ran."""
+    out = []
+    for file, digest in zip(config.plugins.files, config.plugins.sha256):
+        source = plugin_source(file, digest)
+        if source is not None:
+            out.append((Path(file).name, source))
+    return out
+
+
+def _unmake(out_dir: Path, remove_folder: bool) -> None:
+    """Remove what setting up a new run folder wrote (and the folder, if this run made it)."""
+    for name in (CONFIG, LOCK):
+        (out_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / PLUGINS, ignore_errors=True)
+    remove_stale(out_dir)
+    if remove_folder:
+        try:
+            out_dir.rmdir()
+        except OSError:
+            pass
 
 
 @contextlib.contextmanager

@@ -39,18 +39,19 @@ def registries_as_they_were():
         POSTERIORS,
         PRIORS,
     )
-    from pyrovae.plugins import _IMPORTED
+    from pyrovae.plugins import _EXECUTED, _SOURCES
 
     registries = (ALGORITHMS, CLASSIFIERS, DECODERS, ENCODERS, ESTIMATORS, LIKELIHOODS, MODELS, OPTIMIZERS,
                   POSTERIORS, PRIORS)
     saved = [dict(r._entries) for r in registries]
-    imported = dict(_IMPORTED)
+    executed, sources = dict(_EXECUTED), dict(_SOURCES)
     yield
     for registry, entries in zip(registries, saved):
         registry._entries.clear()
         registry._entries.update(entries)
-    _IMPORTED.clear()
-    _IMPORTED.update(imported)
+    for cache, before in ((_EXECUTED, executed), (_SOURCES, sources)):
+        cache.clear()
+        cache.update(before)
 
 
 @pytest.fixture(scope="session")
@@ -115,3 +116,32 @@ def ppca():
     marginal = dist.MultivariateNormal(b, w @ w.T + s**2 * torch.eye(dim))
     x = marginal.sample((40,))
     return vae, x, marginal.log_prob(x)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 16 MiB file system (tmpfs, mounted as root) to fill up: ENOSPC from the kernel, not a mock."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def fill_disk(folder) -> Path:
+    """Fill the file system under ``folder`` to the last byte; returns the filler file (delete it to free the disk)."""
+    filler = Path(folder) / "filler"
+    with open(filler, "ab", buffering=0) as f:
+        for chunk in (1 << 20, 1 << 12, 1):
+            try:
+                while f.write(b"\0" * chunk):
+                    pass
+            except OSError:
+                pass
+    return filler

@@ -262,8 +262,40 @@ def test_any_hostile_or_damaged_checkpoint_is_refused_in_one_line(tmp_path, caps
     shutil.copytree(finished_run, run)
     (run / ".lock").unlink(missing_ok=True)
     path = run / "checkpoint.pt"
-    how = data.draw(st.sampled_from(["object", "entry", "bytes"]))
-    if how == "object":  # a whole file of hostile or foreign objects
+    how = data.draw(st.sampled_from(["object", "entry", "bytes", "tensor", "counter", "plugins"]))
+    if how in ("tensor", "counter", "plugins"):  # a valid pickle of pyrovae's keys, with one hostile shape
+        state = torch.load(path, weights_only=True)
+        if how == "tensor":  # one tensor made stride-0, overlapping, non-contiguous, oversized, NaN or retyped
+            tensors = [(group, key) for group in ("model",) for key in state["model"]]
+            tensors += [(i, slot) for i, slots in state["optimizer"]["state"].items() for slot in slots
+                        if isinstance(slots[slot], torch.Tensor) and slots[slot].dim() > 0]
+            group, key = data.draw(st.sampled_from(tensors))
+            holder = state["model"] if group == "model" else state["optimizer"]["state"][group]
+            t = holder[key]
+            variant = data.draw(st.sampled_from(["expand", "transpose", "view", "nan", "inf", "double", "int"]))
+            holder[key] = {"expand": lambda: torch.zeros(1).expand(t.shape),
+                           "transpose": lambda: t.t() if t.dim() == 2 else t.flip(0)[::2],
+                           "view": lambda: torch.zeros(t.numel() * 4)[: t.numel()].view(t.shape),
+                           "nan": lambda: torch.full_like(t, float("nan")),
+                           "inf": lambda: torch.full_like(t, float("inf")),
+                           "double": lambda: t.double(), "int": lambda: t.long()}[variant]()
+        elif how == "counter":
+            key = data.draw(st.sampled_from(sorted(state["counters"])))
+            state["counters"][key] = data.draw(st.one_of(st.integers(-2**70, 2**70), any_float,
+                                                         st.sampled_from([10**12, 2**62, 1, 3])))
+        else:  # a plugin record, in the checkpoint alone or in both copies of the config
+            name = "webbrowser" if data.draw(st.booleans()) else f"marker_{marker.stem}"
+            state["config"]["plugins"] = data.draw(st.sampled_from([
+                {"modules": [name], "sha256": []}, {"modules": [name], "files": [str(marker)], "sha256": ["0" * 64]},
+                {"modules": [str(run / "plugins" / "x.py")], "files": [], "sha256": [""]}]))
+            if data.draw(st.booleans()):
+                from pyrovae.config import parse_toml
+
+                d = parse_toml((run / "config.toml").read_text(), "c")
+                d["plugins"] = state["config"]["plugins"]
+                (run / "config.toml").write_text(dumps(d))
+        torch.save(state, path)
+    elif how == "object":  # a whole file of hostile or foreign objects
         torch.save(data.draw(hostile_objects(marker)), path)
     elif how == "entry":  # one entry of a real checkpoint replaced
         import pyrovae.checkpoint as checkpoint_module
@@ -292,4 +324,4 @@ def test_any_hostile_or_damaged_checkpoint_is_refused_in_one_line(tmp_path, caps
             "evaluate": ["evaluate", str(run), "--nll-samples", "3", "--iwae-samples", "2", "--particles", "1"],
             "resume": ["train", "--out", str(run), "--resume", "--set", "train.epochs=2"]}[command]
     run_cli(argv, capsys)
-    assert not marker.exists()
+    assert not marker.exists() and "webbrowser" not in __import__("sys").modules

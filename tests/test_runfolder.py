@@ -174,7 +174,7 @@ def test_an_older_checkpoint_resumes_bit_for_bit_after_conversion(run_copy, tmp_
     (lambda s: s["rng"].update({"torch": torch.empty(5000, dtype=torch.uint8, device="meta")}), "meta"),
     (lambda s: s.update({"event_shape": [10**12]}), "'event_shape'"),
     (lambda s: s["metrics"].pop(), "metrics records for 2 epochs"),
-    (lambda s: s.update({"config": {"model": {"latent_dim": "two"}}}), "latent_dim"),
+    (lambda s: s.update({"config": {"model": {"latent_dim": "two"}}}), "config.toml differ in data."),
 ])
 def test_misshapen_checkpoints_are_one_line(run_copy, tmp_path, capsys, damage, pattern):
     state = torch.load(run_copy / "checkpoint.pt", weights_only=True)
@@ -329,29 +329,27 @@ def test_a_folder_with_only_a_lock_and_temporaries_counts_as_empty(tmp_path):
     assert main(["train", "--out", str(run), "-q", "--set", "train.epochs=1"]) == 0
 
 
-def full_disk_on_call(monkeypatch, n):
-    """torch.save raises ENOSPC on its n-th call from a checkpoint write (after writing half a file)."""
-    import pyrovae.checkpoint as checkpoint_module
+def test_a_full_disk_is_one_line_and_keeps_the_last_good_state(small_disk, monkeypatch, capsys):
+    """A real file system fills up during epoch 3's checkpoint: the kernel's ENOSPC is the promised line."""
+    from conftest import fill_disk
 
-    calls, original = [], torch.save
+    from pyrovae.train import RunFolder
 
-    def save(obj, f):
+    original, calls, filler = RunFolder.save, [], []
+
+    def save(self, trainer):
         calls.append(1)
-        if len(calls) == n:
-            f.write(b"PK\x03\x04 half")
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return original(obj, f)
+        if len(calls) == 3:
+            filler.append(fill_disk(small_disk))
+        return original(self, trainer)
 
-    monkeypatch.setattr(checkpoint_module.torch, "save", save)
-
-
-def test_a_full_disk_is_one_line_and_keeps_the_last_good_state(tmp_path, monkeypatch, capsys):
-    full_disk_on_call(monkeypatch, 3)
-    run = tmp_path / "run"
+    monkeypatch.setattr(RunFolder, "save", save)
+    run = small_disk / "run"
     err = one_line_error(capsys, main(["train", "--out", str(run), "-q", "--set", "train.epochs=5",
                                        "--set", "model.encoder.hidden=[32]"]))
     assert "checkpoint.pt: cannot write (No space left on device); the last good checkpoint (epoch 2) is kept" in err
     monkeypatch.undo()
+    filler[0].unlink()
     assert read_checkpoint(run / "checkpoint.pt")["counters"]["epoch"] == 2 and epochs_in(run) == [1, 2]
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
     assert main(["train", "--out", str(run), "--resume", "-q"]) == 0
@@ -448,7 +446,8 @@ def test_resume_and_evaluate_refuse_changed_data(tmp_path, capsys):
     ("[model]\nlatent_dim = 1" + "0" * 5000 + "\n", "malformed TOML"),
     ("[train]\nnum_particles = 100000000\n", "train.num_particles = 100000000: this configuration needs about"),
     ("[train]\neval_particles = 1000000000\n", "train.eval_particles = 1000000000"),
-    ("[model]\nencoder = { name = 'mlp', hidden = [10000000, 10000000] }\n", "model.encoder: this configuration"),
+    ("[model]\nencoder = { name = 'mlp', hidden = [10000000, 10000000] }\n",
+         "(its largest size: model.encoder.hidden[0] = 10000000)"),
     ("[model]\nlatent_dim = 4611686018427387904\n", "model"),
     ('[model]\nprior = "' + "x" * 100000 + '"\n', "unknown prior 'xxx"),
 ])

@@ -11,7 +11,7 @@ from pyro.infer import SVI
 from torch import nn
 
 from pyrovae import VAE, ConfigError, TrainConfig, WakeSleep, fit, load_dataset
-from pyrovae.train import _same_run
+from pyrovae.config import run_difference
 
 
 def small_vae(**kw):
@@ -131,6 +131,6 @@ def test_vamp_prior_is_refused():
 def test_resume_tells_the_algorithms_apart_and_old_checkpoints_mean_aevb():
     old = {"data": {}, "model": {}, "train": {"batch_size": 100}, "optim": {"name": "adam"}}
     new = {"data": {}, "model": {}, "train": {"batch_size": 100, "algorithm": "aevb"}, "optim": {"name": "adam"}}
-    assert _same_run(old, new) is None
-    assert _same_run(old, {**new, "train": {"batch_size": 100, "algorithm": "wake_sleep"}}) == "train.algorithm"
+    assert run_difference(old, new) is None
+    assert run_difference(old, {**new, "train": {"batch_size": 100, "algorithm": "wake_sleep"}}) == "train.algorithm"
 
