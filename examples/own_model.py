@@ -7,9 +7,11 @@ code, a positive ink level per image, a global per-pixel bias) and registers it 
 ``[plugins]``, then runs what a user would type:
 
     pyrovae train CONFIG --out RUN
-    pyrovae evaluate RUN
+    pyrovae evaluate RUN --plugins ink_vae.py
 
-and loads the trained model back to show its samples and the inferred ink levels.
+(opening a run runs no plugin by itself: the user names the file, which is checked against the
+SHA-256 the run recorded), and loads the trained model back, with the same plugin named, to show
+its samples and the inferred ink levels.
 
     python examples/own_model.py --epochs 100
 """
@@ -42,9 +44,11 @@ def main(args):
     if run.exists():
         shutil.rmtree(run)
     assert pyrovae_cli(["train", str(config), "--out", str(run), "-q"]) == 0
-    assert pyrovae_cli(["evaluate", str(run), "--nll-samples", str(args.nll_samples), "--iwae-samples", "20"]) == 0
+    plugin = str(out / "ink_vae.py")
+    assert pyrovae_cli(["evaluate", str(run), "--nll-samples", str(args.nll_samples), "--iwae-samples", "20",
+                        "--plugins", plugin]) == 0
     scores = json.loads((run / "evaluation.json").read_text())
-    model = pyrovae.load(run)
+    model = pyrovae.load(run, plugins=[plugin])
     data = pyrovae.load_dataset("digits")
     pyro.set_rng_seed(args.seed)
     save_grid(out / "ink_vae_samples.png", model.sample(64), data.event_shape, 8,

@@ -286,12 +286,17 @@ def counters_problem(state: Dict[str, Any], config: Config) -> Optional[str]:
     """What is inconsistent between a checkpoint's counters and its run's config (None if
     nothing): the epoch at most ``train.epochs``, the step and the samples seen exactly what the
     finished epochs imply, the step inside an epoch below the steps per epoch, rollbacks at most
-    ``train.max_rollbacks``. A counter out of range would skip epochs or misplace the data order."""
+    ``train.max_rollbacks`` (the last two bounds as the checkpoint's own config had them: a
+    resumed run may lower them). A counter out of range would skip epochs or misplace the data
+    order."""
     c, t = state["counters"], config.train
+    saved = state["config"].get("train", {})
+    bound = {k: saved.get(k) if isinstance(saved.get(k), int) and not isinstance(saved.get(k), bool)
+             else getattr(t, k) for k in ("epochs", "max_rollbacks")}
     n = state["data"]["train_shape"][0] if state["data"]["train_shape"] else 0
     per_epoch = steps_per_epoch(n, t.batch_size, t.labeled_per_batch)
-    expected = {"epoch": (0, t.epochs), "epoch_step": (0, max(per_epoch - 1, 0)),
-                "rollbacks": (0, t.max_rollbacks)}
+    expected = {"epoch": (0, bound["epochs"]), "epoch_step": (0, max(per_epoch - 1, 0)),
+                "rollbacks": (0, bound["max_rollbacks"])}
     for key, (low, high) in expected.items():
         if not low <= c[key] <= high:
             return f"counters.{key} = {shown(c[key])}: must be in [{low}, {high}] for this run"
@@ -383,11 +388,11 @@ class OpenRun:
         self.run_dir, self.config, self.state, self.model = Path(run_dir), config, state, model
 
 
-def check_one_config(run_dir, config: Config, state: Dict[str, Any]) -> None:
-    """The checkpoint's copy of the config must agree with ``config.toml`` on every key that makes
-    the run what it is (data, model, plugins, algorithm, the keys ``--resume`` refuses to change,
-    the optimizer): else one line naming the first key that differs."""
-    differs = run_difference(config.to_dict(), state["config"], plugins=True)
+def check_one_config(run_dir, recorded: Dict[str, Any], state: Dict[str, Any]) -> None:
+    """The checkpoint's copy of the config must agree with ``config.toml`` (``recorded``, as parsed)
+    on every key that makes the run what it is (data, model, plugins, algorithm, the keys
+    ``--resume`` refuses to change, the optimizer): else one line naming the first key that differs."""
+    differs = run_difference(recorded, state["config"], plugins=True)
     if differs:
         raise RunDirError(f"{Path(run_dir) / CHECKPOINT}: its config and {Path(run_dir) / CONFIG} differ in "
                           f"{differs}; a run has one config (config.toml, which the checkpoint's copy must match): "
@@ -410,8 +415,15 @@ def open_run(run_dir, plugins: Sequence[str] = (), command: str = "pyrovae evalu
         raise RunDirError(f"{run_dir}: not a pyrovae run folder (no such folder)")
     path = run_dir / CHECKPOINT
     state = read_checkpoint(path)
-    config = read_run_config(run_dir, plugins, command)
-    check_one_config(run_dir, config, state)
+    if not (run_dir / CONFIG).is_file():
+        raise RunDirError(f"{run_dir}: not a pyrovae run folder (no {CONFIG})")
+    try:
+        text = read_config_text(run_dir / CONFIG)
+        recorded = parse_toml(text, run_dir / CONFIG)
+    except ConfigError as e:
+        raise RunDirError(str(e)) from None
+    check_one_config(run_dir, recorded, state)  # before anything the config names is looked at
+    config = read_run_config(run_dir, plugins, command, text)
     problem = counters_problem(state, config)
     if problem:
         raise RunDirError(f"{path}: malformed checkpoint: {problem}")

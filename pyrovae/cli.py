@@ -135,7 +135,7 @@ def _sample(args) -> None:
 
     from .checkpoint import open_run
     from .plots import save_grid
-    from .runfolder import check_writable
+    from .runfolder import check_writable, own_file_problem
 
     if not 1 <= args.num <= 100_000:
         raise PyrovaeError(f"--num {args.num}: must be in [1, 100000]")
@@ -143,6 +143,9 @@ def _sample(args) -> None:
         raise PyrovaeError(f"--out {args.out}: must be a .png file")
     if not 0 <= args.seed < 2**32:  # NumPy's seeds, which pyro.set_rng_seed sets too
         raise PyrovaeError(f"--seed {args.seed}: must be in [0, 2^32)")
+    problem = own_file_problem(args.out, args.run_dir, ".png", "")
+    if problem:
+        raise PyrovaeError(f"--out {problem}")
     check_writable(Path(args.out).parent, "--out ")
     command = f"pyrovae sample RUN_DIR {{plugins}} --out {shell_word(args.out)}"
     vae = open_run(args.run_dir, args.plugins, command).model.eval()

@@ -299,6 +299,8 @@ def run_difference(a: Dict[str, Any], b: Dict[str, Any], plugins: bool = False) 
         x, y = a.get(section, {}), b.get(section, {})
         if not isinstance(x, dict) or not isinstance(y, dict):
             return f"[{section}]"
+        if section == "plugins":  # a record written before plugins.files existed lacks it: empty lists
+            x, y = ({k: v.get(k, []) for k in {"modules", "files", "sha256"} | set(v)} for v in (x, y))
         for key in sorted(set(x) | set(y), key=str):
             if x.get(key) != y.get(key):
                 return f"{section}.{one_line(str(key), 40)}"

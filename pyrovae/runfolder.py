@@ -19,7 +19,6 @@ This module holds the rules that keep it trustworthy:
   that says what was kept.
 """
 
-import errno
 import json
 import os
 import tempfile
@@ -157,11 +156,11 @@ def create_run_dir(path=None, default: Optional[str] = None) -> Path:
 class RunLock:
     """An exclusive lock on a run folder, held while one process writes it.
 
-    ``flock`` on the folder's own directory (opened with ``O_DIRECTORY``, not following a
-    symbolic link), taken without waiting: if another process holds it, :class:`RunDirError`
-    names the folder and, from ``RUN_DIR/.lock``, that process's pid. Deleting ``.lock`` does not
-    release anything: the lock is on the directory. The operating system releases it when the
-    process ends, however it ends, so a killed run never leaves its folder locked.
+    ``flock`` on the folder's own directory (opened with ``O_DIRECTORY``), taken without
+    waiting: if another process holds it, :class:`RunDirError` names the folder and, from
+    ``RUN_DIR/.lock``, that process's pid. Deleting ``.lock`` does not release anything: the lock
+    is on the directory. The operating system releases it when the process ends, however it
+    ends, so a killed run never leaves its folder locked.
     """
 
     def __init__(self, run_dir, purpose: str = "write"):
@@ -170,12 +169,10 @@ class RunLock:
         self.fd: Optional[int] = None
 
     def acquire(self) -> "RunLock":
-        flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
             fd = os.open(self.run_dir, flags)
         except OSError as e:
-            if e.errno == errno.ELOOP:
-                raise RunDirError(f"{self.run_dir}: is a symbolic link; a run folder is a plain folder") from None
             raise RunDirError(f"{self.run_dir}: cannot {self.purpose} this run folder "
                               f"({describe_os_error(e)})") from None
         if fcntl is not None:
@@ -269,10 +266,11 @@ def copy_plugins(sources, run_dir) -> None:
 OWN_FILES = (CHECKPOINT, CONFIG, METRICS, LOCK, "reconstructions.png", "samples.png", "elbo.png", "manifold.png")
 
 
-def own_file_problem(out, run_dir) -> Optional[str]:
-    """Why ``out`` may not be written by ``evaluate --out`` (None if it may): inside the run folder
-    only ``*.json`` files directly in it that are not among its own files; never a file in one of
-    its folders (``plugins/``, ``tensorboard/``)."""
+def own_file_problem(out, run_dir, suffix: str = ".json", default: str = EVALUATION) -> Optional[str]:
+    """Why ``out`` may not be written by ``evaluate --out`` (or ``sample --out``, ``suffix``
+    ``.png``) (None if it may): inside the run folder only new ``*.json`` (``*.png``) files directly
+    in it that are not among its own files; never a file in one of its folders (``plugins/``,
+    ``tensorboard/``)."""
     out, run_dir = Path(out), Path(run_dir)
     try:
         where = out.parent.resolve() / out.name
@@ -281,9 +279,9 @@ def own_file_problem(out, run_dir) -> Optional[str]:
         return None
     if len(relative.parts) != 1:
         return f"{out} lies in a folder of the run ({relative.parts[0]}/), which holds the run's own files"
-    if relative.name in OWN_FILES or relative.name.startswith(".") or relative.suffix != ".json":
-        return (f"{out} is one of the run's own files or names; inside the run folder --out writes a new .json file "
-                f"(default {EVALUATION})")
+    if relative.name in OWN_FILES or relative.name.startswith(".") or relative.suffix.lower() != suffix:
+        return (f"{out} is one of the run's own files or names; inside the run folder --out writes a new "
+                f"{suffix} file{f' (default {default})' if default else ''}")
     return None
 
 

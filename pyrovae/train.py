@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from .checkpoint import (
     build_run_model,
+    check_one_config,
     checked_model_shapes,
     counters_problem,
     data_fingerprint,
@@ -232,11 +233,7 @@ def _train(config: Config, out_dir, resume: bool, device: torch.device, model=No
         recorded = parse_toml(read_config_text(out_dir / CONFIG), out_dir / CONFIG)
         state = read_checkpoint(checkpoint) if checkpoint.exists() else None
         if state is not None:
-            differs = run_difference(recorded, state["config"], plugins=True)
-            if differs:
-                raise RunDirError(f"{checkpoint}: its config and {out_dir / CONFIG} differ in {differs}; a run has "
-                                  "one config (config.toml, which the checkpoint's copy must match): the folder was "
-                                  "altered")
+            check_one_config(out_dir, recorded, state)
         saved = state["config"] if state is not None else recorded
     elif out_dir is not None:
         check_fresh(out_dir)

@@ -13,7 +13,7 @@ APP = {"pyrovae.config", "pyrovae.cli", "pyrovae.checkpoint", "pyrovae.plots", "
 CORE = ["pyrovae.models.base", "pyrovae.models.vae", "pyrovae.models.registry", "pyrovae.estimators",
         "pyrovae.algorithms", "pyrovae.data", "pyrovae.priors", "pyrovae.likelihoods", "pyrovae.nets",
         "pyrovae.optim", "pyrovae.objectives", "pyrovae.evaluate", "pyrovae.mcem", "pyrovae.wake_sleep",
-        "pyrovae.state", "pyrovae.distributed", "pyrovae.memory"]
+        "pyrovae.state", "pyrovae.distributed", "pyrovae.memory", "pyrovae.safe_load"]
 
 
 def module_imports():

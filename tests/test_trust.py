@@ -436,3 +436,10 @@ def test_a_plugins_record_round_trips_through_config_toml():
     table = {"modules": ["a.b"], "files": ["/x/a/b.py"], "sha256": ["0" * 64]}
     plugins = PluginsConfig(**table)
     assert plugins.record().as_config() == table
+
+
+def test_a_run_recorded_before_plugins_files_existed_still_opens_and_resumes(run_copy, tmp_path):
+    rewrite(run_copy, config_edit=lambda d: d["plugins"].pop("files"))
+    assert "files" not in parse_toml((run_copy / "config.toml").read_text(), "c")["plugins"]
+    for argv in openers(run_copy, tmp_path):
+        assert main(argv) == 0, argv
