@@ -112,8 +112,8 @@ def _forward_numels(model) -> Optional[tuple]:
 
 
 #: building a model on the meta device that creates more tensors than this is refused: a model has
-#: hundreds (a deep flow a few thousand); a size such as 10^9 flow steps would take hours to build
-MAX_BUILD_TENSORS = 100_000
+#: hundreds (a deep flow a few thousand); 10^9 flow steps would take hours to build, and are refused in seconds
+MAX_BUILD_TENSORS = 20_000
 
 
 class _TooLarge(Exception):

@@ -145,3 +145,33 @@ def fill_disk(folder) -> Path:
             except OSError:
                 pass
     return filler
+
+
+def one_line_error(capsys, code, pattern=""):
+    """The CLI refused with exit status 2 and one line on stderr that contains ``pattern``."""
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("pyrovae: error: ") and err.count("\n") == 1, err
+    assert pattern in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished two-epoch run folder of a small vae (copied per test by ``run_copy``)."""
+    from test_reliability import small_config
+
+    from pyrovae import train
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    train(small_config(epochs=2), run)
+    return run
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path):
+    """A copy of ``trained`` for a test to alter."""
+    dst = tmp_path / "run"
+    shutil.copytree(trained, dst)
+    (dst / ".lock").unlink(missing_ok=True)
+    return dst

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import one_line_error
 from test_reliability import poison, small_config
 
 import pyrovae
@@ -35,32 +36,6 @@ def epochs_in_raw(run):
 
 def epochs_in(run):
     return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A finished two-epoch run folder (copied per test by ``run_copy``)."""
-    run = tmp_path_factory.mktemp("trained") / "run"
-    train(small_config(epochs=2), run)
-    return run
-
-
-@pytest.fixture
-def run_copy(trained, tmp_path):
-    import shutil
-
-    dst = tmp_path / "run"
-    shutil.copytree(trained, dst)
-    (dst / ".lock").unlink(missing_ok=True)
-    return dst
-
-
-def one_line_error(capsys, code, pattern=""):
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.startswith("pyrovae: error: ") and err.count("\n") == 1, err
-    assert pattern in err, err
-    return err
 
 
 # -- 1. loading never executes code ------------------------------------------------------------
