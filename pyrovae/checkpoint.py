@@ -364,16 +364,26 @@ def _sizes(config: Config, num_classes) -> tuple:
 
 
 
-def read_run_config(run_dir, plugins: Sequence[str] = (), command: str = "pyrovae evaluate RUN_DIR {plugins}",
-                    text: Optional[str] = None) -> Config:
-    """A run folder's ``config.toml``, validated as the run's record: nothing it names runs, and
-    only the ``plugins`` the user names (checked against the record) do (see
-    :func:`pyrovae.config.record_config`). Hostile or malformed text is one line."""
+def read_run_record(run_dir) -> Dict[str, Any]:
+    """A run folder's ``config.toml`` as parsed (nothing validated, nothing run); a missing,
+    hostile or malformed file is one :class:`RunDirError` line."""
     path = Path(run_dir) / CONFIG
-    if not path.exists():
+    if not path.is_file():
         raise RunDirError(f"{run_dir}: not a pyrovae run folder (no {CONFIG})")
     try:
-        d = parse_toml(read_config_text(path) if text is None else text, path)
+        return parse_toml(read_config_text(path), path)
+    except ConfigError as e:
+        raise RunDirError(str(e)) from None
+
+
+def read_run_config(run_dir, plugins: Sequence[str] = (), command: str = "pyrovae evaluate RUN_DIR {plugins}",
+                    recorded: Optional[Dict[str, Any]] = None) -> Config:
+    """A run folder's ``config.toml`` (``recorded``: as already parsed), validated as the run's
+    record: nothing it names runs, and only the ``plugins`` the user names (checked against the
+    record) do (see :func:`pyrovae.config.record_config`). Hostile or malformed text is one line."""
+    path = Path(run_dir) / CONFIG
+    d = read_run_record(run_dir) if recorded is None else recorded
+    try:
         return record_config(d, plugins, run_dir, command.replace("RUN_DIR", shell_word(run_dir)))
     except ConfigError as e:
         raise RunDirError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
@@ -415,15 +425,9 @@ def open_run(run_dir, plugins: Sequence[str] = (), command: str = "pyrovae evalu
         raise RunDirError(f"{run_dir}: not a pyrovae run folder (no such folder)")
     path = run_dir / CHECKPOINT
     state = read_checkpoint(path)
-    if not (run_dir / CONFIG).is_file():
-        raise RunDirError(f"{run_dir}: not a pyrovae run folder (no {CONFIG})")
-    try:
-        text = read_config_text(run_dir / CONFIG)
-        recorded = parse_toml(text, run_dir / CONFIG)
-    except ConfigError as e:
-        raise RunDirError(str(e)) from None
+    recorded = read_run_record(run_dir)
     check_one_config(run_dir, recorded, state)  # before anything the config names is looked at
-    config = read_run_config(run_dir, plugins, command, text)
+    config = read_run_config(run_dir, plugins, command, recorded)
     problem = counters_problem(state, config)
     if problem:
         raise RunDirError(f"{path}: malformed checkpoint: {problem}")

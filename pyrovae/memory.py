@@ -74,17 +74,29 @@ def available_bytes(device="cpu") -> int:
 
 
 class _CountCreated(TorchDispatchMode):
-    """Adds up the elements of every tensor an operation creates (views share storage: not counted)."""
+    """Adds up the elements (``numel``) and the number (``tensors``) of every tensor an operation
+    creates (views share storage: not counted; with ``skip_inputs``, neither are the inputs that
+    in-place operations return)."""
 
-    def __init__(self):
+    def __init__(self, skip_inputs: bool = False):
         super().__init__()
-        self.numel = 0
+        self.skip_inputs = skip_inputs
+        self.numel = self.tensors = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if not func.is_view:
-            self.numel += sum(t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+            inputs = {id(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)} \
+                if self.skip_inputs else ()
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor) and id(t) not in inputs:
+                    self.numel += t.numel()
+                    self.tensors += 1
+            self.created()
         return out
+
+    def created(self) -> None:
+        """Called after each operation that created tensors."""
 
 
 def _forward_numels(model) -> Optional[tuple]:
@@ -120,27 +132,19 @@ class _TooLarge(Exception):
     pass
 
 
-class _BuildBudget(TorchDispatchMode):
-    """Counts the elements and tensors created while a model is built on the meta device, and
-    stops the build (:class:`_TooLarge`) the moment either passes its budget: a huge layer or
-    flow count is refused at the first tensor past what memory could hold, never built."""
+class _BuildBudget(_CountCreated):
+    """Counts the elements and tensors created while a model is built (in-place initialisation
+    not counted twice), and stops the build (:class:`_TooLarge`) the moment either passes its
+    budget: a huge layer or flow count is refused at the first tensor past what memory could
+    hold, never built."""
 
     def __init__(self, max_numel: int, max_tensors: int = MAX_BUILD_TENSORS):
-        super().__init__()
+        super().__init__(skip_inputs=True)
         self.max_numel, self.max_tensors = max_numel, max_tensors
-        self.numel = self.tensors = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if not func.is_view:
-            inputs = {id(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-            for t in tree_leaves(out):
-                if isinstance(t, torch.Tensor) and id(t) not in inputs:  # in-place ops return an input
-                    self.numel += t.numel()
-                    self.tensors += 1
-            if self.numel > self.max_numel or self.tensors > self.max_tensors:
-                raise _TooLarge()
-        return out
+    def created(self) -> None:
+        if self.numel > self.max_numel or self.tensors > self.max_tensors:
+            raise _TooLarge()
 
 
 def largest_size(options, prefix: str = "model") -> Optional[tuple]:

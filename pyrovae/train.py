@@ -31,9 +31,10 @@ from .checkpoint import (
     data_fingerprint,
     fingerprint_difference,
     read_checkpoint,
+    read_run_record,
     save_checkpoint,
 )
-from .config import Config, dumps, parse_toml, read_config_text, run_difference
+from .config import Config, dumps, run_difference
 from .distributed import distributed, on_rank0
 from .errors import ConfigError, RunDirError, one_line
 from .estimators import resolve_estimator
@@ -226,11 +227,9 @@ def _train(config: Config, out_dir, resume: bool, device: torch.device, model=No
         if out_dir is None:
             raise RunDirError("--resume needs the run folder (--out RUN_DIR)")
         out_dir = Path(out_dir)
-        if not (out_dir / CONFIG).is_file():
-            raise RunDirError(f"{out_dir}: not a pyrovae run folder (no {CONFIG})")
-        checkpoint = out_dir / CHECKPOINT
         # the run's record of its config: config.toml, with the checkpoint's copy checked against it
-        recorded = parse_toml(read_config_text(out_dir / CONFIG), out_dir / CONFIG)
+        recorded = read_run_record(out_dir)
+        checkpoint = out_dir / CHECKPOINT
         state = read_checkpoint(checkpoint) if checkpoint.exists() else None
         if state is not None:
             check_one_config(out_dir, recorded, state)
