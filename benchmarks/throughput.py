@@ -299,7 +299,7 @@ def load_labelled_mnist(labels):
         y = torch.randint(10, (70000,), generator=g)
         data = pyrovae.Dataset("stand-in", x[:60000], x[60000:], "none", y[:60000], y[60000:])
         if labels is not None:
-            data.labeled = pyrovae.data.choose_labeled(data.train_y, labels)
+            data.labeled = pyrovae.data.datasets.choose_labeled(data.train_y, labels)
         source = "random stand-in of MNIST's shape"
     flat = pyrovae.Dataset(data.name, data.train.reshape(-1, PIXELS), data.test.reshape(-1, PIXELS), "none",
                            data.train_y, data.test_y, data.labeled)

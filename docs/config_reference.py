@@ -9,7 +9,7 @@ import inspect
 import re
 
 from pyrovae import DECODERS, ENCODERS, ESTIMATORS, LIKELIHOODS, MODELS, OPTIMIZERS, PRIORS
-from pyrovae.config import SECTIONS, Config, ModelConfig
+from pyrovae.app.config import SECTIONS, Config, ModelConfig
 from pyrovae.registry import _type_name
 
 

@@ -20,7 +20,7 @@ from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 import pyrovae  # noqa: E402
-from pyrovae.data import binarize_split  # noqa: E402
+from pyrovae.data.datasets import binarize_split  # noqa: E402
 
 
 def main(args):

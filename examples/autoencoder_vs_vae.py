@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
 import pyrovae  # noqa: E402
-from pyrovae.plots import as_images, image_grid  # noqa: E402
+from pyrovae.app.plots import as_images, image_grid  # noqa: E402
 
 
 def train_autoencoder(vae, data, epochs, lr, batch_size=100):

@@ -19,7 +19,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 import pyrovae
-from pyrovae.plots import save_grid
+from pyrovae.app.plots import save_grid
 
 
 def sample_accuracy(data, samples, labels) -> float:

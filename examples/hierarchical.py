@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pyro  # noqa: E402
 
 import pyrovae  # noqa: E402
-from pyrovae.plots import save_figure  # noqa: E402
+from pyrovae.app.plots import save_figure  # noqa: E402
 
 TANH_200 = {"name": "mlp", "hidden": [200, 200], "activation": "tanh"}
 

@@ -13,7 +13,7 @@ import torch
 from scipy.stats import norm
 
 import pyrovae
-from pyrovae.plots import as_images, save_image_rows
+from pyrovae.app.plots import as_images, save_image_rows
 
 
 @torch.no_grad()

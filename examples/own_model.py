@@ -25,8 +25,8 @@ import pyro
 import torch
 
 import pyrovae
-from pyrovae.cli import main as pyrovae_cli
-from pyrovae.plots import save_grid
+from pyrovae.app.cli import main as pyrovae_cli
+from pyrovae.app.plots import save_grid
 
 PLUGIN = Path(__file__).resolve().parent / "plugins" / "ink_vae.py"
 

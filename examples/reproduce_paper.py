@@ -33,9 +33,10 @@ import numpy as np
 import torch
 
 import pyrovae
-from pyrovae.checkpoint import read_checkpoint
-from pyrovae.mcem import MonteCarloEM, hmc_log_likelihood
-from pyrovae.plots import as_images, plot_manifold, plt, save_image_rows
+from pyrovae.app.checkpoint import read_checkpoint
+from pyrovae.app.plots import as_images, plot_manifold, plt, save_image_rows
+from pyrovae.infer.hmc import hmc_log_likelihood
+from pyrovae.training.mcem import MonteCarloEM
 
 # Values read off the paper's figures (about +-0.5 nats for MNIST, +-15 for Frey Face).
 REFERENCE_MNIST = {  # Nz: AEVB test bound at 1e6, 1e7 samples, at the end (~2.5e8); wake-sleep at the end

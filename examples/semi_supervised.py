@@ -26,8 +26,8 @@ import pyro  # noqa: E402
 import torch  # noqa: E402
 
 import pyrovae  # noqa: E402
-from pyrovae.nets import CLASSIFIERS  # noqa: E402
-from pyrovae.plots import save_figure  # noqa: E402
+from pyrovae.app.plots import save_figure  # noqa: E402
+from pyrovae.parts.nets import CLASSIFIERS  # noqa: E402
 
 
 def supervised_only(data, steps: int, hidden, lr: float, seed: int) -> float:

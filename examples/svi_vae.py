@@ -16,7 +16,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.optim import Adam
 
 import pyrovae
-from pyrovae.plots import save_grid
+from pyrovae.app.plots import save_grid
 
 
 def main(args):

@@ -19,7 +19,7 @@ import pyro
 import torch
 
 import pyrovae
-from pyrovae.plots import as_images, save_image_rows
+from pyrovae.app.plots import as_images, save_image_rows
 
 LIKELIHOODS = [
     ("bernoulli", "dynamic", "bernoulli"),

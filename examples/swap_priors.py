@@ -12,7 +12,7 @@ from pathlib import Path
 import pyro
 
 import pyrovae
-from pyrovae.plots import as_images, save_image_rows
+from pyrovae.app.plots import as_images, save_image_rows
 
 PRIORS = ["standard_normal", {"name": "mixture", "num_components": 10}, {"name": "vamp", "num_pseudo_inputs": 50},
           {"name": "flow", "num_flows": 2, "hidden": [64]}]

@@ -18,33 +18,34 @@ Public API::
     MonteCarloEM   Monte Carlo EM with per-datapoint HMC E-steps; hmc_log_likelihood
 """
 
-from .algorithms import ALGORITHMS, Algorithm
-from .amortized import AmortizedGuide
-from .checkpoint import build_model, load
-from .config import Config, DataConfig, ModelConfig, TrainConfig, load_config
-from .data import Batch, Dataset, load_dataset
-from .errors import ConfigError, DataError, PyrovaeError, RunDirError
-from .estimators import ESTIMATORS, Estimator, resolve_estimator
-from .evaluate import (
-    active_units,
-    dataset_elbo,
-    dataset_terms,
-    evaluate,
-    evaluate_run,
-    kl_per_dimension,
-    log_likelihood,
-)
-from .likelihoods import LIKELIHOODS, Likelihood
-from .loop import Callback, Interrupted, PosteriorCollapseWarning, TrainingError, fit
-from .mcem import MonteCarloEM, hmc_log_likelihood
-from .models import CVAE, HVAE, M2, MODELS, VAE, Model, Terms, data_plate
-from .nets import CLASSIFIERS, DECODERS, ENCODERS
-from .objectives import IWAE, LatentScale, elbo_per_datapoint, elbo_terms, make_elbo, objective_per_datapoint
-from .optim import OPTIMIZERS, build_optimizer
-from .posteriors import POSTERIORS
-from .priors import PRIORS, Prior
-from .train import RunFolder, TensorBoardLog, train
-from .wake_sleep import WakeSleep
+from pyrovae.app.checkpoint import build_model, load
+from pyrovae.app.config import Config, DataConfig, ModelConfig, load_config
+from pyrovae.app.run import evaluate_run, train
+from pyrovae.app.runfolder import RunFolder, TensorBoardLog
+from pyrovae.data.batch import Batch
+from pyrovae.data.datasets import Dataset, load_dataset
+from pyrovae.errors import ConfigError, DataError, PyrovaeError, RunDirError
+from pyrovae.infer.algorithms import ALGORITHMS, Algorithm
+from pyrovae.infer.elbos import IWAE, LatentScale, elbo_per_datapoint, elbo_terms, make_elbo, objective_per_datapoint
+from pyrovae.infer.estimators import ESTIMATORS, Estimator, resolve_estimator
+from pyrovae.infer.evaluate import active_units, dataset_elbo, dataset_terms, evaluate, kl_per_dimension, log_likelihood
+from pyrovae.infer.hmc import hmc_log_likelihood
+from pyrovae.infer.wake_sleep import WakeSleep
+from pyrovae.models.amortized import AmortizedGuide
+from pyrovae.models.base import Model
+from pyrovae.models.cvae import CVAE
+from pyrovae.models.hvae import HVAE
+from pyrovae.models.m2 import M2
+from pyrovae.models.registry import MODELS
+from pyrovae.models.terms import Terms, data_plate
+from pyrovae.models.vae import VAE
+from pyrovae.parts.likelihoods import LIKELIHOODS, Likelihood
+from pyrovae.parts.nets import CLASSIFIERS, DECODERS, ENCODERS
+from pyrovae.parts.posteriors import POSTERIORS
+from pyrovae.parts.priors import PRIORS, Prior
+from pyrovae.training.loop import Callback, Interrupted, PosteriorCollapseWarning, TrainConfig, TrainingError, fit
+from pyrovae.training.mcem import MonteCarloEM
+from pyrovae.training.optim import OPTIMIZERS, build_optimizer
 
 __version__ = "0.1.0"
 

@@ -11,7 +11,7 @@ import math
 import typing
 from typing import Any, Callable, Dict, Mapping, Union
 
-from .errors import ConfigError, UnknownNameError, one_line, shown
+from pyrovae.errors import ConfigError, UnknownNameError, one_line, shown
 
 #: integers in a config are C integers (int64): anything outside is refused before it reaches torch
 INT_RANGE = (-2**63, 2**63)
@@ -150,3 +150,15 @@ class Registry:
         except ValueError as e:
             raise ConfigError(f"{where or self.kind} {name!r}: {one_line(str(e), 200)}") from None
 
+
+PartSpec = Union[str, Dict[str, Any]]
+
+
+def check_choice(key, value, allowed, error=ConfigError):
+    if value not in allowed:
+        raise error(f"{key} = {shown(value)}: valid: {', '.join(allowed)}")
+
+
+def check_at_least(key, value, minimum):
+    if value < minimum:
+        raise ConfigError(f"{key} = {shown(value)}: must be >= {minimum}")

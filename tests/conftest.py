@@ -39,7 +39,7 @@ def registries_as_they_were():
         POSTERIORS,
         PRIORS,
     )
-    from pyrovae.plugins import _EXECUTED, _SOURCES
+    from pyrovae.app.plugins import _EXECUTED, _SOURCES
 
     registries = (ALGORITHMS, CLASSIFIERS, DECODERS, ENCODERS, ESTIMATORS, LIKELIHOODS, MODELS, OPTIMIZERS,
                   POSTERIORS, PRIORS)

@@ -16,8 +16,8 @@ from torch import nn
 
 import pyrovae
 from pyrovae import AmortizedGuide, Batch, Model, data_plate
-from pyrovae.checkpoint import read_checkpoint
-from pyrovae.data import as_batch
+from pyrovae.app.checkpoint import read_checkpoint
+from pyrovae.data.batch import as_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -177,18 +177,41 @@ def test_the_guide_reads_labels_only_where_they_are_usable():
     assert seen["x"][:, 3:].eq(0).all()
 
 
-def test_pyrovaes_estimators_refuse_a_latent_site_the_guide_leaves_out():
+def test_an_enumerated_site_the_guide_leaves_out_is_summed_out_exactly():
     class Mixture(Model):
         def model(self, batch, num_data=None):
             x = as_batch(batch).x
             with data_plate(x, num_data):
-                c = pyro.sample("c", dist.Categorical(torch.ones(2) / 2), infer={"enumerate": "parallel"})
-                pyro.sample("x", dist.Normal(c.float().unsqueeze(-1), 1.0).to_event(1), obs=x)
+                c = pyro.sample("c", dist.Categorical(torch.tensor([0.3, 0.7])), infer={"enumerate": "parallel"})
+                pyro.sample("x", dist.Normal(2 * c.float().unsqueeze(-1), 1.0).to_event(1), obs=x)
 
     model = Mixture((1,))
     assert model.amortized_guide.enumerated == ["c"]
-    with pytest.raises(ValueError, match="'c' is latent but the guide has no site"):
-        model.terms(Batch(torch.randn(3, 1)), 2)
+    x = torch.randn(3, 1)
+    terms = model.terms(Batch(x), 2)  # no continuous latent: every particle is log p(x) exactly
+    normal = dist.Normal(torch.tensor([0.0, 2.0]), 1.0)
+    log_px = torch.logsumexp(torch.tensor([0.3, 0.7]).log() + normal.log_prob(x), -1)
+    assert torch.allclose(terms.elbo, log_px.expand(2, 3), atol=1e-5)
+    assert torch.allclose(terms.log_weights, log_px.expand(2, 3), atol=1e-5)
+    assert torch.allclose(terms.reconstruction, log_px.expand(2, 3), atol=1e-5)  # nothing else to explain x
+
+
+def test_a_discrete_site_not_marked_for_enumeration_is_one_line_at_build():
+    class Unmarked(Model):
+        def model(self, batch, num_data=None):
+            x = as_batch(batch).x
+            with data_plate(x, num_data):
+                c = pyro.sample("c", dist.Bernoulli(0.5))
+                pyro.sample("x", dist.Normal(c.unsqueeze(-1), 1.0).to_event(1), obs=x)
+
+        def guide(self, batch, num_data=None):
+            with data_plate(as_batch(batch).x, num_data):
+                pyro.sample("c", dist.Bernoulli(0.5))
+
+    with pytest.raises(pyrovae.ConfigError, match="guide site 'c' is not reparameterizable; mark it infer="):
+        Unmarked((1,)).dry_run(Batch(torch.randn(3, 1)), 10)
+    with pytest.raises(ValueError, match="AmortizedGuide: site 'c' is discrete; mark it for enumeration"):
+        type("NoGuide", (Model,), {"model": Unmarked.model})((1,))
 
 
 @pytest.mark.filterwarnings("ignore::pyrovae.PosteriorCollapseWarning")

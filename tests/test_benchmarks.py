@@ -66,7 +66,7 @@ def test_the_family_loops_run_and_report_their_ratio():
     import families
 
     x, y = _binary(240), torch.randint(10, (240,), generator=torch.Generator().manual_seed(1))
-    data = pyrovae.Dataset("stand-in", x, x[:40], "none", y, y[:40], pyrovae.data.choose_labeled(y, 30))
+    data = pyrovae.Dataset("stand-in", x, x[:40], "none", y, y[:40], pyrovae.data.datasets.choose_labeled(y, 30))
     for family in ("cvae", "m2", "amortized"):
         row = families.benchmark(family, data, steps=2, repeats=1, batch_size=40)
         assert row["family"] == family and 0 < row["pyrovae_time_vs_reference"] < float("inf")

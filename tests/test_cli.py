@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyrovae.cli import main
+from pyrovae.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_FILES = {"config.toml", "metrics.jsonl", "checkpoint.pt", "reconstructions.png", "samples.png", "elbo.png",

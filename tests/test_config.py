@@ -3,7 +3,7 @@
 import pytest
 
 from pyrovae import Config, ConfigError, load_config
-from pyrovae.config import apply_overrides, config_from_dict, dumps
+from pyrovae.app.config import apply_overrides, config_from_dict, dumps
 
 
 def write(tmp_path, text, name="c.toml"):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pyrovae import DataError, load_dataset
-from pyrovae.data import holdout_split
+from pyrovae.data.datasets import holdout_split
 
 
 def test_digits_is_the_embedded_default():
@@ -116,7 +116,7 @@ def test_frey_face_download_path(tmp_path, frey_file, monkeypatch):
     import shutil
     import urllib.request
 
-    from pyrovae.data import FREY_FACE_URL
+    from pyrovae.data.sources import FREY_FACE_URL
 
     calls = []
 

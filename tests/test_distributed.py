@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from pyrovae import VAE, TrainConfig
-from pyrovae.checkpoint import read_checkpoint
-from pyrovae.data import Dataset
-from pyrovae.loop import Trainer
+from pyrovae.app.checkpoint import read_checkpoint
+from pyrovae.data.datasets import Dataset
+from pyrovae.training.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ["--set", "train.eval_every=1", "--set", "model.encoder.hidden=[32]", "--set", "model.decoder.hidden=[32]",

@@ -21,7 +21,7 @@ from pyrovae import (
     PosteriorCollapseWarning,
     load_config,
 )
-from pyrovae.config import SECTIONS, ModelConfig
+from pyrovae.app.config import SECTIONS, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -14,7 +14,7 @@ from torch import nn
 
 import pyrovae
 from pyrovae import MODELS, VAE, Batch, ConfigError, Model, Terms, fit, load_dataset
-from pyrovae.cli import main
+from pyrovae.app.cli import main
 
 
 def trace_terms(model, batch, particles, kl, z):
@@ -135,7 +135,7 @@ def test_the_analytic_estimator_of_a_generic_model_is_pyros_mean_field_elbo():
     x = binary_batch(6)
     pyro.set_rng_seed(3)
     terms = Model.terms(vae, x, 1, num_data=60)
-    ours = -10 * float(pyrovae.estimators.get_estimator("analytic")(terms)[0].sum().detach())
+    ours = -10 * float(pyrovae.infer.estimators.get_estimator("analytic")(terms)[0].sum().detach())
     pyro.set_rng_seed(3)
     assert TraceMeanField_ELBO().loss(vae.model, vae.guide, x, 60) == pytest.approx(ours, rel=1e-5)
 
@@ -265,6 +265,6 @@ def test_a_model_built_in_python_trains_into_a_run_folder_and_loads_back(tmp_pat
     with pytest.raises(pyrovae.RunDirError, match=r"pyrovae.load\(run, model=...\)"):
         pyrovae.load(run)
     loaded = pyrovae.load(run, model=build())
-    saved = pyrovae.checkpoint.read_checkpoint(run / "checkpoint.pt")["model"]
+    saved = pyrovae.app.checkpoint.read_checkpoint(run / "checkpoint.pt")["model"]
     for k, v in loaded.state_dict().items():
         torch.testing.assert_close(v, saved[k], rtol=0, atol=0)

@@ -4,7 +4,7 @@ import pytest
 from conftest import requires_cuda
 
 from pyrovae import VAE, dataset_elbo, evaluate, fit, load, load_dataset, log_likelihood, train
-from pyrovae.config import Config
+from pyrovae.app.config import Config
 
 
 @requires_cuda

@@ -13,10 +13,10 @@ import torch
 
 import pyrovae
 from pyrovae import CVAE, M2, Batch, Model
-from pyrovae.checkpoint import read_checkpoint
-from pyrovae.cli import main
-from pyrovae.data import epoch_plan
-from pyrovae.estimators import get_estimator
+from pyrovae.app.checkpoint import read_checkpoint
+from pyrovae.app.cli import main
+from pyrovae.data.sampling import epoch_plan
+from pyrovae.infer.estimators import get_estimator
 
 
 def _labelled(m=6, d=64, seed=0):
@@ -85,7 +85,7 @@ def test_m2_bounds_and_scores_without_labels():
     mixed = Batch(b.x, b.y, torch.tensor([1, 0, 1, 0, 0, 0, 1, 0], dtype=torch.bool))
     with torch.no_grad():
         t = model.terms(mixed, 2000, 100, kl=False)
-        elbo = t.log_ratio.mean(0)
+        elbo = t.elbo.mean(0)
         iwae = torch.logsumexp(t.log_weights, 0) - math.log(2000)
         analytic = model.terms(mixed, 2000, 100, kl=True)
     assert (elbo <= iwae + 1e-4).all()

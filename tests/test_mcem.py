@@ -12,7 +12,7 @@ import torch
 from conftest import LinearDecoder
 
 from pyrovae import VAE, ConfigError, Dataset, MonteCarloEM, hmc_log_likelihood
-from pyrovae.mcem import hmc_transition, log_joint, posterior_moments
+from pyrovae.infer.hmc import hmc_transition, log_joint, posterior_moments
 
 
 def ppca_posterior(w, b, s, x):
@@ -119,7 +119,7 @@ def test_mcem_as_a_training_algorithm_raises_the_exact_likelihood_and_resumes_bi
     """train.algorithm = "mcem": the same E- and M-steps through the training loop, with the chains
     in the checkpoint, so a resumed run ends where a straight one does."""
     from pyrovae import Config, fit, train
-    from pyrovae.checkpoint import read_checkpoint
+    from pyrovae.app.checkpoint import read_checkpoint
 
     vae, w, b, s, marginal = linear_gaussian
     x = marginal.sample((400,))

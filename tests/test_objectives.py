@@ -53,7 +53,7 @@ def test_given_noise_is_the_reparameterization():
     drawn = objective_per_datapoint(vae, x, "mc", 4)
     pyro.set_rng_seed(3)
     eps = torch.randn(4, 6, 3)  # what rsample draws
-    given = objective_per_datapoint(vae, x, "mc", 4, eps=eps)
+    given = objective_per_datapoint(vae, x, "mc", 4, noise=eps)
     for a, b in zip(drawn, given):
         torch.testing.assert_close(a, b)
 

@@ -7,7 +7,7 @@ import torch
 
 from pyrovae import build_optimizer
 from pyrovae.errors import ConfigError
-from pyrovae.optim import IMPLEMENTATIONS, load_state
+from pyrovae.training.optim import IMPLEMENTATIONS, load_state
 
 
 def _params(seed=0):

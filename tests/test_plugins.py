@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import pyrovae
-from pyrovae.checkpoint import read_checkpoint
-from pyrovae.cli import main
+from pyrovae.app.checkpoint import read_checkpoint
+from pyrovae.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "examples" / "plugins" / "two_latents.py"

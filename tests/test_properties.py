@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from pyrovae import PosteriorCollapseWarning
-from pyrovae.cli import main
-from pyrovae.config import dumps
+from pyrovae.app.cli import main
+from pyrovae.app.config import dumps
 
 junk = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=True),
                  st.text(max_size=8), st.lists(st.integers(-3, 3), max_size=3),
@@ -255,7 +255,7 @@ def hostile_objects(marker):
 def test_any_hostile_or_damaged_checkpoint_is_refused_in_one_line(tmp_path, capsys, finished_run, data):
     import shutil
 
-    from pyrovae.checkpoint import FORMAT
+    from pyrovae.app.checkpoint import FORMAT
 
     marker = tmp_path / "PWNED"
     run = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
@@ -289,7 +289,7 @@ def test_any_hostile_or_damaged_checkpoint_is_refused_in_one_line(tmp_path, caps
                 {"modules": [name], "sha256": []}, {"modules": [name], "files": [str(marker)], "sha256": ["0" * 64]},
                 {"modules": [str(run / "plugins" / "x.py")], "files": [], "sha256": [""]}]))
             if data.draw(st.booleans()):
-                from pyrovae.config import parse_toml
+                from pyrovae.app.config import parse_toml
 
                 d = parse_toml((run / "config.toml").read_text(), "c")
                 d["plugins"] = state["config"]["plugins"]
@@ -298,7 +298,7 @@ def test_any_hostile_or_damaged_checkpoint_is_refused_in_one_line(tmp_path, caps
     elif how == "object":  # a whole file of hostile or foreign objects
         torch.save(data.draw(hostile_objects(marker)), path)
     elif how == "entry":  # one entry of a real checkpoint replaced
-        import pyrovae.checkpoint as checkpoint_module
+        import pyrovae.app.checkpoint as checkpoint_module
 
         state = torch.load(path, weights_only=True)
         key = data.draw(st.sampled_from(sorted(state) + ["extra"]))

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from pyrovae import Config, Interrupted, RunFolder, TrainingError, build_model, fit, load_dataset, train
-from pyrovae.checkpoint import read_checkpoint
-from pyrovae.data import Dataset
+from pyrovae.app.checkpoint import read_checkpoint
+from pyrovae.data.datasets import Dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"name": "mlp", "hidden": [32]}

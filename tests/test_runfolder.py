@@ -23,9 +23,9 @@ from test_reliability import poison, small_config
 
 import pyrovae
 from pyrovae import RunDirError, load_dataset, train
-from pyrovae.checkpoint import FORMAT, convert_checkpoint, read_checkpoint
-from pyrovae.cli import main
-from pyrovae.runfolder import RunLock, create_run_dir, is_fresh
+from pyrovae.app.checkpoint import FORMAT, convert_checkpoint, read_checkpoint
+from pyrovae.app.cli import main
+from pyrovae.app.files import RunLock, create_run_dir, is_fresh
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -236,7 +236,7 @@ def test_writers_started_together(tmp_path):
 
 # -- 3. metrics and checkpoint in step ---------------------------------------------------------
 def test_a_kill_between_checkpoint_and_metrics_line_is_repaired_by_resume(tmp_path, monkeypatch):
-    train_module = importlib.import_module("pyrovae.train")
+    train_module = importlib.import_module("pyrovae.app.runfolder")
 
     original, calls = train_module.append_metrics, []
 
@@ -308,7 +308,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_good_state(small_disk, monke
     """A real file system fills up during epoch 3's checkpoint: the kernel's ENOSPC is the promised line."""
     from conftest import fill_disk
 
-    from pyrovae.train import RunFolder
+    from pyrovae.app.runfolder import RunFolder
 
     original, calls, filler = RunFolder.save, [], []
 
@@ -334,7 +334,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_good_state(small_disk, monke
 def test_an_unwritable_metrics_file_is_one_line(tmp_path, capsys):
     run = tmp_path / "run"
     config = small_config(epochs=2)
-    from pyrovae.train import fit
+    from pyrovae.training.loop import fit
 
     run.mkdir()
     (run / "metrics.jsonl").mkdir()  # cannot be opened for writing
@@ -346,8 +346,8 @@ def test_an_unwritable_metrics_file_is_one_line(tmp_path, capsys):
 
 def test_evaluate_checks_its_output_before_the_work_and_prints_before_writing(run_copy, tmp_path, monkeypatch,
                                                                                 capsys):
-    evaluate_module = importlib.import_module("pyrovae.evaluate")
-    import pyrovae.runfolder as runfolder
+    evaluate_module = importlib.import_module("pyrovae.app.run")
+    import pyrovae.app.files as runfolder
 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
@@ -483,7 +483,7 @@ def fit_into_run_folder(tmp_path, config, stop_signal):
 
 
 def test_a_signal_during_evaluation_stops_after_that_epochs_checkpoint(tmp_path, monkeypatch):
-    loop = importlib.import_module("pyrovae.loop")
+    loop = importlib.import_module("pyrovae.training.loop")
     evaluated = []
     original = loop.Trainer.evaluate
     monkeypatch.setattr(loop.Trainer, "evaluate",
@@ -496,7 +496,7 @@ def test_a_signal_during_evaluation_stops_after_that_epochs_checkpoint(tmp_path,
 
 
 def test_a_signal_while_plotting_exits_after_the_last_checkpoint(tmp_path, monkeypatch):
-    plots = importlib.import_module("pyrovae.plots")
+    plots = importlib.import_module("pyrovae.app.plots")
     received = []
     original = plots.plot_run
     monkeypatch.setattr(plots, "plot_run", lambda *a: (received.append(signal.SIGINT), original(*a))[1])
@@ -507,7 +507,7 @@ def test_a_signal_while_plotting_exits_after_the_last_checkpoint(tmp_path, monke
 
 
 def test_a_second_signal_stops_at_once():
-    from pyrovae.train import StoppedAtOnce, _stop_on_signals
+    from pyrovae.app.run import StoppedAtOnce, _stop_on_signals
 
     with _stop_on_signals() as stop_signal:
         os.kill(os.getpid(), signal.SIGINT)
@@ -544,7 +544,7 @@ def test_threads_flag(tmp_path, capsys):
 
 def test_memory_estimate_counts_parameters_exactly(tmp_path):
     from pyrovae import VAE
-    from pyrovae.memory import check_training_memory, meta_model
+    from pyrovae.training.memory import check_training_memory, meta_model
 
     vae = meta_model(lambda: VAE((64,), 2, encoder={"name": "mlp", "hidden": [100]},
                                  decoder={"name": "mlp", "hidden": [100]}))

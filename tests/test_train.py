@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pyrovae import VAE, Config, ConfigError, fit, load, load_dataset, train
-from pyrovae.checkpoint import read_checkpoint
+from pyrovae.app.checkpoint import read_checkpoint
 
 SMALL = {"name": "mlp", "hidden": [64]}
 

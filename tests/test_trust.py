@@ -21,10 +21,10 @@ from conftest import one_line_error
 
 import pyrovae
 from pyrovae import RunDirError
-from pyrovae.cli import main
-from pyrovae.config import PluginsConfig, dumps, parse_toml
-from pyrovae.plugins import PluginRecord, read_plugin, run_named_plugins
-from pyrovae.runfolder import RunLock
+from pyrovae.app.cli import main
+from pyrovae.app.config import PluginsConfig, dumps, parse_toml
+from pyrovae.app.files import RunLock
+from pyrovae.app.plugins import PluginRecord, read_plugin, run_named_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "examples" / "plugins" / "two_latents.py"
@@ -112,7 +112,7 @@ def plugin_run(tmp_path):
     run = tmp_path / "run"
     assert main(["train", str(tmp_path / "cfg" / "run.toml"), "--out", str(run), "-q"]) == 0
     from pyrovae import MODELS
-    from pyrovae.plugins import _EXECUTED
+    from pyrovae.app.plugins import _EXECUTED
 
     MODELS._entries.pop("two_latents")  # as in a fresh process: nothing registered, nothing run
     _EXECUTED.clear()
@@ -179,7 +179,7 @@ def test_a_dotted_module_plugin_is_recorded_with_its_file_and_hash(tmp_path, cap
     assert not (tmp_path / "INIT_RAN").exists()  # resolving the name imported no parent package
     assert (run / "plugins" / "parts.py").read_bytes() == (folder / "parts.py").read_bytes()
     pyrovae.PRIORS._entries.pop("dotted_prior")
-    importlib.import_module("pyrovae.plugins")._EXECUTED.clear()
+    importlib.import_module("pyrovae.app.plugins")._EXECUTED.clear()
     assert main(["evaluate", str(run), "--nll-samples", "3", "--plugins", "mypkg.parts"]) == 0
     (folder / "parts.py").write_text(GOOD_PLUGIN.format(name="dotted_prior") + "# edited\n")
     one_line_error(capsys, main(["evaluate", str(run), "--nll-samples", "3", "--plugins", "mypkg.parts"]),
@@ -208,7 +208,7 @@ def test_a_file_swapped_between_hash_and_run_never_runs(tmp_path):
                 os.replace(tmp_path / f"{name}.next", path)
                 swaps[0] += 1
 
-    from pyrovae.plugins import _EXECUTED
+    from pyrovae.app.plugins import _EXECUTED
 
     thread = threading.Thread(target=swapper)
     thread.start()
@@ -334,7 +334,7 @@ def test_config_toml_and_the_checkpoint_must_agree(run_copy, tmp_path, capsys):
 
 
 def test_a_non_finite_evaluation_is_refused_and_never_written(run_copy, capsys, monkeypatch):
-    evaluate_module = sys.modules["pyrovae.evaluate"]  # the module (pyrovae.evaluate is the function)
+    evaluate_module = sys.modules["pyrovae.app.run"]  # evaluate_run scores with the evaluate it imports
     original = evaluate_module.evaluate
     monkeypatch.setattr(evaluate_module, "evaluate", lambda *a, **k: {**original(*a, **k), "test_nll": float("nan")})
     one_line_error(capsys, main(["evaluate", str(run_copy), "--nll-samples", "3", "--iwae-samples", "2"]),

@@ -26,106 +26,32 @@ per-datapoint terms is still an unbiased estimate of the full-data ELBO.
 
 import functools
 import math
-from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+import warnings
+from typing import Dict, List, Optional, Sequence
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.nn import PyroModule, pyro_method
-from pyro.poutine.subsample_messenger import _Subsample
-from torch.distributions import TransformedDistribution, kl_divergence
+from pyro.poutine.enum_messenger import EnumMessenger
+from pyro.poutine.util import site_is_subsample
+from pyro.util import check_model_guide_match
+from torch.distributions import TransformedDistribution
 
-from ..data import Batch, as_batch
-
-DATA_PLATE = "data"
-PARTICLE_PLATE = "num_particles_vectorized"  # the name Pyro's own ELBOs give the particle plate
-
-
-def data_plate(x, num_data: Optional[int] = None, name: str = DATA_PLATE) -> pyro.plate:
-    """The plate "data" of size ``num_data`` (or M) with the minibatch as its subsample.
-
-    Every site sampled inside it is scaled by ``num_data / M``, so a Pyro ELBO of the
-    minibatch is an unbiased estimate of the full-data ELBO (Kingma & Welling 2014, eq. 8).
-    ``x`` is the minibatch (a tensor whose first dimension is M, or a :class:`~pyrovae.Batch`).
-    Passing the subsample indices rather than ``subsample_size`` avoids a ``randperm(N)`` per step.
-    """
-    x = x.x if isinstance(x, Batch) else x
-    size = x.shape[0]
-    return pyro.plate(name, size=num_data or size, subsample=torch.arange(size, device=x.device))
-
-
-@dataclass
-class Terms:
-    """The terms of the ELBO for each particle and datapoint, unscaled (no N/M), each ``(L, M)``
-    (``kl`` may be ``(1, M)`` when it does not depend on the particle). ``log_prior`` and
-    ``log_q`` are None when only the analytic estimator's terms were asked for.
-
-    Two optional fields serve families with more than the ELBO: ``auxiliary`` ``(M,)`` is added
-    to the training objective and left out of the ELBO (M2's alpha log q(y | x) on labelled
-    points); ``importance_log_weights`` ``(L, M)`` replaces the default log-weights where a
-    family sums a discrete latent out inside each weight (M2: log sum_y p(x, y, z_y) / q(z_y | x, y)).
-    """
-
-    reconstruction: torch.Tensor
-    kl: Optional[torch.Tensor] = None
-    log_prior: Optional[torch.Tensor] = None
-    log_q: Optional[torch.Tensor] = None
-    #: whether ``kl`` is closed-form for every latent site
-    kl_exact: bool = True
-    auxiliary: Optional[torch.Tensor] = None
-    importance_log_weights: Optional[torch.Tensor] = None
-
-    @property
-    def log_ratio(self) -> torch.Tensor:
-        """log p(x, z_l) - log q(z_l | x) per particle, ``(L, M)``: its mean over particles is the ELBO."""
-        return self.reconstruction + self.log_prior - self.log_q
-
-    @property
-    def log_weights(self) -> torch.Tensor:
-        """The importance weights' logarithms, ``(L, M)``: each exp(log_weights_l) is an unbiased
-        estimate of p(x); by default :attr:`log_ratio`."""
-        return self.log_ratio if self.importance_log_weights is None else self.importance_log_weights
-
-    @property
-    def num_particles(self) -> int:
-        return self.reconstruction.shape[0]
-
-
-def _frames(site) -> Dict[str, object]:
-    return {f.name: f for f in site["cond_indep_stack"] if f.vectorized}
-
-
-def per_datapoint(value: torch.Tensor, site, shape: tuple, num_data: int, plate: str = DATA_PLATE) -> torch.Tensor:
-    """A site's per-element log-density brought to ``shape = (L, M)``: the particle plate's
-    dimension first, the data plate's last, every other plate's summed; a site outside the data
-    plate counts 1/N (``num_data``) for each datapoint."""
-    frames = _frames(site)
-    ndim = max([value.dim()] + [-f.dim for f in frames.values()])
-    value = value.reshape((1,) * (ndim - value.dim()) + value.shape)
-    particles, data = frames.get(PARTICLE_PLATE), frames.get(plate)
-    source = [ndim + f.dim for f in (particles, data) if f is not None]
-    target = [d for f, d in ((particles, 0), (data, -1)) if f is not None]
-    value = value.movedim(tuple(source), tuple(target)) if source else value
-    if particles is None:
-        value = value.unsqueeze(0)
-    if data is None:
-        value = value.unsqueeze(-1) / num_data
-    inner = tuple(range(1, value.dim() - 1))
-    return (value.sum(inner) if inner else value).expand(shape)
-
-
-def _per_datapoint_values(value: torch.Tensor, site, m: int) -> Optional[torch.Tensor]:
-    """A local site's value-shaped tensor (e.g. its posterior mean) as ``(M, -1)``; None for a
-    site outside the data plate."""
-    frames = _frames(site)
-    data = frames.get(DATA_PLATE)
-    if data is None:
-        return None
-    batch_dims = value.dim() - site["fn"].event_dim
-    ndim = max([batch_dims] + [-f.dim for f in frames.values()])
-    value = value.reshape((1,) * (ndim - batch_dims) + value.shape)
-    return value.movedim(ndim + data.dim, 0).reshape(m, -1)
+from pyrovae.data.batch import Batch, as_batch
+from pyrovae.errors import ConfigError, PyrovaeError, one_line
+from pyrovae.models.amortized import AmortizedGuide
+from pyrovae.models.terms import (
+    DATA_PLATE,
+    PARTICLE_PLATE,
+    Terms,
+    _per_datapoint_values,
+    data_plate,
+    enumerated,
+    latent_sites,
+    sample_sites,
+    trace_terms,
+)
 
 
 class Model(PyroModule):
@@ -141,8 +67,9 @@ class Model(PyroModule):
     :param str name: the Pyro name prefix of the parameters.
     """
 
-    #: the observed site that :meth:`sample` and :meth:`reconstruct` return
-    observed_site = "x"
+    #: the observed site that :meth:`sample`, :meth:`reconstruct` and the figures return; None: the
+    #: one observed site under the plate "data", found from a trace of the model (:meth:`observed_name`)
+    observed_site: Optional[str] = None
     #: how many plates model and guide nest, where a family knows it (else one trace finds out)
     plate_nesting: Optional[int] = None
 
@@ -174,6 +101,7 @@ class Model(PyroModule):
         self.event_shape = tuple(int(s) for s in event_shape)
         self.event_dim = len(self.event_shape)
         self._max_plate_nesting: Optional[int] = None
+        self._enumerated: Optional[List[str]] = None
 
     # -- the Pyro program (a family writes these) ------------------------------------------
     def model(self, batch, num_data: Optional[int] = None):
@@ -196,15 +124,13 @@ class Model(PyroModule):
         """Build an :class:`~pyrovae.AmortizedGuide` of :meth:`model` as this family's guide,
         tracing the model on ``batch`` (default: 2 blank points of ``event_shape``, with labels
         0 if the family has ``num_classes``)."""
-        from ..amortized import AmortizedGuide
 
         classes = getattr(self, "num_classes", None)
         if batch is None:
-            x = torch.zeros((2, *self.event_shape), device=self.device)
-            batch = Batch(x, torch.zeros(2, dtype=torch.long, device=x.device) if classes else None)
+            batch = self._blank_batch(2)
         self.amortized_guide = AmortizedGuide(self.model, encoder=self.guide_encoder, num_classes=classes)
         self.amortized_guide.setup(as_batch(batch), None)
-        self._max_plate_nesting = None
+        self._max_plate_nesting = self._enumerated = None
 
     def data_plate(self, batch, num_data: Optional[int] = None) -> pyro.plate:
         """The plate "data" of size ``num_data`` (or M) with the minibatch as its subsample:
@@ -217,12 +143,22 @@ class Model(PyroModule):
         if self.plate_nesting is not None:
             return self.plate_nesting
         if self._max_plate_nesting is None:
-            with torch.no_grad(), poutine.block(), torch.random.fork_rng(devices=[]):  # leaves the RNG as it was
-                traces = [poutine.trace(fn).get_trace(batch, None) for fn in (self.guide, self.model)]
-            dims = [-f.dim for t in traces for site in t.nodes.values() if site["type"] == "sample"
+            dims = [-f.dim for t in self._prototype_traces(batch) for _, site in sample_sites(t)
                     for f in site["cond_indep_stack"] if f.vectorized]
             self._max_plate_nesting = max(dims, default=0)
         return self._max_plate_nesting
+
+    def enumerated_sites(self, batch) -> List[str]:
+        """The model's and the guide's sites marked ``infer={"enumerate": "parallel"}`` (summed out)."""
+        if self._enumerated is None:
+            self._enumerated = sorted({name for t in self._prototype_traces(batch) for name, site in sample_sites(t)
+                                       if enumerated(site)})
+        return self._enumerated
+
+    def _prototype_traces(self, batch):
+        """Plain traces of the guide and the model on ``batch``, leaving the RNG as it was."""
+        with torch.no_grad(), poutine.block(), torch.random.fork_rng(devices=[]):
+            return [poutine.trace(fn).get_trace(as_batch(batch), None) for fn in (self.guide, self.model)]
 
     def _vectorized(self, fn, num_particles: int, nesting: int):
         def wrapped(batch, num_data):
@@ -233,71 +169,34 @@ class Model(PyroModule):
     def traces(self, batch, num_particles: int = 1, num_data: Optional[int] = None,
                values: Optional[Dict[str, torch.Tensor]] = None):
         """``(model_trace, guide_trace)`` for L = ``num_particles`` vectorized particles, with
-        log-densities computed; ``values`` fixes guide sites to given (reparameterized) values."""
+        log-densities computed; ``values`` fixes guide sites to given (reparameterized) values.
+        Sites marked ``infer={"enumerate": "parallel"}`` are enumerated as in ``TraceEnum_ELBO``:
+        the guide's in the dimensions left of the plates and the particles, the model's own left
+        of those."""
         batch = as_batch(batch)
         nesting = self.max_plate_nesting(batch)
         guide = self._vectorized(self.guide, num_particles, nesting)
         if values:
             guide = poutine.condition(guide, data=values)
-        guide_trace = poutine.trace(guide).get_trace(batch, num_data)
+        guide_trace = poutine.trace(EnumMessenger(first_available_dim=-(nesting + 2))(guide)).get_trace(batch, num_data)
         for name in values or ():  # given values stand for samples: latent, not observed
             guide_trace.nodes[name]["is_observed"] = False
         model = poutine.replay(self._vectorized(self.model, num_particles, nesting), trace=guide_trace)
-        model_trace = poutine.trace(model).get_trace(batch, num_data)
+        model_trace = poutine.trace(EnumMessenger()(model)).get_trace(batch, num_data)  # the guide's dims kept
         for trace in (guide_trace, model_trace):
-            trace.compute_log_prob(lambda name, site: not isinstance(site["fn"], _Subsample))
+            trace.compute_log_prob(lambda name, site: not site_is_subsample(site))
         return model_trace, guide_trace
 
     def terms(self, batch, num_particles: int = 1, num_data: Optional[int] = None, kl: bool = True,
               noise: Optional[torch.Tensor] = None, values: Optional[Dict[str, torch.Tensor]] = None) -> Terms:
         """The ELBO's terms per particle and datapoint, read off traces of the guide and of the
-        model replayed on it (see the module docstring). ``noise`` is for families that draw
-        their own (the training loop passes what :meth:`noise_shape` asks for); the general
-        path samples through Pyro. ``values`` fixes guide sites (as ``poutine.condition``)."""
+        model replayed on it (:func:`~pyrovae.models.terms.trace_terms`), discrete sites marked
+        for enumeration summed out. ``noise`` is for families that draw their own (the training
+        loop passes what :meth:`noise_shape` asks for); the general path samples through Pyro.
+        ``values`` fixes guide sites (as ``poutine.condition``)."""
         batch = as_batch(batch)
         model_trace, guide_trace = self.traces(batch, num_particles, num_data, values)
-        m = batch.x.shape[0]
-        n = num_data or m
-        shape = (num_particles, m)
-        zero = batch.x.new_zeros(shape)
-        reconstruction, log_prior, log_q, kl_total, exact = zero, zero, zero, zero, True
-        q_per_site = {}  # each latent site's log q, (L, M)
-        for name, site in guide_trace.nodes.items():
-            if site["type"] == "sample" and not isinstance(site["fn"], _Subsample) and not site["is_observed"]:
-                if name not in (values or {}) and not site["fn"].has_rsample:
-                    raise ValueError(f"guide site {name!r} is not reparameterizable; pyrovae's estimators "
-                                     "differentiate through the samples")
-                q_per_site[name] = per_datapoint(site["unscaled_log_prob"], site, shape, n)
-                log_q = log_q + q_per_site[name]
-        # A site's closed-form KL at the sampled values of the others is unbiased only if every latent
-        # site the model samples before it (its possible parents in p) the guide samples before it too:
-        # in a bottom-up guide (hvae: q(z1 | x) q(z2 | z1) for p(z2) p(z1 | z2)) KL(q(z1 | x) || p(z1 | z2))
-        # at a z2 drawn given z1 is not E_q[log q(z1 | x) - log p(z1 | z2)]; such a site takes log q - log p.
-        guide_order = {name: i for i, name in enumerate(q_per_site)}
-        latest = -1  # the guide position of the latest latent site the model has sampled so far
-        for name, site in model_trace.nodes.items():
-            if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
-                continue
-            per = per_datapoint(site["unscaled_log_prob"], site, shape, n)
-            if name not in q_per_site:
-                if not site["is_observed"]:
-                    raise ValueError(f"model site {name!r} is latent but the guide has no site for it (a discrete "
-                                     "site marked for enumeration?); pyrovae's estimators need every latent site "
-                                     "in the guide: sum it out in the family's terms (as m2 does), or train the "
-                                     "model and guide with Pyro's TraceEnum_ELBO")
-                reconstruction = reconstruction + per
-                continue
-            log_prior = log_prior + per
-            if kl:
-                q_site = guide_trace.nodes[name]
-                closed = _closed_form_kl(q_site["fn"], site["fn"]) if guide_order[name] > latest else None
-                if closed is not None:
-                    kl_total = kl_total + per_datapoint(closed, q_site, shape, n)
-                else:
-                    exact = False
-                    kl_total = kl_total + q_per_site[name] - per
-            latest = max(latest, guide_order[name])
-        return Terms(reconstruction, kl_total if kl else None, log_prior, log_q, exact)
+        return trace_terms(model_trace, guide_trace, num_particles, batch.x.shape[0], num_data, kl, values or ())
 
     def has_analytic_kl(self, batch) -> bool:
         """Whether every latent site's KL(q || p) has a closed form (what ``auto`` asks)."""
@@ -310,19 +209,78 @@ class Model(PyroModule):
         generator, so that K processes see the noise of one."""
         return None
 
-    def dry_run(self, batch) -> None:
-        """Run the model's terms on a small batch with 2 particles: a family whose model, guide or
-        networks do not fit the data fails here, in one ConfigError line, not deep inside training."""
-        from ..errors import ConfigError, PyrovaeError, one_line
-
+    def dry_run(self, batch, num_data: Optional[int] = None) -> None:
+        """Check the family's contract on a small batch, when the model is built: its terms with 2
+        particles compute, every guide site is a model site (Pyro's ``check_model_guide_match``),
+        its local sites are under a subsampled plate "data" (size ``num_data``, scaled by N/M),
+        and its observed site is found. A family that breaks it fails here, in one ConfigError
+        line naming the site, not deep inside training or after it."""
+        batch = as_batch(batch)
         try:
-            with torch.no_grad():
-                self.terms(batch, 2, kl=False)
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                self.terms(batch, 2, num_data, kl=False)
+                model_trace, guide_trace = self.traces(batch, 2, num_data)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting(batch) + 1)
         except PyrovaeError:
             raise
         except Exception as e:  # a family's own code can fail in any way
-            raise ConfigError(f"model ({type(self).__name__}): a dry batch of {len(as_batch(batch))} points with 2 "
+            raise ConfigError(f"model ({type(self).__name__}): a dry batch of {len(batch)} points with 2 "
                               f"particles fails ({type(e).__name__}: {one_line(str(e), 200)})") from None
+        for warning in caught:
+            if "not model" in str(warning.message):
+                names = str(warning.message).split(":", 1)[-1].strip()
+                raise ConfigError(f"model ({type(self).__name__}): the guide samples {one_line(names, 80)}, which the "
+                                  "model does not (a misspelt site name?); every guide site must be a model site")
+        self._check_data_plate(model_trace, len(batch), num_data)
+        self._observed = None
+        self.observed_name(model_trace)
+
+    def _check_data_plate(self, model_trace, m: int, num_data: Optional[int]) -> None:
+        """A local site under a plate "data" of M entries where N were given is not subsampled:
+        its log-density would not be scaled by N/M."""
+        if not num_data or num_data == m:
+            return
+        for name, site in sample_sites(model_trace):
+            frame = next((f for f in site["cond_indep_stack"] if f.name == DATA_PLATE), None)
+            if frame is not None and (frame.full_size or frame.size) != num_data:
+                raise ConfigError(f"model ({type(self).__name__}): site {name!r} is under pyro.plate({DATA_PLATE!r}) "
+                                  f"of size {frame.full_size or frame.size}, not the {num_data} training points: the "
+                                  "plate is not subsampled, so a minibatch is not scaled by N/M; write "
+                                  "`with self.data_plate(batch, num_data):`")
+
+    def observed_name(self, model_trace=None) -> str:
+        """The observed site :meth:`sample` and :meth:`reconstruct` return: :attr:`observed_site`
+        if the family declares it, else the one observed site under the plate "data" of a trace
+        of the model (on 2 blank points if no trace is given); none or several is one line."""
+        if getattr(self, "_observed", None) is not None:
+            return self._observed
+        if model_trace is None:
+            with torch.no_grad(), poutine.block(), torch.random.fork_rng(devices=[]):
+                model_trace = poutine.trace(self.model).get_trace(self._blank_batch(2), None)
+        observed = [name for name, site in sample_sites(model_trace) if site["is_observed"]
+                    and any(f.name == DATA_PLATE for f in site["cond_indep_stack"])]
+        if self.observed_site is not None:
+            if self.observed_site not in observed:
+                raise ConfigError(f"model ({type(self).__name__}): observed_site = {self.observed_site!r}, but the "
+                                  f"model's observed sites under the plate 'data' are {observed or 'none'}")
+            self._observed = self.observed_site
+        elif len(observed) == 1:
+            self._observed = observed[0]
+        else:
+            raise ConfigError(f"model ({type(self).__name__}): "
+                              + (f"{len(observed)} observed sites under the plate 'data' ({', '.join(observed)}); "
+                                 "declare which one is the data with the class attribute observed_site = 'name'"
+                                 if observed else "no observed site under the plate 'data': observe the data "
+                                 "with pyro.sample(name, ..., obs=batch.x) inside self.data_plate(batch, num_data)"))
+        return self._observed
+
+    def _blank_batch(self, m: int) -> Batch:
+        """``m`` blank points of ``event_shape`` (labels 0 if the family has ``num_classes``)."""
+        x = torch.zeros((m, *self.event_shape), device=self.device)
+        classes = getattr(self, "num_classes", None)
+        return Batch(x, torch.zeros(m, dtype=torch.long, device=x.device) if classes else None)
 
     def prepare(self, data) -> None:
         """Called by the loop with the training :class:`~pyrovae.Dataset` before the first step of
@@ -343,27 +301,28 @@ class Model(PyroModule):
         """The guide's latent sites (name -> trace node) for a batch."""
         with torch.no_grad():
             guide_trace = poutine.trace(self.guide).get_trace(as_batch(batch), None)
-        return {name: site for name, site in guide_trace.nodes.items()
-                if site["type"] == "sample" and not site["is_observed"] and not isinstance(site["fn"], _Subsample)}
+        return latent_sites(guide_trace)
 
     @torch.no_grad()
     def encode(self, batch) -> torch.Tensor:
-        """The posterior means E_q[z | x] of every local latent site, flattened and
+        """The posterior means E_q[z | x] of every continuous local latent site, flattened and
         concatenated: ``(M, D)`` (what active units are computed from)."""
         batch = as_batch(batch)
         m = batch.x.shape[0]
-        sites = self.latent_sites(batch).values()
+        sites = [site for site in self.latent_sites(batch).values() if not site["fn"].support.is_discrete]
         means = [_per_datapoint_values(posterior_mean(site["fn"]), site, m) for site in sites]
         means = [v for v in means if v is not None]
         return torch.cat(means, -1) if means else batch.x.new_zeros((m, 0))
 
     @torch.no_grad()
     def reconstruct(self, batch) -> torch.Tensor:
-        """E[x | z = E_q[z | x]]: the observed site's mean with every latent site at its posterior mean."""
+        """E[x | z = E_q[z | x]]: the observed site's mean with every latent site of the guide at its
+        posterior mean (a discrete one at its mode)."""
         batch = as_batch(batch)
-        values = {name: posterior_mean(site["fn"]) for name, site in self.latent_sites(batch).items()}
+        values = {name: site["fn"].mode if site["fn"].support.is_discrete else posterior_mean(site["fn"])
+                  for name, site in self.latent_sites(batch).items()}
         trace = poutine.trace(poutine.condition(self.model, data=values)).get_trace(batch, None)
-        return self._as_data(_mean_or_sample(trace.nodes[self.observed_site]["fn"]), len(batch))
+        return self._as_data(_mean_or_sample(trace.nodes[self.observed_name()]["fn"]), len(batch))
 
     @torch.no_grad()
     def sample(self, num_samples: int, mean: bool = True, batch=None, y=None) -> torch.Tensor:
@@ -378,7 +337,7 @@ class Model(PyroModule):
             y = labels_for(num_samples, y, classes, self.device) if classes else None
             batch = Batch(torch.zeros((num_samples, *self.event_shape), device=self.device), y)
         trace = poutine.trace(poutine.uncondition(self.model)).get_trace(as_batch(batch), None)
-        site = trace.nodes[self.observed_site]
+        site = trace.nodes[self.observed_name()]
         return self._as_data(_mean_or_sample(site["fn"]) if mean else site["value"], num_samples)
 
     def _as_data(self, values: torch.Tensor, m: int) -> torch.Tensor:
@@ -409,14 +368,6 @@ def labels_for(num_samples: int, y, num_classes: int, device) -> torch.Tensor:
     return y
 
 
-def _closed_form_kl(q, p) -> Optional[torch.Tensor]:
-    """KL(q || p) where torch has a closed form, else None."""
-    try:
-        return kl_divergence(q, p)
-    except NotImplementedError:
-        return None
-
-
 def posterior_mean(fn) -> torch.Tensor:
     """A latent site's mean E_q[z]; for a flow (e.g. IAF), whose mean has no closed form, the
     flow's image of its base distribution's mean (deterministic, as a point estimate should be)."""
@@ -438,6 +389,3 @@ def _mean_or_sample(fn) -> torch.Tensor:
         return fn.sample()
 
 
-def log_mean_exp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """log (1/K) sum_k exp(log_w_k), stably."""
-    return torch.logsumexp(log_w, dim) - math.log(log_w.shape[dim])

@@ -22,14 +22,14 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..data import as_batch
-from ..likelihoods import Likelihood
-from ..nets import ENCODERS
-from ..priors import Prior
-from ..registry import Spec
-from .base import labels_for
-from .registry import MODELS
-from .vae import VAE
+from pyrovae.data.batch import as_batch
+from pyrovae.models.base import labels_for
+from pyrovae.models.registry import MODELS
+from pyrovae.models.vae import VAE
+from pyrovae.parts.likelihoods import Likelihood
+from pyrovae.parts.nets import ENCODERS
+from pyrovae.parts.priors import Prior
+from pyrovae.registry import Spec
 
 
 def one_hot(y: torch.Tensor, num_classes: int, dtype=torch.float32) -> torch.Tensor:

@@ -25,14 +25,14 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ..data import as_batch
-from ..likelihoods import LIKELIHOODS, Likelihood
-from ..nets import DECODERS, ENCODERS
-from ..posteriors import POSTERIORS
-from ..priors import PRIORS, Prior
-from ..registry import Spec
-from .base import Model
-from .registry import MODELS
+from pyrovae.data.batch import as_batch
+from pyrovae.models.base import Model
+from pyrovae.models.registry import MODELS
+from pyrovae.parts.likelihoods import LIKELIHOODS, Likelihood
+from pyrovae.parts.nets import DECODERS, ENCODERS
+from pyrovae.parts.posteriors import POSTERIORS
+from pyrovae.parts.priors import PRIORS, Prior
+from pyrovae.registry import Spec
 
 _TANH_200 = {"name": "mlp", "hidden": [200, 200], "activation": "tanh"}
 _TANH_100 = {"name": "mlp", "hidden": [100, 100], "activation": "tanh"}

@@ -47,14 +47,14 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from ..data import Batch, as_batch
-from ..likelihoods import Likelihood
-from ..nets import CLASSIFIERS
-from ..priors import LOG_2PI, Prior
-from ..registry import Spec
-from .base import Terms
-from .cvae import CVAE, one_hot
-from .registry import MODELS
+from pyrovae.data.batch import Batch, as_batch
+from pyrovae.models.cvae import CVAE, one_hot
+from pyrovae.models.registry import MODELS
+from pyrovae.models.terms import Terms
+from pyrovae.parts.likelihoods import Likelihood
+from pyrovae.parts.nets import CLASSIFIERS
+from pyrovae.parts.priors import LOG_2PI, Prior
+from pyrovae.registry import Spec
 
 
 @MODELS.register("m2")

@@ -9,14 +9,14 @@ against that part's registry.
 """
 
 import inspect
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional
 
-from ..errors import ConfigError
-from ..likelihoods import LIKELIHOODS
-from ..nets import CLASSIFIERS, DECODERS, ENCODERS
-from ..posteriors import POSTERIORS
-from ..priors import PRIORS
-from ..registry import Registry
+from pyrovae.errors import ConfigError
+from pyrovae.parts.likelihoods import LIKELIHOODS
+from pyrovae.parts.nets import CLASSIFIERS, DECODERS, ENCODERS
+from pyrovae.parts.posteriors import POSTERIORS
+from pyrovae.parts.priors import PRIORS
+from pyrovae.registry import Registry
 
 #: what pyrovae passes a family itself; a config may not set these
 CONTEXT = ("event_shape", "num_classes", "name")
@@ -51,3 +51,30 @@ def check_model_options(family: str, options: Mapping[str, Any], where: str = "m
 def takes_labels(family: str) -> bool:
     """Whether the family's constructor asks for ``num_classes`` (then the data must have labels)."""
     return "num_classes" in inspect.signature(MODELS.get(family)).parameters
+
+
+def build_family(model_cfg, event_shape, num_classes: Optional[int] = None):
+    """The family a ``[model]`` config (``family`` and options) names, built for the data's event
+    shape, and its number of classes for a family that takes ``num_classes`` (errors as they come).
+
+    The number of classes is recorded on the model as ``num_classes`` whatever the family calls
+    it internally, so that sampling, the figures and the amortized guide give it labels."""
+    takes = takes_labels(model_cfg.family)
+    if takes and num_classes is None:
+        raise ConfigError(f"model.family = {model_cfg.family!r} needs labelled data (num_classes), and the data "
+                          "have no labels")
+    model = MODELS.build({"name": model_cfg.family, **model_cfg.options}, "model", event_shape=tuple(event_shape),
+                         num_classes=num_classes)
+    if takes:
+        record_classes(model, num_classes)
+    return model
+
+
+def record_classes(model, num_classes: int) -> None:
+    """Set ``model.num_classes`` (what pyrovae reads) unless the family set it itself, to the same value."""
+    mine = getattr(model, "num_classes", None)
+    if mine is None:
+        model.num_classes = int(num_classes)
+    elif mine != num_classes:
+        raise ConfigError(f"model: {type(model).__name__}.num_classes = {mine!r}, but the data have {num_classes} "
+                          "classes (pyrovae reads num_classes as the number of classes)")

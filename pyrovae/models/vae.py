@@ -25,14 +25,16 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ..data import as_batch
-from ..likelihoods import LIKELIHOODS, Likelihood
-from ..nets import DECODERS, ENCODERS
-from ..posteriors import POSTERIORS
-from ..priors import LOG_2PI, PRIORS, Prior
-from ..registry import Spec
-from .base import Model, Terms
-from .registry import MODELS
+from pyrovae.data.batch import as_batch
+from pyrovae.errors import ConfigError
+from pyrovae.models.base import Model
+from pyrovae.models.registry import MODELS
+from pyrovae.models.terms import Terms
+from pyrovae.parts.likelihoods import LIKELIHOODS, Likelihood
+from pyrovae.parts.nets import DECODERS, ENCODERS
+from pyrovae.parts.posteriors import POSTERIORS
+from pyrovae.parts.priors import LOG_2PI, PRIORS, Prior
+from pyrovae.registry import Spec
 
 
 @MODELS.register("vae")
@@ -64,6 +66,7 @@ class VAE(Model):
     """
 
     plate_nesting = 1  # the plate "data"
+    observed_site = "x"
     #: the networks' defaults as a config writes them out
     config_defaults = {"encoder": {"name": "mlp", "hidden": [256], "activation": "relu"},
                        "decoder": {"name": "mlp", "hidden": [256], "activation": "relu"}}
@@ -94,7 +97,6 @@ class VAE(Model):
         """One dry batch of 2 points with 2 particles through the networks: a wrong output shape is
         one ConfigError line that names the network and the expected shape (not a torch error deep
         inside training)."""
-        from ..errors import ConfigError
 
         with torch.no_grad():
             c = torch.zeros((2, self.num_conditions), device=self.device) if self.num_conditions else None
@@ -243,4 +245,5 @@ class VAE(Model):
             raise ValueError("y: the vae family reads no labels; the cvae and m2 families draw for a label")
         z = self.prior().sample((num_samples,))
         return self.likelihood.mean(self.decode(z)) if mean else self.likelihood_dist(z).sample()
+
 

@@ -18,26 +18,118 @@ loop itself writes nothing.
 
 import copy
 import dataclasses
+import math
 import signal
 import sys
 import time
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import pyro
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .algorithms import NonFinite, build_algorithm, validation
-from .config import TrainConfig
-from .data import Dataset, binarize_split, epoch_plan
-from .devices import resolve_device
-from .errors import ConfigError, PyrovaeError
-from .estimators import resolve_estimator
-from .evaluate import accuracy, active_units, dataset_terms, seeded
-from .optim import build_optimizer, load_state
-from .state import load_model_state, rng_state, set_rng_state
+from pyrovae.data.datasets import Dataset, binarize_split
+from pyrovae.data.sampling import epoch_plan
+from pyrovae.devices import resolve_device
+from pyrovae.errors import ConfigError, PyrovaeError, UnknownNameError, shown
+from pyrovae.infer.algorithms import ALGORITHMS, NonFinite, algorithm_name, build_algorithm, validation
+from pyrovae.infer.estimators import estimator_names, resolve_estimator
+from pyrovae.infer.evaluate import accuracy, active_units, dataset_terms
+from pyrovae.registry import PartSpec, check_at_least, check_choice
+from pyrovae.rng import rng_state, seeded, set_rng_state
+from pyrovae.training.optim import build_optimizer, load_state
+from pyrovae.training.state import load_model_state
+
+MAX_THREADS = 1024
+
+
+@dataclass
+class TrainConfig:
+    """``[train]``: the SVI loop."""
+
+    #: passes over the training split.
+    epochs: int = 50
+    #: the minibatch size M (the global one when data-parallel).
+    batch_size: int = 100
+    #: aevb (the VAE's SVI, Kingma & Welling 2014), wake_sleep (Hinton et al. 1995; same model and encoder) or
+    #: mcem (Monte Carlo EM with per-datapoint HMC chains; options as a table: { name = "mcem", weight_updates = 5 }).
+    algorithm: PartSpec = "aevb"
+    #: auto, analytic (estimator B, TraceMeanField_ELBO), mc (estimator A, Trace_ELBO) or iwae.
+    estimator: str = "auto"
+    #: L samples per datapoint (k for iwae).
+    num_particles: int = 1
+    #: with a label budget (data.labeled): k labelled points drawn into every minibatch, weighted so
+    #: the objective stays unbiased (semi-supervised families, where labels are rare); 0: none.
+    labeled_per_batch: int = 0
+    #: with a label budget: each labelled point counts this many times in the objective (as if the labelled
+    #: set were copied); "balanced": N_unlabelled / N_labelled, the labelled data weighing as much as the rest.
+    labeled_weight: Union[float, str] = 1.0
+    #: the weight of the KL term (beta-VAE, Higgins et al. 2017); 1 is the ELBO.
+    beta: float = 1.0
+    #: linear warm-up of the KL weight from 0 to beta over this many epochs (0: none).
+    kl_warmup_epochs: int = 0
+    #: seeds initialisation, data order and all sampling; in [0, 2^32).
+    seed: int = 0
+    #: cpu, cuda or cuda:N.
+    device: str = "cpu"
+    #: evaluate the test ELBO every this many epochs (and after the last).
+    eval_every: int = 5
+    #: particles per test point for the test ELBO.
+    eval_particles: int = 1
+    #: a tqdm progress bar with the running loss.
+    progress: bool = True
+    #: torch: the estimator's loss written with plain tensors (fast); pyro: Pyro's ELBO on model and guide.
+    engine: str = "torch"
+    #: on a non-finite loss or gradient: stop, or roll back to the last completed epoch.
+    on_nan: str = "stop"
+    #: rollback multiplies the learning rate by this.
+    rollback_lr_factor: float = 0.5
+    #: after this many rollbacks the run stops as with on_nan = "stop".
+    max_rollbacks: int = 3
+    #: CPU threads for torch's operations; 0: torch's choice (one per core). On a shared, busy CPU
+    #: fewer threads than cores avoid oversubscription (--threads on the command line).
+    num_threads: int = 0
+
+    def check(self):
+        check_at_least("train.epochs", self.epochs, 1)
+        check_at_least("train.batch_size", self.batch_size, 1)
+        ALGORITHMS.split(self.algorithm, "train.algorithm")
+        check_choice("train.estimator", self.estimator, estimator_names(), UnknownNameError)
+        check_at_least("train.num_particles", self.num_particles, 1)
+        check_at_least("train.labeled_per_batch", self.labeled_per_batch, 0)
+        if self.labeled_weight != "balanced" and not (isinstance(self.labeled_weight, (int, float))
+                                                      and not isinstance(self.labeled_weight, bool)
+                                                      and 0 < self.labeled_weight < 1e12):
+            raise ConfigError(f"train.labeled_weight = {shown(self.labeled_weight)}: must be a number > 0 or "
+                              "'balanced'")
+        if self.labeled_per_batch >= self.batch_size:
+            raise ConfigError(f"train.labeled_per_batch = {self.labeled_per_batch}: must be less than "
+                              f"train.batch_size ({self.batch_size})")
+        if not (self.beta >= 0 and math.isfinite(self.beta)):
+            raise ConfigError(f"train.beta = {shown(self.beta)}: must be a finite number >= 0")
+        check_at_least("train.kl_warmup_epochs", self.kl_warmup_epochs, 0)
+        if self.estimator == "iwae" and (self.beta != 1 or self.kl_warmup_epochs):
+            raise ConfigError("train.estimator = 'iwae' weighs whole importance weights: it takes no train.beta "
+                              "or train.kl_warmup_epochs; use 'analytic' or 'mc' for KL annealing")
+        ALGORITHMS.get(algorithm_name(self.algorithm)).check_config(self)
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"train.seed = {self.seed}: must be in [0, 2^32)")
+        check_at_least("train.eval_every", self.eval_every, 1)
+        check_at_least("train.eval_particles", self.eval_particles, 1)
+        check_choice("train.on_nan", self.on_nan, ("stop", "rollback"))
+        check_choice("train.engine", self.engine, ("torch", "pyro"))
+        if not 0 < self.rollback_lr_factor < 1:
+            raise ConfigError(f"train.rollback_lr_factor = {shown(self.rollback_lr_factor)}: must be in (0, 1)")
+        check_at_least("train.max_rollbacks", self.max_rollbacks, 0)
+        check_at_least("train.num_threads", self.num_threads, 0)
+        if self.num_threads > MAX_THREADS:
+            raise ConfigError(f"train.num_threads = {shown(self.num_threads)}: must be <= {MAX_THREADS}")
+        if not (self.device == "cpu" or self.device == "cuda"
+                or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+            raise ConfigError(f"train.device = {shown(self.device)}: valid: cpu, cuda, cuda:N")
 
 
 class TrainingError(PyrovaeError):
@@ -101,7 +193,7 @@ def fit(model, data: Dataset, train: Optional[TrainConfig] = None, optim: Option
     Each returned record has ``epoch``, ``step``, ``samples_seen``, ``train_elbo`` (the mean
     of the epoch's minibatch ELBO estimates), ``train_objective`` (the mean of what was
     maximised: the same as ``train_elbo`` unless the estimator is ``iwae`` or the KL is
-    weighted), ``kl_weight`` (at the epoch's end), ``test_elbo``, its two terms
+    weighted), ``beta`` (the KL weight at the epoch's end), ``test_elbo``, its two terms
     ``test_reconstruction`` and ``test_kl``, ``active_units`` and, for a family that classifies
     (m2), ``test_accuracy`` (every ``eval_every`` epochs and after the last, else None),
     ``train_seconds`` and ``images_per_second``. ELBOs are nats per datapoint, higher is better;
@@ -128,9 +220,16 @@ def _where(epoch, step, batch, batches) -> str:
 
 
 #: the keys of an epoch's metrics record (``metrics.jsonl``, and every checkpoint's ``metrics``)
-RECORD_KEYS = frozenset({"epoch", "step", "samples_seen", "train_elbo", "train_objective", "kl_weight", "test_elbo",
+RECORD_KEYS = frozenset({"epoch", "step", "samples_seen", "train_elbo", "train_objective", "beta", "test_elbo",
                          "test_reconstruction", "test_kl", "active_units", "test_accuracy", "train_seconds",
                          "images_per_second"})
+#: record keys that earlier versions wrote, and their names now (a resumed run renames them)
+RENAMED_RECORD_KEYS = {"kl_weight": "beta"}
+
+
+def current_record(record: Dict) -> Dict:
+    """An epoch's record with the keys earlier versions wrote renamed to today's."""
+    return {RENAMED_RECORD_KEYS.get(k, k): v for k, v in record.items()}
 
 
 def steps_per_epoch(num_train: int, batch_size: int, labeled_per_batch: int = 0) -> int:
@@ -153,6 +252,7 @@ class Trainer:
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         #: what a step maximises (train.algorithm): the loop only calls its loss
         self.algorithm = build_algorithm(model, cfg, self.estimator, self.data.num_train, self.world)
+        self.algorithm.dry_run(self.data.test_batch[:2])
         # Training noise (dynamic binarization, the family's reparameterization noise) is drawn for
         # the whole global batch from this generator, the same on every rank, and each rank takes
         # its shard: a run on K processes sees the same noise as on one, and resumes on any K.
@@ -293,12 +393,12 @@ class Trainer:
                 c.update(epoch_step=i, epoch_loss=total.item(), epoch_elbo=total_elbo.item(),
                          epoch_seconds=time.perf_counter() - start)
                 self.stop(signal_number, f"at epoch {epoch}, step {c['step'] + i}", mid_epoch=True)
-            batch, eps = self.minibatch(batches[i].index, batches[i].weight)
-            self.beta = kl_weight(cfg, c["step"] + i, self.steps_per_epoch)
+            batch, noise = self.minibatch(batches[i].index, batches[i].weight)
+            self.beta = beta_at(cfg, c["step"] + i, self.steps_per_epoch)
             where = (epoch, c["step"] + i + 1, i + 1, len(batches))
             for update in range(self.algorithm.updates_per_batch):  # 1, but for mcem's M-steps
                 try:
-                    step = self.algorithm.loss(batch, eps, self.beta, batches[i].size,
+                    step = self.algorithm.loss(batch, noise, self.beta, batches[i].size,
                                                batches[i].index[self.rank::self.world], update)
                 except NonFinite as e:
                     raise NonFinite(f"{e} {_where(*where)}") from None
@@ -326,7 +426,7 @@ class Trainer:
         per_point = -1 / self.weighted_n
         record = {"epoch": epoch, "step": c["step"], "samples_seen": c["samples_seen"],
                   "train_elbo": total_elbo.item() * per_point, "train_objective": total.item() * per_point,
-                  "kl_weight": self.beta, "test_elbo": None, "test_reconstruction": None, "test_kl": None,
+                  "beta": self.beta, "test_elbo": None, "test_reconstruction": None, "test_kl": None,
                   "active_units": None, "test_accuracy": None, "train_seconds": seconds,
                   "images_per_second": n / seconds}
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
@@ -354,11 +454,11 @@ class Trainer:
         batch = self.data.minibatch(index[shard], uniform)
         if weight is not None:
             batch.weight = weight[shard]
-        eps = None
+        noise = None
         shape = self.model.noise_shape(index.numel(), self.cfg.num_particles) if self.algorithm.draws_noise else None
         if shape is not None:  # (particles, global batch, ...): sharded along the batch
-            eps = torch.randn(shape, generator=self.noise, device=self.device)[:, shard]
-        return batch, eps
+            noise = torch.randn(shape, generator=self.noise, device=self.device)[:, shard]
+        return batch, noise
 
     def evaluate(self, record: Dict) -> None:
         model, epoch = self.model, record["epoch"]
@@ -369,7 +469,8 @@ class Trainer:
             record["active_units"], activity = active_units(model, test)
             record["test_accuracy"] = accuracy(model, test)
         units = int(activity.shape[0])
-        if 2 * record["active_units"] < units and epoch > 1 and not self.warned and self.rank == 0:
+        if (2 * record["active_units"] < units and epoch > 1 and not self.warned and self.rank == 0
+                and self.algorithm.trains_guide):
             self.warned = True
             warnings.warn(f"epoch {epoch}: only {record['active_units']} of {units} latent units are "
                           "active (Cov_x E_q[u] > 0.01); the rest have collapsed onto the prior. "
@@ -383,7 +484,7 @@ class Trainer:
                 f"{self.kept()}; train.on_nan = 'rollback' retries with a smaller learning rate")
 
 
-def kl_weight(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+def beta_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """beta, reached linearly over ``kl_warmup_epochs`` epochs (Bowman et al. 2016; Sønderby et al. 2016)."""
     if cfg.kl_warmup_epochs == 0:
         return cfg.beta
@@ -398,7 +499,7 @@ def check_data(model, data: Dataset, batch_size: int) -> None:
         raise ConfigError(f"train.batch_size = {batch_size}: larger than the training split ({data.num_train} points)")
     model.check_data(binarize_split(data.train, data.binarize), f"data {data.name!r} (train split)")
     model.check_data(data.test, f"data {data.name!r} (test split)")
-    model.dry_run(data.test_batch[:2])
+    model.dry_run(data.test_batch[:2], data.num_train)
 
 
 def _out_of_memory(e: BaseException) -> bool:

@@ -5,13 +5,12 @@ RNG states are stored that way: torch's and CUDA's as byte tensors, NumPy's and 
 Mersenne twisters as int64 tensors with their counters.
 """
 
+import contextlib
 import random
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
-
-from .errors import RunDirError, shown
 
 
 def plain_numpy_state(numpy_state: tuple) -> Dict[str, Any]:
@@ -45,27 +44,12 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_model_state(module: torch.nn.Module, saved: Dict[str, torch.Tensor], where) -> None:
-    """``module.load_state_dict(saved)``; missing or unexpected keys and other shapes are one line."""
-    mine = module.state_dict()
-    missing = [k for k in mine if k not in saved]
-    unexpected = [k for k in saved if k not in mine]
-    if missing or unexpected:
-        names = ", ".join(shown(k, 40) for k in (missing or unexpected)[:3])
-        raise RunDirError(f"{where}: the checkpoint's model {'lacks' if missing else 'has unknown'} parameters "
-                          f"({names}{', ...' if len(missing or unexpected) > 3 else ''}); "
-                          "it does not match its config (a model built in Python loads with "
-                          "pyrovae.load(run, model=...))")
-    for k, t in mine.items():
-        if tuple(saved[k].shape) != tuple(t.shape):
-            raise RunDirError(f"{where}: the checkpoint's {shown(k, 60)} has shape {tuple(saved[k].shape)}, "
-                              f"the config's model needs {tuple(t.shape)}")
-        if saved[k].dtype != t.dtype:
-            raise RunDirError(f"{where}: the checkpoint's {shown(k, 60)} is {saved[k].dtype}, the config's model "
-                              f"holds {t.dtype}")
-        if saved[k].is_floating_point() and not bool(torch.isfinite(saved[k]).all()):
-            raise RunDirError(f"{where}: the checkpoint's {shown(k, 60)} holds non-finite values (NaN or infinite); "
-                              "a model with them gives no meaningful numbers")
-    module.load_state_dict(saved)
-
-
+@contextlib.contextmanager
+def seeded(x: torch.Tensor, seed: Optional[int]):
+    """Draw from a generator seeded with ``seed``, leaving the caller's state untouched (None: the caller's)."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional
 
-from .errors import RunDirError
+from pyrovae.errors import RunDirError
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.toml"
@@ -296,3 +296,5 @@ def check_writable(folder, flag: str = "") -> None:
         os.unlink(tmp)
     except OSError as e:
         raise RunDirError(f"{flag}{folder}: cannot write there ({describe_os_error(e)})") from None
+
+

@@ -1,11 +1,12 @@
-"""Pyro ELBOs for pyrovae's estimators, and the per-datapoint ELBO with plain tensors.
+"""Pyro ELBOs for pyrovae's estimators, and the per-datapoint numbers as one-line fronts over Terms.
 
 - :func:`make_elbo`: an estimator name -> the Pyro ELBO that computes the same on a model's
-  ``model`` and ``guide`` (``analytic``: ``TraceMeanField_ELBO``, ``mc``: ``Trace_ELBO``,
-  ``iwae``: :class:`IWAE` below), with L = ``num_particles`` vectorized particles;
+  ``model`` and ``guide`` (``analytic``: ``TraceMeanField_ELBO``, ``mc``: ``Trace_ELBO``, or
+  ``TraceEnum_ELBO`` where the model has sites marked for enumeration, ``iwae``: :class:`IWAE`
+  below), with L = ``num_particles`` vectorized particles;
 - :func:`objective_per_datapoint`, :func:`elbo_terms`, :func:`elbo_per_datapoint`: the same
-  numbers per datapoint from the model's :meth:`~pyrovae.Model.terms` (see
-  :mod:`pyrovae.estimators`);
+  numbers per datapoint, read off the model's :class:`~pyrovae.models.terms.Terms` (see
+  :mod:`pyrovae.infer.estimators`);
 - :class:`LatentScale`: the KL weight beta for Pyro's ELBOs, as a handler (not model state).
 """
 
@@ -15,24 +16,30 @@ from typing import Optional
 import pyro.infer
 import torch
 from pyro.infer.enum import get_importance_trace
+from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.subsample_messenger import _Subsample
+from pyro.poutine.util import site_is_subsample
 from pyro.util import warn_if_nan
 
-from .errors import ConfigError, shown
-from .estimators import ESTIMATORS, estimate, resolve_estimator
-from .models.base import log_mean_exp, per_datapoint
+from pyrovae.errors import ConfigError, shown
+from pyrovae.infer.estimators import ESTIMATORS, estimate, resolve_estimator
+from pyrovae.models.terms import log_mean_exp, sample_sites, trace_terms
 
 
-def make_elbo(estimator: str, model, num_particles: int = 1) -> pyro.infer.ELBO:
-    """The Pyro ELBO for an estimator name (after :func:`~pyrovae.estimators.resolve_estimator`)."""
+def make_elbo(estimator: str, model, num_particles: int = 1, batch=None) -> pyro.infer.ELBO:
+    """The Pyro ELBO for an estimator name (``auto`` resolved on ``batch`` first, see
+    :func:`~pyrovae.infer.estimators.resolve_estimator`)."""
     if num_particles < 1:
         raise ConfigError(f"train.num_particles = {num_particles}: must be >= 1")
-    estimator = resolve_estimator(estimator, model)
+    if estimator == "auto" or batch is not None:
+        estimator = resolve_estimator(estimator, model, batch)
     # The VAE has exactly one plate, so the particle plate goes at dim -2 without a guessing trace.
     nesting = getattr(model, "plate_nesting", None) or float("inf")
     if estimator == "iwae":
         return IWAE(num_particles=num_particles, max_plate_nesting=nesting)
+    if estimator == "mc" and batch is not None and model.enumerated_sites(batch):
+        return pyro.infer.TraceEnum_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1,
+                                         max_plate_nesting=model.max_plate_nesting(batch))
     cls = ESTIMATORS.get(estimator).pyro_elbo
     if cls is None:
         raise ConfigError(f"train.estimator = {shown(estimator)} has no Pyro ELBO: use train.engine = 'torch'")
@@ -50,7 +57,7 @@ class LatentScale(Messenger):
         self.beta = float(beta)
 
     def _process_message(self, msg):
-        if msg["type"] != "sample" or msg["is_observed"] or isinstance(msg["fn"], _Subsample):
+        if msg["type"] != "sample" or msg["is_observed"] or site_is_subsample(msg):
             return
         if self.beta == 0:
             msg["mask"] = False if msg["mask"] is None else msg["mask"] & False
@@ -58,48 +65,33 @@ class LatentScale(Messenger):
             msg["scale"] = self.beta * msg["scale"]
 
 
-def objective_per_datapoint(model, x, estimator: str = "analytic", num_particles: int = 1,
-                            kl_weight: float = 1.0, eps: torch.Tensor = None):
-    """``(objective, elbo)``, each of shape ``(M,)``: what an estimator maximises for each
-    datapoint of x (a tensor or a :class:`~pyrovae.Batch`), and the ELBO estimate from the same
-    samples, with beta = ``kl_weight`` (see :mod:`pyrovae.estimators`).
-
-    These are the quantities whose minibatch sums, scaled by N/M, Pyro's
-    ``TraceMeanField_ELBO``, ``Trace_ELBO`` and :class:`IWAE` compute on ``model.model`` and
-    ``model.guide``; drawing the same noise, values and gradients agree
-    (``tests/test_objectives.py``).
-
-    ``eps``, if given, is the noise the family takes (:meth:`~pyrovae.Model.noise_shape`; the
-    VAE's standard normal eps of shape ``(L, M, latent_dim)``): the training loop draws it for
-    the whole global batch from its own generator, so that a run sharded over several processes
-    sees the same noise as one process.
-    """
-    return estimate(model, x, estimator, num_particles, kl_weight, eps)
+def objective_per_datapoint(model, x, estimator: str = "analytic", num_particles: int = 1, beta: float = 1.0,
+                            noise: Optional[torch.Tensor] = None, num_data: Optional[int] = None):
+    """``(objective, elbo)``, each ``(M,)``: what an estimator maximises for each datapoint of x
+    (a tensor or a :class:`~pyrovae.Batch`) at KL weight ``beta``, and the ELBO from the same
+    samples; ``noise``: what the family's :meth:`~pyrovae.Model.noise_shape` asks for (the loop
+    draws it); ``num_data``: the N a global latent is shared by (default: x's size). Pyro's
+    ``TraceMeanField_ELBO``, ``Trace_ELBO`` and :class:`IWAE` compute (N/M) times the minibatch's
+    sum (``tests/test_objectives.py``)."""
+    return estimate(model, x, estimator, num_particles, beta, noise, num_data)
 
 
-def elbo_terms(model, x, num_particles: int = 1, analytic_kl: bool = None, num_data: Optional[int] = None):
-    """``(reconstruction, kl)`` for each datapoint of x (each of shape ``(M,)``, nats): the two
-    terms of the ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)) (Kingma & Welling 2014, eq. 3).
-
-    The reconstruction term is (1/L) sum_l log p(x|z_l); the KL is the closed form where the
-    model has one (``analytic_kl=None``), else (1/L) sum_l [log q(z_l|x) - log p(z_l)];
-    ``analytic_kl=False`` always takes the latter (estimator A), ``True`` requires the former.
-    ``num_data``: the N that a global latent's log-densities are shared by (default: x's size).
-    """
+def elbo_terms(model, x, num_particles: int = 1, analytic_kl: Optional[bool] = None, num_data: Optional[int] = None):
+    """``(reconstruction, kl)`` for each datapoint of x (each ``(M,)``, nats): the two terms of
+    the ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)) (Kingma & Welling 2014, eq. 3), the KL in
+    closed form where the model has one (``analytic_kl=None``), at the particles
+    (``False``: estimator A), or closed form required (``True``)."""
     terms = model.terms(x, num_particles, num_data, kl=analytic_kl is not False)
-    if analytic_kl is False:
-        return terms.reconstruction.mean(0), (terms.log_q - terms.log_prior).mean(0)
     if analytic_kl and not terms.kl_exact:
         raise ConfigError("analytic_kl=True: the model's KL has no closed form for every latent site")
-    return terms.reconstruction.mean(0), terms.kl.mean(0)
+    kl = terms.kl if analytic_kl is not False and terms.kl_exact else terms.sampled_kl
+    return terms.reconstruction.mean(0), kl.mean(0)
 
 
-def elbo_per_datapoint(model, x, num_particles: int = 1, analytic_kl: bool = None) -> torch.Tensor:
-    """The ELBO of each datapoint of x (shape ``(M,)``, nats), computed with plain tensors.
-
-    The same quantity as the Pyro ELBOs above, without the N/M scale (see :func:`elbo_terms`).
-    """
-    reconstruction, kl = elbo_terms(model, x, num_particles, analytic_kl)
+def elbo_per_datapoint(model, x, num_particles: int = 1, analytic_kl: Optional[bool] = None,
+                       num_data: Optional[int] = None) -> torch.Tensor:
+    """The ELBO of each datapoint of x (``(M,)``, nats): :func:`elbo_terms`' difference."""
+    reconstruction, kl = elbo_terms(model, x, num_particles, analytic_kl, num_data)
     return reconstruction - kl
 
 
@@ -131,32 +123,27 @@ class IWAE(pyro.infer.ELBO):
         self.data_plate = data_plate
 
     def _get_trace(self, model, guide, args, kwargs):
-        return get_importance_trace("flat", self.max_plate_nesting, model, guide, args, kwargs)
+        # discrete sites marked for enumeration: the guide's left of the plates, the model's further left
+        guide = EnumMessenger(first_available_dim=-1 - self.max_plate_nesting)(guide)
+        return get_importance_trace("flat", self.max_plate_nesting, EnumMessenger()(model), guide, args, kwargs)
 
     def log_weights(self, model, guide, *args, **kwargs):
-        """``(log_w, scale)``: log p(x_i, z_ij) - log q(z_ij | x_i) of shape ``(k, M)`` and N/M."""
+        """``(log_w, scale)``: the log-weights of shape ``(k, M)`` (the :class:`~pyrovae.models.terms.Terms`
+        of the traces, built by the same function as ``Model.terms``) and N/M."""
         model_trace, guide_trace = next(self._get_traces(model, guide, args, kwargs))
-        log_w, scale = 0.0, None
-        for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-            for name, site in trace.nodes.items():
-                if site["type"] != "sample":
-                    continue
-                frames = {f.name: f for f in site["cond_indep_stack"] if f.vectorized}
-                if self.data_plate not in frames:
+        frames = []
+        for trace in (model_trace, guide_trace):
+            for name, site in sample_sites(trace):
+                frame = next((f for f in site["cond_indep_stack"] if f.name == self.data_plate), None)
+                if frame is None:
                     raise ValueError(f"IWAE: site {shown(name)} is outside the plate {shown(self.data_plate)}; "
                                      "the bound is per datapoint, so every site must be local")
-                if sign < 0 and not site["fn"].has_rsample:
-                    raise ValueError(f"IWAE: guide site {shown(name)} is not reparameterizable")
-                frame = frames[self.data_plate]
-                site_scale = (frame.full_size or frame.size) / frame.size
-                if scale is not None and site_scale != scale:
-                    raise ValueError(f"IWAE: sites of plate {shown(self.data_plate)} have different subsample scales")
-                scale = site_scale
-                # "log_prob" already carries the N/M scale; the unscaled one goes to (particles, datapoints)
-                lp = per_datapoint(site["unscaled_log_prob"], site, (self.num_particles, frame.size), frame.size,
-                                   self.data_plate)
-                log_w = log_w + sign * lp
-        return log_w, scale
+                frames.append(frame)
+        if len({(f.size, f.full_size) for f in frames}) > 1:
+            raise ValueError(f"IWAE: sites of plate {shown(self.data_plate)} have different subsample scales")
+        m, n = frames[0].size, frames[0].full_size or frames[0].size
+        terms = trace_terms(model_trace, guide_trace, self.num_particles, m, n, kl=False, plate=self.data_plate)
+        return terms.log_weights, n / m
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         """-(N/M) sum_i IWAE_k(x_i), differentiable in the parameters of model and guide."""

@@ -5,31 +5,19 @@ paper's "lower bound per datapoint", Figure 2); the test NLL is positive, -log p
 IWAE and VampPrior papers report it.
 """
 
-import contextlib
-import json
 import math
-from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from .data import as_batch
-from .objectives import elbo_terms
+from pyrovae.data.batch import as_batch
+from pyrovae.infer.elbos import elbo_terms
+from pyrovae.models.terms import LogMeanExp
+from pyrovae.rng import seeded
 
 #: A latent unit u is active when Cov_x(E_q[u | x]) exceeds this (Burda et al. 2015).
 ACTIVE_UNIT_THRESHOLD = 0.01
-
-
-@contextlib.contextmanager
-def seeded(x: torch.Tensor, seed: Optional[int]):
-    """Draw from a generator seeded with ``seed``, leaving the caller's state untouched (None: the caller's)."""
-    if seed is None:
-        yield
-        return
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
 
 
 def _scored(model, x):
@@ -93,11 +81,10 @@ def log_likelihood(model, x, num_samples: int = 5000, batch_size: int = 100,
             m = len(xb)
             per_sample = m * max(math.prod(model.event_shape), getattr(model, "latent_dim", 0), 512)
             chunk = max(1, min(num_samples, max_elements // per_sample))
-            acc = torch.full((m,), -math.inf, device=xb.x.device)
+            estimate = LogMeanExp()
             for start in range(0, num_samples, chunk):
-                log_w = model.terms(xb, min(chunk, num_samples - start), len(x), kl=False).log_weights
-                acc = torch.logaddexp(acc, torch.logsumexp(log_w, 0))
-            out.append(acc - math.log(num_samples))
+                estimate.add(model.terms(xb, min(chunk, num_samples - start), len(x), kl=False).log_weights)
+            out.append(estimate.value)
     return torch.cat(out)
 
 
@@ -165,70 +152,3 @@ def evaluate(model, x, nll_samples: int = 5000, iwae_samples: int = 50, elbo_par
     }
 
 
-def evaluate_run(run_dir, nll_samples: int = 5000, iwae_samples: int = 50, elbo_particles: int = 10,
-                 device: str = "cpu", out=None, report: Optional[Callable[[Dict], None]] = None,
-                 plugins: Sequence[str] = ()) -> Dict:
-    """Score a finished run on its test split and write ``evaluation.json``.
-
-    ``plugins``: the plugin files or modules a run trained with them needs (checked against the
-    SHA-256 the run recorded, then run from the bytes that were hashed; nothing the run folder
-    names is ever run). ``out`` is where the JSON goes (default ``RUN_DIR/evaluation.json``; never
-    one of the run's own files); it is checked to be writable before any work, and writing into
-    the run folder takes its lock (one writer per run folder). The data must be those the run
-    was trained on: their fingerprint (shapes and SHA-256 of the values) is compared with the
-    checkpoint's. ``report(result)``, if given, is called before the file is written (the CLI
-    prints the numbers there), so a failed write never loses them. The file is strict JSON: a
-    non-finite result is refused in one line, and nothing is written.
-    """
-    # a run folder is the application layer's: imported here, so that evaluation itself stays core
-    from .checkpoint import data_fingerprint, fingerprint_difference, open_run
-    from .devices import resolve_device
-    from .errors import RunDirError
-    from .memory import check_evaluation_memory
-    from .runfolder import EVALUATION, RunLock, atomic_write_bytes, check_writable, own_file_problem, remove_stale
-
-    run_dir = Path(run_dir)
-    device = resolve_device(str(device), "--device")
-    out = Path(out) if out is not None else run_dir / EVALUATION
-    problem = own_file_problem(out, run_dir)
-    if problem:
-        raise RunDirError(f"--out {problem}")
-    into_run = out.parent.resolve() == run_dir.resolve()
-    opened = open_run(run_dir, plugins, "pyrovae evaluate RUN_DIR {plugins}", device)
-    config, path = opened.config, run_dir / "checkpoint.pt"
-    model = opened.model.to(device).eval()
-    data = config.data.load()
-    differs = fingerprint_difference(opened.state["data"], data_fingerprint(data))
-    if differs:
-        raise RunDirError(f"{path}: the data differ from the data it was trained on: {differs}; "
-                          "evaluate with the run's own data")
-    check_evaluation_memory(model, elbo_particles, device)
-    check_writable(out.parent, "--out " if not into_run else "")
-    with contextlib.ExitStack() as stack:
-        if into_run:
-            stack.enter_context(RunLock(run_dir, "evaluate"))
-            remove_stale(run_dir)
-        result = evaluate(model, data.test_batch.to(device), nll_samples, iwae_samples, elbo_particles,
-                          seed=config.train.seed)
-        bad = non_finite(result)
-        if bad:
-            raise RunDirError(f"{run_dir}: the evaluation gave {bad}: the model or the data give non-finite "
-                              "scores, and evaluation.json holds finite numbers only; nothing was written")
-        if report is not None:
-            report(result)
-        text = (json.dumps(result, indent=2, allow_nan=False) + "\n").encode()
-        atomic_write_bytes(out, lambda f: f.write(text), "; the numbers above are the result")
-    return result
-
-
-def non_finite(result, where: str = "") -> Optional[str]:
-    """The first number in a nest of results that is NaN or infinite, as ``key = nan`` (None if none)."""
-    items = result.items() if isinstance(result, dict) else enumerate(result) if isinstance(result, list) else ()
-    for key, value in items:
-        name = f"{where}.{key}" if where and isinstance(result, dict) else f"{where}[{key}]" if where else str(key)
-        if isinstance(value, float) and not math.isfinite(value):
-            return f"{name} = {value}"
-        found = non_finite(value, name) if isinstance(value, (dict, list)) else None
-        if found:
-            return found
-    return None

@@ -20,8 +20,8 @@ from typing import Any, Dict, List
 import torch
 from pyro.optim.clipped_adam import ClippedAdam
 
-from .errors import ConfigError, shown
-from .registry import Registry, Spec
+from pyrovae.errors import ConfigError, shown
+from pyrovae.registry import Registry, Spec
 
 OPTIMIZERS = Registry("optimizer", context=("params",))
 IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")

@@ -25,30 +25,23 @@ the three systems alike in the reproduction of Figure 3.
 """
 
 import math
-import time
-from typing import Callable, Dict, List, Optional
+from typing import Dict, Optional
 
 import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.ops.integrator import velocity_verlet
-from pyro.poutine.subsample_messenger import _Subsample
 
-from .data import Dataset, epoch_order
-from .errors import ConfigError
-from .evaluate import seeded
-from .optim import build_optimizer
+from pyrovae.errors import ConfigError
+from pyrovae.models.terms import LogMeanExp, sample_sites
+from pyrovae.rng import seeded
 
 
 def log_joint(vae, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """log p(x_i, z_i) = log p(z_i) + log p_theta(x_i | z_i) for each datapoint (shape ``(M,)``),
     from a trace of ``vae.model`` conditioned on z (unscaled: no N/M)."""
     trace = poutine.trace(poutine.condition(vae.model, data={"z": z})).get_trace(x)
-    total = 0.0
-    for site in trace.nodes.values():
-        if site["type"] == "sample" and not isinstance(site["fn"], _Subsample):
-            total = total + site["fn"].log_prob(site["value"])
-    return total
+    return sum(site["fn"].log_prob(site["value"]) for _, site in sample_sites(trace))
 
 
 def hmc_transition(vae, x: torch.Tensor, z: torch.Tensor, step_size, num_leapfrog: int = 10,
@@ -140,88 +133,6 @@ class Chains:
         self.generator.set_state(state["generator"])
 
 
-class MonteCarloEM:
-    """Monte Carlo EM for a :class:`~pyrovae.VAE`'s generative model (its encoder is unused).
-
-    :param VAE vae: its prior and decoder are trained.
-    :param Dataset data: the training split is ``data.train`` (binarized as ``data.binarize`` says).
-    :param dict optim: an optimizer spec (the paper: Adagrad), applied to the decoder and prior.
-    :param int num_leapfrog: leapfrog steps per HMC transition (the paper: 10).
-    :param int hmc_steps: HMC transitions per E-step.
-    :param int weight_updates: gradient steps on theta per E-step (the paper: 5).
-    :param float target_accept: the acceptance rate the step sizes are tuned to (the paper: 0.9).
-    :param int seed: seeds the chains' starting points, momenta and the data order.
-
-    The chains start from the prior and persist: each datapoint's latent is kept between
-    its visits; the shared step size is tuned after every E-step. ``samples_seen`` counts
-    datapoints per E-step (one pass over the data is N samples, as for AEVB).
-    """
-
-    def __init__(self, vae, data: Dataset, optim: Optional[dict] = None, num_leapfrog: int = 10,
-                 hmc_steps: int = 1, weight_updates: int = 5, target_accept: float = 0.9,
-                 initial_step_size: float = 0.1, seed: int = 0):
-        if weight_updates < 1:
-            raise ConfigError("MonteCarloEM: weight_updates must be >= 1")
-        self.vae, self.data, self.weight_updates, self.seed = vae, data, weight_updates, seed
-        self.chains = Chains(vae, data.num_train, num_leapfrog, hmc_steps, target_accept, initial_step_size, seed)
-        params = [p for name, p in vae.named_parameters() if not name.startswith("encoder.")]
-        self.optimizer = build_optimizer(optim or {"name": "adagrad", "lr": 0.02}, params)
-        self.samples_seen, self.epoch = 0, 0
-
-    @property
-    def z(self) -> torch.Tensor:
-        return self.chains.z
-
-    @property
-    def step_size(self) -> float:
-        return self.chains.step_size
-
-    @property
-    def last_accept(self) -> float:
-        return self.chains.last_accept
-
-    def e_step(self, index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Move the chains of the datapoints ``index`` by ``hmc_steps`` transitions; return their z."""
-        return self.chains.advance(index, x)
-
-    def m_step(self, x: torch.Tensor, z: torch.Tensor) -> float:
-        """``weight_updates`` gradient steps on -(1/M) sum_i log p(x_i, z_i); returns the last loss."""
-        for _ in range(self.weight_updates):
-            loss = -log_joint(self.vae, x, z).mean()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-        return loss.item()
-
-    def run_epoch(self, batch_size: int = 100) -> Dict:
-        """One pass over the training split in a seeded random order; returns its record."""
-        self.epoch += 1
-        start, losses, accepts = time.perf_counter(), [], []
-        for index in epoch_order(self.data.num_train, self.seed, self.epoch, self.z.device).split(batch_size):
-            uniform = None
-            if self.data.binarize == "dynamic":
-                uniform = torch.rand((index.numel(), *self.data.event_shape), generator=self.chains.generator,
-                                     device=self.z.device)
-            x = self.data.batch(index, uniform)
-            z = self.e_step(index, x)
-            losses.append(self.m_step(x, z))
-            accepts.append(self.last_accept)
-            self.samples_seen += index.numel()
-        return {"epoch": self.epoch, "samples_seen": self.samples_seen,
-                "train_log_joint": -sum(losses) / len(losses), "accept_rate": sum(accepts) / len(accepts),
-                "step_size": self.step_size, "train_seconds": time.perf_counter() - start}
-
-    def fit(self, epochs: int, batch_size: int = 100, callback: Optional[Callable[[Dict], None]] = None) -> List[Dict]:
-        """``epochs`` passes; ``callback(record)`` after each (e.g. to evaluate)."""
-        records = []
-        for _ in range(epochs):
-            record = self.run_epoch(batch_size)
-            if callback is not None:
-                callback(record)
-            records.append(record)
-        return records
-
-
 def posterior_moments(vae, x: torch.Tensor, burn_in: int = 100, num_samples: int = 50, num_leapfrog: int = 10,
                       target_accept: float = 0.9, generator: Optional[torch.Generator] = None):
     """``(mean, var)`` of p_theta(z | x_i) for each datapoint from its own HMC chain, started
@@ -268,7 +179,7 @@ def hmc_log_likelihood(vae, x: torch.Tensor, num_samples: int = 1000, burn_in: i
                 mean, var = posterior_moments(vae, xb, burn_in, chain_samples)
             gaussian = dist.Normal(mean, inflate * var.clamp(min=1e-6).sqrt()).to_event(1)
             prior = vae.prior()
-            acc = torch.full((xb.shape[0],), -math.inf, device=xb.device)
+            estimate = LogMeanExp()
             for start in range(0, num_samples, chunk):
                 k = min(chunk, num_samples - start)
                 from_prior = torch.rand((k, xb.shape[0], 1), device=xb.device) < prior_weight
@@ -276,6 +187,6 @@ def hmc_log_likelihood(vae, x: torch.Tensor, num_samples: int = 1000, burn_in: i
                 log_q = torch.logaddexp(math.log1p(-prior_weight) + gaussian.log_prob(z),
                                         math.log(prior_weight) + prior.log_prob(z))
                 log_w = vae.likelihood_dist(z).log_prob(xb) + prior.log_prob(z) - log_q
-                acc = torch.logaddexp(acc, torch.logsumexp(log_w, 0))
-            out.append(acc - math.log(num_samples))
+                estimate.add(log_w)
+            out.append(estimate.value)
     return torch.cat(out)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from .errors import ConfigError, one_line, shell_word, shown
+from pyrovae.errors import ConfigError, one_line, shell_word, shown
 
 #: the largest plugin source file read (a plugin is a few kilobytes of Python)
 MAX_PLUGIN_BYTES = 16 << 20

@@ -25,9 +25,9 @@ from typing import Optional, Tuple
 import pyro.infer
 import torch
 
-from .errors import ConfigError, shown
-from .models.base import log_mean_exp
-from .registry import Registry
+from pyrovae.errors import ConfigError, shown
+from pyrovae.models.terms import log_mean_exp
+from pyrovae.registry import Registry
 
 ESTIMATORS = Registry("estimator")
 
@@ -53,22 +53,17 @@ class Analytic(Estimator):
     pyro_elbo = pyro.infer.TraceMeanField_ELBO
 
     def __call__(self, terms, beta=1.0):
-        reconstruction = terms.reconstruction.mean(0)
-        kl = terms.kl.mean(0)
-        elbo = reconstruction - kl
-        return with_auxiliary(elbo if beta == 1.0 else reconstruction - beta * kl, terms), elbo
+        return reconstruction_minus_kl(terms.reconstruction.mean(0), terms.kl.mean(0), beta, terms)
 
 
 @ESTIMATORS.register("mc")
 class MonteCarlo(Estimator):
-    """Estimator A: (1/L) sum_l [log p(x|z_l) + beta (log p(z_l) - log q(z_l|x))]."""
+    """Estimator A: (1/L) sum_l [log p(x|z_l) - beta (log q(z_l|x) - log p(z_l))]."""
 
     pyro_elbo = pyro.infer.Trace_ELBO
 
     def __call__(self, terms, beta=1.0):
-        log_ratio = terms.log_prior - terms.log_q
-        elbo = (terms.reconstruction + log_ratio).mean(0)
-        return with_auxiliary(elbo if beta == 1.0 else (terms.reconstruction + beta * log_ratio).mean(0), terms), elbo
+        return reconstruction_minus_kl(terms.reconstruction.mean(0), terms.sampled_kl.mean(0), beta, terms)
 
 
 @ESTIMATORS.register("iwae")
@@ -76,7 +71,14 @@ class ImportanceWeighted(Estimator):
     """IWAE_L: log (1/L) sum_l p(x, z_l) / q(z_l | x) (Burda et al. 2015); the ELBO from the same samples."""
 
     def __call__(self, terms, beta=1.0):
-        return with_auxiliary(log_mean_exp(terms.log_weights, 0), terms), terms.log_ratio.mean(0)
+        return with_auxiliary(log_mean_exp(terms.log_weights, 0), terms), terms.elbo.mean(0)
+
+
+def reconstruction_minus_kl(reconstruction, kl, beta: float, terms) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(objective, elbo)`` from a reconstruction term and a KL term per datapoint: the ELBO is
+    reconstruction - KL; the objective weighs the KL by beta and adds the family's auxiliary term."""
+    elbo = reconstruction - kl
+    return with_auxiliary(elbo if beta == 1.0 else reconstruction - beta * kl, terms), elbo
 
 
 def with_auxiliary(objective: torch.Tensor, terms) -> torch.Tensor:

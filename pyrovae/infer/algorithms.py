@@ -23,13 +23,13 @@ import pyro
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from . import mcem
-from .data import Batch
-from .errors import ConfigError
-from .estimators import get_estimator
-from .objectives import LatentScale, elbo_per_datapoint, make_elbo
-from .registry import Registry
-from .wake_sleep import WakeSleep
+from pyrovae.data.batch import Batch
+from pyrovae.errors import ConfigError, PyrovaeError, one_line
+from pyrovae.infer import hmc
+from pyrovae.infer.elbos import LatentScale, make_elbo
+from pyrovae.infer.estimators import estimate, get_estimator
+from pyrovae.infer.wake_sleep import WakeSleep
+from pyrovae.registry import Registry
 
 ALGORITHMS = Registry("algorithm", context=("model", "train", "estimator", "num_data", "world"))
 
@@ -52,6 +52,30 @@ class StepLoss:
     objective_sum: torch.Tensor
     elbo_sum: torch.Tensor
 
+    @classmethod
+    def of(cls, objective: torch.Tensor, elbo: Optional[torch.Tensor], global_size: int, world: int = 1) -> "StepLoss":
+        """The one normalization of every algorithm's step: ``objective`` is the shard's sum of what
+        is maximised (differentiable), ``elbo`` the shard's sum of ELBOs (None: the objective is the
+        ELBO). The loss is -(1/M) times the global minibatch's sum, M = ``global_size``: DDP averages
+        the ``world`` processes' gradients, so each shard's sum counts world / M."""
+        objective_sum = -objective.detach()
+        elbo_sum = objective_sum if elbo is None else -elbo.detach()
+        return cls(objective * (-world / global_size), objective_sum, elbo_sum)
+
+
+def pyro_objective(pyro_loss: torch.Tensor, batch_size: int, num_data: int) -> torch.Tensor:
+    """A Pyro ELBO's loss of a minibatch, -(N/M) sum_i f_i under the plate "data", as the
+    minibatch's sum of objectives sum_i f_i (the plate's N/M undone)."""
+    return pyro_loss * (-batch_size / num_data)
+
+
+def reported_elbo(model, batch, estimator: str, num_particles: int, num_data: int) -> torch.Tensor:
+    """The minibatch's sum of ELBOs that an algorithm whose objective is not the ELBO reports: the
+    estimator's ELBO (beta = 1) over the model's terms, a global latent shared by N = ``num_data``
+    points, drawn from the RNG as it stands (the torch engine's ELBO at the same draw)."""
+    with torch.no_grad():
+        return estimate(model, batch, estimator, num_particles, 1.0, num_data=num_data)[1].sum()
+
 
 class Algorithm:
     """The base: ``loss`` per step, plus checks, state and resume keys."""
@@ -65,6 +89,8 @@ class Algorithm:
     validates = True
     #: gradient steps the loop takes on each minibatch (``loss`` is called with update = 0, 1, ...)
     updates_per_batch = 1
+    #: whether it trains the guide (else the loop does not warn of collapsed latent units)
+    trains_guide = True
 
     def __init__(self, model, train, estimator: str, num_data: int, world: int = 1):
         self.model, self.train, self.estimator, self.num_data, self.world = model, train, estimator, num_data, world
@@ -78,6 +104,18 @@ class Algorithm:
         """The step's loss for this process's shard ``batch`` (training points ``index``); ``update``
         counts the gradient steps taken on this minibatch so far."""
         raise NotImplementedError
+
+    def dry_run(self, batch: Batch) -> None:
+        """Called once on a small batch when the run is built, before any step: refuse in one
+        ConfigError line what the step would fail on (by default the step's loss is computed)."""
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                self.loss(batch, None, 1.0, len(batch), torch.arange(len(batch)))
+        except (PyrovaeError, NonFinite):
+            raise
+        except Exception as e:  # a family's or Pyro's code can fail in any way
+            raise ConfigError(f"train.algorithm = {type(self).__name__}: a dry step on {len(batch)} points fails "
+                              f"({type(e).__name__}: {one_line(str(e), 200)})") from None
 
     def state_dict(self) -> Dict[str, Any]:
         """State of its own to checkpoint (tensors and plain containers only)."""
@@ -95,20 +133,22 @@ class _Objective(torch.nn.Module):
         self.model, self.num_particles, self.num_data = model, num_particles, num_data
         self.reduce = get_estimator(estimator)  # built once: the hot path only calls it
 
-    def forward(self, x, y, labeled, eps, kl_weight: float, weight=None):
+    def forward(self, x, y, labeled, noise, beta: float, weight=None):
         terms = self.model.terms(Batch(x, y, labeled), self.num_particles, self.num_data, kl=self.reduce.needs_kl,
-                                 noise=eps)
-        objective, elbo = self.reduce(terms, kl_weight)
+                                 noise=noise)
+        objective, elbo = self.reduce(terms, beta)
         if weight is None:
             return objective, elbo
-        weighted = objective * weight  # a stratified minibatch (train.labeled_per_batch): data.epoch_plan
+        weighted = objective * weight  # a stratified minibatch (train.labeled_per_batch): data.sampling.epoch_plan
         return weighted, (weighted if elbo is objective else elbo * weight)
 
 
 @ALGORITHMS.register("aevb")
 class AEVB(Algorithm):
     """Auto-encoding variational Bayes: a gradient step on an ELBO estimator of the minibatch,
-    scaled to the full data (Kingma & Welling 2014, Algorithm 1)."""
+    scaled to the full data (Kingma & Welling 2014, Algorithm 1). With ``train.engine = "pyro"``
+    the step is Pyro's ELBO class on ``model.model`` and ``model.guide`` (``TraceEnum_ELBO``
+    where the model has sites marked for enumeration), built on the dry batch."""
 
     @classmethod
     def check_config(cls, train) -> None:
@@ -121,32 +161,37 @@ class AEVB(Algorithm):
         self.torch_engine = train.engine == "torch"
         self.draws_noise = self.torch_engine
         self.validates = not self.torch_engine
+        self.elbo = None
         if self.torch_engine:
             self.objective = _Objective(model, estimator, train.num_particles, num_data)
             # gradients are averaged over the processes by PyTorch's DDP
             self.forward = DistributedDataParallel(self.objective) if world > 1 else self.objective
-        else:
-            if world > 1:
-                raise ConfigError("train.engine = 'pyro' trains in one process; distributed runs use engine 'torch'")
-            self.elbo = make_elbo(estimator, model, train.num_particles)
+        elif world > 1:
+            raise ConfigError("train.engine = 'pyro' trains in one process; distributed runs use engine 'torch'")
+
+    def dry_run(self, batch):
+        if self.torch_engine:
+            return  # the estimator reads the model's terms, which the model's own dry run computed
+        try:
+            self.elbo = make_elbo(self.estimator, self.model, self.train.num_particles, batch)
+        except (PyrovaeError, ValueError) as e:
+            raise ConfigError(f"train.engine = 'pyro' with train.estimator = {self.estimator!r}: "
+                              f"{one_line(str(e), 200)}") from None
+        super().dry_run(batch)
 
     def loss(self, batch, noise, beta, global_size, index=None, update=0):
         if self.torch_engine:  # the estimator over the model's terms (closed forms where the family has them)
             objective, elbo = self.forward(batch.x, batch.y, batch.labeled, noise, beta, batch.weight)
-            total = objective.sum()
-            objective_sum = -total.detach()
-            elbo_sum = objective_sum if elbo is objective else -elbo.detach().sum()
-            return StepLoss(total * (-self.world / global_size), objective_sum, elbo_sum)
+            return StepLoss.of(objective.sum(), None if elbo is objective else elbo.sum(), global_size, self.world)
+        if self.elbo is None:
+            self.elbo = make_elbo(self.estimator, self.model, self.train.num_particles, batch)
+        reports = beta != 1.0 or self.estimator == "iwae"  # then the objective is not the ELBO
+        elbo = reported_elbo(self.model, batch, self.estimator, self.train.num_particles, self.num_data) \
+            if reports else None
         weighted = LatentScale(beta) if beta != 1.0 else contextlib.nullcontext()
         with weighted, _non_finite_from_validation():
             loss = self.elbo.differentiable_loss(self.model.model, self.model.guide, batch, self.num_data)
-        loss = loss / self.num_data
-        objective_sum = loss.detach() * len(batch)
-        if beta == 1.0 and self.estimator != "iwae":
-            return StepLoss(loss, objective_sum, objective_sum)
-        with torch.no_grad():
-            elbo_sum = -elbo_per_datapoint(self.model, batch).sum()
-        return StepLoss(loss, objective_sum, elbo_sum)
+        return StepLoss.of(pyro_objective(loss, len(batch), self.num_data), elbo, global_size)
 
 
 @ALGORITHMS.register("wake_sleep")
@@ -166,25 +211,26 @@ class WakeSleepAlgorithm(Algorithm):
         if hasattr(getattr(model, "prior", None), "attach"):
             raise ConfigError("train.algorithm = 'wake_sleep': the prior runs the encoder (vamp), so the wake "
                               "phase would train the recognition model; choose another prior")
-        self.elbo = WakeSleep()
+        self.elbo = WakeSleep(observed_site=model.observed_name())
 
     @classmethod
     def check_config(cls, train) -> None:
-        _one_particle_no_kl_weight(train, "wake_sleep", "draws one z per datapoint and has no KL term")
+        _one_particle_no_beta(train, "wake_sleep", "draws one z per datapoint and has no KL term")
 
     def loss(self, batch, noise, beta, global_size, index=None, update=0):
+        elbo = reported_elbo(self.model, batch, self.estimator, 1, self.num_data)
         with _non_finite_from_validation():
             loss = self.elbo.differentiable_loss(self.model.model, self.model.guide, batch, self.num_data)
-        with torch.no_grad():
-            elbo_sum = -elbo_per_datapoint(self.model, batch).sum()
-        return StepLoss(loss / self.num_data, elbo_sum, elbo_sum)
+        step = StepLoss.of(pyro_objective(loss, len(batch), self.num_data), elbo, global_size)
+        step.objective_sum = step.elbo_sum  # wake-sleep maximises no bound: it reports the recognition model's ELBO
+        return step
 
 
 @ALGORITHMS.register("mcem")
 class MonteCarloEMAlgorithm(Algorithm):
     """Monte Carlo EM (Kingma & Welling 2014, Sec. 5, Figure 3), for the ``vae`` family's generative
     model: for each minibatch, the E-step moves each datapoint's own persistent HMC chain on
-    p_theta(z | x_i) (:class:`pyrovae.mcem.Chains`: ``hmc_steps`` transitions of ``num_leapfrog``
+    p_theta(z | x_i) (:class:`pyrovae.hmc.Chains`: ``hmc_steps`` transitions of ``num_leapfrog``
     leapfrog steps, the step size tuned to ``target_accept``), then ``weight_updates`` gradient
     steps on theta of -(1/M) sum_i log p_theta(x_i, z_i) (the M-step). The encoder is not trained;
     the reported ``train_objective`` is the mean log p(x, z) at the chains, ``train_elbo`` the
@@ -198,6 +244,7 @@ class MonteCarloEMAlgorithm(Algorithm):
     """
 
     resume_keys = ("batch_size", "seed")
+    trains_guide = False
 
     def __init__(self, model, train, estimator, num_data, world=1, num_leapfrog: int = 10, hmc_steps: int = 1,
                  weight_updates: int = 5, target_accept: float = 0.9, initial_step_size: float = 0.1):
@@ -209,26 +256,26 @@ class MonteCarloEMAlgorithm(Algorithm):
                               f"to run HMC on); got {type(model).__name__}")
         if weight_updates < 1:
             raise ConfigError(f"train.algorithm.weight_updates = {weight_updates}: must be >= 1")
-        self.log_joint = mcem.log_joint
-        self.chains = mcem.Chains(model, num_data, num_leapfrog, hmc_steps, target_accept, initial_step_size,
+        self.log_joint = hmc.log_joint
+        self.chains = hmc.Chains(model, num_data, num_leapfrog, hmc_steps, target_accept, initial_step_size,
                                   seed=train.seed)
         self.updates_per_batch = weight_updates
         self.latents: Optional[torch.Tensor] = None
 
     @classmethod
     def check_config(cls, train) -> None:
-        _one_particle_no_kl_weight(train, "mcem", "has no KL term and one chain per datapoint")
+        _one_particle_no_beta(train, "mcem", "has no KL term and one chain per datapoint")
 
     def loss(self, batch, noise, beta, global_size, index=None, update=0):
         if update == 0:  # the E-step, once per minibatch
             if index is None:
                 raise ValueError("mcem: the loop passes the minibatch's indices")
             self.latents = self.chains.advance(index, batch.x).detach()
-        log_joint = self.log_joint(self.model, batch.x, self.latents)
-        objective_sum = -log_joint.detach().sum()
-        with torch.no_grad():
-            elbo_sum = -elbo_per_datapoint(self.model, batch).sum()
-        return StepLoss(-log_joint.mean(), objective_sum, elbo_sum)
+        elbo = reported_elbo(self.model, batch, self.estimator, 1, self.num_data)
+        return StepLoss.of(self.log_joint(self.model, batch.x, self.latents).sum(), elbo, global_size)
+
+    def dry_run(self, batch) -> None:
+        """Nothing: a step moves the chains, and the model's dry run checked its terms."""
 
     def state_dict(self) -> Dict[str, Any]:
         return {"chains": self.chains.state_dict()}
@@ -239,7 +286,7 @@ class MonteCarloEMAlgorithm(Algorithm):
         self.chains.load_state_dict(state["chains"])
 
 
-def _one_particle_no_kl_weight(train, name: str, why: str) -> None:
+def _one_particle_no_beta(train, name: str, why: str) -> None:
     """Algorithms without an ELBO estimator take one particle and no KL weight (one line otherwise)."""
     if train.beta != 1 or train.kl_warmup_epochs or train.num_particles != 1:
         raise ConfigError(f"train.algorithm = {name!r} {why}: it takes train.num_particles = 1, no train.beta or "

@@ -21,8 +21,6 @@ only just is better than losing a run to an allocation failure.
 """
 
 import contextlib
-import os
-from pathlib import Path
 from typing import Optional
 
 import pyro
@@ -30,47 +28,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from .data import Batch
-from .errors import ConfigError, shown
+from pyrovae.data.batch import Batch
+from pyrovae.devices import available_bytes, format_bytes
+from pyrovae.errors import ConfigError, shown
 
 EVAL_CHUNK = 1000  # the test ELBO's points per chunk (evaluate.dataset_terms)
 OPTIMIZER_SLOTS = {"adam": 2, "clipped_adam": 2, "adagrad": 1, "rmsprop": 1}
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} PiB"
-
-
-def available_bytes(device="cpu") -> int:
-    """Memory free for new tensors on ``device``: the GPU's free memory, or on the CPU the
-    smaller of the system's available memory and what the process's cgroup still allows."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    candidates = []
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                candidates.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
-            candidates.append(int(limit) - used)
-    except (OSError, ValueError):
-        pass
-    if not candidates:
-        try:
-            candidates.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
-        except (ValueError, OSError, AttributeError):
-            return 1 << 62  # unknown: no refusal
-    return max(0, min(candidates))
 
 
 class _CountCreated(TorchDispatchMode):
@@ -241,4 +204,5 @@ def check_evaluation_memory(vae, elbo_particles: int, device, available: Optiona
     if need > available:
         raise ConfigError(f"--particles {shown(elbo_particles)}: the test ELBO needs about {format_bytes(need)}, "
                           f"more than the {format_bytes(available)} available")
+
 

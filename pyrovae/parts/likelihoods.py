@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import DataError, shown
-from .registry import Registry
+from pyrovae.errors import DataError, shown
+from pyrovae.registry import Registry
 
 LIKELIHOODS = Registry("likelihood")
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.distributions import kl_divergence
 
-from .registry import Registry
+from pyrovae.registry import Registry
 
 PRIORS = Registry("prior", context=("latent_dim",))
 LOG_2PI = math.log(2 * math.pi)

@@ -14,8 +14,8 @@ from typing import Any, Callable, List, Optional
 import torch
 import torch.distributed as dist
 
-from .devices import resolve_device
-from .errors import PyrovaeError, RunDirError
+from pyrovae.devices import resolve_device
+from pyrovae.errors import PyrovaeError, RunDirError
 
 
 @contextlib.contextmanager

@@ -13,22 +13,19 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence
 
-from .algorithms import ALGORITHMS, algorithm_name
-from .data import BINARIZE, DATASETS, Dataset, load_dataset
-from .errors import ConfigError, UnknownNameError, one_line, shown
-from .estimators import estimator_names
-from .models import MODELS, check_model_options, family_defaults
-from .optim import check_optimizer
-from .plugins import PluginRecord, needs_plugins_message, parse_record, run_named_plugins, run_own_plugins
-from .registry import _type_name, check_type
+from pyrovae.app.plugins import PluginRecord, needs_plugins_message, parse_record, run_named_plugins, run_own_plugins
+from pyrovae.data.datasets import BINARIZE, DATASETS, Dataset, load_dataset
+from pyrovae.errors import ConfigError, UnknownNameError, one_line, shown
+from pyrovae.infer.algorithms import ALGORITHMS, algorithm_name
+from pyrovae.models.registry import MODELS, check_model_options, family_defaults
+from pyrovae.registry import _type_name, check_at_least, check_choice, check_type
+from pyrovae.training.loop import TrainConfig
+from pyrovae.training.optim import check_optimizer
 
-MAX_THREADS = 1024
 #: a config file larger than this is refused unread (a config is a few hundred bytes)
 MAX_CONFIG_BYTES = 1 << 20
-
-PartSpec = Union[str, Dict[str, Any]]
 
 
 @dataclass
@@ -50,15 +47,15 @@ class DataConfig:
     labeled: Optional[int] = None
 
     def check(self):
-        _choice("data.name", self.name, DATASETS)
+        check_choice("data.name", self.name, DATASETS)
         if self.binarize is not None:
-            _choice("data.binarize", self.binarize, BINARIZE)
+            check_choice("data.binarize", self.binarize, BINARIZE)
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"data.test_fraction = {self.test_fraction}: must be in (0, 1)")
         if self.name == "file" and not self.path:
             raise ConfigError("data.path: required when data.name = 'file' (a .npy, .npz or .pt file)")
         if self.labeled is not None:
-            _range("data.labeled", self.labeled, 1)
+            check_at_least("data.labeled", self.labeled, 1)
 
     def load(self, device="cpu") -> Dataset:
         """The data set this section describes, on ``device``."""
@@ -116,7 +113,7 @@ class ModelConfig:
         MODELS.get(self.family, "model.family")
         check_model_options(self.family, self.options, "model")
         if "latent_dim" in self.to_dict():
-            _range("model.latent_dim", self.latent_dim, 1)
+            check_at_least("model.latent_dim", self.latent_dim, 1)
 
 
 def _plain(value):
@@ -134,92 +131,6 @@ def _writable(value) -> bool:
     if isinstance(value, dict):
         return all(isinstance(k, str) and _writable(v) for k, v in value.items())
     return isinstance(value, (str, int, float, bool))
-
-
-@dataclass
-class TrainConfig:
-    """``[train]``: the SVI loop."""
-
-    #: passes over the training split.
-    epochs: int = 50
-    #: the minibatch size M (the global one when data-parallel).
-    batch_size: int = 100
-    #: aevb (the VAE's SVI, Kingma & Welling 2014), wake_sleep (Hinton et al. 1995; same model and encoder) or
-    #: mcem (Monte Carlo EM with per-datapoint HMC chains; options as a table: { name = "mcem", weight_updates = 5 }).
-    algorithm: PartSpec = "aevb"
-    #: auto, analytic (estimator B, TraceMeanField_ELBO), mc (estimator A, Trace_ELBO) or iwae.
-    estimator: str = "auto"
-    #: L samples per datapoint (k for iwae).
-    num_particles: int = 1
-    #: with a label budget (data.labeled): k labelled points drawn into every minibatch, weighted so
-    #: the objective stays unbiased (semi-supervised families, where labels are rare); 0: none.
-    labeled_per_batch: int = 0
-    #: with a label budget: each labelled point counts this many times in the objective (as if the labelled
-    #: set were copied); "balanced": N_unlabelled / N_labelled, the labelled data weighing as much as the rest.
-    labeled_weight: Union[float, str] = 1.0
-    #: the weight of the KL term (beta-VAE, Higgins et al. 2017); 1 is the ELBO.
-    beta: float = 1.0
-    #: linear warm-up of the KL weight from 0 to beta over this many epochs (0: none).
-    kl_warmup_epochs: int = 0
-    #: seeds initialisation, data order and all sampling; in [0, 2^32).
-    seed: int = 0
-    #: cpu, cuda or cuda:N.
-    device: str = "cpu"
-    #: evaluate the test ELBO every this many epochs (and after the last).
-    eval_every: int = 5
-    #: particles per test point for the test ELBO.
-    eval_particles: int = 1
-    #: a tqdm progress bar with the running loss.
-    progress: bool = True
-    #: torch: the estimator's loss written with plain tensors (fast); pyro: Pyro's ELBO on model and guide.
-    engine: str = "torch"
-    #: on a non-finite loss or gradient: stop, or roll back to the last completed epoch.
-    on_nan: str = "stop"
-    #: rollback multiplies the learning rate by this.
-    rollback_lr_factor: float = 0.5
-    #: after this many rollbacks the run stops as with on_nan = "stop".
-    max_rollbacks: int = 3
-    #: CPU threads for torch's operations; 0: torch's choice (one per core). On a shared, busy CPU
-    #: fewer threads than cores avoid oversubscription (--threads on the command line).
-    num_threads: int = 0
-
-    def check(self):
-        _range("train.epochs", self.epochs, 1)
-        _range("train.batch_size", self.batch_size, 1)
-        ALGORITHMS.split(self.algorithm, "train.algorithm")
-        _choice("train.estimator", self.estimator, estimator_names(), UnknownNameError)
-        _range("train.num_particles", self.num_particles, 1)
-        _range("train.labeled_per_batch", self.labeled_per_batch, 0)
-        if self.labeled_weight != "balanced" and not (isinstance(self.labeled_weight, (int, float))
-                                                      and not isinstance(self.labeled_weight, bool)
-                                                      and 0 < self.labeled_weight < 1e12):
-            raise ConfigError(f"train.labeled_weight = {shown(self.labeled_weight)}: must be a number > 0 or "
-                              "'balanced'")
-        if self.labeled_per_batch >= self.batch_size:
-            raise ConfigError(f"train.labeled_per_batch = {self.labeled_per_batch}: must be less than "
-                              f"train.batch_size ({self.batch_size})")
-        if not (self.beta >= 0 and math.isfinite(self.beta)):
-            raise ConfigError(f"train.beta = {shown(self.beta)}: must be a finite number >= 0")
-        _range("train.kl_warmup_epochs", self.kl_warmup_epochs, 0)
-        if self.estimator == "iwae" and (self.beta != 1 or self.kl_warmup_epochs):
-            raise ConfigError("train.estimator = 'iwae' weighs whole importance weights: it takes no train.beta "
-                              "or train.kl_warmup_epochs; use 'analytic' or 'mc' for KL annealing")
-        ALGORITHMS.get(algorithm_name(self.algorithm)).check_config(self)
-        if not 0 <= self.seed < 2**32:
-            raise ConfigError(f"train.seed = {self.seed}: must be in [0, 2^32)")
-        _range("train.eval_every", self.eval_every, 1)
-        _range("train.eval_particles", self.eval_particles, 1)
-        _choice("train.on_nan", self.on_nan, ("stop", "rollback"))
-        _choice("train.engine", self.engine, ("torch", "pyro"))
-        if not 0 < self.rollback_lr_factor < 1:
-            raise ConfigError(f"train.rollback_lr_factor = {shown(self.rollback_lr_factor)}: must be in (0, 1)")
-        _range("train.max_rollbacks", self.max_rollbacks, 0)
-        _range("train.num_threads", self.num_threads, 0)
-        if self.num_threads > MAX_THREADS:
-            raise ConfigError(f"train.num_threads = {shown(self.num_threads)}: must be <= {MAX_THREADS}")
-        if not (self.device == "cpu" or self.device == "cuda"
-                or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
-            raise ConfigError(f"train.device = {shown(self.device)}: valid: cpu, cuda, cuda:N")
 
 
 @dataclass
@@ -322,16 +233,6 @@ def run_difference(a: Dict[str, Any], b: Dict[str, Any], plugins: bool = False) 
 
 def _drop_none(d):
     return {k: v for k, v in d.items() if v is not None}
-
-
-def _choice(key, value, allowed, error=ConfigError):
-    if value not in allowed:
-        raise error(f"{key} = {shown(value)}: valid: {', '.join(allowed)}")
-
-
-def _range(key, value, minimum):
-    if value < minimum:
-        raise ConfigError(f"{key} = {shown(value)}: must be >= {minimum}")
 
 
 def _section(cls, table, section: str):
@@ -531,3 +432,5 @@ def dumps(d: Dict[str, Dict[str, Any]]) -> str:
         out += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
         out.append("")
     return "\n".join(out)
+
+

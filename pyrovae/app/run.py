@@ -13,58 +13,57 @@
 import contextlib
 import dataclasses
 import datetime
+import json
+import math
 import shutil
 import signal
 import threading
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import pyro
 import torch
 import torch.distributed as dist
 
-from .checkpoint import (
+from pyrovae.app.checkpoint import (
     build_run_model,
     check_one_config,
     checked_model_shapes,
     counters_problem,
     data_fingerprint,
     fingerprint_difference,
+    open_run,
     read_checkpoint,
     read_run_record,
-    save_checkpoint,
 )
-from .config import Config, dumps, run_difference
-from .distributed import distributed, on_rank0
-from .errors import ConfigError, RunDirError, one_line
-from .estimators import resolve_estimator
-from .evaluate import seeded
-from .loop import (  # noqa: F401 (the loop's names, re-exported for pyrovae.train users)
-    Callback,
-    Interrupted,
-    PosteriorCollapseWarning,
-    Trainer,
-    TrainingError,
-    check_data,
-    fit,
-    kl_weight,
-)
-from .memory import check_training_memory
-from .plugins import source_of as plugin_source
-from .runfolder import (
+from pyrovae.app.config import Config, dumps, run_difference
+from pyrovae.app.files import (
     CHECKPOINT,
     CONFIG,
+    EVALUATION,
     LOCK,
     PLUGINS,
     RunLock,
-    append_metrics,
     atomic_write_bytes,
     check_fresh,
+    check_writable,
     copy_plugins,
     create_run_dir,
+    own_file_problem,
     remove_stale,
-    write_metrics,
 )
+from pyrovae.app.plugins import source_of as plugin_source
+from pyrovae.app.runfolder import RunFolder, TensorBoardLog
+from pyrovae.devices import resolve_device
+from pyrovae.errors import ConfigError, RunDirError
+from pyrovae.infer.estimators import resolve_estimator
+from pyrovae.infer.evaluate import evaluate
+from pyrovae.training.distributed import distributed, on_rank0
+from pyrovae.training.loop import (
+    check_data,
+    fit,
+)
+from pyrovae.training.memory import check_evaluation_memory, check_training_memory
 
 
 class StoppedAtOnce(KeyboardInterrupt):
@@ -76,124 +75,6 @@ class StoppedAtOnce(KeyboardInterrupt):
     def __init__(self, signal_number: int):
         super().__init__(signal.Signals(signal_number).name)
         self.signal_number = signal_number
-
-
-class RunFolder(Callback):
-    """The run folder around the loop (see the module docstring). ``config`` is the resolved run
-    config the checkpoint records; ``resume`` continues from the folder's checkpoint (or from the
-    start, when it has none yet)."""
-
-    def __init__(self, run_dir, config: Config, resume: bool = False):
-        self.run_dir, self.config, self.resume = Path(run_dir), config, resume
-        self.saved_epoch: Optional[int] = None
-        self.writes = True
-        self.fingerprint = None
-
-    def on_start(self, trainer) -> None:
-        self.writes = trainer.rank == 0
-        #: the data's shapes and hash, recorded in every checkpoint; --resume and evaluate compare them
-        self.fingerprint = data_fingerprint(trainer.data)
-        checkpoint = self.run_dir / CHECKPOINT
-        if self.resume and checkpoint.exists():
-            state = read_checkpoint(checkpoint)
-            differs = fingerprint_difference(state["data"], self.fingerprint)
-            if differs:
-                raise RunDirError(f"{checkpoint}: the data differ from the data it was trained on: {differs}; "
-                                  "resume with the same data, or start a new run")
-            try:
-                trainer.restore(state, checkpoint)
-            except (RuntimeError, ValueError, TypeError, KeyError, IndexError, OverflowError) as e:  # e.g. RNG states
-                raise RunDirError(f"{checkpoint}: malformed checkpoint: its training state does not fit the run "
-                                  f"({type(e).__name__}: {one_line(str(e), 120)})") from None
-            trainer.metrics = [dict(r) for r in state["metrics"]]
-            self.saved_epoch = trainer.counters["epoch"]
-        if self.resume and self.writes:
-            # metrics.jsonl may lack the checkpoint's last epoch, or hold epochs past it or a torn
-            # line (a kill, a full disk): the checkpoint's records replace it, atomically.
-            write_metrics(self.run_dir, trainer.metrics)
-
-    def failure_note(self) -> str:
-        return f"; {self.kept()}" if self.saved_epoch is not None else "; no checkpoint was written yet"
-
-    def save(self, trainer) -> None:
-        """Write the checkpoint (with the metrics records so far)."""
-        if self.writes:
-            save_checkpoint(self.run_dir / CHECKPOINT, trainer.state(), trainer.model.event_shape, self.config,
-                            self.fingerprint, trainer.metrics, self.failure_note(), trainer.data.num_classes)
-            self.saved_epoch = trainer.counters["epoch"]
-
-    def on_epoch_end(self, trainer, record: Dict) -> None:
-        # The checkpoint (which holds the records) first, then the metrics line: after a kill
-        # or a write failure between the two, --resume rebuilds metrics.jsonl from the checkpoint.
-        self.save(trainer)
-        if self.writes:
-            append_metrics(self.run_dir, record, self.failure_note())
-
-    def on_interrupt(self, trainer, mid_epoch: bool) -> Optional[str]:
-        if mid_epoch:
-            self.save(trainer)
-            return f"checkpoint saved: resume with pyrovae train --out {self.run_dir} --resume"
-        return (f"checkpoint of epoch {trainer.counters['epoch']} saved: resume with "
-                f"pyrovae train --out {self.run_dir} --resume")
-
-    def on_end(self, trainer) -> None:
-        if not self.writes:
-            return
-        from .plots import plot_run  # the figures' module sets matplotlib's backend: only when plotting
-
-        try:
-            plot_run(self.run_dir, trainer.model, trainer.data.test_batch, trainer.metrics)
-        except RunDirError as e:
-            raise RunDirError(f"{e}; training finished: the checkpoint of epoch {trainer.counters['epoch']} "
-                              "is complete") from None
-
-    def kept(self) -> Optional[str]:
-        if self.saved_epoch is None:
-            return None
-        return f"the last good checkpoint (epoch {self.saved_epoch}) is kept in {self.run_dir}"
-
-
-class TensorBoardLog(Callback):
-    """TensorBoard event files in ``log_dir`` (rank 0): every epoch the ELBO, its reconstruction
-    and KL terms, the KL weight, the learning rate, images per second and active units; at every
-    evaluation grids of samples and reconstructions, drawn without touching the training RNG."""
-
-    def __init__(self, log_dir):
-        self.log_dir, self.writer = Path(log_dir), None
-
-    def on_start(self, trainer) -> None:
-        if trainer.rank == 0:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.log_dir))
-
-    def on_epoch_end(self, trainer, record: Dict) -> None:
-        """Scalars every epoch, image grids at evaluations (drawn without touching the training RNG)."""
-        from .plots import as_images, image_grid
-
-        if self.writer is None:
-            return
-        tb, epoch = self.writer, record["epoch"]
-        for tag, key in (("train/elbo", "train_elbo"), ("train/objective", "train_objective"),
-                         ("train/kl_weight", "kl_weight"), ("train/images_per_second", "images_per_second"),
-                         ("test/elbo", "test_elbo"), ("test/reconstruction", "test_reconstruction"),
-                         ("test/kl", "test_kl"), ("test/active_units", "active_units")):
-            if record[key] is not None:
-                tb.add_scalar(tag, record[key], epoch)
-        tb.add_scalar("train/learning_rate", trainer.optimizer.param_groups[0]["lr"], epoch)
-        if record["test_elbo"] is not None:
-            with torch.no_grad(), seeded(trainer.data.test, trainer.cfg.seed):
-                x = trainer.data.test_batch[:32]
-                grids = {"samples": trainer.model.sample(64),
-                         "reconstructions": torch.cat([x.x, trainer.model.reconstruct(x)])}
-            for tag, images in grids.items():
-                grid = image_grid(as_images(images, trainer.model.event_shape), 8 if tag == "samples" else 16)
-                tb.add_image(tag, grid.clip(0, 1), epoch, dataformats="HWC" if grid.ndim == 3 else "HW")
-        tb.flush()
-
-    def on_close(self, trainer) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 def train(config: Optional[Config] = None, out_dir=None, resume: bool = False, model=None) -> Path:
@@ -375,3 +256,69 @@ def stop_at_once_on_signals():
     """SIGINT and SIGTERM raise :class:`StoppedAtOnce` where the program is (``evaluate``,
     ``sample``: nothing to save), so the process exits with 128 + the signal number."""
     return _handling_signals(_stop_at_once)
+
+
+def evaluate_run(run_dir, nll_samples: int = 5000, iwae_samples: int = 50, elbo_particles: int = 10,
+                 device: str = "cpu", out=None, report: Optional[Callable[[Dict], None]] = None,
+                 plugins: Sequence[str] = ()) -> Dict:
+    """Score a finished run on its test split and write ``evaluation.json``.
+
+    ``plugins``: the plugin files or modules a run trained with them needs (checked against the
+    SHA-256 the run recorded, then run from the bytes that were hashed; nothing the run folder
+    names is ever run). ``out`` is where the JSON goes (default ``RUN_DIR/evaluation.json``; never
+    one of the run's own files); it is checked to be writable before any work, and writing into
+    the run folder takes its lock (one writer per run folder). The data must be those the run
+    was trained on: their fingerprint (shapes and SHA-256 of the values) is compared with the
+    checkpoint's. ``report(result)``, if given, is called before the file is written (the CLI
+    prints the numbers there), so a failed write never loses them. The file is strict JSON: a
+    non-finite result is refused in one line, and nothing is written.
+    """
+    # a run folder is the application layer's: imported here, so that evaluation itself stays core
+
+    run_dir = Path(run_dir)
+    device = resolve_device(str(device), "--device")
+    out = Path(out) if out is not None else run_dir / EVALUATION
+    problem = own_file_problem(out, run_dir)
+    if problem:
+        raise RunDirError(f"--out {problem}")
+    into_run = out.parent.resolve() == run_dir.resolve()
+    opened = open_run(run_dir, plugins, "pyrovae evaluate RUN_DIR {plugins}", device)
+    config, path = opened.config, run_dir / "checkpoint.pt"
+    model = opened.model.to(device).eval()
+    data = config.data.load()
+    differs = fingerprint_difference(opened.state["data"], data_fingerprint(data))
+    if differs:
+        raise RunDirError(f"{path}: the data differ from the data it was trained on: {differs}; "
+                          "evaluate with the run's own data")
+    check_evaluation_memory(model, elbo_particles, device)
+    check_writable(out.parent, "--out " if not into_run else "")
+    with contextlib.ExitStack() as stack:
+        if into_run:
+            stack.enter_context(RunLock(run_dir, "evaluate"))
+            remove_stale(run_dir)
+        result = evaluate(model, data.test_batch.to(device), nll_samples, iwae_samples, elbo_particles,
+                          seed=config.train.seed)
+        bad = non_finite(result)
+        if bad:
+            raise RunDirError(f"{run_dir}: the evaluation gave {bad}: the model or the data give non-finite "
+                              "scores, and evaluation.json holds finite numbers only; nothing was written")
+        if report is not None:
+            report(result)
+        text = (json.dumps(result, indent=2, allow_nan=False) + "\n").encode()
+        atomic_write_bytes(out, lambda f: f.write(text), "; the numbers above are the result")
+    return result
+
+
+def non_finite(result, where: str = "") -> Optional[str]:
+    """The first number in a nest of results that is NaN or infinite, as ``key = nan`` (None if none)."""
+    items = result.items() if isinstance(result, dict) else enumerate(result) if isinstance(result, list) else ()
+    for key, value in items:
+        name = f"{where}.{key}" if where and isinstance(result, dict) else f"{where}[{key}]" if where else str(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{name} = {value}"
+        found = non_finite(value, name) if isinstance(value, (dict, list)) else None
+        if found:
+            return found
+    return None
+
+

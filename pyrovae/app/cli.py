@@ -12,8 +12,12 @@ import signal
 import sys
 from pathlib import Path
 
-from .errors import PyrovaeError, RunDirError, one_line, shell_word
-from .train import Interrupted, StoppedAtOnce, stop_at_once_on_signals
+from pyrovae.app.checkpoint import convert_checkpoint, open_run
+from pyrovae.app.config import load_config
+from pyrovae.app.files import check_writable, own_file_problem
+from pyrovae.app.run import StoppedAtOnce, evaluate_run, stop_at_once_on_signals, train
+from pyrovae.errors import PyrovaeError, RunDirError, one_line, shell_word
+from pyrovae.training.loop import Interrupted
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> None:
-    from .config import load_config
 
     config_path, record_of = args.config, None
     if config_path is None and args.resume and args.out:
@@ -84,7 +87,6 @@ def _train(args) -> None:
     command = (f"pyrovae train --out {shell_word(args.out)} --resume {{plugins}}" if args.resume else
                f"pyrovae train {shell_word(config_path)} {{plugins}}")
     config = load_config(config_path, overrides, args.plugins, record_of, command)
-    from .train import train
 
     run_dir = train(config, args.out, resume=args.resume)
     if _rank() == 0:
@@ -110,7 +112,6 @@ def _check_threads(threads) -> None:
 def _evaluate(args) -> None:
     import torch
 
-    from .evaluate import evaluate_run
 
     for flag in ("nll_samples", "iwae_samples", "particles"):
         value = getattr(args, flag)
@@ -133,9 +134,7 @@ def _evaluate(args) -> None:
 def _sample(args) -> None:
     import pyro
 
-    from .checkpoint import open_run
-    from .plots import save_grid
-    from .runfolder import check_writable, own_file_problem
+    from pyrovae.app.plots import save_grid
 
     if not 1 <= args.num <= 100_000:
         raise PyrovaeError(f"--num {args.num}: must be in [1, 100000]")
@@ -162,7 +161,6 @@ def _sample(args) -> None:
 
 
 def _convert(args) -> None:
-    from .checkpoint import convert_checkpoint
 
     if not args.trust:
         raise PyrovaeError(f"{args.run_dir}: converting unpickles the old checkpoint, which runs any code it holds; "
@@ -212,3 +210,5 @@ def _say(message: str) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+

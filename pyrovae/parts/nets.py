@@ -14,7 +14,7 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
-from .registry import Registry
+from pyrovae.registry import Registry
 
 ENCODERS = Registry("encoder", context=("event_shape", "latent_dim"))
 DECODERS = Registry("decoder", context=("event_shape", "latent_dim", "num_params"))

@@ -30,7 +30,7 @@ from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
-from .registry import Registry
+from pyrovae.registry import Registry
 
 POSTERIORS = Registry("posterior", context=("latent_dim",))
 

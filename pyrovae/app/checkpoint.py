@@ -32,15 +32,17 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .config import Config, parse_toml, read_config_text, record_config, run_difference
-from .devices import resolve_device
-from .errors import ConfigError, RunDirError, needed_object, one_line, shell_word, shown
-from .loop import RECORD_KEYS, steps_per_epoch
-from .memory import build_budget, meta_model
-from .models import MODELS, Model, takes_labels
-from .runfolder import CHECKPOINT, CONFIG, METRICS, RunLock, atomic_write_bytes, write_metrics
-from .safe_load import UnsafeFile, load_torch_file
-from .state import load_model_state, plain_numpy_state, plain_python_state
+from pyrovae.app.config import Config, parse_toml, read_config_text, record_config, run_difference
+from pyrovae.app.files import CHECKPOINT, CONFIG, METRICS, RunLock, atomic_write_bytes, write_metrics
+from pyrovae.devices import resolve_device
+from pyrovae.errors import ConfigError, RunDirError, needed_object, one_line, shell_word, shown
+from pyrovae.models.base import Model
+from pyrovae.models.registry import build_family, takes_labels
+from pyrovae.rng import plain_numpy_state, plain_python_state
+from pyrovae.safe_load import UnsafeFile, load_torch_file
+from pyrovae.training.loop import RECORD_KEYS, RENAMED_RECORD_KEYS, steps_per_epoch
+from pyrovae.training.memory import build_budget, meta_model
+from pyrovae.training.state import load_model_state
 
 FORMAT = "pyrovae-checkpoint-2"
 OLD_FORMATS = ("pyrovae-checkpoint-1",)
@@ -223,7 +225,7 @@ def _plain_values(v, depth: int = 0) -> bool:
 
 def _record_ok(r) -> bool:
     """A metrics record as the loop writes it: known keys, each a number (or None, or a bool)."""
-    return (isinstance(r, dict) and isinstance(r.get("epoch"), int) and set(r) <= RECORD_KEYS
+    return (isinstance(r, dict) and isinstance(r.get("epoch"), int) and set(r) <= RECORD_KEYS | set(RENAMED_RECORD_KEYS)
             and all(v is None or isinstance(v, (bool, float)) or (isinstance(v, int) and abs(v) < 2**63)
                     for v in r.values()))
 
@@ -325,21 +327,11 @@ def _rng_ok(rng) -> bool:
             and (p.get("gauss_next") is None or isinstance(p["gauss_next"], float)))
 
 
-def new_model(model_cfg, event_shape, num_classes: Optional[int] = None) -> Model:
-    """The family a ``[model]`` config names, built for the data's event shape (and number of
-    classes, for families that take it); errors as they come (see :func:`build_model`)."""
-    if takes_labels(model_cfg.family) and num_classes is None:
-        raise ConfigError(f"model.family = {model_cfg.family!r} needs labelled data (num_classes), and the data "
-                          "have no labels")
-    return MODELS.build({"name": model_cfg.family, **model_cfg.options}, "model", event_shape=tuple(event_shape),
-                        num_classes=num_classes)
-
-
 def build_model(model_cfg, event_shape, num_classes: Optional[int] = None) -> Model:
     """A model from a ``[model]`` config and the data's event shape (and number of classes);
     networks too large to allocate are one ConfigError line."""
     try:
-        return new_model(model_cfg, event_shape, num_classes)
+        return build_family(model_cfg, event_shape, num_classes)
     except (RuntimeError, MemoryError, OverflowError) as e:  # e.g. layers too large to allocate
         raise ConfigError(f"model: cannot build the networks for data of shape {tuple(event_shape)} "
                           f"({type(e).__name__}: {one_line(str(e), 120)})") from None
@@ -349,7 +341,8 @@ def checked_model_shapes(config: Config, event_shape, num_classes, device="cpu")
     """The run's model built on the meta device, within the memory ``device`` has (refused in one
     line, naming the largest size in ``[model]``, as soon as building it creates more than that:
     a flow count of 10^9 is refused at once, not built); None if it cannot be built there."""
-    return meta_model(lambda: new_model(config.model, event_shape, num_classes), device, *_sizes(config, num_classes))
+    build = lambda: build_family(config.model, event_shape, num_classes)  # noqa: E731
+    return meta_model(build, device, *_sizes(config, num_classes))
 
 
 def build_run_model(config: Config, event_shape, num_classes, device="cpu") -> Model:

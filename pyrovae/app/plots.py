@@ -12,8 +12,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 
-from .data import as_batch  # noqa: E402
-from .runfolder import atomic_write_bytes  # noqa: E402
+from pyrovae.app.files import atomic_write_bytes  # noqa: E402
+from pyrovae.data.batch import as_batch  # noqa: E402
 
 
 def save_figure(fig, path, dpi: int = 100) -> None:

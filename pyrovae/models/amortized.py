@@ -38,14 +38,13 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.nn import PyroModule
-from pyro.poutine.subsample_messenger import _Subsample
 from torch import nn
 from torch.distributions import biject_to, constraints
 
-from .data import Batch
-from .models.base import DATA_PLATE
-from .nets import ENCODERS
-from .registry import Spec
+from pyrovae.data.batch import Batch
+from pyrovae.models.terms import DATA_PLATE, enumerated, sample_sites
+from pyrovae.parts.nets import ENCODERS
+from pyrovae.registry import Spec
 
 
 def _observed_input(args, num_classes: Optional[int]) -> torch.Tensor:
@@ -129,10 +128,10 @@ class AmortizedGuide(PyroModule):
         with torch.no_grad(), poutine.block(), pyro.validation_enabled(False), torch.random.fork_rng(devices=[]):
             trace = poutine.trace(model).get_trace(*args, **kwargs)
         local_size = 0
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample" or site["is_observed"] or isinstance(site["fn"], _Subsample):
+        for name, site in sample_sites(trace):
+            if site["is_observed"]:
                 continue
-            if site["infer"].get("enumerate"):
+            if enumerated(site):
                 self.enumerated.append(name)
                 continue
             if site["fn"].support.is_discrete:

@@ -1,0 +1,138 @@
+"""The run folder as callbacks of the loop: RunFolder (checkpoints, metrics, figures) and TensorBoardLog."""
+
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+from pyrovae.app.checkpoint import (
+    data_fingerprint,
+    fingerprint_difference,
+    read_checkpoint,
+    save_checkpoint,
+)
+from pyrovae.app.config import Config
+from pyrovae.app.files import CHECKPOINT, append_metrics, write_metrics
+from pyrovae.errors import RunDirError, one_line
+from pyrovae.rng import seeded
+from pyrovae.training.loop import Callback, current_record
+
+
+class RunFolder(Callback):
+    """The run folder around the loop (see the module docstring). ``config`` is the resolved run
+    config the checkpoint records; ``resume`` continues from the folder's checkpoint (or from the
+    start, when it has none yet)."""
+
+    def __init__(self, run_dir, config: Config, resume: bool = False):
+        self.run_dir, self.config, self.resume = Path(run_dir), config, resume
+        self.saved_epoch: Optional[int] = None
+        self.writes = True
+        self.fingerprint = None
+
+    def on_start(self, trainer) -> None:
+        self.writes = trainer.rank == 0
+        #: the data's shapes and hash, recorded in every checkpoint; --resume and evaluate compare them
+        self.fingerprint = data_fingerprint(trainer.data)
+        checkpoint = self.run_dir / CHECKPOINT
+        if self.resume and checkpoint.exists():
+            state = read_checkpoint(checkpoint)
+            differs = fingerprint_difference(state["data"], self.fingerprint)
+            if differs:
+                raise RunDirError(f"{checkpoint}: the data differ from the data it was trained on: {differs}; "
+                                  "resume with the same data, or start a new run")
+            try:
+                trainer.restore(state, checkpoint)
+            except (RuntimeError, ValueError, TypeError, KeyError, IndexError, OverflowError) as e:  # e.g. RNG states
+                raise RunDirError(f"{checkpoint}: malformed checkpoint: its training state does not fit the run "
+                                  f"({type(e).__name__}: {one_line(str(e), 120)})") from None
+            trainer.metrics = [current_record(r) for r in state["metrics"]]
+            self.saved_epoch = trainer.counters["epoch"]
+        if self.resume and self.writes:
+            # metrics.jsonl may lack the checkpoint's last epoch, or hold epochs past it or a torn
+            # line (a kill, a full disk): the checkpoint's records replace it, atomically.
+            write_metrics(self.run_dir, trainer.metrics)
+
+    def failure_note(self) -> str:
+        return f"; {self.kept()}" if self.saved_epoch is not None else "; no checkpoint was written yet"
+
+    def save(self, trainer) -> None:
+        """Write the checkpoint (with the metrics records so far)."""
+        if self.writes:
+            save_checkpoint(self.run_dir / CHECKPOINT, trainer.state(), trainer.model.event_shape, self.config,
+                            self.fingerprint, trainer.metrics, self.failure_note(), trainer.data.num_classes)
+            self.saved_epoch = trainer.counters["epoch"]
+
+    def on_epoch_end(self, trainer, record: Dict) -> None:
+        # The checkpoint (which holds the records) first, then the metrics line: after a kill
+        # or a write failure between the two, --resume rebuilds metrics.jsonl from the checkpoint.
+        self.save(trainer)
+        if self.writes:
+            append_metrics(self.run_dir, record, self.failure_note())
+
+    def on_interrupt(self, trainer, mid_epoch: bool) -> Optional[str]:
+        if mid_epoch:
+            self.save(trainer)
+            return f"checkpoint saved: resume with pyrovae train --out {self.run_dir} --resume"
+        return (f"checkpoint of epoch {trainer.counters['epoch']} saved: resume with "
+                f"pyrovae train --out {self.run_dir} --resume")
+
+    def on_end(self, trainer) -> None:
+        if not self.writes:
+            return
+        from pyrovae.app.plots import plot_run
+
+        try:
+            plot_run(self.run_dir, trainer.model, trainer.data.test_batch, trainer.metrics)
+        except RunDirError as e:
+            raise RunDirError(f"{e}; training finished: the checkpoint of epoch {trainer.counters['epoch']} "
+                              "is complete") from None
+
+    def kept(self) -> Optional[str]:
+        if self.saved_epoch is None:
+            return None
+        return f"the last good checkpoint (epoch {self.saved_epoch}) is kept in {self.run_dir}"
+
+
+class TensorBoardLog(Callback):
+    """TensorBoard event files in ``log_dir`` (rank 0): every epoch the ELBO, its reconstruction
+    and KL terms, the KL weight, the learning rate, images per second and active units; at every
+    evaluation grids of samples and reconstructions, drawn without touching the training RNG."""
+
+    def __init__(self, log_dir):
+        self.log_dir, self.writer = Path(log_dir), None
+
+    def on_start(self, trainer) -> None:
+        if trainer.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.log_dir))
+
+    def on_epoch_end(self, trainer, record: Dict) -> None:
+        """Scalars every epoch, image grids at evaluations (drawn without touching the training RNG)."""
+        from pyrovae.app.plots import as_images, image_grid
+
+        if self.writer is None:
+            return
+        tb, epoch = self.writer, record["epoch"]
+        for tag, key in (("train/elbo", "train_elbo"), ("train/objective", "train_objective"),
+                         ("train/beta", "beta"), ("train/images_per_second", "images_per_second"),
+                         ("test/elbo", "test_elbo"), ("test/reconstruction", "test_reconstruction"),
+                         ("test/kl", "test_kl"), ("test/active_units", "active_units")):
+            if record[key] is not None:
+                tb.add_scalar(tag, record[key], epoch)
+        tb.add_scalar("train/learning_rate", trainer.optimizer.param_groups[0]["lr"], epoch)
+        if record["test_elbo"] is not None:
+            with torch.no_grad(), seeded(trainer.data.test, trainer.cfg.seed):
+                x = trainer.data.test_batch[:32]
+                grids = {"samples": trainer.model.sample(64),
+                         "reconstructions": torch.cat([x.x, trainer.model.reconstruct(x)])}
+            for tag, images in grids.items():
+                grid = image_grid(as_images(images, trainer.model.event_shape), 8 if tag == "samples" else 16)
+                tb.add_image(tag, grid.clip(0, 1), epoch, dataformats="HWC" if grid.ndim == 3 else "HW")
+        tb.flush()
+
+    def on_close(self, trainer) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+

@@ -1,0 +1,216 @@
+"""Data sets as tensors: each split is one float32 tensor ``(N, *event_shape)`` kept on the
+training device, and minibatches are drawn by index (no DataLoader, no per-step host copies).
+
+Sources, by ``[data] name``:
+
+- ``digits``: scikit-learn's bundled 8x8 digits (1797 images, grey levels 0..16 scaled to
+  [0, 1]); needs no network: the embedded default.
+- ``mnist``: MNIST through torchvision (``path`` is torchvision's root folder; 60000 / 10000).
+- ``frey_face``: Frey Face, 1965 faces of 28x20 from the standard ``frey_rawface.mat``
+  (``path`` is the file or its folder; downloaded there if missing and ``download``).
+- ``file``: a user's ``.npy``, ``.npz`` or ``.pt`` file: one array ``(N, ...)`` (and its
+  labels ``y``), or the arrays ``train`` and ``test`` (and ``train_y``, ``test_y``).
+
+Labels (class numbers 0..C-1) come with digits, MNIST and files that hold them; they reach a
+model as :class:`Batch` ``.y``. ``labeled = K`` keeps K training labels, balanced per class,
+for semi-supervised families (``Batch.labeled`` marks them).
+
+Binarization (for Bernoulli likelihoods): ``dynamic`` keeps grey levels and draws
+x ~ Bernoulli(grey) each time a training batch is drawn (the test split is binarized once,
+with a fixed seed); ``threshold`` sets x = 1[grey > 0.5]; ``none`` keeps the values.
+Splits without a standard test set hold out ``test_fraction`` of the points, chosen by a
+fixed permutation (the same for every run).
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from pyrovae.data.batch import Batch
+from pyrovae.data.sources import _as_float_tensor, _numeric_tensor, load_digits, load_file, load_frey_face, load_mnist
+from pyrovae.errors import DataError, shown
+
+DATASETS = ("digits", "mnist", "frey_face", "file")
+BINARIZE = ("dynamic", "threshold", "none")
+DEFAULT_BINARIZE = {"digits": "dynamic", "mnist": "dynamic", "frey_face": "none", "file": "none"}
+SPLIT_SEED = 0  # the held-out split never depends on the training seed
+
+
+@dataclass
+class Dataset:
+    """A data set's two splits, as tensors on one device.
+
+    :param str name: where it came from.
+    :param torch.Tensor train: ``(N_train, *event_shape)`` float32.
+    :param torch.Tensor test: ``(N_test, *event_shape)`` float32, fixed (already binarized).
+    :param str binarize: ``dynamic`` makes :meth:`batch` draw Bernoulli pixels.
+    :param torch.Tensor train_y: ``(N_train,)`` int64 labels, or None.
+    :param torch.Tensor test_y: ``(N_test,)`` int64 labels, or None.
+    :param torch.Tensor labeled: ``(N_train,)`` bool, the training labels a model may use
+        (``data.labeled = K`` keeps K, balanced per class), or None: all of them.
+    """
+
+    name: str
+    train: torch.Tensor
+    test: torch.Tensor
+    binarize: str = "none"
+    train_y: Optional[torch.Tensor] = None
+    test_y: Optional[torch.Tensor] = None
+    labeled: Optional[torch.Tensor] = None
+
+    @property
+    def event_shape(self) -> tuple:
+        return tuple(self.train.shape[1:])
+
+    @property
+    def num_train(self) -> int:
+        return self.train.shape[0]
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        """The number of classes (labels are 0 .. C-1), or None without labels."""
+        if self.train_y is None:
+            return None
+        top = int(self.train_y.max()) if self.train_y.numel() else -1
+        if self.test_y is not None and self.test_y.numel():
+            top = max(top, int(self.test_y.max()))
+        return top + 1
+
+    def to(self, device) -> "Dataset":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Dataset(self.name, self.train.to(device), self.test.to(device), self.binarize,
+                       move(self.train_y), move(self.test_y), move(self.labeled))
+
+    def minibatch(self, index: torch.Tensor, uniform: torch.Tensor = None) -> Batch:
+        """The training :class:`Batch` at ``index``: points (see :meth:`batch`), labels and their mask."""
+        y = None if self.train_y is None else self.train_y.index_select(0, index)
+        labeled = None if self.labeled is None else self.labeled.index_select(0, index)
+        return Batch(self.batch(index, uniform), y, labeled)
+
+    @property
+    def test_batch(self) -> Batch:
+        """The test split as one :class:`Batch` (every test label visible)."""
+        return Batch(self.test, self.test_y)
+
+    def batch(self, index: torch.Tensor, uniform: torch.Tensor = None) -> torch.Tensor:
+        """Training points at ``index`` (a tensor on the data's device), binarized if dynamic:
+        x = 1[u < grey] with u ~ U(0, 1), drawn here or given as ``uniform`` (shaped like the batch)."""
+        x = self.train.index_select(0, index)  # a row copy per point: faster than advanced indexing
+        if self.binarize != "dynamic":
+            return x
+        return ((torch.rand_like(x) if uniform is None else uniform) < x).to(x.dtype)
+
+
+def binarize_split(x: torch.Tensor, mode: str, seed: int = SPLIT_SEED) -> torch.Tensor:
+    """Fixed binarization of a split: a seeded Bernoulli draw (``dynamic``), a threshold, or none."""
+    if mode == "threshold":
+        return (x > 0.5).float()
+    if mode == "dynamic":
+        return torch.bernoulli(x, generator=torch.Generator(device=x.device).manual_seed(seed))
+    return x
+
+
+def _check_binarizable(x: torch.Tensor, name: str, mode: str):
+    if mode != "none" and bool(((x < 0) | (x > 1)).any()):
+        raise DataError(f"data.binarize = {shown(mode)}: {name} has values outside [0, 1]; rescale them or use 'none'")
+
+
+def holdout_split(x: torch.Tensor, test_fraction: float, where: str, y: Optional[torch.Tensor] = None):
+    """Split x (and its labels y) by a fixed permutation into ``(train, test, train_y, test_y)``
+    with ``round(test_fraction * N)`` test points."""
+    n = x.shape[0]
+    n_test = int(round(test_fraction * n))
+    if n_test < 1 or n_test >= n:
+        raise DataError(f"{where}: test_fraction = {test_fraction} of {n} points leaves an empty split")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    train, test = perm[n_test:], perm[:n_test]
+    return x[train], x[test], (None if y is None else y[train]), (None if y is None else y[test])
+
+
+def as_labels(array, n: int, where: str) -> torch.Tensor:
+    """Class labels as an int64 tensor ``(N,)`` of values 0, 1, ...; anything else is one DataError line."""
+    t = _numeric_tensor(array, where)
+    if t.dim() != 1 or t.shape[0] != n:
+        raise DataError(f"{where}: labels must be one number per point, shape ({n},); got {tuple(t.shape)}")
+    if t.is_floating_point() and not bool((torch.isfinite(t) & (t == t.round())).all()):
+        raise DataError(f"{where}: labels must be whole numbers 0, 1, ...")
+    if n and (bool((t < 0).any()) or float(t.max()) >= 2**20):
+        raise DataError(f"{where}: labels must be class numbers in [0, 2^20)")
+    return t.to(torch.int64)
+
+
+def choose_labeled(y: torch.Tensor, k: int, where: str = "data.labeled") -> torch.Tensor:
+    """A mask keeping ``k`` labels, balanced per class (floor(k / C) each, one more for the first
+    k mod C classes), chosen by a fixed permutation: the same for every run and seed."""
+    classes = int(y.max()) + 1
+    if not 1 <= k <= y.shape[0]:
+        raise DataError(f"{where} = {k}: must be in [1, {y.shape[0]}] (the training split's size)")
+    order = torch.randperm(y.shape[0], generator=torch.Generator().manual_seed(SPLIT_SEED + 1))
+    mask = torch.zeros(y.shape[0], dtype=torch.bool)
+    for c in range(classes):
+        want = k // classes + (1 if c < k % classes else 0)
+        members = order[y[order] == c]
+        if members.numel() < want:
+            raise DataError(f"{where} = {k}: class {c} has {members.numel()} training points, fewer than its "
+                            f"share {want}")
+        mask[members[:want]] = True
+    return mask
+
+
+def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Optional[str] = None,
+                 test_fraction: float = 0.1, download: bool = True, device="cpu",
+                 labeled: Optional[int] = None) -> Dataset:
+    """Load a data set by name (see the module docstring) onto ``device``, with its labels where
+    the source has them; ``labeled = K`` keeps K training labels (balanced per class, a fixed
+    choice) and masks the rest."""
+    if name not in DATASETS:
+        raise DataError(f"data.name = {shown(name)}: unknown data set; valid: {', '.join(DATASETS)}")
+    binarize = binarize or DEFAULT_BINARIZE[name]
+    if binarize not in BINARIZE:
+        raise DataError(f"data.binarize = {shown(binarize)}: valid: {', '.join(BINARIZE)}")
+    if not 0 < test_fraction < 1:
+        raise DataError(f"data.test_fraction = {test_fraction}: must be in (0, 1)")
+    train_y = test_y = None
+    if name == "digits":
+        x, y = load_digits()
+        train, test, train_y, test_y = holdout_split(x, test_fraction, "data", y)
+    elif name == "mnist":
+        root = path or "data"
+        (train, train_y), (test, test_y) = load_mnist(root, True, download), load_mnist(root, False, download)
+    elif name == "frey_face":
+        train, test, _, _ = holdout_split(load_frey_face(path or "data", download), test_fraction, "data")
+    else:
+        if not path:
+            raise DataError("data.path: required when data.name = 'file' (a .npy, .npz or .pt file)")
+        where = f"data.path = {shown(path)}"
+        train_array, test_array, train_labels, test_labels = load_file(path)
+        train = _as_float_tensor(train_array, where)
+        if train_labels is not None:
+            train_y = as_labels(train_labels, train.shape[0], f"{where} (labels)")
+        if test_array is None:
+            train, test, train_y, test_y = holdout_split(train, test_fraction, where, train_y)
+        else:
+            test = _as_float_tensor(test_array, f"{where} (test)")
+            if test.shape[1:] != train.shape[1:]:
+                raise DataError(f"{where}: train points have shape {tuple(train.shape[1:])} "
+                                f"but test points {tuple(test.shape[1:])}")
+            if (train_y is None) != (test_labels is None):
+                raise DataError(f"{where}: labels for one split only; give both 'train_y' and 'test_y', or neither")
+            if test_labels is not None:
+                test_y = as_labels(test_labels, test.shape[0], f"{where} (test labels)")
+    for split_name, split in (("train", train), ("test", test)):
+        if split.shape[0] == 0:
+            raise DataError(f"data: the {split_name} split of {shown(name)} is empty")
+        _check_binarizable(split, f"the {split_name} split", binarize)
+    mask = None
+    if labeled is not None:
+        if train_y is None:
+            raise DataError(f"data.labeled = {labeled}: data set {shown(name)} has no labels")
+        mask = choose_labeled(train_y, labeled)
+    if binarize == "threshold":
+        train = binarize_split(train, binarize)
+    test = binarize_split(test, binarize)
+    return Dataset(name, train, test, binarize, train_y, test_y, mask).to(device)
+
+
