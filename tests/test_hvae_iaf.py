@@ -113,7 +113,7 @@ def test_iaf_changes_the_posterior_and_its_log_density_is_exact():
         log_det = log_det + t.log_abs_det_jacobian(value, nxt)
         value = nxt
     torch.testing.assert_close(q.log_prob(z), base.log_prob(z0) - log_det, atol=1e-4, rtol=1e-4)
-    assert not model.closed_form
+    assert not model.fast_path
 
 
 @pytest.mark.filterwarnings("ignore::pyrovae.PosteriorCollapseWarning")

@@ -26,7 +26,7 @@ def _random_guide(m=4, d=3):
     return dist.Normal(torch.randn(m, d), torch.rand(m, d) + 0.3).to_event(1)
 
 
-@pytest.mark.parametrize("name", [n for n in PRIORS.names() if PRIORS.get(n).has_analytic_kl])
+@pytest.mark.parametrize("name", [n for n in PRIORS.names() if PRIORS.get(n).has_closed_form_kl])
 def test_analytic_kl_equals_monte_carlo_kl(name):
     prior = PRIORS.build(name, latent_dim=3)
     with torch.no_grad():
@@ -61,7 +61,7 @@ def test_log_prob_and_closed_form_kl_equal_the_distributions(name):
     torch.testing.assert_close(direct, reference)
     torch.testing.assert_close(torch.autograd.grad(direct.sum(), z)[0],
                                torch.autograd.grad(reference.sum(), z_again)[0])
-    if prior.has_analytic_kl:
+    if prior.has_closed_form_kl:
         q = dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
         direct, reference = prior.kl_from_normal(loc, log_var), kl_divergence(q, prior())
         torch.testing.assert_close(direct, reference)

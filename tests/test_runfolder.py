@@ -362,7 +362,7 @@ def test_evaluate_checks_its_output_before_the_work_and_prints_before_writing(ru
     def fails(path, write, what=""):  # the write fails after the work: the numbers are on stdout already
         raise RunDirError(f"{path}: cannot write (No space left on device){what}")
 
-    monkeypatch.setattr(runfolder, "atomic_write_bytes", fails)  # evaluate_run imports it when called
+    monkeypatch.setattr(evaluate_module, "atomic_write_bytes", fails)
     code = main(["evaluate", str(run_copy), "--nll-samples", "5"])
     out, err = capsys.readouterr()
     assert code == 2 and '"test_nll"' in out and "the numbers above are the result" in err

@@ -364,7 +364,7 @@ def test_deleting_the_lock_file_lets_no_second_writer_in(run_copy, capsys):
         one_line_error(capsys, main(["train", "--out", str(run_copy), "--resume", "--set", "train.epochs=3"]),
                        "another pyrovae process")
         one_line_error(capsys, main(["evaluate", str(run_copy), "--nll-samples", "3"]), "another pyrovae process")
-    code = ("import sys, time; from pyrovae.runfolder import RunLock; l = RunLock(sys.argv[1]).acquire(); "
+    code = ("import sys, time; from pyrovae.app.files import RunLock; l = RunLock(sys.argv[1]).acquire(); "
             "print('held', flush=True); time.sleep(30)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(run_copy)], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})

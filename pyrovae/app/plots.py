@@ -1,6 +1,7 @@
 """Figures of a run: image grids (reconstructions, samples), the 2-D manifold, the ELBO curve."""
 
 import math
+import warnings
 from pathlib import Path
 from typing import Dict, List
 
@@ -14,6 +15,7 @@ from scipy.stats import norm  # noqa: E402
 
 from pyrovae.app.files import atomic_write_bytes  # noqa: E402
 from pyrovae.data.batch import as_batch  # noqa: E402
+from pyrovae.errors import one_line  # noqa: E402
 
 
 def save_figure(fig, path, dpi: int = 100) -> None:
@@ -140,14 +142,27 @@ def plot_elbo(path, metrics: List[Dict]) -> None:
     save_figure(fig, path)
 
 
+class FigureWarning(UserWarning):
+    """A figure of a finished run could not be drawn (the run itself is complete)."""
+
+
 def plot_run(run_dir, vae, test_x: torch.Tensor, metrics: List[Dict]) -> List[str]:
-    """Write every figure of a run folder; returns the file names written."""
+    """Write every figure of a run folder; returns the file names written. A figure that cannot
+    be drawn (a family's sample or reconstruction failing, a full disk) is a :class:`FigureWarning`
+    that names it and why, and the others are still drawn: a finished run never fails on a figure."""
     run_dir = Path(run_dir)
-    plot_reconstructions(run_dir / "reconstructions.png", vae, test_x)
-    plot_samples(run_dir / "samples.png", vae)
-    plot_elbo(run_dir / "elbo.png", metrics)
-    names = ["reconstructions.png", "samples.png", "elbo.png"]
+    figures = [("reconstructions.png", lambda path: plot_reconstructions(path, vae, test_x)),
+               ("samples.png", lambda path: plot_samples(path, vae)),
+               ("elbo.png", lambda path: plot_elbo(path, metrics))]
     if getattr(vae, "latent_dim", None) == 2 and hasattr(vae, "decode") and not getattr(vae, "num_classes", None):
-        plot_manifold(run_dir / "manifold.png", vae)
-        names.append("manifold.png")
+        figures.append(("manifold.png", lambda path: plot_manifold(path, vae)))
+    names = []
+    for name, draw in figures:
+        try:
+            draw(run_dir / name)
+            names.append(name)
+        except Exception as e:  # a family's own sample or reconstruct can fail in any way
+            plt.close("all")
+            warnings.warn(f"{run_dir / name}: not drawn ({type(e).__name__}: {one_line(str(e), 200)}); the run is "
+                          "complete", FigureWarning, stacklevel=2)
     return names

@@ -42,6 +42,7 @@ from pyrovae.app.files import (
     CONFIG,
     EVALUATION,
     LOCK,
+    METRICS,
     PLUGINS,
     RunLock,
     atomic_write_bytes,
@@ -148,13 +149,18 @@ def _train(config: Config, out_dir, resume: bool, device: torch.device, model=No
         dist.barrier()  # every rank has checked its input before rank 0 creates anything
     lock = RunLock(".", "write")
     try:
+        made = not resume and (out_dir is None or not Path(out_dir).exists())
         out_dir = on_rank0(lambda: _claim_run_dir(config, out_dir, resume, lock), rank)
-        callbacks = [RunFolder(out_dir, config, resume)]
-        if config.log.tensorboard:
-            callbacks.append(TensorBoardLog(out_dir / "tensorboard"))
-        with _stop_on_signals() as stop_signal:
-            fit(model, data, dataclasses.replace(config.train, device=str(device)), config.optim, callbacks,
-                stop_signal)
+        folder = RunFolder(out_dir, config, resume)
+        callbacks = [folder] + ([TensorBoardLog(out_dir / "tensorboard")] if config.log.tensorboard else [])
+        try:
+            with _stop_on_signals() as stop_signal:
+                fit(model, data, dataclasses.replace(config.train, device=str(device)), config.optim, callbacks,
+                    stop_signal)
+        except BaseException:
+            if not resume and folder.saved_epoch is None and rank == 0:  # nothing worth keeping: nothing blocks --out
+                _unmake(out_dir, remove_folder=made, everything=True)
+            raise
     finally:
         lock.release()
     return out_dir
@@ -204,11 +210,13 @@ def _plugin_copies(config: Config):
     return out
 
 
-def _unmake(out_dir: Path, remove_folder: bool) -> None:
-    """Remove what setting up a new run folder wrote (and the folder, if this run made it)."""
-    for name in (CONFIG, LOCK):
+def _unmake(out_dir: Path, remove_folder: bool, everything: bool = False) -> None:
+    """Remove what setting up a new run folder wrote (and the folder, if this run made it);
+    ``everything``: also what a run that failed before its first checkpoint wrote."""
+    for name in (CONFIG, LOCK) + ((METRICS,) if everything else ()):
         (out_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(out_dir / PLUGINS, ignore_errors=True)
+    for name in (PLUGINS,) + (("tensorboard",) if everything else ()):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
     remove_stale(out_dir)
     if remove_folder:
         try:

@@ -81,11 +81,7 @@ class RunFolder(Callback):
             return
         from pyrovae.app.plots import plot_run
 
-        try:
-            plot_run(self.run_dir, trainer.model, trainer.data.test_batch, trainer.metrics)
-        except RunDirError as e:
-            raise RunDirError(f"{e}; training finished: the checkpoint of epoch {trainer.counters['epoch']} "
-                              "is complete") from None
+        plot_run(self.run_dir, trainer.model, trainer.data.test_batch, trainer.metrics)  # failures: warnings
 
     def kept(self) -> Optional[str]:
         if self.saved_epoch is None:

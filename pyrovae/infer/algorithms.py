@@ -109,7 +109,7 @@ class Algorithm:
         """Called once on a small batch when the run is built, before any step: refuse in one
         ConfigError line what the step would fail on (by default the step's loss is computed)."""
         try:
-            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]):  # with gradients (Pyro's TraceEnum_ELBO wants them), no step
                 self.loss(batch, None, 1.0, len(batch), torch.arange(len(batch)))
         except (PyrovaeError, NonFinite):
             raise
@@ -251,7 +251,7 @@ class MonteCarloEMAlgorithm(Algorithm):
         super().__init__(model, train, estimator, num_data, world)
         if world > 1:
             raise ConfigError("train.algorithm = 'mcem' trains in one process (its chains live in it)")
-        if not getattr(model, "closed_form", False):
+        if not getattr(model, "fast_path", False):
             raise ConfigError("train.algorithm = 'mcem' needs the vae family's model (a prior and a likelihood "
                               f"to run HMC on); got {type(model).__name__}")
         if weight_updates < 1:

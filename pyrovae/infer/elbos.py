@@ -109,7 +109,9 @@ class IWAE(pyro.infer.ELBO):
     (``tests/test_evaluate.py`` shows both); here the log-sum-exp runs over each datapoint's
     own k unscaled weights and the scale is applied after it. k = 1 is estimator A.
 
-    Every latent site must be local (inside the data plate) and reparameterized.
+    Every latent site must be reparameterized (or marked for enumeration: it is summed out inside
+    each weight). A global latent (outside the data plate) counts 1/N of its log-density in each
+    datapoint's weights, as ``Model.terms`` has it (the torch engine's ``iwae`` is the same number).
 
     :param int num_particles: k, drawn in one vectorized pass.
     :param str data_plate: the name of the plate whose entries are datapoints.
@@ -131,14 +133,10 @@ class IWAE(pyro.infer.ELBO):
         """``(log_w, scale)``: the log-weights of shape ``(k, M)`` (the :class:`~pyrovae.models.terms.Terms`
         of the traces, built by the same function as ``Model.terms``) and N/M."""
         model_trace, guide_trace = next(self._get_traces(model, guide, args, kwargs))
-        frames = []
-        for trace in (model_trace, guide_trace):
-            for name, site in sample_sites(trace):
-                frame = next((f for f in site["cond_indep_stack"] if f.name == self.data_plate), None)
-                if frame is None:
-                    raise ValueError(f"IWAE: site {shown(name)} is outside the plate {shown(self.data_plate)}; "
-                                     "the bound is per datapoint, so every site must be local")
-                frames.append(frame)
+        frames = [f for trace in (model_trace, guide_trace) for _, site in sample_sites(trace)
+                  for f in site["cond_indep_stack"] if f.name == self.data_plate]
+        if not frames:
+            raise ValueError(f"IWAE: no site is inside the plate {shown(self.data_plate)}; the bound is per datapoint")
         if len({(f.size, f.full_size) for f in frames}) > 1:
             raise ValueError(f"IWAE: sites of plate {shown(self.data_plate)} have different subsample scales")
         m, n = frames[0].size, frames[0].full_size or frames[0].size

@@ -103,14 +103,14 @@ def resolve_estimator(estimator: str, model, batch=None) -> str:
                           f"valid: {', '.join(estimator_names())}")
     if estimator not in ("auto", "analytic"):
         return estimator
-    analytic_ok = model.has_analytic_kl(batch)
+    analytic_ok = model.has_closed_form_kl(batch)
     if estimator == "auto":
         return "analytic" if analytic_ok else "mc"
     if not analytic_ok:
         posterior = getattr(model, "posterior_module", None)
-        if posterior is not None and not getattr(posterior, "closed_form", True):
+        if posterior is not None and not getattr(posterior, "has_closed_form_kl", True):
             what = f"the posterior ({type(posterior).__name__})"
-        elif hasattr(model, "prior") and not getattr(model.prior, "has_analytic_kl", True):
+        elif hasattr(model, "prior") and not getattr(model.prior, "has_closed_form_kl", True):
             what = f"the {type(model.prior).__name__}"
         else:
             what = ("a latent site of the model (its KL has no closed form, or its prior depends on a latent the "

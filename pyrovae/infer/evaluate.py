@@ -108,7 +108,7 @@ def kl_per_dimension(model, x, batch_size: int = 1000) -> Optional[List[float]]:
     """
     if not (hasattr(model, "posterior") and hasattr(model, "prior")) or getattr(model, "num_conditions", 0):
         return None  # (a conditional family's posterior needs the labels)
-    if not getattr(getattr(model, "posterior_module", None), "closed_form", True):
+    if not getattr(getattr(model, "posterior_module", None), "has_closed_form_kl", True):
         return None  # a flow posterior (iaf) couples the dimensions
     prior = model.prior()
     base = getattr(prior, "base_dist", None)

@@ -22,10 +22,14 @@ sites resampled by ``poutine.uncondition``).
     B. J. Frey, R. M. Neal, Science 268 (1995)
 """
 
+import dataclasses
+
 import pyro.infer
 import torch
 from pyro import poutine
 from pyro.util import warn_if_nan
+
+from pyrovae.data.batch import Batch
 
 
 class WakeSleep(pyro.infer.ELBO):
@@ -73,7 +77,11 @@ class WakeSleep(pyro.infer.ELBO):
         """-log q(z~ | x~) on a dream: differentiable in the guide's parameters only."""
         dream = self.dream(model, *args, **kwargs)
         args = list(args)
-        args[self.data_arg] = dream.nodes[self.observed_site]["value"]
+        dreamed, data = dream.nodes[self.observed_site]["value"], args[self.data_arg]
+        if isinstance(data, Batch):  # the dream in the data's shape (a model may observe x flattened), labels kept
+            dreamed = dataclasses.replace(data, x=dreamed.reshape(data.x.shape) if dreamed.numel() == data.x.numel()
+                                          else dreamed)
+        args[self.data_arg] = dreamed
         guide_trace = poutine.trace(poutine.replay(guide, trace=dream)).get_trace(*args, **kwargs)
         return -guide_trace.log_prob_sum()
 

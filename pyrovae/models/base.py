@@ -75,12 +75,13 @@ class Model(PyroModule):
 
     def __init_subclass__(cls, **kwargs):
         """A family's ``model`` and ``guide`` run in the module's Pyro context (as with
-        ``@pyro_method``), so that its parameters reach Pyro's param store under plain SVI."""
+        ``@pyro_method``), so that its parameters reach Pyro's param store under plain SVI, and
+        always get a :class:`~pyrovae.Batch` (a plain tensor of points is taken as ``x``)."""
         super().__init_subclass__(**kwargs)
         for name in ("model", "guide"):
             fn = cls.__dict__.get(name)
             if fn is not None and not getattr(fn, "_pyrovae_method", False):
-                wrapped = pyro_method(fn)
+                wrapped = pyro_method(_with_batch(fn))
                 wrapped._pyrovae_method = True
                 setattr(cls, name, wrapped)
         if cls.guide is Model.guide:
@@ -198,10 +199,11 @@ class Model(PyroModule):
         model_trace, guide_trace = self.traces(batch, num_particles, num_data, values)
         return trace_terms(model_trace, guide_trace, num_particles, batch.x.shape[0], num_data, kl, values or ())
 
-    def has_analytic_kl(self, batch) -> bool:
-        """Whether every latent site's KL(q || p) has a closed form (what ``auto`` asks)."""
-        with torch.no_grad():
-            return self.terms(batch, 1, kl=True).kl_exact
+    def has_closed_form_kl(self, batch=None) -> bool:
+        """Whether every latent site's KL(q || p) has a closed form (what ``auto`` asks), from the
+        terms of ``batch`` (default: 2 blank points)."""
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            return self.terms(self._blank_batch(2) if batch is None else batch, 1, kl=True).kl_exact
 
     def noise_shape(self, batch_size: int, num_particles: int) -> Optional[tuple]:
         """The shape of the standard normal noise :meth:`terms` takes as ``noise`` (None: it
@@ -351,6 +353,13 @@ class Model(PyroModule):
             return param.device
         buffer = next(self.buffers(), None)
         return buffer.device if buffer is not None else torch.device("cpu")
+
+
+def _with_batch(fn):
+    @functools.wraps(fn)
+    def program(self, batch, *args, **kwargs):
+        return fn(self, as_batch(batch), *args, **kwargs)
+    return program
 
 
 def labels_for(num_samples: int, y, num_classes: int, device) -> torch.Tensor:

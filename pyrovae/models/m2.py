@@ -145,7 +145,7 @@ class M2(CVAE):
         weight = torch.cat([log_qy_unl.exp().reshape(-1), x.new_ones(len(lab))])  # q(y | x), or 1
         x_rows, c = x[owner], one_hot(row_class, classes, x.dtype)
         loc, log_var = self.encoder(self.encoder_input(x_rows, c))
-        gaussian = getattr(self.posterior_module, "closed_form", False)
+        gaussian = getattr(self.posterior_module, "has_closed_form_kl", False)
         if gaussian:
             eps = noise[:, owner] if noise is not None else \
                 torch.randn((num_particles, *loc.shape), dtype=loc.dtype, device=loc.device)
@@ -167,7 +167,7 @@ class M2(CVAE):
         reconstruction = per_point(reconstruction_rows)
         log_prior = per_point(log_prior_rows) - log_c
         log_q = per_point(log_q_rows) + q_log_q
-        exact = gaussian and self.prior.has_analytic_kl
+        exact = gaussian and self.prior.has_closed_form_kl
         if kl and exact:
             kl_total = per_point(self.prior.kl_from_normal(loc, log_var).unsqueeze(0)) + q_log_q + log_c
         else:
@@ -184,16 +184,12 @@ class M2(CVAE):
         return Terms(reconstruction, kl_total, log_prior, log_q, kl_exact=exact, auxiliary=auxiliary,
                      importance_log_weights=log_w)
 
-    def has_analytic_kl(self, batch=None) -> bool:
-        return bool(getattr(self.posterior_module, "closed_form", False) and self.prior.has_analytic_kl)
+    def has_closed_form_kl(self, batch=None) -> bool:
+        return bool(getattr(self.posterior_module, "has_closed_form_kl", False) and self.prior.has_closed_form_kl)
 
     def noise_shape(self, batch_size: int, num_particles: int) -> Optional[tuple]:
-        gaussian = getattr(self.posterior_module, "closed_form", False)
+        gaussian = getattr(self.posterior_module, "has_closed_form_kl", False)
         return (num_particles, batch_size, self.latent_dim) if gaussian else None
-
-    @property
-    def closed_form(self) -> bool:
-        return False  # VAE's closed forms do not describe M2; its own terms() above do
 
     # -- the Pyro program (plain SVI with TraceEnum_ELBO) ----------------------------------------
     def _all_or_none_labelled(self, batch: Batch) -> bool:

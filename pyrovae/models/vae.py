@@ -167,7 +167,7 @@ class VAE(Model):
         ``noise`` (shape ``(L, M, latent_dim)``) is the standard normal eps to use; drawn here if
         None. ``values`` is not needed by the closed forms and must be None.
         """
-        if values is not None or not self.closed_form:
+        if values is not None or not self.fast_path:
             return Model.terms(self, batch, num_particles, num_data, kl, noise, values)
         batch = as_batch(batch)
         x, c = batch.x, self.condition(batch)
@@ -176,7 +176,7 @@ class VAE(Model):
                                                           device=loc.device)
         z = loc + eps * torch.exp(0.5 * log_var)  # the reparameterization, (L, M, latent_dim)
         reconstruction = self.likelihood.log_prob(self.decode(z, c), x, self.event_dim)  # (L, M)
-        if kl and self.prior.has_analytic_kl:
+        if kl and self.prior.has_closed_form_kl:
             return Terms(reconstruction, kl=self.prior.kl_from_normal(loc, log_var).unsqueeze(0))
         log_q = -0.5 * (eps.pow(2) + log_var + LOG_2PI).sum(-1)
         log_prior = self.prior.log_prob(z)
@@ -187,21 +187,21 @@ class VAE(Model):
         self.likelihood.check_data(x, where)
 
     @property
-    def closed_form(self) -> bool:
-        """Whether the closed forms describe this model: not where a subclass overrides the model,
-        the guide or the posterior, nor with a posterior other than the Gaussian (``iaf``); then
-        every term comes from the traces."""
+    def fast_path(self) -> bool:
+        """Whether this class's closed forms (its fast path) describe the model: not where a subclass
+        overrides the model, the guide or the posterior, nor with a posterior whose KL has no closed
+        form (``iaf``); then every term comes from the traces."""
         cls = type(self)
         return (cls.model is VAE.model and cls.guide is VAE.guide and cls.posterior is VAE.posterior
-                and getattr(self.posterior_module, "closed_form", False))
+                and getattr(self.posterior_module, "has_closed_form_kl", False))
 
-    def has_analytic_kl(self, batch=None) -> bool:
-        if not self.closed_form:
-            return Model.has_analytic_kl(self, batch)
-        return bool(self.prior.has_analytic_kl)
+    def has_closed_form_kl(self, batch=None) -> bool:
+        if not self.fast_path:
+            return Model.has_closed_form_kl(self, batch)
+        return bool(self.prior.has_closed_form_kl)
 
     def noise_shape(self, batch_size: int, num_particles: int) -> Optional[tuple]:
-        return (num_particles, batch_size, self.latent_dim) if self.closed_form else None
+        return (num_particles, batch_size, self.latent_dim) if self.fast_path else None
 
     # -- plain-tensor helpers (no Pyro effects) --------------------------------------------
     def posterior(self, x: torch.Tensor, c: Optional[torch.Tensor] = None) -> dist.TorchDistribution:
@@ -225,7 +225,7 @@ class VAE(Model):
     @torch.no_grad()
     def encode(self, batch) -> torch.Tensor:
         """E_q[z | x] = mu(x), ``(M, latent_dim)``."""
-        if not self.closed_form:
+        if not self.fast_path:
             return Model.encode(self, batch)
         batch = as_batch(batch)
         return self.encoder(self.encoder_input(batch.x, self.condition(batch)))[0]
@@ -234,7 +234,7 @@ class VAE(Model):
     def reconstruct(self, batch) -> torch.Tensor:
         """E[x | z = E_q[z | x]]: the decoder's mean at the posterior mean (the encoder's mean
         for the Gaussian posterior)."""
-        if not self.closed_form:
+        if not self.fast_path:
             return Model.reconstruct(self, batch)
         return self.likelihood.mean(self.decode(self.encode(batch), self.condition(as_batch(batch))))
 

@@ -41,7 +41,7 @@ class GaussianPosterior(nn.Module):
     z = loc + exp(log_var / 2) * eps."""
 
     #: whether KL(q || p) can be closed-form (for Gaussian priors)
-    closed_form = True
+    has_closed_form_kl = True
 
     def __init__(self, latent_dim: int):
         super().__init__()
@@ -61,7 +61,7 @@ class IAFPosterior(nn.Module):
         >= latent_dim; default one layer of max(64, 2 latent_dim).
     """
 
-    closed_form = False
+    has_closed_form_kl = False
 
     def __init__(self, latent_dim: int, num_flows: int = 2, hidden: Optional[List[int]] = None):
         super().__init__()

@@ -1,7 +1,7 @@
 """Priors p(z) over the latent code, found by name.
 
 A prior is an ``nn.Module`` (it may own learned parameters) whose call returns a Pyro
-distribution with event shape ``(latent_dim,)``. ``has_analytic_kl`` says whether
+distribution with event shape ``(latent_dim,)``. ``has_closed_form_kl`` says whether
 KL(q(z|x) || p(z)) against the diagonal-Gaussian guide has a closed form, which is what the
 ``auto`` estimator needs to pick the paper's estimator B (``TraceMeanField_ELBO``).
 
@@ -29,7 +29,7 @@ LOG_2PI = math.log(2 * math.pi)
 class Prior(nn.Module):
     """Base class: ``prior(batch_shape)`` returns p(z) with event shape ``(latent_dim,)``."""
 
-    has_analytic_kl = False
+    has_closed_form_kl = False
 
     def __init__(self, latent_dim: int):
         super().__init__()
@@ -49,7 +49,7 @@ class Prior(nn.Module):
         return self().log_prob(z)
 
     def kl_from_normal(self, loc: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-        """KL(N(loc, diag(exp(log_var))) || p(z)) for each code (only where ``has_analytic_kl``)."""
+        """KL(N(loc, diag(exp(log_var))) || p(z)) for each code (only where ``has_closed_form_kl``)."""
         q = dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
         return kl_divergence(q, self())
 
@@ -63,7 +63,7 @@ class StandardNormalPrior(Prior):
     KL = 1/2 * sum_j (mu_j^2 + sigma_j^2 - 1 - log sigma_j^2)   (Kingma & Welling 2014, App. B).
     """
 
-    has_analytic_kl = True
+    has_closed_form_kl = True
 
     def __init__(self, latent_dim: int):
         super().__init__(latent_dim)
@@ -87,7 +87,7 @@ class GaussianPrior(Prior):
     The KL between two diagonal Gaussians has a closed form, so estimator B applies.
     """
 
-    has_analytic_kl = True
+    has_closed_form_kl = True
 
     def __init__(self, latent_dim: int):
         super().__init__(latent_dim)

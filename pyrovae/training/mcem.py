@@ -42,11 +42,15 @@ class MonteCarloEM:
         algorithm = {"name": "mcem", "num_leapfrog": num_leapfrog, "hmc_steps": hmc_steps,
                      "weight_updates": weight_updates, "target_accept": target_accept,
                      "initial_step_size": initial_step_size}
-        cfg = TrainConfig(epochs=1, batch_size=min(batch_size, data.num_train), algorithm=algorithm, seed=seed,
-                          device=str(vae.device), progress=False, eval_every=1_000_000_000)
+        self.vae, self.data, self.optim = vae, data, optim or {"name": "adagrad", "lr": 0.02}
+        self.options = dict(algorithm=algorithm, seed=seed, device=str(vae.device), progress=False,
+                            eval_every=1_000_000_000)
+        self._build(batch_size)  # the options are checked now
+
+    def _build(self, batch_size: int) -> None:
+        cfg = TrainConfig(epochs=1, batch_size=min(batch_size, self.data.num_train), **self.options)
         cfg.check()
-        self.vae = vae
-        self.trainer = Trainer(vae, data, cfg, optim or {"name": "adagrad", "lr": 0.02})
+        self.trainer = Trainer(self.vae, self.data, cfg, self.optim)
 
     @property
     def chains(self):
@@ -69,7 +73,9 @@ class MonteCarloEM:
         loop's, with ``train_log_joint``, the mean log p(x, z) at the chains, ``accept_rate``
         and ``step_size``)."""
         if batch_size is not None and batch_size != self.trainer.m:
-            raise ValueError(f"MonteCarloEM: batch_size = {batch_size}, but it was built with {self.trainer.m}")
+            if self.epoch:
+                raise ValueError(f"MonteCarloEM: batch_size = {batch_size}, but its epochs so far had {self.trainer.m}")
+            self._build(batch_size)
         self.trainer.cfg.epochs = self.epoch + 1
         record = dict(self.trainer.run()[-1])
         return {**record, "train_log_joint": record["train_objective"], "accept_rate": self.chains.last_accept,
