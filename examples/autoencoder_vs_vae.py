@@ -30,7 +30,7 @@ def train_autoencoder(vae, data, epochs, lr, batch_size=100):
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
     for _ in range(epochs):
         for index in torch.randperm(data.num_train).split(batch_size):
-            x = data.batch(index)
+            x = data.train_points(index)
             loss = -vae.likelihood_dist(vae.encoder(x)[0]).log_prob(x).mean()
             optimizer.zero_grad()
             loss.backward()

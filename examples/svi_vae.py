@@ -33,7 +33,7 @@ def main(args):
     for epoch in range(1, args.epochs + 1):
         total = 0.0
         for index in torch.randperm(n).split(args.batch_size):
-            total += svi.step(data.batch(index), num_data=n)  # the minibatch's log-probs are scaled by N/M
+            total += svi.step(data.train_points(index), num_data=n)  # the minibatch's log-probs are scaled by N/M
         test_elbo = pyrovae.dataset_elbo(vae, data.test)
         print(f"epoch {epoch:3d}  train ELBO {-total / (n * -(-n // args.batch_size)):9.3f}  "
               f"test ELBO {test_elbo:9.3f} nats per datapoint")

@@ -1,4 +1,4 @@
-"""Device names (``cpu``, ``cuda``, ``cuda:N``) checked against the machine."""
+"""Devices: names (``cpu``, ``cuda``, ``cuda:N``) checked against the machine, and the memory free on one."""
 
 import os
 from pathlib import Path

@@ -1,6 +1,7 @@
-"""A training run's state as plain containers: every RNG state, and checked loading of a model's parameters.
+"""Random number state: draws from a seeded generator that leave the caller's alone (:func:`seeded`),
+and every RNG state as plain containers.
 
-A checkpoint holds only tensors and plain containers (see :mod:`pyrovae.checkpoint`), so the
+A checkpoint holds only tensors and plain containers (see :mod:`pyrovae.app.checkpoint`), so the
 RNG states are stored that way: torch's and CUDA's as byte tensors, NumPy's and Python's
 Mersenne twisters as int64 tensors with their counters.
 """

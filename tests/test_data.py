@@ -15,7 +15,7 @@ def test_digits_is_the_embedded_default():
     assert data.binarize == "dynamic"
     assert set(data.test.unique().tolist()) == {0.0, 1.0}  # test split binarized once
     assert data.train.min() >= 0 and data.train.max() <= 1 and len(data.train.unique()) > 2
-    batch = data.batch(torch.arange(50))
+    batch = data.train_points(torch.arange(50))
     assert set(batch.unique().tolist()) <= {0.0, 1.0}
     # a fixed split: the same test set every time
     torch.testing.assert_close(load_dataset().test, data.test)
@@ -24,7 +24,7 @@ def test_digits_is_the_embedded_default():
 def test_threshold_and_none():
     t = load_dataset(binarize="threshold")
     assert set(t.train.unique().tolist()) == {0.0, 1.0}
-    torch.testing.assert_close(t.batch(torch.arange(5)), t.train[:5])
+    torch.testing.assert_close(t.train_points(torch.arange(5)), t.train[:5])
     n = load_dataset(binarize="none")
     assert len(n.test.unique()) > 2
 

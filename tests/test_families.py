@@ -174,7 +174,7 @@ def test_a_network_with_the_wrong_output_shape_is_one_line():
 def test_digits_have_labels_and_batches_carry_them():
     data = load_dataset("digits")
     assert data.num_classes == 10 and data.train_y.shape == (data.num_train,)
-    batch = data.minibatch(torch.tensor([0, 5, 7]))
+    batch = data.train_batch(torch.tensor([0, 5, 7]))
     torch.testing.assert_close(batch.y, data.train_y[[0, 5, 7]])
     assert batch.labeled is None and data.test_batch.y.shape == (data.test.shape[0],)
 

@@ -33,15 +33,15 @@ def small_config(epochs=3, **train):
 
 
 def poison(monkeypatch, at_calls, value=float("nan")):
-    """Make Dataset.batch return a poisoned batch on the given (1-based) calls."""
-    original, calls = Dataset.batch, []
+    """Make Dataset.train_points return a poisoned batch on the given (1-based) calls."""
+    original, calls = Dataset.train_points, []
 
     def batch(self, index, *args):
         calls.append(1)
         x = original(self, index, *args)
         return torch.full_like(x, value) if len(calls) in at_calls else x
 
-    monkeypatch.setattr(Dataset, "batch", batch)
+    monkeypatch.setattr(Dataset, "train_points", batch)
     return calls
 
 

@@ -103,7 +103,7 @@ def save_checkpoint(path, training_state: Dict[str, Any], event_shape, config: C
     """Write a training state (model, optimizer, rng, counters: what the loop restores) with
     what :func:`load` needs to rebuild the model without its data (event shape, number of
     classes, config), the data's fingerprint and the metrics records so far; atomically (see
-    :mod:`pyrovae.runfolder`)."""
+    :mod:`pyrovae.app.runfolder`)."""
     state = {"format": FORMAT, **training_state, "event_shape": list(event_shape), "num_classes": num_classes,
              "config": config.to_dict(), "data": dict(fingerprint), "metrics": [dict(r) for r in metrics]}
     buffer = io.BytesIO()  # serialized first: a full disk is then an OSError of the write, not torch's own error
@@ -373,7 +373,7 @@ def read_run_config(run_dir, plugins: Sequence[str] = (), command: str = "pyrova
                     recorded: Optional[Dict[str, Any]] = None) -> Config:
     """A run folder's ``config.toml`` (``recorded``: as already parsed), validated as the run's
     record: nothing it names runs, and only the ``plugins`` the user names (checked against the
-    record) do (see :func:`pyrovae.config.record_config`). Hostile or malformed text is one line."""
+    record) do (see :func:`pyrovae.app.config.record_config`). Hostile or malformed text is one line."""
     path = Path(run_dir) / CONFIG
     d = read_run_record(run_dir) if recorded is None else recorded
     try:
@@ -404,7 +404,7 @@ def check_one_config(run_dir, recorded: Dict[str, Any], state: Dict[str, Any]) -
 
 def open_run(run_dir, plugins: Sequence[str] = (), command: str = "pyrovae evaluate RUN_DIR {plugins}",
              device="cpu", model: Optional[Model] = None) -> OpenRun:
-    """Open a run folder without running anything from it (see :mod:`pyrovae.plugins`).
+    """Open a run folder without running anything from it (see :mod:`pyrovae.app.plugins`).
 
     ``config.toml`` is read as the run's record (only the ``plugins`` the user names run, checked
     against it); the checkpoint is read and checked (:func:`read_checkpoint`), its config

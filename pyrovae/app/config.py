@@ -2,7 +2,7 @@
 
 A config has five sections. ``[data]``, ``[model]``, ``[train]`` and ``[log]`` are dataclasses below;
 ``[optim]`` is an optimizer spec (``name``, ``lr`` and that optimizer's other
-hyperparameters, see :mod:`pyrovae.optim`). Every error names the file, the key and what is
+hyperparameters, see :mod:`pyrovae.training.optim`). Every error names the file, the key and what is
 allowed. ``--set section.key=value`` overrides any key (``model.prior.num_components=5``
 reaches into a part's options).
 """
@@ -153,7 +153,7 @@ class LogConfig:
 class PluginsConfig:
     """``[plugins]``: user code run before the rest of a fresh run's config is checked, so that what
     it registers (priors, likelihoods, networks, model families, estimators) can be named in it.
-    In a run's own config it is a record: opening the run runs none of it (see :mod:`pyrovae.plugins`)."""
+    In a run's own config it is a record: opening the run runs none of it (see :mod:`pyrovae.app.plugins`)."""
 
     #: dotted module names, or .py files (relative to the config file); recorded as named (files as absolute paths).
     modules: List[str] = field(default_factory=list)
@@ -264,7 +264,7 @@ def config_from_dict(d: Dict[str, Any], base_dir: Optional[Path] = None, plugins
     """Validate a user's own config, a parsed TOML document (missing keys take their defaults),
     for a fresh run. ``[plugins]`` comes first: its modules (relative files from ``base_dir``)
     and the extra ``plugins`` the user names are run from the bytes that are hashed, and
-    recorded (:func:`pyrovae.plugins.run_own_plugins`), before the rest is checked."""
+    recorded (:func:`pyrovae.app.plugins.run_own_plugins`), before the rest is checked."""
     _check_sections(d)
     table = _section(PluginsConfig, d.get("plugins", {}), "plugins")
     recorded = table.record() if table.sha256 else None
@@ -276,7 +276,7 @@ def record_config(d: Dict[str, Any], plugins: Sequence[str] = (), run_dir=None,
                   command: str = "pyrovae evaluate RUN_DIR {plugins}") -> Config:
     """Validate a run's own config (its record), running nothing it names.
 
-    ``[plugins]`` is read as the run's record (:func:`pyrovae.plugins.parse_record`); only the
+    ``[plugins]`` is read as the run's record (:func:`pyrovae.app.plugins.parse_record`); only the
     ``plugins`` the user names run, each checked against that record first (none from inside
     ``run_dir``). A config that names a part or family no registry holds while recorded plugins
     were left unnamed is one line that names what it needs, the recorded files and their

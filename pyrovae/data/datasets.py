@@ -44,7 +44,7 @@ class Dataset:
     :param str name: where it came from.
     :param torch.Tensor train: ``(N_train, *event_shape)`` float32.
     :param torch.Tensor test: ``(N_test, *event_shape)`` float32, fixed (already binarized).
-    :param str binarize: ``dynamic`` makes :meth:`batch` draw Bernoulli pixels.
+    :param str binarize: ``dynamic`` makes :meth:`train_points` draw Bernoulli pixels.
     :param torch.Tensor train_y: ``(N_train,)`` int64 labels, or None.
     :param torch.Tensor test_y: ``(N_test,)`` int64 labels, or None.
     :param torch.Tensor labeled: ``(N_train,)`` bool, the training labels a model may use
@@ -82,18 +82,18 @@ class Dataset:
         return Dataset(self.name, self.train.to(device), self.test.to(device), self.binarize,
                        move(self.train_y), move(self.test_y), move(self.labeled))
 
-    def minibatch(self, index: torch.Tensor, uniform: torch.Tensor = None) -> Batch:
-        """The training :class:`Batch` at ``index``: points (see :meth:`batch`), labels and their mask."""
+    def train_batch(self, index: torch.Tensor, uniform: torch.Tensor = None) -> Batch:
+        """The training :class:`Batch` at ``index``: points (see :meth:`train_points`), labels and their mask."""
         y = None if self.train_y is None else self.train_y.index_select(0, index)
         labeled = None if self.labeled is None else self.labeled.index_select(0, index)
-        return Batch(self.batch(index, uniform), y, labeled)
+        return Batch(self.train_points(index, uniform), y, labeled)
 
     @property
     def test_batch(self) -> Batch:
         """The test split as one :class:`Batch` (every test label visible)."""
         return Batch(self.test, self.test_y)
 
-    def batch(self, index: torch.Tensor, uniform: torch.Tensor = None) -> torch.Tensor:
+    def train_points(self, index: torch.Tensor, uniform: torch.Tensor = None) -> torch.Tensor:
         """Training points at ``index`` (a tensor on the data's device), binarized if dynamic:
         x = 1[u < grey] with u ~ U(0, 1), drawn here or given as ``uniform`` (shaped like the batch)."""
         x = self.train.index_select(0, index)  # a row copy per point: faster than advanced indexing

@@ -48,12 +48,13 @@ def epoch_plan(n: int, batch_size: int, seed: int, epoch: int, labeled: Optional
     if not labeled_per_batch:
         return [Step(chunk, 1 + (labeled_weight - 1) * labeled[chunk].float(), chunk.numel())
                 for chunk in order.split(batch_size)]
-    labelled = labeled.nonzero().squeeze(-1)
+    labeled_index = labeled.nonzero().squeeze(-1)
     generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch + 7_919)
     steps = []
     for chunk in order.split(batch_size - labeled_per_batch):
-        draws = labelled[torch.randint(labelled.numel(), (labeled_per_batch,), generator=generator, device=device)]
-        share = chunk.numel() * labelled.numel() / (labeled_per_batch * n)
+        draws = labeled_index[torch.randint(labeled_index.numel(), (labeled_per_batch,), generator=generator,
+                                            device=device)]
+        share = chunk.numel() * labeled_index.numel() / (labeled_per_batch * n)
         weight = torch.cat([(~labeled[chunk]).float(),
                             torch.full((labeled_per_batch,), labeled_weight * share, device=device)])
         steps.append(Step(torch.cat([chunk, draws]), weight, chunk.numel()))

@@ -22,7 +22,7 @@ option ``alpha`` is the factor (0.1). A minibatch mixes labelled and unlabelled 
 data has them (``data.labeled = K`` keeps K labels); :meth:`M2.prepare` counts N_labelled. With
 rare labels, ``train.labeled_per_batch`` puts k labelled points in every minibatch and
 ``train.labeled_weight = "balanced"`` makes the labelled data weigh as much as the unlabelled
-(the loop weighs each point; see :func:`pyrovae.data.epoch_plan`).
+(the loop weighs each point; see :func:`pyrovae.data.sampling.epoch_plan`).
 
 Two implementations of the same sum, tied by a test:
 
@@ -109,8 +109,7 @@ class M2(CVAE):
 
     def alpha_per_label(self, num_data: int) -> float:
         """The weight of log q(y | x) for one labelled point: alpha * N / N_labelled."""
-        labelled = float(self.num_labeled) or num_data
-        return self.alpha * num_data / labelled
+        return self.alpha * num_data / (float(self.num_labeled) or num_data)
 
     def scoring_batch(self, batch) -> Batch:
         """Test points are scored without their labels: the ELBO and NLL bound log p(x)."""
@@ -134,15 +133,16 @@ class M2(CVAE):
         batch = as_batch(batch)
         x, m, classes = batch.x, batch.x.shape[0], self.num_classes
         n = num_data or m
-        labelled = self.labeled_mask(batch)
+        labeled_mask = self.labeled_mask(batch)
         labels = batch.y.long() if batch.y is not None else torch.zeros(m, dtype=torch.long, device=x.device)
-        unl, lab = (~labelled).nonzero().squeeze(-1), labelled.nonzero().squeeze(-1)
+        unlabeled_index, labeled_index = (~labeled_mask).nonzero().squeeze(-1), labeled_mask.nonzero().squeeze(-1)
         log_qy = torch.log_softmax(self.classifier(x), -1)  # (M, C)
         # rows: (point, class) for every class of an unlabelled point, then (point, label)
-        owner = torch.cat([unl.repeat_interleave(classes), lab])
-        row_class = torch.cat([torch.arange(classes, device=x.device).repeat(len(unl)), labels[lab]])
-        log_qy_unl = log_qy[unl]
-        weight = torch.cat([log_qy_unl.exp().reshape(-1), x.new_ones(len(lab))])  # q(y | x), or 1
+        owner = torch.cat([unlabeled_index.repeat_interleave(classes), labeled_index])
+        num_unlabeled = len(unlabeled_index)
+        row_class = torch.cat([torch.arange(classes, device=x.device).repeat(num_unlabeled), labels[labeled_index]])
+        log_qy_unlabeled = log_qy[unlabeled_index]
+        weight = torch.cat([log_qy_unlabeled.exp().reshape(-1), x.new_ones(len(labeled_index))])  # q(y | x), or 1
         x_rows, c = x[owner], one_hot(row_class, classes, x.dtype)
         loc, log_var = self.encoder(self.encoder_input(x_rows, c))
         gaussian = getattr(self.posterior_module, "has_closed_form_kl", False)
@@ -162,8 +162,8 @@ class M2(CVAE):
             return rows.new_zeros((*rows.shape[:-1], m)).index_add(-1, owner, rows * weight)
 
         log_c = math.log(classes)
-        q_log_q = torch.zeros_like(log_qy[:, 0]).index_add(0, unl, (weight[: len(unl) * classes].reshape(-1, classes)
-                                                                     * log_qy_unl).sum(-1))
+        q_log_q = torch.zeros_like(log_qy[:, 0]).index_add(
+            0, unlabeled_index, (weight[: num_unlabeled * classes].reshape(-1, classes) * log_qy_unlabeled).sum(-1))
         reconstruction = per_point(reconstruction_rows)
         log_prior = per_point(log_prior_rows) - log_c
         log_q = per_point(log_q_rows) + q_log_q
@@ -173,14 +173,16 @@ class M2(CVAE):
         else:
             kl_total = log_q - log_prior if kl else None
         # log sum_y p(x, y, z_y) / q(z_y | x, y): the classes summed inside each importance weight
-        log_ratio_rows = reconstruction_rows + log_prior_rows - log_q_rows - log_c
-        log_w = log_ratio_rows.new_empty((num_particles, m))
-        log_w[:, unl] = log_ratio_rows[:, : len(unl) * classes].reshape(num_particles, len(unl), classes).logsumexp(-1)
-        log_w[:, lab] = log_ratio_rows[:, len(unl) * classes:]
+        elbo_rows = reconstruction_rows + log_prior_rows - log_q_rows - log_c
+        log_w = elbo_rows.new_empty((num_particles, m))
+        log_w[:, unlabeled_index] = (elbo_rows[:, : num_unlabeled * classes]
+                                     .reshape(num_particles, num_unlabeled, classes).logsumexp(-1))
+        log_w[:, labeled_index] = elbo_rows[:, num_unlabeled * classes:]
         auxiliary = None
-        if len(lab) and self.alpha > 0:
-            log_q_label = log_qy[lab].gather(-1, labels[lab].unsqueeze(-1)).squeeze(-1)
-            auxiliary = torch.zeros_like(log_qy[:, 0]).index_add(0, lab, self.alpha_per_label(n) * log_q_label)
+        if len(labeled_index) and self.alpha > 0:
+            log_q_label = log_qy[labeled_index].gather(-1, labels[labeled_index].unsqueeze(-1)).squeeze(-1)
+            auxiliary = torch.zeros_like(log_qy[:, 0]).index_add(0, labeled_index,
+                                                                 self.alpha_per_label(n) * log_q_label)
         return Terms(reconstruction, kl_total, log_prior, log_q, kl_exact=exact, auxiliary=auxiliary,
                      importance_log_weights=log_w)
 

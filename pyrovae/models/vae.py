@@ -44,15 +44,15 @@ class VAE(Model):
     :param tuple event_shape: the shape of one data point, e.g. ``(1, 28, 28)`` or ``(64,)``.
     :param int latent_dim: the dimension of z.
     :param prior: a registered prior name or spec (``"standard_normal"``, ``"gaussian"``,
-        ``{"name": "mixture", "num_components": 10}``), or a :class:`~pyrovae.priors.Prior`.
+        ``{"name": "mixture", "num_components": 10}``), or a :class:`~pyrovae.parts.priors.Prior`.
     :param likelihood: a registered likelihood name or spec (``"bernoulli"``,
-        ``{"name": "gaussian", "scale": 1.0}``, ...), or a :class:`~pyrovae.likelihoods.Likelihood`.
+        ``{"name": "gaussian", "scale": 1.0}``, ...), or a :class:`~pyrovae.parts.likelihoods.Likelihood`.
     :param encoder: a network spec (``"mlp"``, ``{"name": "mlp", "hidden": [500]}``, ``"conv"``)
         or an ``nn.Module`` mapping x to ``(loc, log_var)``.
     :param decoder: a network spec or an ``nn.Module`` mapping z to
         ``(..., likelihood.num_params, *event_shape)``.
     :param posterior: a registered posterior name or spec (``"gaussian"``, the paper's;
-        ``{"name": "iaf", "num_flows": 2}``, :mod:`pyrovae.posteriors`), or a module mapping the
+        ``{"name": "iaf", "num_flows": 2}``, :mod:`pyrovae.parts.posteriors`), or a module mapping the
         encoder's ``(loc, log_var)`` to q(z | x).
     :param str name: the Pyro name prefix of the parameters (give two VAEs trained by plain
         SVI in one process different names).

@@ -2,7 +2,7 @@
 
 ``torchrun`` describes the processes in the environment (``WORLD_SIZE``, ``RANK``,
 ``LOCAL_RANK``); :func:`distributed` joins the group (``nccl`` for CUDA, ``gloo`` for the CPU)
-and yields this process's device. The loop (:mod:`pyrovae.loop`) shards every global minibatch
+and yields this process's device. The loop (:mod:`pyrovae.training.loop`) shards every global minibatch
 over the ranks; only rank 0 writes the run folder (:func:`on_rank0`).
 """
 

@@ -8,11 +8,11 @@ points, and takes a gradient step on the per-datapoint loss
 where ELBO_hat is the model's ELBO estimate under ``pyro.plate("data", size=N)``: an unbiased
 estimate of the full-data ELBO (Kingma & Welling 2014, eq. 8). Dividing by N keeps learning
 rates and weight decay independent of the data set's size. What a step maximises is the
-algorithm's (:mod:`pyrovae.algorithms`); the loop draws the batch and the noise, takes the
+algorithm's (:mod:`pyrovae.infer.algorithms`); the loop draws the batch and the noise, takes the
 algorithm's loss, runs backward and the finiteness check, and steps the optimizer.
 
 Everything around the loop attaches as a :class:`Callback`: the run folder (checkpoints,
-metrics, figures: :class:`pyrovae.train.RunFolder`), TensorBoard, anything a user adds. The
+metrics, figures: :class:`pyrovae.app.run.RunFolder`), TensorBoard, anything a user adds. The
 loop itself writes nothing.
 """
 
@@ -183,11 +183,11 @@ def fit(model, data: Dataset, train: Optional[TrainConfig] = None, optim: Option
     :param Dataset data: the splits (see :func:`pyrovae.load_dataset`).
     :param TrainConfig train: epochs, batch size M, estimator, particles L, seed, device, ...
     :param dict optim: an optimizer spec, e.g. ``{"name": "adagrad", "lr": 0.02}`` (default Adam 1e-3).
-    :param callbacks: :class:`Callback` objects around the loop (:func:`pyrovae.train` adds the
+    :param callbacks: :class:`Callback` objects around the loop (:func:`pyrovae.app.run` adds the
         run folder's: checkpoints, metrics, figures, TensorBoard; a resumed run restores there).
     :param stop_signal: polled before every step and after every epoch; when it returns a signal
         number, the callbacks save what they keep and the run raises :class:`Interrupted`
-        (:func:`pyrovae.train` wires SIGINT and SIGTERM to it).
+        (:func:`pyrovae.app.run` wires SIGINT and SIGTERM to it).
     :param train_options: overrides of ``train``'s fields, e.g. ``epochs=5``.
 
     Each returned record has ``epoch``, ``step``, ``samples_seen``, ``train_elbo`` (the mean
@@ -233,7 +233,7 @@ def current_record(record: Dict) -> Dict:
 
 
 def steps_per_epoch(num_train: int, batch_size: int, labeled_per_batch: int = 0) -> int:
-    """Minibatches in an epoch of ``num_train`` points (:func:`~pyrovae.data.epoch_plan`): the
+    """Minibatches in an epoch of ``num_train`` points (:func:`~pyrovae.data.sampling.epoch_plan`): the
     permutation in chunks of M, or of M - k beside k labelled draws."""
     return -(-num_train // (batch_size - labeled_per_batch))
 
@@ -265,14 +265,14 @@ class Trainer:
         if (cfg.labeled_per_batch or cfg.labeled_weight != 1) and self.data.labeled is None:
             raise ConfigError("train.labeled_per_batch and train.labeled_weight need a label budget (data.labeled); "
                               "with every label usable there is no labelled part to weigh")
-        labelled = 0 if self.data.labeled is None else int(self.data.labeled.sum())
+        num_labeled = 0 if self.data.labeled is None else int(self.data.labeled.sum())
         #: how many times a labelled point counts in the objective (data.epoch_plan)
         if cfg.labeled_weight == "balanced":
-            self.labeled_weight = max(self.n - labelled, 1) / labelled
+            self.labeled_weight = max(self.n - num_labeled, 1) / num_labeled
         else:
             self.labeled_weight = float(cfg.labeled_weight)
         #: the number of training points as the objective counts them (a labelled one labeled_weight times)
-        self.weighted_n = self.n + (self.labeled_weight - 1) * labelled
+        self.weighted_n = self.n + (self.labeled_weight - 1) * num_labeled
         self.steps_per_epoch = steps_per_epoch(self.n, self.m, cfg.labeled_per_batch)
         # epoch, step and samples_seen count completed work; epoch_* hold a half-done epoch
         # (after an interruption): its next step and running sums.
@@ -451,7 +451,7 @@ class Trainer:
         if self.data.binarize == "dynamic":
             uniform = torch.rand((index.numel(), *self.data.event_shape), generator=self.noise,
                                  device=self.device)[shard]
-        batch = self.data.minibatch(index[shard], uniform)
+        batch = self.data.train_batch(index[shard], uniform)
         if weight is not None:
             batch.weight = weight[shard]
         noise = None
