@@ -40,12 +40,13 @@ def pyro_vae(tmp_path):
     """Pyro's examples/vae/vae.py family (examples/plugins/pyro_vae.py) and its config, copied."""
     shutil.copytree(PLUGINS, tmp_path / "plugins")
     (tmp_path / "configs").mkdir()
-    shutil.copy(ROOT / "examples" / "configs" / "pyro_vae.toml", tmp_path / "configs")
+    shutil.copy(ROOT / "examples" / "configs" / "pyro_vae_digits.toml", tmp_path / "configs")
     return tmp_path
 
 
 def test_pyros_own_vae_trains_evaluates_samples_draws_its_figures_and_resumes(pyro_vae, capsys):
-    config, run, plugin = pyro_vae / "configs" / "pyro_vae.toml", pyro_vae / "run", pyro_vae / "plugins" / "pyro_vae.py"
+    config, run = pyro_vae / "configs" / "pyro_vae_digits.toml", pyro_vae / "run"
+    plugin = pyro_vae / "plugins" / "pyro_vae.py"
     assert main(["train", str(config), "--out", str(run), "--set", "train.epochs=2", *FAST]) == 0
     assert {"reconstructions.png", "samples.png", "elbo.png"} <= {p.name for p in run.iterdir()}
     assert main(["evaluate", str(run), "--plugins", str(plugin), "--nll-samples", "20", "--iwae-samples", "5"]) == 0
@@ -63,7 +64,7 @@ def test_pyros_unsubsampled_plate_is_one_line_at_build_and_leaves_no_folder(pyro
     plugin = pyro_vae / "plugins" / "pyro_vae.py"
     plugin.write_text(plugin.read_text().replace("self.data_plate(batch, num_data)", 'pyro.plate("data", x.shape[0])'))
     run = pyro_vae / "run"
-    code = main(["train", str(pyro_vae / "configs" / "pyro_vae.toml"), "--out", str(run), *FAST])
+    code = main(["train", str(pyro_vae / "configs" / "pyro_vae_digits.toml"), "--out", str(run), *FAST])
     one_line_error(capsys, code, "site 'latent' is under pyro.plate('data') of size 2", "self.data_plate(batch, "
                    "num_data)")
     assert not run.exists()
@@ -108,10 +109,10 @@ def test_a_label_reading_family_with_its_own_names_trains_samples_and_draws(tmp_
 def test_a_gaussian_mixture_vae_with_no_guide_trains_evaluates_and_clusters_better_than_chance(tmp_path):
     shutil.copytree(PLUGINS, tmp_path / "plugins")
     (tmp_path / "configs").mkdir()
-    shutil.copy(ROOT / "examples" / "configs" / "gmvae.toml", tmp_path / "configs")
+    shutil.copy(ROOT / "examples" / "configs" / "gmvae_digits.toml", tmp_path / "configs")
     run, plugin = tmp_path / "run", tmp_path / "plugins" / "gmvae.py"
-    assert main(["train", str(tmp_path / "configs" / "gmvae.toml"), "--out", str(run), "--set", "train.epochs=30",
-                 *FAST]) == 0
+    config = tmp_path / "configs" / "gmvae_digits.toml"
+    assert main(["train", str(config), "--out", str(run), "--set", "train.epochs=30", *FAST]) == 0
     assert main(["evaluate", str(run), "--plugins", str(plugin), "--nll-samples", "500"]) == 0
     scores = json.loads((run / "evaluation.json").read_text())
     assert scores["test_elbo"] <= scores["test_iwae"] <= -scores["test_nll"] + 0.05, scores
@@ -280,12 +281,12 @@ def test_the_pyro_engine_trains_a_plugin_family_with_every_estimator_it_allows(t
 
 def test_the_pyro_engine_sums_an_enumerated_site_with_trace_enum_elbo(tmp_path, capsys):
     shutil.copytree(PLUGINS, tmp_path / "plugins")
-    shutil.copy(ROOT / "examples" / "configs" / "gmvae.toml", tmp_path / "gmvae.toml")
-    text = (tmp_path / "gmvae.toml").read_text().replace("../plugins", "plugins")
-    (tmp_path / "gmvae.toml").write_text(text)
-    assert main(["train", str(tmp_path / "gmvae.toml"), "--out", str(tmp_path / "run"), "--set", "train.engine=pyro",
-                 "--set", "train.epochs=1", *FAST]) == 0
-    code = main(["train", str(tmp_path / "gmvae.toml"), "--out", str(tmp_path / "run2"), "--set",
+    shutil.copy(ROOT / "examples" / "configs" / "gmvae_digits.toml", tmp_path / "gmvae_digits.toml")
+    text = (tmp_path / "gmvae_digits.toml").read_text().replace("../plugins", "plugins")
+    (tmp_path / "gmvae_digits.toml").write_text(text)
+    assert main(["train", str(tmp_path / "gmvae_digits.toml"), "--out", str(tmp_path / "run"), "--set",
+                 "train.engine=pyro", "--set", "train.epochs=1", *FAST]) == 0
+    code = main(["train", str(tmp_path / "gmvae_digits.toml"), "--out", str(tmp_path / "run2"), "--set",
                  "train.engine=pyro", "--set", "train.estimator=analytic", "--set", "train.epochs=1", *FAST])
     one_line_error(capsys, code, "train.estimator = 'analytic'")
 

@@ -114,17 +114,20 @@ def test_iwae_trains_with_plain_svi_and_by_name():
     assert all(m["train_objective"] > m["train_elbo"] for m in metrics)
 
 
-def test_iwae_rejects_non_local_sites():
+def test_iwae_shares_a_global_site_over_the_n_points():
+    """A global latent counts 1/N of log p(g) - log q(g) in each datapoint's weights, as Model.terms
+    has it: here that difference is -log 2 for every draw (q = U(0, 1), p = U(0, 2))."""
     def model(x):
-        g = pyro.sample("g", dist.Normal(0.0, 1.0))
+        pyro.sample("g", dist.Uniform(0.0, 2.0))
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("x", dist.Normal(g, 1.0), obs=x)
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
 
     def guide(x):
-        pyro.sample("g", dist.Normal(0.0, 1.0))
+        pyro.sample("g", dist.Uniform(0.0, 1.0))
 
-    with pytest.raises(ValueError, match="outside the plate 'data'"):
-        IWAE(num_particles=3).loss(model, guide, torch.zeros(4))
+    x = torch.randn(4)
+    expected = -float(dist.Normal(0.0, 1.0).log_prob(x).sum()) + math.log(2)  # -(sum_i log p(x_i) - 4 log 2 / 4)
+    assert IWAE(num_particles=3).loss(model, guide, x) == pytest.approx(expected, rel=1e-5)
 
 
 # -- diagnostics -------------------------------------------------------------------------------------

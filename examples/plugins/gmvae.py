@@ -9,7 +9,7 @@ The family writes no guide: it gets an :class:`~pyrovae.AmortizedGuide` (a Norma
 an MLP encoder). :meth:`GMVAE.cluster` assigns each point its most probable cluster,
 argmax_y p(y | z) at z = E_q[z | x]. Train it with
 
-    pyrovae train examples/configs/gmvae.toml
+    pyrovae train examples/configs/gmvae_digits.toml
 """
 
 import math

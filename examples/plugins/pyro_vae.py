@@ -11,7 +11,7 @@ The encoder, the decoder, ``model`` and ``guide`` are Pyro's, with three changes
 The data size is the one ``event_shape`` gives (784 in Pyro's example, for MNIST). The observed
 site is called ``obs``, not ``x``: pyrovae finds it from the trace. Train it with
 
-    pyrovae train examples/configs/pyro_vae.toml
+    pyrovae train examples/configs/pyro_vae_digits.toml
 """
 
 import math

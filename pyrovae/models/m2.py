@@ -147,10 +147,10 @@ class M2(CVAE):
         loc, log_var = self.encoder(self.encoder_input(x_rows, c))
         gaussian = getattr(self.posterior_module, "has_closed_form_kl", False)
         if gaussian:
-            eps = noise[:, owner] if noise is not None else \
+            noise = noise[:, owner] if noise is not None else \
                 torch.randn((num_particles, *loc.shape), dtype=loc.dtype, device=loc.device)
-            z = loc + eps * torch.exp(0.5 * log_var)
-            log_q_rows = -0.5 * (eps.pow(2) + log_var + LOG_2PI).sum(-1)
+            z = loc + noise * torch.exp(0.5 * log_var)
+            log_q_rows = -0.5 * (noise.pow(2) + log_var + LOG_2PI).sum(-1)
         else:
             q = self.posterior_module(loc, log_var)
             z = q.rsample((num_particles,))

@@ -161,10 +161,10 @@ class VAE(Model):
           (1/2 sum_j (mu_j^2 + sigma_j^2 - 1 - log sigma_j^2) for N(0, I)) where it has one, else
           log q(z_l|x) - log p(z_l);
         - ``kl=False``: log p(z_l) (``prior.log_prob``) and log q(z_l | x), which at
-          z = mu + sigma * eps is sum_j -eps_j^2 / 2 - log sigma_j - log(2 pi) / 2: the same value
+          z = mu + sigma * noise is sum_j -noise_j^2 / 2 - log sigma_j - log(2 pi) / 2: the same value
           and the same total gradient as ``q.log_prob(z)``.
 
-        ``noise`` (shape ``(L, M, latent_dim)``) is the standard normal eps to use; drawn here if
+        ``noise`` (shape ``(L, M, latent_dim)``) is the standard normal draw to use; drawn here if
         None. ``values`` is not needed by the closed forms and must be None.
         """
         if values is not None or not self.fast_path:
@@ -172,13 +172,13 @@ class VAE(Model):
         batch = as_batch(batch)
         x, c = batch.x, self.condition(batch)
         loc, log_var = self.encoder(self.encoder_input(x, c))
-        eps = noise if noise is not None else torch.randn((num_particles, *loc.shape), dtype=loc.dtype,
-                                                          device=loc.device)
-        z = loc + eps * torch.exp(0.5 * log_var)  # the reparameterization, (L, M, latent_dim)
+        if noise is None:
+            noise = torch.randn((num_particles, *loc.shape), dtype=loc.dtype, device=loc.device)
+        z = loc + noise * torch.exp(0.5 * log_var)  # the reparameterization, (L, M, latent_dim)
         reconstruction = self.likelihood.log_prob(self.decode(z, c), x, self.event_dim)  # (L, M)
         if kl and self.prior.has_closed_form_kl:
             return Terms(reconstruction, kl=self.prior.kl_from_normal(loc, log_var).unsqueeze(0))
-        log_q = -0.5 * (eps.pow(2) + log_var + LOG_2PI).sum(-1)
+        log_q = -0.5 * (noise.pow(2) + log_var + LOG_2PI).sum(-1)
         log_prior = self.prior.log_prob(z)
         return Terms(reconstruction, log_q - log_prior if kl else None, log_prior, log_q, kl_exact=False)
 
