@@ -136,3 +136,36 @@ def test_frey_face_download_path(tmp_path, frey_file, monkeypatch):
     with pytest.raises(DataError, match="download from .* failed .*network is unreachable"):
         load_dataset("frey_face", str(tmp_path / "elsewhere"))
     assert not list((tmp_path / "elsewhere").glob("*.mat"))
+
+
+def test_uint8_pixels_are_scaled_to_the_unit_interval_and_data_scale_overrides(tmp_path):
+    pixels = np.arange(40 * 4, dtype=np.uint8).reshape(40, 4)
+    np.save(tmp_path / "pixels.npy", pixels)
+    data = load_dataset("file", str(tmp_path / "pixels.npy"), test_fraction=0.25)
+    both = torch.cat([data.train, data.test])
+    assert both.dtype == torch.float32 and float(both.max()) == pytest.approx(159 / 255)
+    assert sorted((both * 255).round().flatten().tolist()) == list(range(160))  # every value, scaled
+    halves = load_dataset("file", str(tmp_path / "pixels.npy"), test_fraction=0.25, scale=0.5)
+    assert float(torch.cat([halves.train, halves.test]).max()) == 79.5
+    np.save(tmp_path / "counts.npy", pixels.astype(np.int64))  # other integer types are counts: unscaled
+    assert float(load_dataset("file", str(tmp_path / "counts.npy"), test_fraction=0.25).train.max()) <= 159
+
+
+def test_data_key_and_label_key_pick_arrays_in_a_file_that_holds_several(tmp_path, capsys):
+    from pyrovae.app.cli import main
+
+    x, other, labels = np.random.rand(30, 3), np.random.rand(30, 5), np.arange(30) % 3
+    np.savez(tmp_path / "several.npz", pixels=x, features=other, classes=labels)
+    data = load_dataset("file", str(tmp_path / "several.npz"), key="features", label_key="classes")
+    assert data.event_shape == (5,) and data.num_classes == 3
+    assert float(torch.cat([data.train, data.test]).sum()) == pytest.approx(other.sum(), rel=1e-5)
+    with pytest.raises(DataError, match=r"data.key = 'pixel': no such array .* holds \['classes', 'features'"):
+        load_dataset("file", str(tmp_path / "several.npz"), key="pixel")
+    np.save(tmp_path / "one.npy", x)
+    with pytest.raises(DataError, match="a .npy file holds one array"):
+        load_dataset("file", str(tmp_path / "one.npy"), key="x")
+    assert main(["train", "--set", "data.scale=0.5", "-q"]) == 2
+    assert "data.scale: applies to data.name = 'file'" in capsys.readouterr().err
+    assert main(["train", "--set", "data.name=file", "--set", f"data.path={tmp_path / 'one.npy'}", "--set",
+                 "data.scale=-1", "-q"]) == 2
+    assert "data.scale = -1: must be a finite number > 0" in capsys.readouterr().err

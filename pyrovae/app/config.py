@@ -45,6 +45,12 @@ class DataConfig:
     #: keep this many training labels (balanced per class, a fixed choice) and mask the rest, for
     #: semi-supervised families; unset: every label.
     labeled: Optional[int] = None
+    #: file: the points' array in an .npz or .pt file that holds several.
+    key: Optional[str] = None
+    #: file: the labels' array in an .npz or .pt file (default: y, where the file has it).
+    label_key: Optional[str] = None
+    #: file: what the values are multiplied by; unset: 1/255 for uint8 arrays (pixels 0..255 to [0, 1]), else 1.
+    scale: Optional[float] = None
 
     def check(self):
         check_choice("data.name", self.name, DATASETS)
@@ -56,11 +62,18 @@ class DataConfig:
             raise ConfigError("data.path: required when data.name = 'file' (a .npy, .npz or .pt file)")
         if self.labeled is not None:
             check_at_least("data.labeled", self.labeled, 1)
+        for key in ("key", "label_key", "scale"):
+            if getattr(self, key) is not None and self.name != "file":
+                raise ConfigError(f"data.{key}: applies to data.name = 'file' (the {self.name} data set is read as "
+                                  "it comes)")
+        if self.scale is not None and not (isinstance(self.scale, (int, float)) and not isinstance(self.scale, bool)
+                                           and 0 < self.scale < math.inf):
+            raise ConfigError(f"data.scale = {shown(self.scale)}: must be a finite number > 0")
 
     def load(self, device="cpu") -> Dataset:
         """The data set this section describes, on ``device``."""
         return load_dataset(self.name, self.path, self.binarize, self.test_fraction, self.download, device,
-                            self.labeled)
+                            self.labeled, self.key, self.label_key, self.scale)
 
 
 class ModelConfig:

@@ -10,6 +10,8 @@ Sources, by ``[data] name``:
   (``path`` is the file or its folder; downloaded there if missing and ``download``).
 - ``file``: a user's ``.npy``, ``.npz`` or ``.pt`` file: one array ``(N, ...)`` (and its
   labels ``y``), or the arrays ``train`` and ``test`` (and ``train_y``, ``test_y``).
+  ``data.key`` and ``data.label_key`` name the arrays in a file that holds several; uint8
+  values (pixels 0..255) are multiplied by 1/255, other types by 1, unless ``data.scale`` says otherwise.
 
 Labels (class numbers 0..C-1) come with digits, MNIST and files that hold them; they reach a
 model as :class:`Batch` ``.y``. ``labeled = K`` keeps K training labels, balanced per class,
@@ -160,10 +162,13 @@ def choose_labeled(y: torch.Tensor, k: int, where: str = "data.labeled") -> torc
 
 def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Optional[str] = None,
                  test_fraction: float = 0.1, download: bool = True, device="cpu",
-                 labeled: Optional[int] = None) -> Dataset:
+                 labeled: Optional[int] = None, key: Optional[str] = None, label_key: Optional[str] = None,
+                 scale: Optional[float] = None) -> Dataset:
     """Load a data set by name (see the module docstring) onto ``device``, with its labels where
     the source has them; ``labeled = K`` keeps K training labels (balanced per class, a fixed
-    choice) and masks the rest."""
+    choice) and masks the rest. For ``file``: ``key`` and ``label_key`` name the points' and the
+    labels' arrays in a file that holds several; ``scale`` multiplies the values (default: 1/255
+    for uint8 pixels, so that 0..255 becomes [0, 1]; 1 for any other type)."""
     if name not in DATASETS:
         raise DataError(f"data.name = {shown(name)}: unknown data set; valid: {', '.join(DATASETS)}")
     binarize = binarize or DEFAULT_BINARIZE[name]
@@ -184,14 +189,14 @@ def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Opt
         if not path:
             raise DataError("data.path: required when data.name = 'file' (a .npy, .npz or .pt file)")
         where = f"data.path = {shown(path)}"
-        train_array, test_array, train_labels, test_labels = load_file(path)
-        train = _as_float_tensor(train_array, where)
+        train_array, test_array, train_labels, test_labels = load_file(path, key, label_key)
+        train = _as_float_tensor(train_array, where, scale)
         if train_labels is not None:
             train_y = as_labels(train_labels, train.shape[0], f"{where} (labels)")
         if test_array is None:
             train, test, train_y, test_y = holdout_split(train, test_fraction, where, train_y)
         else:
-            test = _as_float_tensor(test_array, f"{where} (test)")
+            test = _as_float_tensor(test_array, f"{where} (test)", scale)
             if test.shape[1:] != train.shape[1:]:
                 raise DataError(f"{where}: train points have shape {tuple(train.shape[1:])} "
                                 f"but test points {tuple(test.shape[1:])}")

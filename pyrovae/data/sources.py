@@ -4,6 +4,7 @@ import math
 import os
 import urllib.request
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -36,14 +37,23 @@ def _numeric_tensor(array, where: str) -> torch.Tensor:
     return t
 
 
-def _as_float_tensor(array, where: str) -> torch.Tensor:
+#: what uint8 values (pixels 0..255) are multiplied by, unless data.scale says otherwise
+UINT8_SCALE = 1 / 255
+
+
+def _as_float_tensor(array, where: str, scale: Optional[float] = None) -> torch.Tensor:
+    """The points as float32 ``(N, ...)``, times ``scale`` (default: 1/255 for uint8 pixels, else 1)."""
     t = _numeric_tensor(array, where)
     if t.dim() < 2:
         raise DataError(f"{where}: expected an array of shape (N, ...) with one row per point, "
                         f"got shape {tuple(t.shape)}")
     if math.prod(t.shape[1:]) == 0:
         raise DataError(f"{where}: data points of shape {tuple(t.shape[1:])} hold no values")
+    if scale is None:
+        scale = UINT8_SCALE if t.dtype == torch.uint8 else 1.0
     t = t.float()
+    if scale != 1.0:
+        t.mul_(scale)
     if not bool(torch.isfinite(t).all()):
         raise DataError(f"{where}: contains NaN or infinite values")
     return t.contiguous()
@@ -116,16 +126,20 @@ def load_frey_face(path: str, download: bool = True) -> torch.Tensor:
     return torch.from_numpy(ff.T.reshape(-1, 1, 28, 20).astype(np.float32) / 255.0)
 
 
-def load_file(path: str):
+def load_file(path: str, key: Optional[str] = None, label_key: Optional[str] = None):
     """A user's array file -> ``(train, test, train_y, test_y)`` (None where absent): one array
     (``.npy``, or the only array of an ``.npz`` / ``.pt`` besides its labels ``y``), or the
-    arrays ``train`` and ``test`` with ``train_y`` and ``test_y``."""
+    arrays ``train`` and ``test`` with ``train_y`` and ``test_y``. In a file that holds several
+    arrays, ``key`` names the points' array and ``label_key`` the labels' (default ``y``, if present)."""
     file = Path(path)
     if not file.is_file():
         raise DataError(f"data.path = {shown(str(path))}: no such file")
     suffix = file.suffix.lower()
     try:
         if suffix == ".npy":
+            if key is not None or label_key is not None:
+                raise DataError(f"data.path = {shown(str(path))}: a .npy file holds one array; data.key and "
+                                "data.label_key name arrays in an .npz or .pt file")
             return np.load(file, allow_pickle=False), None, None, None
         if suffix == ".npz":
             with np.load(file, allow_pickle=False) as z:
@@ -146,8 +160,19 @@ def load_file(path: str):
         reason = (f"it needs the Python object {shown(needed)}; a data file holds tensors or arrays only"
                   if needed else f"{type(e).__name__}: {one_line(str(e), 160)}")
         raise DataError(f"data.path = {shown(str(path))}: cannot read {suffix} file ({reason})") from None
+    if key is not None or label_key is not None:
+        for name, wanted in (("data.key", key), ("data.label_key", label_key)):
+            if wanted is not None and wanted not in arrays:
+                raise DataError(f"{name} = {shown(wanted)}: no such array in {shown(str(path))}; it holds "
+                                f"{shown(sorted(arrays))}")
+        if key is not None:
+            return arrays[key], None, arrays.get(label_key or "y"), None
     if "train" in arrays:
         return arrays["train"], arrays.get("test"), arrays.get("train_y"), arrays.get("test_y")
+    if label_key is not None:
+        points = [k for k in arrays if k != label_key]
+        if len(points) == 1:
+            return arrays[points[0]], None, arrays[label_key], None
     points = [k for k in arrays if k != "y"]
     if len(points) == 1:
         return arrays[points[0]], None, arrays.get("y"), None
