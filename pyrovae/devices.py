@@ -2,6 +2,7 @@
 
 import os
 from pathlib import Path
+from typing import List
 
 import torch
 
@@ -31,6 +32,42 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} PiB"
 
 
+def _cgroup_room() -> List[int]:
+    """What the process's memory cgroups (and their parents) still allow, in bytes: under cgroup
+    v2, memory.max - memory.current; under v1, memory.limit_in_bytes - (memory.usage_in_bytes -
+    inactive page cache, which the kernel reclaims before it kills), for every level that has a limit."""
+    rooms = []
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        parts = [p for p in path.strip().split("/") if p]
+        if controllers == "":  # v2: one unified hierarchy
+            levels = [Path("/sys/fs/cgroup").joinpath(*parts[:i]) for i in range(len(parts), -1, -1)]
+            for level in levels:
+                try:
+                    limit = (level / "memory.max").read_text().strip()
+                    if limit != "max":
+                        rooms.append(int(limit) - int((level / "memory.current").read_text()))
+                except (OSError, ValueError):
+                    pass
+        elif "memory" in controllers.split(","):
+            for i in range(len(parts), -1, -1):
+                level = Path("/sys/fs/cgroup/memory").joinpath(*parts[:i])
+                try:
+                    limit = int((level / "memory.limit_in_bytes").read_text())
+                    if limit >= 1 << 60:  # no limit at this level
+                        continue
+                    usage = int((level / "memory.usage_in_bytes").read_text())
+                    stat = dict(line.split() for line in (level / "memory.stat").read_text().splitlines())
+                    rooms.append(limit - usage + int(stat.get("total_inactive_file", stat.get("inactive_file", 0))))
+                except (OSError, ValueError):
+                    pass
+    return rooms
+
+
 def available_bytes(device="cpu") -> int:
     """Memory free for new tensors on ``device``: the GPU's free memory, or on the CPU the
     smaller of the system's available memory and what the process's cgroup still allows."""
@@ -44,13 +81,7 @@ def available_bytes(device="cpu") -> int:
                 candidates.append(int(line.split()[1]) * 1024)
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
-            candidates.append(int(limit) - used)
-    except (OSError, ValueError):
-        pass
+    candidates.extend(_cgroup_room())
     if not candidates:
         try:
             candidates.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))

@@ -169,3 +169,35 @@ def test_data_key_and_label_key_pick_arrays_in_a_file_that_holds_several(tmp_pat
     assert main(["train", "--set", "data.name=file", "--set", f"data.path={tmp_path / 'one.npy'}", "--set",
                  "data.scale=-1", "-q"]) == 2
     assert "data.scale = -1: must be a finite number > 0" in capsys.readouterr().err
+
+
+def test_a_file_too_large_for_the_memory_allowed_is_one_line_not_a_kill(tmp_path):
+    """A real limit: the command runs in a cgroup (v1) of 900 MiB, and a uint8 file whose float32
+    load needs more is refused in one line with exit status 2, before anything is allocated."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    base = Path("/sys/fs/cgroup/memory")
+    if os.geteuid() != 0 or not (base / "memory.limit_in_bytes").exists():
+        pytest.skip("needs root and the cgroup v1 memory controller")
+    images = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.uint8, shape=(130_000, 28, 28))
+    images[::1000] = 7  # sparse writes: the file is large, the test's memory is not
+    images.flush()
+    del images
+    group = base / f"pyrovae_test_{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(900 << 20))
+        code = (f"echo $$ > {group}/cgroup.procs && exec {sys.executable} -m pyrovae train --set data.name=file "
+                f"--set data.path={tmp_path / 'big.npy'} --out {tmp_path / 'run'} -q")
+        root = Path(__file__).resolve().parents[1]
+        proc = subprocess.run(["bash", "-c", code], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"})
+    finally:
+        group.rmdir()
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and "130000 points of shape (28, 28) need about 874.8 MiB" in err, err
+    assert "this process may still use" in err and not (tmp_path / "run").exists()

@@ -24,6 +24,7 @@ Splits without a standard test set hold out ``test_fraction`` of the points, cho
 fixed permutation (the same for every run).
 """
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -31,6 +32,7 @@ import torch
 
 from pyrovae.data.batch import Batch
 from pyrovae.data.sources import _as_float_tensor, _numeric_tensor, load_digits, load_file, load_frey_face, load_mnist
+from pyrovae.devices import available_bytes, format_bytes
 from pyrovae.errors import DataError, shown
 
 DATASETS = ("digits", "mnist", "frey_face", "file")
@@ -160,6 +162,27 @@ def choose_labeled(y: torch.Tensor, k: int, where: str = "data.labeled") -> torc
     return mask
 
 
+#: bytes a data value needs in memory while a file is loaded: its float32 copy, the finite-value
+#: check's mask and the held-out split's copy (the file itself is mapped, or already read)
+LOAD_BYTES_PER_VALUE = 4 + 1 + 4
+
+
+def check_fits_in_memory(arrays, where: str, device="cpu") -> None:
+    """Refuse, in one line, arrays whose float32 copies (and the split's) would not fit in the
+    memory the process may still use (the cgroup's limit included): a clear line, not a kill."""
+    values = sum(math.prod(getattr(a, "shape", ())) for a in arrays)
+    need = values * LOAD_BYTES_PER_VALUE
+    room = available_bytes("cpu")
+    if torch.device(device).type == "cuda":
+        room = min(room, available_bytes(device) + need)  # the splits then move to the device
+    if need > room:
+        shape = tuple(getattr(arrays[0], "shape", ()))
+        raise DataError(f"{where}: {shape[0] if shape else 0} points of shape {shape[1:]} need about "
+                        f"{format_bytes(need)} in memory to load as float32, more than the {format_bytes(room)} "
+                        "this process may still use; use a smaller file, or a machine with more memory (data are "
+                        "loaded into memory whole)")
+
+
 def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Optional[str] = None,
                  test_fraction: float = 0.1, download: bool = True, device="cpu",
                  labeled: Optional[int] = None, key: Optional[str] = None, label_key: Optional[str] = None,
@@ -190,6 +213,7 @@ def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Opt
             raise DataError("data.path: required when data.name = 'file' (a .npy, .npz or .pt file)")
         where = f"data.path = {shown(path)}"
         train_array, test_array, train_labels, test_labels = load_file(path, key, label_key)
+        check_fits_in_memory([a for a in (train_array, test_array) if a is not None], where, device)
         train = _as_float_tensor(train_array, where, scale)
         if train_labels is not None:
             train_y = as_labels(train_labels, train.shape[0], f"{where} (labels)")

@@ -140,7 +140,8 @@ def load_file(path: str, key: Optional[str] = None, label_key: Optional[str] = N
             if key is not None or label_key is not None:
                 raise DataError(f"data.path = {shown(str(path))}: a .npy file holds one array; data.key and "
                                 "data.label_key name arrays in an .npz or .pt file")
-            return np.load(file, allow_pickle=False), None, None, None
+            # mapped, not read: the pages come in as the points are converted (and the size is checked first)
+            return np.load(file, mmap_mode="c", allow_pickle=False), None, None, None
         if suffix == ".npz":
             with np.load(file, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
