@@ -344,3 +344,24 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing_that_blocks
     assert not run.exists()
     monkeypatch.setattr(Trainer, "epoch", original)
     assert main(["train", "--set", "train.epochs=1", "--out", str(run), *FAST]) == 0
+
+
+def test_a_family_built_in_python_records_its_classes_and_its_guide_reads_labels():
+    class NoGuideLabels(Model):
+        def __init__(self, event_shape, num_classes, latent_dim=2):
+            super().__init__(event_shape)
+            self.k, self.latent_dim = num_classes, latent_dim
+            self.dec = nn.Linear(latent_dim + num_classes, 4)
+
+        def model(self, batch, num_data=None):
+            with self.data_plate(batch, num_data):
+                z = pyro.sample("z", dist.Normal(batch.x.new_zeros(len(batch), self.latent_dim), 1.0).to_event(1))
+                y = nn.functional.one_hot(batch.y, self.k).float().expand(*z.shape[:-1], -1)
+                pyro.sample("x", dist.Normal(self.dec(torch.cat([z, y], -1)), 1.0).to_event(1), obs=batch.x)
+
+    model = NoGuideLabels((4,), 3)
+    assert model.num_classes == 3 and model.amortized_guide.num_classes == 3  # the guide reads one-hot labels
+    assert model.sample(6).shape == (6, 4)  # labels 0, 1, 2, 0, ... drawn for
+    with pytest.raises(pyrovae.ConfigError, match="num_classes = 5, but it was built for 3 classes"):
+        type("Clash", (NoGuideLabels,), {"__init__": lambda self, event_shape, num_classes: (
+            NoGuideLabels.__init__(self, event_shape, num_classes), setattr(self, "num_classes", 5))[0]})((4,), 3)

@@ -25,6 +25,7 @@ per-datapoint terms is still an unbiased estimate of the full-data ELBO.
 """
 
 import functools
+import inspect
 import math
 import warnings
 from typing import Dict, List, Optional, Sequence
@@ -84,18 +85,36 @@ class Model(PyroModule):
                 wrapped = pyro_method(_with_batch(fn))
                 wrapped._pyrovae_method = True
                 setattr(cls, name, wrapped)
-        if cls.guide is Model.guide:
-            # a family without a guide gets an AmortizedGuide, built when its constructor is done
-            # (so that its parameters exist before an optimizer or a checkpoint meets them)
-            init = cls.__init__
-
+        # When the constructor is done: a family that takes num_classes has it recorded as
+        # ``num_classes`` (whatever it calls it), and a family without a guide gets an AmortizedGuide
+        # (so that its parameters exist before an optimizer or a checkpoint meets them).
+        init = cls.__init__
+        takes_classes = "num_classes" in inspect.signature(init).parameters
+        builds_guide = cls.guide is Model.guide
+        if takes_classes or builds_guide:
             @functools.wraps(init)
             def __init__(self, *args, **kwargs):
                 init(self, *args, **kwargs)
                 if type(self) is cls:
-                    self.build_guide()
+                    if takes_classes:
+                        bound = inspect.signature(init).bind(self, *args, **kwargs)
+                        bound.apply_defaults()
+                        self._record_classes(bound.arguments["num_classes"])
+                    if builds_guide:
+                        self.build_guide()
 
             cls.__init__ = __init__
+
+    def _record_classes(self, num_classes: Optional[int]) -> None:
+        """``num_classes`` as pyrovae reads it, set unless the family set it itself, to the same value."""
+        if num_classes is None:
+            return
+        mine = getattr(self, "num_classes", None)
+        if mine is None:
+            self.num_classes = int(num_classes)
+        elif mine != num_classes:
+            raise ConfigError(f"model: {type(self).__name__}.num_classes = {mine!r}, but it was built for "
+                              f"{num_classes} classes (pyrovae reads num_classes as the number of classes)")
 
     def __init__(self, event_shape: Sequence[int], name: str = ""):
         super().__init__(name)

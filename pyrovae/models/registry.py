@@ -56,25 +56,11 @@ def takes_labels(family: str) -> bool:
 def build_family(model_cfg, event_shape, num_classes: Optional[int] = None):
     """The family a ``[model]`` config (``family`` and options) names, built for the data's event
     shape, and its number of classes for a family that takes ``num_classes`` (errors as they come).
-
-    The number of classes is recorded on the model as ``num_classes`` whatever the family calls
-    it internally, so that sampling, the figures and the amortized guide give it labels."""
-    takes = takes_labels(model_cfg.family)
-    if takes and num_classes is None:
+    The model records the number of classes as ``num_classes`` whatever the family calls it
+    internally (``Model``'s constructor wrapper), so that sampling, the figures and the amortized
+    guide give it labels."""
+    if takes_labels(model_cfg.family) and num_classes is None:
         raise ConfigError(f"model.family = {model_cfg.family!r} needs labelled data (num_classes), and the data "
                           "have no labels")
-    model = MODELS.build({"name": model_cfg.family, **model_cfg.options}, "model", event_shape=tuple(event_shape),
-                         num_classes=num_classes)
-    if takes:
-        record_classes(model, num_classes)
-    return model
-
-
-def record_classes(model, num_classes: int) -> None:
-    """Set ``model.num_classes`` (what pyrovae reads) unless the family set it itself, to the same value."""
-    mine = getattr(model, "num_classes", None)
-    if mine is None:
-        model.num_classes = int(num_classes)
-    elif mine != num_classes:
-        raise ConfigError(f"model: {type(model).__name__}.num_classes = {mine!r}, but the data have {num_classes} "
-                          "classes (pyrovae reads num_classes as the number of classes)")
+    return MODELS.build({"name": model_cfg.family, **model_cfg.options}, "model", event_shape=tuple(event_shape),
+                        num_classes=num_classes)
