@@ -103,7 +103,7 @@ def save_checkpoint(path, training_state: Dict[str, Any], event_shape, config: C
     """Write a training state (model, optimizer, rng, counters: what the loop restores) with
     what :func:`load` needs to rebuild the model without its data (event shape, number of
     classes, config), the data's fingerprint and the metrics records so far; atomically (see
-    :mod:`pyrovae.app.runfolder`)."""
+    :mod:`pyrovae.app.files`)."""
     state = {"format": FORMAT, **training_state, "event_shape": list(event_shape), "num_classes": num_classes,
              "config": config.to_dict(), "data": dict(fingerprint), "metrics": [dict(r) for r in metrics]}
     buffer = io.BytesIO()  # serialized first: a full disk is then an OSError of the write, not torch's own error

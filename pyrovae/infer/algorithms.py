@@ -9,7 +9,7 @@
 
 An algorithm owns its step loss, its compatibility checks (with the config, the model and the
 number of processes), any state of its own for the checkpoint, and the ``[train]`` keys that
-must match on ``--resume``. The loop (:mod:`pyrovae.app.run`) calls only this interface: per step,
+must match on ``--resume``. The loop (:mod:`pyrovae.training.loop`) calls only this interface: per step,
 ``loss(batch, noise, beta, global_size)``, then backward, the finiteness check and the optimizer.
 Register another with ``@pyrovae.ALGORITHMS.register("name")``.
 """

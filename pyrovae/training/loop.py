@@ -12,7 +12,7 @@ algorithm's (:mod:`pyrovae.infer.algorithms`); the loop draws the batch and the 
 algorithm's loss, runs backward and the finiteness check, and steps the optimizer.
 
 Everything around the loop attaches as a :class:`Callback`: the run folder (checkpoints,
-metrics, figures: :class:`pyrovae.app.run.RunFolder`), TensorBoard, anything a user adds. The
+metrics, figures: :class:`pyrovae.app.runfolder.RunFolder`), TensorBoard, anything a user adds. The
 loop itself writes nothing.
 """
 
@@ -183,11 +183,11 @@ def fit(model, data: Dataset, train: Optional[TrainConfig] = None, optim: Option
     :param Dataset data: the splits (see :func:`pyrovae.load_dataset`).
     :param TrainConfig train: epochs, batch size M, estimator, particles L, seed, device, ...
     :param dict optim: an optimizer spec, e.g. ``{"name": "adagrad", "lr": 0.02}`` (default Adam 1e-3).
-    :param callbacks: :class:`Callback` objects around the loop (:func:`pyrovae.app.run` adds the
+    :param callbacks: :class:`Callback` objects around the loop (:func:`pyrovae.train` adds the
         run folder's: checkpoints, metrics, figures, TensorBoard; a resumed run restores there).
     :param stop_signal: polled before every step and after every epoch; when it returns a signal
         number, the callbacks save what they keep and the run raises :class:`Interrupted`
-        (:func:`pyrovae.app.run` wires SIGINT and SIGTERM to it).
+        (:func:`pyrovae.train` wires SIGINT and SIGTERM to it).
     :param train_options: overrides of ``train``'s fields, e.g. ``epochs=5``.
 
     Each returned record has ``epoch``, ``step``, ``samples_seen``, ``train_elbo`` (the mean
