@@ -1,5 +1,7 @@
 """Data sets: shapes, splits, binarization, user files and their errors, the real MNIST and Frey Face."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -201,3 +203,49 @@ def test_a_file_too_large_for_the_memory_allowed_is_one_line_not_a_kill(tmp_path
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1 and "130000 points of shape (28, 28) need about 874.8 MiB" in err, err
     assert "this process may still use" in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.filterwarnings("ignore::pyrovae.PosteriorCollapseWarning")
+def test_fit_trains_on_a_map_style_torch_dataset_with_or_without_labels_and_a_test_set():
+    import pyrovae
+
+    digits = load_dataset("digits", binarize="threshold")
+    pixels = (digits.train * 255).round().to(torch.uint8)  # as an image set stores them
+    labelled = torch.utils.data.TensorDataset(pixels, digits.train_y)
+    test = torch.utils.data.TensorDataset((digits.test * 255).round().to(torch.uint8), digits.test_y)
+    model = pyrovae.VAE(digits.event_shape, 2, encoder={"name": "mlp", "hidden": [32]},
+                        decoder={"name": "mlp", "hidden": [32]})
+    metrics = pyrovae.fit(model, labelled, test=test, epochs=1, progress=False)
+    assert math.isfinite(metrics[-1]["test_elbo"])
+    data = pyrovae.data.datasets.as_dataset(labelled, test)
+    torch.testing.assert_close(data.train, digits.train)  # uint8 scaled by 1/255, the order kept
+    assert torch.equal(data.train_y, digits.train_y) and data.num_classes == 10
+
+    class Points(torch.utils.data.Dataset):  # items are x alone, as numpy arrays
+        def __len__(self):
+            return 50
+
+        def __getitem__(self, i):
+            return np.full((3,), i / 50, dtype=np.float32)
+
+    alone = pyrovae.data.datasets.as_dataset(Points(), test_fraction=0.2)
+    assert (len(alone.train), len(alone.test)) == (40, 10) and alone.train_y is None
+
+
+def test_a_torch_dataset_that_cannot_be_read_is_one_line():
+    from pyrovae.data.datasets import as_dataset
+
+    class Ragged(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.zeros(i + 1)
+
+    with pytest.raises(DataError, match=r"fit: data: its items cannot be read as a batch"):
+        as_dataset(Ragged())
+    with pytest.raises(DataError, match="fit: data must be a pyrovae Dataset or a map-style torch Dataset, got list"):
+        as_dataset([1, 2, 3])
+    triples = torch.utils.data.TensorDataset(torch.zeros(4, 2), torch.zeros(4), torch.zeros(4))
+    with pytest.raises(DataError, match=r"items must be x or \(x, y\); got a tuple of 3"):
+        as_dataset(triples)

@@ -25,6 +25,7 @@ fixed permutation (the same for every run).
 """
 
 import math
+import types
 from dataclasses import dataclass
 from typing import Optional
 
@@ -33,7 +34,7 @@ import torch
 from pyrovae.data.batch import Batch
 from pyrovae.data.sources import _as_float_tensor, _numeric_tensor, load_digits, load_file, load_frey_face, load_mnist
 from pyrovae.devices import available_bytes, format_bytes
-from pyrovae.errors import DataError, shown
+from pyrovae.errors import DataError, one_line, shown
 
 DATASETS = ("digits", "mnist", "frey_face", "file")
 BINARIZE = ("dynamic", "threshold", "none")
@@ -181,6 +182,59 @@ def check_fits_in_memory(arrays, where: str, device="cpu") -> None:
                         f"{format_bytes(need)} in memory to load as float32, more than the {format_bytes(room)} "
                         "this process may still use; use a smaller file, or a machine with more memory (data are "
                         "loaded into memory whole)")
+
+
+def as_dataset(data, test=None, test_fraction: float = 0.1) -> Dataset:
+    """What :func:`pyrovae.fit` trains on: a :class:`Dataset` as it is, or a map-style
+    ``torch.utils.data.Dataset`` whose items are ``x`` or ``(x, y)`` (``y`` a class number), read
+    in batches through a ``DataLoader`` into a :class:`Dataset` (values as :func:`load_dataset`
+    reads a file's: uint8 pixels times 1/255). ``test`` is the held-out set (a torch ``Dataset``
+    too); without it, ``test_fraction`` of the points are held out by a fixed permutation. The
+    size is checked against the memory the process may use first: data are held in memory."""
+    if isinstance(data, Dataset):
+        if test is not None:
+            raise DataError("fit: test= goes with a torch Dataset; a pyrovae Dataset holds its own test split")
+        return data
+    if not isinstance(data, torch.utils.data.Dataset) or not hasattr(data, "__getitem__"):
+        raise DataError(f"fit: data must be a pyrovae Dataset or a map-style torch Dataset, got {type(data).__name__}")
+    if not 0 < test_fraction < 1:
+        raise DataError(f"fit: test_fraction = {test_fraction}: must be in (0, 1)")
+    train, train_y = _read_torch_dataset(data, "fit: data")
+    if test is None:
+        train, test_x, train_y, test_y = holdout_split(train, test_fraction, "fit: data", train_y)
+    else:
+        test_x, test_y = _read_torch_dataset(test, "fit: test")
+        if test_x.shape[1:] != train.shape[1:]:
+            raise DataError(f"fit: test points have shape {tuple(test_x.shape[1:])}, the training points "
+                            f"{tuple(train.shape[1:])}")
+        if (train_y is None) != (test_y is None):
+            raise DataError("fit: labels in one of data and test only; give (x, y) items in both, or x in both")
+    return Dataset(type(data).__name__, train, test_x, "none", train_y, test_y)
+
+
+def _read_torch_dataset(data, where: str):
+    """A map-style torch Dataset's points ``(N, ...)`` float32 and labels ``(N,)`` or None."""
+    n = len(data)
+    if n == 0:
+        raise DataError(f"{where}: the Dataset is empty")
+    first = data[0]
+    labelled = isinstance(first, (tuple, list))
+    if labelled and len(first) != 2:
+        raise DataError(f"{where}: items must be x or (x, y); got a {type(first).__name__} of {len(first)}")
+    x0 = torch.as_tensor(first[0] if labelled else first)
+    check_fits_in_memory([types.SimpleNamespace(shape=(n, *x0.shape))], where)
+    xs, ys = [], []
+    try:
+        for batch in torch.utils.data.DataLoader(data, batch_size=1024, shuffle=False):
+            xs.append(torch.as_tensor(batch[0] if labelled else batch))
+            if labelled:
+                ys.append(torch.as_tensor(batch[1]))
+    except (RuntimeError, TypeError, ValueError) as e:  # ragged items, foreign types
+        raise DataError(f"{where}: its items cannot be read as a batch ({type(e).__name__}: "
+                        f"{one_line(str(e), 160)}); every item must be x, or (x, y), of one shape") from None
+    points = _as_float_tensor(torch.cat(xs), where)
+    labels = as_labels(torch.cat(ys), n, f"{where} (labels)") if labelled else None
+    return points, labels
 
 
 def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Optional[str] = None,

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from pyrovae.data.datasets import Dataset, binarize_split
+from pyrovae.data.datasets import Dataset, as_dataset, binarize_split
 from pyrovae.data.sampling import epoch_plan
 from pyrovae.devices import resolve_device
 from pyrovae.errors import ConfigError, PyrovaeError, UnknownNameError, shown
@@ -174,13 +174,16 @@ class Callback:
         return None
 
 
-def fit(model, data: Dataset, train: Optional[TrainConfig] = None, optim: Optional[Dict[str, Any]] = None,
+def fit(model, data, train: Optional[TrainConfig] = None, optim: Optional[Dict[str, Any]] = None,
         callbacks: Sequence[Callback] = (), stop_signal: Optional[Callable[[], Optional[int]]] = None,
-        **train_options) -> List[Dict]:
+        test=None, test_fraction: float = 0.1, **train_options) -> List[Dict]:
     """Train ``model`` on ``data`` by stochastic variational inference; return the metrics per epoch.
 
     :param Model model: the model and guide (a :class:`~pyrovae.Model`, e.g. a :class:`~pyrovae.VAE`).
-    :param Dataset data: the splits (see :func:`pyrovae.load_dataset`).
+    :param data: a :class:`~pyrovae.Dataset` (its splits: see :func:`pyrovae.load_dataset`), or a
+        map-style ``torch.utils.data.Dataset`` whose items are ``x`` or ``(x, y)``
+        (:func:`~pyrovae.data.datasets.as_dataset`), with ``test=`` its held-out set (else
+        ``test_fraction`` of it is held out by a fixed permutation).
     :param TrainConfig train: epochs, batch size M, estimator, particles L, seed, device, ...
     :param dict optim: an optimizer spec, e.g. ``{"name": "adagrad", "lr": 0.02}`` (default Adam 1e-3).
     :param callbacks: :class:`Callback` objects around the loop (:func:`pyrovae.train` adds the
@@ -211,7 +214,8 @@ def fit(model, data: Dataset, train: Optional[TrainConfig] = None, optim: Option
     except TypeError as e:
         raise ConfigError(f"fit: {e}") from None
     cfg.check()
-    trainer = Trainer(model, data, cfg, optim or {"name": "adam", "lr": 1e-3}, callbacks, stop_signal)
+    trainer = Trainer(model, as_dataset(data, test, test_fraction), cfg, optim or {"name": "adam", "lr": 1e-3},
+                      callbacks, stop_signal)
     return trainer.run()
 
 
