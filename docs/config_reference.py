@@ -8,7 +8,7 @@ import dataclasses
 import inspect
 import re
 
-from pyrovae import DECODERS, ENCODERS, ESTIMATORS, LIKELIHOODS, MODELS, OPTIMIZERS, PRIORS
+from pyrovae import DATASETS, DECODERS, ENCODERS, ESTIMATORS, LIKELIHOODS, MODELS, OPTIMIZERS, PRIORS
 from pyrovae.app.config import SECTIONS, Config, ModelConfig
 from pyrovae.registry import _type_name
 
@@ -67,17 +67,22 @@ def render() -> str:
             continue
         comments = field_comments(cls)
         for f in dataclasses.fields(cls):
+            if f.name == "options":  # not a key: the table's other keys
+                out.append("| (any other key) | | an option of the data set's source (below), checked against it |")
+                continue
             out.append(f"| `{f.name}` | {default_text(getattr(getattr(defaults, section), f.name))} | "
                        f"{comments.get(f.name, '')} |")
         out.append("")
     out += ["## [optim]", "", "An optimizer spec: `name` and that optimizer's options (defaults below).", ""]
-    registries = [("optimizers (`[optim] name`)", OPTIMIZERS), ("model families (`model.family`)", MODELS),
+    registries = [("optimizers (`[optim] name`)", OPTIMIZERS), ("data sets (`data.name`)", DATASETS),
+                  ("model families (`model.family`)", MODELS),
                   ("estimators (`train.estimator`)", ESTIMATORS), ("priors (`model.prior`)", PRIORS),
                   ("likelihoods (`model.likelihood`)", LIKELIHOODS), ("encoders (`model.encoder`)", ENCODERS),
                   ("decoders (`model.decoder`)", DECODERS)]
     for title, registry in registries:
         if registry is not OPTIMIZERS:
             out += [f"## {title[0].upper() + title[1:]}", "",
+                    "A name; its options are the `[data]` table's keys." if registry is DATASETS else
                     "A name." if registry in (MODELS, ESTIMATORS) else
                     "A name, or a table `{ name = ..., option = value }`.", ""]
         out += ["| name | options (default) | what it is |", "| --- | --- | --- |"]

@@ -4,7 +4,8 @@ Public API::
 
     Model          the base of every model family: a Pyro model and guide over a Batch
     VAE            the ``vae`` family (the default); CVAE, M2, HVAE: ``cvae``, ``m2``, ``hvae``
-    MODELS         model families by name; PRIORS, LIKELIHOODS, ENCODERS, DECODERS, POSTERIORS, CLASSIFIERS,
+    MODELS         model families by name; DATASETS data sources; PRIORS, LIKELIHOODS, ENCODERS, DECODERS,
+                   POSTERIORS, CLASSIFIERS,
                    OPTIMIZERS, ESTIMATORS, ALGORITHMS
     Batch          what flows from data to model: x, labels y, the labelled mask
     data_plate     the plate "data" with the minibatch as subsample (scales sites by N/M)
@@ -23,7 +24,7 @@ from pyrovae.app.config import Config, DataConfig, ModelConfig, load_config
 from pyrovae.app.run import evaluate_run, train
 from pyrovae.app.runfolder import RunFolder, TensorBoardLog
 from pyrovae.data.batch import Batch
-from pyrovae.data.datasets import Dataset, load_dataset
+from pyrovae.data.datasets import DATASETS, Dataset, load_dataset
 from pyrovae.errors import ConfigError, DataError, PyrovaeError, RunDirError
 from pyrovae.infer.algorithms import ALGORITHMS, Algorithm
 from pyrovae.infer.elbos import IWAE, LatentScale, elbo_per_datapoint, elbo_terms, make_elbo, objective_per_datapoint
@@ -50,6 +51,7 @@ from pyrovae.training.optim import OPTIMIZERS, build_optimizer
 __version__ = "0.1.0"
 
 __all__ = [
+    "DATASETS",
     "Model", "AmortizedGuide", "VAE", "CVAE", "M2", "HVAE", "POSTERIORS", "CLASSIFIERS", "Terms", "ALGORITHMS",
     "Algorithm", "Batch",
     "data_plate", "MODELS", "fit", "train", "load",

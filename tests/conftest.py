@@ -30,6 +30,7 @@ def registries_as_they_were():
     from pyrovae import (
         ALGORITHMS,
         CLASSIFIERS,
+        DATASETS,
         DECODERS,
         ENCODERS,
         ESTIMATORS,
@@ -41,7 +42,7 @@ def registries_as_they_were():
     )
     from pyrovae.app.plugins import _EXECUTED, _SOURCES
 
-    registries = (ALGORITHMS, CLASSIFIERS, DECODERS, ENCODERS, ESTIMATORS, LIKELIHOODS, MODELS, OPTIMIZERS,
+    registries = (ALGORITHMS, CLASSIFIERS, DATASETS, DECODERS, ENCODERS, ESTIMATORS, LIKELIHOODS, MODELS, OPTIMIZERS,
                   POSTERIORS, PRIORS)
     saved = [dict(r._entries) for r in registries]
     executed, sources = dict(_EXECUTED), dict(_SOURCES)

@@ -167,7 +167,7 @@ def test_data_key_and_label_key_pick_arrays_in_a_file_that_holds_several(tmp_pat
     with pytest.raises(DataError, match="a .npy file holds one array"):
         load_dataset("file", str(tmp_path / "one.npy"), key="x")
     assert main(["train", "--set", "data.scale=0.5", "-q"]) == 2
-    assert "data.scale: applies to data.name = 'file'" in capsys.readouterr().err
+    assert "data.scale: data set 'digits' takes no scale" in capsys.readouterr().err
     assert main(["train", "--set", "data.name=file", "--set", f"data.path={tmp_path / 'one.npy'}", "--set",
                  "data.scale=-1", "-q"]) == 2
     assert "data.scale = -1: must be a finite number > 0" in capsys.readouterr().err
@@ -249,3 +249,41 @@ def test_a_torch_dataset_that_cannot_be_read_is_one_line():
     triples = torch.utils.data.TensorDataset(torch.zeros(4, 2), torch.zeros(4), torch.zeros(4))
     with pytest.raises(DataError, match=r"items must be x or \(x, y\); got a tuple of 3"):
         as_dataset(triples)
+
+
+@pytest.mark.filterwarnings("ignore::pyrovae.PosteriorCollapseWarning")
+def test_a_data_source_registered_in_a_plugin_trains_from_toml(tmp_path, capsys):
+    import re
+    from pathlib import Path
+
+    from pyrovae.app.cli import main
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "write-your-own.md").read_text()
+    section = page[page.index("## A data source"):page.index("## Trust")]
+    (tmp_path / "sines.py").write_text(re.findall(r"```python\n(.*?)```", section, re.S)[0])
+    toml = re.findall(r"```toml\n(.*?)```", section, re.S)[0]
+    (tmp_path / "run.toml").write_text(toml + "\n[train]\nepochs = 1\nprogress = false\n")
+    assert main(["train", str(tmp_path / "run.toml"), "--out", str(tmp_path / "run")]) == 0
+    record = [line for line in (tmp_path / "run" / "config.toml").read_text().splitlines() if "num_points" in line]
+    assert record == ["num_points = 1000"]  # the source's option is part of the run's record
+    assert main(["evaluate", str(tmp_path / "run"), "--plugins", str(tmp_path / "sines.py"), "--nll-samples", "5"]) == 0
+    capsys.readouterr()
+    code = main(["train", str(tmp_path / "run.toml"), "--out", str(tmp_path / "bad"), "--set", "data.num_point=5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "data.num_point: unknown option of data set 'noisy_sines'; valid options: length, " \
+        "num_points, seed" in err, err
+    code = main(["train", str(tmp_path / "run.toml"), "--out", str(tmp_path / "bad"), "--set", "data.num_points=1"])
+    assert code == 2 and "leaves an empty split" in capsys.readouterr().err
+
+
+def test_a_source_may_return_a_pair_or_a_pyrovae_dataset_and_its_failures_are_one_line():
+    import pyrovae
+
+    x = torch.rand(30, 4)
+    pyrovae.DATASETS.register("pair")(lambda: (torch.utils.data.TensorDataset(x[:20]),
+                                               torch.utils.data.TensorDataset(x[20:])))
+    pyrovae.DATASETS.register("whole")(lambda: pyrovae.Dataset("whole", x[:25], x[25:]))
+    pyrovae.DATASETS.register("broken")(lambda: 1 / 0)
+    assert (len(load_dataset("pair").test), len(load_dataset("whole").test)) == (10, 5)
+    with pytest.raises(DataError, match=r"data set 'broken': its source fails \(ZeroDivisionError"):
+        load_dataset("broken")

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from pyrovae.app.plugins import PluginRecord, needs_plugins_message, parse_record, run_named_plugins, run_own_plugins
-from pyrovae.data.datasets import BINARIZE, DATASETS, Dataset, load_dataset
-from pyrovae.errors import ConfigError, UnknownNameError, one_line, shown
+from pyrovae.data.datasets import BINARIZE, DATASETS, SOURCE_KEYS, Dataset, load_dataset, source_options
+from pyrovae.errors import ConfigError, DataError, UnknownNameError, one_line, shown
 from pyrovae.infer.algorithms import ALGORITHMS, algorithm_name
 from pyrovae.models.registry import MODELS, check_model_options, family_defaults
 from pyrovae.registry import _type_name, check_at_least, check_choice, check_type
@@ -30,9 +30,11 @@ MAX_CONFIG_BYTES = 1 << 20
 
 @dataclass
 class DataConfig:
-    """``[data]``: which data set, where it is, how it is binarized."""
+    """``[data]``: which data set, where it is, how it is binarized. Any other key is an option of
+    the data set's source (one registered in a plugin), checked against its signature."""
 
-    #: digits (scikit-learn's bundled 8x8 digits), mnist, frey_face or file (.npy, .npz, .pt).
+    #: digits (scikit-learn's bundled 8x8 digits), mnist, frey_face, file (.npy, .npz, .pt), or a
+    #: source a plugin registers (pyrovae.DATASETS).
     name: str = "digits"
     #: mnist: torchvision's root folder; frey_face: the .mat file or its folder; file: the file.
     path: Optional[str] = None
@@ -51,29 +53,38 @@ class DataConfig:
     label_key: Optional[str] = None
     #: file: what the values are multiplied by; unset: 1/255 for uint8 arrays (pixels 0..255 to [0, 1]), else 1.
     scale: Optional[float] = None
+    #: a plugin source's own options: the table's other keys.
+    options: Dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The ``[data]`` table as written: the fields, and a source's own options beside them."""
+        table = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        return {**table, **{k: _plain(v) for k, v in self.options.items()}}
 
     def check(self):
-        check_choice("data.name", self.name, DATASETS)
+        DATASETS.get(self.name, "data.name")
+        try:
+            DATASETS.split({"name": self.name, **source_options(self.name, self._given())}, "data")
+        except DataError as e:
+            raise ConfigError(str(e)) from None
         if self.binarize is not None:
             check_choice("data.binarize", self.binarize, BINARIZE)
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"data.test_fraction = {self.test_fraction}: must be in (0, 1)")
-        if self.name == "file" and not self.path:
-            raise ConfigError("data.path: required when data.name = 'file' (a .npy, .npz or .pt file)")
         if self.labeled is not None:
             check_at_least("data.labeled", self.labeled, 1)
-        for key in ("key", "label_key", "scale"):
-            if getattr(self, key) is not None and self.name != "file":
-                raise ConfigError(f"data.{key}: applies to data.name = 'file' (the {self.name} data set is read as "
-                                  "it comes)")
         if self.scale is not None and not (isinstance(self.scale, (int, float)) and not isinstance(self.scale, bool)
                                            and 0 < self.scale < math.inf):
             raise ConfigError(f"data.scale = {shown(self.scale)}: must be a finite number > 0")
 
+    def _given(self) -> Dict[str, Any]:
+        """What the source may take: the common keys and its own options."""
+        return {**{k: getattr(self, k) for k in SOURCE_KEYS}, **self.options}
+
     def load(self, device="cpu") -> Dataset:
         """The data set this section describes, on ``device``."""
-        return load_dataset(self.name, self.path, self.binarize, self.test_fraction, self.download, device,
-                            self.labeled, self.key, self.label_key, self.scale)
+        return load_dataset(self.name, binarize=self.binarize, test_fraction=self.test_fraction, device=device,
+                            labeled=self.labeled, **self._given())
 
 
 class ModelConfig:
@@ -209,7 +220,8 @@ class Config:
         return self
 
     def to_dict(self) -> Dict[str, Any]:
-        return {**{s: _drop_none(getattr(self, s).to_dict() if s == "model" else dataclasses.asdict(getattr(self, s)))
+        return {**{s: _drop_none(getattr(self, s).to_dict() if s in ("model", "data")
+                                 else dataclasses.asdict(getattr(self, s)))
                    for s in SECTIONS}, "optim": dict(self.optim)}
 
 
@@ -253,6 +265,10 @@ def _section(cls, table, section: str):
         raise ConfigError(f"[{section}] must be a table, got {shown(table)}")
     if cls is ModelConfig:  # the family's options are checked by ModelConfig.check
         return ModelConfig(**table)
+    if cls is DataConfig:  # keys that are not fields are the source's options, checked by DataConfig.check
+        fields = {f.name for f in dataclasses.fields(cls)} - {"options"}
+        own = {k: v for k, v in table.items() if k in fields}
+        table = {**own, "options": {k: v for k, v in table.items() if k not in fields}}
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     for key, value in table.items():

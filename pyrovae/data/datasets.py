@@ -24,6 +24,7 @@ Splits without a standard test set hold out ``test_fraction`` of the points, cho
 fixed permutation (the same for every run).
 """
 
+import inspect
 import math
 import types
 from dataclasses import dataclass
@@ -34,9 +35,9 @@ import torch
 from pyrovae.data.batch import Batch
 from pyrovae.data.sources import _as_float_tensor, _numeric_tensor, load_digits, load_file, load_frey_face, load_mnist
 from pyrovae.devices import available_bytes, format_bytes
-from pyrovae.errors import DataError, one_line, shown
+from pyrovae.errors import ConfigError, DataError, PyrovaeError, one_line, shown
+from pyrovae.registry import Registry
 
-DATASETS = ("digits", "mnist", "frey_face", "file")
 BINARIZE = ("dynamic", "threshold", "none")
 DEFAULT_BINARIZE = {"digits": "dynamic", "mnist": "dynamic", "frey_face": "none", "file": "none"}
 SPLIT_SEED = 0  # the held-out split never depends on the training seed
@@ -184,7 +185,7 @@ def check_fits_in_memory(arrays, where: str, device="cpu") -> None:
                         "loaded into memory whole)")
 
 
-def as_dataset(data, test=None, test_fraction: float = 0.1) -> Dataset:
+def as_dataset(data, test=None, test_fraction: float = 0.1, where: str = "fit: data") -> Dataset:
     """What :func:`pyrovae.fit` trains on: a :class:`Dataset` as it is, or a map-style
     ``torch.utils.data.Dataset`` whose items are ``x`` or ``(x, y)`` (``y`` a class number), read
     in batches through a ``DataLoader`` into a :class:`Dataset` (values as :func:`load_dataset`
@@ -193,27 +194,32 @@ def as_dataset(data, test=None, test_fraction: float = 0.1) -> Dataset:
     size is checked against the memory the process may use first: data are held in memory."""
     if isinstance(data, Dataset):
         if test is not None:
-            raise DataError("fit: test= goes with a torch Dataset; a pyrovae Dataset holds its own test split")
+            raise DataError(f"{where}: a test set goes with a torch Dataset; a pyrovae Dataset holds its own")
         return data
     if not isinstance(data, torch.utils.data.Dataset) or not hasattr(data, "__getitem__"):
-        raise DataError(f"fit: data must be a pyrovae Dataset or a map-style torch Dataset, got {type(data).__name__}")
+        raise DataError(f"{where} must be a pyrovae Dataset or a map-style torch Dataset, got {type(data).__name__}")
     if not 0 < test_fraction < 1:
-        raise DataError(f"fit: test_fraction = {test_fraction}: must be in (0, 1)")
-    train, train_y = _read_torch_dataset(data, "fit: data")
+        raise DataError(f"{where}: test_fraction = {test_fraction}: must be in (0, 1)")
+    train, train_y = _read_torch_dataset(data, where)
     if test is None:
-        train, test_x, train_y, test_y = holdout_split(train, test_fraction, "fit: data", train_y)
+        train, test_x, train_y, test_y = holdout_split(train, test_fraction, where, train_y)
     else:
-        test_x, test_y = _read_torch_dataset(test, "fit: test")
+        test_x, test_y = _read_torch_dataset(test, f"{where} (test)")
         if test_x.shape[1:] != train.shape[1:]:
-            raise DataError(f"fit: test points have shape {tuple(test_x.shape[1:])}, the training points "
+            raise DataError(f"{where}: test points have shape {tuple(test_x.shape[1:])}, the training points "
                             f"{tuple(train.shape[1:])}")
         if (train_y is None) != (test_y is None):
-            raise DataError("fit: labels in one of data and test only; give (x, y) items in both, or x in both")
+            raise DataError(f"{where}: labels in one split only; give (x, y) items in both, or x in both")
     return Dataset(type(data).__name__, train, test_x, "none", train_y, test_y)
 
 
 def _read_torch_dataset(data, where: str):
-    """A map-style torch Dataset's points ``(N, ...)`` float32 and labels ``(N,)`` or None."""
+    """A map-style torch Dataset's points ``(N, ...)`` float32 and labels ``(N,)`` or None; a
+    ``TensorDataset``'s tensors are taken as they are (no copy through a DataLoader)."""
+    if isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) in (1, 2):
+        points = _as_float_tensor(data.tensors[0], where)
+        labels = data.tensors[1] if len(data.tensors) == 2 else None
+        return points, None if labels is None else as_labels(labels, len(points), f"{where} (labels)")
     n = len(data)
     if n == 0:
         raise DataError(f"{where}: the Dataset is empty")
@@ -237,51 +243,109 @@ def _read_torch_dataset(data, where: str):
     return points, labels
 
 
+#: data sources by name (``[data] name``): each returns what :func:`pyrovae.fit` accepts (a
+#: :class:`Dataset`, a map-style torch ``Dataset``, or a pair ``(train, test)`` of them), its
+#: options the ``[data]`` table's other keys; register one with ``@pyrovae.DATASETS.register(name)``
+DATASETS = Registry("data set")
+
+
+@DATASETS.register("digits")
+def digits():
+    """scikit-learn's bundled 8x8 digits, with their labels (no download: the embedded default)."""
+    return torch.utils.data.TensorDataset(*load_digits())
+
+
+@DATASETS.register("mnist")
+def mnist(path: str = "data", download: bool = True):
+    """MNIST through torchvision (``path``: its root folder), 60000 / 10000, with labels."""
+    return (torch.utils.data.TensorDataset(*load_mnist(path, True, download)),
+            torch.utils.data.TensorDataset(*load_mnist(path, False, download)))
+
+
+@DATASETS.register("frey_face")
+def frey_face(path: str = "data", download: bool = True):
+    """Frey Face from ``frey_rawface.mat`` (``path``: the file or its folder)."""
+    return torch.utils.data.TensorDataset(load_frey_face(path, download))
+
+
+@DATASETS.register("file")
+def user_file(path: str, key: Optional[str] = None, label_key: Optional[str] = None, scale: Optional[float] = None):
+    """A user's ``.npy``, ``.npz`` or ``.pt`` file (see the module docstring)."""
+    where = f"data.path = {shown(path)}"
+    train_array, test_array, train_labels, test_labels = load_file(path, key, label_key)
+    check_fits_in_memory([a for a in (train_array, test_array) if a is not None], where)
+    train = _as_float_tensor(train_array, where, scale)
+    train_y = None if train_labels is None else as_labels(train_labels, train.shape[0], f"{where} (labels)")
+    if test_array is None:
+        return torch.utils.data.TensorDataset(*(t for t in (train, train_y) if t is not None))
+    test = _as_float_tensor(test_array, f"{where} (test)", scale)
+    if test.shape[1:] != train.shape[1:]:
+        raise DataError(f"{where}: train points have shape {tuple(train.shape[1:])} "
+                        f"but test points {tuple(test.shape[1:])}")
+    if (train_y is None) != (test_labels is None):
+        raise DataError(f"{where}: labels for one split only; give both 'train_y' and 'test_y', or neither")
+    test_y = None if test_labels is None else as_labels(test_labels, test.shape[0], f"{where} (test labels)")
+    return tuple(torch.utils.data.TensorDataset(*(t for t in pair if t is not None))
+                 for pair in ((train, train_y), (test, test_y)))
+
+
+#: the [data] keys that are a source's options where its signature takes them (the others are pyrovae's)
+SOURCE_KEYS = ("path", "download", "key", "label_key", "scale")
+
+
+def source_options(name: str, given: dict) -> dict:
+    """The options a source gets: of the common keys those it takes (one set that it does not take is
+    one line), and every other key, checked against its signature."""
+    takes = DATASETS.options(name)
+    options = {}
+    for key, value in given.items():
+        if value is None or (key == "download" and key not in takes):
+            continue
+        if key in SOURCE_KEYS and key not in takes:
+            raise DataError(f"data.{key}: data set {shown(name)} takes no {key} (its options: "
+                            f"{', '.join(sorted(takes)) or 'none'})")
+        options[key] = value
+    missing = [k for k, p in takes.items() if p.default is inspect.Parameter.empty and k not in options]
+    if missing:
+        raise DataError(f"data.{missing[0]}: required by data set {shown(name)}")
+    return options
+
+
 def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Optional[str] = None,
                  test_fraction: float = 0.1, download: bool = True, device="cpu",
                  labeled: Optional[int] = None, key: Optional[str] = None, label_key: Optional[str] = None,
-                 scale: Optional[float] = None) -> Dataset:
-    """Load a data set by name (see the module docstring) onto ``device``, with its labels where
-    the source has them; ``labeled = K`` keeps K training labels (balanced per class, a fixed
-    choice) and masks the rest. For ``file``: ``key`` and ``label_key`` name the points' and the
-    labels' arrays in a file that holds several; ``scale`` multiplies the values (default: 1/255
-    for uint8 pixels, so that 0..255 becomes [0, 1]; 1 for any other type)."""
-    if name not in DATASETS:
-        raise DataError(f"data.name = {shown(name)}: unknown data set; valid: {', '.join(DATASETS)}")
-    binarize = binarize or DEFAULT_BINARIZE[name]
+                 scale: Optional[float] = None, **options) -> Dataset:
+    """Load a data set by name (:data:`DATASETS`; see the module docstring) onto ``device``, with
+    its labels where the source has them; ``labeled = K`` keeps K training labels (balanced per
+    class, a fixed choice) and masks the rest. ``path``, ``download``, ``key``, ``label_key``,
+    ``scale`` and any other ``options`` go to the source that takes them (for ``file``: ``key`` and
+    ``label_key`` name the points' and the labels' arrays in a file that holds several; ``scale``
+    multiplies the values, by default 1/255 for uint8 pixels, so that 0..255 becomes [0, 1], and 1
+    for any other type). A source without a test split has ``test_fraction`` of it held out."""
+    DATASETS.get(name, "data.name")
+    binarize = binarize or DEFAULT_BINARIZE.get(name, "none")
     if binarize not in BINARIZE:
         raise DataError(f"data.binarize = {shown(binarize)}: valid: {', '.join(BINARIZE)}")
     if not 0 < test_fraction < 1:
         raise DataError(f"data.test_fraction = {test_fraction}: must be in (0, 1)")
-    train_y = test_y = None
-    if name == "digits":
-        x, y = load_digits()
-        train, test, train_y, test_y = holdout_split(x, test_fraction, "data", y)
-    elif name == "mnist":
-        root = path or "data"
-        (train, train_y), (test, test_y) = load_mnist(root, True, download), load_mnist(root, False, download)
-    elif name == "frey_face":
-        train, test, _, _ = holdout_split(load_frey_face(path or "data", download), test_fraction, "data")
+    given = dict(path=path, download=download, key=key, label_key=label_key, scale=scale, **options)
+    try:
+        _, chosen = DATASETS.split({"name": name, **source_options(name, given)}, "data")
+    except ConfigError as e:
+        raise DataError(str(e)) from None
+    try:
+        result = DATASETS.get(name)(**chosen)
+    except PyrovaeError:
+        raise
+    except Exception as e:  # a plugin's source can fail in any way
+        raise DataError(f"data set {shown(name)}: its source fails ({type(e).__name__}: {one_line(str(e), 200)})") \
+            from None
+    where = f"data.path = {shown(path)}" if path and "path" in DATASETS.options(name) else f"data set {shown(name)}"
+    if isinstance(result, tuple) and len(result) == 2:
+        data = as_dataset(result[0], result[1], test_fraction, where)
     else:
-        if not path:
-            raise DataError("data.path: required when data.name = 'file' (a .npy, .npz or .pt file)")
-        where = f"data.path = {shown(path)}"
-        train_array, test_array, train_labels, test_labels = load_file(path, key, label_key)
-        check_fits_in_memory([a for a in (train_array, test_array) if a is not None], where, device)
-        train = _as_float_tensor(train_array, where, scale)
-        if train_labels is not None:
-            train_y = as_labels(train_labels, train.shape[0], f"{where} (labels)")
-        if test_array is None:
-            train, test, train_y, test_y = holdout_split(train, test_fraction, where, train_y)
-        else:
-            test = _as_float_tensor(test_array, f"{where} (test)", scale)
-            if test.shape[1:] != train.shape[1:]:
-                raise DataError(f"{where}: train points have shape {tuple(train.shape[1:])} "
-                                f"but test points {tuple(test.shape[1:])}")
-            if (train_y is None) != (test_labels is None):
-                raise DataError(f"{where}: labels for one split only; give both 'train_y' and 'test_y', or neither")
-            if test_labels is not None:
-                test_y = as_labels(test_labels, test.shape[0], f"{where} (test labels)")
+        data = as_dataset(result, None, test_fraction, where)
+    train, test, train_y, test_y = data.train, data.test, data.train_y, data.test_y
     for split_name, split in (("train", train), ("test", test)):
         if split.shape[0] == 0:
             raise DataError(f"data: the {split_name} split of {shown(name)} is empty")
