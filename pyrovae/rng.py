@@ -46,11 +46,13 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def seeded(x: torch.Tensor, seed: Optional[int]):
-    """Draw from a generator seeded with ``seed``, leaving the caller's state untouched (None: the caller's)."""
+def seeded(x, seed: Optional[int]):
+    """Draw from a generator seeded with ``seed``, leaving the caller's state untouched (None: the
+    caller's); ``x`` (a device, or a tensor, a Batch or a Split: anything with a ``device``) says on which one."""
     if seed is None:
         yield
         return
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+    device = x if isinstance(x, torch.device) else torch.device(x.device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         yield

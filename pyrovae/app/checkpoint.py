@@ -68,9 +68,9 @@ def data_fingerprint(data) -> Dict[str, Any]:
     and of their labels and the label mask where there are any."""
     out: Dict[str, Any] = {}
     for split in ("train", "test"):
-        t = getattr(data, split)
-        out[f"{split}_shape"] = list(t.shape)
-        out[f"{split}_sha256"] = _sha256(t, torch.float32)
+        points = getattr(data, f"{split}_split")  # read in chunks: a streamed split is never held whole
+        out[f"{split}_shape"] = list(points.shape)
+        out[f"{split}_sha256"] = points.sha256()
     for labels in ("train_y", "test_y", "labeled"):
         t = getattr(data, labels, None)
         if t is not None:

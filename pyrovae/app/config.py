@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from pyrovae.app.plugins import PluginRecord, needs_plugins_message, parse_record, run_named_plugins, run_own_plugins
-from pyrovae.data.datasets import BINARIZE, DATASETS, SOURCE_KEYS, Dataset, load_dataset, source_options
+from pyrovae.data.datasets import BINARIZE, DATASETS, IN_MEMORY, SOURCE_KEYS, Dataset, load_dataset, source_options
 from pyrovae.errors import ConfigError, DataError, UnknownNameError, one_line, shown
 from pyrovae.infer.algorithms import ALGORITHMS, algorithm_name
 from pyrovae.models.registry import MODELS, check_model_options, family_defaults
@@ -53,6 +53,12 @@ class DataConfig:
     label_key: Optional[str] = None
     #: file: what the values are multiplied by; unset: 1/255 for uint8 arrays (pixels 0..255 to [0, 1]), else 1.
     scale: Optional[float] = None
+    #: "auto": hold the splits in memory on the training device when their float32 points take at most
+    #: half the memory the process may still use there, else stream them from disk a batch at a time;
+    #: true: in memory (refused in one line if they do not fit); false: streamed.
+    in_memory: Any = "auto"
+    #: processes that read a streamed split's minibatches ahead of the step (0: in the training process).
+    num_workers: int = 0
     #: a plugin source's own options: the table's other keys.
     options: Dict[str, Any] = field(default_factory=dict)
 
@@ -73,6 +79,9 @@ class DataConfig:
             raise ConfigError(f"data.test_fraction = {self.test_fraction}: must be in (0, 1)")
         if self.labeled is not None:
             check_at_least("data.labeled", self.labeled, 1)
+        if self.in_memory not in IN_MEMORY or not isinstance(self.in_memory, (str, bool)):
+            raise ConfigError(f"data.in_memory = {shown(self.in_memory)}: valid: \"auto\", true, false")
+        check_at_least("data.num_workers", self.num_workers, 0)
         if self.scale is not None and not (isinstance(self.scale, (int, float)) and not isinstance(self.scale, bool)
                                            and 0 < self.scale < math.inf):
             raise ConfigError(f"data.scale = {shown(self.scale)}: must be a finite number > 0")
@@ -84,7 +93,8 @@ class DataConfig:
     def load(self, device="cpu") -> Dataset:
         """The data set this section describes, on ``device``."""
         return load_dataset(self.name, binarize=self.binarize, test_fraction=self.test_fraction, device=device,
-                            labeled=self.labeled, **self._given())
+                            labeled=self.labeled, in_memory=self.in_memory, num_workers=self.num_workers,
+                            **self._given())
 
 
 class ModelConfig:
@@ -225,6 +235,10 @@ class Config:
                    for s in SECTIONS}, "optim": dict(self.optim)}
 
 
+#: [data] keys that say how the data are read, not which: a resumed run may change them
+READING_KEYS = frozenset({"in_memory", "num_workers"})
+
+
 def run_difference(a: Dict[str, Any], b: Dict[str, Any], plugins: bool = False) -> Optional[str]:
     """The first ``section.key`` in which two resolved configs (as dicts) differ in a way that makes
     them two runs: the data, the model, the algorithm and the keys it cannot resume across (batch
@@ -238,6 +252,8 @@ def run_difference(a: Dict[str, Any], b: Dict[str, Any], plugins: bool = False) 
         if section == "plugins":  # a record written before plugins.files existed lacks it: empty lists
             x, y = ({k: v.get(k, []) for k in {"modules", "files", "sha256"} | set(v)} for v in (x, y))
         for key in sorted(set(x) | set(y), key=str):
+            if section == "data" and key in READING_KEYS:
+                continue
             if x.get(key) != y.get(key):
                 return f"{section}.{one_line(str(key), 40)}"
     defaults = dataclasses.asdict(TrainConfig())

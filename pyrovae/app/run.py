@@ -143,7 +143,7 @@ def _train(config: Config, out_dir, resume: bool, device: torch.device, model=No
     if model is None:
         model = build_run_model(config, data.event_shape, data.num_classes, device)
     check_data(model, data, config.train.batch_size)
-    resolve_estimator(config.train.estimator, model, data.test_batch[:2])
+    resolve_estimator(config.train.estimator, model, data.test_head(2))
 
     if dist.is_initialized():
         dist.barrier()  # every rank has checked its input before rank 0 creates anything
@@ -304,7 +304,7 @@ def evaluate_run(run_dir, nll_samples: int = 5000, iwae_samples: int = 50, elbo_
         if into_run:
             stack.enter_context(RunLock(run_dir, "evaluate"))
             remove_stale(run_dir)
-        result = evaluate(model, data.test_batch.to(device), nll_samples, iwae_samples, elbo_particles,
+        result = evaluate(model, data.test_split.to(device), nll_samples, iwae_samples, elbo_particles,
                           seed=config.train.seed)
         bad = non_finite(result)
         if bad:

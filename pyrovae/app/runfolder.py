@@ -17,6 +17,9 @@ from pyrovae.errors import RunDirError, one_line
 from pyrovae.rng import seeded
 from pyrovae.training.loop import Callback, current_record
 
+#: the test points the figures draw (reconstructions: the first 20)
+FIGURE_POINTS = 20
+
 
 class RunFolder(Callback):
     """The run folder around the loop (see the module docstring). ``config`` is the resolved run
@@ -81,7 +84,8 @@ class RunFolder(Callback):
             return
         from pyrovae.app.plots import plot_run
 
-        plot_run(self.run_dir, trainer.model, trainer.data.test_batch, trainer.metrics)  # failures: warnings
+        # a figure that cannot be drawn is a warning
+        plot_run(self.run_dir, trainer.model, trainer.data.test_head(FIGURE_POINTS), trainer.metrics)
 
     def kept(self) -> Optional[str]:
         if self.saved_epoch is None:
@@ -118,8 +122,8 @@ class TensorBoardLog(Callback):
                 tb.add_scalar(tag, record[key], epoch)
         tb.add_scalar("train/learning_rate", trainer.optimizer.param_groups[0]["lr"], epoch)
         if record["test_elbo"] is not None:
-            with torch.no_grad(), seeded(trainer.data.test, trainer.cfg.seed):
-                x = trainer.data.test_batch[:32]
+            with torch.no_grad(), seeded(trainer.data.test_split, trainer.cfg.seed):
+                x = trainer.data.test_head(32)
                 grids = {"samples": trainer.model.sample(64),
                          "reconstructions": torch.cat([x.x, trainer.model.reconstruct(x)])}
             for tag, images in grids.items():

@@ -26,6 +26,10 @@ class Batch:
     def __len__(self) -> int:
         return self.x.shape[0]
 
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
     def __getitem__(self, index) -> "Batch":
         """The points at ``index`` (a slice or an index tensor), with their labels."""
         return Batch(*(None if t is None else t[index] for t in (self.x, self.y, self.labeled, self.weight)))

@@ -25,53 +25,81 @@ fixed permutation (the same for every run).
 """
 
 import inspect
-import math
-import types
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from pyrovae.data.batch import Batch
-from pyrovae.data.sources import _as_float_tensor, _numeric_tensor, load_digits, load_file, load_frey_face, load_mnist
+from pyrovae.data.formats import _numeric_tensor, load_file
+from pyrovae.data.rows import DatasetRows, TensorRows
+from pyrovae.data.sources import load_digits, load_frey_face, load_mnist
+from pyrovae.data.splits import SPLIT_SEED, InMemorySplit, Split, StreamedSplit, as_split
 from pyrovae.devices import available_bytes, format_bytes
 from pyrovae.errors import ConfigError, DataError, PyrovaeError, one_line, shown
 from pyrovae.registry import Registry
 
 BINARIZE = ("dynamic", "threshold", "none")
 DEFAULT_BINARIZE = {"digits": "dynamic", "mnist": "dynamic", "frey_face": "none", "file": "none"}
-SPLIT_SEED = 0  # the held-out split never depends on the training seed
 
 
-@dataclass
 class Dataset:
-    """A data set's two splits, as tensors on one device.
+    """A data set's two splits (:class:`~pyrovae.data.splits.Split`: in memory, or streamed from disk).
 
     :param str name: where it came from.
-    :param torch.Tensor train: ``(N_train, *event_shape)`` float32.
-    :param torch.Tensor test: ``(N_test, *event_shape)`` float32, fixed (already binarized).
+    :param train: the training points: a float32 tensor ``(N_train, *event_shape)`` (held in
+        memory as it is; another dtype is converted, uint8 times 1/255) or a ``Split``.
+    :param test: the test points, likewise, fixed (already binarized).
     :param str binarize: ``dynamic`` makes :meth:`train_points` draw Bernoulli pixels.
-    :param torch.Tensor train_y: ``(N_train,)`` int64 labels, or None.
+    :param torch.Tensor train_y: ``(N_train,)`` int64 labels, or None (a Split carries its own).
     :param torch.Tensor test_y: ``(N_test,)`` int64 labels, or None.
     :param torch.Tensor labeled: ``(N_train,)`` bool, the training labels a model may use
         (``data.labeled = K`` keeps K, balanced per class), or None: all of them.
+
+    ``data.train`` and ``data.test`` are the points: the tensor of a split held in memory, else
+    the streamed split itself, read like a tensor's rows (``data.test[:10]``, ``len(data.test)``).
+    Everything in pyrovae reads ``train_split`` and ``test_split``.
     """
 
-    name: str
-    train: torch.Tensor
-    test: torch.Tensor
-    binarize: str = "none"
-    train_y: Optional[torch.Tensor] = None
-    test_y: Optional[torch.Tensor] = None
-    labeled: Optional[torch.Tensor] = None
+    def __init__(self, name: str, train, test, binarize: str = "none", train_y: Optional[torch.Tensor] = None,
+                 test_y: Optional[torch.Tensor] = None, labeled: Optional[torch.Tensor] = None):
+        self.name, self.binarize, self.labeled = name, binarize, labeled
+        #: processes that read a streamed split's batches ahead of the step (data.num_workers)
+        self.num_workers = 0
+        self.train_split = _with_labels(as_split(train, where=f"data set {name!r} (train)"), train_y)
+        self.test_split = _with_labels(as_split(test, where=f"data set {name!r} (test)"), test_y)
+
+    def __repr__(self) -> str:
+        return (f"Dataset({self.name!r}, train={type(self.train_split).__name__}{tuple(self.train_split.shape)}, "
+                f"test={type(self.test_split).__name__}{tuple(self.test_split.shape)}, binarize={self.binarize!r})")
+
+    @property
+    def train(self):
+        return _points(self.train_split)
+
+    @property
+    def test(self):
+        return _points(self.test_split)
+
+    @property
+    def train_y(self) -> Optional[torch.Tensor]:
+        return self.train_split.labels
+
+    @property
+    def test_y(self) -> Optional[torch.Tensor]:
+        return self.test_split.labels
+
+    @property
+    def streamed(self) -> bool:
+        """Whether a split is read from its storage a batch at a time (not held in memory)."""
+        return not all(isinstance(s, InMemorySplit) for s in (self.train_split, self.test_split))
 
     @property
     def event_shape(self) -> tuple:
-        return tuple(self.train.shape[1:])
+        return tuple(self.train_split.event_shape)
 
     @property
     def num_train(self) -> int:
-        return self.train.shape[0]
+        return len(self.train_split)
 
     @property
     def num_classes(self) -> Optional[int]:
@@ -84,28 +112,52 @@ class Dataset:
         return top + 1
 
     def to(self, device) -> "Dataset":
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Dataset(self.name, self.train.to(device), self.test.to(device), self.binarize,
-                       move(self.train_y), move(self.test_y), move(self.labeled))
+        return Dataset(self.name, self.train_split.to(device), self.test_split.to(device), self.binarize,
+                       labeled=None if self.labeled is None else self.labeled.to(device))
 
-    def train_batch(self, index: torch.Tensor, uniform: torch.Tensor = None) -> Batch:
+    def train_batch(self, index: torch.Tensor, uniform: torch.Tensor = None, points: torch.Tensor = None) -> Batch:
         """The training :class:`Batch` at ``index``: points (see :meth:`train_points`), labels and their mask."""
         y = None if self.train_y is None else self.train_y.index_select(0, index)
         labeled = None if self.labeled is None else self.labeled.index_select(0, index)
-        return Batch(self.train_points(index, uniform), y, labeled)
+        return Batch(self.train_points(index, uniform, points), y, labeled)
+
+    def test_batches(self, size: int):
+        """The test split as consecutive :class:`Batch` chunks of at most ``size`` (every test label visible)."""
+        return self.test_split.batches(size)
+
+    def test_head(self, n: int) -> Batch:
+        """The first ``n`` test points (or all, if fewer) as one :class:`Batch`."""
+        index = torch.arange(min(n, len(self.test_split)), device=self.test_split.device)
+        y = None if self.test_y is None else self.test_y.index_select(0, index)
+        return Batch(self.test_split.read(index), y)
 
     @property
     def test_batch(self) -> Batch:
-        """The test split as one :class:`Batch` (every test label visible)."""
-        return Batch(self.test, self.test_y)
+        """The whole test split as one :class:`Batch` (read into memory if it is streamed)."""
+        return self.test_head(len(self.test_split))
 
-    def train_points(self, index: torch.Tensor, uniform: torch.Tensor = None) -> torch.Tensor:
-        """Training points at ``index`` (a tensor on the data's device), binarized if dynamic:
-        x = 1[u < grey] with u ~ U(0, 1), drawn here or given as ``uniform`` (shaped like the batch)."""
-        x = self.train.index_select(0, index)  # a row copy per point: faster than advanced indexing
+    def train_points(self, index: torch.Tensor, uniform: torch.Tensor = None,
+                     points: torch.Tensor = None) -> torch.Tensor:
+        """Training points at ``index`` (a tensor on the data's device; ``points``: those already
+        read), binarized if dynamic: x = 1[u < grey] with u ~ U(0, 1), drawn here or given as
+        ``uniform`` (shaped like the batch)."""
+        x = self.train_split.read(index) if points is None else points
         if self.binarize != "dynamic":
             return x
         return ((torch.rand_like(x) if uniform is None else uniform) < x).to(x.dtype)
+
+
+def _points(split: Split):
+    return split.tensor if isinstance(split, InMemorySplit) else split
+
+
+def _with_labels(split: Split, labels: Optional[torch.Tensor]) -> Split:
+    if labels is None:
+        return split
+    if len(labels) != len(split):
+        raise DataError(f"labels: {len(labels)} for {len(split)} points; give one label per point")
+    split.labels = labels.to(split.device)
+    return split
 
 
 def binarize_split(x: torch.Tensor, mode: str, seed: int = SPLIT_SEED) -> torch.Tensor:
@@ -117,20 +169,29 @@ def binarize_split(x: torch.Tensor, mode: str, seed: int = SPLIT_SEED) -> torch.
     return x
 
 
-def _check_binarizable(x: torch.Tensor, name: str, mode: str):
-    if mode != "none" and bool(((x < 0) | (x > 1)).any()):
-        raise DataError(f"data.binarize = {shown(mode)}: {name} has values outside [0, 1]; rescale them or use 'none'")
+def check_values(split: Split, where: str, binarize: str = "none") -> None:
+    """The points are finite and, when they are to be binarized, in [0, 1]: checked chunk by
+    chunk (a streamed split is read once), each problem one DataError line."""
+    floating = not isinstance(split, StreamedSplit) or split.rows.dtype.is_floating_point
+    for chunk in split.chunks():
+        if floating and not bool(torch.isfinite(chunk).all()):
+            raise DataError(f"{where}: contains NaN or infinite values")
+        if binarize != "none" and bool(((chunk < 0) | (chunk > 1)).any()):
+            raise DataError(f"data.binarize = {shown(binarize)}: {where} has values outside [0, 1]; rescale them "
+                            "or use 'none'")
 
 
-def holdout_split(x: torch.Tensor, test_fraction: float, where: str, y: Optional[torch.Tensor] = None):
-    """Split x (and its labels y) by a fixed permutation into ``(train, test, train_y, test_y)``
-    with ``round(test_fraction * N)`` test points."""
-    n = x.shape[0]
+def holdout_split(x, test_fraction: float, where: str, y: Optional[torch.Tensor] = None):
+    """Split x (a tensor or a Split; and its labels y) by a fixed permutation into ``(train,
+    test, train_y, test_y)`` with ``round(test_fraction * N)`` test points (index maps of a Split)."""
+    n = len(x)
     n_test = int(round(test_fraction * n))
     if n_test < 1 or n_test >= n:
         raise DataError(f"{where}: test_fraction = {test_fraction} of {n} points leaves an empty split")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
     train, test = perm[n_test:], perm[:n_test]
+    if isinstance(x, Split):
+        return x.subset(train), x.subset(test), None, None
     return x[train], x[test], (None if y is None else y[train]), (None if y is None else y[test])
 
 
@@ -164,83 +225,83 @@ def choose_labeled(y: torch.Tensor, k: int, where: str = "data.labeled") -> torc
     return mask
 
 
-#: bytes a data value needs in memory while a file is loaded: its float32 copy, the finite-value
-#: check's mask and the held-out split's copy (the file itself is mapped, or already read)
-LOAD_BYTES_PER_VALUE = 4 + 1 + 4
+#: ``data.in_memory = "auto"`` keeps the splits on the training device when their float32 points
+#: take at most this share of the memory the process may still use there, and streams them otherwise
+IN_MEMORY_SHARE = 0.5
+IN_MEMORY = ("auto", True, False)
 
 
-def check_fits_in_memory(arrays, where: str, device="cpu") -> None:
-    """Refuse, in one line, arrays whose float32 copies (and the split's) would not fit in the
-    memory the process may still use (the cgroup's limit included): a clear line, not a kill."""
-    values = sum(math.prod(getattr(a, "shape", ())) for a in arrays)
-    need = values * LOAD_BYTES_PER_VALUE
-    room = available_bytes("cpu")
-    if torch.device(device).type == "cuda":
-        room = min(room, available_bytes(device) + need)  # the splits then move to the device
-    if need > room:
-        shape = tuple(getattr(arrays[0], "shape", ()))
-        raise DataError(f"{where}: {shape[0] if shape else 0} points of shape {shape[1:]} need about "
-                        f"{format_bytes(need)} in memory to load as float32, more than the {format_bytes(room)} "
-                        "this process may still use; use a smaller file, or a machine with more memory (data are "
-                        "loaded into memory whole)")
+def _streamed_bytes(data: Dataset) -> int:
+    return sum(s.nbytes for s in (data.train_split, data.test_split) if not isinstance(s, InMemorySplit))
 
 
-def as_dataset(data, test=None, test_fraction: float = 0.1, where: str = "fit: data") -> Dataset:
+def placed(data: Dataset, in_memory="auto", device="cpu", where: str = "data") -> Dataset:
+    """The data set on ``device``, each streamed split read into memory there or left streamed:
+    ``in_memory = True`` reads them (refused in one line if their float32 points do not fit the
+    memory the process may still use, the cgroup's limit included), ``False`` streams them,
+    ``"auto"`` reads them when they take at most :data:`IN_MEMORY_SHARE` of that memory."""
+    if in_memory not in IN_MEMORY:
+        raise DataError(f"data.in_memory = {shown(in_memory)}: valid: \"auto\", true, false")
+    need, room = _streamed_bytes(data), available_bytes(device)
+    if in_memory is True and need > room:
+        shape = tuple(data.train_split.shape)
+        raise DataError(f"{where}: {len(data.train_split) + len(data.test_split)} points of shape {shape[1:]} need "
+                        f"about {format_bytes(need)} in memory to load as float32, more than the {format_bytes(room)} "
+                        "this process may still use; set data.in_memory = \"auto\" or false to stream them "
+                        "from disk")
+    keep = in_memory is True or (in_memory == "auto" and need <= IN_MEMORY_SHARE * room)
+    splits = [s.to(device).in_memory() if keep else s.to(device) for s in (data.train_split, data.test_split)]
+    out = Dataset(data.name, *splits, data.binarize,
+                  labeled=None if data.labeled is None else data.labeled.to(device))
+    out.num_workers = data.num_workers
+    return out
+
+
+def as_dataset(data, test=None, test_fraction: float = 0.1, where: str = "fit: data", in_memory="auto",
+               device="cpu", num_workers: int = 0) -> Dataset:
     """What :func:`pyrovae.fit` trains on: a :class:`Dataset` as it is, or a map-style
-    ``torch.utils.data.Dataset`` whose items are ``x`` or ``(x, y)`` (``y`` a class number), read
-    in batches through a ``DataLoader`` into a :class:`Dataset` (values as :func:`load_dataset`
-    reads a file's: uint8 pixels times 1/255). ``test`` is the held-out set (a torch ``Dataset``
-    too); without it, ``test_fraction`` of the points are held out by a fixed permutation. The
-    size is checked against the memory the process may use first: data are held in memory."""
+    ``torch.utils.data.Dataset`` whose items are ``x`` or ``(x, y)`` (``y`` a class number), or a
+    :class:`~pyrovae.data.splits.Split`. ``test`` is the held-out set (of the same kinds); without
+    it, ``test_fraction`` of the points are held out by a fixed permutation (an index map). A torch
+    Dataset is read a batch at a time (:class:`~pyrovae.data.rows.DatasetRows`: values as
+    :func:`load_dataset` reads a file's, uint8 pixels times 1/255), then held in memory or
+    streamed as ``in_memory`` says (:func:`placed`)."""
     if isinstance(data, Dataset):
         if test is not None:
             raise DataError(f"{where}: a test set goes with a torch Dataset; a pyrovae Dataset holds its own")
         return data
-    if not isinstance(data, torch.utils.data.Dataset) or not hasattr(data, "__getitem__"):
-        raise DataError(f"{where} must be a pyrovae Dataset or a map-style torch Dataset, got {type(data).__name__}")
     if not 0 < test_fraction < 1:
         raise DataError(f"{where}: test_fraction = {test_fraction}: must be in (0, 1)")
-    train, train_y = _read_torch_dataset(data, where)
+    train = _as_split_of(data, where)
     if test is None:
-        train, test_x, train_y, test_y = holdout_split(train, test_fraction, where, train_y)
+        train, test_split, _, _ = holdout_split(train, test_fraction, where)
     else:
-        test_x, test_y = _read_torch_dataset(test, f"{where} (test)")
-        if test_x.shape[1:] != train.shape[1:]:
-            raise DataError(f"{where}: test points have shape {tuple(test_x.shape[1:])}, the training points "
-                            f"{tuple(train.shape[1:])}")
-        if (train_y is None) != (test_y is None):
+        test_split = _as_split_of(test, f"{where} (test)")
+        if tuple(test_split.event_shape) != tuple(train.event_shape):
+            raise DataError(f"{where}: test points have shape {tuple(test_split.event_shape)}, the training points "
+                            f"{tuple(train.event_shape)}")
+        if (train.labels is None) != (test_split.labels is None):
             raise DataError(f"{where}: labels in one split only; give (x, y) items in both, or x in both")
-    return Dataset(type(data).__name__, train, test_x, "none", train_y, test_y)
+    name = getattr(data, "name", None) if isinstance(getattr(data, "name", None), str) else type(data).__name__
+    out = Dataset(name, train, test_split, "none")
+    out.num_workers = num_workers
+    return out if in_memory is None else placed(out, in_memory, device, where)
 
 
-def _read_torch_dataset(data, where: str):
-    """A map-style torch Dataset's points ``(N, ...)`` float32 and labels ``(N,)`` or None; a
-    ``TensorDataset``'s tensors are taken as they are (no copy through a DataLoader)."""
+def _as_split_of(data, where: str) -> Split:
+    """A split of a torch Dataset (a ``TensorDataset``'s tensors as they are, in their dtype) or a Split."""
+    if isinstance(data, Split):
+        return data
     if isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) in (1, 2):
-        points = _as_float_tensor(data.tensors[0], where)
+        rows = TensorRows(_numeric_tensor(data.tensors[0], where), where)
         labels = data.tensors[1] if len(data.tensors) == 2 else None
-        return points, None if labels is None else as_labels(labels, len(points), f"{where} (labels)")
-    n = len(data)
-    if n == 0:
-        raise DataError(f"{where}: the Dataset is empty")
-    first = data[0]
-    labelled = isinstance(first, (tuple, list))
-    if labelled and len(first) != 2:
-        raise DataError(f"{where}: items must be x or (x, y); got a {type(first).__name__} of {len(first)}")
-    x0 = torch.as_tensor(first[0] if labelled else first)
-    check_fits_in_memory([types.SimpleNamespace(shape=(n, *x0.shape))], where)
-    xs, ys = [], []
-    try:
-        for batch in torch.utils.data.DataLoader(data, batch_size=1024, shuffle=False):
-            xs.append(torch.as_tensor(batch[0] if labelled else batch))
-            if labelled:
-                ys.append(torch.as_tensor(batch[1]))
-    except (RuntimeError, TypeError, ValueError) as e:  # ragged items, foreign types
-        raise DataError(f"{where}: its items cannot be read as a batch ({type(e).__name__}: "
-                        f"{one_line(str(e), 160)}); every item must be x, or (x, y), of one shape") from None
-    points = _as_float_tensor(torch.cat(xs), where)
-    labels = as_labels(torch.cat(ys), n, f"{where} (labels)") if labelled else None
-    return points, labels
+        return StreamedSplit(rows, None if labels is None else as_labels(labels, len(rows), f"{where} (labels)"))
+    if not isinstance(data, torch.utils.data.Dataset) or not hasattr(data, "__getitem__") \
+            or isinstance(data, torch.utils.data.IterableDataset):
+        raise DataError(f"{where} must be a pyrovae Dataset or a map-style torch Dataset, got {type(data).__name__}")
+    rows = DatasetRows(data, where)
+    labels = rows.labels()
+    return StreamedSplit(rows, None if labels is None else as_labels(labels, len(rows), f"{where} (labels)"))
 
 
 #: data sources by name (``[data] name``): each returns what :func:`pyrovae.fit` accepts (a
@@ -270,23 +331,20 @@ def frey_face(path: str = "data", download: bool = True):
 
 @DATASETS.register("file")
 def user_file(path: str, key: Optional[str] = None, label_key: Optional[str] = None, scale: Optional[float] = None):
-    """A user's ``.npy``, ``.npz`` or ``.pt`` file (see the module docstring)."""
+    """A user's file or folder, read by its extension (see :mod:`pyrovae.data.formats`)."""
     where = f"data.path = {shown(path)}"
-    train_array, test_array, train_labels, test_labels = load_file(path, key, label_key)
-    check_fits_in_memory([a for a in (train_array, test_array) if a is not None], where)
-    train = _as_float_tensor(train_array, where, scale)
-    train_y = None if train_labels is None else as_labels(train_labels, train.shape[0], f"{where} (labels)")
-    if test_array is None:
-        return torch.utils.data.TensorDataset(*(t for t in (train, train_y) if t is not None))
-    test = _as_float_tensor(test_array, f"{where} (test)", scale)
-    if test.shape[1:] != train.shape[1:]:
-        raise DataError(f"{where}: train points have shape {tuple(train.shape[1:])} "
-                        f"but test points {tuple(test.shape[1:])}")
-    if (train_y is None) != (test_labels is None):
+    train_rows, test_rows, train_labels, test_labels = load_file(path, key, label_key)
+    train_y = None if train_labels is None else as_labels(train_labels, len(train_rows), f"{where} (labels)")
+    train = StreamedSplit(train_rows, train_y, scale)
+    if test_rows is None:
+        return train
+    if tuple(test_rows.row_shape) != tuple(train_rows.row_shape):
+        raise DataError(f"{where}: train points have shape {tuple(train_rows.row_shape)} "
+                        f"but test points {tuple(test_rows.row_shape)}")
+    if (train_labels is None) != (test_labels is None):
         raise DataError(f"{where}: labels for one split only; give both 'train_y' and 'test_y', or neither")
-    test_y = None if test_labels is None else as_labels(test_labels, test.shape[0], f"{where} (test labels)")
-    return tuple(torch.utils.data.TensorDataset(*(t for t in pair if t is not None))
-                 for pair in ((train, train_y), (test, test_y)))
+    test_y = None if test_labels is None else as_labels(test_labels, len(test_rows), f"{where} (test labels)")
+    return train, StreamedSplit(test_rows, test_y, scale)
 
 
 #: the [data] keys that are a source's options where its signature takes them (the others are pyrovae's)
@@ -314,20 +372,25 @@ def source_options(name: str, given: dict) -> dict:
 def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Optional[str] = None,
                  test_fraction: float = 0.1, download: bool = True, device="cpu",
                  labeled: Optional[int] = None, key: Optional[str] = None, label_key: Optional[str] = None,
-                 scale: Optional[float] = None, **options) -> Dataset:
+                 scale: Optional[float] = None, in_memory="auto", num_workers: int = 0, **options) -> Dataset:
     """Load a data set by name (:data:`DATASETS`; see the module docstring) onto ``device``, with
     its labels where the source has them; ``labeled = K`` keeps K training labels (balanced per
     class, a fixed choice) and masks the rest. ``path``, ``download``, ``key``, ``label_key``,
     ``scale`` and any other ``options`` go to the source that takes them (for ``file``: ``key`` and
     ``label_key`` name the points' and the labels' arrays in a file that holds several; ``scale``
     multiplies the values, by default 1/255 for uint8 pixels, so that 0..255 becomes [0, 1], and 1
-    for any other type). A source without a test split has ``test_fraction`` of it held out."""
+    for any other type). A source without a test split has ``test_fraction`` of it held out.
+    ``in_memory`` (``"auto"``, True, False) holds the splits in memory on ``device`` or streams
+    them from their storage (:func:`placed`); ``num_workers`` processes read a streamed split's
+    batches ahead of the step."""
     DATASETS.get(name, "data.name")
     binarize = binarize or DEFAULT_BINARIZE.get(name, "none")
     if binarize not in BINARIZE:
         raise DataError(f"data.binarize = {shown(binarize)}: valid: {', '.join(BINARIZE)}")
     if not 0 < test_fraction < 1:
         raise DataError(f"data.test_fraction = {test_fraction}: must be in (0, 1)")
+    if in_memory not in IN_MEMORY:
+        raise DataError(f"data.in_memory = {shown(in_memory)}: valid: \"auto\", true, false")
     given = dict(path=path, download=download, key=key, label_key=label_key, scale=scale, **options)
     try:
         _, chosen = DATASETS.split({"name": name, **source_options(name, given)}, "data")
@@ -341,23 +404,19 @@ def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Opt
         raise DataError(f"data set {shown(name)}: its source fails ({type(e).__name__}: {one_line(str(e), 200)})") \
             from None
     where = f"data.path = {shown(path)}" if path and "path" in DATASETS.options(name) else f"data set {shown(name)}"
-    if isinstance(result, tuple) and len(result) == 2:
-        data = as_dataset(result[0], result[1], test_fraction, where)
-    else:
-        data = as_dataset(result, None, test_fraction, where)
-    train, test, train_y, test_y = data.train, data.test, data.train_y, data.test_y
-    for split_name, split in (("train", train), ("test", test)):
-        if split.shape[0] == 0:
+    pair = isinstance(result, tuple) and len(result) == 2
+    data = as_dataset(result[0] if pair else result, result[1] if pair else None, test_fraction, where,
+                      in_memory=None)
+    for split_name, split in (("train", data.train_split), ("test", data.test_split)):
+        if len(split) == 0:
             raise DataError(f"data: the {split_name} split of {shown(name)} is empty")
-        _check_binarizable(split, f"the {split_name} split", binarize)
+        check_values(split, f"{where} ({split_name} split)" if split_name == "test" else where, binarize)
     mask = None
     if labeled is not None:
-        if train_y is None:
+        if data.train_y is None:
             raise DataError(f"data.labeled = {labeled}: data set {shown(name)} has no labels")
-        mask = choose_labeled(train_y, labeled)
-    if binarize == "threshold":
-        train = binarize_split(train, binarize)
-    test = binarize_split(test, binarize)
-    return Dataset(name, train, test, binarize, train_y, test_y, mask).to(device)
-
-
+        mask = choose_labeled(data.train_y.cpu(), labeled)
+    train = data.train_split.binarized_as("threshold") if binarize == "threshold" else data.train_split
+    out = Dataset(name, train, data.test_split.binarized_as(binarize), binarize, labeled=mask)
+    out.num_workers = num_workers
+    return placed(out, in_memory, device, where)

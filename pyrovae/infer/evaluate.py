@@ -6,12 +6,13 @@ IWAE and VampPrior papers report it.
 """
 
 import math
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from pyrovae.data.batch import as_batch
+from pyrovae.data.batch import Batch, as_batch
+from pyrovae.data.splits import Split
 from pyrovae.infer.elbos import elbo_terms
 from pyrovae.models.terms import LogMeanExp
 from pyrovae.rng import seeded
@@ -20,20 +21,26 @@ from pyrovae.rng import seeded
 ACTIVE_UNIT_THRESHOLD = 0.01
 
 
-def _scored(model, x):
-    """The batch test scores are computed on (:meth:`~pyrovae.Model.scoring_batch`: M2 withholds labels)."""
+def _chunks(x, size: int) -> Iterator[Batch]:
+    """x in consecutive :class:`~pyrovae.Batch` chunks: x is a tensor, a Batch or a
+    :class:`~pyrovae.data.splits.Split` (read in chunks: a streamed split is never held whole)."""
+    return x.batches(size) if isinstance(x, Split) else iter(as_batch(x).split(size))
+
+
+def _scored(model, x, size: int) -> Iterator[Batch]:
+    """x's chunks as test scores see them (:meth:`~pyrovae.Model.scoring_batch`: M2 withholds labels)."""
     scoring = getattr(model, "scoring_batch", None)
-    return scoring(x) if scoring is not None else as_batch(x)
+    return (scoring(chunk) if scoring is not None else chunk for chunk in _chunks(x, size))
 
 
-def _chunks(x, size: int):
-    return as_batch(x).split(size)
+def _device(x):
+    return x.device if isinstance(x, (Split, Batch)) else as_batch(x).device
 
 
 @torch.no_grad()
 def dataset_terms(model, x, num_particles: int = 1, batch_size: int = 1000, seed: int = 0) -> Dict:
     """The mean ``elbo``, ``reconstruction`` (E_q[log p(x|z)]) and ``kl`` (KL(q || p)) per
-    datapoint of x (a tensor or a :class:`~pyrovae.Batch`), with estimator B where the model
+    datapoint of x (a tensor, a :class:`~pyrovae.Batch` or a Split), with estimator B where the model
     allows it (else A), ``num_particles`` samples per point, in chunks of ``batch_size``;
     elbo = reconstruction - kl.
 
@@ -44,12 +51,11 @@ def dataset_terms(model, x, num_particles: int = 1, batch_size: int = 1000, seed
     the chunks; :func:`log_likelihood` shares it alike.
     """
     reconstruction = kl = 0.0
-    x = _scored(model, x)
-    with seeded(x.x, seed):
-        for chunk in x.split(batch_size):  # a global latent counts 1/len(x) per point, whatever the chunks
-            r, k = elbo_terms(model, chunk, num_particles, num_data=len(x))
-            reconstruction, kl = reconstruction + float(r.sum()), kl + float(k.sum())
     n = len(x)
+    with seeded(_device(x), seed):
+        for chunk in _scored(model, x, batch_size):  # a global latent counts 1/N per point, whatever the chunks
+            r, k = elbo_terms(model, chunk, num_particles, num_data=n)
+            reconstruction, kl = reconstruction + float(r.sum()), kl + float(k.sum())
     return {"elbo": (reconstruction - kl) / n, "reconstruction": reconstruction / n, "kl": kl / n}
 
 
@@ -75,15 +81,15 @@ def log_likelihood(model, x, num_samples: int = 5000, batch_size: int = 100,
     device (move the model there first). ``seed=None`` draws from the caller's generator.
     """
     out = []
-    x = _scored(model, x)
-    with seeded(x.x, seed):
-        for xb in x.split(batch_size):
+    n = len(x)
+    with seeded(_device(x), seed):
+        for xb in _scored(model, x, batch_size):
             m = len(xb)
             per_sample = m * max(math.prod(model.event_shape), getattr(model, "latent_dim", 0), 512)
             chunk = max(1, min(num_samples, max_elements // per_sample))
             estimate = LogMeanExp()
             for start in range(0, num_samples, chunk):
-                estimate.add(model.terms(xb, min(chunk, num_samples - start), len(x), kl=False).log_weights)
+                estimate.add(model.terms(xb, min(chunk, num_samples - start), n, kl=False).log_weights)
             out.append(estimate.value)
     return torch.cat(out)
 
@@ -93,7 +99,7 @@ def active_units(model, x, threshold: float = ACTIVE_UNIT_THRESHOLD, batch_size:
     """``(count, activity)``: activity_u = Cov_x(E_q[u | x]), the variance over the data of
     each latent unit's posterior mean (:meth:`~pyrovae.Model.encode`); a unit is active when it
     exceeds ``threshold`` (Burda et al. 2015, Sec. 5.2)."""
-    means = torch.cat([model.encode(chunk) for chunk in _chunks(_scored(model, x), batch_size)])
+    means = torch.cat([model.encode(chunk) for chunk in _scored(model, x, batch_size)])
     activity = means.var(0, unbiased=False) if means.shape[0] > 1 else torch.zeros(means.shape[1])
     return int((activity > threshold).sum()), activity
 
@@ -118,23 +124,23 @@ def kl_per_dimension(model, x, batch_size: int = 1000) -> Optional[List[float]]:
     for chunk in _chunks(x, batch_size):
         q = model.posterior(chunk.x).base_dist
         total = total + kl_divergence(q, base).sum(0)
-    return (total / len(as_batch(x))).tolist()
+    return (total / len(x)).tolist()
 
 
 @torch.no_grad()
 def accuracy(model, x, batch_size: int = 1000) -> Optional[float]:
     """The fraction of x's points whose label the model's classifier predicts (M2's
     argmax_y q(y | x)); None for a family that does not classify or data without labels."""
-    x = as_batch(x)
-    if not hasattr(model, "classify") or x.y is None or len(x) == 0:
+    labels = x.labels if isinstance(x, Split) else as_batch(x).y
+    if not hasattr(model, "classify") or labels is None or len(x) == 0:
         return None
-    correct = sum(int((model.classify(chunk) == chunk.y.to(chunk.x.device)).sum()) for chunk in x.split(batch_size))
+    correct = sum(int((model.classify(chunk) == chunk.y.to(chunk.x.device)).sum()) for chunk in _chunks(x, batch_size))
     return correct / len(x)
 
 
 def evaluate(model, x, nll_samples: int = 5000, iwae_samples: int = 50, elbo_particles: int = 10,
              seed: int = 0) -> Dict:
-    """Every test number of a model on x (a tensor or a Batch; see ``pyrovae evaluate`` in the README)."""
+    """Every test number of a model on x (a tensor, a Batch or a Split; see ``pyrovae evaluate`` in the README)."""
     count, activity = active_units(model, x)
     return {
         "test_elbo": dataset_elbo(model, x, elbo_particles, seed=seed),
@@ -147,7 +153,7 @@ def evaluate(model, x, nll_samples: int = 5000, iwae_samples: int = 50, elbo_par
         "latent_dim": int(activity.shape[0]),
         "unit_activity": activity.tolist(),
         "kl_per_dim": kl_per_dimension(model, x),
-        "num_test": len(as_batch(x)),
+        "num_test": len(x),
         **({} if (acc := accuracy(model, x)) is None else {"test_accuracy": acc}),
     }
 

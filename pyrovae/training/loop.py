@@ -252,11 +252,11 @@ class Trainer:
         self.data = data.to(self.device)
         check_data(self.model, self.data, cfg.batch_size)
         self.model.prepare(self.data)  # a resumed run's checkpoint restores the same state over it
-        self.estimator = resolve_estimator(cfg.estimator, model, self.data.test_batch[:2])
+        self.estimator = resolve_estimator(cfg.estimator, model, self.data.test_head(2))
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         #: what a step maximises (train.algorithm): the loop only calls its loss
         self.algorithm = build_algorithm(model, cfg, self.estimator, self.data.num_train, self.world)
-        self.algorithm.dry_run(self.data.test_batch[:2])
+        self.algorithm.dry_run(self.data.test_head(2))
         # Training noise (dynamic binarization, the family's reparameterization noise) is drawn for
         # the whole global batch from this generator, the same on every rank, and each rank takes
         # its shard: a run on K processes sees the same noise as on one, and resumes on any K.
@@ -391,13 +391,17 @@ class Trainer:
         total = torch.tensor(c["epoch_loss"], device=self.device)  # -sum_i objective_i so far
         total_elbo = torch.tensor(c["epoch_elbo"], device=self.device)  # -sum_i ELBO_i so far
         start = time.perf_counter() - c["epoch_seconds"]
+        shard = slice(self.rank, None, self.world)
+        # this rank's shard of each minibatch, read ahead (a streamed split: a DataLoader over the plan)
+        points = self.data.train_split.plan([step.index[shard] for step in batches[c["epoch_step"]:]],
+                                            self.data.num_workers)
         for i in range(c["epoch_step"], len(batches)):
             signal_number = self.poll()
             if signal_number:
                 c.update(epoch_step=i, epoch_loss=total.item(), epoch_elbo=total_elbo.item(),
                          epoch_seconds=time.perf_counter() - start)
                 self.stop(signal_number, f"at epoch {epoch}, step {c['step'] + i}", mid_epoch=True)
-            batch, noise = self.minibatch(batches[i].index, batches[i].weight)
+            batch, noise = self.minibatch(batches[i].index, batches[i].weight, next(points))
             self.beta = beta_at(cfg, c["step"] + i, self.steps_per_epoch)
             where = (epoch, c["step"] + i + 1, i + 1, len(batches))
             for update in range(self.algorithm.updates_per_batch):  # 1, but for mcem's M-steps
@@ -443,9 +447,11 @@ class Trainer:
         if signal_number:
             self.stop(signal_number, f"after epoch {epoch}", mid_epoch=False)
 
-    def minibatch(self, index: torch.Tensor, weight: Optional[torch.Tensor] = None):
+    def minibatch(self, index: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                  points: Optional[torch.Tensor] = None):
         """This rank's shard of a global minibatch (a :class:`~pyrovae.Batch`, with its points'
         weights, if any), and the family's noise for it (torch engine; :meth:`~pyrovae.Model.noise_shape`).
+        ``points``: the shard's points, already read (:meth:`~pyrovae.data.splits.Split.plan`).
 
         The noise is drawn for the whole global batch (every rank draws the same), then sharded
         like the points: rank r of K takes positions r, r + K, r + 2K, ... of the batch.
@@ -455,7 +461,7 @@ class Trainer:
         if self.data.binarize == "dynamic":
             uniform = torch.rand((index.numel(), *self.data.event_shape), generator=self.noise,
                                  device=self.device)[shard]
-        batch = self.data.train_batch(index[shard], uniform)
+        batch = self.data.train_batch(index[shard], uniform, points)
         if weight is not None:
             batch.weight = weight[shard]
         noise = None
@@ -466,10 +472,10 @@ class Trainer:
 
     def evaluate(self, record: Dict) -> None:
         model, epoch = self.model, record["epoch"]
-        test = self.data.test_batch
+        test = self.data.test_split
         terms = dataset_terms(model, test, self.cfg.eval_particles, seed=self.cfg.seed)
         record.update(test_elbo=terms["elbo"], test_reconstruction=terms["reconstruction"], test_kl=terms["kl"])
-        with seeded(test.x, self.cfg.seed):  # a family's encode may sample (its guide's trace): never the run's RNG
+        with seeded(test, self.cfg.seed):  # a family's encode may sample (its guide's trace): never the run's RNG
             record["active_units"], activity = active_units(model, test)
             record["test_accuracy"] = accuracy(model, test)
         units = int(activity.shape[0])
@@ -501,9 +507,11 @@ def check_data(model, data: Dataset, batch_size: int) -> None:
         raise ConfigError(f"data points have shape {data.event_shape} but the model expects {model.event_shape}")
     if batch_size > data.num_train:
         raise ConfigError(f"train.batch_size = {batch_size}: larger than the training split ({data.num_train} points)")
-    model.check_data(binarize_split(data.train, data.binarize), f"data {data.name!r} (train split)")
-    model.check_data(data.test, f"data {data.name!r} (test split)")
-    model.dry_run(data.test_batch[:2], data.num_train)
+    for chunk in data.train_split.chunks():  # chunk by chunk: a streamed split is read once, never held
+        model.check_data(binarize_split(chunk, data.binarize), f"data {data.name!r} (train split)")
+    for chunk in data.test_split.chunks():
+        model.check_data(chunk, f"data {data.name!r} (test split)")
+    model.dry_run(data.test_head(2), data.num_train)
 
 
 def _out_of_memory(e: BaseException) -> bool:

@@ -1,0 +1,317 @@
+"""Splits: the seam every path from the data to a model goes through.
+
+A :class:`Split` is N points of one shape (and their labels, if any), read as float32:
+
+- :meth:`~Split.read`: the points at a tensor of indices (one call per minibatch, not one per item);
+- :meth:`~Split.chunks`: consecutive chunks, in order (evaluation, checks, the fingerprint);
+- :meth:`~Split.plan`: the points of each minibatch of an epoch's plan (this rank's shard of it),
+  read ahead through a ``torch.utils.data.DataLoader`` whose batch sampler is the plan
+  (``num_workers`` processes, pinned memory), so that reading overlaps the step;
+- :meth:`~Split.subset`: an index map onto the split (the held-out split is one, not a copy).
+
+Two kinds, one contract:
+
+- :class:`InMemorySplit`: a float32 tensor on the training device, read by ``index_select``
+  (the fast case; small data sets, and any split that fits the memory there).
+- :class:`StreamedSplit`: stored :class:`~pyrovae.data.rows.Rows` (a file on disk, a sparse
+  matrix, a user's torch ``Dataset``) read per batch in their stored dtype, indices sorted for
+  locality, then converted on the device: x = float32(stored) * scale. Memory stays flat in N:
+  besides the batch, a split holds its index map (4 bytes a point where N < 2^31) and labels.
+
+An in-memory split is a streamed one read once, by the same conversion: the two give the same
+points bit for bit (``tests/test_streaming.py``).
+
+A split can carry a fixed binarization (the test split's, :func:`pyrovae.load_dataset`):
+``threshold`` maps x to 1[x > 0.5] wherever it is read; ``dynamic`` draws x ~ Bernoulli(x) once
+with a generator seeded ``SPLIT_SEED`` over the points in order (the draws are sequential, so a
+sweep in chunks gives the points of one draw over the whole split), which makes reading point i
+a sweep over the points before it: a test split is read in order.
+"""
+
+import hashlib
+import math
+from typing import Iterable, Iterator, Optional
+
+import numpy as np
+import torch
+
+from pyrovae.data.batch import Batch
+from pyrovae.data.rows import Rows, TensorRows
+from pyrovae.errors import DataError
+
+#: points per chunk of a sweep (checks, the fingerprint, materializing a split in memory)
+SWEEP_CHUNK = 4096
+#: the seed of the fixed binarizations and of the held-out split's permutation (never the run's)
+SPLIT_SEED = 0
+#: what uint8 values (pixels 0..255) are multiplied by, unless data.scale says otherwise
+UINT8_SCALE = 1 / 255
+FIXED_BINARIZATIONS = ("none", "threshold", "dynamic")
+
+
+def default_scale(dtype: torch.dtype) -> float:
+    """1/255 for uint8 (pixels 0..255 to [0, 1]), 1 for any other stored type."""
+    return UINT8_SCALE if dtype == torch.uint8 else 1.0
+
+
+def as_points(raw: torch.Tensor, scale: float, device=None) -> torch.Tensor:
+    """Stored values as float32 points on ``device``: x = float32(stored) * scale (the one
+    conversion, for every kind of split; the copy to the device goes first, in the stored dtype)."""
+    x = raw if device is None else raw.to(device, non_blocking=raw.is_pinned())
+    x = x.float()
+    return x * scale if scale != 1.0 else x
+
+
+class Split:
+    """N points of ``event_shape`` and their labels, read as float32 (see the module docstring)."""
+
+    #: ``(N,)`` int64 class labels on the split's device, or None
+    labels: Optional[torch.Tensor] = None
+    event_shape: tuple = ()
+    device: torch.device = torch.device("cpu")
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self), *self.event_shape))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the split's points as float32 (what it holds in memory)."""
+        return len(self) * math.prod(self.event_shape) * 4
+
+    def read(self, index: torch.Tensor) -> torch.Tensor:
+        """The points at ``index`` (a tensor of positions): ``(len(index), *event_shape)`` float32 on
+        the split's device."""
+        raise NotImplementedError
+
+    def chunks(self, size: int = SWEEP_CHUNK) -> Iterator[torch.Tensor]:
+        """The points in consecutive chunks of at most ``size``, in order."""
+        raise NotImplementedError
+
+    def batches(self, size: int) -> Iterator[Batch]:
+        """The points and their labels as consecutive :class:`~pyrovae.Batch` chunks of at most ``size``."""
+        start = 0
+        for chunk in self.chunks(size):
+            stop = start + chunk.shape[0]
+            yield Batch(chunk, None if self.labels is None else self.labels[start:stop])
+            start = stop
+
+    def plan(self, indices: Iterable[torch.Tensor], num_workers: int = 0) -> Iterator[torch.Tensor]:
+        """The points of each index tensor of ``indices`` (an epoch's minibatches), in order."""
+        return (self.read(index) for index in indices)
+
+    def subset(self, index) -> "Split":
+        """The points at ``index`` as a split of their own (with their labels)."""
+        raise NotImplementedError
+
+    def to(self, device) -> "Split":
+        raise NotImplementedError
+
+    def binarized_as(self, mode: str) -> "Split":
+        """The split with a fixed binarization (``none``, ``threshold``, ``dynamic``: module docstring)."""
+        raise NotImplementedError
+
+    def in_memory(self) -> "InMemorySplit":
+        """The split as a float32 tensor on its device (read once, in chunks)."""
+        raise NotImplementedError
+
+    def __getitem__(self, key) -> torch.Tensor:
+        """Points by position: an int, a slice, an index tensor or a boolean mask (as a tensor's rows)."""
+        if isinstance(key, slice):
+            return self.read(torch.arange(len(self))[key])
+        if isinstance(key, int):
+            return self.read(torch.tensor([key if key >= 0 else key + len(self)]))[0]
+        key = torch.as_tensor(key)
+        if key.dtype == torch.bool:
+            key = key.nonzero().squeeze(-1)
+        return self.read(key.reshape(-1))
+
+    def sha256(self) -> str:
+        """SHA-256 of the points as little-endian float32, in order (the same for the same values,
+        whatever the file format or the kind of split), read in chunks."""
+        digest = hashlib.sha256()
+        for chunk in self.chunks():
+            values = chunk.detach().to("cpu", torch.float32).numpy()
+            digest.update(np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).data)
+        return digest.hexdigest()
+
+
+def _labels_subset(labels, index):
+    return None if labels is None else labels.index_select(0, torch.as_tensor(index, device=labels.device).long())
+
+
+class InMemorySplit(Split):
+    """A split held as one float32 tensor ``(N, *event_shape)`` on a device."""
+
+    def __init__(self, tensor: torch.Tensor, labels: Optional[torch.Tensor] = None):
+        self.tensor = tensor
+        self.labels = labels
+        self.event_shape = tuple(tensor.shape[1:])
+        self.device = tensor.device
+
+    def __len__(self) -> int:
+        return self.tensor.shape[0]
+
+    def read(self, index: torch.Tensor) -> torch.Tensor:
+        return self.tensor.index_select(0, index.to(self.device))  # a row copy per point: faster than indexing
+
+    def chunks(self, size: int = SWEEP_CHUNK) -> Iterator[torch.Tensor]:
+        return iter(self.tensor.split(size))
+
+    def subset(self, index) -> "InMemorySplit":
+        index = torch.as_tensor(index, device=self.device).long()
+        return InMemorySplit(self.tensor.index_select(0, index), _labels_subset(self.labels, index))
+
+    def to(self, device) -> "InMemorySplit":
+        return InMemorySplit(self.tensor.to(device), None if self.labels is None else self.labels.to(device))
+
+    def in_memory(self) -> "InMemorySplit":
+        return self
+
+    def binarized_as(self, mode: str) -> "Split":
+        if mode == "none":
+            return self
+        return StreamedSplit(TensorRows(self.tensor.cpu()), self.labels, 1.0, None, mode, self.device).in_memory()
+
+
+class _PlanReader(torch.utils.data.Dataset):
+    """A streamed split as a map-style Dataset whose ``__getitems__`` reads one minibatch (what a
+    DataLoader with the epoch plan as its batch sampler calls, in workers or in process)."""
+
+    def __init__(self, split: "StreamedSplit"):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i):
+        return self.split.stored(np.asarray([i], dtype=np.int64))[0]
+
+    def __getitems__(self, index):
+        return self.split.stored(np.asarray(index, dtype=np.int64))
+
+
+def _as_is(batch):
+    return batch
+
+
+class StreamedSplit(Split):
+    """A split read from stored :class:`~pyrovae.data.rows.Rows` a batch at a time.
+
+    :param Rows rows: the stored points.
+    :param labels: ``(N_rows,)`` int64 labels of the rows, or None.
+    :param float scale: x = float32(stored) * scale; None: 1/255 for uint8, else 1.
+    :param index: positions into the rows (an index map: a held-out split), or None: all rows in order.
+    :param str binarized: a fixed binarization, ``none``, ``threshold`` or ``dynamic`` (module docstring).
+    """
+
+    def __init__(self, rows: Rows, labels: Optional[torch.Tensor] = None, scale: Optional[float] = None,
+                 index: Optional[np.ndarray] = None, binarized: str = "none", device="cpu"):
+        if binarized not in FIXED_BINARIZATIONS:
+            raise ValueError(f"binarized = {binarized!r}: one of {FIXED_BINARIZATIONS}")
+        self.rows, self.index, self.binarized = rows, index, binarized
+        self.scale = default_scale(rows.dtype) if scale is None else float(scale)
+        self.event_shape = tuple(rows.row_shape)
+        self.device = torch.device(device)
+        self.row_labels = labels  # of the rows (the index map selects)
+        self.labels = None if labels is None else (labels if index is None else _labels_subset(labels, index))
+        if self.labels is not None:
+            self.labels = self.labels.to(self.device)
+
+    def __len__(self) -> int:
+        return len(self.rows) if self.index is None else len(self.index)
+
+    @property
+    def where(self) -> str:
+        return self.rows.where
+
+    def _positions(self, index: np.ndarray) -> np.ndarray:
+        return index if self.index is None else self.index[index].astype(np.int64)
+
+    def stored(self, index: np.ndarray) -> torch.Tensor:
+        """The stored values at positions ``index`` (numpy int64), read in the rows' order."""
+        positions = self._positions(index)
+        if len(positions) > 1 and np.all(positions[1:] > positions[:-1]):
+            return self.rows.take(positions)
+        unique, inverse = np.unique(positions, return_inverse=True)
+        return self.rows.take(unique)[torch.from_numpy(inverse.reshape(-1))]
+
+    def _finish(self, raw: torch.Tensor) -> torch.Tensor:
+        x = as_points(raw, self.scale, self.device)
+        return (x > 0.5).float() if self.binarized == "threshold" else x
+
+    def read(self, index: torch.Tensor) -> torch.Tensor:
+        index = index.detach().cpu().numpy().astype(np.int64).reshape(-1)
+        if len(index) and (index.min() < 0 or index.max() >= len(self)):
+            raise IndexError(f"{self.where}: index out of range for {len(self)} points")
+        if self.binarized == "dynamic":  # a sweep up to the last point asked for (module docstring)
+            want = int(index.max()) + 1 if len(index) else 0
+            head = torch.cat(list(self._sweep(SWEEP_CHUNK, want))) if want else \
+                torch.empty((0, *self.event_shape), device=self.device)
+            return head.index_select(0, torch.from_numpy(index).to(self.device))
+        return self._finish(self.stored(index))
+
+    def _range(self, start: int, stop: int) -> torch.Tensor:
+        if self.index is None:
+            return self.rows.range(start, stop)
+        return self.stored(np.arange(start, stop, dtype=np.int64))
+
+    def _sweep(self, size: int, stop: Optional[int] = None) -> Iterator[torch.Tensor]:
+        stop = len(self) if stop is None else stop
+        generator = torch.Generator().manual_seed(SPLIT_SEED) if self.binarized == "dynamic" else None
+        for start in range(0, stop, size):
+            raw = self._range(start, min(start + size, stop))
+            if generator is None:
+                yield self._finish(raw)
+            else:  # drawn on the CPU, in order: one draw over the whole split
+                yield torch.bernoulli(as_points(raw, self.scale), generator=generator).to(self.device)
+
+    def chunks(self, size: int = SWEEP_CHUNK) -> Iterator[torch.Tensor]:
+        return self._sweep(size)
+
+    def plan(self, indices: Iterable[torch.Tensor], num_workers: int = 0) -> Iterator[torch.Tensor]:
+        if self.binarized == "dynamic":
+            return super().plan(indices, num_workers)
+        batches = [index.detach().cpu().numpy().astype(np.int64) for index in indices]
+        loader = torch.utils.data.DataLoader(
+            _PlanReader(self), batch_sampler=batches, collate_fn=_as_is, num_workers=num_workers,
+            pin_memory=self.device.type == "cuda", prefetch_factor=4 if num_workers else None,
+            persistent_workers=False)
+        return (self._finish(raw) for raw in loader)
+
+    def subset(self, index) -> "StreamedSplit":
+        index = np.asarray(torch.as_tensor(index).cpu().numpy(), dtype=np.int64).reshape(-1)
+        positions = self._positions(index)
+        compact = positions.astype(np.int32) if len(self.rows) < 2**31 else positions
+        return StreamedSplit(self.rows, self.row_labels, self.scale, compact, self.binarized, self.device)
+
+    def to(self, device) -> "StreamedSplit":
+        return StreamedSplit(self.rows, self.row_labels, self.scale, self.index, self.binarized, device)
+
+    def binarized_as(self, mode: str) -> "StreamedSplit":
+        return StreamedSplit(self.rows, self.row_labels, self.scale, self.index, mode, self.device)
+
+    def in_memory(self) -> InMemorySplit:
+        out = torch.empty((len(self), *self.event_shape), dtype=torch.float32, device=self.device)
+        start = 0
+        for chunk in self.chunks():
+            out[start:start + chunk.shape[0]] = chunk
+            start += chunk.shape[0]
+        return InMemorySplit(out, self.labels)
+
+
+def as_split(points, labels: Optional[torch.Tensor] = None, where: str = "data") -> Split:
+    """A split from a :class:`Split` as it is, or from a float32 tensor (in memory, as it is)."""
+    if isinstance(points, Split):
+        return points
+    if not isinstance(points, torch.Tensor):
+        raise DataError(f"{where}: expected a tensor or a pyrovae Split, got {type(points).__name__}")
+    if points.dtype != torch.float32:
+        return StreamedSplit(TensorRows(points, where), labels, device=points.device).in_memory()
+    return InMemorySplit(points, labels)
