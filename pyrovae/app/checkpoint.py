@@ -277,9 +277,12 @@ def checkpoint_problem(state: Dict[str, Any]) -> Optional[str]:
             return f"no {key!r}"
         if not ok(state[key]):
             return f"{key!r} is not what pyrovae writes"
-    if len(state["metrics"]) != state["counters"]["epoch"]:
-        return f"{len(state['metrics'])} metrics records for {state['counters']['epoch']} epochs"
-    if [r["epoch"] for r in state["metrics"]] != list(range(1, len(state["metrics"]) + 1)):
+    epochs, records = state["counters"]["epoch"], state["metrics"]
+    # one record per completed epoch, and where train.max_steps ended the next one part way, its record so far
+    partial = len(records) == epochs + 1 and state["counters"]["epoch_step"] > 0
+    if len(records) != epochs and not partial:
+        return f"{len(records)} metrics records for {epochs} epochs"
+    if [r["epoch"] for r in records] != list(range(1, len(records) + 1)):
         return "the metrics records are not one per epoch, numbered from 1"
     return None
 

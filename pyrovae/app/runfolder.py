@@ -31,6 +31,8 @@ class RunFolder(Callback):
         self.saved_epoch: Optional[int] = None
         self.writes = True
         self.fingerprint = None
+        #: whether the last metrics record is a partial epoch's (train.max_steps), to be replaced
+        self.partial_written = False
 
     def on_start(self, trainer) -> None:
         self.writes = trainer.rank == 0
@@ -49,6 +51,8 @@ class RunFolder(Callback):
                 raise RunDirError(f"{checkpoint}: malformed checkpoint: its training state does not fit the run "
                                   f"({type(e).__name__}: {one_line(str(e), 120)})") from None
             trainer.metrics = [current_record(r) for r in state["metrics"]]
+            last = trainer.metrics[-1] if trainer.metrics else None
+            self.partial_written = last is not None and last["step"] < last["epoch"] * trainer.steps_per_epoch
             self.saved_epoch = trainer.counters["epoch"]
         if self.resume and self.writes:
             # metrics.jsonl may lack the checkpoint's last epoch, or hold epochs past it or a torn
@@ -70,7 +74,11 @@ class RunFolder(Callback):
         # or a write failure between the two, --resume rebuilds metrics.jsonl from the checkpoint.
         self.save(trainer)
         if self.writes:
-            append_metrics(self.run_dir, record, self.failure_note())
+            if self.partial_written:  # the epoch's record replaces that of its first part (train.max_steps)
+                write_metrics(self.run_dir, trainer.metrics)
+            else:
+                append_metrics(self.run_dir, record, self.failure_note())
+        self.partial_written = record["step"] < record["epoch"] * trainer.steps_per_epoch
 
     def on_interrupt(self, trainer, mid_epoch: bool) -> Optional[str]:
         if mid_epoch:

@@ -112,8 +112,12 @@ class Dataset:
         return top + 1
 
     def to(self, device) -> "Dataset":
-        return Dataset(self.name, self.train_split.to(device), self.test_split.to(device), self.binarize,
-                       labeled=None if self.labeled is None else self.labeled.to(device))
+        if all(s.device == torch.device(device) for s in (self.train_split, self.test_split)):
+            return self
+        out = Dataset(self.name, self.train_split.to(device), self.test_split.to(device), self.binarize,
+                      labeled=None if self.labeled is None else self.labeled.to(device))
+        out.num_workers = self.num_workers
+        return out
 
     def train_batch(self, index: torch.Tensor, uniform: torch.Tensor = None, points: torch.Tensor = None) -> Batch:
         """The training :class:`Batch` at ``index``: points (see :meth:`train_points`), labels and their mask."""
@@ -172,6 +176,10 @@ def binarize_split(x: torch.Tensor, mode: str, seed: int = SPLIT_SEED) -> torch.
 def check_values(split: Split, where: str, binarize: str = "none") -> None:
     """The points are finite and, when they are to be binarized, in [0, 1]: checked chunk by
     chunk (a streamed split is read once), each problem one DataError line."""
+    if isinstance(split, StreamedSplit) and not split.rows.dtype.is_floating_point and split.binarized == "none":
+        low, high = _integer_range(split.rows.dtype)  # the stored type bounds the values: nothing to read
+        if binarize == "none" or (split.scale * low >= 0 and split.scale * high <= 1):
+            return
     floating = not isinstance(split, StreamedSplit) or split.rows.dtype.is_floating_point
     for chunk in split.chunks():
         if floating and not bool(torch.isfinite(chunk).all()):
@@ -179,6 +187,13 @@ def check_values(split: Split, where: str, binarize: str = "none") -> None:
         if binarize != "none" and bool(((chunk < 0) | (chunk > 1)).any()):
             raise DataError(f"data.binarize = {shown(binarize)}: {where} has values outside [0, 1]; rescale them "
                             "or use 'none'")
+
+
+def _integer_range(dtype: torch.dtype):
+    if dtype == torch.bool:
+        return 0, 1
+    info = torch.iinfo(dtype)
+    return info.min, info.max
 
 
 def holdout_split(x, test_fraction: float, where: str, y: Optional[torch.Tensor] = None):

@@ -24,6 +24,7 @@ folders need the optional extra ``pip install "pyrovae[formats]"`` (h5py, zarr, 
 import csv
 import importlib
 import math
+import warnings
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -216,7 +217,10 @@ def _rows(array, where: str) -> Rows:
     if isinstance(array, Rows):
         return array
     if isinstance(array, torch.Tensor) and array.layout in (torch.sparse_coo, torch.sparse_csr) and array.dim() == 2:
-        csr = array.detach().to_sparse_csr()
+        with warnings.catch_warnings():  # "sparse CSR tensor support is in beta state"
+            warnings.simplefilter("ignore", UserWarning)
+            csr = array.detach().coalesce().to_sparse_csr() if array.layout == torch.sparse_coo \
+                else array.detach()
         return CsrRows(csr.values().numpy(), csr.col_indices().numpy(), csr.crow_indices().numpy(), csr.shape, where)
     if hasattr(array, "shape") and hasattr(array, "dtype") and not isinstance(array, (np.ndarray, torch.Tensor)):
         if np.dtype(array.dtype).kind not in "biuf":

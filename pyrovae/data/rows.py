@@ -11,6 +11,8 @@ the file, which is what disks, page caches and chunked formats are fast at, and 
 the rows back in the batch's order.
 """
 
+import math
+import mmap
 import os
 from typing import Optional, Sequence
 
@@ -91,9 +93,10 @@ class TensorRows(Rows):
 
 
 class NpyRows(Rows):
-    """The rows of a ``.npy`` file, read with ``pread`` at their offsets: consecutive indices in
-    one read, nothing mapped (mapped pages that were read stay resident and grow with the file).
-    The file is opened once per process (DataLoader workers open their own)."""
+    """The rows of a ``.npy`` file, read from a read-only memory map by index (numpy copies the
+    rows in C). Pages a read touched are handed back to the kernel (``madvise(MADV_DONTNEED)``)
+    once :data:`MAPPED_BYTES_KEPT` of them accumulate: they stay in the page cache, but not in
+    the process's resident memory, which stays flat however large the file is."""
 
     def __init__(self, path, where: str):
         self.path, self.where = str(path), where
@@ -104,62 +107,55 @@ class NpyRows(Rows):
                     raise ValueError(f"format version {version} (structured arrays): a data file holds numbers")
                 read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                                else np.lib.format.read_array_header_2_0)
-                header = read_header(f, max_header_size=1 << 20)
+                shape, fortran, dtype = read_header(f, max_header_size=1 << 20)
             except (ValueError, OSError, SyntaxError) as e:
                 raise DataError(f"{where}: not a .npy file ({one_line(str(e), 120)})") from None
-            shape, fortran, dtype = header
             self.offset = f.tell()
         if dtype.hasobject:
             raise DataError(f"{where}: holds Python objects (dtype {dtype}); a data file holds numbers")
         self.dtype = torch_dtype(dtype, where)
-        self.stored, self.fortran = dtype, fortran
-        shape = _checked_shape(shape, where)
-        self.n, self.row_shape = shape[0], shape[1:]
-        self.row_bytes = int(np.prod(self.row_shape)) * dtype.itemsize
+        self.stored, self.fortran, self.shape = dtype, fortran, _checked_shape(shape, where)
+        self.n, self.row_shape = self.shape[0], self.shape[1:]
+        need = self.offset + math.prod(self.shape) * dtype.itemsize
         size = os.path.getsize(self.path)
-        if size < self.offset + self.n * self.row_bytes:
-            raise DataError(f"{where}: truncated: its header promises {self.n} rows of {self.row_bytes} bytes, "
+        if size < need:
+            raise DataError(f"{where}: truncated: its header promises {self.shape} values of {dtype.itemsize} bytes, "
                             f"the file holds {size - self.offset} bytes of data")
-        self._fd, self._pid = None, None
-        self._mapped = np.load(self.path, mmap_mode="r") if fortran else None  # column-major: read by numpy
+        self._map, self._array, self._touched = None, None, 0
 
-    def __getstate__(self):
-        return {**self.__dict__, "_fd": None, "_pid": None}
+    def __getstate__(self):  # a DataLoader worker started by spawn maps the file itself
+        return {**self.__dict__, "_map": None, "_array": None, "_touched": 0}
 
     def __len__(self) -> int:
         return self.n
 
-    def _file(self) -> int:
-        if self._fd is None or self._pid != os.getpid():
-            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
-        return self._fd
+    def _mapped(self) -> np.ndarray:
+        if self._array is None:
+            with open(self.path, "rb") as f:
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            count = math.prod(self.shape)
+            flat = np.frombuffer(self._map, dtype=self.stored, count=count, offset=self.offset)
+            self._array = flat.reshape(self.shape, order="F" if self.fortran else "C")
+        return self._array
 
-    def _read(self, start: int, count: int) -> bytes:
-        want = count * self.row_bytes
-        data = os.pread(self._file(), want, self.offset + start * self.row_bytes)
-        if len(data) != want:
-            raise DataError(f"{self.where}: the file shrank while it was read (rows {start}..{start + count - 1})")
-        return data
-
-    def _rows(self, data: bytes, count: int) -> torch.Tensor:
-        array = np.frombuffer(data, dtype=self.stored).reshape(count, *self.row_shape)
-        if not self.stored.isnative:  # e.g. big-endian '>f4' from another machine: converted, not refused
-            array = array.astype(self.stored.newbyteorder("="))
-        return torch.from_numpy(array.copy() if not array.flags.writeable else array)
+    def _native(self, values: np.ndarray, rows: int) -> torch.Tensor:
+        self._touched += rows * math.prod(self.row_shape) * self.stored.itemsize
+        if self._touched > MAPPED_BYTES_KEPT and hasattr(self._map, "madvise"):
+            self._map.madvise(mmap.MADV_DONTNEED)  # clean file pages: dropped from this process, kept cached
+            self._touched = 0
+        if not values.dtype.isnative:  # e.g. big-endian '>f4' from another machine: converted, not refused
+            values = values.astype(values.dtype.newbyteorder("="))
+        return torch.from_numpy(np.ascontiguousarray(values))
 
     def take(self, index: np.ndarray) -> torch.Tensor:
-        if self._mapped is not None:
-            return torch.from_numpy(np.ascontiguousarray(self._mapped[index]).astype(self.stored.newbyteorder("=")))
-        if len(index) == 0:
-            return torch.empty((0, *self.row_shape), dtype=self.dtype)
-        breaks = np.flatnonzero(np.diff(index) != 1) + 1  # runs of consecutive rows: one read each
-        data = b"".join(self._read(int(run[0]), len(run)) for run in np.split(index, breaks))
-        return self._rows(data, len(index))
+        return self._native(self._mapped()[index], len(index))  # a copy: nothing keeps the pages
 
     def range(self, start: int, stop: int) -> torch.Tensor:
-        if self._mapped is not None:
-            return self.take(np.arange(start, stop, dtype=np.int64))
-        return self._rows(self._read(start, stop - start), stop - start)
+        return self._native(np.array(self._mapped()[start:stop]), stop - start)
+
+
+#: bytes of a mapped file a reader may have touched before it hands the pages back
+MAPPED_BYTES_KEPT = 32 << 20
 
 
 class ArrayRows(Rows):

@@ -52,6 +52,9 @@ class TrainConfig:
 
     #: passes over the training split.
     epochs: int = 50
+    #: stop after this many steps in all (0: no limit), mid-epoch if need be, with a checkpoint, the
+    #: evaluation and the figures as at the end of an epoch; --resume with a larger value continues.
+    max_steps: int = 0
     #: the minibatch size M (the global one when data-parallel).
     batch_size: int = 100
     #: aevb (the VAE's SVI, Kingma & Welling 2014), wake_sleep (Hinton et al. 1995; same model and encoder) or
@@ -95,6 +98,7 @@ class TrainConfig:
 
     def check(self):
         check_at_least("train.epochs", self.epochs, 1)
+        check_at_least("train.max_steps", self.max_steps, 0)
         check_at_least("train.batch_size", self.batch_size, 1)
         ALGORITHMS.split(self.algorithm, "train.algorithm")
         check_choice("train.estimator", self.estimator, estimator_names(), UnknownNameError)
@@ -329,7 +333,8 @@ class Trainer:
         try:
             for callback in self.callbacks:
                 callback.on_start(self)
-            bar = tqdm(total=cfg.epochs * self.steps_per_epoch, unit="step", file=sys.stderr,
+            total = cfg.epochs * self.steps_per_epoch
+            bar = tqdm(total=min(total, cfg.max_steps) if cfg.max_steps else total, unit="step", file=sys.stderr,
                        disable=not cfg.progress or self.rank != 0,
                        initial=self.counters["epoch"] * self.steps_per_epoch + self.counters["epoch_step"],
                        dynamic_ncols=True)
@@ -339,7 +344,7 @@ class Trainer:
             with validation(self.algorithm):
                 try:
                     last_good = copy.deepcopy(self.state())
-                    while self.counters["epoch"] < cfg.epochs:
+                    while self.counters["epoch"] < cfg.epochs and not self.out_of_steps():
                         try:
                             self.epoch(self.counters["epoch"] + 1, bar)
                             last_good = copy.deepcopy(self.state())
@@ -366,6 +371,11 @@ class Trainer:
         finally:
             for callback in self.callbacks:
                 callback.on_close(self)
+
+    def out_of_steps(self, step: Optional[int] = None) -> bool:
+        """Whether ``train.max_steps`` steps are done (at ``step``, default the run's)."""
+        done = self.counters["step"] + self.counters["epoch_step"] if step is None else step
+        return bool(self.cfg.max_steps) and done >= self.cfg.max_steps
 
     def roll_back(self, error: NonFinite, last_good: Dict[str, Any], bar) -> None:
         """Restore the last completed epoch with a smaller learning rate, or give up."""
@@ -396,6 +406,11 @@ class Trainer:
         points = self.data.train_split.plan([step.index[shard] for step in batches[c["epoch_step"]:]],
                                             self.data.num_workers)
         for i in range(c["epoch_step"], len(batches)):
+            if self.out_of_steps(c["step"] + i):  # the step budget ends mid-epoch
+                c.update(epoch_step=i, epoch_loss=total.item(), epoch_elbo=total_elbo.item(),
+                         epoch_seconds=time.perf_counter() - start)
+                self.end_partial_epoch(epoch, batches[:i], total, total_elbo)
+                return
             signal_number = self.poll()
             if signal_number:
                 c.update(epoch_step=i, epoch_loss=total.item(), epoch_elbo=total_elbo.item(),
@@ -437,15 +452,40 @@ class Trainer:
                   "beta": self.beta, "test_elbo": None, "test_reconstruction": None, "test_kl": None,
                   "active_units": None, "test_accuracy": None, "train_seconds": seconds,
                   "images_per_second": n / seconds}
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs or self.out_of_steps():
             self.evaluate(record)
             bar.set_postfix(epoch=epoch, elbo=f"{record['train_elbo']:.2f}", test_elbo=f"{record['test_elbo']:.2f}")
-        self.metrics.append(record)
+        # the epoch's record replaces the record of its first part, where a step budget ended it before
+        self.metrics = [r for r in self.metrics if r["epoch"] != epoch] + [record]
         for callback in self.callbacks:  # the run folder saves its checkpoint here, then the metrics line
             callback.on_epoch_end(self, record)
-        signal_number = self.poll() if epoch < cfg.epochs else None
+        signal_number = self.poll() if epoch < cfg.epochs and not self.out_of_steps() else None
         if signal_number:
             self.stop(signal_number, f"after epoch {epoch}", mid_epoch=False)
+
+    def end_partial_epoch(self, epoch: int, done: List, total, total_elbo) -> None:
+        """The step budget ran out after the steps ``done`` of ``epoch``: its record so far (the
+        ELBO over the points those steps drew, ``step`` short of the epoch's end), evaluated, and
+        the callbacks' ``on_epoch_end`` (the run folder's checkpoint holds the step reached, as at
+        an interruption; a resumed run goes on from there and the epoch's whole record replaces this one)."""
+        c = self.counters
+        if self.world > 1:
+            sums = torch.stack([total, total_elbo])
+            dist.all_reduce(sums)
+            total, total_elbo = sums[0], sums[1]
+        seen = sum(step.size for step in done)
+        per_point = -1 / max(self.weighted_n * seen / self.n, 1e-30)
+        seconds = c["epoch_seconds"]
+        record = {"epoch": epoch, "step": c["step"] + len(done), "samples_seen": c["samples_seen"] + seen,
+                  "train_elbo": total_elbo.item() * per_point if seen else None,
+                  "train_objective": total.item() * per_point if seen else None, "beta": self.beta,
+                  "test_elbo": None, "test_reconstruction": None, "test_kl": None, "active_units": None,
+                  "test_accuracy": None, "train_seconds": seconds,
+                  "images_per_second": seen / seconds if seconds else None}
+        self.evaluate(record)
+        self.metrics = [r for r in self.metrics if r["epoch"] != epoch] + [record]
+        for callback in self.callbacks:
+            callback.on_epoch_end(self, record)
 
     def minibatch(self, index: torch.Tensor, weight: Optional[torch.Tensor] = None,
                   points: Optional[torch.Tensor] = None):
@@ -507,10 +547,18 @@ def check_data(model, data: Dataset, batch_size: int) -> None:
         raise ConfigError(f"data points have shape {data.event_shape} but the model expects {model.event_shape}")
     if batch_size > data.num_train:
         raise ConfigError(f"train.batch_size = {batch_size}: larger than the training split ({data.num_train} points)")
-    for chunk in data.train_split.chunks():  # chunk by chunk: a streamed split is read once, never held
-        model.check_data(binarize_split(chunk, data.binarize), f"data {data.name!r} (train split)")
-    for chunk in data.test_split.chunks():
-        model.check_data(chunk, f"data {data.name!r} (test split)")
+    if getattr(data, "checked_for", None) is not model:  # pyrovae.train checks before fit does: once
+        # chunk by chunk (a streamed split is read once, never held); binarized points are 0 or 1, however drawn
+        # (binarized points are 0 or 1 everywhere: one chunk shows whether the likelihood takes them)
+        binarized = "threshold" if data.binarize != "none" else "none"
+        for i, chunk in enumerate(data.train_split.chunks()):
+            if binarized == "none" or i == 0:
+                model.check_data(binarize_split(chunk, binarized), f"data {data.name!r} (train split)")
+            else:
+                break
+        for chunk in data.test_split.chunks():
+            model.check_data(chunk, f"data {data.name!r} (test split)")
+        data.checked_for = model
     model.dry_run(data.test_head(2), data.num_train)
 
 
