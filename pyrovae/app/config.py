@@ -33,23 +33,24 @@ class DataConfig:
     """``[data]``: which data set, where it is, how it is binarized. Any other key is an option of
     the data set's source (one registered in a plugin), checked against its signature."""
 
-    #: digits (scikit-learn's bundled 8x8 digits), mnist, frey_face, file (.npy, .npz, .pt), or a
-    #: source a plugin registers (pyrovae.DATASETS).
+    #: digits (scikit-learn's bundled 8x8 digits), mnist, fashion_mnist, kmnist, cifar10, svhn, celeba
+    #: (torchvision's), frey_face, file (a file or folder: .npy, .npz, .pt, .h5, .hdf5, .h5ad, .zarr, .csv,
+    #: images), or a source a plugin registers (pyrovae.DATASETS).
     name: str = "digits"
-    #: mnist: torchvision's root folder; frey_face: the .mat file or its folder; file: the file.
+    #: torchvision's sets: their root folder; frey_face: the .mat file or its folder; file: the file or folder.
     path: Optional[str] = None
     #: dynamic, threshold or none; unset: dynamic for digits and mnist, none otherwise.
     binarize: Optional[str] = None
     #: share of the points held out for the test ELBO where the data set has no test split.
     test_fraction: float = 0.1
-    #: mnist and frey_face: download into path when missing.
+    #: torchvision's sets and frey_face: download into path when missing.
     download: bool = True
     #: keep this many training labels (balanced per class, a fixed choice) and mask the rest, for
     #: semi-supervised families; unset: every label.
     labeled: Optional[int] = None
-    #: file: the points' array in an .npz or .pt file that holds several.
+    #: file: the points' array in a file that holds several (.npz, .pt, HDF5, zarr; .h5ad: a layer, default X).
     key: Optional[str] = None
-    #: file: the labels' array in an .npz or .pt file (default: y, where the file has it).
+    #: file: the labels' array (default: y, where the file has it); .h5ad: an obs column; .csv: a header's column.
     label_key: Optional[str] = None
     #: file: what the values are multiplied by; unset: 1/255 for uint8 arrays (pixels 0..255 to [0, 1]), else 1.
     scale: Optional[float] = None

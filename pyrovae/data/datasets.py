@@ -25,21 +25,30 @@ fixed permutation (the same for every run).
 """
 
 import inspect
+from pathlib import Path
 from typing import Optional
 
 import torch
 
 from pyrovae.data.batch import Batch
-from pyrovae.data.formats import _numeric_tensor, load_file
+from pyrovae.data.formats import ImageRows, _numeric_tensor, load_file
 from pyrovae.data.rows import DatasetRows, TensorRows
-from pyrovae.data.sources import load_digits, load_frey_face, load_mnist
+from pyrovae.data.sources import (
+    celeba_files,
+    load_cifar10,
+    load_digits,
+    load_frey_face,
+    load_mnist,
+    load_mnist_layout,
+    load_svhn,
+)
 from pyrovae.data.splits import SPLIT_SEED, InMemorySplit, Split, StreamedSplit, as_split
 from pyrovae.devices import available_bytes, format_bytes
 from pyrovae.errors import ConfigError, DataError, PyrovaeError, one_line, shown
 from pyrovae.registry import Registry
 
 BINARIZE = ("dynamic", "threshold", "none")
-DEFAULT_BINARIZE = {"digits": "dynamic", "mnist": "dynamic", "frey_face": "none", "file": "none"}
+DEFAULT_BINARIZE = {"digits": "dynamic", "mnist": "dynamic", "fashion_mnist": "dynamic", "kmnist": "dynamic"}
 
 
 class Dataset:
@@ -336,6 +345,42 @@ def mnist(path: str = "data", download: bool = True):
     """MNIST through torchvision (``path``: its root folder), 60000 / 10000, with labels."""
     return (torch.utils.data.TensorDataset(*load_mnist(path, True, download)),
             torch.utils.data.TensorDataset(*load_mnist(path, False, download)))
+
+
+@DATASETS.register("fashion_mnist")
+def fashion_mnist(path: str = "data", download: bool = True):
+    """Fashion-MNIST through torchvision (``path``: its root folder), 60000 / 10000 28x28 uint8, with labels."""
+    return tuple(torch.utils.data.TensorDataset(*load_mnist_layout("FashionMNIST", path, train, download))
+                 for train in (True, False))
+
+
+@DATASETS.register("kmnist")
+def kmnist(path: str = "data", download: bool = True):
+    """Kuzushiji-MNIST through torchvision (``path``: its root folder), 60000 / 10000, with labels."""
+    return tuple(torch.utils.data.TensorDataset(*load_mnist_layout("KMNIST", path, train, download))
+                 for train in (True, False))
+
+
+@DATASETS.register("cifar10")
+def cifar10(path: str = "data", download: bool = True):
+    """CIFAR-10 in torchvision's folder (``path``: its root), 50000 / 10000 3x32x32 uint8, with labels."""
+    return tuple(torch.utils.data.TensorDataset(*load_cifar10(path, train, download)) for train in (True, False))
+
+
+@DATASETS.register("svhn")
+def svhn(path: str = "data", download: bool = True):
+    """SVHN's cropped digits (``path``: torchvision's root), 73257 / 26032 3x32x32 uint8, with labels."""
+    return tuple(torch.utils.data.TensorDataset(*load_svhn(path, train, download)) for train in (True, False))
+
+
+@DATASETS.register("celeba")
+def celeba(path: str = "data", download: bool = True):
+    """CelebA's aligned faces in torchvision's layout (``path``: its root), its train and test
+    partitions as 3x218x178 uint8 images, decoded a batch at a time (streamed unless they fit)."""
+    where = f"data.path = {shown(path)}"
+    root = Path(path) / "celeba" / "img_align_celeba"
+    return tuple(StreamedSplit(ImageRows(celeba_files(path, train, download), where, root))
+                 for train in (True, False))
 
 
 @DATASETS.register("frey_face")

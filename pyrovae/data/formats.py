@@ -330,8 +330,8 @@ class ImageRows(Rows):
     """The images of a folder, one file per point, decoded when read (Pillow): grey images as
     ``(1, H, W)``, colour ones as ``(3, H, W)``, uint8 (so times 1/255 by default)."""
 
-    def __init__(self, files, where: str):
-        self.files, self.where = list(files), where
+    def __init__(self, files, where: str, root: Path):
+        self.files, self.where, self.root = list(files), where, root
         self.pil = _optional("PIL.Image", where, "image folders")
         first = self._image(0)
         self.row_shape, self.dtype = tuple(first.shape), torch.uint8
@@ -354,17 +354,20 @@ class ImageRows(Rows):
                 mode = "L" if image.mode in ("1", "L", "I", "I;16", "F", "LA") else "RGB"
                 array = np.asarray(image.convert(mode))
         except (OSError, ValueError, SyntaxError) as e:
-            raise DataError(f"data.path: {shown(str(path))}: not a readable image ({one_line(str(e), 100)})") from None
+            raise DataError(f"{self.where}: {self._name(i)} is not a readable image ({type(e).__name__})") from None
         array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-        return torch.from_numpy(np.ascontiguousarray(array))
+        return torch.from_numpy(np.array(array, copy=True, order="C"))
+
+    def _name(self, i: int) -> str:
+        return str(Path(self.files[i]).relative_to(self.root))
 
     def take(self, index: np.ndarray) -> torch.Tensor:
         images = []
         for i in index.tolist():
             image = self._image(i)
             if tuple(image.shape) != self.row_shape:
-                raise DataError(f"data.path: {shown(str(self.files[i]))} is {tuple(image.shape)} (channels, height, "
-                                f"width), the first image {self.row_shape}; every image must have one size")
+                raise DataError(f"{self.where}: {self._name(i)} is {tuple(image.shape)} (channels, height, width), "
+                                f"the first image {self.row_shape}; every image must have one size and colour mode")
             images.append(image)
         return torch.stack(images) if images else torch.empty((0, *self.row_shape), dtype=torch.uint8)
 
@@ -383,8 +386,8 @@ def image_folder(folder: Path, where: str):
             labels += [number] * len(found)
         if not files:
             raise DataError(f"{where}: no PNG or JPEG images in its class folders")
-        return ImageRows(files, where), np.asarray(labels, dtype=np.int64)
+        return ImageRows(files, where, folder), np.asarray(labels, dtype=np.int64)
     files = images(folder)
     if not files:
         raise DataError(f"{where}: a folder without PNG or JPEG images (or class folders of them)")
-    return ImageRows(files, where), None
+    return ImageRows(files, where, folder), None

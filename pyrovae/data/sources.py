@@ -1,6 +1,7 @@
 """Where data sets come from: readers of each source into arrays and tensors, checked."""
 
 import os
+import pickle
 import urllib.request
 from pathlib import Path
 
@@ -20,19 +21,139 @@ def load_digits():
     return torch.from_numpy(digits.images).float().div_(16.0).unsqueeze(1), torch.from_numpy(digits.target).long()
 
 
-def load_mnist(root: str, train: bool, download: bool = True):
-    """MNIST through torchvision: ``(N, 1, 28, 28)`` grey levels in [0, 1] and their labels 0..9."""
-    from torchvision.datasets import MNIST
+def _mnist_like(kind: str, root: str, train: bool, download: bool):
+    """One of torchvision's MNIST-layout sets (MNIST, FashionMNIST, KMNIST), or one line saying
+    where it is looked for."""
+    import torchvision.datasets
 
     try:
-        mnist = MNIST(root, train=train, download=download)
+        return getattr(torchvision.datasets, kind)(root, train=train, download=download)
     except (RuntimeError, OSError) as e:
         hint = "" if download else " (data.download = false)"
-        raise DataError(f"data.path = {shown(root)}: MNIST not found or not downloadable{hint}: "
+        raise DataError(f"data.path = {shown(root)}: {kind} not found or not downloadable{hint}: "
                         f"{one_line(str(e), 160) if str(e) else type(e).__name__}; torchvision expects "
-                        f"{os.path.join(root, 'MNIST', 'raw')}/*-ubyte (with data.download = true the .gz "
+                        f"{os.path.join(root, kind, 'raw')}/*-ubyte (with data.download = true the .gz "
                         "files there are enough: it checks and extracts them)") from None
+
+
+def load_mnist(root: str, train: bool, download: bool = True):
+    """MNIST through torchvision: ``(N, 1, 28, 28)`` grey levels in [0, 1] and their labels 0..9."""
+    mnist = _mnist_like("MNIST", root, train, download)
     return mnist.data.float().div_(255.0).unsqueeze(1), mnist.targets.long()
+
+
+def load_mnist_layout(kind: str, root: str, train: bool, download: bool = True):
+    """FashionMNIST or KMNIST through torchvision: ``(N, 1, 28, 28)`` uint8 pixels (stored as
+    they are; times 1/255 when read) and their labels 0..9."""
+    images = _mnist_like(kind, root, train, download)
+    return images.data.unsqueeze(1), images.targets.long()
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only (CIFAR's batches): any other global is refused."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"the data file needs the Python object {module}.{name}")
+        return super().find_class(module, name)
+
+
+CIFAR10_FOLDER = "cifar-10-batches-py"
+
+
+def load_cifar10(root: str, train: bool, download: bool = True):
+    """CIFAR-10 from torchvision's folder ``root/cifar-10-batches-py`` (downloaded there by
+    torchvision if missing and ``download``): ``(N, 3, 32, 32)`` uint8 and labels 0..9. Its
+    batches are pickles, read by an unpickler that builds arrays and nothing else."""
+    folder = Path(root) / CIFAR10_FOLDER
+    names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+    if not all((folder / n).exists() for n in names):
+        if not download:
+            raise DataError(f"data.path = {shown(root)}: CIFAR-10 not found: expected {folder}/"
+                            f"{'data_batch_1..5' if train else 'test_batch'} (data.download = false)")
+        import torchvision.datasets
+
+        try:
+            torchvision.datasets.CIFAR10(root, train=train, download=True)
+        except (RuntimeError, OSError) as e:
+            raise DataError(f"data.path = {shown(root)}: CIFAR-10 not found and not downloadable "
+                            f"({one_line(str(e), 120) or type(e).__name__}); put {CIFAR10_FOLDER} there") from None
+    xs, ys = [], []
+    for name in names:
+        try:
+            with open(folder / name, "rb") as f:
+                batch = _ArrayUnpickler(f, encoding="latin1").load()
+            x = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            y = np.asarray(batch.get("labels", batch.get("fine_labels")), dtype=np.int64)
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError) as e:
+            raise DataError(f"data.path = {shown(root)}: {folder / name} is not a CIFAR-10 batch "
+                            f"({one_line(str(e), 120)})") from None
+        xs.append(x)
+        ys.append(y)
+    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+
+def load_svhn(root: str, train: bool, download: bool = True):
+    """SVHN's cropped digits from ``root/{train,test}_32x32.mat`` (downloaded there by torchvision
+    if missing and ``download``): ``(N, 3, 32, 32)`` uint8 and labels 0..9 (the files' 10 is 0)."""
+    from scipy.io import loadmat
+
+    file = Path(root) / ("train_32x32.mat" if train else "test_32x32.mat")
+    if not file.exists():
+        if not download:
+            raise DataError(f"data.path = {shown(root)}: SVHN not found: expected {file} (data.download = false)")
+        import torchvision.datasets
+
+        try:
+            torchvision.datasets.SVHN(root, split="train" if train else "test", download=True)
+        except (RuntimeError, OSError) as e:
+            raise DataError(f"data.path = {shown(root)}: SVHN not found and not downloadable "
+                            f"({one_line(str(e), 120) or type(e).__name__}); put {file.name} there") from None
+    try:
+        mat = loadmat(file)
+        x = np.ascontiguousarray(np.asarray(mat["X"], dtype=np.uint8).transpose(3, 2, 0, 1))
+        y = np.asarray(mat["y"], dtype=np.int64).reshape(-1) % 10
+    except Exception as e:  # scipy raises several types for a foreign or truncated file
+        raise DataError(f"data.path = {shown(root)}: {file.name} is not SVHN's .mat file with X and y "
+                        f"({type(e).__name__})") from None
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def celeba_files(root: str, train: bool, download: bool = True):
+    """CelebA's aligned faces in torchvision's layout, ``root/celeba/img_align_celeba/*.jpg`` and
+    ``list_eval_partition.txt`` (0 train, 1 valid, 2 test): the image files of a split."""
+    folder = Path(root) / "celeba"
+    partition = folder / "list_eval_partition.txt"
+    if not partition.exists():
+        if not download:
+            raise DataError(f"data.path = {shown(root)}: CelebA not found: expected {partition} and "
+                            f"{folder / 'img_align_celeba'} (data.download = false)")
+        import torchvision.datasets
+
+        try:
+            torchvision.datasets.CelebA(root, split="all", download=True)
+        except (RuntimeError, OSError, ImportError) as e:
+            raise DataError(f"data.path = {shown(root)}: CelebA not found and not downloadable "
+                            f"({one_line(str(e), 120) or type(e).__name__}); put torchvision's celeba folder "
+                            "there") from None
+    wanted = "0" if train else "2"
+    files = []
+    for number, line in enumerate(partition.read_text().splitlines()):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise DataError(f"data.path = {shown(root)}: {partition.name} line {number + 1}: expected 'FILE SPLIT'")
+        if fields[1] == wanted:
+            files.append(folder / "img_align_celeba" / fields[0])
+    missing = next((f for f in files if not f.exists()), None)
+    if missing is not None:
+        raise DataError(f"data.path = {shown(root)}: {missing.name}, listed in {partition.name}, is missing")
+    return files
 
 
 def load_frey_face(path: str, download: bool = True) -> torch.Tensor:

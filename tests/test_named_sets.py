@@ -1,0 +1,113 @@
+"""torchvision's data sets by name (fashion_mnist, kmnist, cifar10, svhn, celeba), read from fake
+files in torchvision's layout (no network), and refused in one line when absent."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import pyrovae
+from pyrovae.app.cli import main
+from pyrovae.errors import DataError
+
+
+def write_idx(path, array: np.ndarray):
+    """An IDX file as MNIST's raw files are (big-endian dims; 0x08 = unsigned byte)."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def fake_mnist_layout(root, kind, n_train=40, n_test=10):
+    raw = root / kind / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+
+
+def fake_cifar10(root, per_batch=8):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 "labels": list(range(per_batch))}
+        (folder / name).write_bytes(pickle.dumps(batch))
+
+
+def fake_svhn(root, n=20):
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("train_32x32.mat", "test_32x32.mat"):
+        savemat(root / name, {"X": rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8),
+                              "y": (np.arange(n) % 10 + 1).reshape(-1, 1)})
+
+
+def fake_celeba(root, n=12):
+    image = pytest.importorskip("PIL.Image")
+    folder = root / "celeba" / "img_align_celeba"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(n):
+        name = f"{i + 1:06d}.jpg"
+        image.fromarray(rng.integers(0, 256, (218, 178, 3), dtype=np.uint8), mode="RGB").save(folder / name)
+        lines.append(f"{name} {0 if i < 8 else 1 if i < 10 else 2}")
+    (root / "celeba" / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("name, kind", [("fashion_mnist", "FashionMNIST"), ("kmnist", "KMNIST")])
+def test_mnist_layout_sets_by_name(tmp_path, name, kind):
+    fake_mnist_layout(tmp_path, kind)
+    data = pyrovae.load_dataset(name, str(tmp_path), download=False)
+    assert data.event_shape == (1, 28, 28) and (len(data.train), len(data.test)) == (40, 10)
+    assert data.num_classes == 10 and data.binarize == "dynamic"
+    raw = np.frombuffer((tmp_path / kind / "raw" / "train-images-idx3-ubyte").read_bytes()[16:], np.uint8)
+    expected = torch.from_numpy(raw.reshape(40, 1, 28, 28).astype(np.float32)) * (1 / 255)
+    streamed = pyrovae.load_dataset(name, str(tmp_path), download=False, binarize="none", in_memory=False)
+    assert torch.equal(streamed.train[:], expected)  # uint8 pixels times 1/255
+
+
+def test_cifar10_svhn_and_celeba_by_name(tmp_path, capsys):
+    fake_cifar10(tmp_path / "c")
+    cifar = pyrovae.load_dataset("cifar10", str(tmp_path / "c"), download=False)
+    assert cifar.event_shape == (3, 32, 32) and (len(cifar.train), len(cifar.test)) == (40, 8)
+    assert cifar.binarize == "none" and cifar.train_y.tolist()[:3] == [0, 1, 2]
+    fake_svhn(tmp_path / "s")
+    svhn = pyrovae.load_dataset("svhn", str(tmp_path / "s"), download=False)
+    assert svhn.event_shape == (3, 32, 32) and svhn.train_y.tolist()[:10] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 0]
+    fake_celeba(tmp_path / "f")
+    faces = pyrovae.load_dataset("celeba", str(tmp_path / "f"), download=False, in_memory=False)
+    assert faces.streamed and faces.event_shape == (3, 218, 178) and (len(faces.train), len(faces.test)) == (8, 2)
+    code = main(["train", "--set", "data.name=cifar10", "--set", f"data.path={tmp_path / 'c'}", "--set",
+                 "data.download=false", "--set", "model.likelihood=continuous_bernoulli", "--set",
+                 "train.batch_size=8", "--set", "train.epochs=1", "--set", "model.encoder.hidden=[8]", "--set",
+                 "model.decoder.hidden=[8]", "--out", str(tmp_path / "run"), "-q"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text())["test_elbo"] is not None
+
+
+def test_a_cifar_batch_that_needs_code_is_refused(tmp_path):
+    fake_cifar10(tmp_path)
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(pickle.dumps({"data": Payload()}))
+    with pytest.raises(DataError, match="data_batch_3 is not a CIFAR-10 batch .*builtins.print"):
+        pyrovae.load_dataset("cifar10", str(tmp_path), download=False)
+
+
+@pytest.mark.parametrize("name, expected", [("fashion_mnist", "FashionMNIST not found"),
+                                            ("kmnist", "KMNIST not found"), ("cifar10", "CIFAR-10 not found"),
+                                            ("svhn", "SVHN not found"), ("celeba", "CelebA not found")])
+def test_absent_named_sets_are_one_line(tmp_path, name, expected):
+    with pytest.raises(DataError, match=expected) as info:
+        pyrovae.load_dataset(name, str(tmp_path), download=False)
+    assert "\n" not in str(info.value) and "data.download = false" in str(info.value)
