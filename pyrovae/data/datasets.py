@@ -25,6 +25,7 @@ fixed permutation (the same for every run).
 """
 
 import inspect
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -263,10 +264,13 @@ def placed(data: Dataset, in_memory="auto", device="cpu", where: str = "data") -
     """The data set on ``device``, each streamed split read into memory there or left streamed:
     ``in_memory = True`` reads them (refused in one line if their float32 points do not fit the
     memory the process may still use, the cgroup's limit included), ``False`` streams them,
-    ``"auto"`` reads them when they take at most :data:`IN_MEMORY_SHARE` of that memory."""
+    ``"auto"`` reads them when they take at most :data:`IN_MEMORY_SHARE` of that memory (on the
+    CPU, of its share among the ``LOCAL_WORLD_SIZE`` processes torchrun started on the machine)."""
     if in_memory not in IN_MEMORY:
         raise DataError(f"data.in_memory = {shown(in_memory)}: valid: \"auto\", true, false")
     need, room = _streamed_bytes(data), available_bytes(device)
+    if torch.device(device).type == "cpu":  # torchrun's processes on a machine share its memory
+        room //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     if in_memory is True and need > room:
         shape = tuple(data.train_split.shape)
         raise DataError(f"{where}: {len(data.train_split) + len(data.test_split)} points of shape {shape[1:]} need "

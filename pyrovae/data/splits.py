@@ -201,6 +201,24 @@ def _as_is(batch):
     return batch
 
 
+class _PlanSampler:
+    """The batch sampler of a streamed split's DataLoader: the minibatches it was last given (an
+    epoch's plan, this rank's shard), so that one loader, and its workers, serve every epoch."""
+
+    def __init__(self):
+        self.batches = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+#: minibatches each DataLoader worker reads ahead
+PREFETCH = 4
+
+
 class StreamedSplit(Split):
     """A split read from stored :class:`~pyrovae.data.rows.Rows` a batch at a time.
 
@@ -220,6 +238,7 @@ class StreamedSplit(Split):
         self.event_shape = tuple(rows.row_shape)
         self.device = torch.device(device)
         self.row_labels = labels  # of the rows (the index map selects)
+        self._loaders = {}
         self.labels = None if labels is None else (labels if index is None else _labels_subset(labels, index))
         if self.labels is not None:
             self.labels = self.labels.to(self.device)
@@ -278,12 +297,19 @@ class StreamedSplit(Split):
     def plan(self, indices: Iterable[torch.Tensor], num_workers: int = 0) -> Iterator[torch.Tensor]:
         if self.binarized == "dynamic":
             return super().plan(indices, num_workers)
-        batches = [index.detach().cpu().numpy().astype(np.int64) for index in indices]
-        loader = torch.utils.data.DataLoader(
-            _PlanReader(self), batch_sampler=batches, collate_fn=_as_is, num_workers=num_workers,
-            pin_memory=self.device.type == "cuda", prefetch_factor=4 if num_workers else None,
-            persistent_workers=False)
+        if num_workers not in self._loaders:  # one per split: its workers are started once, kept across epochs
+            sampler = _PlanSampler()
+            loader = torch.utils.data.DataLoader(
+                _PlanReader(self), batch_sampler=sampler, collate_fn=_as_is, num_workers=num_workers,
+                pin_memory=self.device.type == "cuda", prefetch_factor=PREFETCH if num_workers else None,
+                persistent_workers=num_workers > 0)
+            self._loaders[num_workers] = sampler, loader
+        sampler, loader = self._loaders[num_workers]
+        sampler.batches = [index.detach().cpu().numpy().astype(np.int64) for index in indices]
         return (self._finish(raw) for raw in loader)
+
+    def __getstate__(self):  # what a DataLoader worker started by spawn gets: the rows, not the loaders
+        return {**self.__dict__, "_loaders": {}}
 
     def subset(self, index) -> "StreamedSplit":
         index = np.asarray(torch.as_tensor(index).cpu().numpy(), dtype=np.int64).reshape(-1)
