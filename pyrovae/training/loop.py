@@ -398,8 +398,11 @@ class Trainer:
         cfg, c, n, m = self.cfg, self.counters, self.n, self.m
         batches = epoch_plan(n, m, cfg.seed, epoch, self.data.labeled, cfg.labeled_per_batch, self.labeled_weight,
                              self.device)
-        total = torch.tensor(c["epoch_loss"], device=self.device)  # -sum_i objective_i so far
-        total_elbo = torch.tensor(c["epoch_elbo"], device=self.device)  # -sum_i ELBO_i so far
+        # -sum_i objective_i and -sum_i ELBO_i so far: a half-done epoch's sums are over every rank's
+        # shard (saved so), so rank 0 resumes with them and the others from 0
+        carried = self.rank == 0
+        total = torch.tensor(c["epoch_loss"] if carried else 0.0, device=self.device)
+        total_elbo = torch.tensor(c["epoch_elbo"] if carried else 0.0, device=self.device)
         start = time.perf_counter() - c["epoch_seconds"]
         shard = slice(self.rank, None, self.world)
         # this rank's shard of each minibatch, read ahead (a streamed split: a DataLoader over the plan)
@@ -407,14 +410,12 @@ class Trainer:
                                             self.data.num_workers)
         for i in range(c["epoch_step"], len(batches)):
             if self.out_of_steps(c["step"] + i):  # the step budget ends mid-epoch
-                c.update(epoch_step=i, epoch_loss=total.item(), epoch_elbo=total_elbo.item(),
-                         epoch_seconds=time.perf_counter() - start)
-                self.end_partial_epoch(epoch, batches[:i], total, total_elbo)
+                self.keep_partial_epoch(i, total, total_elbo, start)
+                self.end_partial_epoch(epoch, batches[:i])
                 return
             signal_number = self.poll()
             if signal_number:
-                c.update(epoch_step=i, epoch_loss=total.item(), epoch_elbo=total_elbo.item(),
-                         epoch_seconds=time.perf_counter() - start)
+                self.keep_partial_epoch(i, total, total_elbo, start)
                 self.stop(signal_number, f"at epoch {epoch}, step {c['step'] + i}", mid_epoch=True)
             batch, noise = self.minibatch(batches[i].index, batches[i].weight, next(points))
             self.beta = beta_at(cfg, c["step"] + i, self.steps_per_epoch)
@@ -463,22 +464,29 @@ class Trainer:
         if signal_number:
             self.stop(signal_number, f"after epoch {epoch}", mid_epoch=False)
 
-    def end_partial_epoch(self, epoch: int, done: List, total, total_elbo) -> None:
+    def keep_partial_epoch(self, step: int, total, total_elbo, start: float) -> None:
+        """A half-done epoch's counters (its next step and running sums, over every rank's shard)
+        for a checkpoint to continue from."""
+        if self.world > 1:
+            sums = torch.stack([total, total_elbo])
+            dist.all_reduce(sums)
+            total, total_elbo = sums[0], sums[1]
+        self.counters.update(epoch_step=step, epoch_loss=total.item(), epoch_elbo=total_elbo.item(),
+                             epoch_seconds=time.perf_counter() - start)
+
+    def end_partial_epoch(self, epoch: int, done: List) -> None:
         """The step budget ran out after the steps ``done`` of ``epoch``: its record so far (the
         ELBO over the points those steps drew, ``step`` short of the epoch's end), evaluated, and
         the callbacks' ``on_epoch_end`` (the run folder's checkpoint holds the step reached, as at
         an interruption; a resumed run goes on from there and the epoch's whole record replaces this one)."""
         c = self.counters
-        if self.world > 1:
-            sums = torch.stack([total, total_elbo])
-            dist.all_reduce(sums)
-            total, total_elbo = sums[0], sums[1]
+        total, total_elbo = c["epoch_loss"], c["epoch_elbo"]
         seen = sum(step.size for step in done)
         per_point = -1 / max(self.weighted_n * seen / self.n, 1e-30)
         seconds = c["epoch_seconds"]
         record = {"epoch": epoch, "step": c["step"] + len(done), "samples_seen": c["samples_seen"] + seen,
-                  "train_elbo": total_elbo.item() * per_point if seen else None,
-                  "train_objective": total.item() * per_point if seen else None, "beta": self.beta,
+                  "train_elbo": total_elbo * per_point if seen else None,
+                  "train_objective": total * per_point if seen else None, "beta": self.beta,
                   "test_elbo": None, "test_reconstruction": None, "test_kl": None, "active_units": None,
                   "test_accuracy": None, "train_seconds": seconds,
                   "images_per_second": seen / seconds if seconds else None}
