@@ -155,7 +155,7 @@ class NpyRows(Rows):
 
 
 #: bytes of a mapped file a reader may have touched before it hands the pages back
-MAPPED_BYTES_KEPT = 32 << 20
+MAPPED_BYTES_KEPT = 8 << 20
 
 
 class ArrayRows(Rows):
