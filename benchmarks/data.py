@@ -76,28 +76,27 @@ def _children(pid: int):
         return []
 
 
-def _peak_kib(pid: int):
+def _kib(path: str, field: str):
+    """A ``field:  N kB`` line of a /proc file, in KiB (None when the process is gone)."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         return None
     return None
+
+
+def _peak_kib(pid: int):
+    """The high-water resident set of a process."""
+    return _kib(f"/proc/{pid}/status", "VmHWM")
 
 
 def _pss_kib(pid: int):
     """The proportional set size: resident pages, those shared with other processes (libtorch's
     code, the page cache of a mapped file) divided among them."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+    return _kib(f"/proc/{pid}/smaps_rollup", "Pss")
 
 
 def run(cmd, env, launcher: bool):

@@ -2,6 +2,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -176,3 +177,36 @@ def run_copy(trained, tmp_path):
     shutil.copytree(trained, dst)
     (dst / ".lock").unlink(missing_ok=True)
     return dst
+
+
+def sparse_images(path, n: int, value: int = 7):
+    """A uint8 .npy of n 28x28 images, written sparse (every 1000th set to value): the file is
+    large, the test's memory and disk are not."""
+    images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, 28, 28))
+    images[::1000] = value
+    images.flush()
+    del images
+    return path
+
+
+def pyrovae_in_cgroup(limit_bytes: int, args, timeout: int = 600):
+    """``python -m pyrovae ARGS`` in a fresh cgroup (v1) whose memory limit is ``limit_bytes``
+    (skipped without root or the controller); the process and the group's peak usage in bytes."""
+    import subprocess
+    import sys
+
+    base = Path("/sys/fs/cgroup/memory")
+    if os.geteuid() != 0 or not (base / "memory.limit_in_bytes").exists():
+        pytest.skip("needs root and the cgroup v1 memory controller")
+    group = base / f"pyrovae_test_{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(limit_bytes))
+        code = f"echo $$ > {group}/cgroup.procs && exec {sys.executable} -m pyrovae {' '.join(map(str, args))}"
+        root = Path(__file__).resolve().parents[1]
+        proc = subprocess.run(["bash", "-c", code], capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"})
+        peak = int((group / "memory.max_usage_in_bytes").read_text())
+    finally:
+        group.rmdir()
+    return proc, peak

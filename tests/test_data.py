@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import pyrovae_in_cgroup, sparse_images
 
 from pyrovae import DataError, load_dataset
 from pyrovae.data.datasets import holdout_split
@@ -177,29 +178,10 @@ def test_a_file_too_large_for_the_memory_allowed_is_one_line_not_a_kill(tmp_path
     """A real limit: the command runs in a cgroup (v1) of 900 MiB, and a uint8 file whose float32
     points need more is refused in one line with exit status 2, before anything is allocated, when
     data.in_memory = true asks for them in memory (by default they would be streamed)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    base = Path("/sys/fs/cgroup/memory")
-    if os.geteuid() != 0 or not (base / "memory.limit_in_bytes").exists():
-        pytest.skip("needs root and the cgroup v1 memory controller")
-    images = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.uint8, shape=(250_000, 28, 28))
-    images[::1000] = 7  # sparse writes: the file is large, the test's memory is not
-    images.flush()
-    del images
-    group = base / f"pyrovae_test_{os.getpid()}"
-    group.mkdir()
-    try:
-        (group / "memory.limit_in_bytes").write_text(str(900 << 20))
-        code = (f"echo $$ > {group}/cgroup.procs && exec {sys.executable} -m pyrovae train --set data.name=file "
-                f"--set data.path={tmp_path / 'big.npy'} --set data.in_memory=true --out {tmp_path / 'run'} -q")
-        root = Path(__file__).resolve().parents[1]
-        proc = subprocess.run(["bash", "-c", code], capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"})
-    finally:
-        group.rmdir()
+    sparse_images(tmp_path / "big.npy", 250_000)
+    proc, _ = pyrovae_in_cgroup(900 << 20, ["train", "--set", "data.name=file", "--set",
+                                            f"data.path={tmp_path / 'big.npy'}", "--set", "data.in_memory=true",
+                                            "--out", tmp_path / "run", "-q"], timeout=300)
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1 and "250000 points of shape (28, 28) need about 747.7 MiB" in err, err

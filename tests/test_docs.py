@@ -122,3 +122,11 @@ def test_every_example_has_a_docs_page_and_every_link_resolves():
         for target in re.findall(r"\]\(([^)#]+)\)", page.read_text()):
             if not target.startswith("http"):
                 assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links to a missing {target}"
+
+
+def test_your_data_page_python_example_runs():
+    page = (ROOT / "docs" / "your-data.md").read_text()
+    block = page.split("```python\n")[1].split("```")[0]
+    namespace = {}
+    exec(compile(block, "docs/your-data.md", "exec"), namespace)
+    assert namespace["metrics"][-1]["test_elbo"] is not None

@@ -3,21 +3,16 @@ same training, bit for bit; a step budget that ends mid-epoch; and a file larger
 memory the process may use trains."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import pyrovae_in_cgroup, sparse_images
 
 import pyrovae
 from pyrovae.app.cli import main
 from pyrovae.data.rows import NpyRows
 from pyrovae.data.splits import InMemorySplit, StreamedSplit
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -112,26 +107,11 @@ def test_max_steps_stops_mid_epoch_evaluates_and_resumes_to_the_straight_run(tmp
 def test_a_file_larger_than_the_memory_allowed_streams_and_trains_for_a_step_budget(tmp_path):
     """A real limit: a cgroup (v1) of 640 MiB, and a 1.6 GB uint8 file of MNIST-shaped images:
     data.in_memory = "auto" streams it, trains 30 steps, evaluates and writes its figures."""
-    base = Path("/sys/fs/cgroup/memory")
-    if os.geteuid() != 0 or not (base / "memory.limit_in_bytes").exists():
-        pytest.skip("needs root and the cgroup v1 memory controller")
-    n = 2_000_000
-    images = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.uint8, shape=(n, 28, 28))
-    images[::1000] = 200  # sparse writes: the file is large, the test's memory is not
-    images.flush()
-    del images
-    group = base / f"pyrovae_test_{os.getpid()}"
-    group.mkdir()
-    try:
-        (group / "memory.limit_in_bytes").write_text(str(640 << 20))
-        code = (f"echo $$ > {group}/cgroup.procs && exec {sys.executable} -m pyrovae train --set data.name=file "
-                f"--set data.path={tmp_path / 'big.npy'} --set data.test_fraction=0.001 --set data.binarize=dynamic "
-                f"--set train.max_steps=30 --set train.batch_size=100 --out {tmp_path / 'run'} -q")
-        proc = subprocess.run(["bash", "-c", code], capture_output=True, text=True, timeout=600,
-                              env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
-        peak = int((group / "memory.max_usage_in_bytes").read_text())
-    finally:
-        group.rmdir()
+    sparse_images(tmp_path / "big.npy", 2_000_000, value=200)
+    proc, peak = pyrovae_in_cgroup(640 << 20, [
+        "train", "--set", "data.name=file", "--set", f"data.path={tmp_path / 'big.npy'}", "--set",
+        "data.test_fraction=0.001", "--set", "data.binarize=dynamic", "--set", "train.max_steps=30", "--set",
+        "train.batch_size=100", "--out", tmp_path / "run", "-q"])
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["step"] == 30 and record["test_elbo"] is not None

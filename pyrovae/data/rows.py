@@ -12,7 +12,6 @@ the rows back in the batch's order.
 """
 
 import math
-import mmap
 import os
 from typing import Optional, Sequence
 
@@ -93,10 +92,11 @@ class TensorRows(Rows):
 
 
 class NpyRows(Rows):
-    """The rows of a ``.npy`` file, read from a read-only memory map by index (numpy copies the
-    rows in C). Pages a read touched are handed back to the kernel (``madvise(MADV_DONTNEED)``)
-    once :data:`MAPPED_BYTES_KEPT` of them accumulate: they stay in the page cache, but not in
-    the process's resident memory, which stays flat however large the file is."""
+    """The rows of a ``.npy`` file, read with ``pread`` at their offsets (a contiguous range in one
+    read). Nothing is mapped: pages of a mapped file that were read stay in the process's
+    resident memory (64 KiB at a time, with the kernel's fault-around), which would grow with
+    the file; read this way they stay in the page cache only. The file is opened once per
+    process (a DataLoader worker opens its own)."""
 
     def __init__(self, path, where: str):
         self.path, self.where = str(path), where
@@ -114,48 +114,48 @@ class NpyRows(Rows):
         if dtype.hasobject:
             raise DataError(f"{where}: holds Python objects (dtype {dtype}); a data file holds numbers")
         self.dtype = torch_dtype(dtype, where)
-        self.stored, self.fortran, self.shape = dtype, fortran, _checked_shape(shape, where)
+        self.stored, self.shape = dtype, _checked_shape(shape, where)
         self.n, self.row_shape = self.shape[0], self.shape[1:]
-        need = self.offset + math.prod(self.shape) * dtype.itemsize
+        self.row_bytes = math.prod(self.row_shape) * dtype.itemsize
         size = os.path.getsize(self.path)
-        if size < need:
+        if size < self.offset + self.n * self.row_bytes:
             raise DataError(f"{where}: truncated: its header promises {self.shape} values of {dtype.itemsize} bytes, "
                             f"the file holds {size - self.offset} bytes of data")
-        self._map, self._array, self._touched = None, None, 0
+        # column-major (rare): a row is strided across the file; numpy reads it from a map
+        self._columns = np.load(self.path, mmap_mode="r") if fortran and len(self.shape) > 1 else None
+        self._fd, self._pid = None, None
 
-    def __getstate__(self):  # a DataLoader worker started by spawn maps the file itself
-        return {**self.__dict__, "_map": None, "_array": None, "_touched": 0}
+    def __getstate__(self):  # a DataLoader worker started by spawn opens the file itself
+        return {**self.__dict__, "_fd": None, "_pid": None}
 
     def __len__(self) -> int:
         return self.n
 
-    def _mapped(self) -> np.ndarray:
-        if self._array is None:
-            with open(self.path, "rb") as f:
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            count = math.prod(self.shape)
-            flat = np.frombuffer(self._map, dtype=self.stored, count=count, offset=self.offset)
-            self._array = flat.reshape(self.shape, order="F" if self.fortran else "C")
-        return self._array
+    def _file(self) -> int:
+        if self._fd is None or self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        return self._fd
 
-    def _native(self, values: np.ndarray, rows: int) -> torch.Tensor:
-        self._touched += rows * math.prod(self.row_shape) * self.stored.itemsize
-        if self._touched > MAPPED_BYTES_KEPT and hasattr(self._map, "madvise"):
-            self._map.madvise(mmap.MADV_DONTNEED)  # clean file pages: dropped from this process, kept cached
-            self._touched = 0
-        if not values.dtype.isnative:  # e.g. big-endian '>f4' from another machine: converted, not refused
-            values = values.astype(values.dtype.newbyteorder("="))
-        return torch.from_numpy(np.ascontiguousarray(values))
+    def _rows(self, data: bytes, count: int) -> torch.Tensor:
+        if len(data) != count * self.row_bytes:
+            raise DataError(f"{self.where}: the file shrank while it was read")
+        values = np.frombuffer(bytearray(data), dtype=self.stored).reshape(count, *self.row_shape)
+        if not self.stored.isnative:  # e.g. big-endian '>f4' from another machine: converted, not refused
+            values = values.astype(self.stored.newbyteorder("="))
+        return torch.from_numpy(values)
 
     def take(self, index: np.ndarray) -> torch.Tensor:
-        return self._native(self._mapped()[index], len(index))  # a copy: nothing keeps the pages
+        if self._columns is not None:
+            return torch.from_numpy(np.array(self._columns[index]).astype(self.stored.newbyteorder("=")))
+        fd, size, start = self._file(), self.row_bytes, self.offset
+        return self._rows(b"".join([os.pread(fd, size, start + i * size) for i in index.tolist()]), len(index))
 
     def range(self, start: int, stop: int) -> torch.Tensor:
-        return self._native(np.array(self._mapped()[start:stop]), stop - start)
-
-
-#: bytes of a mapped file a reader may have touched before it hands the pages back
-MAPPED_BYTES_KEPT = 8 << 20
+        if self._columns is not None:
+            return self.take(np.arange(start, stop, dtype=np.int64))
+        count = stop - start
+        return self._rows(os.pread(self._file(), count * self.row_bytes, self.offset + start * self.row_bytes),
+                          count)
 
 
 class ArrayRows(Rows):

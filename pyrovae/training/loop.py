@@ -180,14 +180,17 @@ class Callback:
 
 def fit(model, data, train: Optional[TrainConfig] = None, optim: Optional[Dict[str, Any]] = None,
         callbacks: Sequence[Callback] = (), stop_signal: Optional[Callable[[], Optional[int]]] = None,
-        test=None, test_fraction: float = 0.1, **train_options) -> List[Dict]:
+        test=None, test_fraction: float = 0.1, in_memory="auto", num_workers: int = 0,
+        **train_options) -> List[Dict]:
     """Train ``model`` on ``data`` by stochastic variational inference; return the metrics per epoch.
 
     :param Model model: the model and guide (a :class:`~pyrovae.Model`, e.g. a :class:`~pyrovae.VAE`).
     :param data: a :class:`~pyrovae.Dataset` (its splits: see :func:`pyrovae.load_dataset`), or a
         map-style ``torch.utils.data.Dataset`` whose items are ``x`` or ``(x, y)``
         (:func:`~pyrovae.data.datasets.as_dataset`), with ``test=`` its held-out set (else
-        ``test_fraction`` of it is held out by a fixed permutation).
+        ``test_fraction`` of it is held out by a fixed permutation), read a batch at a time: held in
+        memory on the device when it fits (``in_memory``: "auto", True, False), else streamed with
+        ``num_workers`` processes reading its batches ahead (see ``docs/your-data.md``).
     :param TrainConfig train: epochs, batch size M, estimator, particles L, seed, device, ...
     :param dict optim: an optimizer spec, e.g. ``{"name": "adagrad", "lr": 0.02}`` (default Adam 1e-3).
     :param callbacks: :class:`Callback` objects around the loop (:func:`pyrovae.train` adds the
@@ -218,8 +221,9 @@ def fit(model, data, train: Optional[TrainConfig] = None, optim: Optional[Dict[s
     except TypeError as e:
         raise ConfigError(f"fit: {e}") from None
     cfg.check()
-    trainer = Trainer(model, as_dataset(data, test, test_fraction), cfg, optim or {"name": "adam", "lr": 1e-3},
-                      callbacks, stop_signal)
+    data = as_dataset(data, test, test_fraction, in_memory=in_memory, device=resolve_device(cfg.device),
+                      num_workers=num_workers)
+    trainer = Trainer(model, data, cfg, optim or {"name": "adam", "lr": 1e-3}, callbacks, stop_signal)
     return trainer.run()
 
 
