@@ -203,13 +203,14 @@ def _as_is(batch):
 
 class _PlanSampler:
     """The batch sampler of a streamed split's DataLoader: the minibatches it was last given (an
-    epoch's plan, this rank's shard), so that one loader, and its workers, serve every epoch."""
+    epoch's plan, this rank's shard), so that one loader, and its workers, serve every epoch.
+    Each is handed over as numpy indices when the loader asks for it (no second copy of the plan)."""
 
     def __init__(self):
         self.batches = []
 
     def __iter__(self):
-        return iter(self.batches)
+        return (index.detach().cpu().numpy().astype(np.int64, copy=False) for index in self.batches)
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -305,7 +306,7 @@ class StreamedSplit(Split):
                 persistent_workers=num_workers > 0)
             self._loaders[num_workers] = sampler, loader
         sampler, loader = self._loaders[num_workers]
-        sampler.batches = [index.detach().cpu().numpy().astype(np.int64) for index in indices]
+        sampler.batches = list(indices)
         return (self._finish(raw) for raw in loader)
 
     def __getstate__(self):  # what a DataLoader worker started by spawn gets: the rows, not the loaders
