@@ -22,7 +22,9 @@ def write(tmp_path, text, name="c.toml"):
     ("[train]\nprogress = 1", r"train\.progress = 1: expected true or false"),
     ("[train]\nestimator = \"iwae2\"", r"train\.estimator = 'iwae2': valid: auto, analytic, iwae, mc"),
     ("[train]\ndevice = \"tpu\"", r"train\.device = 'tpu': valid: cpu, cuda, cuda:N"),
-    ("[data]\nname = \"cifar\"", r"data\.name: unknown data set 'cifar'; valid: celeba, cifar10, digits, fashion_mnist, file, frey_face, kmnist, mnist, svhn"),
+    ("[data]\nname = \"cifar\"",
+     r"data\.name: unknown data set 'cifar'; valid: celeba, cifar10, digits, fashion_mnist, file, frey_face, kmnist, "
+     r"mnist, svhn"),
     ("[data]\nbinarize = \"yes\"", r"data\.binarize = 'yes': valid: dynamic, threshold, none"),
     ("[data]\ntest_fraction = 1.5", r"data\.test_fraction = 1\.5: must be in \(0, 1\)"),
     ("[data]\nname = \"file\"", r"data\.path: required"),

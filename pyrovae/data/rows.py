@@ -148,7 +148,12 @@ class NpyRows(Rows):
         if self._columns is not None:
             return torch.from_numpy(np.array(self._columns[index]).astype(self.stored.newbyteorder("=")))
         fd, size, start = self._file(), self.row_bytes, self.offset
-        return self._rows(b"".join([os.pread(fd, size, start + i * size) for i in index.tolist()]), len(index))
+        breaks = np.flatnonzero(np.diff(index) != 1) + 1
+        if len(breaks) + 1 < len(index):  # runs of consecutive rows (a sweep): one read each
+            reads = [os.pread(fd, len(run) * size, start + int(run[0]) * size) for run in np.split(index, breaks)]
+        else:  # scattered rows (a minibatch): one read a row
+            reads = [os.pread(fd, size, start + i * size) for i in index.tolist()]
+        return self._rows(b"".join(reads), len(index))
 
     def range(self, start: int, stop: int) -> torch.Tensor:
         if self._columns is not None:
