@@ -402,8 +402,8 @@ def figure5(args, out: Path) -> list:
 # -- main ----------------------------------------------------------------------------------
 def main(args):
     if args.smoke:  # every figure on the bundled digits, in seconds
-        args.dataset, args.data, args.samples, args.nz, args.ntrain = "digits", None, 1500, [2, 3], [300]
-        args.ll_points, args.ll_samples, args.ll_burn_in = 20, 20, 10
+        args.dataset, args.data, args.samples, args.nz, args.ntrain = "digits", None, 1000, [2, 3], [300]
+        args.ll_points, args.ll_samples, args.ll_burn_in = 20, 10, 5
         if args.figure is None:
             return {figure: main(argparse.Namespace(**{**vars(args), "figure": figure, "smoke": False}))
                     for figure in (2, 3, 4, 5)}

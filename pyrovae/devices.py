@@ -88,3 +88,27 @@ def available_bytes(device="cpu") -> int:
         except (ValueError, OSError, AttributeError):
             return 1 << 62  # unknown: no refusal
     return max(0, min(candidates))
+
+
+def _glibc():
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def release_freed_memory() -> bool:
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim(0)``); True where
+    there is glibc. Called once before the first training step, after the sweeps over the data
+    (checks, fingerprint), whose freed chunks would otherwise stay resident for the whole run,
+    in every torchrun rank."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True

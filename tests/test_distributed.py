@@ -39,24 +39,6 @@ def assert_same_parameters(a, b, atol=1e-4):
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=atol, msg=k)
 
 
-def test_two_processes_match_one_and_resume_with_one(tmp_path):
-    proc = pyrovae_cmd(tmp_path, "--out", "two", "--set", "train.epochs=2", nproc=2)
-    assert proc.stdout.count("run folder:") == 1  # only rank 0 speaks
-    pyrovae_cmd(tmp_path, "--out", "one", "--set", "train.epochs=2")
-    assert_same_parameters(tmp_path / "two", tmp_path / "one")
-    metrics = [(tmp_path / run / "metrics.jsonl").read_text().splitlines() for run in ("two", "one")]
-    assert len(metrics[0]) == len(metrics[1]) == 2  # rank 0 alone wrote its lines
-    for two, one in zip(*metrics):
-        t, o = eval(two.replace("null", "None")), eval(one.replace("null", "None"))
-        assert t["test_elbo"] == pytest.approx(o["test_elbo"], abs=1e-3)
-        assert t["train_elbo"] == pytest.approx(o["train_elbo"], abs=1e-3)  # summed over both ranks' shards
-
-    # a 2-rank checkpoint continues on 1 rank and ends where the 1-rank run does
-    pyrovae_cmd(tmp_path, "--out", "one3", "--set", "train.epochs=3")
-    pyrovae_cmd(tmp_path, "--out", "two", "--resume", "--set", "train.epochs=3")
-    assert_same_parameters(tmp_path / "two", tmp_path / "one3")
-
-
 @pytest.mark.parametrize("world, binarize", [(2, "dynamic"), (3, "none")])
 def test_shards_are_disjoint_and_cover_the_epoch(world, binarize):
     n = 103
@@ -128,13 +110,29 @@ def test_a_streamed_rank_reads_only_its_shard_of_each_minibatch(tmp_path, monkey
     assert sorted(reads[0] + reads[1]) == list(range(len(data.train_split)))
 
 
-def test_two_ranks_streaming_a_file_match_one_process_holding_it(tmp_path):
+def test_two_ranks_streaming_a_file_match_one_process_holding_it_and_resume_with_one(tmp_path):
+    """Two torchrun ranks, each reading its shard from the file, end where one process with the
+    data in memory ends, mid-epoch (a step budget); rank 0 alone speaks and writes; the 2-rank
+    checkpoint, half an epoch in, continues on one process and ends where the 1-process run does."""
     import numpy as np
 
     np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (300, 8, 8), dtype=np.uint8))
     data = ["--set", "data.name=file", "--set", f"data.path={tmp_path / 'x.npy'}", "--set", "data.binarize=dynamic",
             "--set", "train.epochs=2", "--set", "train.max_steps=7"]  # 5 steps an epoch: ends mid-epoch
-    pyrovae_cmd(tmp_path, "--out", "two", *data, "--set", "data.in_memory=false", nproc=2)
+    proc = pyrovae_cmd(tmp_path, "--out", "two", *data, "--set", "data.in_memory=false", nproc=2)
+    assert proc.stdout.count("run folder:") == 1  # only rank 0 speaks
     pyrovae_cmd(tmp_path, "--out", "one", *data, "--set", "data.in_memory=true")
     assert_same_parameters(tmp_path / "two", tmp_path / "one")
     assert read_checkpoint(tmp_path / "two" / "checkpoint.pt")["counters"]["epoch_step"] == 2
+    metrics = [(tmp_path / run / "metrics.jsonl").read_text().splitlines() for run in ("two", "one")]
+    assert len(metrics[0]) == len(metrics[1]) == 2  # rank 0 alone wrote its lines: epoch 1, then the stop
+    for two, one in zip(*metrics):
+        t, o = eval(two.replace("null", "None")), eval(one.replace("null", "None"))
+        assert t["test_elbo"] == pytest.approx(o["test_elbo"], abs=1e-3)
+        assert t["train_elbo"] == pytest.approx(o["train_elbo"], abs=1e-3)  # summed over both ranks' shards
+
+    more = ["--resume", "--set", "train.epochs=3", "--set", "train.max_steps=0"]
+    pyrovae_cmd(tmp_path, "--out", "two", *more)  # the 2-rank checkpoint, on 1 process
+    pyrovae_cmd(tmp_path, "--out", "one", *more)
+    assert_same_parameters(tmp_path / "two", tmp_path / "one")
+    assert read_checkpoint(tmp_path / "two" / "checkpoint.pt")["counters"]["epoch"] == 3

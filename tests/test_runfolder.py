@@ -217,7 +217,7 @@ def _spawn(cwd, *args):
 
 def test_writers_started_together(tmp_path):
     """Two trainings into one --out: one runs, the other is refused; three without --out: three folders."""
-    same = [_spawn(tmp_path, "train", "-q", "--out", "same", "--set", "train.epochs=20") for _ in range(2)]
+    same = [_spawn(tmp_path, "train", "-q", "--out", "same", "--set", "train.epochs=10") for _ in range(2)]
     seeds = [_spawn(tmp_path, "train", "-q", "--set", "train.epochs=1", "--set", f"train.seed={s}") for s in range(3)]
     results = [(p.wait(timeout=240), p.communicate()) for p in same + seeds]
     codes = sorted(code for code, _ in results[:2])
@@ -225,7 +225,7 @@ def test_writers_started_together(tmp_path):
     refused = next(err for code, (_, err) in results[:2] if code == 2)
     assert refused.count("\n") == 1 and "same" in refused and ("another pyrovae process" in refused
                                                                 or "already exists" in refused)
-    assert epochs_in(tmp_path / "same") == list(range(1, 21))
+    assert epochs_in(tmp_path / "same") == list(range(1, 11))
     assert all(code == 0 for code, _ in results[2:]), results[2:]
     folders = [p for p in (tmp_path / "runs").iterdir()]
     assert len(folders) == 3
@@ -261,7 +261,7 @@ def test_a_kill_between_checkpoint_and_metrics_line_is_repaired_by_resume(tmp_pa
 def test_kills_at_random_moments_never_duplicate_or_lose_an_epoch(tmp_path):
     rng = random.Random(1)
     run = tmp_path / "run"
-    target = 30
+    target = 20
     for trial in range(3):
         args = ["train", "-q", "--out", "run", "--set", f"train.epochs={target}", "--set", "train.eval_every=3"]
         resuming = (run / "config.toml").exists()

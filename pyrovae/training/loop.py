@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from pyrovae.data.datasets import Dataset, as_dataset, binarize_split
 from pyrovae.data.sampling import epoch_plan
-from pyrovae.devices import resolve_device
+from pyrovae.devices import release_freed_memory, resolve_device
 from pyrovae.errors import ConfigError, PyrovaeError, UnknownNameError, shown
 from pyrovae.infer.algorithms import ALGORITHMS, NonFinite, algorithm_name, build_algorithm, validation
 from pyrovae.infer.estimators import estimator_names, resolve_estimator
@@ -337,6 +337,7 @@ class Trainer:
         try:
             for callback in self.callbacks:
                 callback.on_start(self)
+            release_freed_memory()  # what the checks' and the fingerprint's sweeps left in the heap
             total = cfg.epochs * self.steps_per_epoch
             bar = tqdm(total=min(total, cfg.max_steps) if cfg.max_steps else total, unit="step", file=sys.stderr,
                        disable=not cfg.progress or self.rank != 0,
