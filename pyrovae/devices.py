@@ -90,25 +90,21 @@ def available_bytes(device="cpu") -> int:
     return max(0, min(candidates))
 
 
-def _glibc():
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        return libc if libc is not None and hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
 
 def release_freed_memory() -> bool:
     """Hand the C heap's free pages back to the system (glibc's ``malloc_trim(0)``); True where
     there is glibc. Called once before the first training step, after the sweeps over the data
     (checks, fingerprint), whose freed chunks would otherwise stay resident for the whole run,
     in every torchrun rank."""
-    libc = _glibc()
-    if libc is None:
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        trim = None
+    if trim is None:
         return False
-    libc.malloc_trim(0)
+    trim(0)
     return True

@@ -138,8 +138,8 @@ class NpyRows(Rows):
 
     def _read(self, spans, count: int) -> torch.Tensor:
         """``count`` rows read into one buffer, straight from the file: ``spans`` gives, for each
-        read, (first row in the file, rows). No bytes object per read and no joined copy, so a
-        sweep allocates one chunk a chunk (the heap does not grow with churn)."""
+        read, (first row in the file, rows). No bytes object per read and no joined copy: a
+        sweep allocates one buffer per chunk."""
         out = np.empty((count, *self.row_shape), dtype=self.stored)
         view, fd, size, at = memoryview(out.reshape(-1).view(np.uint8)), self._file(), self.row_bytes, 0
         for first, rows in spans:
