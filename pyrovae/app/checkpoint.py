@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from pyrovae.app.config import Config, parse_toml, read_config_text, record_config, run_difference
-from pyrovae.app.files import CHECKPOINT, CONFIG, METRICS, RunLock, atomic_write_bytes, write_metrics
+from pyrovae.app.files import BEST, CHECKPOINT, CONFIG, METRICS, RunLock, atomic_write_bytes, write_metrics
 from pyrovae.devices import resolve_device
 from pyrovae.errors import ConfigError, RunDirError, needed_object, one_line, shell_word, shown
 from pyrovae.models.base import Model
@@ -50,10 +50,10 @@ COUNTERS = {"epoch": int, "step": int, "samples_seen": int, "epoch_step": int, "
             "epoch_loss": float, "epoch_elbo": float, "epoch_seconds": float}
 CONVERT_HINT = "pyrovae convert-checkpoint RUN_DIR --trust"
 #: every key a checkpoint holds ("algorithm": the algorithm's own state, e.g. mcem's chains)
-TOP_KEYS = frozenset({"format", "model", "optimizer", "rng", "counters", "algorithm", "event_shape", "num_classes",
-                      "config", "data", "metrics"})
+TOP_KEYS = frozenset({"format", "model", "optimizer", "rng", "counters", "algorithm", "schedule", "event_shape",
+                      "num_classes", "config", "data", "metrics"})
 FINGERPRINT_KEYS = frozenset({"train_shape", "train_sha256", "test_shape", "test_sha256", "train_y_sha256",
-                              "test_y_sha256", "labeled_sha256"})
+                              "test_y_sha256", "labeled_sha256", "validation_shape", "validation_sha256"})
 
 
 # -- the data's fingerprint ----------------------------------------------------------------
@@ -64,11 +64,10 @@ def _sha256(t: torch.Tensor, dtype) -> str:
 
 
 def data_fingerprint(data) -> Dict[str, Any]:
-    """The shapes and SHA-256 of the values (float32, little-endian) of a data set's two splits,
-    and of their labels and the label mask where there are any."""
+    """The shapes and SHA-256 of the values (float32, little-endian) of a data set's splits (train,
+    test and a validation split where there is one), and of their labels and the label mask where there are any."""
     out: Dict[str, Any] = {}
-    for split in ("train", "test"):
-        points = getattr(data, f"{split}_split")  # read in chunks: a streamed split is never held whole
+    for split, points in data.splits.items():  # read in chunks: a streamed split is never held whole
         out[f"{split}_shape"] = list(points.shape)
         out[f"{split}_sha256"] = points.sha256()
     for labels in ("train_y", "test_y", "labeled"):
@@ -80,14 +79,14 @@ def data_fingerprint(data) -> Dict[str, Any]:
 
 def fingerprint_difference(saved: Dict[str, Any], now: Dict[str, Any]) -> Optional[str]:
     """How the data now differ from the data a checkpoint was made with (None if they do not)."""
-    for split in ("train", "test"):
-        a, b = saved.get(f"{split}_shape"), now[f"{split}_shape"]
+    for split in ("train", "test", "validation"):
+        a, b = saved.get(f"{split}_shape"), now.get(f"{split}_shape")
         if a != b:
-            return f"the {split} split has shape {tuple(b)}, the checkpoint's had {tuple(a or ())}"
-        if saved.get(f"{split}_sha256") != now[f"{split}_sha256"]:
+            return f"the {split} split has shape {tuple(b or ())}, the checkpoint's had {tuple(a or ())}"
+        if saved.get(f"{split}_sha256") != now.get(f"{split}_sha256"):
             theirs = str(saved.get(f"{split}_sha256"))[:12]
             return (f"the {split} split has the same shape {tuple(b)} but other values "
-                    f"(sha256 {now[f'{split}_sha256'][:12]}..., the checkpoint's {theirs}...)")
+                    f"(sha256 {str(now.get(f'{split}_sha256'))[:12]}..., the checkpoint's {theirs}...)")
     for labels, what in (("train_y", "the train split's labels"), ("test_y", "the test split's labels"),
                          ("labeled", "the choice of labelled points (data.labeled)")):
         if saved.get(f"{labels}_sha256") != now.get(f"{labels}_sha256"):
@@ -99,16 +98,17 @@ def fingerprint_difference(saved: Dict[str, Any], now: Dict[str, Any]) -> Option
 # -- writing and reading -------------------------------------------------------------------
 def save_checkpoint(path, training_state: Dict[str, Any], event_shape, config: Config,
                     fingerprint: Dict[str, Any], metrics: List[Dict], kept: str = "",
-                    num_classes: Optional[int] = None) -> None:
+                    num_classes: Optional[int] = None, copies: Sequence = ()) -> None:
     """Write a training state (model, optimizer, rng, counters: what the loop restores) with
     what :func:`load` needs to rebuild the model without its data (event shape, number of
     classes, config), the data's fingerprint and the metrics records so far; atomically (see
-    :mod:`pyrovae.app.files`)."""
+    :mod:`pyrovae.app.files`). ``copies``: further paths that get the same bytes (``best.pt``)."""
     state = {"format": FORMAT, **training_state, "event_shape": list(event_shape), "num_classes": num_classes,
              "config": config.to_dict(), "data": dict(fingerprint), "metrics": [dict(r) for r in metrics]}
     buffer = io.BytesIO()  # serialized first: a full disk is then an OSError of the write, not torch's own error
     torch.save(state, buffer)
-    atomic_write_bytes(Path(path), lambda f: f.write(buffer.getbuffer()), kept)
+    for target in (path, *copies):
+        atomic_write_bytes(Path(target), lambda f: f.write(buffer.getbuffer()), kept)
 
 
 def _torch_load(path: Path, weights_only: bool = True):
@@ -230,6 +230,20 @@ def _record_ok(r) -> bool:
                     for v in r.values()))
 
 
+def _scheduler_values(v, depth: int = 0) -> bool:
+    """Whether a scheduler's state holds only what torch's schedulers write: None, numbers (infinities:
+    ReduceLROnPlateau's ``best``), strings, and lists and string-keyed tables of them."""
+    if depth > 8:
+        return False
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _scheduler_values(x, depth + 1) for k, x in v.items())
+    if isinstance(v, list):
+        return len(v) <= 2**20 and all(_scheduler_values(x, depth + 1) for x in v)
+    if isinstance(v, int) and not isinstance(v, bool):
+        return -2**63 <= v < 2**63
+    return v is None or isinstance(v, (str, float, bool))
+
+
 def _optimizer_ok(v) -> bool:
     def group_value(x):
         return (x is None or isinstance(x, (bool, str)) or _number(x)
@@ -266,14 +280,16 @@ def checkpoint_problem(state: Dict[str, Any]) -> Optional[str]:
         "data": lambda v: isinstance(v, dict) and set(v) <= FINGERPRINT_KEYS
         and all(isinstance(v.get(f"{s}_sha256"), str) and isinstance(v.get(f"{s}_shape"), list)
                 and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**62 for d in v[f"{s}_shape"])
-                for s in ("train", "test")),
+                for s in ("train", "test", *(("validation",) if {"validation_shape", "validation_sha256"} & set(v)
+                                             else ()))),
         "metrics": lambda v: isinstance(v, list) and all(_record_ok(r) for r in v),
         "algorithm": lambda v: isinstance(v, dict),
+        "schedule": lambda v: isinstance(v, dict) and _scheduler_values(v),
     }
     for key, ok in checks.items():
         if key not in state:
-            if key == "algorithm":
-                continue  # older checkpoints of algorithms without state of their own
+            if key in ("algorithm", "schedule"):
+                continue  # older checkpoints: algorithms without state of their own, no schedules
             return f"no {key!r}"
         if not ok(state[key]):
             return f"{key!r} is not what pyrovae writes"
@@ -405,8 +421,24 @@ def check_one_config(run_dir, recorded: Dict[str, Any], state: Dict[str, Any]) -
                           "the folder was altered")
 
 
+#: the checkpoints a run folder may hold, by ``which``
+WHICH = {"last": CHECKPOINT, "best": BEST}
+
+
+def checkpoint_path(run_dir, which: str = "last", flag: str = "which") -> Path:
+    """The checkpoint ``which`` names in a run folder: ``last`` (``checkpoint.pt``) or ``best``
+    (``best.pt``, kept by a run with ``train.early_stopping`` or a validation split)."""
+    if which not in WHICH:
+        raise RunDirError(f"{flag} = {shown(which)}: valid: {', '.join(WHICH)}")
+    path = Path(run_dir) / WHICH[which]
+    if which == "best" and not path.is_file() and (Path(run_dir) / CHECKPOINT).is_file():
+        raise RunDirError(f"{path}: no best checkpoint here; a run keeps best.pt when it has a validation split "
+                          "(data.validation_fraction) or train.early_stopping")
+    return path
+
+
 def open_run(run_dir, plugins: Sequence[str] = (), command: str = "pyrovae evaluate RUN_DIR {plugins}",
-             device="cpu", model: Optional[Model] = None) -> OpenRun:
+             device="cpu", model: Optional[Model] = None, which: str = "last") -> OpenRun:
     """Open a run folder without running anything from it (see :mod:`pyrovae.app.plugins`).
 
     ``config.toml`` is read as the run's record (only the ``plugins`` the user names run, checked
@@ -414,12 +446,13 @@ def open_run(run_dir, plugins: Sequence[str] = (), command: str = "pyrovae evalu
     checked against ``config.toml`` (:func:`check_one_config`) and its counters against the
     config; the model is sized on the meta device within the memory ``device`` has, then built,
     and the saved weights (names, shapes, dtypes, finite values) loaded into it. ``model``: an
-    instance to load the weights into instead (a model built in Python).
+    instance to load the weights into instead (a model built in Python). ``which``: the last
+    checkpoint or the best epoch's (:func:`checkpoint_path`), checked alike.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"{run_dir}: not a pyrovae run folder (no such folder)")
-    path = run_dir / CHECKPOINT
+    path = checkpoint_path(run_dir, which)
     state = read_checkpoint(path)
     recorded = read_run_record(run_dir)
     check_one_config(run_dir, recorded, state)  # before anything the config names is looked at
@@ -440,9 +473,11 @@ def open_run(run_dir, plugins: Sequence[str] = (), command: str = "pyrovae evalu
     return OpenRun(run_dir, config, state, model)
 
 
-def load(run_dir, device="cpu", model: Optional[Model] = None, plugins: Sequence[str] = ()) -> Model:
+def load(run_dir, device="cpu", model: Optional[Model] = None, plugins: Sequence[str] = (),
+         which: str = "last") -> Model:
     """The trained model of a run folder (a :class:`~pyrovae.VAE` for the ``vae`` family), on
-    ``device`` (the CPU unless told otherwise).
+    ``device`` (the CPU unless told otherwise): its last checkpoint, or with ``which="best"`` the
+    best epoch's (``best.pt``: by ``train.early_stopping``'s metric, else the validation ELBO).
 
     Opening a run folder never runs code from it: the checkpoint is read with ``torch.load(...,
     weights_only=True)`` after its archive is checked, and nothing the folder names is imported.
@@ -464,7 +499,8 @@ def load(run_dir, device="cpu", model: Optional[Model] = None, plugins: Sequence
     device = resolve_device(str(device), "device")
     if isinstance(plugins, str):
         plugins = [plugins]
-    opened = open_run(run_dir, plugins, f"pyrovae.load({str(run_dir)!r}, plugins={{plugin_list}})", device, model)
+    opened = open_run(run_dir, plugins, f"pyrovae.load({str(run_dir)!r}, plugins={{plugin_list}})", device, model,
+                      which)
     return opened.model.to(device).eval()
 
 

@@ -1,4 +1,4 @@
-"""The ``pyrovae`` command line: ``train``, ``evaluate``, ``sample``, ``convert-checkpoint``.
+"""The ``pyrovae`` command line: ``train``, ``evaluate``, ``encode``, ``sample``, ``convert-checkpoint``.
 
 It only parses arguments and calls the Python API. Bad input of any kind prints one line on
 stderr (``pyrovae: error: ...``) and exits with status 2; SIGINT and SIGTERM exit with
@@ -15,7 +15,7 @@ from pathlib import Path
 from pyrovae.app.checkpoint import convert_checkpoint, open_run
 from pyrovae.app.config import load_config
 from pyrovae.app.files import check_writable, own_file_problem
-from pyrovae.app.run import StoppedAtOnce, evaluate_run, stop_at_once_on_signals, train
+from pyrovae.app.run import StoppedAtOnce, encode_run, evaluate_run, stop_at_once_on_signals, summary_line, train
 from pyrovae.errors import PyrovaeError, RunDirError, one_line, shell_word
 from pyrovae.training.loop import Interrupted
 
@@ -46,8 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iwae-samples", type=int, default=50, help="k of the reported IWAE bound (default 50)")
     p.add_argument("-k", "--particles", type=int, default=10, help="samples per test point for the ELBO (default 10)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--which", choices=("last", "best"), default="last",
+                   help="the last checkpoint or the best epoch's (best.pt; written to evaluation_best.json)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("-o", "--out", help="where to write the JSON (default RUN_DIR/evaluation.json)")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--plugins", nargs="+", action="extend", default=[], metavar="PATH_OR_MODULE",
+                   help="plugin files or dotted module names the run needs (checked against the SHA-256 the run "
+                        "recorded, then run: this runs their code; nothing in a run folder is run otherwise)")
+
+    p = sub.add_parser("encode", help="write the posterior means E_q[z | x] of a split to a .npz file")
+    p.add_argument("run_dir")
+    p.add_argument("--split", default="test", help="test (default), train, or validation where the run has one")
+    p.add_argument("--which", choices=("last", "best"), default="last", help="the last checkpoint or best.pt")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("-o", "--out", required=True, help="the .npz file: latents (N, latent size), labels (N,)")
     p.add_argument("--plugins", nargs="+", action="extend", default=[], metavar="PATH_OR_MODULE",
                    help="plugin files or dotted module names the run needs (checked against the SHA-256 the run "
                         "recorded, then run: this runs their code; nothing in a run folder is run otherwise)")
@@ -90,7 +103,7 @@ def _train(args) -> None:
 
     run_dir = train(config, args.out, resume=args.resume)
     if _rank() == 0:
-        print(f"run folder: {run_dir}")
+        print(summary_line(run_dir, os.environ.get("PYROVAE_CLI", "pyrovae")))
 
 
 def _hint_if_busy(threads, quiet: bool) -> None:
@@ -120,15 +133,27 @@ def _evaluate(args) -> None:
     _check_threads(args.threads)
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "evaluation.json"
+    out = Path(args.out) if args.out else Path(args.run_dir) / _evaluation_name(args.which)
 
     def report(result):
         print(json.dumps({k: v for k, v in result.items() if k not in ("unit_activity", "kl_per_dim")}, indent=2),
               flush=True)
 
-    evaluate_run(args.run_dir, nll_samples=args.nll_samples, iwae_samples=args.iwae_samples,
-                 elbo_particles=args.particles, device=args.device, out=out, report=report, plugins=args.plugins)
-    print(f"written: {out}")
+    result = evaluate_run(args.run_dir, nll_samples=args.nll_samples, iwae_samples=args.iwae_samples,
+                          elbo_particles=args.particles, device=args.device, out=args.out, report=report,
+                          plugins=args.plugins, which=args.which, progress=not args.quiet)
+    print(f"written: {out} (epoch {result['epoch']}, {args.which} checkpoint)")
+
+
+def _evaluation_name(which: str) -> str:
+    from pyrovae.app.files import EVALUATION, EVALUATION_BEST
+
+    return EVALUATION if which == "last" else EVALUATION_BEST
+
+
+def _encode(args) -> None:
+    shapes = encode_run(args.run_dir, args.out, args.split, args.plugins, args.which, args.device)
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in shapes.items()))
 
 
 def _sample(args) -> None:
@@ -175,7 +200,8 @@ def _rank() -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    command = {"train": _train, "evaluate": _evaluate, "sample": _sample, "convert-checkpoint": _convert}[args.command]
+    command = {"train": _train, "evaluate": _evaluate, "encode": _encode, "sample": _sample,
+               "convert-checkpoint": _convert}[args.command]
     try:
         # SIGINT / SIGTERM stop at once (exit 128 + n), except inside the training loop, which
         # installs its own handlers for as long as it runs: it saves a checkpoint first

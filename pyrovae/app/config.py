@@ -43,6 +43,9 @@ class DataConfig:
     binarize: Optional[str] = None
     #: share of the points held out for the test ELBO where the data set has no test split.
     test_fraction: float = 0.1
+    #: share of the training split held out as a validation split (a fixed choice, the same for every seed):
+    #: validation_elbo at every evaluation, early stopping and best.pt read it; 0: none.
+    validation_fraction: float = 0.0
     #: torchvision's sets and frey_face: download into path when missing.
     download: bool = True
     #: keep this many training labels (balanced per class, a fixed choice) and mask the rest, for
@@ -78,6 +81,8 @@ class DataConfig:
             check_choice("data.binarize", self.binarize, BINARIZE)
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"data.test_fraction = {self.test_fraction}: must be in (0, 1)")
+        if not 0 <= self.validation_fraction < 1:
+            raise ConfigError(f"data.validation_fraction = {self.validation_fraction}: must be in [0, 1)")
         if self.labeled is not None:
             check_at_least("data.labeled", self.labeled, 1)
         if self.in_memory not in IN_MEMORY or not isinstance(self.in_memory, (str, bool)):
@@ -95,7 +100,7 @@ class DataConfig:
         """The data set this section describes, on ``device``."""
         return load_dataset(self.name, binarize=self.binarize, test_fraction=self.test_fraction, device=device,
                             labeled=self.labeled, in_memory=self.in_memory, num_workers=self.num_workers,
-                            **self._given())
+                            validation_fraction=self.validation_fraction, **self._given())
 
 
 class ModelConfig:
@@ -227,7 +232,12 @@ class Config:
             raise ConfigError("train.labeled_per_batch and train.labeled_weight need a label budget (data.labeled); "
                               "with every label usable there is no labelled part to weigh")
         self.log.check()
-        check_optimizer(self.optim)
+        validation = bool(self.data.validation_fraction)
+        stopping = self.train.early_stopping or {}
+        if str(stopping.get("metric", "validation_elbo")).startswith("validation") and stopping and not validation:
+            raise ConfigError(f"train.early_stopping.metric = {shown(stopping.get('metric', 'validation_elbo'))} "
+                              "needs a validation split: set data.validation_fraction (e.g. 0.1)")
+        check_optimizer(self.optim, self.train.epochs, validation)
         return self
 
     def to_dict(self) -> Dict[str, Any]:
@@ -236,6 +246,8 @@ class Config:
                    for s in SECTIONS}, "optim": dict(self.optim)}
 
 
+#: the [data] fields' defaults (a record written before a field existed reads as having its default)
+DATA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DataConfig) if f.default is not dataclasses.MISSING}
 #: [data] keys that say how the data are read, not which: a resumed run may change them
 READING_KEYS = frozenset({"in_memory", "num_workers"})
 
@@ -250,6 +262,8 @@ def run_difference(a: Dict[str, Any], b: Dict[str, Any], plugins: bool = False) 
         x, y = a.get(section, {}), b.get(section, {})
         if not isinstance(x, dict) or not isinstance(y, dict):
             return f"[{section}]"
+        if section == "data":  # a key an earlier version did not write has its default (validation_fraction)
+            x, y = ({**DATA_DEFAULTS, **v} for v in (x, y))
         if section == "plugins":  # a record written before plugins.files existed lacks it: empty lists
             x, y = ({k: v.get(k, []) for k in {"modules", "files", "sha256"} | set(v)} for v in (x, y))
         for key in sorted(set(x) | set(y), key=str):
@@ -270,6 +284,8 @@ def run_difference(a: Dict[str, Any], b: Dict[str, Any], plugins: bool = False) 
     oa, ob = a.get("optim", {}), b.get("optim", {})
     if not isinstance(oa, dict) or not isinstance(ob, dict) or oa.get("name") != ob.get("name"):
         return "optim.name"
+    if oa.get("schedule", "constant") != ob.get("schedule", "constant"):  # its state continues in the checkpoint
+        return "optim.schedule"
     return None
 
 

@@ -28,6 +28,10 @@ from typing import Callable, Dict, Iterable, List, Optional
 from pyrovae.errors import RunDirError
 
 CHECKPOINT = "checkpoint.pt"
+#: the best epoch's checkpoint (train.early_stopping's metric, or the validation ELBO)
+BEST = "best.pt"
+#: ``evaluate --which best`` writes here by default
+EVALUATION_BEST = "evaluation_best.json"
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
 EVALUATION = "evaluation.json"
@@ -263,7 +267,8 @@ def copy_plugins(sources, run_dir) -> None:
 
 
 #: the names of what pyrovae writes in a run folder (``evaluate --out`` may write none of them)
-OWN_FILES = (CHECKPOINT, CONFIG, METRICS, LOCK, "reconstructions.png", "samples.png", "elbo.png", "manifold.png")
+OWN_FILES = (CHECKPOINT, BEST, CONFIG, METRICS, LOCK, "reconstructions.png", "samples.png", "elbo.png", "manifold.png",
+             "latent.png")
 
 
 def own_file_problem(out, run_dir, suffix: str = ".json", default: str = EVALUATION) -> Optional[str]:

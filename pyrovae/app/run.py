@@ -13,6 +13,7 @@
 import contextlib
 import dataclasses
 import datetime
+import io
 import json
 import math
 import shutil
@@ -21,6 +22,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+import numpy as np
 import pyro
 import torch
 import torch.distributed as dist
@@ -29,6 +31,7 @@ from pyrovae.app.checkpoint import (
     build_run_model,
     check_one_config,
     checked_model_shapes,
+    checkpoint_path,
     counters_problem,
     data_fingerprint,
     fingerprint_difference,
@@ -41,6 +44,7 @@ from pyrovae.app.files import (
     CHECKPOINT,
     CONFIG,
     EVALUATION,
+    EVALUATION_BEST,
     LOCK,
     METRICS,
     PLUGINS,
@@ -56,10 +60,12 @@ from pyrovae.app.files import (
 from pyrovae.app.plugins import source_of as plugin_source
 from pyrovae.app.runfolder import RunFolder, TensorBoardLog
 from pyrovae.devices import resolve_device
-from pyrovae.errors import ConfigError, RunDirError
+from pyrovae.errors import ConfigError, RunDirError, shell_word
 from pyrovae.infer.estimators import resolve_estimator
-from pyrovae.infer.evaluate import evaluate
+from pyrovae.infer.evaluate import evaluate, posterior_means
+from pyrovae.rng import seeded
 from pyrovae.training.distributed import distributed, on_rank0
+from pyrovae.training.early_stopping import EarlyStopping, best_so_far
 from pyrovae.training.loop import (
     check_data,
     fit,
@@ -266,10 +272,25 @@ def stop_at_once_on_signals():
     return _handling_signals(_stop_at_once)
 
 
+def open_run_with_data(run_dir, plugins: Sequence[str], command: str, device, which: str = "last"):
+    """A run folder opened (:func:`~pyrovae.app.checkpoint.open_run`: nothing in it runs) with its
+    model in eval mode on ``device``, and the run's data, checked to be those it was trained on
+    (their fingerprint against the checkpoint's): ``(opened, data)``."""
+    opened = open_run(run_dir, plugins, command, device, which=which)
+    opened.model = opened.model.to(device).eval()
+    data = opened.config.data.load()
+    differs = fingerprint_difference(opened.state["data"], data_fingerprint(data))
+    if differs:
+        raise RunDirError(f"{checkpoint_path(run_dir, which)}: the data differ from the data it was trained on: "
+                          f"{differs}; use the run's own data")
+    return opened, data
+
+
 def evaluate_run(run_dir, nll_samples: int = 5000, iwae_samples: int = 50, elbo_particles: int = 10,
                  device: str = "cpu", out=None, report: Optional[Callable[[Dict], None]] = None,
-                 plugins: Sequence[str] = ()) -> Dict:
-    """Score a finished run on its test split and write ``evaluation.json``.
+                 plugins: Sequence[str] = (), which: str = "last", progress: bool = False) -> Dict:
+    """Score a finished run on its test split and write ``evaluation.json`` (``which="best"``: the
+    best epoch's checkpoint, ``best.pt``, into ``evaluation_best.json``).
 
     ``plugins``: the plugin files or modules a run trained with them needs (checked against the
     SHA-256 the run recorded, then run from the bytes that were hashed; nothing the run folder
@@ -279,25 +300,22 @@ def evaluate_run(run_dir, nll_samples: int = 5000, iwae_samples: int = 50, elbo_
     was trained on: their fingerprint (shapes and SHA-256 of the values) is compared with the
     checkpoint's. ``report(result)``, if given, is called before the file is written (the CLI
     prints the numbers there), so a failed write never loses them. The file is strict JSON: a
-    non-finite result is refused in one line, and nothing is written.
+    non-finite result is refused in one line, and nothing is written. ``progress``: a bar with
+    an ETA for each estimate, on a terminal. The result names the checkpoint (``checkpoint``:
+    last or best) and its ``epoch``.
     """
-    # a run folder is the application layer's: imported here, so that evaluation itself stays core
-
     run_dir = Path(run_dir)
     device = resolve_device(str(device), "--device")
-    out = Path(out) if out is not None else run_dir / EVALUATION
+    checkpoint_path(run_dir, which, "--which")  # a bad choice is refused before anything else
+    out = Path(out) if out is not None else run_dir / (EVALUATION if which == "last" else EVALUATION_BEST)
     problem = own_file_problem(out, run_dir)
     if problem:
         raise RunDirError(f"--out {problem}")
     into_run = out.parent.resolve() == run_dir.resolve()
-    opened = open_run(run_dir, plugins, "pyrovae evaluate RUN_DIR {plugins}", device)
-    config, path = opened.config, run_dir / "checkpoint.pt"
-    model = opened.model.to(device).eval()
-    data = config.data.load()
-    differs = fingerprint_difference(opened.state["data"], data_fingerprint(data))
-    if differs:
-        raise RunDirError(f"{path}: the data differ from the data it was trained on: {differs}; "
-                          "evaluate with the run's own data")
+    which_flag = "" if which == "last" else f" --which {which}"
+    opened, data = open_run_with_data(run_dir, plugins, f"pyrovae evaluate RUN_DIR{which_flag} {{plugins}}", device,
+                                      which)
+    config, model = opened.config, opened.model
     check_evaluation_memory(model, elbo_particles, device)
     check_writable(out.parent, "--out " if not into_run else "")
     with contextlib.ExitStack() as stack:
@@ -305,7 +323,8 @@ def evaluate_run(run_dir, nll_samples: int = 5000, iwae_samples: int = 50, elbo_
             stack.enter_context(RunLock(run_dir, "evaluate"))
             remove_stale(run_dir)
         result = evaluate(model, data.test_split.to(device), nll_samples, iwae_samples, elbo_particles,
-                          seed=config.train.seed)
+                          seed=config.train.seed, progress=progress)
+        result = {**result, "checkpoint": which, "epoch": opened.state["counters"]["epoch"]}
         bad = non_finite(result)
         if bad:
             raise RunDirError(f"{run_dir}: the evaluation gave {bad}: the model or the data give non-finite "
@@ -315,6 +334,74 @@ def evaluate_run(run_dir, nll_samples: int = 5000, iwae_samples: int = 50, elbo_
         text = (json.dumps(result, indent=2, allow_nan=False) + "\n").encode()
         atomic_write_bytes(out, lambda f: f.write(text), "; the numbers above are the result")
     return result
+
+
+def encode_run(run_dir, out, split: str = "test", plugins: Sequence[str] = (), which: str = "last",
+               device: str = "cpu") -> Dict[str, tuple]:
+    """Write the posterior means E_q[z | x] of a run's ``split`` (``test``, ``train``, or
+    ``validation`` where the run has one) to ``out``, a ``.npz`` file: ``latents`` ``(N, latent
+    size)`` float32, in the split's order, and ``labels`` ``(N,)`` where the data have them (scvi-tools'
+    ``get_latent_representation``). The run is opened as by ``evaluate`` (nothing in it runs; the data
+    must be those it trained on); ``out`` is checked to be writable before any work and written
+    atomically. Returns the shapes written."""
+    run_dir, out = Path(run_dir), Path(out)
+    device = resolve_device(str(device), "--device")
+    checkpoint_path(run_dir, which, "--which")
+    if out.suffix.lower() != ".npz":
+        raise RunDirError(f"--out {out}: must be a .npz file")
+    problem = own_file_problem(out, run_dir, ".npz", "")
+    if problem:
+        raise RunDirError(f"--out {problem}")
+    check_writable(out.parent, "--out ")
+    which_flag = "" if which == "last" else f" --which {which}"
+    opened, data = open_run_with_data(run_dir, plugins,
+                                      f"pyrovae encode RUN_DIR{which_flag} {{plugins}} --out {out}", device, which)
+    if split not in data.splits:
+        raise RunDirError(f"--split {split}: valid for this run: {', '.join(data.splits)}")
+    points = data.splits[split].to(device)
+    with seeded(points, opened.config.train.seed):  # a family's encode may sample: from a fixed seed
+        arrays = {"latents": posterior_means(opened.model, points).float().cpu().numpy()}
+    if points.labels is not None:
+        arrays["labels"] = points.labels.cpu().numpy()
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(out, lambda f: f.write(buffer.getbuffer()))
+    return {k: tuple(v.shape) for k, v in arrays.items()}
+
+
+def summary_line(run_dir, command: str = "pyrovae") -> str:
+    """One line on a finished run, from its own files (``metrics.jsonl``, ``config.toml``: read as
+    data): epochs, steps, the last test ELBO (and accuracy), how it stopped, the folder, and the
+    ``evaluate`` command to run next (``command``: how the CLI is invoked)."""
+    run_dir = Path(run_dir)
+    records = []
+    for line in (run_dir / METRICS).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    config = read_run_record(run_dir)
+    last = records[-1] if records else {}
+    tested = [r for r in records if r.get("test_elbo") is not None]
+    parts = [f"trained {last.get('epoch', 0)} epochs, {last.get('step', 0)} steps"]
+    if tested:
+        score = f"test ELBO {tested[-1]['test_elbo']:.2f} nats"
+        if tested[-1].get("test_accuracy") is not None:
+            score += f", test accuracy {tested[-1]['test_accuracy']:.3f}"
+        parts.append(score)
+    stopping = config.get("train", {}).get("early_stopping")
+    which = ""
+    if isinstance(stopping, dict):
+        rule = EarlyStopping.from_spec(stopping)
+        best = best_so_far(records, rule.metric, rule.min_delta)
+        if best is not None and best.since >= rule.patience:
+            parts.append(f"stopped early: best {rule.metric} {best.value:.2f} at epoch {best.epoch} (best.pt)")
+            which = " --which best"
+    plugins = config.get("plugins", {}).get("files", [])
+    flags = "".join(f" --plugins {shell_word(f)}" for f in plugins) if isinstance(plugins, list) else ""
+    parts.append(f"run folder: {run_dir}")
+    parts.append(f"next: {command} evaluate {shell_word(run_dir)}{which}{flags}")
+    return "pyrovae: " + "; ".join(parts)
 
 
 def non_finite(result, where: str = "") -> Optional[str]:

@@ -12,7 +12,7 @@ from pyrovae.app.checkpoint import (
     save_checkpoint,
 )
 from pyrovae.app.config import Config
-from pyrovae.app.files import CHECKPOINT, append_metrics, write_metrics
+from pyrovae.app.files import BEST, CHECKPOINT, append_metrics, write_metrics
 from pyrovae.errors import RunDirError, one_line
 from pyrovae.rng import seeded
 from pyrovae.training.loop import Callback, current_record
@@ -62,17 +62,19 @@ class RunFolder(Callback):
     def failure_note(self) -> str:
         return f"; {self.kept()}" if self.saved_epoch is not None else "; no checkpoint was written yet"
 
-    def save(self, trainer) -> None:
-        """Write the checkpoint (with the metrics records so far)."""
+    def save(self, trainer, best: bool = False) -> None:
+        """Write the checkpoint (with the metrics records so far); ``best``: as ``best.pt`` too."""
         if self.writes:
             save_checkpoint(self.run_dir / CHECKPOINT, trainer.state(), trainer.model.event_shape, self.config,
-                            self.fingerprint, trainer.metrics, self.failure_note(), trainer.data.num_classes)
+                            self.fingerprint, trainer.metrics, self.failure_note(), trainer.data.num_classes,
+                            copies=(self.run_dir / BEST,) if best else ())
             self.saved_epoch = trainer.counters["epoch"]
 
     def on_epoch_end(self, trainer, record: Dict) -> None:
         # The checkpoint (which holds the records) first, then the metrics line: after a kill
         # or a write failure between the two, --resume rebuilds metrics.jsonl from the checkpoint.
-        self.save(trainer)
+        # The best epoch's state is best.pt, the same bytes (checked alike when opened).
+        self.save(trainer, best=trainer.is_best(record))
         if self.writes:
             if self.partial_written:  # the epoch's record replaces that of its first part (train.max_steps)
                 write_metrics(self.run_dir, trainer.metrics)

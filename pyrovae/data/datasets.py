@@ -64,6 +64,8 @@ class Dataset:
     :param torch.Tensor test_y: ``(N_test,)`` int64 labels, or None.
     :param torch.Tensor labeled: ``(N_train,)`` bool, the training labels a model may use
         (``data.labeled = K`` keeps K, balanced per class), or None: all of them.
+    :param validation: the validation points (a tensor or a ``Split``, fixed like the test
+        points), held out of the training split (``data.validation_fraction``), or None.
 
     ``data.train`` and ``data.test`` are the points: the tensor of a split held in memory, else
     the streamed split itself, read like a tensor's rows (``data.test[:10]``, ``len(data.test)``).
@@ -71,12 +73,21 @@ class Dataset:
     """
 
     def __init__(self, name: str, train, test, binarize: str = "none", train_y: Optional[torch.Tensor] = None,
-                 test_y: Optional[torch.Tensor] = None, labeled: Optional[torch.Tensor] = None):
+                 test_y: Optional[torch.Tensor] = None, labeled: Optional[torch.Tensor] = None, validation=None):
         self.name, self.binarize, self.labeled = name, binarize, labeled
         #: processes that read a streamed split's batches ahead of the step (data.num_workers)
         self.num_workers = 0
         self.train_split = _with_labels(as_split(train, where=f"data set {name!r} (train)"), train_y)
         self.test_split = _with_labels(as_split(test, where=f"data set {name!r} (test)"), test_y)
+        #: the validation points (early stopping, the best checkpoint, ``validation_elbo``), or None
+        self.validation_split = None if validation is None else as_split(validation,
+                                                                          where=f"data set {name!r} (validation)")
+
+    @property
+    def splits(self) -> dict:
+        """The splits by name: ``train``, ``test`` and, where there is one, ``validation``."""
+        out = {"train": self.train_split, "test": self.test_split}
+        return out if self.validation_split is None else {**out, "validation": self.validation_split}
 
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, train={type(self.train_split).__name__}{tuple(self.train_split.shape)}, "
@@ -101,7 +112,7 @@ class Dataset:
     @property
     def streamed(self) -> bool:
         """Whether a split is read from its storage a batch at a time (not held in memory)."""
-        return not all(isinstance(s, InMemorySplit) for s in (self.train_split, self.test_split))
+        return not all(isinstance(s, InMemorySplit) for s in self.splits.values())
 
     @property
     def event_shape(self) -> tuple:
@@ -122,10 +133,11 @@ class Dataset:
         return top + 1
 
     def to(self, device) -> "Dataset":
-        if all(s.device == torch.device(device) for s in (self.train_split, self.test_split)):
+        if all(s.device == torch.device(device) for s in self.splits.values()):
             return self
         out = Dataset(self.name, self.train_split.to(device), self.test_split.to(device), self.binarize,
-                      labeled=None if self.labeled is None else self.labeled.to(device))
+                      labeled=None if self.labeled is None else self.labeled.to(device),
+                      validation=None if self.validation_split is None else self.validation_split.to(device))
         out.num_workers = self.num_workers
         return out
 
@@ -220,6 +232,22 @@ def holdout_split(x, test_fraction: float, where: str, y: Optional[torch.Tensor]
     return x[train], x[test], (None if y is None else y[train]), (None if y is None else y[test])
 
 
+#: the permutation that holds out the validation split (data.validation_fraction): fixed, apart from the test split's
+VALIDATION_SEED = SPLIT_SEED + 2
+
+
+def validation_holdout(train: Split, fraction: float, where: str):
+    """``(train, validation)``: ``round(fraction * N)`` of the training split's points held out by a
+    fixed permutation (the same for every run and seed), each an index map of ``train`` with its labels."""
+    n = len(train)
+    n_val = int(round(fraction * n))
+    if n_val < 1 or n_val >= n:
+        raise DataError(f"{where}: validation_fraction = {fraction} of {n} training points leaves an empty split")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    # each part in the file's order: a sweep over it (checks, fingerprint, scores) reads runs of rows
+    return train.subset(perm[n_val:].sort().values), train.subset(perm[:n_val].sort().values)
+
+
 def as_labels(array, n: int, where: str) -> torch.Tensor:
     """Class labels as an int64 tensor ``(N,)`` of values 0, 1, ...; anything else is one DataError line."""
     t = _numeric_tensor(array, where)
@@ -257,7 +285,7 @@ IN_MEMORY = ("auto", True, False)
 
 
 def _streamed_bytes(data: Dataset) -> int:
-    return sum(s.nbytes for s in (data.train_split, data.test_split) if not isinstance(s, InMemorySplit))
+    return sum(s.nbytes for s in data.splits.values() if not isinstance(s, InMemorySplit))
 
 
 def placed(data: Dataset, in_memory="auto", device="cpu", where: str = "data") -> Dataset:
@@ -278,9 +306,10 @@ def placed(data: Dataset, in_memory="auto", device="cpu", where: str = "data") -
                         "this process may still use; set data.in_memory = \"auto\" or false to stream them "
                         "from disk")
     keep = in_memory is True or (in_memory == "auto" and need <= IN_MEMORY_SHARE * room)
-    splits = [s.to(device).in_memory() if keep else s.to(device) for s in (data.train_split, data.test_split)]
-    out = Dataset(data.name, *splits, data.binarize,
-                  labeled=None if data.labeled is None else data.labeled.to(device))
+    splits = {k: s.to(device).in_memory() if keep else s.to(device) for k, s in data.splits.items()}
+    out = Dataset(data.name, splits["train"], splits["test"], data.binarize,
+                  labeled=None if data.labeled is None else data.labeled.to(device),
+                  validation=splits.get("validation"))
     out.num_workers = data.num_workers
     return out
 
@@ -436,7 +465,8 @@ def source_options(name: str, given: dict) -> dict:
 def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Optional[str] = None,
                  test_fraction: float = 0.1, download: bool = True, device="cpu",
                  labeled: Optional[int] = None, key: Optional[str] = None, label_key: Optional[str] = None,
-                 scale: Optional[float] = None, in_memory="auto", num_workers: int = 0, **options) -> Dataset:
+                 scale: Optional[float] = None, in_memory="auto", num_workers: int = 0,
+                 validation_fraction: float = 0.0, **options) -> Dataset:
     """Load a data set by name (:data:`DATASETS`; see the module docstring) onto ``device``, with
     its labels where the source has them; ``labeled = K`` keeps K training labels (balanced per
     class, a fixed choice) and masks the rest. ``path``, ``download``, ``key``, ``label_key``,
@@ -446,13 +476,17 @@ def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Opt
     for any other type). A source without a test split has ``test_fraction`` of it held out.
     ``in_memory`` (``"auto"``, True, False) holds the splits in memory on ``device`` or streams
     them from their storage (:func:`placed`); ``num_workers`` processes read a streamed split's
-    batches ahead of the step."""
+    batches ahead of the step. ``validation_fraction`` of the training split is held out as a
+    validation split (:func:`validation_holdout`: a fixed choice, binarized once like the test
+    split); the label budget is then chosen from the points that remain for training."""
     DATASETS.get(name, "data.name")
     binarize = binarize or DEFAULT_BINARIZE.get(name, "none")
     if binarize not in BINARIZE:
         raise DataError(f"data.binarize = {shown(binarize)}: valid: {', '.join(BINARIZE)}")
     if not 0 < test_fraction < 1:
         raise DataError(f"data.test_fraction = {test_fraction}: must be in (0, 1)")
+    if not 0 <= validation_fraction < 1:
+        raise DataError(f"data.validation_fraction = {validation_fraction}: must be in [0, 1)")
     if in_memory not in IN_MEMORY:
         raise DataError(f"data.in_memory = {shown(in_memory)}: valid: \"auto\", true, false")
     given = dict(path=path, download=download, key=key, label_key=label_key, scale=scale, **options)
@@ -475,12 +509,16 @@ def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Opt
         if len(split) == 0:
             raise DataError(f"data: the {split_name} split of {shown(name)} is empty")
         check_values(split, f"{where} ({split_name} split)" if split_name == "test" else where, binarize)
+    train, validation = data.train_split, None
+    if validation_fraction:
+        train, validation = validation_holdout(train, validation_fraction, f"data set {shown(name)}")
+        validation = validation.binarized_as(binarize)
     mask = None
     if labeled is not None:
-        if data.train_y is None:
+        if train.labels is None:
             raise DataError(f"data.labeled = {labeled}: data set {shown(name)} has no labels")
-        mask = choose_labeled(data.train_y.cpu(), labeled)
-    train = data.train_split.binarized_as("threshold") if binarize == "threshold" else data.train_split
-    out = Dataset(name, train, data.test_split.binarized_as(binarize), binarize, labeled=mask)
+        mask = choose_labeled(train.labels.cpu(), labeled)
+    train = train.binarized_as("threshold") if binarize == "threshold" else train
+    out = Dataset(name, train, data.test_split.binarized_as(binarize), binarize, labeled=mask, validation=validation)
     out.num_workers = num_workers
     return placed(out, in_memory, device, where)

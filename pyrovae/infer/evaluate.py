@@ -5,11 +5,14 @@ paper's "lower bound per datapoint", Figure 2); the test NLL is positive, -log p
 IWAE and VampPrior papers report it.
 """
 
+import contextlib
 import math
+import sys
 from typing import Dict, Iterator, List, Optional
 
 import torch
 from torch.distributions import Normal, kl_divergence
+from tqdm.auto import tqdm
 
 from pyrovae.data.batch import Batch, as_batch
 from pyrovae.data.splits import Split
@@ -37,8 +40,18 @@ def _device(x):
     return x.device if isinstance(x, (Split, Batch)) else as_batch(x).device
 
 
+def progress_bar(progress: Optional[str], total: int, unit: str = "point"):
+    """A tqdm bar with an ETA on stderr, titled ``progress``; none when ``progress`` is None or
+    stderr is not a terminal (a log file gets no bars)."""
+    if progress is None:
+        return contextlib.nullcontext(None)
+    return tqdm(total=total, desc=progress, unit=unit, unit_scale=True, file=sys.stderr, dynamic_ncols=True,
+                disable=None, leave=False)
+
+
 @torch.no_grad()
-def dataset_terms(model, x, num_particles: int = 1, batch_size: int = 1000, seed: int = 0) -> Dict:
+def dataset_terms(model, x, num_particles: int = 1, batch_size: int = 1000, seed: int = 0,
+                  progress: Optional[str] = None) -> Dict:
     """The mean ``elbo``, ``reconstruction`` (E_q[log p(x|z)]) and ``kl`` (KL(q || p)) per
     datapoint of x (a tensor, a :class:`~pyrovae.Batch` or a Split), with estimator B where the model
     allows it (else A), ``num_particles`` samples per point, in chunks of ``batch_size``;
@@ -48,25 +61,28 @@ def dataset_terms(model, x, num_particles: int = 1, batch_size: int = 1000, seed
     never changes a training run's random stream and the same parameters give the same value.
     A global latent (outside the plate "data") is shared by the points scored: its log-densities
     count 1/N per point with N = len(x), the per-point share of x's ELBO as a whole, whatever
-    the chunks; :func:`log_likelihood` shares it alike.
+    the chunks; :func:`log_likelihood` shares it alike. ``progress``: a bar's title (a terminal only).
     """
     reconstruction = kl = 0.0
     n = len(x)
-    with seeded(_device(x), seed):
+    with seeded(_device(x), seed), progress_bar(progress, n) as bar:
         for chunk in _scored(model, x, batch_size):  # a global latent counts 1/N per point, whatever the chunks
             r, k = elbo_terms(model, chunk, num_particles, num_data=n)
             reconstruction, kl = reconstruction + float(r.sum()), kl + float(k.sum())
+            if bar is not None:
+                bar.update(len(chunk))
     return {"elbo": (reconstruction - kl) / n, "reconstruction": reconstruction / n, "kl": kl / n}
 
 
-def dataset_elbo(model, x, num_particles: int = 1, batch_size: int = 1000, seed: int = 0) -> float:
+def dataset_elbo(model, x, num_particles: int = 1, batch_size: int = 1000, seed: int = 0,
+                 progress: Optional[str] = None) -> float:
     """The mean ELBO per datapoint of x, (1/N) sum_i L(theta, phi; x_i) (see :func:`dataset_terms`)."""
-    return dataset_terms(model, x, num_particles, batch_size, seed)["elbo"]
+    return dataset_terms(model, x, num_particles, batch_size, seed, progress)["elbo"]
 
 
 @torch.no_grad()
 def log_likelihood(model, x, num_samples: int = 5000, batch_size: int = 100,
-                   max_elements: int = 2**24, seed: Optional[int] = 0) -> torch.Tensor:
+                   max_elements: int = 2**24, seed: Optional[int] = 0, progress: Optional[str] = None) -> torch.Tensor:
     """The importance-sampled estimate of log p(x_i) for each datapoint (shape ``(N,)``, nats).
 
     With q(z|x) as the proposal and K = ``num_samples`` (Kingma & Welling 2014, App. D;
@@ -79,27 +95,38 @@ def log_likelihood(model, x, num_samples: int = 5000, batch_size: int = 100,
     keeps about ``max_elements`` numbers per tensor (samples x datapoints x data size), and the
     log-sum-exp is accumulated across chunks, so memory stays bounded at any K. Runs on x's
     device (move the model there first). ``seed=None`` draws from the caller's generator.
+    ``progress``: a bar's title, counting importance samples (a terminal only).
     """
     out = []
     n = len(x)
-    with seeded(_device(x), seed):
+    with seeded(_device(x), seed), progress_bar(progress, n * num_samples, "sample") as bar:
         for xb in _scored(model, x, batch_size):
             m = len(xb)
             per_sample = m * max(math.prod(model.event_shape), getattr(model, "latent_dim", 0), 512)
             chunk = max(1, min(num_samples, max_elements // per_sample))
             estimate = LogMeanExp()
             for start in range(0, num_samples, chunk):
-                estimate.add(model.terms(xb, min(chunk, num_samples - start), n, kl=False).log_weights)
+                k = min(chunk, num_samples - start)
+                estimate.add(model.terms(xb, k, n, kl=False).log_weights)
+                if bar is not None:
+                    bar.update(m * k)
             out.append(estimate.value)
     return torch.cat(out)
 
 
 @torch.no_grad()
+def posterior_means(model, x, batch_size: int = 1000) -> torch.Tensor:
+    """E_q[z | x] for each point of x, ``(N, latent size)`` (:meth:`~pyrovae.Model.encode`, as test
+    scores see the points: M2 withholds labels), read in chunks (a streamed split is never held whole)."""
+    return torch.cat([model.encode(chunk) for chunk in _scored(model, x, batch_size)])
+
+
+@torch.no_grad()
 def active_units(model, x, threshold: float = ACTIVE_UNIT_THRESHOLD, batch_size: int = 1000):
     """``(count, activity)``: activity_u = Cov_x(E_q[u | x]), the variance over the data of
-    each latent unit's posterior mean (:meth:`~pyrovae.Model.encode`); a unit is active when it
+    each latent unit's posterior mean (:func:`posterior_means`); a unit is active when it
     exceeds ``threshold`` (Burda et al. 2015, Sec. 5.2)."""
-    means = torch.cat([model.encode(chunk) for chunk in _scored(model, x, batch_size)])
+    means = posterior_means(model, x, batch_size)
     activity = means.var(0, unbiased=False) if means.shape[0] > 1 else torch.zeros(means.shape[1])
     return int((activity > threshold).sum()), activity
 
@@ -139,15 +166,19 @@ def accuracy(model, x, batch_size: int = 1000) -> Optional[float]:
 
 
 def evaluate(model, x, nll_samples: int = 5000, iwae_samples: int = 50, elbo_particles: int = 10,
-             seed: int = 0) -> Dict:
-    """Every test number of a model on x (a tensor, a Batch or a Split; see ``pyrovae evaluate`` in the README)."""
+             seed: int = 0, progress: bool = False) -> Dict:
+    """Every test number of a model on x (a tensor, a Batch or a Split; see ``pyrovae evaluate`` in the README).
+    ``progress``: a tqdm bar with an ETA for each estimate (ELBO, IWAE, NLL), on a terminal only."""
     count, activity = active_units(model, x)
+    titled = (lambda title: title) if progress else (lambda title: None)
     return {
-        "test_elbo": dataset_elbo(model, x, elbo_particles, seed=seed),
+        "test_elbo": dataset_elbo(model, x, elbo_particles, seed=seed, progress=titled(f"ELBO (L={elbo_particles})")),
         "elbo_particles": elbo_particles,
-        "test_iwae": float(log_likelihood(model, x, iwae_samples, seed=seed).mean()),
+        "test_iwae": float(log_likelihood(model, x, iwae_samples, seed=seed,
+                                          progress=titled(f"IWAE (k={iwae_samples})")).mean()),
         "iwae_samples": iwae_samples,
-        "test_nll": -float(log_likelihood(model, x, nll_samples, seed=seed + 1).mean()),
+        "test_nll": -float(log_likelihood(model, x, nll_samples, seed=seed + 1,
+                                          progress=titled(f"NLL (K={nll_samples})")).mean()),
         "nll_samples": nll_samples,
         "active_units": count,
         "latent_dim": int(activity.shape[0]),

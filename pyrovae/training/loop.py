@@ -40,7 +40,9 @@ from pyrovae.infer.estimators import estimator_names, resolve_estimator
 from pyrovae.infer.evaluate import accuracy, active_units, dataset_terms
 from pyrovae.registry import PartSpec, check_at_least, check_choice
 from pyrovae.rng import rng_state, seeded, set_rng_state
+from pyrovae.training.early_stopping import EarlyStopping, best_so_far
 from pyrovae.training.optim import build_optimizer, load_state
+from pyrovae.training.schedules import build_schedule, schedule_spec
 from pyrovae.training.state import load_model_state
 
 MAX_THREADS = 1024
@@ -78,8 +80,12 @@ class TrainConfig:
     seed: int = 0
     #: cpu, cuda or cuda:N.
     device: str = "cpu"
-    #: evaluate the test ELBO every this many epochs (and after the last).
+    #: evaluate the test ELBO (and the validation ELBO) every this many epochs (and after the last).
     eval_every: int = 5
+    #: stop when the metric has not improved for patience evaluations, and keep the best epoch as best.pt:
+    #: { metric = "validation_elbo", patience = 10, min_delta = 0.0 } (see pyrovae.training.early_stopping);
+    #: absent: no early stopping.
+    early_stopping: Optional[Dict[str, Any]] = None
     #: particles per test point for the test ELBO.
     eval_particles: int = 1
     #: a tqdm progress bar with the running loss.
@@ -123,6 +129,8 @@ class TrainConfig:
             raise ConfigError(f"train.seed = {self.seed}: must be in [0, 2^32)")
         check_at_least("train.eval_every", self.eval_every, 1)
         check_at_least("train.eval_particles", self.eval_particles, 1)
+        if self.early_stopping is not None:
+            EarlyStopping.from_spec(self.early_stopping)
         check_choice("train.on_nan", self.on_nan, ("stop", "rollback"))
         check_choice("train.engine", self.engine, ("torch", "pyro"))
         if not 0 < self.rollback_lr_factor < 1:
@@ -234,7 +242,7 @@ def _where(epoch, step, batch, batches) -> str:
 #: the keys of an epoch's metrics record (``metrics.jsonl``, and every checkpoint's ``metrics``)
 RECORD_KEYS = frozenset({"epoch", "step", "samples_seen", "train_elbo", "train_objective", "beta", "test_elbo",
                          "test_reconstruction", "test_kl", "active_units", "test_accuracy", "train_seconds",
-                         "images_per_second"})
+                         "images_per_second", "validation_elbo", "validation_accuracy", "learning_rate"})
 #: record keys that earlier versions wrote, and their names now (a resumed run renames them)
 RENAMED_RECORD_KEYS = {"kl_weight": "beta"}
 
@@ -274,6 +282,22 @@ class Trainer:
         self.optimizer = build_optimizer(optim, model.parameters())
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.n, self.m = self.data.num_train, cfg.batch_size
+        self.steps_per_epoch = steps_per_epoch(self.n, self.m, cfg.labeled_per_batch)
+        validation = self.data.validation_split is not None
+        #: the learning-rate schedule (optim.schedule), stepped per step, epoch or evaluation
+        self.schedule = build_schedule(schedule_spec(optim), self.optimizer, cfg.epochs, self.steps_per_epoch,
+                                       validation)
+        #: train.early_stopping, or None
+        self.stopping = None if cfg.early_stopping is None else EarlyStopping.from_spec(cfg.early_stopping)
+        if self.stopping is not None and self.stopping.metric.startswith("validation") and not validation:
+            raise ConfigError(f"train.early_stopping.metric = {self.stopping.metric!r} needs a validation split: "
+                              "set data.validation_fraction (e.g. 0.1)")
+        if self.stopping is not None and self.stopping.metric.endswith("accuracy") and not hasattr(model, "classify"):
+            raise ConfigError(f"train.early_stopping.metric = {self.stopping.metric!r}: the model "
+                              f"({type(model).__name__}) does not classify")
+        #: the metric the best epoch (best.pt) is chosen by: early stopping's, else the validation ELBO, if any
+        self.best_metric = (self.stopping.metric if self.stopping is not None
+                            else "validation_elbo" if validation else None)
         if (cfg.labeled_per_batch or cfg.labeled_weight != 1) and self.data.labeled is None:
             raise ConfigError("train.labeled_per_batch and train.labeled_weight need a label budget (data.labeled); "
                               "with every label usable there is no labelled part to weigh")
@@ -285,7 +309,6 @@ class Trainer:
             self.labeled_weight = float(cfg.labeled_weight)
         #: the number of training points as the objective counts them (a labelled one labeled_weight times)
         self.weighted_n = self.n + (self.labeled_weight - 1) * num_labeled
-        self.steps_per_epoch = steps_per_epoch(self.n, self.m, cfg.labeled_per_batch)
         # epoch, step and samples_seen count completed work; epoch_* hold a half-done epoch
         # (after an interruption): its next step and running sums.
         self.counters = {"epoch": 0, "step": 0, "samples_seen": 0, "epoch_step": 0, "rollbacks": 0,
@@ -301,7 +324,7 @@ class Trainer:
         """What a checkpoint holds to continue the run bit for bit."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "rng": {**rng_state(), "noise": self.noise.get_state()}, "counters": dict(self.counters),
-                "algorithm": self.algorithm.state_dict()}
+                "algorithm": self.algorithm.state_dict(), "schedule": self.schedule.state_dict()}
 
     def restore(self, state: Dict[str, Any], where="checkpoint") -> None:
         load_model_state(self.model, state["model"], where)
@@ -310,6 +333,27 @@ class Trainer:
         self.noise.set_state(state["rng"]["noise"])
         self.counters.update(state["counters"])
         self.algorithm.load_state_dict(state.get("algorithm", {}))
+        self.schedule.load_state_dict(state.get("schedule", {}))
+
+    # -- the best epoch and early stopping (functions of the records: see pyrovae.training.early_stopping) --
+    def best(self):
+        """The best whole epoch so far by :attr:`best_metric` (a :class:`~pyrovae.training.early_stopping.Best`),
+        or None (no such metric, or no evaluation yet). A step budget's partial epoch does not count."""
+        if self.best_metric is None:
+            return None
+        whole = [r for r in self.metrics if r["step"] >= r["epoch"] * self.steps_per_epoch]
+        return best_so_far(whole, self.best_metric, self.stopping.min_delta if self.stopping else 0.0)
+
+    def is_best(self, record: Dict) -> bool:
+        """Whether ``record`` (the last epoch's) is the best epoch so far: best.pt is its state."""
+        best = self.best()
+        return best is not None and best.epoch == record["epoch"] and best.since == 0 \
+            and record["step"] >= record["epoch"] * self.steps_per_epoch
+
+    def stopped_early(self) -> bool:
+        """Whether early stopping's patience has run out (evaluations without an improvement)."""
+        best = self.best() if self.stopping is not None else None
+        return best is not None and best.since >= self.stopping.patience
 
     def poll(self) -> Optional[int]:
         """The signal number the run was asked to stop by, if any (the same on every rank)."""
@@ -349,7 +393,7 @@ class Trainer:
             with validation(self.algorithm):
                 try:
                     last_good = copy.deepcopy(self.state())
-                    while self.counters["epoch"] < cfg.epochs and not self.out_of_steps():
+                    while self.counters["epoch"] < cfg.epochs and not self.out_of_steps() and not self.stopped_early():
                         try:
                             self.epoch(self.counters["epoch"] + 1, bar)
                             last_good = copy.deepcopy(self.state())
@@ -366,6 +410,11 @@ class Trainer:
                     bar.close()
                     self.beta = 1.0
             self.model.eval()
+            if self.stopped_early() and self.rank == 0:
+                best = self.best()
+                tqdm.write(f"pyrovae: stopped early after epoch {self.counters['epoch']}: {self.best_metric} has not "
+                           f"improved by more than {self.stopping.min_delta:g} in {best.since} evaluations; the best, "
+                           f"{best.value:.4f}, was at epoch {best.epoch}", file=sys.stderr)
             for callback in self.callbacks:
                 callback.on_end(self)
             # a signal during the last evaluation or the figures: the checkpoint is complete, and the exit says so
@@ -393,6 +442,7 @@ class Trainer:
         factor = cfg.rollback_lr_factor ** (k - self.counters["rollbacks"])
         for group in self.optimizer.param_groups:
             group["lr"] *= factor
+        self.schedule.scale(factor)
         self.counters["rollbacks"] = k
         bar.n = self.counters["epoch"] * self.steps_per_epoch + self.counters["epoch_step"]
         tqdm.write(f"pyrovae: {error}; rolled back to epoch {self.counters['epoch']}, learning rate now "
@@ -440,6 +490,7 @@ class Trainer:
                     what = "loss" if not torch.isfinite(loss).item() else "gradient"
                     raise NonFinite(f"non-finite {what} {_where(*where)}")
                 self.optimizer.step()
+            self.schedule.after_step()
             total += step.objective_sum  # the minibatch's last update
             total_elbo += step.elbo_sum
             bar.update()
@@ -457,10 +508,12 @@ class Trainer:
                   "train_elbo": total_elbo.item() * per_point, "train_objective": total.item() * per_point,
                   "beta": self.beta, "test_elbo": None, "test_reconstruction": None, "test_kl": None,
                   "active_units": None, "test_accuracy": None, "train_seconds": seconds,
-                  "images_per_second": n / seconds}
+                  "images_per_second": n / seconds, "validation_elbo": None, "validation_accuracy": None,
+                  "learning_rate": self.optimizer.param_groups[0]["lr"]}
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs or self.out_of_steps():
             self.evaluate(record)
             bar.set_postfix(epoch=epoch, elbo=f"{record['train_elbo']:.2f}", test_elbo=f"{record['test_elbo']:.2f}")
+        self.schedule.after_epoch(record)  # after the record took the epoch's rate; the checkpoint holds the next
         # the epoch's record replaces the record of its first part, where a step budget ended it before
         self.metrics = [r for r in self.metrics if r["epoch"] != epoch] + [record]
         for callback in self.callbacks:  # the run folder saves its checkpoint here, then the metrics line
@@ -494,7 +547,8 @@ class Trainer:
                   "train_objective": total * per_point if seen else None, "beta": self.beta,
                   "test_elbo": None, "test_reconstruction": None, "test_kl": None, "active_units": None,
                   "test_accuracy": None, "train_seconds": seconds,
-                  "images_per_second": seen / seconds if seconds else None}
+                  "images_per_second": seen / seconds if seconds else None, "validation_elbo": None,
+                  "validation_accuracy": None, "learning_rate": self.optimizer.param_groups[0]["lr"]}
         self.evaluate(record)
         self.metrics = [r for r in self.metrics if r["epoch"] != epoch] + [record]
         for callback in self.callbacks:
@@ -531,6 +585,12 @@ class Trainer:
         with seeded(test, self.cfg.seed):  # a family's encode may sample (its guide's trace): never the run's RNG
             record["active_units"], activity = active_units(model, test)
             record["test_accuracy"] = accuracy(model, test)
+        validation = self.data.validation_split
+        if validation is not None:
+            record["validation_elbo"] = dataset_terms(model, validation, self.cfg.eval_particles,
+                                                      seed=self.cfg.seed)["elbo"]
+            with seeded(validation, self.cfg.seed):
+                record["validation_accuracy"] = accuracy(model, validation)
         units = int(activity.shape[0])
         if (2 * record["active_units"] < units and epoch > 1 and not self.warned and self.rank == 0
                 and self.algorithm.trains_guide):

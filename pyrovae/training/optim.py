@@ -116,13 +116,19 @@ def load_state(optimizer: torch.optim.Optimizer, saved: Dict[str, Any]) -> None:
 
 
 def build_optimizer(spec: Spec, params) -> torch.optim.Optimizer:
-    """A torch optimizer from a spec such as ``{"name": "adagrad", "lr": 0.02}``."""
+    """A torch optimizer from a spec such as ``{"name": "adagrad", "lr": 0.02}`` (its ``schedule``,
+    if any, is :func:`pyrovae.training.schedules.build_schedule`'s)."""
+    if isinstance(spec, dict):
+        spec = {k: v for k, v in spec.items() if k != "schedule"}
     name, options = OPTIMIZERS.split(spec, "optim")
     if options.get("lr", 1.0) <= 0:
         raise ConfigError(f"optim.lr = {shown(options['lr'])}: must be > 0")
     return OPTIMIZERS.build(spec, "optim", params=list(params))
 
 
-def check_optimizer(spec: Spec) -> None:
-    """Validate a spec (names, types and ranges) by building it over a dummy parameter."""
-    build_optimizer(spec, [torch.zeros(1, requires_grad=True)])
+def check_optimizer(spec: Spec, epochs: int = 1, has_validation: bool = True) -> None:
+    """Validate a spec (names, types and ranges), and its schedule, by building them over a dummy parameter."""
+    from pyrovae.training.schedules import build_schedule, schedule_spec
+
+    optimizer = build_optimizer(spec, [torch.zeros(1, requires_grad=True)])
+    build_schedule(schedule_spec(spec), optimizer, epochs, 1, has_validation)
