@@ -312,11 +312,11 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_good_state(small_disk, monke
 
     original, calls, filler = RunFolder.save, [], []
 
-    def save(self, trainer):
+    def save(self, trainer, **kwargs):
         calls.append(1)
         if len(calls) == 3:
             filler.append(fill_disk(small_disk))
-        return original(self, trainer)
+        return original(self, trainer, **kwargs)
 
     monkeypatch.setattr(RunFolder, "save", save)
     run = small_disk / "run"

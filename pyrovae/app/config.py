@@ -19,7 +19,7 @@ from pyrovae.app.plugins import PluginRecord, needs_plugins_message, parse_recor
 from pyrovae.data.datasets import BINARIZE, DATASETS, IN_MEMORY, SOURCE_KEYS, Dataset, load_dataset, source_options
 from pyrovae.errors import ConfigError, DataError, UnknownNameError, one_line, shown
 from pyrovae.infer.algorithms import ALGORITHMS, algorithm_name
-from pyrovae.models.registry import MODELS, check_model_options, family_defaults
+from pyrovae.models.registry import MODELS, check_model_options, family_defaults, labeled_training
 from pyrovae.registry import _type_name, check_at_least, check_choice, check_type
 from pyrovae.training.loop import TrainConfig
 from pyrovae.training.optim import check_optimizer
@@ -331,7 +331,21 @@ def config_from_dict(d: Dict[str, Any], base_dir: Optional[Path] = None, plugins
     table = _section(PluginsConfig, d.get("plugins", {}), "plugins")
     recorded = table.record() if table.sha256 else None
     record = run_own_plugins([*table.modules, *plugins], base_dir, recorded)
-    return _checked({**d, "plugins": record.as_config()})
+    return _checked(with_family_training({**d, "plugins": record.as_config()}))
+
+
+def with_family_training(d: Dict[str, Any]) -> Dict[str, Any]:
+    """A fresh run's config with the ``[train]`` settings its family trains with under a label
+    budget, where the config leaves them out (:func:`pyrovae.models.registry.labeled_training`);
+    they are then written in the run's ``config.toml`` like any other key."""
+    model, data, train = (d.get(s, {}) for s in ("model", "data", "train"))
+    if not all(isinstance(t, dict) for t in (model, data, train)) or data.get("labeled") is None:
+        return d
+    batch = train.get("batch_size", TrainConfig.batch_size)
+    if not isinstance(batch, int) or isinstance(batch, bool):
+        return d  # refused by the [train] checks
+    fill = labeled_training(model.get("family", "vae"), train, batch)
+    return {**d, "train": {**train, **fill}} if fill else d
 
 
 def record_config(d: Dict[str, Any], plugins: Sequence[str] = (), run_dir=None,

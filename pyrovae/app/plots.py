@@ -1,6 +1,9 @@
-"""Figures of a run: image grids (reconstructions, samples), the 2-D manifold, the ELBO curve."""
+"""Figures of a run: reconstructions and samples (image grids for images; line or heat-map plots
+for vectors: tables, count matrices), the 2-D manifold, the latent space (``latent.png``: the test
+points' posterior means, by PCA when the latent has more than 2 dimensions), the ELBO curve."""
 
 import math
+import sys
 import warnings
 from pathlib import Path
 from typing import Dict, List
@@ -86,14 +89,76 @@ def save_image_rows(path, panels, ncols: int, height: float = 1.4) -> None:
     save_figure(fig, path)
 
 
+def is_image(event_shape) -> bool:
+    """Whether points of this shape are drawn as images: (H, W) and (C, H, W); a vector (a table's
+    row, a cell's counts) is drawn as lines or a heat map."""
+    return len(tuple(event_shape)) >= 2
+
+
+#: vectors up to this length are drawn as lines; longer ones as heat maps
+MAX_LINE_FEATURES = 64
+
+
+def _feature_axes(ax, d: int) -> None:
+    ax.set_xlabel("feature")
+    ax.tick_params(labelsize=7)
+    if d <= 20:
+        ax.set_xticks(range(d))
+
+
+def save_vector_rows(path, panels, title: str) -> None:
+    """Rows of vectors as heat maps side by side, one colour scale; ``panels``: ``[(array (n, D), title)]``."""
+    values = np.concatenate([a for a, _ in panels])
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 0.8, 3.6), squeeze=False)
+    for ax, (array, name) in zip(axes[0], panels):
+        image = ax.imshow(array, aspect="auto", cmap="viridis", vmin=lo, vmax=hi if hi > lo else lo + 1,
+                          interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel("point")
+        _feature_axes(ax, array.shape[1])
+    fig.colorbar(image, ax=list(axes[0]), shrink=0.9)
+    fig.suptitle(title, fontsize=9)
+    save_figure(fig, path)
+
+
+def _vectors(x: torch.Tensor) -> np.ndarray:
+    return x.detach().float().cpu().reshape(x.shape[0], -1).numpy()
+
+
 @torch.no_grad()
 def plot_reconstructions(path, vae, x, n: int = 10) -> None:
-    """Test points (odd rows) above their reconstructions E[x | z = mu(x)] (even rows); x is a
-    tensor or a :class:`~pyrovae.Batch`."""
+    """Test points above their reconstructions E[x | z = mu(x)]; x is a tensor or a
+    :class:`~pyrovae.Batch`. Images: a grid (rows 1, 3 the data, rows 2, 4 the reconstructions);
+    vectors: each point's values and its reconstruction as two lines (up to
+    :data:`MAX_LINE_FEATURES` features), or the points and their reconstructions as two heat maps."""
     batch = as_batch(x)[: 2 * n]
     rec, x = vae.reconstruct(batch), batch.x
-    rows = torch.cat([x[:n], rec[:n], x[n:], rec[n:]])
-    save_grid(path, rows, vae.event_shape, n, "test data (rows 1, 3) and reconstructions (rows 2, 4)")
+    if is_image(vae.event_shape):
+        rows = torch.cat([x[:n], rec[:n], x[n:], rec[n:]])
+        save_grid(path, rows, vae.event_shape, n, "test data (rows 1, 3) and reconstructions (rows 2, 4)")
+        return
+    data, recs = _vectors(x), _vectors(rec)
+    if data.shape[1] > MAX_LINE_FEATURES:
+        save_vector_rows(path, [(data, "test data"), (recs, "reconstructions E[x | z = mu(x)]")],
+                         f"{len(data)} test points and their reconstructions")
+        return
+    shown_points = min(len(data), 8)
+    cols = min(4, shown_points)
+    rows = -(-shown_points // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.2 * rows), squeeze=False, sharey=True)
+    for i, ax in enumerate(axes.ravel()):
+        if i >= shown_points:
+            ax.set_axis_off()
+            continue
+        ax.plot(data[i], "o-", markersize=2.5, linewidth=1, label="data")
+        ax.plot(recs[i], "-", linewidth=1.5, label="reconstruction")
+        ax.set_title(f"test point {i}", fontsize=8)
+        _feature_axes(ax, data.shape[1])
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("test data and reconstructions E[x | z = mu(x)]", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 #: a figure of samples per class draws at most this many classes, one row each
@@ -106,6 +171,15 @@ def plot_samples(path, vae, n: int = 64) -> None:
     labels (cvae, m2: ``num_classes``), one row per class of ``sqrt(n)`` samples each (the first
     :data:`MAX_CLASS_ROWS` classes)."""
     classes = min(getattr(vae, "num_classes", None) or 0, MAX_CLASS_ROWS)
+    if not is_image(vae.event_shape):  # vectors: one heat-map row per sample (sorted by class where there are classes)
+        if classes:
+            per_class = max(1, int(math.sqrt(n)))
+            y = torch.arange(classes, device=vae.device).repeat_interleave(per_class)
+            save_vector_rows(path, [(_vectors(vae.sample(len(y), y=y)), f"{per_class} samples per class, "
+                                     "in class order")], "samples E[x | z, y], z ~ p(z)")
+        else:
+            save_vector_rows(path, [(_vectors(vae.sample(n)), f"{n} samples")], "samples E[x | z], z ~ p(z)")
+        return
     if classes:
         per_class = max(1, int(math.sqrt(n)))
         y = torch.arange(classes, device=vae.device).repeat_interleave(per_class)
@@ -137,7 +211,60 @@ def plot_elbo(path, metrics: List[Dict]) -> None:
     ax.set_xlabel("training samples evaluated")
     ax.set_ylabel("ELBO per datapoint (nats)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_lines():
+        ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+#: latent.png shows at most this many test points
+LATENT_POINTS = 2000
+
+
+def latent_plane(means: torch.Tensor):
+    """``(points (N, 2), share)``: posterior means ``(N, d)`` as they are for d = 2 (share None),
+    else their projection on the first two principal components (the centred means times the top two
+    right singular vectors), with each component's share of the variance."""
+    if means.dim() != 2 or means.shape[1] < 2:
+        raise ValueError("latent.png needs a latent of 2 or more dimensions")
+    if means.shape[1] == 2:
+        return means.numpy(), None
+    centred = means.double() - means.double().mean(0)
+    _, s, v = torch.linalg.svd(centred, full_matrices=False)
+    share = (s**2 / max(float((s**2).sum()), 1e-300)).tolist()
+    return (centred @ v[:2].T).float().numpy(), share[:2]
+
+
+@torch.no_grad()
+def plot_latent(path, vae, x) -> None:
+    """The test points' posterior means E_q[z | x] in 2-D: the latent itself for 2 dimensions, else
+    its first two principal components (explained variance on the axes), coloured by label where
+    x has labels. x: a :class:`~pyrovae.Batch` (or tensor)."""
+    from pyrovae.infer.evaluate import posterior_means
+
+    batch = as_batch(x)
+    means = posterior_means(vae, batch).float().cpu()
+    points, share = latent_plane(means)
+    axes = ("z_1", "z_2") if share is None else (f"PC 1 ({100 * share[0]:.0f}% of the variance)",
+                                                 f"PC 2 ({100 * share[1]:.0f}%)")
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    size = max(4.0, min(30.0, 6000 / len(points)))  # few points drawn larger
+    y = batch.y
+    if y is not None:
+        labels = y.cpu().numpy()
+        scatter = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10" if labels.max() < 10 else "viridis",
+                             s=size, alpha=0.8)
+        if labels.max() < 10:
+            ax.legend(*scatter.legend_elements(), title="label", fontsize=7, title_fontsize=7, loc="best",
+                      markerscale=0.8)
+        else:
+            fig.colorbar(scatter, ax=ax, label="label")
+    else:
+        ax.scatter(points[:, 0], points[:, 1], s=size, alpha=0.6)
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title(f"posterior means of {len(points)} test points ({means.shape[1]}-D latent"
+                 f"{', PCA' if means.shape[1] > 2 else ''})", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -146,16 +273,30 @@ class FigureWarning(UserWarning):
     """A figure of a finished run could not be drawn (the run itself is complete)."""
 
 
-def plot_run(run_dir, vae, test_x: torch.Tensor, metrics: List[Dict]) -> List[str]:
+def plot_run(run_dir, vae, test_x: torch.Tensor, metrics: List[Dict], latent_x=None) -> List[str]:
     """Write every figure of a run folder; returns the file names written. A figure that cannot
     be drawn (a family's sample or reconstruction failing, a full disk) is a :class:`FigureWarning`
-    that names it and why, and the others are still drawn: a finished run never fails on a figure."""
+    that names it and why, and the others are still drawn: a finished run never fails on a figure.
+    A figure that does not apply (the manifold of data that are not images, the latent space of a
+    1-D latent) is left out with a note on stderr. ``latent_x``: the test points of ``latent.png``
+    (default ``test_x``)."""
     run_dir = Path(run_dir)
     figures = [("reconstructions.png", lambda path: plot_reconstructions(path, vae, test_x)),
                ("samples.png", lambda path: plot_samples(path, vae)),
                ("elbo.png", lambda path: plot_elbo(path, metrics))]
-    if getattr(vae, "latent_dim", None) == 2 and hasattr(vae, "decode") and not getattr(vae, "num_classes", None):
-        figures.append(("manifold.png", lambda path: plot_manifold(path, vae)))
+    latent_dim = getattr(vae, "latent_dim", None)
+    notes = []
+    if latent_dim == 2 and hasattr(vae, "decode") and not getattr(vae, "num_classes", None):
+        if is_image(vae.event_shape):
+            figures.append(("manifold.png", lambda path: plot_manifold(path, vae)))
+        else:
+            notes.append(f"manifold.png left out: the data (shape {tuple(vae.event_shape)}) are not images")
+    if isinstance(latent_dim, int) and latent_dim >= 2:
+        figures.append(("latent.png", lambda path: plot_latent(path, vae, test_x if latent_x is None else latent_x)))
+    elif latent_dim == 1:
+        notes.append("latent.png left out: a 1-D latent has no plane to draw (see elbo.png, evaluation.json)")
+    for note in notes:
+        print(f"pyrovae: {note}", file=sys.stderr)
     names = []
     for name, draw in figures:
         try:

@@ -92,10 +92,11 @@ class RunFolder(Callback):
     def on_end(self, trainer) -> None:
         if not self.writes:
             return
-        from pyrovae.app.plots import plot_run
-
         # a figure that cannot be drawn is a warning
-        plot_run(self.run_dir, trainer.model, trainer.data.test_head(FIGURE_POINTS), trainer.metrics)
+        from pyrovae.app.plots import LATENT_POINTS, plot_run
+
+        plot_run(self.run_dir, trainer.model, trainer.data.test_head(FIGURE_POINTS), trainer.metrics,
+                 trainer.data.test_head(LATENT_POINTS))
 
     def kept(self) -> Optional[str]:
         if self.saved_epoch is None:

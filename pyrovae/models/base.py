@@ -28,7 +28,7 @@ import functools
 import inspect
 import math
 import warnings
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import pyro
 import torch
@@ -73,6 +73,19 @@ class Model(PyroModule):
     observed_site: Optional[str] = None
     #: how many plates model and guide nest, where a family knows it (else one trace finds out)
     plate_nesting: Optional[int] = None
+    #: the ``[train]`` settings the family trains with under a label budget (``data.labeled``) where
+    #: the config leaves them out (M2: labelled points in every minibatch, the balanced weight);
+    #: ``labeled_per_batch`` is at most half the minibatch
+    labeled_training: Dict[str, Any] = {}
+
+    @classmethod
+    def training_under_budget(cls, given, batch_size: int) -> Dict[str, Any]:
+        """The :attr:`labeled_training` keys not among ``given`` (those a config or call sets), with
+        ``labeled_per_batch`` at most half the minibatch ``batch_size``."""
+        fill = {k: v for k, v in cls.labeled_training.items() if k not in given}
+        if "labeled_per_batch" in fill:
+            fill["labeled_per_batch"] = max(0, min(fill["labeled_per_batch"], batch_size // 2))
+        return fill
 
     def __init_subclass__(cls, **kwargs):
         """A family's ``model`` and ``guide`` run in the module's Pyro context (as with

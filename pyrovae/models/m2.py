@@ -73,6 +73,9 @@ class M2(CVAE):
     """
 
     config_defaults = {**CVAE.config_defaults, "classifier": {"name": "mlp", "hidden": [256], "activation": "relu"}}
+    #: with rare labels and uniform minibatches, a labelled point is seen once an epoch and weighs 1 in N:
+    #: the classifier then learns little from the labels (Kingma et al. 2014 weigh them by alpha * N)
+    labeled_training = {"labeled_per_batch": 50, "labeled_weight": "balanced"}
 
     def __init__(self, event_shape: Sequence[int], num_classes: int, latent_dim: int = 10,
                  prior: Union[Spec, Prior] = "standard_normal",

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from pyrovae.errors import ConfigError, shown
+from pyrovae.errors import ConfigError, one_line, shown
 
 #: the record keys early stopping (and the best checkpoint) may follow, all higher-is-better
 STOPPING_METRICS = ("validation_elbo", "validation_accuracy", "test_elbo", "test_accuracy", "train_elbo")
@@ -41,7 +41,7 @@ class EarlyStopping:
         fields = {f.name for f in dataclasses.fields(cls)}
         for key in spec:
             if key not in fields:
-                raise ConfigError(f"{where}.{shown(key, 40)}: unknown key; valid keys: {', '.join(sorted(fields))}")
+                raise ConfigError(f"{where}.{one_line(str(key), 40)}: unknown key; valid keys: {', '.join(sorted(fields))}")
         out = cls(**spec)
         if out.metric not in STOPPING_METRICS:
             raise ConfigError(f"{where}.metric = {shown(out.metric)}: valid: {', '.join(STOPPING_METRICS)}")

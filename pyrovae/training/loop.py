@@ -231,6 +231,10 @@ def fit(model, data, train: Optional[TrainConfig] = None, optim: Optional[Dict[s
     cfg.check()
     data = as_dataset(data, test, test_fraction, in_memory=in_memory, device=resolve_device(cfg.device),
                       num_workers=num_workers)
+    if train is None and data.labeled is not None:  # the family's settings under a label budget, unless given
+        under_budget = getattr(model, "training_under_budget", None)
+        cfg = dataclasses.replace(cfg, **(under_budget(set(train_options), cfg.batch_size) if under_budget else {}))
+        cfg.check()
     trainer = Trainer(model, data, cfg, optim or {"name": "adam", "lr": 1e-3}, callbacks, stop_signal)
     return trainer.run()
 
@@ -279,6 +283,8 @@ class Trainer:
         self.noise = torch.Generator(device=self.device)
         #: beta, the weight of the KL term at this step (an argument of the estimators, not model state)
         self.beta = 1.0
+        #: the learning rate of the last step taken (an epoch's record holds its last step's)
+        self.step_lr: Optional[float] = None
         self.optimizer = build_optimizer(optim, model.parameters())
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.n, self.m = self.data.num_train, cfg.batch_size
@@ -490,6 +496,7 @@ class Trainer:
                     what = "loss" if not torch.isfinite(loss).item() else "gradient"
                     raise NonFinite(f"non-finite {what} {_where(*where)}")
                 self.optimizer.step()
+            self.step_lr = self.optimizer.param_groups[0]["lr"]  # the rate of the step just taken (the record's)
             self.schedule.after_step()
             total += step.objective_sum  # the minibatch's last update
             total_elbo += step.elbo_sum
@@ -509,7 +516,7 @@ class Trainer:
                   "beta": self.beta, "test_elbo": None, "test_reconstruction": None, "test_kl": None,
                   "active_units": None, "test_accuracy": None, "train_seconds": seconds,
                   "images_per_second": n / seconds, "validation_elbo": None, "validation_accuracy": None,
-                  "learning_rate": self.optimizer.param_groups[0]["lr"]}
+                  "learning_rate": self.step_lr}
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs or self.out_of_steps():
             self.evaluate(record)
             bar.set_postfix(epoch=epoch, elbo=f"{record['train_elbo']:.2f}", test_elbo=f"{record['test_elbo']:.2f}")
@@ -548,7 +555,7 @@ class Trainer:
                   "test_elbo": None, "test_reconstruction": None, "test_kl": None, "active_units": None,
                   "test_accuracy": None, "train_seconds": seconds,
                   "images_per_second": seen / seconds if seconds else None, "validation_elbo": None,
-                  "validation_accuracy": None, "learning_rate": self.optimizer.param_groups[0]["lr"]}
+                  "validation_accuracy": None, "learning_rate": self.step_lr}
         self.evaluate(record)
         self.metrics = [r for r in self.metrics if r["epoch"] != epoch] + [record]
         for callback in self.callbacks:

@@ -14,7 +14,7 @@ With base rate eta_0 (``optim.lr``), epoch e (completed epochs), step s and T = 
   held at eta_min after T epochs.
 - ``plateau`` (``ReduceLROnPlateau`` in mode ``max``): the rate times ``factor`` when the
   metric (``validation_elbo`` where there is a validation split, else ``test_elbo``) has not
-  risen by more than ``threshold`` (relative) for ``patience`` evaluations; stepped at each
+  risen by more than ``threshold`` (in its units: nats) for ``patience`` evaluations; stepped at each
   evaluation of a whole epoch (every ``train.eval_every`` epochs).
 
 The scheduler's state is part of every checkpoint, so a resumed run continues its schedule bit
@@ -154,7 +154,7 @@ def warmup_cosine(optimizer, epochs: int, steps_per_epoch: int, warmup_epochs: f
 
 @SCHEDULES.register("plateau")
 def plateau(optimizer, has_validation: bool, metric: str = "auto", factor: float = 0.1, patience: int = 10,
-            threshold: float = 1e-4, min_lr: float = 0.0, cooldown: int = 0):
+            threshold: float = 0.01, min_lr: float = 0.0, cooldown: int = 0):
     """The rate times factor after patience evaluations without a rise in the metric, per evaluation."""
     if metric not in PLATEAU_METRICS:
         raise ValueError(f"metric must be one of {', '.join(PLATEAU_METRICS)}, got {shown(metric)}")
@@ -166,7 +166,8 @@ def plateau(optimizer, has_validation: bool, metric: str = "auto", factor: float
         raise ValueError(f"factor must be in (0, 1), got {factor}")
     if patience < 0 or cooldown < 0 or threshold < 0 or min_lr < 0:
         raise ValueError("patience, cooldown, threshold and min_lr must be >= 0")
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "max", factor, patience, threshold,
+    # an absolute threshold, in the metric's units: torch's relative one counts an unchanged negative ELBO as a rise
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "max", factor, patience, threshold, "abs",
                                                            cooldown=cooldown, min_lr=min_lr)
     return Schedule(scheduler, "evaluation", metric)
 
