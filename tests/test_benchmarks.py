@@ -55,7 +55,7 @@ def test_quick_run_writes_the_json_fields(tmp_path):
             assert key in r, key
         assert r["pyrovae_vs_torch_time"] == r["torch_images_per_s"] / r["pyrovae_images_per_s"]
         assert len(r["all_runs"]["pyrovae"]) == 2 and all(v > 0 for v in r["all_runs"]["pyrovae"])
-        assert len(r["rss_mib_per_epoch"]) == 2 and r["nll_images"] == 2
+        assert len(r["rss_mib_per_epoch"]) == 2 and r["nll_images"] == 2 and r["nll_over_floor"] > 0
 
 
 def test_the_family_loops_run_and_report_their_ratio():

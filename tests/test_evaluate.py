@@ -53,6 +53,34 @@ def test_log_likelihood_memory_is_chunked(ppca):
     assert log_likelihood(vae, x, 10, batch_size=7).shape == (40,)
 
 
+@pytest.mark.parametrize("prior", ["standard_normal", "mixture"])
+def test_the_importance_sampler_encodes_once_and_gives_the_trace_paths_weights(prior):
+    """log_likelihood's fast path (x encoded once, the closed forms of VAE.terms) against the general,
+    trace-derived Model.terms at the same z: the same log-weights, and the same gradients."""
+    from pyrovae import Model
+
+    torch.manual_seed(0)
+    vae = VAE((12,), 3, prior=prior, encoder={"name": "mlp", "hidden": [16]}, decoder={"name": "mlp", "hidden": [16]})
+    x = binary_batch(6, (12,))
+    calls = []
+    vae.encoder.register_forward_hook(lambda *a: calls.append(1))
+    draw = vae.importance_sampler(x, num_data=50)
+    noise = torch.randn(4, 6, 3)
+    fast = torch.cat([draw(4, noise), draw(4, noise)])
+    assert len(calls) == 1  # one encoding for every chunk
+    loc, log_var = vae.encoder(x)
+    z = loc + noise * torch.exp(0.5 * log_var)
+    general = Model.terms(vae, x, 4, 50, kl=False, values={"z": z}).log_weights
+    torch.testing.assert_close(fast, torch.cat([general, general]), rtol=1e-5, atol=1e-4)
+    grads = [torch.autograd.grad(w.sum(), list(vae.parameters()), allow_unused=True)
+             for w in (vae.importance_sampler(x, 50)(4, noise),
+                       Model.terms(vae, x, 4, 50, kl=False, values={"z": vae.encoder(x)[0] + noise * torch.exp(
+                           0.5 * vae.encoder(x)[1])}).log_weights)]
+    for a, b in zip(*grads):
+        if a is not None or b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 # -- the IWAE objective -------------------------------------------------------------------------------
 def per_datapoint_iwae(vae, x, k):
     with torch.no_grad():

@@ -80,9 +80,16 @@ def dataset_elbo(model, x, num_particles: int = 1, batch_size: int = 1000, seed:
     return dataset_terms(model, x, num_particles, batch_size, seed, progress)["elbo"]
 
 
+#: numbers per tensor of one chunk of importance samples (samples x points x data size): on the CPU
+#: sized to the caches (measured in benchmarks/throughput.py --nll: 2^20 runs at 1.4x the decoder's
+#: matrix-multiply floor, 2^24 at 2.7x); on a GPU large, to fill it
+CHUNK_ELEMENTS = {"cpu": 2**20, "cuda": 2**24}
+
+
 @torch.no_grad()
 def log_likelihood(model, x, num_samples: int = 5000, batch_size: int = 100,
-                   max_elements: int = 2**24, seed: Optional[int] = 0, progress: Optional[str] = None) -> torch.Tensor:
+                   max_elements: Optional[int] = None, seed: Optional[int] = 0,
+                   progress: Optional[str] = None) -> torch.Tensor:
     """The importance-sampled estimate of log p(x_i) for each datapoint (shape ``(N,)``, nats).
 
     With q(z|x) as the proposal and K = ``num_samples`` (Kingma & Welling 2014, App. D;
@@ -91,23 +98,29 @@ def log_likelihood(model, x, num_samples: int = 5000, batch_size: int = 100,
         log p(x) ~= log (1/K) sum_k p(x | z_k) p(z_k) / q(z_k | x),   z_k ~ q(z | x),
 
     the log-weights being the model's :meth:`~pyrovae.Model.terms`. It is a stochastic lower
-    bound whose expectation rises to log p(x) as K grows. Samples are drawn in chunks whose size
-    keeps about ``max_elements`` numbers per tensor (samples x datapoints x data size), and the
-    log-sum-exp is accumulated across chunks, so memory stays bounded at any K. Runs on x's
+    bound whose expectation rises to log p(x) as K grows. Each batch of points is encoded once
+    (:meth:`~pyrovae.Model.importance_sampler`), then its samples are drawn and scored in chunks whose
+    size keeps about ``max_elements`` numbers per tensor (samples x datapoints x data size; default
+    :data:`CHUNK_ELEMENTS` for the device), and the log-sum-exp is accumulated across chunks, so
+    memory stays bounded at any K. Runs on x's
     device (move the model there first). ``seed=None`` draws from the caller's generator.
     ``progress``: a bar's title, counting importance samples (a terminal only).
     """
     out = []
     n = len(x)
-    with seeded(_device(x), seed), progress_bar(progress, n * num_samples, "sample") as bar:
+    device = _device(x)
+    if max_elements is None:
+        max_elements = CHUNK_ELEMENTS.get(torch.device(device).type, CHUNK_ELEMENTS["cuda"])
+    with seeded(device, seed), progress_bar(progress, n * num_samples, "sample") as bar:
         for xb in _scored(model, x, batch_size):
             m = len(xb)
             per_sample = m * max(math.prod(model.event_shape), getattr(model, "latent_dim", 0), 512)
             chunk = max(1, min(num_samples, max_elements // per_sample))
+            draw = model.importance_sampler(xb, n)
             estimate = LogMeanExp()
             for start in range(0, num_samples, chunk):
                 k = min(chunk, num_samples - start)
-                estimate.add(model.terms(xb, k, n, kl=False).log_weights)
+                estimate.add(draw(k))
                 if bar is not None:
                     bar.update(m * k)
             out.append(estimate.value)

@@ -231,6 +231,13 @@ class Model(PyroModule):
         model_trace, guide_trace = self.traces(batch, num_particles, num_data, values)
         return trace_terms(model_trace, guide_trace, num_particles, batch.x.shape[0], num_data, kl, values or ())
 
+    def importance_sampler(self, batch, num_data: Optional[int] = None):
+        """A function ``draw(k)`` that gives the log importance weights log p(x, z_j) - log q(z_j | x)
+        of k fresh samples z_j ~ q(z | x) for each point of ``batch``, shape ``(k, M)``, as many times as
+        it is called (:func:`pyrovae.log_likelihood` calls it chunk after chunk). Here: :meth:`terms`
+        per call; a family with closed forms encodes the batch once instead (``VAE``)."""
+        return lambda k: self.terms(batch, k, num_data, kl=False).log_weights
+
     def has_closed_form_kl(self, batch=None) -> bool:
         """Whether every latent site's KL(q || p) has a closed form (what ``auto`` asks), from the
         terms of ``batch`` (default: 2 blank points)."""

@@ -172,6 +172,10 @@ class VAE(Model):
         batch = as_batch(batch)
         x, c = batch.x, self.condition(batch)
         loc, log_var = self.encoder(self.encoder_input(x, c))
+        return self._terms_at(x, c, loc, log_var, num_particles, kl, noise)
+
+    def _terms_at(self, x, c, loc, log_var, num_particles: int, kl: bool, noise=None) -> Terms:
+        """:meth:`terms` given the encoder's output ``(loc, log_var)`` for x."""
         if noise is None:
             noise = torch.randn((num_particles, *loc.shape), dtype=loc.dtype, device=loc.device)
         z = loc + noise * torch.exp(0.5 * log_var)  # the reparameterization, (L, M, latent_dim)
@@ -181,6 +185,17 @@ class VAE(Model):
         log_q = -0.5 * (noise.pow(2) + log_var + LOG_2PI).sum(-1)
         log_prior = self.prior.log_prob(z)
         return Terms(reconstruction, log_q - log_prior if kl else None, log_prior, log_q, kl_exact=False)
+
+    def importance_sampler(self, batch, num_data: Optional[int] = None):
+        """``draw(k, noise=None)``: the log importance weights of k samples z = mu(x) + sigma(x) * eps for
+        each point (see :meth:`pyrovae.Model.importance_sampler`), the batch encoded once for every call:
+        the same weights as :meth:`terms`, which a test ties to the general trace-derived path."""
+        if not self.fast_path:
+            return Model.importance_sampler(self, batch, num_data)
+        batch = as_batch(batch)
+        x, c = batch.x, self.condition(batch)
+        loc, log_var = self.encoder(self.encoder_input(x, c))
+        return lambda k, noise=None: self._terms_at(x, c, loc, log_var, k, False, noise).log_weights
 
     def check_data(self, x: torch.Tensor, where: str = "data") -> None:
         """Values outside the likelihood's support are one DataError line that names the fix."""

@@ -41,7 +41,8 @@ class EarlyStopping:
         fields = {f.name for f in dataclasses.fields(cls)}
         for key in spec:
             if key not in fields:
-                raise ConfigError(f"{where}.{one_line(str(key), 40)}: unknown key; valid keys: {', '.join(sorted(fields))}")
+                raise ConfigError(f"{where}.{one_line(str(key), 40)}: unknown key; "
+                                  f"valid keys: {', '.join(sorted(fields))}")
         out = cls(**spec)
         if out.metric not in STOPPING_METRICS:
             raise ConfigError(f"{where}.metric = {shown(out.metric)}: valid: {', '.join(STOPPING_METRICS)}")
