@@ -11,6 +11,7 @@ import re
 from pyrovae import DATASETS, DECODERS, ENCODERS, ESTIMATORS, LIKELIHOODS, MODELS, OPTIMIZERS, PRIORS
 from pyrovae.app.config import SECTIONS, Config, ModelConfig
 from pyrovae.registry import _type_name
+from pyrovae.training.schedules import SCHEDULES
 
 
 def field_comments(cls):
@@ -73,8 +74,10 @@ def render() -> str:
             out.append(f"| `{f.name}` | {default_text(getattr(getattr(defaults, section), f.name))} | "
                        f"{comments.get(f.name, '')} |")
         out.append("")
-    out += ["## [optim]", "", "An optimizer spec: `name` and that optimizer's options (defaults below).", ""]
-    registries = [("optimizers (`[optim] name`)", OPTIMIZERS), ("data sets (`data.name`)", DATASETS),
+    out += ["## [optim]", "", "An optimizer spec: `name` and that optimizer's options (defaults below), and "
+            "`schedule`, the learning-rate schedule (below; default `\"constant\"`).", ""]
+    registries = [("optimizers (`[optim] name`)", OPTIMIZERS),
+                  ("learning-rate schedules (`optim.schedule`)", SCHEDULES), ("data sets (`data.name`)", DATASETS),
                   ("model families (`model.family`)", MODELS),
                   ("estimators (`train.estimator`)", ESTIMATORS), ("priors (`model.prior`)", PRIORS),
                   ("likelihoods (`model.likelihood`)", LIKELIHOODS), ("encoders (`model.encoder`)", ENCODERS),

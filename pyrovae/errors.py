@@ -13,9 +13,13 @@ SHOWN_LIMIT = 80
 
 
 def shown(value, limit: int = SHOWN_LIMIT) -> str:
-    """``repr(value)`` on one line, printable, cut to ``limit`` characters with an ellipsis."""
+    """``repr(value)`` on one line, printable, cut to ``limit`` characters with an ellipsis in the
+    middle (a long path keeps its file name)."""
     text = printable(_safe_repr(value))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    if len(text) <= limit:
+        return text
+    head = (limit - 3) // 2
+    return text[:head] + "..." + text[len(text) - (limit - 3 - head):]
 
 
 def printable(text: str) -> str:

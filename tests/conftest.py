@@ -13,6 +13,10 @@ from pyrovae import VAE
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n 2: a process per core, one thread each (and their children)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def pyro_setup():

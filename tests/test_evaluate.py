@@ -81,6 +81,31 @@ def test_the_importance_sampler_encodes_once_and_gives_the_trace_paths_weights(p
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+class Terminal(__import__("io").StringIO):
+    def isatty(self):
+        return True
+
+
+def test_evaluate_shows_a_bar_for_each_estimate_on_a_terminal_only(ppca, monkeypatch):
+    from pyrovae import evaluate
+
+    vae, x, _ = ppca
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    quiet = evaluate(vae, x, nll_samples=40, iwae_samples=5, elbo_particles=2)
+    assert terminal.getvalue() == ""
+    shown = evaluate(vae, x, nll_samples=40, iwae_samples=5, elbo_particles=2, progress=True)
+    text = terminal.getvalue()
+    for title in ("ELBO (L=2)", "IWAE (k=5)", "NLL (K=40)"):
+        assert title in text, text
+    assert "/1.60k" in text and "sample/s" in text  # the NLL bar counts its 40 x 40 samples, with a rate
+    assert shown == quiet  # the same numbers, bars or not
+    pipe = __import__("io").StringIO()  # not a terminal: no bar
+    monkeypatch.setattr("sys.stderr", pipe)
+    evaluate(vae, x, nll_samples=40, iwae_samples=5, elbo_particles=2, progress=True)
+    assert pipe.getvalue() == ""
+
+
 # -- the IWAE objective -------------------------------------------------------------------------------
 def per_datapoint_iwae(vae, x, k):
     with torch.no_grad():

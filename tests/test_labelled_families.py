@@ -105,6 +105,25 @@ def test_m2_learns_a_classifier_from_few_labels():
     assert metrics[-1]["test_accuracy"] > 0.6  # chance is 0.1
 
 
+def test_m2_under_a_label_budget_defaults_to_labelled_points_in_every_minibatch_and_the_balanced_weight():
+    config = pyrovae.load_config(None, ["model.family=m2", "data.labeled=100"])
+    assert (config.train.labeled_per_batch, config.train.labeled_weight) == (50, "balanced")
+    assert pyrovae.load_config(None, ["model.family=m2", "data.labeled=100", "train.batch_size=40"]
+                               ).train.labeled_per_batch == 20  # at most half the minibatch
+    given = pyrovae.load_config(None, ["model.family=m2", "data.labeled=100", "train.labeled_per_batch=0",
+                                       "train.labeled_weight=1.0"]).train
+    assert (given.labeled_per_batch, given.labeled_weight) == (0, 1.0)  # what the user sets stays
+    for sets in (["model.family=m2"], ["model.family=cvae", "data.labeled=100"], ["data.labeled=100"]):
+        train = pyrovae.load_config(None, sets).train
+        assert (train.labeled_per_batch, train.labeled_weight) == (0, 1.0), sets
+    # fit() from Python alike: the plan draws 50 labelled points into each minibatch of 100
+    data = pyrovae.load_dataset("digits", labeled=100)
+    model = M2(data.event_shape, num_classes=10, latent_dim=2, encoder={"name": "mlp", "hidden": [16]},
+               decoder={"name": "mlp", "hidden": [16]}, classifier={"name": "mlp", "hidden": [16]})
+    metrics = pyrovae.fit(model, data, epochs=1, progress=False)
+    assert metrics[-1]["step"] == math.ceil(data.num_train / 50)
+
+
 def test_cli_sample_label_and_per_class_grid(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--set", "model.family=cvae", "--set", "train.epochs=1", "--out", str(run), "-q"]) == 0

@@ -6,7 +6,7 @@ import math
 import sys
 import warnings
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import matplotlib
 
@@ -273,30 +273,34 @@ class FigureWarning(UserWarning):
     """A figure of a finished run could not be drawn (the run itself is complete)."""
 
 
-def plot_run(run_dir, vae, test_x: torch.Tensor, metrics: List[Dict], latent_x=None) -> List[str]:
+def plot_run(run_dir, vae, test_x: torch.Tensor, metrics: List[Dict], latent_x=None,
+             notes: Optional[List[str]] = None) -> List[str]:
     """Write every figure of a run folder; returns the file names written. A figure that cannot
     be drawn (a family's sample or reconstruction failing, a full disk) is a :class:`FigureWarning`
     that names it and why, and the others are still drawn: a finished run never fails on a figure.
     A figure that does not apply (the manifold of data that are not images, the latent space of a
-    1-D latent) is left out with a note on stderr. ``latent_x``: the test points of ``latent.png``
-    (default ``test_x``)."""
+    1-D latent) is left out with a note, appended to ``notes`` (else printed on stderr). ``latent_x``:
+    the test points of ``latent.png`` (default ``test_x``)."""
     run_dir = Path(run_dir)
     figures = [("reconstructions.png", lambda path: plot_reconstructions(path, vae, test_x)),
                ("samples.png", lambda path: plot_samples(path, vae)),
                ("elbo.png", lambda path: plot_elbo(path, metrics))]
     latent_dim = getattr(vae, "latent_dim", None)
-    notes = []
+    left_out = []
     if latent_dim == 2 and hasattr(vae, "decode") and not getattr(vae, "num_classes", None):
         if is_image(vae.event_shape):
             figures.append(("manifold.png", lambda path: plot_manifold(path, vae)))
         else:
-            notes.append(f"manifold.png left out: the data (shape {tuple(vae.event_shape)}) are not images")
+            left_out.append(f"manifold.png left out: the data (shape {tuple(vae.event_shape)}) are not images")
     if isinstance(latent_dim, int) and latent_dim >= 2:
         figures.append(("latent.png", lambda path: plot_latent(path, vae, test_x if latent_x is None else latent_x)))
     elif latent_dim == 1:
-        notes.append("latent.png left out: a 1-D latent has no plane to draw (see elbo.png, evaluation.json)")
-    for note in notes:
-        print(f"pyrovae: {note}", file=sys.stderr)
+        left_out.append("latent.png left out: a 1-D latent has no plane to draw (see elbo.png, evaluation.json)")
+    if notes is not None:
+        notes.extend(left_out)
+    else:
+        for note in left_out:
+            print(f"pyrovae: {note}", file=sys.stderr)
     names = []
     for name, draw in figures:
         try:

@@ -1,9 +1,11 @@
 """The run folder as callbacks of the loop: RunFolder (checkpoints, metrics, figures) and TensorBoardLog."""
 
+import sys
 from pathlib import Path
 from typing import Dict, Optional
 
 import torch
+from tqdm.auto import tqdm
 
 from pyrovae.app.checkpoint import (
     data_fingerprint,
@@ -95,8 +97,12 @@ class RunFolder(Callback):
         # a figure that cannot be drawn is a warning
         from pyrovae.app.plots import LATENT_POINTS, plot_run
 
+        notes = []
         plot_run(self.run_dir, trainer.model, trainer.data.test_head(FIGURE_POINTS), trainer.metrics,
-                 trainer.data.test_head(LATENT_POINTS))
+                 trainer.data.test_head(LATENT_POINTS), notes)
+        if trainer.cfg.progress:  # what was left out, and why (a quiet run says nothing but errors)
+            for note in notes:
+                tqdm.write(f"pyrovae: {note}", file=sys.stderr)
 
     def kept(self) -> Optional[str]:
         if self.saved_epoch is None:
