@@ -22,8 +22,9 @@ def _bounds(model, x, k=500):
     return t.elbo.mean(0), torch.logsumexp(t.log_weights, 0) - math.log(k)
 
 
-def test_hvae_default_architecture_is_burdas():
-    model = HVAE((784,))
+def test_hvae_default_networks_are_burdas():
+    assert (HVAE((64,)).latent_dim, HVAE((64,)).latent_dim2) == (10, 5)
+    model = HVAE((784,), latent_dim=100, latent_dim2=50)
     sizes = [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
     # encoder 784-200-200-(100 x2), decoder 100-200-200-784, encoder2 100-100-100-(50 x2), decoder2 50-100-100-(100 x2)
     assert sizes == [200, 200, 200, 200, 200, 784, 100, 100, 100, 100, 100, 200]

@@ -108,6 +108,12 @@ def test_m2_learns_a_classifier_from_few_labels():
 def test_m2_under_a_label_budget_defaults_to_labelled_points_in_every_minibatch_and_the_balanced_weight():
     config = pyrovae.load_config(None, ["model.family=m2", "data.labeled=100"])
     assert (config.train.labeled_per_batch, config.train.labeled_weight) == (50, "balanced")
+    assert config.data.binarize == "threshold"  # fixed images for the classifier, not a fresh draw each step
+    assert pyrovae.load_config(None, ["model.family=m2", "data.labeled=100", "data.binarize=dynamic"]
+                               ).data.binarize == "dynamic"  # what the user sets stays
+    assert pyrovae.load_config(None, ["model.family=m2", "data.labeled=100", "data.name=frey_face"]
+                               ).data.binarize is None  # only a dynamic default is replaced
+    assert pyrovae.load_config(None, ["model.family=m2"]).data.binarize is None
     assert pyrovae.load_config(None, ["model.family=m2", "data.labeled=100", "train.batch_size=40"]
                                ).train.labeled_per_batch == 20  # at most half the minibatch
     given = pyrovae.load_config(None, ["model.family=m2", "data.labeled=100", "train.labeled_per_batch=0",

@@ -16,10 +16,19 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from pyrovae.app.plugins import PluginRecord, needs_plugins_message, parse_record, run_named_plugins, run_own_plugins
-from pyrovae.data.datasets import BINARIZE, DATASETS, IN_MEMORY, SOURCE_KEYS, Dataset, load_dataset, source_options
+from pyrovae.data.datasets import (
+    BINARIZE,
+    DATASETS,
+    DEFAULT_BINARIZE,
+    IN_MEMORY,
+    SOURCE_KEYS,
+    Dataset,
+    load_dataset,
+    source_options,
+)
 from pyrovae.errors import ConfigError, DataError, UnknownNameError, one_line, shown
 from pyrovae.infer.algorithms import ALGORITHMS, algorithm_name
-from pyrovae.models.registry import MODELS, check_model_options, family_defaults, labeled_training
+from pyrovae.models.registry import MODELS, check_model_options, family_defaults, labeled_binarize, labeled_training
 from pyrovae.registry import _type_name, check_at_least, check_choice, check_type
 from pyrovae.training.loop import TrainConfig
 from pyrovae.training.optim import check_optimizer
@@ -335,8 +344,9 @@ def config_from_dict(d: Dict[str, Any], base_dir: Optional[Path] = None, plugins
 
 
 def with_family_training(d: Dict[str, Any]) -> Dict[str, Any]:
-    """A fresh run's config with the ``[train]`` settings its family trains with under a label
-    budget, where the config leaves them out (:func:`pyrovae.models.registry.labeled_training`);
+    """A fresh run's config with the settings its family trains with under a label budget, where the
+    config leaves them out: ``[train]`` keys (:func:`pyrovae.models.registry.labeled_training`) and
+    a binarization in place of a dynamic default (:func:`pyrovae.models.registry.labeled_binarize`);
     they are then written in the run's ``config.toml`` like any other key."""
     model, data, train = (d.get(s, {}) for s in ("model", "data", "train"))
     if not all(isinstance(t, dict) for t in (model, data, train)) or data.get("labeled") is None:
@@ -344,7 +354,12 @@ def with_family_training(d: Dict[str, Any]) -> Dict[str, Any]:
     batch = train.get("batch_size", TrainConfig.batch_size)
     if not isinstance(batch, int) or isinstance(batch, bool):
         return d  # refused by the [train] checks
-    fill = labeled_training(model.get("family", "vae"), train, batch)
+    family = model.get("family", "vae")
+    fill = labeled_training(family, train, batch)
+    binarize = labeled_binarize(family)
+    name = data.get("name", DataConfig.name)
+    if binarize and data.get("binarize") is None and isinstance(name, str) and DEFAULT_BINARIZE.get(name) == "dynamic":
+        d = {**d, "data": {**data, "binarize": binarize}}
     return {**d, "train": {**train, **fill}} if fill else d
 
 

@@ -77,6 +77,10 @@ class Model(PyroModule):
     #: the config leaves them out (M2: labelled points in every minibatch, the balanced weight);
     #: ``labeled_per_batch`` is at most half the minibatch
     labeled_training: Dict[str, Any] = {}
+    #: the ``data.binarize`` the family trains with under a label budget in place of a *dynamic*
+    #: default, where the config leaves it unset (M2: ``"threshold"``, so that the classifier sees each
+    #: image as one fixed binary image, in training and at test, not a fresh random draw); None: keep it
+    binarize_under_budget: Optional[str] = None
 
     @classmethod
     def training_under_budget(cls, given, batch_size: int) -> Dict[str, Any]:

@@ -43,6 +43,14 @@ def labeled_training(family, given, batch_size: int) -> Dict[str, Any]:
     return entry.training_under_budget(given, batch_size) if hasattr(entry, "training_under_budget") else {}
 
 
+def labeled_binarize(family) -> Optional[str]:
+    """The ``data.binarize`` a family trains with under a label budget in place of a dynamic default
+    (:attr:`pyrovae.Model.binarize_under_budget`); None for none or a family that is not a Model class."""
+    if not isinstance(family, str) or family not in MODELS:
+        return None
+    return getattr(MODELS.get(family), "binarize_under_budget", None)
+
+
 def check_model_options(family: str, options: Mapping[str, Any], where: str = "model") -> None:
     """Check a ``[model]`` table: the family exists, every key is one of its options with the
     right type, and part specs name registered parts with valid options."""
