@@ -140,11 +140,14 @@ class Registry:
     def build(self, spec: Spec, where: str = "", **context) -> Any:
         """Construct an entry from its spec; constructor ``ValueError`` becomes a ConfigError."""
         name, options = self.split(spec, where)
-        parameters = inspect.signature(self._entries[name]).parameters
-        if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
-            context = {k: v for k, v in context.items() if k in parameters}  # only what the entry takes
+        entry = self._entries[name]
+        parameters = inspect.signature(entry).parameters
+        # only what the entry takes: a function with **kwargs takes it all, a class what its __init__ names
+        # (one that defines none inherits nn.Module's (*args, **kwargs), which takes nothing)
+        if inspect.isclass(entry) or not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+            context = {k: v for k, v in context.items() if k in parameters}
         try:
-            return self._entries[name](**context, **options)
+            return entry(**context, **options)
         except ConfigError:
             raise
         except ValueError as e:

@@ -26,6 +26,8 @@ def trace_terms(model, batch, particles, kl, z):
     ("standard_normal", "bernoulli", 1), ("gaussian", {"name": "gaussian", "learn_scale": True}, 3),
     ({"name": "mixture", "num_components": 3}, "continuous_bernoulli", 2), ("flow", "bernoulli", 2),
     ({"name": "vamp", "num_pseudo_inputs": 4}, "bernoulli", 1),
+    ("standard_normal", {"name": "negative_binomial", "library": "observed"}, 2),
+    ("gaussian", "zero_inflated_negative_binomial", 1),
 ])
 @pytest.mark.parametrize("kl", [True, False])
 def test_the_vae_closed_forms_equal_the_trace_derived_terms(prior, likelihood, particles, kl):

@@ -9,7 +9,9 @@ from torch.nn import functional as F
 from pyrovae import LIKELIHOODS, DataError
 
 SPECS = ["bernoulli", "continuous_bernoulli", "gaussian", {"name": "gaussian", "learn_scale": True},
-         "laplace", {"name": "laplace", "learn_scale": True, "sigmoid_mean": True}]
+         "laplace", {"name": "laplace", "learn_scale": True, "sigmoid_mean": True},
+         "poisson", {"name": "negative_binomial", "library": "observed"},
+         {"name": "negative_binomial", "dispersion": "shared"}, "zero_inflated_negative_binomial"]
 EVENT = (1, 4, 3)
 
 
@@ -19,7 +21,7 @@ def _params(lik, batch=(2, 5)):
 
 @pytest.mark.parametrize("spec", SPECS, ids=str)
 def test_every_likelihood_builds_samples_and_scores(spec):
-    lik = LIKELIHOODS.build(spec)
+    lik = LIKELIHOODS.build(spec, event_shape=EVENT)
     d = lik(_params(lik), len(EVENT))
     assert d.batch_shape == (2, 5) and d.event_shape == EVENT
     x = d.sample()
@@ -41,7 +43,7 @@ def test_bernoulli_is_negative_binary_cross_entropy():
 def test_log_prob_equals_the_distributions_with_data_broadcast_over_particles(spec):
     # The training loop's log_prob (Bernoulli: its closed form) against the distribution's, for
     # params of shape (L, M, *event) and data of shape (M, *event), in value and gradient.
-    lik = LIKELIHOODS.build(spec)
+    lik = LIKELIHOODS.build(spec, event_shape=EVENT)
     params = tuple(p.requires_grad_() for p in _params(lik, batch=(3, 5)))
     x = lik(tuple(p.detach() for p in params), len(EVENT)).sample()[0]
     direct, reference = lik.log_prob(params, x, len(EVENT)), lik(params, len(EVENT)).log_prob(x)

@@ -186,7 +186,7 @@ def hmc_log_likelihood(vae, x: torch.Tensor, num_samples: int = 1000, burn_in: i
                 z = torch.where(from_prior, prior.sample((k, xb.shape[0])), gaussian.sample((k,)))
                 log_q = torch.logaddexp(math.log1p(-prior_weight) + gaussian.log_prob(z),
                                         math.log(prior_weight) + prior.log_prob(z))
-                log_w = vae.likelihood_dist(z).log_prob(xb) + prior.log_prob(z) - log_q
+                log_w = vae.likelihood_dist(z, batch=xb).log_prob(xb) + prior.log_prob(z) - log_q
                 estimate.add(log_w)
             out.append(estimate.value)
     return torch.cat(out)

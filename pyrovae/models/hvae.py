@@ -76,7 +76,7 @@ class HVAE(Model):
             return spec if isinstance(spec, nn.Module) else registry.build(spec, where, **context)
 
         self.prior = build(PRIORS, prior, "model.prior", latent_dim=self.latent_dim2)
-        self.likelihood = build(LIKELIHOODS, likelihood, "model.likelihood")
+        self.likelihood = build(LIKELIHOODS, likelihood, "model.likelihood", event_shape=self.event_shape)
         self.encoder = build(ENCODERS, encoder, "model.encoder", event_shape=self.event_shape,
                              latent_dim=self.latent_dim)
         self.decoder = build(DECODERS, decoder, "model.decoder", event_shape=self.event_shape,
@@ -97,7 +97,7 @@ class HVAE(Model):
             z2 = pyro.sample("z2", self.prior((x.shape[0],)))
             loc, log_var = self.decoder2(z2)
             z1 = pyro.sample("z1", dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1))
-            pyro.sample("x", self.likelihood_dist(z1), obs=x)
+            pyro.sample("x", self.likelihood_dist(z1, batch=x), obs=x)
 
     def guide(self, batch, num_data: Optional[int] = None):
         """q(z1 | x) q(z2 | z1) under the same plate."""
@@ -106,10 +106,10 @@ class HVAE(Model):
             z1 = pyro.sample("z1", self.posterior1(*self.encoder(x)))
             pyro.sample("z2", self.posterior2(*self.encoder2(z1)))
 
-    def likelihood_dist(self, z1: torch.Tensor) -> dist.TorchDistribution:
-        """p_theta(x | z1) with the data's event shape."""
-        out = self.decoder(z1)
-        return self.likelihood(out.unbind(-self.event_dim - 1), self.event_dim)
+    def likelihood_dist(self, z1: torch.Tensor, batch=None) -> dist.TorchDistribution:
+        """p_theta(x | z1) (for the points of ``batch`` if given) with the data's event shape."""
+        params = self.likelihood.given(self.decoder(z1).unbind(-self.event_dim - 1), batch)
+        return self.likelihood(params, self.event_dim)
 
     def check_data(self, x: torch.Tensor, where: str = "data") -> None:
         self.likelihood.check_data(x, where)

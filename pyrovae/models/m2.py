@@ -162,7 +162,7 @@ class M2(CVAE):
             q = self.posterior_module(loc, log_var)
             z = q.rsample((num_particles,))
             log_q_rows = q.log_prob(z)
-        reconstruction_rows = self.likelihood.log_prob(self.decode(z, c), x_rows, self.event_dim)  # (L, R)
+        reconstruction_rows = self.likelihood.log_prob(self.decode(z, c, x_rows), x_rows, self.event_dim)  # (L, R)
         log_prior_rows = self.prior.log_prob(z)
 
         def per_point(rows: torch.Tensor) -> torch.Tensor:  # the weighted sum of each point's rows
@@ -236,7 +236,7 @@ class M2(CVAE):
             prior_y = dist.Categorical(logits=x.new_zeros(self.num_classes)).expand([m])
             y = pyro.sample("y", prior_y, obs=batch.y.long() if labelled else None)
             c = one_hot(y, self.num_classes, x.dtype)
-            pyro.sample("x", self.likelihood(self.decode(z, c), self.event_dim), obs=x)
+            pyro.sample("x", self.likelihood(self.decode(z, c, batch), self.event_dim), obs=x)
             if labelled and self.alpha > 0:
                 with poutine.scale(scale=self.alpha_per_label(num_data or m)):
                     pyro.sample("y_aux", dist.Categorical(logits=self.classifier(x)), obs=batch.y.long())
@@ -267,4 +267,4 @@ class M2(CVAE):
         x = as_batch(batch).x
         c = one_hot(self.classify(batch), self.num_classes, x.dtype)
         loc = self.encoder(self.encoder_input(x, c))[0]
-        return self.likelihood.mean(self.decode(loc, c))
+        return self.likelihood.mean(self.decode(loc, c, x))

@@ -81,7 +81,7 @@ class VAE(Model):
         self.prior = prior if isinstance(prior, nn.Module) else \
             PRIORS.build(prior, "model.prior", latent_dim=self.latent_dim)
         self.likelihood = likelihood if isinstance(likelihood, nn.Module) else \
-            LIKELIHOODS.build(likelihood, "model.likelihood")
+            LIKELIHOODS.build(likelihood, "model.likelihood", event_shape=self.event_shape)
         self.encoder = encoder if isinstance(encoder, nn.Module) else \
             ENCODERS.build(encoder, "model.encoder", event_shape=self.encoder_event_shape, latent_dim=self.latent_dim)
         self.decoder = decoder if isinstance(decoder, nn.Module) else \
@@ -141,7 +141,7 @@ class VAE(Model):
         x, c = batch.x, self.condition(batch)
         with self.data_plate(x, num_data):
             z = pyro.sample("z", self.prior((x.shape[0],)))
-            pyro.sample("x", self.likelihood(self.decode(z, c), self.event_dim), obs=x)
+            pyro.sample("x", self.likelihood(self.decode(z, c, batch), self.event_dim), obs=x)
 
     def guide(self, batch, num_data: Optional[int] = None):
         """q_phi(z|x) = N(mu(x), diag(exp(zeta(x)))), zeta = log sigma^2 (or the configured
@@ -170,16 +170,16 @@ class VAE(Model):
         if values is not None or not self.fast_path:
             return Model.terms(self, batch, num_particles, num_data, kl, noise, values)
         batch = as_batch(batch)
-        x, c = batch.x, self.condition(batch)
-        loc, log_var = self.encoder(self.encoder_input(x, c))
-        return self._terms_at(x, c, loc, log_var, num_particles, kl, noise)
+        c = self.condition(batch)
+        loc, log_var = self.encoder(self.encoder_input(batch.x, c))
+        return self._terms_at(batch, c, loc, log_var, num_particles, kl, noise)
 
-    def _terms_at(self, x, c, loc, log_var, num_particles: int, kl: bool, noise=None) -> Terms:
-        """:meth:`terms` given the encoder's output ``(loc, log_var)`` for x."""
+    def _terms_at(self, batch, c, loc, log_var, num_particles: int, kl: bool, noise=None) -> Terms:
+        """:meth:`terms` given the encoder's output ``(loc, log_var)`` for the batch's x."""
         if noise is None:
             noise = torch.randn((num_particles, *loc.shape), dtype=loc.dtype, device=loc.device)
         z = loc + noise * torch.exp(0.5 * log_var)  # the reparameterization, (L, M, latent_dim)
-        reconstruction = self.likelihood.log_prob(self.decode(z, c), x, self.event_dim)  # (L, M)
+        reconstruction = self.likelihood.log_prob(self.decode(z, c, batch), batch.x, self.event_dim)  # (L, M)
         if kl and self.prior.has_closed_form_kl:
             return Terms(reconstruction, kl=self.prior.kl_from_normal(loc, log_var).unsqueeze(0))
         log_q = -0.5 * (noise.pow(2) + log_var + LOG_2PI).sum(-1)
@@ -193,9 +193,9 @@ class VAE(Model):
         if not self.fast_path:
             return Model.importance_sampler(self, batch, num_data)
         batch = as_batch(batch)
-        x, c = batch.x, self.condition(batch)
-        loc, log_var = self.encoder(self.encoder_input(x, c))
-        return lambda k, noise=None: self._terms_at(x, c, loc, log_var, k, False, noise).log_weights
+        c = self.condition(batch)
+        loc, log_var = self.encoder(self.encoder_input(batch.x, c))
+        return lambda k, noise=None: self._terms_at(batch, c, loc, log_var, k, False, noise).log_weights
 
     def check_data(self, x: torch.Tensor, where: str = "data") -> None:
         """Values outside the likelihood's support are one DataError line that names the fix."""
@@ -225,17 +225,19 @@ class VAE(Model):
         loc, log_var = self.encoder(self.encoder_input(x, c))
         return self.posterior_module(loc, log_var)
 
-    def decode(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> tuple:
+    def decode(self, z: torch.Tensor, c: Optional[torch.Tensor] = None, batch=None) -> tuple:
         """The likelihood's parameters for codes z of shape ``(..., latent_dim)`` (under condition
-        c): a tuple of ``num_params`` tensors of shape ``(..., *event_shape)``."""
+        c): a tuple of ``num_params`` tensors of shape ``(..., *event_shape)``, passed through
+        ``likelihood.given(params, batch)`` (the points the codes are for, if any: a likelihood
+        may read per-point quantities such as a library size)."""
         out = self.decoder(self.decoder_input(z, c))
         if out.shape[-self.event_dim - 1] == 1:  # a view, whose backward copies nothing (unbind's stacks)
-            return (out.squeeze(-self.event_dim - 1),)
-        return out.unbind(-self.event_dim - 1)
+            return self.likelihood.given((out.squeeze(-self.event_dim - 1),), batch)
+        return self.likelihood.given(out.unbind(-self.event_dim - 1), batch)
 
-    def likelihood_dist(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> dist.TorchDistribution:
-        """p_theta(x|z) (under condition c) with the data's event shape."""
-        return self.likelihood(self.decode(z, c), self.event_dim)
+    def likelihood_dist(self, z: torch.Tensor, c: Optional[torch.Tensor] = None, batch=None) -> dist.TorchDistribution:
+        """p_theta(x|z) (under condition c, for the points of ``batch`` if given) with the data's event shape."""
+        return self.likelihood(self.decode(z, c, batch), self.event_dim)
 
     @torch.no_grad()
     def encode(self, batch) -> torch.Tensor:
@@ -251,7 +253,7 @@ class VAE(Model):
         for the Gaussian posterior)."""
         if not self.fast_path:
             return Model.reconstruct(self, batch)
-        return self.likelihood.mean(self.decode(self.encode(batch), self.condition(as_batch(batch))))
+        return self.likelihood.mean(self.decode(self.encode(batch), self.condition(as_batch(batch)), batch))
 
     @torch.no_grad()
     def sample(self, num_samples: int, mean: bool = True, batch=None, y=None) -> torch.Tensor:

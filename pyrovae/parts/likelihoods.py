@@ -6,18 +6,28 @@ per data value. The decoder emits ``num_params`` tensors, each shaped like the d
 Pyro distribution whose event shape is the data's. ``check_data(x)`` rejects data outside
 the support before training, with a message that names the fix.
 
-Registered names: ``bernoulli``, ``continuous_bernoulli``, ``gaussian``, ``laplace``.
+A likelihood may read the minibatch for per-point quantities (a cell's library size):
+the family passes the decoder's outputs through ``given(params, batch)`` before any other
+call, with the :class:`~pyrovae.data.batch.Batch` of the points (``batch.x``, ``batch.y``),
+or ``batch=None`` where there are no data (codes drawn from the prior).
+
+Registered names: ``bernoulli``, ``continuous_bernoulli``, ``gaussian``, ``laplace``, and for
+counts ``poisson``, ``negative_binomial`` and ``zero_inflated_negative_binomial``.
 """
+
+from typing import Tuple
 
 import pyro.distributions as dist
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pyrovae.data.batch import as_batch
 from pyrovae.errors import DataError, shown
-from pyrovae.registry import Registry
+from pyrovae.registry import Registry, check_choice
 
-LIKELIHOODS = Registry("likelihood")
+#: ``event_shape`` (the shape of one data point) is passed to a likelihood that takes it
+LIKELIHOODS = Registry("likelihood", context=("event_shape",))
 
 
 class Likelihood(nn.Module):
@@ -30,6 +40,14 @@ class Likelihood(nn.Module):
     def base(self, params: tuple) -> dist.TorchDistribution:
         """The per-value distribution (batch shape = data shape) for a tuple of decoder outputs."""
         raise NotImplementedError
+
+    def given(self, params: tuple, batch=None) -> tuple:
+        """The decoder's outputs for the points of ``batch`` (a Batch or a tensor of points, or
+        None for codes drawn from the prior): where a likelihood reads per-point quantities of
+        the data, it folds them in here, and every other method sees what this returns. The
+        outputs have leading dimensions ``(..., M)`` (particles, points) where ``batch`` holds M
+        points. By default: unchanged."""
+        return params
 
     def forward(self, params: tuple, event_dim: int) -> dist.TorchDistribution:
         return self.base(params).to_event(event_dim)
@@ -166,3 +184,114 @@ class LaplaceLikelihood(_LocationScale):
     """x_i ~ Laplace(mu_i(z), b): -log p(x|z) = ||x - mu||_1 / b + D log(2 b), the L1 loss."""
 
     family = dist.Laplace
+
+
+class _Counts(Likelihood):
+    """Shared by the count likelihoods: a mean mu_i per value, with a size factor per point.
+
+    The decoder's first output is a log-mean. With ``library = "learned"`` it is log mu_i
+    itself: the network learns each point's scale from z. With ``library = "observed"`` it is
+    turned into proportions rho = softmax over the features, and mu_i = l * rho_i with l the
+    point's total count sum_i x_i, as in scVI (Lopez et al. 2018, where l is observed when
+    ``use_observed_lib_size``): z then describes composition, not depth. A point with no counts
+    takes l = 1. Codes drawn from the prior (no data) take the geometric mean of the library
+    sizes seen in training.
+
+    :param str library: ``"learned"`` or ``"observed"``.
+    """
+
+    support_text = "whole numbers >= 0 (counts)"
+    fix_hint = "; count likelihoods take raw counts, not normalized or log-transformed values"
+
+    def __init__(self, event_shape: Tuple[int, ...], library: str = "learned"):
+        super().__init__()
+        check_choice("library", library, ("learned", "observed"), ValueError)
+        self.event_dim = len(tuple(event_shape))
+        self.observed_library = library == "observed"
+        # the running mean of log l over the training minibatches (float64: exact for any run's length)
+        self.register_buffer("log_library_sum", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("library_count", torch.zeros((), dtype=torch.float64))
+
+    def log_library(self, batch) -> torch.Tensor:
+        """log l per point, ``(M, 1, ..., 1)``, or the training mean (a scalar) for ``batch=None``."""
+        if batch is None:
+            mean = self.log_library_sum / self.library_count.clamp(min=1)
+            return mean.to(torch.get_default_dtype())
+        x = as_batch(batch).x
+        log_l = x.flatten(-self.event_dim).sum(-1).clamp(min=1).log()
+        if self.training:
+            with torch.no_grad():
+                self.log_library_sum += log_l.double().sum()
+                self.library_count += log_l.numel()
+        return log_l.reshape(log_l.shape + (1,) * self.event_dim)
+
+    def given(self, params, batch=None):
+        if not self.observed_library:
+            return params
+        out = params[0]
+        log_proportion = out.flatten(-self.event_dim).log_softmax(-1).view(out.shape)
+        return (log_proportion + self.log_library(batch).to(out.dtype), *params[1:])
+
+    def in_support(self, x):
+        return (x >= 0) & (x == x.round())
+
+
+@LIKELIHOODS.register("poisson")
+class PoissonLikelihood(_Counts):
+    """x_i ~ Poisson(mu_i), log p(x|z) = sum_i x_i log mu_i - mu_i - log x_i!.
+
+    ``library`` as for every count likelihood (:class:`NegativeBinomialLikelihood`).
+    """
+
+    def base(self, params):
+        return dist.Poisson(params[0].exp())
+
+
+@LIKELIHOODS.register("negative_binomial")
+class NegativeBinomialLikelihood(_Counts):
+    """x_i ~ NB(mu_i, theta_i), the Gamma-Poisson mixture of scVI (Lopez et al. 2018): mean mu_i,
+    variance mu_i + mu_i^2 / theta_i.
+
+    log p(x_i) = log Gamma(x_i + theta) - log Gamma(theta) - log x_i!
+                 + theta log(theta / (theta + mu)) + x_i log(mu / (theta + mu)).
+
+    In torch's terms it is ``NegativeBinomial(total_count=theta, logits=log mu - log theta)``.
+
+    :param str library: ``"learned"`` (the decoder gives log mu) or ``"observed"`` (the decoder
+        gives proportions, scaled by each point's total count).
+    :param str dispersion: ``"feature"``, a learned inverse dispersion theta per data value
+        (scVI's ``dispersion = "gene"``), or ``"shared"``, one learned theta for all values.
+    """
+
+    def __init__(self, event_shape: Tuple[int, ...], library: str = "learned", dispersion: str = "feature"):
+        super().__init__(event_shape, library)
+        check_choice("dispersion", dispersion, ("feature", "shared"), ValueError)
+        self.dispersion = dispersion
+        # log theta, initialised at 0 (theta = 1), learned with the networks
+        self.log_theta = nn.Parameter(torch.zeros(tuple(event_shape) if dispersion == "feature" else ()))
+
+    def theta_logits(self, log_mean: torch.Tensor) -> tuple:
+        """(theta, logits = log mu - log theta), both shaped like the log-mean."""
+        log_theta = self.log_theta.expand(log_mean.shape[log_mean.dim() - self.event_dim:])
+        return log_theta.exp().expand(log_mean.shape), log_mean - log_theta
+
+    def base(self, params):
+        theta, logits = self.theta_logits(params[0])
+        return dist.NegativeBinomial(total_count=theta, logits=logits)
+
+
+@LIKELIHOODS.register("zero_inflated_negative_binomial")
+class ZeroInflatedNegativeBinomialLikelihood(NegativeBinomialLikelihood):
+    """x_i ~ pi_i delta_0 + (1 - pi_i) NB(mu_i, theta_i), scVI's ZINB: the negative binomial with a
+    dropout zero of probability pi_i = sigmoid(g_i), g_i the decoder's second output.
+
+    log p(0) = log(pi + (1 - pi) NB(0)),  log p(x > 0) = log(1 - pi) + log NB(x).
+
+    Options as for ``negative_binomial``.
+    """
+
+    num_params = 2
+
+    def base(self, params):
+        theta, logits = self.theta_logits(params[0])
+        return dist.ZeroInflatedNegativeBinomial(total_count=theta, logits=logits, gate_logits=params[1])

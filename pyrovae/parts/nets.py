@@ -39,6 +39,22 @@ def _mlp(sizes: List[int], activation: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+#: what an encoder may do to x before its network reads it (``input = ...``): counts want log1p,
+#: as scVI's encoder reads log(1 + counts) (Lopez et al. 2018)
+INPUT_TRANSFORMS = ("identity", "log1p")
+
+
+def _check_input(name: str) -> str:
+    if name not in INPUT_TRANSFORMS:
+        raise ValueError(f"input = {name!r}: valid: {', '.join(INPUT_TRANSFORMS)}")
+    return name
+
+
+def transformed(x: torch.Tensor, input: str) -> torch.Tensor:
+    """x as an encoder with option ``input`` reads it: x itself, or log(1 + x)."""
+    return torch.log1p(x) if input == "log1p" else x
+
+
 def _check_hidden(hidden) -> List[int]:
     hidden = list(hidden)
     if any(h < 1 for h in hidden):
@@ -63,19 +79,21 @@ class MLPEncoder(nn.Module):
     :param str activation: tanh, relu, softplus, elu, leaky_relu or sigmoid.
     :param float init_std: if > 0, initialise every parameter from N(0, init_std^2) (the
         paper uses 0.01); 0 keeps PyTorch's default.
+    :param str input: ``"identity"`` or ``"log1p"``: the network reads log(1 + x) (for counts).
     """
 
     def __init__(self, event_shape: Tuple[int, ...], latent_dim: int, hidden: List[int] = (256,),
-                 activation: str = "relu", init_std: float = 0.0):
+                 activation: str = "relu", init_std: float = 0.0, input: str = "identity"):
         super().__init__()
         self.event_dim = len(event_shape)
+        self.input = _check_input(input)
         sizes = [math.prod(event_shape), *_check_hidden(hidden), 2 * latent_dim]
         _activation(activation)  # validates the name even without hidden layers
         self.net = _mlp(sizes, activation)
         _init_normal_(self, init_std)
 
     def forward(self, x):
-        loc, log_var = self.net(x.flatten(-self.event_dim)).chunk(2, dim=-1)
+        loc, log_var = self.net(transformed(x, self.input).flatten(-self.event_dim)).chunk(2, dim=-1)
         return loc, log_var
 
 
@@ -118,13 +136,15 @@ class ConvEncoder(nn.Module):
     :param list channels: output channels of each conv layer (each halves height and width).
     :param int hidden: width of the dense layer.
     :param str activation: as for the MLP.
+    :param str input: as for the MLP.
     """
 
     reads_images = True
 
     def __init__(self, event_shape: Tuple[int, ...], latent_dim: int, channels: List[int] = (32, 64),
-                 hidden: int = 256, activation: str = "relu"):
+                 hidden: int = 256, activation: str = "relu", input: str = "identity"):
         super().__init__()
+        self.input = _check_input(input)
         self.event_shape = tuple(event_shape)
         self.image_shape = _image_shape(event_shape)
         channels = _check_hidden(channels)
@@ -140,7 +160,7 @@ class ConvEncoder(nn.Module):
 
     def forward(self, x):
         batch = x.shape[: x.dim() - len(self.event_shape)]
-        h = self.act(self.conv(x.reshape(-1, *self.image_shape)))
+        h = self.act(self.conv(transformed(x, self.input).reshape(-1, *self.image_shape)))
         loc, log_var = self.dense(h).reshape(*batch, -1).chunk(2, dim=-1)
         return loc, log_var
 
@@ -188,14 +208,16 @@ class MLPClassifier(nn.Module):
 
     :param list hidden: hidden layer sizes.
     :param str activation: as for the MLP encoder.
+    :param str input: as for the MLP encoder.
     """
 
     def __init__(self, event_shape: Tuple[int, ...], num_classes: int, hidden: List[int] = (256,),
-                 activation: str = "relu"):
+                 activation: str = "relu", input: str = "identity"):
         super().__init__()
         self.event_dim = len(event_shape)
+        self.input = _check_input(input)
         _activation(activation)
         self.net = _mlp([math.prod(event_shape), *_check_hidden(hidden), num_classes], activation)
 
     def forward(self, x):
-        return self.net(x.flatten(-self.event_dim))
+        return self.net(transformed(x, self.input).flatten(-self.event_dim))
