@@ -22,7 +22,8 @@ Public API::
 from pyrovae.app.checkpoint import build_model, load
 from pyrovae.app.config import Config, DataConfig, ModelConfig, load_config
 from pyrovae.app.run import evaluate_run, train
-from pyrovae.app.runfolder import RunFolder, TensorBoardLog
+from pyrovae.app.runfolder import RunFolder
+from pyrovae.app.tracking import MLflowLog, TensorBoardLog
 from pyrovae.data.batch import Batch
 from pyrovae.data.datasets import DATASETS, Dataset, load_dataset
 from pyrovae.errors import ConfigError, DataError, PyrovaeError, RunDirError
@@ -61,6 +62,6 @@ __all__ = [
     "LatentScale", "elbo_terms", "dataset_elbo", "dataset_terms", "log_likelihood", "active_units",
     "kl_per_dimension", "evaluate", "evaluate_run", "build_optimizer", "Prior", "Likelihood", "PRIORS",
     "LIKELIHOODS", "ENCODERS", "DECODERS", "OPTIMIZERS", "PyrovaeError", "ConfigError", "DataError", "RunDirError",
-    "TrainingError", "Interrupted", "Callback", "RunFolder", "TensorBoardLog", "PosteriorCollapseWarning",
+    "TrainingError", "Interrupted", "Callback", "RunFolder", "TensorBoardLog", "MLflowLog", "PosteriorCollapseWarning",
     "WakeSleep", "MonteCarloEM", "hmc_log_likelihood",
 ]

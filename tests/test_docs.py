@@ -84,6 +84,8 @@ SMOKE = {
     "hierarchical.py": lambda result: [r["model"] for r in result] == ["vae", "vae + iaf", "hvae", "hvae + iaf"]
         and [r["estimator"] for r in result] == ["analytic", "mc", "mc", "mc"]
         and all(r["test_elbo"] <= r["test_iwae50"] for r in result),
+    "single_cell.py": lambda result: [r["method"][:4] for r in result] == ["PCA ", "NB, ", "ZINB", "Pois", "NB, "]
+        and all(-1 <= r["ari"] <= 1 for r in result) and all(math.isfinite(r["test_elbo"]) for r in result[1:]),
     "own_model.py": lambda result: result["sites"] == ["bias", "ink", "z"]
         and result["test_elbo"] <= result["test_iwae"] and result["ink_median_range"][0] > 0,
 }

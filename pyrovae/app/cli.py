@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-r", "--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs to RUN_DIR/tensorboard")
+    p.add_argument("--mlflow", action="store_true",
+                   help="also log the run to MLflow (log.mlflow; the store: log.mlflow_uri, default mlruns beside "
+                        "the run folder)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for torch (train.num_threads; on a shared, busy CPU fewer than its cores)")
     p.add_argument("--plugins", nargs="+", action="extend", default=[], metavar="PATH_OR_MODULE",
@@ -96,6 +99,7 @@ def _train(args) -> None:
     _hint_if_busy(args.threads, args.quiet)
     overrides = (list(args.overrides) + (["train.progress=false"] if args.quiet else [])
                  + (["log.tensorboard=true"] if args.tensorboard else [])
+                 + (["log.mlflow=true"] if args.mlflow else [])
                  + ([f"train.num_threads={args.threads}"] if args.threads is not None else []))
     command = (f"pyrovae train --out {shell_word(args.out)} --resume {{plugins}}" if args.resume else
                f"pyrovae train {shell_word(config_path)} {{plugins}}")

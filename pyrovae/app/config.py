@@ -188,6 +188,12 @@ class LogConfig:
 
     #: write TensorBoard event files to RUN_DIR/tensorboard (needs the tensorboard package).
     tensorboard: bool = False
+    #: log the run to MLflow (needs the mlflow package: pyrovae[mlflow]): params, metrics, figures.
+    mlflow: bool = False
+    #: the MLflow tracking URI; "" (the default): a local file store, the folder mlruns beside the run folder.
+    mlflow_uri: str = ""
+    #: the MLflow experiment; "" (the default): the data set's name (data.name).
+    experiment: str = ""
 
     def check(self):
         if self.tensorboard:
@@ -196,6 +202,12 @@ class LogConfig:
             except ImportError:
                 raise ConfigError("log.tensorboard = true needs the tensorboard package: "
                                   "pip install tensorboard (or pyrovae[tensorboard])") from None
+        if self.mlflow:
+            try:
+                import mlflow  # noqa: F401
+            except ImportError:
+                raise ConfigError("log.mlflow = true needs the mlflow package: "
+                                  "pip install mlflow-skinny (or pyrovae[mlflow])") from None
 
 
 @dataclass

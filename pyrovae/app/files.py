@@ -36,6 +36,8 @@ CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
 EVALUATION = "evaluation.json"
 LOCK = ".lock"
+#: the MLflow run a run logs to (log.mlflow): its tracking URI and run id
+MLFLOW = "mlflow.json"
 PLUGINS = "plugins"
 TMP_SUFFIX = ".tmp"
 
@@ -267,8 +269,8 @@ def copy_plugins(sources, run_dir) -> None:
 
 
 #: the names of what pyrovae writes in a run folder (``evaluate --out`` may write none of them)
-OWN_FILES = (CHECKPOINT, BEST, CONFIG, METRICS, LOCK, "reconstructions.png", "samples.png", "elbo.png", "manifold.png",
-             "latent.png")
+OWN_FILES = (CHECKPOINT, BEST, CONFIG, METRICS, LOCK, MLFLOW, "reconstructions.png", "samples.png", "elbo.png",
+             "manifold.png", "latent.png")
 
 
 def own_file_problem(out, run_dir, suffix: str = ".json", default: str = EVALUATION) -> Optional[str]:

@@ -5,7 +5,8 @@
   the data's fingerprint), then the metrics line; at an interrupted step a checkpoint there; on
   ``--resume`` the checkpoint restored (its data fingerprint checked) and ``metrics.jsonl``
   rebuilt from it; the figures at the end. Only rank 0 writes.
-- :class:`TensorBoardLog`: scalars every epoch, image grids at evaluations.
+- :class:`TensorBoardLog`: scalars every epoch, image grids at evaluations; :class:`MLflowLog`:
+  an MLflow run with the config, every metric and the figures (:mod:`pyrovae.app.tracking`).
 - Signals: the first SIGINT or SIGTERM is noted and the loop stops at the next step (or after the
   epoch being evaluated) with a checkpoint; a second stops at once (:class:`StoppedAtOnce`).
 """
@@ -58,7 +59,8 @@ from pyrovae.app.files import (
     remove_stale,
 )
 from pyrovae.app.plugins import source_of as plugin_source
-from pyrovae.app.runfolder import RunFolder, TensorBoardLog
+from pyrovae.app.runfolder import RunFolder
+from pyrovae.app.tracking import MLflowLog, TensorBoardLog, log_evaluation
 from pyrovae.devices import resolve_device
 from pyrovae.errors import ConfigError, RunDirError, shell_word
 from pyrovae.infer.estimators import resolve_estimator
@@ -159,6 +161,9 @@ def _train(config: Config, out_dir, resume: bool, device: torch.device, model=No
         out_dir = on_rank0(lambda: _claim_run_dir(config, out_dir, resume, lock), rank)
         folder = RunFolder(out_dir, config, resume)
         callbacks = [folder] + ([TensorBoardLog(out_dir / "tensorboard")] if config.log.tensorboard else [])
+        if config.log.mlflow:
+            callbacks.append(MLflowLog(out_dir, config.to_dict(), config.log.experiment or config.data.name,
+                                       config.log.mlflow_uri))
         try:
             with _stop_on_signals() as stop_signal:
                 fit(model, data, dataclasses.replace(config.train, device=str(device)), config.optim, callbacks,
@@ -333,6 +338,8 @@ def evaluate_run(run_dir, nll_samples: int = 5000, iwae_samples: int = 50, elbo_
             report(result)
         text = (json.dumps(result, indent=2, allow_nan=False) + "\n").encode()
         atomic_write_bytes(out, lambda f: f.write(text), "; the numbers above are the result")
+    if config.log.mlflow:  # the run's MLflow run gains evaluation.json and its numbers
+        log_evaluation(run_dir, config.log.mlflow_uri, out, result, int(opened.state["counters"]["step"]))
     return result
 
 

@@ -1,10 +1,10 @@
-"""The run folder as callbacks of the loop: RunFolder (checkpoints, metrics, figures) and TensorBoardLog."""
+"""The run folder as a callback of the loop: RunFolder (checkpoints, metrics, figures); the trackers
+beside it (TensorBoard, MLflow) are in :mod:`pyrovae.app.tracking`."""
 
 import sys
 from pathlib import Path
 from typing import Dict, Optional
 
-import torch
 from tqdm.auto import tqdm
 
 from pyrovae.app.checkpoint import (
@@ -16,7 +16,6 @@ from pyrovae.app.checkpoint import (
 from pyrovae.app.config import Config
 from pyrovae.app.files import BEST, CHECKPOINT, append_metrics, write_metrics
 from pyrovae.errors import RunDirError, one_line
-from pyrovae.rng import seeded
 from pyrovae.training.loop import Callback, current_record
 
 #: the test points the figures draw (reconstructions: the first 20)
@@ -108,48 +107,3 @@ class RunFolder(Callback):
         if self.saved_epoch is None:
             return None
         return f"the last good checkpoint (epoch {self.saved_epoch}) is kept in {self.run_dir}"
-
-
-class TensorBoardLog(Callback):
-    """TensorBoard event files in ``log_dir`` (rank 0): every epoch the ELBO, its reconstruction
-    and KL terms, the KL weight, the learning rate, images per second and active units; at every
-    evaluation grids of samples and reconstructions, drawn without touching the training RNG."""
-
-    def __init__(self, log_dir):
-        self.log_dir, self.writer = Path(log_dir), None
-
-    def on_start(self, trainer) -> None:
-        if trainer.rank == 0:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.log_dir))
-
-    def on_epoch_end(self, trainer, record: Dict) -> None:
-        """Scalars every epoch, image grids at evaluations (drawn without touching the training RNG)."""
-        from pyrovae.app.plots import as_images, image_grid
-
-        if self.writer is None:
-            return
-        tb, epoch = self.writer, record["epoch"]
-        for tag, key in (("train/elbo", "train_elbo"), ("train/objective", "train_objective"),
-                         ("train/beta", "beta"), ("train/images_per_second", "images_per_second"),
-                         ("test/elbo", "test_elbo"), ("test/reconstruction", "test_reconstruction"),
-                         ("test/kl", "test_kl"), ("test/active_units", "active_units")):
-            if record[key] is not None:
-                tb.add_scalar(tag, record[key], epoch)
-        tb.add_scalar("train/learning_rate", trainer.optimizer.param_groups[0]["lr"], epoch)
-        if record["test_elbo"] is not None:
-            with torch.no_grad(), seeded(trainer.data.test_split, trainer.cfg.seed):
-                x = trainer.data.test_head(32)
-                grids = {"samples": trainer.model.sample(64),
-                         "reconstructions": torch.cat([x.x, trainer.model.reconstruct(x)])}
-            for tag, images in grids.items():
-                grid = image_grid(as_images(images, trainer.model.event_shape), 8 if tag == "samples" else 16)
-                tb.add_image(tag, grid.clip(0, 1), epoch, dataformats="HWC" if grid.ndim == 3 else "HW")
-        tb.flush()
-
-    def on_close(self, trainer) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
