@@ -12,6 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
+from pyrovae import __version__
 from pyrovae.app.checkpoint import convert_checkpoint, open_run
 from pyrovae.app.config import load_config
 from pyrovae.app.files import check_writable, own_file_problem
@@ -22,6 +23,7 @@ from pyrovae.training.loop import Interrupted
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyrovae", description="Variational autoencoders in Pyro, trained by SVI.")
+    parser.add_argument("--version", action="version", version=f"pyrovae {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a VAE from a TOML config (default: the embedded digits config)")
