@@ -48,8 +48,7 @@ from pyrovae.parts.priors import PRIORS, Prior
 from pyrovae.training.loop import Callback, Interrupted, PosteriorCollapseWarning, TrainConfig, TrainingError, fit
 from pyrovae.training.mcem import MonteCarloEM
 from pyrovae.training.optim import OPTIMIZERS, build_optimizer
-
-__version__ = "0.1.0"
+from pyrovae.version import __version__  # noqa: F401 (the package's version)
 
 __all__ = [
     "DATASETS",

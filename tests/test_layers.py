@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "pyrovae"
 #: bottom to top: a module may import its own layer's modules (without a cycle) and those below
 LAYERS = [
-    ("leaves", {"pyrovae.errors", "pyrovae.registry", "pyrovae.devices", "pyrovae.rng", "pyrovae.safe_load"}),
+    ("leaves", {"pyrovae.errors", "pyrovae.registry", "pyrovae.devices", "pyrovae.rng", "pyrovae.safe_load",
+                "pyrovae.version"}),
     ("data", {"pyrovae.data"}),
     ("parts", {"pyrovae.parts"}),
     ("models", {"pyrovae.models"}),

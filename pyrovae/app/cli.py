@@ -12,13 +12,13 @@ import signal
 import sys
 from pathlib import Path
 
-from pyrovae import __version__
 from pyrovae.app.checkpoint import convert_checkpoint, open_run
 from pyrovae.app.config import load_config
 from pyrovae.app.files import check_writable, own_file_problem
 from pyrovae.app.run import StoppedAtOnce, encode_run, evaluate_run, stop_at_once_on_signals, summary_line, train
 from pyrovae.errors import PyrovaeError, RunDirError, one_line, shell_word
 from pyrovae.training.loop import Interrupted
+from pyrovae.version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
