@@ -3,6 +3,7 @@ log-densities against scipy's on known values, the observed library size of scVI
 log1p input, and count data that train from a sparse file read in chunks."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -153,3 +154,17 @@ def test_a_sparse_count_file_trains_streamed_in_chunks(tmp_path, monkeypatch):
                  "--set", 'model.encoder={name = "mlp", hidden = [16], input = "log1p"}'])
     assert code == 0 and not dense_whole, dense_whole
     assert (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_the_library_mean_for_prior_draws_comes_from_training_steps_only():
+    nb = LIKELIHOODS.build({"name": "negative_binomial", "library": "observed"}, event_shape=(3,))
+    x = torch.tensor([[1.0, 2.0, 5.0], [0.0, 0.0, 7.0]])  # totals 8 and 7
+    log_mean = torch.zeros(2, 3, requires_grad=True)
+    with torch.no_grad():  # an evaluation: not counted
+        nb.given((log_mean,), x)
+    assert nb.library_count == 0
+    nb.given((log_mean,), x)  # a training step
+    nb.eval()
+    nb.given((log_mean,), x)  # eval mode: not counted
+    assert nb.library_count == 2
+    assert nb.log_library(None).item() == pytest.approx((math.log(8) + math.log(7)) / 2)

@@ -109,7 +109,7 @@ def flat_params(tree: Dict, prefix: str = "") -> Dict[str, str]:
 
 
 def record_metrics(record: Dict) -> Dict[str, float]:
-    """The numbers of a metrics record (None, strings and booleans left out)."""
+    """The finite numbers of a metrics record (None, strings, booleans and non-finite values left out)."""
     return {k: float(v) for k, v in record.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 

@@ -195,7 +195,7 @@ class _Counts(Likelihood):
     point's total count sum_i x_i, as in scVI (Lopez et al. 2018, where l is observed when
     ``use_observed_lib_size``): z then describes composition, not depth. A point with no counts
     takes l = 1. Codes drawn from the prior (no data) take the geometric mean of the library
-    sizes seen in training.
+    sizes seen in training steps (not in evaluations, which run without gradients).
 
     :param str library: ``"learned"`` or ``"observed"``.
     """
@@ -219,7 +219,7 @@ class _Counts(Likelihood):
             return mean.to(torch.get_default_dtype())
         x = as_batch(batch).x
         log_l = x.flatten(-self.event_dim).sum(-1).clamp(min=1).log()
-        if self.training:
+        if self.training and torch.is_grad_enabled():  # training steps only: evaluations run without gradients
             with torch.no_grad():
                 self.log_library_sum += log_l.double().sum()
                 self.library_count += log_l.numel()

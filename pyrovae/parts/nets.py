@@ -14,7 +14,7 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
-from pyrovae.registry import Registry
+from pyrovae.registry import Registry, check_choice
 
 ENCODERS = Registry("encoder", context=("event_shape", "latent_dim"))
 DECODERS = Registry("decoder", context=("event_shape", "latent_dim", "num_params"))
@@ -42,12 +42,6 @@ def _mlp(sizes: List[int], activation: str) -> nn.Sequential:
 #: what an encoder may do to x before its network reads it (``input = ...``): counts want log1p,
 #: as scVI's encoder reads log(1 + counts) (Lopez et al. 2018)
 INPUT_TRANSFORMS = ("identity", "log1p")
-
-
-def _check_input(name: str) -> str:
-    if name not in INPUT_TRANSFORMS:
-        raise ValueError(f"input = {name!r}: valid: {', '.join(INPUT_TRANSFORMS)}")
-    return name
 
 
 def transformed(x: torch.Tensor, input: str) -> torch.Tensor:
@@ -86,7 +80,8 @@ class MLPEncoder(nn.Module):
                  activation: str = "relu", init_std: float = 0.0, input: str = "identity"):
         super().__init__()
         self.event_dim = len(event_shape)
-        self.input = _check_input(input)
+        check_choice("input", input, INPUT_TRANSFORMS, ValueError)
+        self.input = input
         sizes = [math.prod(event_shape), *_check_hidden(hidden), 2 * latent_dim]
         _activation(activation)  # validates the name even without hidden layers
         self.net = _mlp(sizes, activation)
@@ -144,7 +139,8 @@ class ConvEncoder(nn.Module):
     def __init__(self, event_shape: Tuple[int, ...], latent_dim: int, channels: List[int] = (32, 64),
                  hidden: int = 256, activation: str = "relu", input: str = "identity"):
         super().__init__()
-        self.input = _check_input(input)
+        check_choice("input", input, INPUT_TRANSFORMS, ValueError)
+        self.input = input
         self.event_shape = tuple(event_shape)
         self.image_shape = _image_shape(event_shape)
         channels = _check_hidden(channels)
@@ -215,7 +211,8 @@ class MLPClassifier(nn.Module):
                  activation: str = "relu", input: str = "identity"):
         super().__init__()
         self.event_dim = len(event_shape)
-        self.input = _check_input(input)
+        check_choice("input", input, INPUT_TRANSFORMS, ValueError)
+        self.input = input
         _activation(activation)
         self.net = _mlp([math.prod(event_shape), *_check_hidden(hidden), num_classes], activation)
 
