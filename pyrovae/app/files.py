@@ -268,9 +268,10 @@ def copy_plugins(sources, run_dir) -> None:
         atomic_write_bytes(folder / target, lambda f: f.write(data))
 
 
+#: the figures a run draws at its end (those its data allow)
+FIGURES = ("samples.png", "reconstructions.png", "elbo.png", "manifold.png", "latent.png")
 #: the names of what pyrovae writes in a run folder (``evaluate --out`` may write none of them)
-OWN_FILES = (CHECKPOINT, BEST, CONFIG, METRICS, LOCK, MLFLOW, "reconstructions.png", "samples.png", "elbo.png",
-             "manifold.png", "latent.png")
+OWN_FILES = (CHECKPOINT, BEST, CONFIG, METRICS, LOCK, MLFLOW, *FIGURES)
 
 
 def own_file_problem(out, run_dir, suffix: str = ".json", default: str = EVALUATION) -> Optional[str]:

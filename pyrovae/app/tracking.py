@@ -19,13 +19,11 @@ from typing import Dict, Optional
 
 import torch
 
-from pyrovae.app.files import CONFIG, MLFLOW, atomic_write_bytes
+from pyrovae.app.files import CONFIG, FIGURES, MLFLOW, atomic_write_bytes
 from pyrovae.errors import RunDirError, one_line
 from pyrovae.rng import seeded
 from pyrovae.training.loop import Callback
 
-#: the figures a run folder holds, logged as MLflow artifacts under ``figures/``
-FIGURES = ("samples.png", "reconstructions.png", "elbo.png", "manifold.png", "latent.png")
 #: MLflow's limit on a param's value (characters); a longer value is cut in the middle
 MLFLOW_PARAM_CHARS = 6000
 
