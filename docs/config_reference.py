@@ -7,11 +7,28 @@ every registered part with its options. tests/test_docs.py checks that the page 
 import dataclasses
 import inspect
 import re
+import sys
+from pathlib import Path
 
-from pyrovae import DATASETS, DECODERS, ENCODERS, ESTIMATORS, LIKELIHOODS, MODELS, OPTIMIZERS, PRIORS
+from pyrovae import (
+    ALGORITHMS,
+    CLASSIFIERS,
+    DATASETS,
+    DECODERS,
+    ENCODERS,
+    ESTIMATORS,
+    LIKELIHOODS,
+    MODELS,
+    OPTIMIZERS,
+    POSTERIORS,
+    PRIORS,
+)
 from pyrovae.app.config import SECTIONS, Config, ModelConfig
 from pyrovae.registry import _type_name
 from pyrovae.training.schedules import SCHEDULES
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sphinx_roles import markdown  # noqa: E402 (beside this file: docstrings' Sphinx roles as inline code)
 
 
 def field_comments(cls):
@@ -38,7 +55,14 @@ def param_docs(cls):
     return docs
 
 
+def cell(text: str) -> str:
+    """Text for a table cell: a ``|`` escaped, so that it does not end the cell."""
+    return text.replace("|", "\\|")
+
+
 def default_text(value):
+    if value is inspect.Parameter.empty:
+        return "required"
     if isinstance(value, str):
         return f'`"{value}"`'
     if value is None:
@@ -63,7 +87,7 @@ def render() -> str:
         if cls is ModelConfig:
             out.append("| `family` | `\"vae\"` | the model family, by name (below); the other keys are its options |")
             for key, value in ModelConfig().defaults().items():
-                out.append(f"| `{key}` | {default_text(value)} | {param_docs(MODELS.get('vae')).get(key, '')} |")
+                out.append(f"| `{key}` | {default_text(value)} | {cell(param_docs(MODELS.get('vae')).get(key, ''))} |")
             out.append("")
             continue
         comments = field_comments(cls)
@@ -72,29 +96,32 @@ def render() -> str:
                 out.append("| (any other key) | | an option of the data set's source (below), checked against it |")
                 continue
             out.append(f"| `{f.name}` | {default_text(getattr(getattr(defaults, section), f.name))} | "
-                       f"{comments.get(f.name, '')} |")
+                       f"{cell(comments.get(f.name, ''))} |")
         out.append("")
     out += ["## [optim]", "", "An optimizer spec: `name` and that optimizer's options (defaults below), and "
             "`schedule`, the learning-rate schedule (below; default `\"constant\"`).", ""]
     registries = [("optimizers (`[optim] name`)", OPTIMIZERS),
                   ("learning-rate schedules (`optim.schedule`)", SCHEDULES), ("data sets (`data.name`)", DATASETS),
-                  ("model families (`model.family`)", MODELS),
+                  ("model families (`model.family`)", MODELS), ("algorithms (`train.algorithm`)", ALGORITHMS),
                   ("estimators (`train.estimator`)", ESTIMATORS), ("priors (`model.prior`)", PRIORS),
                   ("likelihoods (`model.likelihood`)", LIKELIHOODS), ("encoders (`model.encoder`)", ENCODERS),
-                  ("decoders (`model.decoder`)", DECODERS)]
+                  ("decoders (`model.decoder`)", DECODERS), ("posteriors (`model.posterior`)", POSTERIORS),
+                  ("classifiers (`model.classifier`, for `m2`)", CLASSIFIERS)]
     for title, registry in registries:
         if registry is not OPTIMIZERS:
             out += [f"## {title[0].upper() + title[1:]}", "",
                     "A name; its options are the `[data]` table's keys." if registry is DATASETS else
                     "A name." if registry in (MODELS, ESTIMATORS) else
+                    "A name, or a table `{ name = ..., option = value }` (mcem's options)." if registry is ALGORITHMS
+                    else
                     "A name, or a table `{ name = ..., option = value }`.", ""]
         out += ["| name | options (default) | what it is |", "| --- | --- | --- |"]
         for name in registry.names():
             entry = registry.get(name)
             options = ", ".join(f"`{k}` = {default_text(p.default)} ({_type_name(p.annotation)})"
                                 for k, p in registry.options(name).items())
-            summary = (inspect.getdoc(entry) or "").split("\n\n")[0].replace("\n", " ")
-            out.append(f"| `{name}` | {options or 'none'} | {summary} |")
+            summary = markdown((inspect.getdoc(entry) or "").split("\n\n")[0].replace("\n", " "))
+            out.append(f"| `{name}` | {options or 'none'} | {cell(summary)} |")
         out.append("")
     return "\n".join(out)
 

@@ -1,5 +1,6 @@
-"""The docs stay true to the code: the README's example runs, its tables list every key and
-name, every example config loads, every example script runs at a tiny setting."""
+"""The docs stay true to the code: the README's Python and TOML examples run, the config reference
+lists every key and name, every example config loads, every example script runs at a tiny setting,
+every relative link resolves. The site's build and the tutorial notebook: tests/test_site.py."""
 
 import dataclasses
 import importlib.util
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pyrovae import (
+    ALGORITHMS,
     CLASSIFIERS,
     DECODERS,
     ENCODERS,
@@ -21,10 +23,12 @@ from pyrovae import (
     PosteriorCollapseWarning,
     load_config,
 )
+from pyrovae.app.cli import main as cli_main
 from pyrovae.app.config import SECTIONS, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+CONFIG_PAGE = (ROOT / "docs" / "config.md").read_text()
 EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.py"))
 
 
@@ -36,26 +40,46 @@ def test_readme_python_example_runs():
     assert math.isfinite(namespace["loss"])
 
 
-def test_readme_config_table_lists_every_key():
+def test_readme_toml_example_trains(tmp_path, monkeypatch):
+    block = re.search(r"## In TOML, from the command line\n.*?```toml\n# vae.toml\n(.*?)```", README, re.S).group(1)
+    command = re.search(r"\./dev pyrovae (train vae\.toml [^#\n]*?)\s+#", README).group(1).split()
+    (tmp_path / "vae.toml").write_text(block)
+    cfg = load_config(str(tmp_path / "vae.toml"))
+    assert cfg.model.prior == {"name": "mixture", "num_components": 10}
+    assert cfg.model.likelihood == "continuous_bernoulli"
+    monkeypatch.chdir(tmp_path)
+    command[command.index("train.epochs=5")] = "train.epochs=1"
+    assert cli_main(command + ["--out", "run", "-q"]) == 0
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+
+
+def config_page_section(title: str) -> str:
+    """The part of docs/config.md under the heading ``## title``, up to the next heading."""
+    return CONFIG_PAGE.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_config_reference_lists_every_key():
     for section, cls in SECTIONS.items():
         names = (list(cls().to_dict()) if cls is ModelConfig
                  else [f.name for f in dataclasses.fields(cls) if f.name != "options"])  # data's: its other keys
+        table = config_page_section(f"[{section}]")
         for name in names:
-            key = f"{section}.{name}"
-            assert f"`{key}`" in README or (key in ("model.encoder", "model.decoder") and
-                                           "`model.encoder`, `model.decoder`" in README), key
+            assert f"| `{name}` |" in table, f"{section}.{name}"
+    optimizers = config_page_section("[optim]")
     for name in OPTIMIZERS.names():
-        assert f"`{name}`" in README
+        assert f"| `{name}` |" in optimizers
         for option in OPTIMIZERS.options(name):
-            assert f"`{option}`" in README or option == "lr", (name, option)
+            assert f"`{option}` = " in optimizers, (name, option)
 
 
-def test_readme_lists_every_registered_part_and_its_options():
-    for registry in (PRIORS, LIKELIHOODS, ENCODERS, DECODERS, POSTERIORS, CLASSIFIERS):
+def test_config_reference_lists_every_registered_part_and_its_options():
+    for registry in (PRIORS, LIKELIHOODS, ENCODERS, DECODERS, POSTERIORS, CLASSIFIERS, ALGORITHMS):
         for name in registry.names():
-            assert f"`{name}`" in README, name
+            row = re.search(rf"^\| `{name}` \|.*$", CONFIG_PAGE, re.M)
+            assert row, name
+            rows = re.findall(rf"^\| `{name}` \|.*$", CONFIG_PAGE, re.M)  # mlp, conv: encoders and decoders
             for option in registry.options(name):
-                assert f"`{option}" in README, (name, option)
+                assert any(f"`{option}` = " in r for r in rows), (name, option)
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "examples" / "configs").glob("*.toml")), ids=lambda p: p.name)
@@ -120,7 +144,7 @@ def test_config_reference_page_is_generated_from_the_code():
 def test_every_example_has_a_docs_page_and_every_link_resolves():
     for name in EXAMPLES:
         assert (ROOT / "docs" / "examples" / name.replace(".py", ".md")).is_file(), name
-    for page in (ROOT / "docs").rglob("*.md"):
+    for page in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]:
         for target in re.findall(r"\]\(([^)#]+)\)", page.read_text()):
             if not target.startswith("http"):
                 assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links to a missing {target}"

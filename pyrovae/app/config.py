@@ -48,7 +48,8 @@ class DataConfig:
     name: str = "digits"
     #: torchvision's sets: their root folder; frey_face: the .mat file or its folder; file: the file or folder.
     path: Optional[str] = None
-    #: dynamic, threshold or none; unset: dynamic for digits and mnist, none otherwise.
+    #: dynamic (x ~ Bernoulli(grey level) for each training batch), threshold (grey > 0.5) or none; unset:
+    #: dynamic for digits and mnist, none otherwise (m2 under a label budget: threshold in place of dynamic).
     binarize: Optional[str] = None
     #: share of the points held out for the test ELBO where the data set has no test split.
     test_fraction: float = 0.1
@@ -186,11 +187,17 @@ def _writable(value) -> bool:
 class LogConfig:
     """``[log]``: what a run writes besides its metrics, checkpoint and figures."""
 
-    #: write TensorBoard event files to RUN_DIR/tensorboard (needs the tensorboard package).
+    #: write TensorBoard event files to RUN_DIR/tensorboard (needs the tensorboard package; --tensorboard):
+    #: every epoch the ELBO, its terms, the KL weight, the learning rate, images per second and active units;
+    #: at every evaluation grids of samples and reconstructions. View them with tensorboard --logdir runs.
     tensorboard: bool = False
-    #: log the run to MLflow (needs the mlflow package: pyrovae[mlflow]): params, metrics, figures.
+    #: log the run to MLflow (pip install 'pyrovae[mlflow]'; --mlflow): the resolved config flattened as params
+    #: (model.latent_dim, ...), every metrics.jsonl key as a metric at its step, config.toml and the figures as
+    #: artifacts, and after evaluate evaluation.json. --resume continues the same MLflow run, whose id is kept
+    #: in RUN_DIR/mlflow.json.
     mlflow: bool = False
-    #: the MLflow tracking URI; "" (the default): a local file store, the folder mlruns beside the run folder.
+    #: the MLflow tracking URI; "" (the default): a local file store, the folder mlruns beside the run folder
+    #: (runs/mlruns); a path is a file store too.
     mlflow_uri: str = ""
     #: the MLflow experiment; "" (the default): the data set's name (data.name).
     experiment: str = ""
@@ -216,7 +223,9 @@ class PluginsConfig:
     it registers (priors, likelihoods, networks, model families, estimators) can be named in it.
     In a run's own config it is a record: opening the run runs none of it (see :mod:`pyrovae.app.plugins`)."""
 
-    #: dotted module names, or .py files (relative to the config file); recorded as named (files as absolute paths).
+    #: dotted module names, or .py files (relative to the config file), run from the bytes that are hashed;
+    #: recorded as named (files as absolute paths), with a copy of each in RUN_DIR/plugins (never run).
+    #: Opening a run runs none of them: name them with --plugins.
     modules: List[str] = field(default_factory=list)
     #: each module's source file, resolved when the run started; written by pyrovae.
     files: List[str] = field(default_factory=list)

@@ -41,7 +41,7 @@ MLFLOW = "mlflow.json"
 PLUGINS = "plugins"
 TMP_SUFFIX = ".tmp"
 
-try:  # POSIX; elsewhere the lock is a no-op and the README says so
+try:  # POSIX; elsewhere the lock is a no-op, as docs/run-folders.md says
     import fcntl
 except ImportError:  # pragma: no cover
     fcntl = None

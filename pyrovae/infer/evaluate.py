@@ -180,7 +180,8 @@ def accuracy(model, x, batch_size: int = 1000) -> Optional[float]:
 
 def evaluate(model, x, nll_samples: int = 5000, iwae_samples: int = 50, elbo_particles: int = 10,
              seed: int = 0, progress: bool = False) -> Dict:
-    """Every test number of a model on x (a tensor, a Batch or a Split; see ``pyrovae evaluate`` in the README).
+    """Every test number of a model on x (a tensor, a Batch or a Split; the keys are those of ``pyrovae evaluate``,
+    docs/evaluation.md).
     ``progress``: a tqdm bar with an ETA for each estimate (ELBO, IWAE, NLL), on a terminal only."""
     count, activity = active_units(model, x)
     titled = (lambda title: title) if progress else (lambda title: None)

@@ -51,7 +51,8 @@ class CVAE(VAE):
     :param tuple event_shape: the shape of one data point.
     :param int num_classes: the number of classes (from the data's labels).
     :param int latent_dim: the dimension of z.
-    :param prior, likelihood, encoder, decoder, posterior: as for :class:`~pyrovae.VAE`; a
+    :param prior: as for :class:`~pyrovae.VAE`, and so are ``likelihood``, ``encoder``, ``decoder`` and
+        ``posterior``; a
         network built by name gets the condition's size added to its input (the decoder's
         ``latent_dim`` is ``latent_dim + num_classes``); a module passed in must read
         :attr:`encoder_event_shape` and ``latent_dim + num_classes`` inputs.

@@ -64,7 +64,8 @@ class M2(CVAE):
     :param tuple event_shape: the shape of one data point.
     :param int num_classes: the number of classes (from the data's labels).
     :param int latent_dim: the dimension of z.
-    :param prior, likelihood, encoder, decoder, posterior: as for :class:`~pyrovae.CVAE`: the
+    :param prior: as for :class:`~pyrovae.CVAE`, and so are ``likelihood``, ``encoder``, ``decoder`` and
+        ``posterior``: the
         encoder reads [x, y], the decoder [z, y].
     :param classifier: q(y | x): a registered classifier spec (``"mlp"``,
         ``{"name": "mlp", "hidden": [500]}``) or a module mapping x to ``(M, num_classes)`` logits.

@@ -83,8 +83,9 @@ class TrainConfig:
     #: evaluate the test ELBO (and the validation ELBO) every this many epochs (and after the last).
     eval_every: int = 5
     #: stop when the metric has not improved for patience evaluations, and keep the best epoch as best.pt:
-    #: { metric = "validation_elbo", patience = 10, min_delta = 0.0 } (see pyrovae.training.early_stopping);
-    #: absent: no early stopping.
+    #: { metric = "validation_elbo", patience = 10, min_delta = 0.0 }, the metric one of validation_elbo,
+    #: validation_accuracy, test_elbo, test_accuracy or train_elbo (higher is better), patience counted in
+    #: evaluations (see pyrovae.training.early_stopping); absent: no early stopping.
     early_stopping: Optional[Dict[str, Any]] = None
     #: particles per test point for the test ELBO.
     eval_particles: int = 1

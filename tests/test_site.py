@@ -1,0 +1,70 @@
+"""The documentation site builds, strictly, and its parts are true to the code: the API reference
+names every public name once, the strict build fails on a broken link, a missing page or an
+unreadable docstring, and the tutorial notebook runs from top to bottom."""
+
+import collections
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+import pyrovae
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "docs" / "tutorials" / "getting_started.ipynb"
+
+
+def test_api_reference_names_every_public_name_exactly_once():
+    named = collections.Counter(name for page in (ROOT / "docs" / "api").glob("*.md")
+                                for name in re.findall(r"^::: pyrovae\.(\w+)$", page.read_text(), re.M))
+    assert set(named) == set(pyrovae.__all__), (set(pyrovae.__all__) - set(named), set(named) - set(pyrovae.__all__))
+    assert [name for name, count in named.items() if count > 1] == []
+
+
+def test_sphinx_roles_become_inline_code():
+    spec = importlib.util.spec_from_file_location("sphinx_roles", ROOT / "docs" / "sphinx_roles.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = ("a :class:`~pyrovae.models.vae.VAE`, :func:`pyrovae.fit` and :meth:`~pyrovae.Model.terms`.\n"
+            "Public API::\n\n    VAE  the family\n\nkeep a::b and ``code``")
+    assert module.markdown(text) == ("a ``VAE``, ``pyrovae.fit`` and ``terms``.\nPublic API:\n\n    VAE  the family\n\n"
+                                     "keep a::b and ``code``")
+
+
+def test_site_builds_in_strict_mode(tmp_path):
+    site = tmp_path / "site"
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    models = (site / "api" / "models" / "index.html").read_text()
+    assert "Kingma" in models and "AmortizedGuide" in models  # the docstrings, rendered
+    assert ":class:" not in models and ":param" not in models
+    assert "AmortizedGuide" in (site / "tutorials" / "getting_started" / "index.html").read_text()
+    assert "throughput.py" in (site / "benchmarks" / "index.html").read_text()  # benchmarks/README.md, included
+    assert "--8&lt;--" not in (site / "benchmarks" / "index.html").read_text()
+
+
+def test_tutorial_is_committed_without_outputs():
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(notebook)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert code and all(cell.outputs == [] and cell.execution_count is None for cell in code)
+
+
+def test_tutorial_notebook_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel is one more process beside the suite's workers
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(notebook, timeout=170, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()  # raises on any cell's error
+    printed = "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                      for output in cell.outputs)
+    elbos = [float(v) for v in re.findall(r"test ELBO after \d+ epochs: (-?\d+\.\d+)", printed)]
+    assert len(elbos) == 4 and all(50 < elbo < 150 for elbo in elbos), printed  # grey digits: positive nats
+    assert sum(output.output_type == "display_data" for cell in notebook.cells if cell.cell_type == "code"
+               for output in cell.outputs) == 4  # the figures
