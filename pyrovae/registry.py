@@ -82,6 +82,8 @@ class Registry:
         self._entries: Dict[str, Callable] = {}
 
     def register(self, name: str) -> Callable:
+        """A decorator that registers a class or function under ``name`` (a later one replaces it)."""
+
         def decorator(fn):
             self._entries[name] = fn
             return fn
@@ -89,12 +91,14 @@ class Registry:
         return decorator
 
     def names(self):
+        """The registered names, sorted."""
         return sorted(self._entries)
 
     def __contains__(self, name) -> bool:
         return name in self._entries
 
     def get(self, name: str, where: str = "") -> Callable:
+        """The constructor registered as ``name``; an unknown name is one line naming the valid ones."""
         if not isinstance(name, str) or name not in self._entries:
             raise UnknownNameError(
                 f"{where or self.kind}: unknown {self.kind} {shown(name)}; valid: {', '.join(self.names())}"

@@ -60,3 +60,12 @@ def test_tutorial_is_committed_without_outputs():
     nbformat.validate(notebook)
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert code and all(cell.outputs == [] and cell.execution_count is None for cell in code)
+
+
+def test_every_public_name_has_a_docstring_the_reference_shows():
+    import griffe
+
+    package = griffe.load("pyrovae", search_paths=[str(ROOT)], resolve_aliases=True)
+    missing = [name for name in pyrovae.__all__
+               if not (package[name].docstring and package[name].docstring.value.strip())]
+    assert missing == [], f"no docstring for the API reference: {missing}"

@@ -365,6 +365,10 @@ def _as_split_of(data, where: str) -> Split:
 #: :class:`Dataset`, a map-style torch ``Dataset``, or a pair ``(train, test)`` of them), its
 #: options the ``[data]`` table's other keys; register one with ``@pyrovae.DATASETS.register(name)``
 DATASETS = Registry("data set")
+"""Data sources by name (``data.name``): functions whose options are the ``[data]`` table's other keys,
+returning a :class:`Dataset`, a map-style torch ``Dataset`` or a pair ``(train, test)`` of them;
+``@DATASETS.register("mine")`` adds one (``docs/write-your-own.md``).
+"""
 
 
 @DATASETS.register("digits")

@@ -32,6 +32,9 @@ from pyrovae.infer.wake_sleep import WakeSleep
 from pyrovae.registry import Registry
 
 ALGORITHMS = Registry("algorithm", context=("model", "train", "estimator", "num_data", "world"))
+"""Training algorithms by name (``train.algorithm``): ``aevb``, ``wake_sleep`` and ``mcem``, each an
+:class:`Algorithm` giving one step's loss.
+"""
 
 
 class NonFinite(Exception):

@@ -30,6 +30,9 @@ from pyrovae.models.terms import log_mean_exp
 from pyrovae.registry import Registry
 
 ESTIMATORS = Registry("estimator")
+"""ELBO estimators by name (``train.estimator``): ``analytic`` (estimator B), ``mc`` (estimator A)
+and ``iwae``, each an :class:`Estimator` over a model's terms.
+"""
 
 
 class Estimator:

@@ -21,6 +21,10 @@ from pyrovae.registry import Registry
 #: what pyrovae passes a family itself; a config may not set these
 CONTEXT = ("event_shape", "num_classes", "name")
 MODELS = Registry("model family", context=CONTEXT)
+"""Model families by name (``model.family``): :class:`~pyrovae.Model` subclasses, built with the
+data's ``event_shape`` (and ``num_classes``) and the ``[model]`` table's other keys as options;
+``@MODELS.register("mine")`` adds one (``docs/write-your-own.md``).
+"""
 PART_REGISTRIES = {"prior": PRIORS, "likelihood": LIKELIHOODS, "encoder": ENCODERS, "decoder": DECODERS,
                    "posterior": POSTERIORS, "classifier": CLASSIFIERS,
                    # the hvae family's second layer: networks from a vector to a diagonal Gaussian

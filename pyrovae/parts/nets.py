@@ -17,7 +17,13 @@ from torch import nn
 from pyrovae.registry import Registry, check_choice
 
 ENCODERS = Registry("encoder", context=("event_shape", "latent_dim"))
+"""Encoders by name (``model.encoder``): networks x -> (mu, log sigma^2), built with ``event_shape`` and
+``latent_dim`` and the spec's options (``input = "log1p"`` for counts).
+"""
 DECODERS = Registry("decoder", context=("event_shape", "latent_dim", "num_params"))
+"""Decoders by name (``model.decoder``): networks z -> the likelihood's ``num_params`` values per data value,
+built with ``event_shape``, ``latent_dim`` and ``num_params`` and the spec's options.
+"""
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "elu": nn.ELU,
                "leaky_relu": nn.LeakyReLU, "sigmoid": nn.Sigmoid}
@@ -194,6 +200,9 @@ class ConvDecoder(nn.Module):
 
 
 CLASSIFIERS = Registry("classifier", context=("event_shape", "num_classes"))
+"""Classifiers q(y | x) by name (``model.classifier`` of the ``m2`` family): networks from x to the
+class logits, built with ``event_shape`` and ``num_classes``.
+"""
 
 
 @CLASSIFIERS.register("mlp")

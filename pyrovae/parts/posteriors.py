@@ -33,6 +33,9 @@ from torch import nn
 from pyrovae.registry import Registry
 
 POSTERIORS = Registry("posterior", context=("latent_dim",))
+"""Posteriors q(z | x) by name (``model.posterior``): modules from the encoder's ``(loc, log_var)``
+to a distribution of z, built with ``latent_dim``: ``gaussian`` (the paper's) and ``iaf``.
+"""
 
 
 @POSTERIORS.register("gaussian")

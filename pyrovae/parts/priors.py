@@ -23,6 +23,9 @@ from torch.distributions import kl_divergence
 from pyrovae.registry import Registry
 
 PRIORS = Registry("prior", context=("latent_dim",))
+"""Priors p(z) by name (``model.prior``): each built with ``latent_dim`` and the spec's options.
+``@PRIORS.register("mine")`` on a :class:`Prior` subclass adds one (``docs/write-your-own.md``).
+"""
 LOG_2PI = math.log(2 * math.pi)
 
 

@@ -24,6 +24,9 @@ from pyrovae.errors import ConfigError, shown
 from pyrovae.registry import Registry, Spec
 
 OPTIMIZERS = Registry("optimizer", context=("params",))
+"""Optimizers by name (``optim.name``): ``adam``, ``adagrad`` (the paper's), ``rmsprop``,
+``clipped_adam``, each built with the parameters and the ``[optim]`` table's options.
+"""
 IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
 FUSED_DEVICES = ("cpu", "cuda")  # where torch has fused Adam and AdaGrad kernels
 
