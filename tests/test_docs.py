@@ -150,6 +150,29 @@ def test_every_example_has_a_docs_page_and_every_link_resolves():
                 assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links to a missing {target}"
 
 
+def test_command_line_page_shows_every_command_and_flag():
+    import argparse
+
+    from pyrovae.app.cli import build_parser
+
+    synopsis = (ROOT / "docs" / "cli.md").read_text().split("```\n", 2)[1]
+    lines = {line.split()[1]: line for line in synopsis.splitlines() if line.startswith("pyrovae ")}
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(lines) == set(commands)
+    for name, command in commands.items():
+        for action in command._actions:
+            if action.option_strings and "--help" not in action.option_strings:
+                assert any(option in lines[name] for option in action.option_strings), (name, action.option_strings)
+
+
+def test_run_folders_page_lists_every_file_a_run_writes():
+    from pyrovae.app import files
+
+    table = (ROOT / "docs" / "run-folders.md").read_text().split("## What a run folder holds", 1)[1].split("\n## ")[0]
+    for name in (*files.OWN_FILES, files.EVALUATION, files.EVALUATION_BEST, files.PLUGINS + "/", "tensorboard/"):
+        assert f"`{name}`" in table, name
+
+
 def test_your_data_page_python_example_runs():
     page = (ROOT / "docs" / "your-data.md").read_text()
     block = page.split("```python\n")[1].split("```")[0]

@@ -21,6 +21,13 @@ from pyrovae.training.loop import Interrupted
 from pyrovae.version import __version__
 
 
+def add_plugins_option(command: argparse.ArgumentParser) -> None:
+    """``--plugins PATH_OR_MODULE ...``, for every command that opens a run (and a fresh ``train``)."""
+    command.add_argument("--plugins", nargs="+", action="extend", default=[], metavar="PATH_OR_MODULE",
+                         help="plugin files or dotted module names the run needs (checked against the SHA-256 the "
+                              "run recorded, then run: this runs their code; nothing in a run folder is run otherwise)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyrovae", description="Variational autoencoders in Pyro, trained by SVI.")
     parser.add_argument("--version", action="version", version=f"pyrovae {__version__}")
@@ -40,9 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the run folder)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for torch (train.num_threads; on a shared, busy CPU fewer than its cores)")
-    p.add_argument("--plugins", nargs="+", action="extend", default=[], metavar="PATH_OR_MODULE",
-                   help="plugin files or dotted module names the run needs (checked against the SHA-256 the run "
-                        "recorded, then run: this runs their code; nothing in a run folder is run otherwise)")
+    add_plugins_option(p)
 
     p = sub.add_parser("evaluate", help="score a run on its test split; writes RUN_DIR/evaluation.json")
     p.add_argument("run_dir")
@@ -56,19 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("-o", "--out", help="where to write the JSON (default RUN_DIR/evaluation.json)")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--plugins", nargs="+", action="extend", default=[], metavar="PATH_OR_MODULE",
-                   help="plugin files or dotted module names the run needs (checked against the SHA-256 the run "
-                        "recorded, then run: this runs their code; nothing in a run folder is run otherwise)")
+    add_plugins_option(p)
 
     p = sub.add_parser("encode", help="write the posterior means E_q[z | x] of a split to a .npz file")
     p.add_argument("run_dir")
     p.add_argument("--split", default="test", help="test (default), train, or validation where the run has one")
     p.add_argument("--which", choices=("last", "best"), default="last", help="the last checkpoint or best.pt")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="where the encoder runs (default cpu)")
     p.add_argument("-o", "--out", required=True, help="the .npz file: latents (N, latent size), labels (N,)")
-    p.add_argument("--plugins", nargs="+", action="extend", default=[], metavar="PATH_OR_MODULE",
-                   help="plugin files or dotted module names the run needs (checked against the SHA-256 the run "
-                        "recorded, then run: this runs their code; nothing in a run folder is run otherwise)")
+    add_plugins_option(p)
 
     p = sub.add_parser("sample", help="draw images from a trained run's model")
     p.add_argument("run_dir")
@@ -77,9 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label", type=int, default=None, metavar="K",
                    help="draw every sample for class K (families that read labels: cvae, m2)")
-    p.add_argument("--plugins", nargs="+", action="extend", default=[], metavar="PATH_OR_MODULE",
-                   help="plugin files or dotted module names the run needs (checked against the SHA-256 the run "
-                        "recorded, then run: this runs their code; nothing in a run folder is run otherwise)")
+    add_plugins_option(p)
 
     p = sub.add_parser("convert-checkpoint", help="rewrite an older pyrovae checkpoint (format 1) in the current, "
                                                   "code-free format; only for a run folder you trust")
