@@ -165,6 +165,15 @@ def test_command_line_page_shows_every_command_and_flag():
                 assert any(option in lines[name] for option in action.option_strings), (name, action.option_strings)
 
 
+def test_evaluation_page_describes_every_number_evaluate_reports():
+    import pyrovae
+
+    data = pyrovae.load_dataset("digits")
+    scores = pyrovae.evaluate(pyrovae.VAE(data.event_shape), data.test, nll_samples=4, iwae_samples=2, elbo_particles=1)
+    page = (ROOT / "docs" / "evaluation.md").read_text()
+    assert [key for key in scores if f"`{key}`" not in page] == []
+
+
 def test_run_folders_page_lists_every_file_a_run_writes():
     from pyrovae.app import files
 
