@@ -143,7 +143,9 @@ def test_config_reference_page_is_generated_from_the_code():
 
 def test_every_example_has_a_docs_page_and_every_link_resolves():
     for name in EXAMPLES:
-        assert (ROOT / "docs" / "examples" / name.replace(".py", ".md")).is_file(), name
+        page = ROOT / "docs" / "examples" / name.replace(".py", ".md")
+        assert page.is_file(), name
+        assert f'--8<-- "examples/{name}"' in page.read_text(), f"{page.name} should include its script"
     for page in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]:
         for target in re.findall(r"\]\(([^)#]+)\)", page.read_text()):
             if not target.startswith("http"):
