@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import griffe
 import nbformat
 
 import pyrovae
@@ -63,8 +64,6 @@ def test_tutorial_is_committed_without_outputs():
 
 
 def test_every_public_name_has_a_docstring_the_reference_shows():
-    import griffe
-
     package = griffe.load("pyrovae", search_paths=[str(ROOT)], resolve_aliases=True)
     missing = [name for name in pyrovae.__all__
                if not (package[name].docstring and package[name].docstring.value.strip())]

@@ -361,9 +361,6 @@ def _as_split_of(data, where: str) -> Split:
     return StreamedSplit(rows, None if labels is None else as_labels(labels, len(rows), f"{where} (labels)"))
 
 
-#: data sources by name (``[data] name``): each returns what :func:`pyrovae.fit` accepts (a
-#: :class:`Dataset`, a map-style torch ``Dataset``, or a pair ``(train, test)`` of them), its
-#: options the ``[data]`` table's other keys; register one with ``@pyrovae.DATASETS.register(name)``
 DATASETS = Registry("data set")
 """Data sources by name (``data.name``): functions whose options are the ``[data]`` table's other keys,
 returning a :class:`Dataset`, a map-style torch ``Dataset`` or a pair ``(train, test)`` of them;

@@ -52,9 +52,8 @@ class CVAE(VAE):
     :param int num_classes: the number of classes (from the data's labels).
     :param int latent_dim: the dimension of z.
     :param prior: as for :class:`~pyrovae.VAE`, and so are ``likelihood``, ``encoder``, ``decoder`` and
-        ``posterior``; a
-        network built by name gets the condition's size added to its input (the decoder's
-        ``latent_dim`` is ``latent_dim + num_classes``); a module passed in must read
+        ``posterior``; a network built by name gets the condition's size added to its input (the
+        decoder's ``latent_dim`` is ``latent_dim + num_classes``); a module passed in must read
         :attr:`encoder_event_shape` and ``latent_dim + num_classes`` inputs.
     """
 

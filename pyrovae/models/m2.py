@@ -65,8 +65,7 @@ class M2(CVAE):
     :param int num_classes: the number of classes (from the data's labels).
     :param int latent_dim: the dimension of z.
     :param prior: as for :class:`~pyrovae.CVAE`, and so are ``likelihood``, ``encoder``, ``decoder`` and
-        ``posterior``: the
-        encoder reads [x, y], the decoder [z, y].
+        ``posterior``: the encoder reads [x, y], the decoder [z, y].
     :param classifier: q(y | x): a registered classifier spec (``"mlp"``,
         ``{"name": "mlp", "hidden": [500]}``) or a module mapping x to ``(M, num_classes)`` logits.
     :param float alpha: the weight of the classification term as a fraction of N (the paper's

@@ -26,10 +26,10 @@ from pyrovae.data.batch import as_batch
 from pyrovae.errors import DataError, shown
 from pyrovae.registry import Registry, check_choice
 
-#: ``event_shape`` (the shape of one data point) is passed to a likelihood that takes it
 LIKELIHOODS = Registry("likelihood", context=("event_shape",))
 """Likelihoods p(x | z) by name (``model.likelihood``): each built with the data's ``event_shape``
-and the spec's options; ``@LIKELIHOODS.register("mine")`` on a :class:`Likelihood` subclass adds one.
+(the shape of one data point), where it takes it, and the spec's options;
+``@LIKELIHOODS.register("mine")`` on a :class:`Likelihood` subclass adds one.
 """
 
 
