@@ -26,7 +26,7 @@ from pyrovae.app.runfolder import RunFolder
 from pyrovae.app.tracking import MLflowLog, TensorBoardLog
 from pyrovae.data.batch import Batch
 from pyrovae.data.datasets import DATASETS, Dataset, load_dataset
-from pyrovae.errors import ConfigError, DataError, PyrovaeError, RunDirError
+from pyrovae.errors import ConfigError, DataError, PyrovaeError, RunDirError, TrackingError
 from pyrovae.infer.algorithms import ALGORITHMS, Algorithm
 from pyrovae.infer.elbos import IWAE, LatentScale, elbo_per_datapoint, elbo_terms, make_elbo, objective_per_datapoint
 from pyrovae.infer.estimators import ESTIMATORS, Estimator, resolve_estimator
@@ -61,6 +61,7 @@ __all__ = [
     "LatentScale", "elbo_terms", "dataset_elbo", "dataset_terms", "log_likelihood", "active_units",
     "kl_per_dimension", "evaluate", "evaluate_run", "build_optimizer", "Prior", "Likelihood", "PRIORS",
     "LIKELIHOODS", "ENCODERS", "DECODERS", "OPTIMIZERS", "PyrovaeError", "ConfigError", "DataError", "RunDirError",
-    "TrainingError", "Interrupted", "Callback", "RunFolder", "TensorBoardLog", "MLflowLog", "PosteriorCollapseWarning",
+    "TrackingError", "TrainingError", "Interrupted", "Callback", "RunFolder", "TensorBoardLog", "MLflowLog",
+    "PosteriorCollapseWarning",
     "WakeSleep", "MonteCarloEM", "hmc_log_likelihood",
 ]

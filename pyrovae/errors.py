@@ -82,3 +82,8 @@ class DataError(PyrovaeError, ValueError):
 class RunDirError(PyrovaeError):
     """A run folder or checkpoint is missing, foreign, incompatible, locked by another writer,
     or cannot be written."""
+
+
+class TrackingError(PyrovaeError):
+    """An experiment tracker (MLflow) failed: its message names the store, what failed and what
+    was kept."""

@@ -62,7 +62,9 @@ def test_a_run_its_resume_and_its_evaluation_are_one_mlflow_run(tmp_path):
     assert [(m.step, m.value) for m in epochs] == [(r["step"], r["epoch"]) for r in records(run)]
     assert [m.value for m in epochs] == [1, 2, 3, 4]  # each epoch once, across the resume
 
-    result = evaluate_run(run, nll_samples=5, iwae_samples=5, elbo_particles=2)
+    evaluate_run(run, nll_samples=5, iwae_samples=5, elbo_particles=2)  # not asked to: nothing logged
+    assert "evaluation.json" not in {a.path for a in client.list_artifacts(run_id)}
+    result = evaluate_run(run, nll_samples=5, iwae_samples=5, elbo_particles=2, mlflow=True)
     assert "evaluation.json" in {a.path for a in client.list_artifacts(run_id)}
     nll = client.get_metric_history(run_id, "evaluation.test_nll")
     assert [(m.step, m.value) for m in nll] == [(records(run)[-1]["step"], pytest.approx(result["test_nll"]))]

@@ -12,10 +12,11 @@ import signal
 import sys
 from pathlib import Path
 
-from pyrovae.app.checkpoint import convert_checkpoint, open_run
+from pyrovae.app.checkpoint import convert_checkpoint, open_run, read_run_record
 from pyrovae.app.config import load_config
 from pyrovae.app.files import check_writable, own_file_problem
 from pyrovae.app.run import StoppedAtOnce, encode_run, evaluate_run, stop_at_once_on_signals, summary_line, train
+from pyrovae.app.tracking import opened_run_store, recorded_store, tracking_notice
 from pyrovae.errors import PyrovaeError, RunDirError, one_line, shell_word
 from pyrovae.training.loop import Interrupted
 from pyrovae.version import __version__
@@ -26,6 +27,11 @@ def add_plugins_option(command: argparse.ArgumentParser) -> None:
     command.add_argument("--plugins", nargs="+", action="extend", default=[], metavar="PATH_OR_MODULE",
                          help="plugin files or dotted module names the run needs (checked against the SHA-256 the "
                               "run recorded, then run: this runs their code; nothing in a run folder is run otherwise)")
+
+
+def add_mlflow_option(command: argparse.ArgumentParser, help: str) -> None:
+    """``--mlflow [URI]``: MLflow tracking where the user points (a run folder never names the store)."""
+    command.add_argument("--mlflow", nargs="?", const=True, default=None, metavar="URI", help=help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,9 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-r", "--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs to RUN_DIR/tensorboard")
-    p.add_argument("--mlflow", action="store_true",
-                   help="also log the run to MLflow (log.mlflow; the store: log.mlflow_uri, default mlruns beside "
-                        "the run folder)")
+    add_mlflow_option(p, "also log the run to MLflow (log.mlflow); URI: the store (log.mlflow_uri), default "
+                         "$MLFLOW_TRACKING_URI, else mlruns beside the run folder. --resume logs only where this or "
+                         "your environment points, never where the run folder says")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for torch (train.num_threads; on a shared, busy CPU fewer than its cores)")
     add_plugins_option(p)
@@ -61,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("-o", "--out", help="where to write the JSON (default RUN_DIR/evaluation.json)")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    add_mlflow_option(p, "also log the evaluation to the run's MLflow run in this store (default "
+                         "$MLFLOW_TRACKING_URI, else mlruns beside the run folder); without it, only where "
+                         "$MLFLOW_TRACKING_URI is the store the run was tracked in, never where the folder says")
     add_plugins_option(p)
 
     p = sub.add_parser("encode", help="write the posterior means E_q[z | x] of a split to a .npz file")
@@ -90,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args) -> None:
 
+    if isinstance(args.mlflow, str) and args.config is None and args.mlflow.lower().endswith(".toml"):
+        args.config, args.mlflow = args.mlflow, True  # "--mlflow vae.toml": the flag, then the config
     config_path, record_of = args.config, None
     if config_path is None and args.resume and args.out:
         config_path = str(Path(args.out) / "config.toml")
@@ -98,9 +109,17 @@ def _train(args) -> None:
             raise RunDirError(f"{args.out}: not a pyrovae run folder (no config.toml)")
     _check_threads(args.threads)
     _hint_if_busy(args.threads, args.quiet)
+    mlflow = args.mlflow
+    if mlflow is None and record_of is not None:  # the run's record: it was tracked where the user's environment is?
+        recorded = recorded_store(record_of, _recorded_log(record_of))
+        mlflow = opened_run_store(record_of, None, recorded)
+        notice = tracking_notice(record_of, recorded, mlflow, f"pyrovae train --out {shell_word(args.out)} --resume")
+        if notice and _rank() == 0:
+            print(notice, file=sys.stderr)
     overrides = (list(args.overrides) + (["train.progress=false"] if args.quiet else [])
                  + (["log.tensorboard=true"] if args.tensorboard else [])
-                 + (["log.mlflow=true"] if args.mlflow else [])
+                 + (["log.mlflow=true"] if mlflow else [])
+                 + ([f"log.mlflow_uri={json.dumps(mlflow)}"] if isinstance(mlflow, str) else [])
                  + ([f"train.num_threads={args.threads}"] if args.threads is not None else []))
     command = (f"pyrovae train --out {shell_word(args.out)} --resume {{plugins}}" if args.resume else
                f"pyrovae train {shell_word(config_path)} {{plugins}}")
@@ -109,6 +128,15 @@ def _train(args) -> None:
     run_dir = train(config, args.out, resume=args.resume)
     if _rank() == 0:
         print(summary_line(run_dir, os.environ.get("PYROVAE_CLI", "pyrovae")))
+
+
+def _recorded_log(run_dir) -> dict:
+    """The ``[log]`` table a run folder's ``config.toml`` records (shown, never followed); {} if unreadable."""
+    try:
+        log = read_run_record(run_dir).get("log", {})
+    except PyrovaeError:
+        return {}
+    return log if isinstance(log, dict) else {}
 
 
 def _hint_if_busy(threads, quiet: bool) -> None:
@@ -139,6 +167,12 @@ def _evaluate(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else Path(args.run_dir) / _evaluation_name(args.which)
+    if Path(args.run_dir, "config.toml").is_file():
+        recorded = recorded_store(args.run_dir, _recorded_log(args.run_dir))
+        notice = tracking_notice(args.run_dir, recorded, opened_run_store(args.run_dir, args.mlflow, recorded),
+                                 f"pyrovae evaluate {shell_word(args.run_dir)}")
+        if notice:
+            print(notice, file=sys.stderr)
 
     def report(result):
         print(json.dumps({k: v for k, v in result.items() if k not in ("unit_activity", "kl_per_dim")}, indent=2),
@@ -146,7 +180,7 @@ def _evaluate(args) -> None:
 
     result = evaluate_run(args.run_dir, nll_samples=args.nll_samples, iwae_samples=args.iwae_samples,
                           elbo_particles=args.particles, device=args.device, out=args.out, report=report,
-                          plugins=args.plugins, which=args.which, progress=not args.quiet)
+                          plugins=args.plugins, which=args.which, progress=not args.quiet, mlflow=args.mlflow)
     print(f"written: {out} (epoch {result['epoch']}, {args.which} checkpoint)")
 
 

@@ -23,6 +23,7 @@ from pyrovae.data.datasets import (
     IN_MEMORY,
     SOURCE_KEYS,
     Dataset,
+    check_num_workers,
     load_dataset,
     source_options,
 )
@@ -97,7 +98,7 @@ class DataConfig:
             check_at_least("data.labeled", self.labeled, 1)
         if self.in_memory not in IN_MEMORY or not isinstance(self.in_memory, (str, bool)):
             raise ConfigError(f"data.in_memory = {shown(self.in_memory)}: valid: \"auto\", true, false")
-        check_at_least("data.num_workers", self.num_workers, 0)
+        check_num_workers(self.num_workers)
         if self.scale is not None and not (isinstance(self.scale, (int, float)) and not isinstance(self.scale, bool)
                                            and 0 < self.scale < math.inf):
             raise ConfigError(f"data.scale = {shown(self.scale)}: must be a finite number > 0")
@@ -278,8 +279,9 @@ class Config:
 
 #: the [data] fields' defaults (a record written before a field existed reads as having its default)
 DATA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DataConfig) if f.default is not dataclasses.MISSING}
-#: [data] keys that say how the data are read, not which: a resumed run may change them
-READING_KEYS = frozenset({"in_memory", "num_workers"})
+#: [data] keys that say how the data are read, not which: a resumed run may change them (and opening a
+#: run never downloads: :func:`without_destinations`)
+READING_KEYS = frozenset({"in_memory", "num_workers", "download"})
 
 
 def run_difference(a: Dict[str, Any], b: Dict[str, Any], plugins: bool = False) -> Optional[str]:
@@ -384,9 +386,28 @@ def with_family_training(d: Dict[str, Any]) -> Dict[str, Any]:
     return {**d, "train": {**train, **fill}} if fill else d
 
 
+#: the [log] keys that name a destination (where a run is tracked): a run's record of them is never followed
+DESTINATION_KEYS = ("mlflow", "mlflow_uri")
+
+
+def without_destinations(d: Dict[str, Any]) -> Dict[str, Any]:
+    """A run's record with every destination it names dropped (a run folder is data, and names
+    no destination: ``docs/run-folders.md``): its MLflow tracking (``log.mlflow``,
+    ``log.mlflow_uri``, shown by :func:`pyrovae.app.tracking.tracking_notice` instead) and any
+    download into ``data.path`` (``data.download = false``). The user's own command line, applied
+    after this, may name them again."""
+    out = dict(d)
+    if isinstance(out.get("log"), dict):
+        out["log"] = {k: v for k, v in out["log"].items() if k not in DESTINATION_KEYS}
+    if isinstance(out.get("data", {}), dict):
+        out["data"] = {**out.get("data", {}), "download": False}
+    return out
+
+
 def record_config(d: Dict[str, Any], plugins: Sequence[str] = (), run_dir=None,
-                  command: str = "pyrovae evaluate RUN_DIR {plugins}") -> Config:
-    """Validate a run's own config (its record), running nothing it names.
+                  command: str = "pyrovae evaluate RUN_DIR {plugins}", overrides: Sequence[str] = ()) -> Config:
+    """Validate a run's own config (its record), running nothing it names and following no
+    destination it names (:func:`without_destinations`); then the user's ``overrides``.
 
     ``[plugins]`` is read as the run's record (:func:`pyrovae.app.plugins.parse_record`); only the
     ``plugins`` the user names run, each checked against that record first (none from inside
@@ -395,6 +416,7 @@ def record_config(d: Dict[str, Any], plugins: Sequence[str] = (), run_dir=None,
     SHA-256, and ``command`` (with ``{plugins}`` for the flags) to open the run with them.
     """
     _check_sections(d)
+    d = apply_overrides(without_destinations(d), list(overrides))
     record = parse_record(d.get("plugins", {}))
     named = run_named_plugins(plugins, record, run_dir)
     try:
@@ -498,9 +520,9 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
             record_of = enclosing_run_folder(path)
     where = path or "default config"
     try:
+        if record_of is not None:  # the record's destinations are dropped before the user's overrides apply
+            return record_config(d, plugins, record_of, command, overrides or ())
         d = apply_overrides(d, overrides)
-        if record_of is not None:
-            return record_config(d, plugins, record_of, command)
         return config_from_dict(d, Path(path).parent if path else None, plugins)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None

@@ -21,7 +21,7 @@ import shutil
 import signal
 import threading
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import pyro
@@ -60,9 +60,10 @@ from pyrovae.app.files import (
 )
 from pyrovae.app.plugins import source_of as plugin_source
 from pyrovae.app.runfolder import RunFolder
-from pyrovae.app.tracking import MLflowLog, TensorBoardLog, log_evaluation
+from pyrovae.app.tracking import MLflowLog, TensorBoardLog, log_evaluation, opened_run_store, recorded_store
+from pyrovae.data.sources import NO_DOWNLOAD
 from pyrovae.devices import resolve_device
-from pyrovae.errors import ConfigError, RunDirError, shell_word
+from pyrovae.errors import ConfigError, DataError, RunDirError, shell_word
 from pyrovae.infer.estimators import resolve_estimator
 from pyrovae.infer.evaluate import evaluate, posterior_means
 from pyrovae.rng import seeded
@@ -126,7 +127,7 @@ def _train(config: Config, out_dir, resume: bool, device: torch.device, model=No
         saved = state["config"] if state is not None else recorded
     elif out_dir is not None:
         check_fresh(out_dir)
-    data = config.data.load(device)
+    data = load_run_data(config, device, "; or resume with --set data.download=true" if resume else "")
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, binarize=data.binarize))
     if resume:
         differs = run_difference(saved, config.to_dict(), plugins=True)
@@ -277,13 +278,26 @@ def stop_at_once_on_signals():
     return _handling_signals(_stop_at_once)
 
 
+def load_run_data(config: Config, device="cpu", hint: str = ""):
+    """The data of a run's config. A run's own record never downloads (its ``data.path`` is a
+    destination the folder names: :func:`pyrovae.app.config.without_destinations`), and data it
+    cannot find say so, with ``hint``."""
+    try:
+        return config.data.load(device)
+    except DataError as e:
+        if NO_DOWNLOAD not in str(e):
+            raise
+        raise DataError(f"{e}; opening a run never downloads into the place its folder names: download the data "
+                        f"there yourself{hint}") from None
+
+
 def open_run_with_data(run_dir, plugins: Sequence[str], command: str, device, which: str = "last"):
     """A run folder opened (:func:`~pyrovae.app.checkpoint.open_run`: nothing in it runs) with its
     model in eval mode on ``device``, and the run's data, checked to be those it was trained on
     (their fingerprint against the checkpoint's): ``(opened, data)``."""
     opened = open_run(run_dir, plugins, command, device, which=which)
     opened.model = opened.model.to(device).eval()
-    data = opened.config.data.load()
+    data = load_run_data(opened.config)
     differs = fingerprint_difference(opened.state["data"], data_fingerprint(data))
     if differs:
         raise RunDirError(f"{checkpoint_path(run_dir, which)}: the data differ from the data it was trained on: "
@@ -293,9 +307,16 @@ def open_run_with_data(run_dir, plugins: Sequence[str], command: str, device, wh
 
 def evaluate_run(run_dir, nll_samples: int = 5000, iwae_samples: int = 50, elbo_particles: int = 10,
                  device: str = "cpu", out=None, report: Optional[Callable[[Dict], None]] = None,
-                 plugins: Sequence[str] = (), which: str = "last", progress: bool = False) -> Dict:
+                 plugins: Sequence[str] = (), which: str = "last", progress: bool = False,
+                 mlflow: Union[bool, str, None] = None) -> Dict:
     """Score a finished run on its test split and write ``evaluation.json`` (``which="best"``: the
     best epoch's checkpoint, ``best.pt``, into ``evaluation_best.json``).
+
+    ``mlflow`` (``--mlflow [URI]``): also log the evaluation to MLflow, True for the user's
+    ``MLFLOW_TRACKING_URI`` or else ``mlruns`` beside the run folder, a string for that store;
+    None: only where the user's ``MLFLOW_TRACKING_URI`` is the store the run was tracked in. What
+    the folder records (``config.toml``'s ``[log]``, ``mlflow.json``) never picks a store
+    (:func:`pyrovae.app.tracking.opened_run_store`).
 
     ``plugins``: the plugin files or modules a run trained with them needs (checked against the
     SHA-256 the run recorded, then run from the bytes that were hashed; nothing the run folder
@@ -338,8 +359,10 @@ def evaluate_run(run_dir, nll_samples: int = 5000, iwae_samples: int = 50, elbo_
             report(result)
         text = (json.dumps(result, indent=2, allow_nan=False) + "\n").encode()
         atomic_write_bytes(out, lambda f: f.write(text), "; the numbers above are the result")
-    if config.log.mlflow:  # the run's MLflow run gains evaluation.json and its numbers
-        log_evaluation(run_dir, config.log.mlflow_uri, out, result, int(opened.state["counters"]["step"]))
+    store = opened_run_store(run_dir, mlflow, recorded_store(run_dir))
+    if store is not None:  # the run's MLflow run there gains evaluation.json and its numbers
+        log_evaluation(run_dir, store, out, result, int(opened.state["counters"]["step"]),
+                       config.log.experiment or config.data.name)
     return result
 
 

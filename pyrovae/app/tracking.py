@@ -6,10 +6,26 @@
   step, ``config.toml`` and the figures as artifacts, and :func:`log_evaluation` adds
   ``evaluation.json``. The MLflow run's id is kept in ``RUN_DIR/mlflow.json``.
 
+**Destinations come from the user, never from a run folder.** A fresh run's config is the
+user's program and names its store (``log.mlflow_uri``). A command that opens an existing run
+(``evaluate``, ``train --resume`` of the run's own config) takes its store only from its own
+command line (``--mlflow [URI]``) or the user's environment (``MLFLOW_TRACKING_URI``), never from
+the folder's ``config.toml`` or ``mlflow.json``, whoever wrote them (:func:`opened_run_store`);
+what the folder records is shown in one line (:func:`tracking_notice`), never followed. The
+MLflow run a folder continues is the one in the user's store that is tagged with this folder's
+path (``pyrovae.run_dir``): the folder's ``mlflow.json`` is a hint that is checked against that
+tag, so a foreign record cannot make pyrovae log into another MLflow run either. Credentials
+that MLflow reads from the environment (``MLFLOW_TRACKING_TOKEN``, ...) thus only ever go to a
+store the user named.
+
+Every MLflow failure (an unreachable server, a full disk under the store) is one
+:class:`~pyrovae.errors.TrackingError` line that names the store, what failed and what was kept.
+
 Both import their package only when a run asks for them (``pyrovae[tensorboard]``,
 ``pyrovae[mlflow]``).
 """
 
+import contextlib
 import json
 import math
 import os
@@ -20,7 +36,7 @@ from typing import Dict, Optional
 import torch
 
 from pyrovae.app.files import CONFIG, FIGURES, MLFLOW, atomic_write_bytes
-from pyrovae.errors import RunDirError, one_line
+from pyrovae.errors import RunDirError, TrackingError, one_line, shell_word, shown
 from pyrovae.rng import seeded
 from pyrovae.training.loop import Callback
 
@@ -71,10 +87,17 @@ class TensorBoardLog(Callback):
             self.writer.close()
 
 
+#: the user's environment's tracking store (MLflow's own variable)
+TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
+
+
 def mlflow_tracking_uri(run_dir, uri: str = "") -> str:
-    """The tracking URI of ``log.mlflow_uri``: as given, or (``""``, the default) a local file store,
-    the folder ``mlruns`` beside the run folder (``runs/mlruns`` for ``runs/digits-...``). A path
-    without a scheme is a file store too."""
+    """The tracking URI of ``log.mlflow_uri`` (or ``--mlflow URI``): as given, or (``""``, the
+    default) the user's ``MLFLOW_TRACKING_URI`` where it is set, else a local file store, the folder
+    ``mlruns`` beside the run folder (``runs/mlruns`` for ``runs/digits-...``). A path without a
+    scheme is a file store too."""
+    if not uri:
+        uri = os.environ.get(TRACKING_URI_VARIABLE, "")
     if not uri:
         return (Path(run_dir).resolve().parent / "mlruns").as_uri()
     if "://" not in uri and ":" not in uri.split("/")[0]:
@@ -113,11 +136,14 @@ def record_metrics(record: Dict) -> Dict[str, float]:
 
 
 def read_mlflow_record(run_dir) -> Optional[Dict]:
-    """``RUN_DIR/mlflow.json`` (``tracking_uri``, ``experiment_id``, ``run_id``), or None if absent."""
+    """``RUN_DIR/mlflow.json`` (``tracking_uri``, ``experiment_id``, ``run_id``), or None if absent.
+    What it says is a record to show and a hint to check, never a destination."""
     path = Path(run_dir) / MLFLOW
     if not path.exists():
         return None
     try:
+        if not path.is_file() or path.stat().st_size > 1 << 16:
+            raise RunDirError(f"{path}: not a small regular file")
         record = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise RunDirError(f"{path}: cannot read ({type(e).__name__}: {one_line(str(e), 100)})") from None
@@ -126,48 +152,136 @@ def read_mlflow_record(run_dir) -> Optional[Dict]:
     return record
 
 
+def recorded_store(run_dir, recorded_log: Optional[Dict] = None) -> Optional[str]:
+    """The MLflow store a run folder says it was tracked in: its ``mlflow.json``'s, else its
+    config's ``[log]`` (``recorded_log``, where ``mlflow`` is true); None if it names none. Shown to
+    the user, never connected to."""
+    try:
+        record = read_mlflow_record(run_dir)
+    except RunDirError:
+        record = None
+    if record is not None:
+        return record["tracking_uri"]
+    log = recorded_log if isinstance(recorded_log, dict) else {}
+    if log.get("mlflow") is True:
+        uri = log.get("mlflow_uri", "")
+        return uri if isinstance(uri, str) and uri else (Path(run_dir).resolve().parent / "mlruns").as_uri()
+    return None
+
+
+def opened_run_store(run_dir, mlflow=None, recorded: Optional[str] = None) -> Optional[str]:
+    """Where a command that opens an existing run (``evaluate``, ``train --resume``) logs to MLflow,
+    from the user alone: ``mlflow`` is ``--mlflow [URI]`` (True or ``""``: ``MLFLOW_TRACKING_URI``,
+    else ``mlruns`` beside the run folder; a string: that URI); without it, the user's
+    ``MLFLOW_TRACKING_URI`` where the run was tracked there (``recorded``, the folder's own record,
+    is compared with it, never used). None: the command logs nowhere."""
+    if mlflow is True or mlflow == "":
+        return mlflow_tracking_uri(run_dir, "")
+    if isinstance(mlflow, str):
+        return mlflow_tracking_uri(run_dir, mlflow)
+    env = os.environ.get(TRACKING_URI_VARIABLE, "")
+    if env and recorded is not None and mlflow_tracking_uri(run_dir, env) == recorded:
+        return mlflow_tracking_uri(run_dir, env)
+    return None
+
+
+def tracking_notice(run_dir, recorded: Optional[str], chosen: Optional[str], command: str) -> Optional[str]:
+    """One line for a run folder that records an MLflow store the user did not name: where it was
+    tracked (not followed) and how to continue there (``command``, the user's, gains ``--mlflow``)."""
+    if recorded is None or chosen is not None:
+        return None
+    flag = "--mlflow" if recorded == mlflow_tracking_uri(run_dir, "") else f"--mlflow {shell_word(recorded)}"
+    return (f"pyrovae: this run was tracked in MLflow at {shown(recorded, 200)}, as its folder records; a run folder "
+            f"names no destination, so nothing is logged there unless you name it: {command} {flag}")
+
+
+def tracking_failed(uri: str, what: str, error: BaseException) -> TrackingError:
+    """The one line of a tracking failure: the store, what failed and why (the caller adds what was kept)."""
+    return TrackingError(f"MLflow at {shown(uri, 160)}: {what} failed ({type(error).__name__}: "
+                         f"{one_line(str(error), 200)})")
+
+
+#: the tag that ties an MLflow run to its run folder (its absolute path)
+RUN_DIR_TAG = "pyrovae.run_dir"
+
+
+def run_of_folder(client, run_dir, experiment: str, hint: Optional[str] = None):
+    """The MLflow run in ``client``'s store that logs ``run_dir``: the one tagged
+    ``pyrovae.run_dir`` with this folder's path (``hint``, the folder's ``mlflow.json`` run id, is
+    tried first and used only if its tag matches), else a new one in ``experiment``. Returns
+    ``(run_id, experiment_id, created)``."""
+    folder = str(Path(run_dir).resolve())
+    if hint:
+        try:
+            run = client.get_run(hint)
+            if run.data.tags.get(RUN_DIR_TAG) == folder and run.info.lifecycle_stage == "active":
+                return run.info.run_id, run.info.experiment_id, False
+        except Exception:  # an id this store does not hold: not ours
+            pass
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if experiments and "'" not in folder:  # (a path with a quote cannot be searched for: a new run)
+        found = client.search_runs(experiments, filter_string=f"tags.`{RUN_DIR_TAG}` = '{folder}'", max_results=1)
+        if found:
+            return found[0].info.run_id, found[0].info.experiment_id, False
+    known = client.get_experiment_by_name(experiment)
+    experiment_id = known.experiment_id if known is not None else client.create_experiment(experiment)
+    run_id = client.create_run(experiment_id, run_name=Path(run_dir).name, tags={RUN_DIR_TAG: folder}).info.run_id
+    return run_id, experiment_id, True
+
+
 class MLflowLog(Callback):
     """An MLflow run for a pyrovae run (rank 0), in the experiment ``experiment`` at ``uri``.
 
-    A fresh run creates the MLflow run (named after the run folder) and records its id in
-    ``RUN_DIR/mlflow.json``; a resumed run whose record names the same tracking URI continues
-    that MLflow run, else it starts one. Either way the restored epochs not yet in MLflow are
-    logged first, so a kill between the checkpoint and MLflow loses nothing and repeats nothing.
-    Params are the resolved config, flattened; a key whose value changed on resume (e.g.
-    ``train.epochs``, which MLflow params cannot change) is recorded as the tag ``resumed.KEY``.
-    Every record key that is a number is a metric at the record's ``step``; ``config.toml`` is an
-    artifact from the start, the figures (``figures/``) once drawn. The MLflow run ends
-    ``FINISHED``, ``KILLED`` (a signal) or ``FAILED``.
+    ``uri`` comes from the user (the module docstring): a fresh run's config, or the command line
+    and environment of ``--resume``. A fresh run creates the MLflow run (named after the run
+    folder, tagged with its path) and records its id in ``RUN_DIR/mlflow.json``; a resumed run
+    continues the run of that store tagged with this folder (:func:`run_of_folder`), else it
+    starts one. Either way the restored epochs not yet in MLflow are logged first, so a kill
+    between the checkpoint and MLflow loses nothing and repeats nothing. Params are the resolved
+    config, flattened; a key whose value changed on resume (e.g. ``train.epochs``, which MLflow
+    params cannot change) is recorded as the tag ``resumed.KEY``. Every record key that is a
+    number is a metric at the record's ``step``; ``config.toml`` is an artifact from the start,
+    the figures (``figures/``) once drawn. The MLflow run ends ``FINISHED``, ``KILLED`` (a
+    signal) or ``FAILED``. Any failure of MLflow is one :class:`~pyrovae.errors.TrackingError`
+    line that says what the run folder kept.
     """
 
     def __init__(self, run_dir, config_dict: Dict, experiment: str, uri: str = ""):
         self.run_dir, self.config_dict, self.experiment = Path(run_dir), config_dict, experiment
         self.uri = mlflow_tracking_uri(run_dir, uri)
-        self.client, self.run_id, self.status = None, None, "FAILED"
+        self.client, self.run_id, self.status, self.failed = None, None, "FAILED", False
+
+    @contextlib.contextmanager
+    def guarded(self, what: str, trainer):
+        """MLflow calls: any failure is one TrackingError line that names the store, what failed and
+        what the run kept (the run folder's last good checkpoint)."""
+        try:
+            yield
+        except Exception as e:
+            self.failed = True
+            raise TrackingError(f"{tracking_failed(self.uri, what, e)}; {trainer.kept()}") from None
 
     def on_start(self, trainer) -> None:
         if trainer.rank != 0:
             return
-        self.client = mlflow_client(self.uri)
-        record = read_mlflow_record(self.run_dir)
-        if record is not None and record["tracking_uri"] == self.uri:
-            self.run_id = record["run_id"]
-            self.client.update_run(self.run_id, status="RUNNING")
-        else:
-            found = self.client.get_experiment_by_name(self.experiment)
-            experiment_id = found.experiment_id if found is not None else self.client.create_experiment(self.experiment)
-            self.run_id = self.client.create_run(experiment_id, run_name=self.run_dir.name,
-                                                 tags={"pyrovae.run_dir": str(self.run_dir.resolve())}).info.run_id
-            text = json.dumps({"tracking_uri": self.uri, "experiment_id": experiment_id, "run_id": self.run_id,
-                               "experiment": self.experiment}, indent=2) + "\n"
-            atomic_write_bytes(self.run_dir / MLFLOW, lambda f: f.write(text.encode()))
-        self.log_params()
-        logged = {m.step for m in self.client.get_metric_history(self.run_id, "epoch")}
-        for past in trainer.metrics:
-            if past["step"] not in logged:
-                self.log_record(past)
-        if (self.run_dir / CONFIG).exists():
-            self.client.log_artifact(self.run_id, str(self.run_dir / CONFIG))
+        with self.guarded("opening the MLflow run", trainer):
+            self.client = mlflow_client(self.uri)
+            record = read_mlflow_record(self.run_dir)
+            self.run_id, experiment_id, created = run_of_folder(self.client, self.run_dir, self.experiment,
+                                                                record["run_id"] if record else None)
+            if not created:
+                self.client.update_run(self.run_id, status="RUNNING")
+            if record is None or record["run_id"] != self.run_id or record["tracking_uri"] != self.uri:
+                text = json.dumps({"tracking_uri": self.uri, "experiment_id": experiment_id, "run_id": self.run_id,
+                                   "experiment": self.experiment}, indent=2) + "\n"
+                atomic_write_bytes(self.run_dir / MLFLOW, lambda f: f.write(text.encode()))
+            self.log_params()
+            logged = {m.step for m in self.client.get_metric_history(self.run_id, "epoch")}
+            for past in trainer.metrics:
+                if past["step"] not in logged:
+                    self.log_record(past)
+            if (self.run_dir / CONFIG).exists():
+                self.client.log_artifact(self.run_id, str(self.run_dir / CONFIG))
 
     def log_params(self) -> None:
         from mlflow.entities import Param, RunTag
@@ -186,7 +300,8 @@ class MLflowLog(Callback):
 
     def on_epoch_end(self, trainer, record: Dict) -> None:
         if self.client is not None:
-            self.log_record(record)
+            with self.guarded(f"logging epoch {record['epoch']}", trainer):
+                self.log_record(record)
 
     def on_interrupt(self, trainer, mid_epoch: bool) -> Optional[str]:
         self.status = "KILLED"
@@ -195,13 +310,20 @@ class MLflowLog(Callback):
     def on_end(self, trainer) -> None:
         if self.client is None:
             return
-        for name in FIGURES:
-            if (self.run_dir / name).exists():
-                self.client.log_artifact(self.run_id, str(self.run_dir / name), "figures")
+        with self.guarded("logging the figures", trainer):
+            for name in FIGURES:
+                if (self.run_dir / name).exists():
+                    self.client.log_artifact(self.run_id, str(self.run_dir / name), "figures")
         self.status = "FINISHED"
 
     def on_close(self, trainer) -> None:
-        if self.client is not None:
+        if self.client is None or self.failed:  # after a failure the store is not asked again
+            return
+        if self.status != "FINISHED":  # the run is already ending with its own error: never mask it
+            with contextlib.suppress(Exception):
+                self.client.set_terminated(self.run_id, self.status)
+            return
+        with self.guarded("closing the MLflow run", trainer):
             self.client.set_terminated(self.run_id, self.status)
 
 
@@ -213,16 +335,21 @@ def log_metrics(client, run_id: str, metrics: Dict[str, float], step: int) -> No
     client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
 
 
-def log_evaluation(run_dir, uri: str, evaluation_file, result: Dict, step: int) -> Optional[str]:
-    """After ``evaluate``: ``evaluation_file`` as an artifact of the run's MLflow run, and its numbers
-    as metrics ``evaluation.KEY`` at ``step`` (the evaluated checkpoint's). ``uri`` is the run's
-    ``log.mlflow_uri``: the run's ``mlflow.json`` must name the same store (what a folder holds
-    never picks where pyrovae connects). Returns the run id, or None where the run has no MLflow
-    run there."""
-    record = read_mlflow_record(run_dir)
-    if record is None or record["tracking_uri"] != mlflow_tracking_uri(run_dir, uri):
-        return None
-    client = mlflow_client(record["tracking_uri"])
-    client.log_artifact(record["run_id"], str(evaluation_file))
-    log_metrics(client, record["run_id"], {f"evaluation.{k}": v for k, v in record_metrics(result).items()}, step)
-    return record["run_id"]
+def log_evaluation(run_dir, uri: str, evaluation_file, result: Dict, step: int, experiment: str) -> str:
+    """After ``evaluate``: ``evaluation_file`` as an artifact of the run's MLflow run in the store
+    ``uri`` (the user's: :func:`opened_run_store`), and its numbers as metrics ``evaluation.KEY``
+    at ``step`` (the evaluated checkpoint's). The MLflow run is the one of that store tagged with
+    this folder (:func:`run_of_folder`), else a new one in ``experiment``. Returns its id; a
+    failure is one TrackingError line (the JSON file is written by then)."""
+    try:
+        client = mlflow_client(uri)
+        record = read_mlflow_record(run_dir)
+        run_id, _, _ = run_of_folder(client, run_dir, experiment, record["run_id"] if record else None)
+        client.log_artifact(run_id, str(evaluation_file))
+        log_metrics(client, run_id, {f"evaluation.{k}": v for k, v in record_metrics(result).items()}, step)
+    except RunDirError:
+        raise
+    except Exception as e:
+        raise TrackingError(f"{tracking_failed(uri, 'logging the evaluation', e)}; {evaluation_file} is written") \
+            from None
+    return run_id

@@ -25,13 +25,16 @@ fixed permutation (the same for every run).
 """
 
 import inspect
+import math
 import os
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
 from pyrovae.data.batch import Batch
+from pyrovae.data.budget import check_index_fits
 from pyrovae.data.formats import ImageRows, _numeric_tensor, load_file
 from pyrovae.data.rows import DatasetRows, TensorRows
 from pyrovae.data.sources import (
@@ -197,18 +200,37 @@ def binarize_split(x: torch.Tensor, mode: str, seed: int = SPLIT_SEED) -> torch.
 
 def check_values(split: Split, where: str, binarize: str = "none") -> None:
     """The points are finite and, when they are to be binarized, in [0, 1]: checked chunk by
-    chunk (a streamed split is read once), each problem one DataError line."""
-    if isinstance(split, StreamedSplit) and not split.rows.dtype.is_floating_point and split.binarized == "none":
+    chunk (a streamed split is read once), each problem one DataError line. Values that the
+    stored numbers make finite only before ``data.scale`` (or the float32 conversion) are blamed
+    on that, not on the data."""
+    streamed = isinstance(split, StreamedSplit)
+    if streamed and not split.rows.dtype.is_floating_point and split.binarized == "none":
         low, high = _integer_range(split.rows.dtype)  # the stored type bounds the values: nothing to read
-        if binarize == "none" or (split.scale * low >= 0 and split.scale * high <= 1):
+        in_range = math.isfinite(float(torch.tensor(max(-low, high) * split.scale, dtype=torch.float32)))
+        if in_range and (binarize == "none" or (split.scale * low >= 0 and split.scale * high <= 1)):
             return
-    floating = not isinstance(split, StreamedSplit) or split.rows.dtype.is_floating_point
+    start = 0
     for chunk in split.chunks():
-        if floating and not bool(torch.isfinite(chunk).all()):
-            raise DataError(f"{where}: contains NaN or infinite values")
+        if not bool(torch.isfinite(chunk).all()):
+            raise DataError(_non_finite_cause(split, where, start, chunk.shape[0]) if streamed
+                            else f"{where}: contains NaN or infinite values")
         if binarize != "none" and bool(((chunk < 0) | (chunk > 1)).any()):
             raise DataError(f"data.binarize = {shown(binarize)}: {where} has values outside [0, 1]; rescale them "
                             "or use 'none'")
+        start += chunk.shape[0]
+
+
+def _non_finite_cause(split: StreamedSplit, where: str, start: int, size: int) -> str:
+    """What makes points ``start .. start + size`` of a streamed split non-finite: the stored values
+    themselves, or (stored values finite) ``data.scale`` or float32's range."""
+    raw = split.stored(np.arange(start, start + size, dtype=np.int64)).double()
+    if not bool(torch.isfinite(raw).all()):
+        return f"{where}: contains NaN or infinite values"
+    if split.scale != 1.0 and bool(torch.isfinite(raw.float()).all()):
+        return (f"data.scale = {split.scale:g}: makes finite values of {where} infinite (as float32, at most "
+                f"{torch.finfo(torch.float32).max:.3g}); choose a smaller data.scale")
+    return (f"{where}: holds values beyond float32's range ({torch.finfo(torch.float32).max:.3g}), which pyrovae "
+            "trains in; rescale them (data.scale)")
 
 
 def _integer_range(dtype: torch.dtype):
@@ -225,6 +247,7 @@ def holdout_split(x, test_fraction: float, where: str, y: Optional[torch.Tensor]
     n_test = int(round(test_fraction * n))
     if n_test < 1 or n_test >= n:
         raise DataError(f"{where}: test_fraction = {test_fraction} of {n} points leaves an empty split")
+    check_index_fits(n, where)  # before the permutation is drawn: a file may declare rows it does not hold
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
     train, test = perm[n_test:], perm[:n_test]
     if isinstance(x, Split):
@@ -243,6 +266,7 @@ def validation_holdout(train: Split, fraction: float, where: str):
     n_val = int(round(fraction * n))
     if n_val < 1 or n_val >= n:
         raise DataError(f"{where}: validation_fraction = {fraction} of {n} training points leaves an empty split")
+    check_index_fits(n, where)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(VALIDATION_SEED))
     # each part in the file's order: a sweep over it (checks, fingerprint, scores) reads runs of rows
     return train.subset(perm[n_val:].sort().values), train.subset(perm[:n_val].sort().values)
@@ -276,6 +300,18 @@ def choose_labeled(y: torch.Tensor, k: int, where: str = "data.labeled") -> torc
                             f"share {want}")
         mask[members[:want]] = True
     return mask
+
+
+#: the most reader processes a streamed split may start (data.num_workers): each holds a copy of
+#: the reading state and decodes chunks of its own
+MAX_NUM_WORKERS = 64
+
+
+def check_num_workers(value, where: str = "data.num_workers") -> None:
+    """``num_workers`` is a whole number in [0, :data:`MAX_NUM_WORKERS`]; else one line."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_NUM_WORKERS:
+        raise DataError(f"{where} = {shown(value)}: must be a whole number in [0, {MAX_NUM_WORKERS}] (reader "
+                        "processes; each costs memory and a core)")
 
 
 #: ``data.in_memory = "auto"`` keeps the splits on the training device when their float32 points
@@ -329,7 +365,9 @@ def as_dataset(data, test=None, test_fraction: float = 0.1, where: str = "fit: d
         return data
     if not 0 < test_fraction < 1:
         raise DataError(f"{where}: test_fraction = {test_fraction}: must be in (0, 1)")
+    check_num_workers(num_workers, "num_workers")
     train = _as_split_of(data, where)
+    check_index_fits(len(train), where)  # every epoch draws a permutation of the training points
     if test is None:
         train, test_split, _, _ = holdout_split(train, test_fraction, where)
     else:
@@ -413,7 +451,7 @@ def celeba(path: str = "data", download: bool = True):
     partitions as 3x218x178 uint8 images, decoded a batch at a time (streamed unless they fit)."""
     where = f"data.path = {shown(path)}"
     root = Path(path) / "celeba" / "img_align_celeba"
-    return tuple(StreamedSplit(ImageRows(celeba_files(path, train, download), where, root))
+    return tuple(StreamedSplit(ImageRows([f.resolve() for f in celeba_files(path, train, download)], where, root))
                  for train in (True, False))
 
 
@@ -490,6 +528,7 @@ def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Opt
         raise DataError(f"data.validation_fraction = {validation_fraction}: must be in [0, 1)")
     if in_memory not in IN_MEMORY:
         raise DataError(f"data.in_memory = {shown(in_memory)}: valid: \"auto\", true, false")
+    check_num_workers(num_workers)
     given = dict(path=path, download=download, key=key, label_key=label_key, scale=scale, **options)
     try:
         _, chosen = DATASETS.split({"name": name, **source_options(name, given)}, "data")

@@ -19,18 +19,34 @@ In a file that holds several arrays: one array (and its labels ``y``), or ``trai
 file a layer; in a CSV file nothing) and ``data.label_key`` the labels' (in a CSV file a
 column of the header; in an ``.h5ad`` file a column of ``obs``). HDF5, AnnData, zarr and image
 folders need the optional extra ``pip install "pyrovae[formats]"`` (h5py, zarr, Pillow).
+
+**A data file reads only itself** (``docs/your-data.md``): every file is opened so that the
+open cannot block and checked to be a regular file (:mod:`pyrovae.data.regular`); an HDF5 or
+``.h5ad`` link, dataset or sparse group that points at another file (an external link, external
+raw storage, a virtual dataset) is refused in one line naming what it points at, while links
+inside the file are followed; a zarr store and an image folder read only regular files inside
+them (a symbolic link out of the folder is refused). **Sizes before bytes**
+(:mod:`pyrovae.data.budget`): an ``.npz`` entry's declared shape, a streamed array's chunk,
+labels and sparse offsets are checked against the memory budget before they are decoded, and
+a CSV table is parsed into float32 blocks whose total is checked as it grows.
 """
 
 import csv
 import importlib
+import io
 import math
+import os
+import posixpath
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
 import torch
 
+from pyrovae.data.budget import CHUNK_SHARE, check_fits, declared_bytes
+from pyrovae.data.regular import check_folder, inside, open_fd, open_regular, reopen_path
 from pyrovae.data.rows import ArrayRows, CsrRows, NpyRows, Rows, TensorRows
 from pyrovae.devices import available_bytes, format_bytes
 from pyrovae.errors import DataError, needed_object, one_line, shown
@@ -118,8 +134,10 @@ def load_file(path: str, key: Optional[str] = None, label_key: Optional[str] = N
             raise DataError(f"data.key = {shown(key)}: a folder of images holds one set of points")
         rows, labels = image_folder(file, where)
         return rows, None, labels, None
-    if not file.exists():
+    if not os.path.lexists(file):
         raise DataError(f"{where}: no such file")
+    if not file.exists():
+        raise DataError(f"{where}: a broken symbolic link (to {shown(os.readlink(file))})")
     if suffix not in SUFFIXES:
         raise DataError(f"{where}: unsupported file type {shown(suffix)}; valid: {', '.join(SUFFIXES)}, "
                         "or a folder of images")
@@ -150,11 +168,13 @@ def load_file(path: str, key: Optional[str] = None, label_key: Optional[str] = N
 def _arrays(file: Path, suffix: str, where: str) -> Dict[str, object]:
     """The named arrays (or array-likes that read by index) of an .npz, .pt, HDF5 or zarr file."""
     if suffix == ".npz":
-        with np.load(file, allow_pickle=False) as z:
-            names = set(z.files)
-            if {"data", "indices", "indptr", "format", "shape"} <= names:  # scipy.sparse.save_npz
-                return {"x": _sparse_npz(z, file, where)}
-            return {k: z[k] for k in z.files}
+        with open_regular(file, where) as f:
+            _check_npz(f, where)
+            with np.load(f, allow_pickle=False) as z:
+                names = set(z.files)
+                if {"data", "indices", "indptr", "format", "shape"} <= names:  # scipy.sparse.save_npz
+                    return {"x": _sparse_npz(z, f, where)}
+                return {k: z[k] for k in z.files}
     if suffix == ".pt":
         try:
             obj = load_torch_file(file)  # never unpickles code, never inflates a compressed entry
@@ -163,17 +183,52 @@ def _arrays(file: Path, suffix: str, where: str) -> Dict[str, object]:
         return obj if isinstance(obj, dict) else {"x": obj}
     if suffix in (".h5", ".hdf5"):
         h5py = _optional("h5py", where, "HDF5 files")
-        f = h5py.File(file, "r")
-        return {name: _h5_array(f[name], where) for name in f.keys()
-                if isinstance(f[name], h5py.Dataset) or _is_sparse_group(f[name])}
+        f = _h5_file(file, where, "an HDF5 file")
+        objects = {name: _h5_get(f, name, where) for name in f.keys()}
+        return {name: _h5_array(obj, where) for name, obj in objects.items()
+                if isinstance(obj, h5py.Dataset) or _is_sparse_group(obj)}
     zarr = _optional("zarr", where, "zarr stores")
+    if not file.is_dir():
+        raise DataError(f"{where}: a zarr store is a folder")
+    check_folder(file, where)  # regular files and folders only, no link out of it
     store = zarr.open(str(file), mode="r")
-    if hasattr(store, "shape"):
-        return {"x": store}
-    return {name: array for name, array in store.arrays()}
+    arrays = {"x": store} if hasattr(store, "shape") else {name: array for name, array in store.arrays()}
+    for name, array in arrays.items():
+        _check_chunks(array, f"{where}: array {shown(name)}")
+    return arrays
 
 
-def _sparse_npz(z, file: Path, where: str) -> CsrRows:
+def _check_npz(f, where: str) -> None:
+    """Every entry of an ``.npz`` archive, before any is decoded: each ``.npy`` entry's header read
+    (a few bytes) and its declared size checked against what the entry holds and against the
+    memory budget, with the other entries' sizes (:mod:`pyrovae.data.budget`)."""
+    total = 0
+    try:
+        with zipfile.ZipFile(f) as archive:
+            for info in archive.infolist():
+                size = info.file_size  # zipfile never inflates an entry past it
+                if info.filename.endswith(".npy"):
+                    with archive.open(info) as entry:
+                        version = np.lib.format.read_magic(entry)
+                        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                       else np.lib.format.read_array_header_2_0)
+                        shape, _, dtype = read_header(entry, max_header_size=1 << 20)
+                        header = entry.tell()
+                    size = declared_bytes(shape, dtype.itemsize)
+                    if header + size > info.file_size:
+                        raise DataError(f"{where}: entry {shown(info.filename)} declares shape {tuple(shape)} of "
+                                        f"{dtype}, more than its {info.file_size} bytes hold")
+                total += size
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, SyntaxError) as e:
+        raise DataError(f"{where}: not a readable .npz archive ({type(e).__name__}: {one_line(str(e), 120)})") from None
+    finally:
+        f.seek(0)
+    check_fits(total, where, "its arrays")
+
+
+def _sparse_npz(z, file, where: str) -> CsrRows:
     fmt = z["format"].item()
     fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
     shape = tuple(int(s) for s in z["shape"])
@@ -182,9 +237,88 @@ def _sparse_npz(z, file: Path, where: str) -> CsrRows:
     if fmt in ("csc", "coo", "bsr", "dia", "lil", "dok"):
         import scipy.sparse as sp
 
-        matrix = sp.load_npz(file).tocsr()  # a CSR copy: its rows read fast
+        file.seek(0)
+        matrix = sp.load_npz(file).tocsr()  # a CSR copy: its rows read fast (its size checked: _check_npz)
         return CsrRows(matrix.data, matrix.indices, matrix.indptr, matrix.shape, where)
     raise DataError(f"{where}: a sparse matrix of format {shown(fmt)}; valid: csr, csc, coo")
+
+
+# -- HDF5: a file that reads only itself -----------------------------------------------------
+#: how many soft links one path may pass through (a cycle of them is refused)
+MAX_SOFT_LINKS = 32
+
+
+def _h5_file(file: Path, where: str, what: str):
+    """An HDF5 file opened read-only: the path opened without blocking and checked to be a regular
+    file, then that same file opened by h5py (:func:`~pyrovae.data.regular.reopen_path`)."""
+    h5py = importlib.import_module("h5py")
+    fd = open_fd(file, where)
+    try:
+        return h5py.File(reopen_path(fd, file), "r")
+    except OSError as e:
+        raise DataError(f"{where}: not {what} ({one_line(str(e), 120)})") from None
+    finally:
+        os.close(fd)
+
+
+def _h5_get(group, path: str, where: str, depth: int = 0):
+    """The object at ``path`` under ``group``, reached link by link without leaving the file: an
+    external link is refused in one line naming the file and object it points at, a soft link is
+    followed inside the file, and a dataset is checked by :func:`_check_h5_dataset`. None where
+    there is no such object (or a dangling soft link)."""
+    h5py = importlib.import_module("h5py")
+    from h5py import h5l
+
+    node = group.file if path.startswith("/") else group
+    for part in (p for p in path.split("/") if p and p != "."):
+        if not isinstance(node, h5py.Group):
+            return None
+        name = part.encode()
+        if not node.id.links.exists(name):
+            return None
+        kind = node.id.links.get_info(name).type
+        here = posixpath.join(node.name, part)
+        if kind == h5l.TYPE_EXTERNAL:
+            other, target = (v.decode(errors="replace") for v in node.id.links.get_val(name))
+            raise DataError(f"{where}: {shown(here)} is an external link to {shown(target)} in the file "
+                            f"{shown(other)}; a data file reads only itself (copy the data into it)")
+        if kind == h5l.TYPE_SOFT:
+            if depth >= MAX_SOFT_LINKS:
+                raise DataError(f"{where}: {shown(here)}: more than {MAX_SOFT_LINKS} soft links in a row (a cycle?)")
+            node = _h5_get(node, node.id.links.get_val(name).decode(errors="replace"), where, depth + 1)
+            if node is None:
+                return None
+        elif kind == h5l.TYPE_HARD:
+            node = node[part]
+        else:
+            raise DataError(f"{where}: {shown(here)} is a user-defined link; a data file reads only itself")
+    if isinstance(node, h5py.Dataset):
+        _check_h5_dataset(node, where)
+    return node
+
+
+def _check_h5_dataset(dataset, where: str) -> None:
+    """A dataset whose values live in this file: external raw storage and virtual datasets (values
+    in other files) are refused in one line naming those files; a chunk must decode within
+    :data:`~pyrovae.data.budget.CHUNK_SHARE` of the memory budget."""
+    external = dataset.external
+    if external:
+        files = sorted({str(entry[0]) for entry in external})
+        raise DataError(f"{where}: the dataset {shown(dataset.name)} keeps its values in the external file(s) "
+                        f"{shown(files)}; a data file reads only itself")
+    if dataset.is_virtual:
+        sources = sorted({f"{v.file_name}:{v.dset_name}" for v in dataset.virtual_sources()})
+        raise DataError(f"{where}: the dataset {shown(dataset.name)} is virtual, mapped from {shown(sources)}; a data "
+                        "file reads only itself")
+    _check_chunks(dataset, f"{where}: dataset {shown(dataset.name)}")
+
+
+def _check_chunks(array, where: str) -> None:
+    """A streamed array's chunk (and a zarr shard: what one read decodes) fits the chunk budget."""
+    itemsize = np.dtype(array.dtype).itemsize
+    for shape in (getattr(array, "chunks", None), getattr(array, "shards", None)):
+        if shape:
+            check_fits(declared_bytes(shape, itemsize), where, f"one chunk of shape {tuple(shape)}", CHUNK_SHARE)
 
 
 def _is_sparse_group(obj) -> bool:
@@ -192,7 +326,7 @@ def _is_sparse_group(obj) -> bool:
     encoding = attrs.get("encoding-type", attrs.get("h5sparse_format", ""))
     encoding = encoding.decode() if isinstance(encoding, bytes) else str(encoding)
     return encoding in ("csr_matrix", "csc_matrix", "csr", "csc") \
-        and all(k in obj for k in ("data", "indices", "indptr"))
+        and all(obj.id.links.exists(k.encode()) for k in ("data", "indices", "indptr"))
 
 
 def _h5_array(obj, where: str):
@@ -204,12 +338,18 @@ def _h5_array(obj, where: str):
     shape = tuple(int(s) for s in obj.attrs.get("shape", obj.attrs.get("h5sparse_shape", ())))
     if len(shape) != 2:
         raise DataError(f"{where}: the sparse matrix {shown(obj.name)} has no 2-D shape attribute")
+    parts = {k: _h5_get(obj, k, where) for k in ("data", "indices", "indptr")}
+    if any(not hasattr(v, "shape") for v in parts.values()):
+        raise DataError(f"{where}: the sparse matrix {shown(obj.name)} lacks its data, indices or indptr arrays")
+    data, indices, indptr = parts["data"], parts["indices"], parts["indptr"]
     if encoding.startswith("csc"):  # columns stored together: rows need the whole matrix, made CSR in memory
         import scipy.sparse as sp
 
-        matrix = sp.csc_matrix((obj["data"][:], obj["indices"][:], obj["indptr"][:]), shape=shape).tocsr()
+        check_fits(sum(declared_bytes(v.shape, v.dtype.itemsize) for v in parts.values()) * 2, where,
+                   f"the column-stored sparse matrix {shown(obj.name)} (read whole, made row-stored)")
+        matrix = sp.csc_matrix((data[:], indices[:], indptr[:]), shape=shape).tocsr()
         return CsrRows(matrix.data, matrix.indices, matrix.indptr, shape, where)
-    return CsrRows(obj["data"], obj["indices"], obj["indptr"], shape, where)
+    return CsrRows(data, indices, indptr, shape, where)
 
 
 def _rows(array, where: str) -> Rows:
@@ -230,50 +370,53 @@ def _rows(array, where: str) -> Rows:
 
 
 def _labels_array(labels, where: str):
-    """Labels read whole (one number per point: they are small)."""
+    """Labels read whole (one number per point: they are small), their declared size checked first."""
     if hasattr(labels, "shape") and not isinstance(labels, (np.ndarray, torch.Tensor)):
+        check_fits(declared_bytes(labels.shape, np.dtype(labels.dtype).itemsize), where, "its labels")
         labels = labels[:]
     return labels
 
 
 # -- AnnData ---------------------------------------------------------------------------------
 def _h5ad(file: Path, where: str, key: Optional[str], label_key: Optional[str]):
-    """``X`` (or the layer ``key``) of an ``.h5ad`` file, and the ``obs`` column ``label_key``."""
-    h5py = _optional("h5py", where, "AnnData (.h5ad) files")
-    try:
-        f = h5py.File(file, "r")
-    except OSError as e:
-        raise DataError(f"{where}: not an HDF5 (.h5ad) file ({one_line(str(e), 120)})") from None
+    """``X`` (or the layer ``key``) of an ``.h5ad`` file, and the ``obs`` column ``label_key``; every
+    object reached without leaving the file (:func:`_h5_get`)."""
+    _optional("h5py", where, "AnnData (.h5ad) files")
+    f = _h5_file(file, where, "an HDF5 (.h5ad) file")
     if key is None:
-        if "X" not in f:
+        points = _h5_get(f, "X", where)
+        if points is None:
             raise DataError(f"{where}: an .h5ad file without X")
-        points = f["X"]
     else:
-        layers = f.get("layers")
-        if layers is None or key not in layers:
+        layers = _h5_get(f, "layers", where)
+        points = _h5_get(layers, key, where) if hasattr(layers, "keys") and "/" not in key else None
+        if points is None:
             raise DataError(f"data.key = {shown(key)}: no such layer in {shown(str(file))}; it holds "
-                            f"{shown(sorted(layers) if layers is not None else [])}")
-        points = layers[key]
+                            f"{shown(sorted(layers) if hasattr(layers, 'keys') else [])}")
     rows = _rows(_h5_array(points, where), where)
     labels = None
     if label_key is not None:
-        obs = f.get("obs")
-        if obs is None or label_key not in obs:
+        obs = _h5_get(f, "obs", where)
+        column = _h5_get(obs, label_key, where) if hasattr(obs, "keys") and "/" not in label_key else None
+        if column is None:
             raise DataError(f"data.label_key = {shown(label_key)}: no such obs column in {shown(str(file))}; it "
                             f"holds {shown(sorted(k for k in obs.keys() if k != '_index') if obs else [])}")
-        labels = _obs_labels(obs[label_key], f"data.label_key = {shown(label_key)}")
+        labels = _obs_labels(column, f"data.label_key = {shown(label_key)}")
     return rows, labels
 
 
 def _obs_labels(column, where: str) -> np.ndarray:
     """Class numbers from an ``obs`` column: a categorical's codes, whole numbers, or strings
-    (numbered in sorted order)."""
-    if hasattr(column, "keys") and "codes" in column:
-        codes = np.asarray(column["codes"][:], dtype=np.int64)
+    (numbered in sorted order); read whole once their declared size is checked."""
+    codes = _h5_get(column, "codes", where) if hasattr(column, "keys") else None
+    if codes is not None:
+        codes = np.asarray(_labels_array(codes, where), dtype=np.int64)
         if (codes < 0).any():
             raise DataError(f"{where}: {int((codes < 0).sum())} points have no category (missing values)")
         return codes
-    values = column[:]
+    if not hasattr(column, "dtype"):
+        raise DataError(f"{where}: an obs column is an array or a categorical (codes and categories)")
+    values = _labels_array(column, where)
     if values.dtype.kind in "OSU":
         strings = np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in values])
         return np.unique(strings, return_inverse=True)[1].astype(np.int64)
@@ -281,40 +424,78 @@ def _obs_labels(column, where: str) -> np.ndarray:
 
 
 # -- CSV -------------------------------------------------------------------------------------
+#: the longest line of a CSV file, in characters (a line is parsed whole; a wider table is refused)
+MAX_CSV_LINE = 8 << 20
+#: rows of one float32 block of a CSV table as it is parsed
+CSV_BLOCK_ROWS = 4096
+
+
 def _csv(file: Path, where: str, key: Optional[str], label_key: Optional[str]):
     """Numeric columns, one row per point (read into memory, float32); the first row is a header
-    if any of its fields is not a number; ``label_key`` names the labels' column in it."""
+    if any of its fields is not a number; ``label_key`` names the labels' column in it.
+
+    Read in bounded memory: line by line (each at most :data:`MAX_CSV_LINE` characters) into
+    float32 blocks, whose total (and the copy that joins them) is checked against the memory
+    budget before each block is allocated; never the whole text, nor a Python list of it."""
     if key is not None:
         raise DataError(f"data.key = {shown(key)}: a CSV file holds one table; data.label_key names its labels' "
                         "column")
-    with open(file, newline="") as f:
-        reader = csv.reader(f)
-        rows = [r for r in reader if r and any(cell.strip() for cell in r)]
-    if not rows:
+    header, width, blocks, filled = None, None, [], 0
+    with open_regular(file, where) as raw, io.TextIOWrapper(raw, newline="", encoding="utf-8") as text:
+        reader = csv.reader(_csv_lines(text, where))
+        for row in reader:
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            if width is None:
+                width = len(row)
+                if not all(_number(cell) for cell in row):
+                    header = [cell.strip() for cell in row]
+                    continue
+            if len(row) != width:
+                raise DataError(f"{where}: line {reader.line_num} has {len(row)} fields, the first "
+                                f"{'(the header) ' if header else ''}{width}; every row must have as many")
+            if not blocks or filled == CSV_BLOCK_ROWS:
+                check_fits(2 * (len(blocks) + 1) * CSV_BLOCK_ROWS * width * 4, where,
+                           f"its table (more than {len(blocks) * CSV_BLOCK_ROWS} rows of {width} numbers as float32)")
+                blocks.append(np.empty((CSV_BLOCK_ROWS, width), dtype=np.float32))
+                filled = 0
+            try:
+                blocks[-1][filled] = [float(cell) for cell in row]
+            except ValueError:
+                raise DataError(f"{where}: line {reader.line_num} holds a field that is not a number") from None
+            filled += 1
+    if width is None:
         raise DataError(f"{where}: an empty CSV file")
-    header = None
-    if not all(_number(cell) for cell in rows[0]):
-        header, rows = [cell.strip() for cell in rows[0]], rows[1:]
-    width = len(header) if header else len(rows[0])
-    for i, row in enumerate(rows):
-        if len(row) != width:
-            raise DataError(f"{where}: line {i + 1 + bool(header)} has {len(row)} fields, the first "
-                            f"{'(the header) ' if header else ''}{width}; every row must have as many")
-    try:
-        values = np.asarray([[float(cell) for cell in row] for row in rows], dtype=np.float64)
-    except ValueError:
-        line = next(i for i, row in enumerate(rows) if not all(_number(c) for c in row))
-        raise DataError(f"{where}: line {line + 1 + bool(header)} holds a field that is not a number") from None
+    values = np.concatenate(blocks)[:(len(blocks) - 1) * CSV_BLOCK_ROWS + filled] if blocks \
+        else np.empty((0, width), dtype=np.float32)
+    blocks.clear()
     labels = None
     if label_key is not None:
         if header is None or label_key not in header:
             raise DataError(f"data.label_key = {shown(label_key)}: no such column in {shown(str(file))}'s header "
                             f"({shown(header) if header else 'it has none'})")
         column = header.index(label_key)
-        labels, values = values[:, column], np.delete(values, column, axis=1)
+        labels, values = values[:, column].astype(np.float64), np.delete(values, column, axis=1)
+    if values.shape[0] == 0:
+        raise DataError(f"{where}: no data rows")
     if values.size == 0:
         raise DataError(f"{where}: no data columns")
-    return TensorRows(torch.from_numpy(values.astype(np.float32)), where), labels
+    return TensorRows(torch.from_numpy(np.ascontiguousarray(values)), where), labels
+
+
+def _csv_lines(text, where: str):
+    """The lines of a CSV file, each read with a bound (a file without line breaks is refused, not
+    read whole)."""
+    number = 0
+    while True:
+        line = text.readline(MAX_CSV_LINE + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > MAX_CSV_LINE:
+            raise DataError(f"{where}: line {number} is longer than {MAX_CSV_LINE} characters; a CSV file holds a "
+                            "row per line")
+        yield line
 
 
 def _number(cell: str) -> bool:
@@ -348,8 +529,8 @@ class ImageRows(Rows):
 
     def _image(self, i: int) -> torch.Tensor:
         path = self.files[i]
-        try:
-            with self.pil.open(path) as image:
+        try:  # the file listed (resolved inside the folder), opened without blocking or following a link
+            with open_regular(path, self.where, follow=False) as f, self.pil.open(f) as image:
                 image.load()
                 mode = "L" if image.mode in ("1", "L", "I", "I;16", "F", "LA") else "RGB"
                 array = np.asarray(image.convert(mode))
@@ -359,7 +540,8 @@ class ImageRows(Rows):
         return torch.from_numpy(np.array(array, copy=True, order="C"))
 
     def _name(self, i: int) -> str:
-        return str(Path(self.files[i]).relative_to(self.root))
+        path = Path(self.files[i])
+        return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else path.name
 
     def take(self, index: np.ndarray) -> torch.Tensor:
         images = []
@@ -375,19 +557,40 @@ class ImageRows(Rows):
 def image_folder(folder: Path, where: str):
     """The images of ``folder`` (sorted by path) and their labels: with class subfolders (as
     torchvision's ``ImageFolder``), the subfolders' sorted order numbers the classes; images
-    directly in the folder have no labels."""
-    images = lambda d: sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)  # noqa: E731
+    directly in the folder have no labels. Only regular files inside the folder are read: an
+    image file that is a FIFO or a device, or a symbolic link (a file's or a class folder's)
+    that leaves the folder, is one line (:func:`_image_files`)."""
+    root = folder.resolve()
     classes = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if classes:
         files, labels = [], []
         for number, d in enumerate(classes):
-            found = [p for p in sorted(d.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            found = _image_files(sorted(d.rglob("*")), root, where)
             files += found
             labels += [number] * len(found)
         if not files:
             raise DataError(f"{where}: no PNG or JPEG images in its class folders")
-        return ImageRows(files, where, folder), np.asarray(labels, dtype=np.int64)
-    files = images(folder)
+        return ImageRows(files, where, root), np.asarray(labels, dtype=np.int64)
+    files = _image_files(sorted(folder.iterdir()), root, where)
     if not files:
         raise DataError(f"{where}: a folder without PNG or JPEG images (or class folders of them)")
-    return ImageRows(files, where, folder), None
+    return ImageRows(files, where, root), None
+
+
+def _image_files(paths, root: Path, where: str):
+    """The image files among ``paths`` (by suffix), each resolved and checked to be a regular file
+    inside ``root`` (they are later opened at that resolved path, never through a link)."""
+    out = []
+    for path in paths:
+        if path.suffix.lower() not in IMAGE_SUFFIXES or path.is_dir():
+            continue
+        real = path.resolve()
+        if not inside(real, root):
+            raise DataError(f"{where}: {shown(path.name)} is a symbolic link out of the folder (to "
+                            f"{shown(str(real))}); an image folder reads only the files inside it")
+        if not real.exists():
+            raise DataError(f"{where}: {shown(path.name)} is a broken symbolic link")
+        if not real.is_file():
+            os.close(open_fd(real, where))  # says what it is (a FIFO, a device, ...)
+        out.append(real)
+    return out

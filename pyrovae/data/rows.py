@@ -18,6 +18,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from pyrovae.data.budget import check_fits, declared_bytes
+from pyrovae.data.regular import open_fd, open_regular
 from pyrovae.errors import DataError, one_line
 
 #: numpy dtypes (by kind) a data file may store points in
@@ -96,11 +98,14 @@ class NpyRows(Rows):
     read). Nothing is mapped: pages of a mapped file that were read stay in the process's
     resident memory (64 KiB at a time, with the kernel's fault-around), which would grow with
     the file; read this way they stay in the page cache only. The file is opened once per
-    process (a DataLoader worker opens its own)."""
+    process (a DataLoader worker opens its own), each time without blocking and checked to be the
+    regular file first opened (:mod:`pyrovae.data.regular`)."""
 
     def __init__(self, path, where: str):
         self.path, self.where = str(path), where
-        with open(self.path, "rb") as f:
+        self._fd, self._pid = None, None
+        with open_regular(self.path, where) as f:  # a FIFO or a device is refused, never read
+            self.identity = _identity(os.fstat(f.fileno()))
             try:
                 version = np.lib.format.read_magic(f)
                 if version not in ((1, 0), (2, 0)):
@@ -117,13 +122,15 @@ class NpyRows(Rows):
         self.stored, self.shape = dtype, _checked_shape(shape, where)
         self.n, self.row_shape = self.shape[0], self.shape[1:]
         self.row_bytes = math.prod(self.row_shape) * dtype.itemsize
-        size = os.path.getsize(self.path)
+        size = os.fstat(self._file()).st_size
         if size < self.offset + self.n * self.row_bytes:
             raise DataError(f"{where}: truncated: its header promises {self.shape} values of {dtype.itemsize} bytes, "
                             f"the file holds {size - self.offset} bytes of data")
         # column-major (rare): a row is strided across the file; numpy reads it from a map
-        self._columns = np.load(self.path, mmap_mode="r") if fortran and len(self.shape) > 1 else None
-        self._fd, self._pid = None, None
+        self._columns = None
+        if fortran and len(self.shape) > 1:
+            with open_regular(self.path, where) as f:
+                self._columns = np.load(f, mmap_mode="r")
 
     def __getstate__(self):  # a DataLoader worker started by spawn opens the file itself
         return {**self.__dict__, "_fd": None, "_pid": None}
@@ -132,8 +139,14 @@ class NpyRows(Rows):
         return self.n
 
     def _file(self) -> int:
+        """This process's descriptor of the file, opened so that it cannot block, and checked to be
+        the file that was read first (a path swapped for another file or a FIFO is refused)."""
         if self._fd is None or self._pid != os.getpid():
-            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+            fd = open_fd(self.path, self.where)
+            if _identity(os.fstat(fd)) != self.identity:
+                os.close(fd)
+                raise DataError(f"{self.where}: the file was replaced while it was read")
+            self._fd, self._pid = fd, os.getpid()
         return self._fd
 
     def _read(self, spans, count: int) -> torch.Tensor:
@@ -172,6 +185,11 @@ class NpyRows(Rows):
         if self._columns is not None:
             return self.take(np.arange(start, stop, dtype=np.int64))
         return self._read([(start, stop - start)], stop - start)
+
+
+def _identity(info: os.stat_result) -> tuple:
+    """What tells one file from another: its device and inode."""
+    return info.st_dev, info.st_ino
 
 
 def _pread_into(fd: int, view: memoryview, offset: int) -> int:
@@ -230,8 +248,12 @@ class CsrRows(Rows):
 
     def __init__(self, data, indices, indptr, shape, where: str, row_shape: Optional[tuple] = None):
         self.data, self.indices, self.where = data, indices, where
-        self.indptr = np.asarray(indptr[:], dtype=np.int64)
         self.n, width = int(shape[0]), int(shape[1])
+        if len(getattr(indptr, "shape", (0,))) != 1 or int(indptr.shape[0]) != self.n + 1:
+            raise DataError(f"{where}: a malformed sparse matrix: its row offsets (indptr) do not describe "
+                            f"{self.n} rows")
+        check_fits(declared_bytes(indptr.shape, 8), where, "the sparse matrix's row offsets (indptr)")
+        self.indptr = np.asarray(indptr[:], dtype=np.int64)
         self.width = width
         self.row_shape = tuple(row_shape) if row_shape else (width,)
         _checked_shape((self.n, *self.row_shape), where)

@@ -8,7 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pyrovae.data.regular import check_regular_files, open_regular
 from pyrovae.errors import DataError, one_line, shown
+
+#: what a message about missing data adds when the config may not download them
+NO_DOWNLOAD = "(data.download = false)"
 
 FREY_FACE_URL = "https://cs.nyu.edu/~roweis/data/frey_rawface.mat"
 
@@ -26,10 +30,13 @@ def _mnist_like(kind: str, root: str, train: bool, download: bool):
     where it is looked for."""
     import torchvision.datasets
 
+    raw = Path(root) / kind / "raw"
+    if raw.is_dir():  # torchvision opens these by name: each must be a regular file (a FIFO would block it)
+        check_regular_files(sorted(raw.iterdir()), f"data.path = {shown(root)}")
     try:
         return getattr(torchvision.datasets, kind)(root, train=train, download=download)
     except (RuntimeError, OSError) as e:
-        hint = "" if download else " (data.download = false)"
+        hint = "" if download else f" {NO_DOWNLOAD}"
         raise DataError(f"data.path = {shown(root)}: {kind} not found or not downloadable{hint}: "
                         f"{one_line(str(e), 160) if str(e) else type(e).__name__}; torchvision expects "
                         f"{os.path.join(root, kind, 'raw')}/*-ubyte (with data.download = true the .gz "
@@ -74,7 +81,7 @@ def load_cifar10(root: str, train: bool, download: bool = True):
     if not all((folder / n).exists() for n in names):
         if not download:
             raise DataError(f"data.path = {shown(root)}: CIFAR-10 not found: expected {folder}/"
-                            f"{'data_batch_1..5' if train else 'test_batch'} (data.download = false)")
+                            f"{'data_batch_1..5' if train else 'test_batch'} {NO_DOWNLOAD}")
         import torchvision.datasets
 
         try:
@@ -85,7 +92,7 @@ def load_cifar10(root: str, train: bool, download: bool = True):
     xs, ys = [], []
     for name in names:
         try:
-            with open(folder / name, "rb") as f:
+            with open_regular(folder / name, f"data.path = {shown(root)}") as f:
                 batch = _ArrayUnpickler(f, encoding="latin1").load()
             x = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             y = np.asarray(batch.get("labels", batch.get("fine_labels")), dtype=np.int64)
@@ -105,7 +112,7 @@ def load_svhn(root: str, train: bool, download: bool = True):
     file = Path(root) / ("train_32x32.mat" if train else "test_32x32.mat")
     if not file.exists():
         if not download:
-            raise DataError(f"data.path = {shown(root)}: SVHN not found: expected {file} (data.download = false)")
+            raise DataError(f"data.path = {shown(root)}: SVHN not found: expected {file} {NO_DOWNLOAD}")
         import torchvision.datasets
 
         try:
@@ -114,9 +121,12 @@ def load_svhn(root: str, train: bool, download: bool = True):
             raise DataError(f"data.path = {shown(root)}: SVHN not found and not downloadable "
                             f"({one_line(str(e), 120) or type(e).__name__}); put {file.name} there") from None
     try:
-        mat = loadmat(file)
+        with open_regular(file, f"data.path = {shown(root)}") as f:
+            mat = loadmat(f)
         x = np.ascontiguousarray(np.asarray(mat["X"], dtype=np.uint8).transpose(3, 2, 0, 1))
         y = np.asarray(mat["y"], dtype=np.int64).reshape(-1) % 10
+    except DataError:
+        raise
     except Exception as e:  # scipy raises several types for a foreign or truncated file
         raise DataError(f"data.path = {shown(root)}: {file.name} is not SVHN's .mat file with X and y "
                         f"({type(e).__name__})") from None
@@ -131,7 +141,7 @@ def celeba_files(root: str, train: bool, download: bool = True):
     if not partition.exists():
         if not download:
             raise DataError(f"data.path = {shown(root)}: CelebA not found: expected {partition} and "
-                            f"{folder / 'img_align_celeba'} (data.download = false)")
+                            f"{folder / 'img_align_celeba'} {NO_DOWNLOAD}")
         import torchvision.datasets
 
         try:
@@ -142,7 +152,9 @@ def celeba_files(root: str, train: bool, download: bool = True):
                             "there") from None
     wanted = "0" if train else "2"
     files = []
-    for number, line in enumerate(partition.read_text().splitlines()):
+    with open_regular(partition, f"data.path = {shown(root)}") as f:
+        text = f.read().decode(errors="replace")
+    for number, line in enumerate(text.splitlines()):
         fields = line.split()
         if not fields:
             continue
@@ -165,7 +177,7 @@ def load_frey_face(path: str, download: bool = True) -> torch.Tensor:
         file = file / "frey_rawface.mat"
     if not file.exists():
         if not download:
-            raise DataError(f"data.path = {shown(str(file))}: no such file (data.download = false)")
+            raise DataError(f"data.path = {shown(str(file))}: no such file {NO_DOWNLOAD}")
         try:
             file.parent.mkdir(parents=True, exist_ok=True)
             tmp = file.with_suffix(".part")
@@ -175,7 +187,10 @@ def load_frey_face(path: str, download: bool = True) -> torch.Tensor:
             raise DataError(f"data.path = {shown(str(file))}: not found and download from {FREY_FACE_URL} failed "
                             f"({e}); put frey_rawface.mat there") from None
     try:
-        ff = loadmat(file)["ff"]
+        with open_regular(file, f"data.path = {shown(str(file))}") as f:
+            ff = loadmat(f)["ff"]
+    except DataError:
+        raise
     except Exception as e:  # scipy raises several types for a foreign or truncated file
         raise DataError(f"data.path = {shown(str(file))}: not a Frey Face .mat file with variable 'ff' ({e})") from None
     return torch.from_numpy(ff.T.reshape(-1, 1, 28, 20).astype(np.float32) / 255.0)
