@@ -105,13 +105,22 @@ def mlflow_tracking_uri(run_dir, uri: str = "") -> str:
     return uri
 
 
+#: MLflow's HTTP retry settings where the user's environment sets none: an unreachable server is one
+#: line within seconds (MLflow's own defaults retry each request for about two minutes)
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
 def mlflow_client(uri: str):
     """An ``MlflowClient`` for ``uri``. MLflow 3 refuses a file store unless ``MLFLOW_ALLOW_FILE_STORE``
-    is set: a run that names one (the default) has chosen it, so it is allowed for such URIs."""
+    is set: a run that names one (the default) has chosen it, so it is allowed for such URIs. HTTP
+    requests retry as :data:`HTTP_DEFAULTS` says, unless the environment says otherwise."""
     from mlflow.tracking import MlflowClient
 
     if uri.startswith("file:"):
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     return MlflowClient(tracking_uri=uri)
 
 
@@ -150,6 +159,16 @@ def read_mlflow_record(run_dir) -> Optional[Dict]:
     if not (isinstance(record, dict) and all(isinstance(record.get(k), str) for k in ("tracking_uri", "run_id"))):
         raise RunDirError(f"{path}: malformed: expected a JSON object with tracking_uri and run_id strings")
     return record
+
+
+def mlflow_hint(run_dir) -> Optional[str]:
+    """The MLflow run id the folder's ``mlflow.json`` names, as a hint only (:func:`run_of_folder`
+    checks it): None where the record is absent or unreadable (it is then rewritten)."""
+    try:
+        record = read_mlflow_record(run_dir)
+    except RunDirError:
+        return None
+    return record["run_id"] if record else None
 
 
 def recorded_store(run_dir, recorded_log: Optional[Dict] = None) -> Optional[str]:
@@ -212,12 +231,15 @@ def run_of_folder(client, run_dir, experiment: str, hint: Optional[str] = None):
     ``(run_id, experiment_id, created)``."""
     folder = str(Path(run_dir).resolve())
     if hint:
+        from mlflow.exceptions import MlflowException
+
         try:
             run = client.get_run(hint)
             if run.data.tags.get(RUN_DIR_TAG) == folder and run.info.lifecycle_stage == "active":
                 return run.info.run_id, run.info.experiment_id, False
-        except Exception:  # an id this store does not hold: not ours
-            pass
+        except MlflowException as e:  # an id this store does not hold: not ours (an unreachable store: raised)
+            if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                raise
     experiments = [e.experiment_id for e in client.search_experiments()]
     if experiments and "'" not in folder:  # (a path with a quote cannot be searched for: a new run)
         found = client.search_runs(experiments, filter_string=f"tags.`{RUN_DIR_TAG}` = '{folder}'", max_results=1)
@@ -266,12 +288,11 @@ class MLflowLog(Callback):
             return
         with self.guarded("opening the MLflow run", trainer):
             self.client = mlflow_client(self.uri)
-            record = read_mlflow_record(self.run_dir)
-            self.run_id, experiment_id, created = run_of_folder(self.client, self.run_dir, self.experiment,
-                                                                record["run_id"] if record else None)
+            hint = mlflow_hint(self.run_dir)
+            self.run_id, experiment_id, created = run_of_folder(self.client, self.run_dir, self.experiment, hint)
             if not created:
                 self.client.update_run(self.run_id, status="RUNNING")
-            if record is None or record["run_id"] != self.run_id or record["tracking_uri"] != self.uri:
+            if hint != self.run_id or recorded_store(self.run_dir) != self.uri:
                 text = json.dumps({"tracking_uri": self.uri, "experiment_id": experiment_id, "run_id": self.run_id,
                                    "experiment": self.experiment}, indent=2) + "\n"
                 atomic_write_bytes(self.run_dir / MLFLOW, lambda f: f.write(text.encode()))
@@ -343,12 +364,9 @@ def log_evaluation(run_dir, uri: str, evaluation_file, result: Dict, step: int, 
     failure is one TrackingError line (the JSON file is written by then)."""
     try:
         client = mlflow_client(uri)
-        record = read_mlflow_record(run_dir)
-        run_id, _, _ = run_of_folder(client, run_dir, experiment, record["run_id"] if record else None)
+        run_id, _, _ = run_of_folder(client, run_dir, experiment, mlflow_hint(run_dir))
         client.log_artifact(run_id, str(evaluation_file))
         log_metrics(client, run_id, {f"evaluation.{k}": v for k, v in record_metrics(result).items()}, step)
-    except RunDirError:
-        raise
     except Exception as e:
         raise TrackingError(f"{tracking_failed(uri, 'logging the evaluation', e)}; {evaluation_file} is written") \
             from None

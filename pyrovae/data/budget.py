@@ -12,7 +12,11 @@ takes the machine down:
 - one decoded chunk of a streamed array (zarr, HDF5) at most :data:`CHUNK_SHARE` of it, since a
   read decodes whole chunks and reader processes may decode at once;
 - the index of a data set's points (the held-out permutations, each epoch's order: about
-  :data:`INDEX_BYTES_PER_POINT` bytes a point) must fit before any permutation is drawn.
+  :data:`INDEX_BYTES_PER_POINT` bytes a point) must fit before any permutation is drawn;
+- a streamed array (HDF5, zarr, a sparse matrix) may declare at most :data:`MAX_EXPANSION`
+  times the bytes its file holds for it: beyond that it is a decompression bomb, or a file that
+  declares rows it does not hold, and every sweep over it (checks, fingerprint, epochs) would
+  take time for bytes that are not there.
 """
 
 import math
@@ -24,6 +28,10 @@ from pyrovae.errors import DataError
 CHUNK_SHARE = 0.25
 #: bytes a point costs in index structures: an int64 permutation, its two parts and an index map
 INDEX_BYTES_PER_POINT = 24
+#: how many times the bytes it holds a streamed array may declare (compressed images: ~5-50; sparse counts: ~10)
+MAX_EXPANSION = 1000
+#: stored arrays smaller than this (as declared) are never refused for their expansion
+EXPANSION_FLOOR = 64 << 20
 
 
 def declared_bytes(shape, itemsize: int) -> int:
@@ -44,3 +52,13 @@ def check_fits(nbytes: int, where: str, what: str, share: float = 1.0) -> None:
 def check_index_fits(n: int, where: str) -> None:
     """The index structures of ``n`` points fit in memory (before any permutation of them is drawn)."""
     check_fits(n * INDEX_BYTES_PER_POINT, where, f"the index of its {n} points (as declared)")
+
+
+def check_expansion(declared: int, stored: int, where: str) -> None:
+    """An array that declares ``declared`` bytes (in its stored dtype) while its file holds ``stored``
+    for it may expand at most :data:`MAX_EXPANSION` times (small arrays, up to
+    :data:`EXPANSION_FLOOR`, always pass); else one DataError line."""
+    if declared > EXPANSION_FLOOR and declared > MAX_EXPANSION * max(stored, 1):
+        raise DataError(f"{where}: declares {format_bytes(declared)} of values but holds {format_bytes(stored)}, more "
+                        f"than {MAX_EXPANSION} times as much (a decompression bomb, or rows it does not hold); "
+                        "nothing was read")

@@ -45,7 +45,7 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from pyrovae.data.budget import CHUNK_SHARE, check_fits, declared_bytes
+from pyrovae.data.budget import CHUNK_SHARE, check_expansion, check_fits, declared_bytes
 from pyrovae.data.regular import check_folder, inside, open_fd, open_regular, reopen_path
 from pyrovae.data.rows import ArrayRows, CsrRows, NpyRows, Rows, TensorRows
 from pyrovae.devices import available_bytes, format_bytes
@@ -193,8 +193,11 @@ def _arrays(file: Path, suffix: str, where: str) -> Dict[str, object]:
     check_folder(file, where)  # regular files and folders only, no link out of it
     store = zarr.open(str(file), mode="r")
     arrays = {"x": store} if hasattr(store, "shape") else {name: array for name, array in store.arrays()}
+    held = sum(p.stat().st_size for p in file.rglob("*") if p.is_file())  # (checked regular: check_folder)
     for name, array in arrays.items():
         _check_chunks(array, f"{where}: array {shown(name)}")
+        check_expansion(declared_bytes(array.shape, np.dtype(array.dtype).itemsize), held,
+                        f"{where}: array {shown(name)}")
     return arrays
 
 
@@ -311,6 +314,8 @@ def _check_h5_dataset(dataset, where: str) -> None:
         raise DataError(f"{where}: the dataset {shown(dataset.name)} is virtual, mapped from {shown(sources)}; a data "
                         "file reads only itself")
     _check_chunks(dataset, f"{where}: dataset {shown(dataset.name)}")
+    check_expansion(declared_bytes(dataset.shape, dataset.dtype.itemsize), dataset.id.get_storage_size(),
+                    f"{where}: dataset {shown(dataset.name)}")
 
 
 def _check_chunks(array, where: str) -> None:
@@ -530,11 +535,21 @@ class ImageRows(Rows):
     def _image(self, i: int) -> torch.Tensor:
         path = self.files[i]
         try:  # the file listed (resolved inside the folder), opened without blocking or following a link
-            with open_regular(path, self.where, follow=False) as f, self.pil.open(f) as image:
-                image.load()
-                mode = "L" if image.mode in ("1", "L", "I", "I;16", "F", "LA") else "RGB"
-                array = np.asarray(image.convert(mode))
-        except (OSError, ValueError, SyntaxError) as e:
+            with open_regular(path, self.where, follow=False) as f, warnings.catch_warnings():
+                warnings.simplefilter("ignore", self.pil.DecompressionBombWarning)  # sizes are checked below
+                with self.pil.open(f) as image:
+                    mode = "L" if image.mode in ("1", "L", "I", "I;16", "F", "LA") else "RGB"
+                    width, height = image.size  # from the header: checked before a pixel is decoded
+                    shape = (1 if mode == "L" else 3, height, width)
+                    if self.__dict__.get("row_shape", shape) != shape:  # (the first image sets it)
+                        raise DataError(f"{self.where}: {self._name(i)} is {shape} (channels, height, width), the "
+                                        f"first image {self.row_shape}; every image must have one size and colour "
+                                        "mode")
+                    check_fits(width * height * 16, f"{self.where}: {self._name(i)}", f"an image of {width}x{height}",
+                               CHUNK_SHARE)
+                    image.load()
+                    array = np.asarray(image.convert(mode))
+        except (OSError, ValueError, SyntaxError, self.pil.DecompressionBombError) as e:
             raise DataError(f"{self.where}: {self._name(i)} is not a readable image ({type(e).__name__})") from None
         array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
         return torch.from_numpy(np.array(array, copy=True, order="C"))
@@ -546,11 +561,7 @@ class ImageRows(Rows):
     def take(self, index: np.ndarray) -> torch.Tensor:
         images = []
         for i in index.tolist():
-            image = self._image(i)
-            if tuple(image.shape) != self.row_shape:
-                raise DataError(f"{self.where}: {self._name(i)} is {tuple(image.shape)} (channels, height, width), "
-                                f"the first image {self.row_shape}; every image must have one size and colour mode")
-            images.append(image)
+            images.append(self._image(i))  # its size checked against the first image's before it is decoded
         return torch.stack(images) if images else torch.empty((0, *self.row_shape), dtype=torch.uint8)
 
 

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from pyrovae.data.budget import check_fits, declared_bytes
+from pyrovae.data.budget import CHUNK_SHARE, check_expansion, check_fits, declared_bytes
 from pyrovae.data.regular import open_fd, open_regular
 from pyrovae.errors import DataError, one_line
 
@@ -67,8 +67,9 @@ def _checked_shape(shape: Sequence[int], where: str) -> tuple:
     shape = tuple(int(s) for s in shape)
     if len(shape) < 2:
         raise DataError(f"{where}: expected an array of shape (N, ...) with one row per point, got shape {shape}")
-    if int(np.prod(shape[1:])) == 0:
+    if math.prod(shape[1:]) == 0:
         raise DataError(f"{where}: data points of shape {shape[1:]} hold no values")
+    check_fits(math.prod(shape[1:]) * 4, where, f"one point of shape {shape[1:]} as float32", CHUNK_SHARE)
     return shape
 
 
@@ -265,6 +266,8 @@ class CsrRows(Rows):
                             f"indices, {int(self.indptr[-1])} promised by its row offsets")
         self.stored = np.dtype(data.dtype)
         self.dtype = torch_dtype(self.stored, where)
+        held = len(data) * (self.stored.itemsize + np.dtype(indices.dtype).itemsize) + self.indptr.nbytes
+        check_expansion(declared_bytes((self.n, width), self.stored.itemsize), held, f"{where}: the sparse matrix")
 
     def __len__(self) -> int:
         return self.n

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pyrovae.data.budget import check_fits, declared_bytes
 from pyrovae.data.regular import check_regular_files, open_regular
 from pyrovae.errors import DataError, one_line, shown
 
@@ -122,7 +123,7 @@ def load_svhn(root: str, train: bool, download: bool = True):
                             f"({one_line(str(e), 120) or type(e).__name__}); put {file.name} there") from None
     try:
         with open_regular(file, f"data.path = {shown(root)}") as f:
-            mat = loadmat(f)
+            mat = loadmat(checked_mat(f, f"data.path = {shown(root)}"))
         x = np.ascontiguousarray(np.asarray(mat["X"], dtype=np.uint8).transpose(3, 2, 0, 1))
         y = np.asarray(mat["y"], dtype=np.int64).reshape(-1) % 10
     except DataError:
@@ -153,6 +154,7 @@ def celeba_files(root: str, train: bool, download: bool = True):
     wanted = "0" if train else "2"
     files = []
     with open_regular(partition, f"data.path = {shown(root)}") as f:
+        check_fits(os.fstat(f.fileno()).st_size, f"data.path = {shown(root)}", partition.name)
         text = f.read().decode(errors="replace")
     for number, line in enumerate(text.splitlines()):
         fields = line.split()
@@ -166,6 +168,21 @@ def celeba_files(root: str, train: bool, download: bool = True):
     if missing is not None:
         raise DataError(f"data.path = {shown(root)}: {missing.name}, listed in {partition.name}, is missing")
     return files
+
+
+def checked_mat(f, where: str):
+    """A MATLAB file's variables checked against the memory budget before any is read (a
+    compressed variable can inflate far beyond the file's size): their declared shapes, at 8
+    bytes a value. Returns ``f``, rewound."""
+    from scipy.io import whosmat
+
+    try:
+        variables = whosmat(f)
+    except Exception as e:  # scipy raises several types for a foreign or truncated file
+        raise DataError(f"{where}: not a MATLAB .mat file ({type(e).__name__})") from None
+    check_fits(sum(declared_bytes(shape, 8) for _, shape, _ in variables), where, "its variables")
+    f.seek(0)
+    return f
 
 
 def load_frey_face(path: str, download: bool = True) -> torch.Tensor:
@@ -188,7 +205,7 @@ def load_frey_face(path: str, download: bool = True) -> torch.Tensor:
                             f"({e}); put frey_rawface.mat there") from None
     try:
         with open_regular(file, f"data.path = {shown(str(file))}") as f:
-            ff = loadmat(f)["ff"]
+            ff = loadmat(checked_mat(f, f"data.path = {shown(str(file))}"))["ff"]
     except DataError:
         raise
     except Exception as e:  # scipy raises several types for a foreign or truncated file

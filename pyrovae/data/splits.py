@@ -41,6 +41,14 @@ from pyrovae.errors import DataError
 
 #: points per chunk of a sweep (checks, the fingerprint, materializing a split in memory)
 SWEEP_CHUNK = 4096
+#: the most bytes (as float32) one chunk of a streamed sweep holds: wide points make chunks of fewer points
+SWEEP_BYTES = 64 << 20
+
+
+def sweep_rows(event_shape, size: int = SWEEP_CHUNK) -> int:
+    """Points per chunk of a sweep over points of ``event_shape``: ``size``, or fewer where that
+    many would take more than :data:`SWEEP_BYTES` (a million-feature row is 4 MB: 16 a chunk)."""
+    return max(1, min(size, SWEEP_BYTES // max(1, math.prod(event_shape) * 4)))
 #: the seed of the fixed binarizations and of the held-out split's permutation (never the run's)
 SPLIT_SEED = 0
 #: what uint8 values (pixels 0..255) are multiplied by, unless data.scale says otherwise
@@ -291,6 +299,7 @@ class StreamedSplit(Split):
 
     def _sweep(self, size: int, stop: Optional[int] = None) -> Iterator[torch.Tensor]:
         stop = len(self) if stop is None else stop
+        size = sweep_rows(self.event_shape, size)  # never a chunk beyond SWEEP_BYTES, whatever the caller asks
         generator = torch.Generator().manual_seed(SPLIT_SEED) if self.binarized == "dynamic" else None
         for start in range(0, stop, size):
             raw = self._range(start, min(start + size, stop))
