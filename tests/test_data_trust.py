@@ -249,14 +249,17 @@ def test_a_sparse_matrix_that_declares_far_more_than_it_holds_is_refused(tmp_pat
         load(tmp_path / "bomb.pt")
 
 
-def test_an_image_that_declares_a_huge_size_is_refused_before_it_is_decoded(tmp_path):
+def test_an_image_that_declares_a_huge_size_is_refused_before_it_is_decoded(tmp_path, small_budget):
     from PIL import Image
 
-    images(tmp_path / "data", [f"{i}.png" for i in range(20)])
-    Image.new("1", (60000, 60000)).save(tmp_path / "data" / "z.png")  # 3.6 gigapixels in a small file
-    assert (tmp_path / "data" / "z.png").stat().st_size < 1 << 20
-    data = load(tmp_path / "data")  # the first image sets the size; the others are decoded when read
-    with pytest.raises(DataError, match="z.png"):
+    for folder, name in (("first", "0.png"), ("later", "z.png")):
+        images(tmp_path / folder, [f"{i}.png" for i in range(1, 20)])
+        Image.new("1", (3000, 3000)).save(tmp_path / folder / name)  # 9 megapixels in a 1 KB file
+    assert (tmp_path / "first" / "0.png").stat().st_size < 1 << 16
+    with pytest.raises(DataError, match=r"0.png: an image of 3000x3000 takes .* \(0.25 of it for one chunk\)"):
+        load(tmp_path / "first")  # the first image is read at once (its size is the points')
+    data = load(tmp_path / "later")  # a small one first: the big one is refused when it is read
+    with pytest.raises(DataError, match=r"z.png is \(1, 3000, 3000\) \(channels, height, width\), the first image"):
         for split in (data.train_split, data.test_split):
             list(split.chunks())
 
@@ -387,3 +390,27 @@ def test_a_regular_file_still_trains(tmp_path):
     data = load(path, test_fraction=0.25)
     assert data.num_train == 30 and torch.isfinite(data.train_split.read(torch.arange(30))).all()
     assert Path(path).exists()
+
+
+def test_a_column_major_npy_still_reads_through_the_checked_file(tmp_path):
+    values = np.asfortranarray(np.arange(60, dtype=np.float32).reshape(20, 3))
+    np.save(tmp_path / "f.npy", values)
+    rows = load(tmp_path / "f.npy", test_fraction=0.2).train_split.rows
+    assert np.array_equal(rows.take(np.array([0, 5])).numpy(), values[[0, 5]])
+
+
+@pytest.mark.parametrize("name, layout", [
+    ("cifar10", "cifar-10-batches-py/data_batch_1"),
+    ("svhn", "train_32x32.mat"),
+    ("frey_face", "frey_rawface.mat"),
+    ("mnist", "MNIST/raw/train-images-idx3-ubyte"),
+])
+def test_named_sets_refuse_a_fifo_where_their_files_are(tmp_path, name, layout):
+    fifo = tmp_path / layout
+    fifo.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(fifo)
+    if name == "cifar10":
+        for i in range(2, 6):
+            (fifo.parent / f"data_batch_{i}").write_bytes(b"")
+    with no_hang(), pytest.raises(DataError, match="FIFO"):
+        load_dataset(name, path=str(tmp_path if name != "frey_face" else fifo), download=False)

@@ -21,6 +21,7 @@ stored NumPy's RNG state as an array) from a source you trust is converted by
 ``pyrovae convert-checkpoint RUN_DIR --trust`` (:func:`convert_checkpoint`).
 """
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -552,9 +553,9 @@ def convert_checkpoint(run_dir, data=None) -> Path:
         if len(records) != counters["epoch"]:
             raise RunDirError(f"{run_dir / METRICS}: lacks records of some of the checkpoint's {counters['epoch']} "
                               "epochs; cannot convert")
-    config = record_config(old["config"])  # the old run's record: nothing it names runs
-    if data is None:
-        data = config.data.load()
+    config = record_config(old["config"], keep_destinations=True)  # the old record, rewritten: nothing it names runs
+    if data is None:  # and nothing it names is followed: no download
+        data = dataclasses.replace(config.data, download=False).load()
     state = {"format": FORMAT, "model": old["model"], "optimizer": old["optimizer"], "rng": new_rng,
              "counters": counters, "event_shape": list(old["event_shape"]), "num_classes": None,
              "config": config.to_dict(),

@@ -405,9 +405,11 @@ def without_destinations(d: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def record_config(d: Dict[str, Any], plugins: Sequence[str] = (), run_dir=None,
-                  command: str = "pyrovae evaluate RUN_DIR {plugins}", overrides: Sequence[str] = ()) -> Config:
+                  command: str = "pyrovae evaluate RUN_DIR {plugins}", overrides: Sequence[str] = (),
+                  keep_destinations: bool = False) -> Config:
     """Validate a run's own config (its record), running nothing it names and following no
-    destination it names (:func:`without_destinations`); then the user's ``overrides``.
+    destination it names (:func:`without_destinations`; ``keep_destinations``: kept as recorded,
+    for rewriting the record itself, never for acting on it); then the user's ``overrides``.
 
     ``[plugins]`` is read as the run's record (:func:`pyrovae.app.plugins.parse_record`); only the
     ``plugins`` the user names run, each checked against that record first (none from inside
@@ -416,7 +418,7 @@ def record_config(d: Dict[str, Any], plugins: Sequence[str] = (), run_dir=None,
     SHA-256, and ``command`` (with ``{plugins}`` for the flags) to open the run with them.
     """
     _check_sections(d)
-    d = apply_overrides(without_destinations(d), list(overrides))
+    d = apply_overrides(d if keep_destinations else without_destinations(d), list(overrides))
     record = parse_record(d.get("plugins", {}))
     named = run_named_plugins(plugins, record, run_dir)
     try:

@@ -549,6 +549,8 @@ class ImageRows(Rows):
                                CHUNK_SHARE)
                     image.load()
                     array = np.asarray(image.convert(mode))
+        except DataError:
+            raise
         except (OSError, ValueError, SyntaxError, self.pil.DecompressionBombError) as e:
             raise DataError(f"{self.where}: {self._name(i)} is not a readable image ({type(e).__name__})") from None
         array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)

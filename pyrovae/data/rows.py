@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pyrovae.data.budget import CHUNK_SHARE, check_expansion, check_fits, declared_bytes
-from pyrovae.data.regular import open_fd, open_regular
+from pyrovae.data.regular import open_fd, open_regular, reopen_path
 from pyrovae.errors import DataError, one_line
 
 #: numpy dtypes (by kind) a data file may store points in
@@ -129,9 +129,8 @@ class NpyRows(Rows):
                             f"the file holds {size - self.offset} bytes of data")
         # column-major (rare): a row is strided across the file; numpy reads it from a map
         self._columns = None
-        if fortran and len(self.shape) > 1:
-            with open_regular(self.path, where) as f:
-                self._columns = np.load(f, mmap_mode="r")
+        if fortran and len(self.shape) > 1:  # the checked file, mapped through its descriptor's path
+            self._columns = np.lib.format.open_memmap(reopen_path(self._file(), self.path), mode="r")
 
     def __getstate__(self):  # a DataLoader worker started by spawn opens the file itself
         return {**self.__dict__, "_fd": None, "_pid": None}

@@ -97,6 +97,8 @@ def load_cifar10(root: str, train: bool, download: bool = True):
                 batch = _ArrayUnpickler(f, encoding="latin1").load()
             x = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             y = np.asarray(batch.get("labels", batch.get("fine_labels")), dtype=np.int64)
+        except DataError:
+            raise
         except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError) as e:
             raise DataError(f"data.path = {shown(root)}: {folder / name} is not a CIFAR-10 batch "
                             f"({one_line(str(e), 120)})") from None
