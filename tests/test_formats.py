@@ -190,7 +190,8 @@ def test_bad_hdf5_anndata_and_labels_are_one_line(tmp_path):
     write_h5ad(tmp_path / "c.h5ad")
     with pytest.raises(DataError, match="data.label_key = 'tissue': no such obs column .* it holds \\['cell_type'\\]"):
         pyrovae.load_dataset("file", str(tmp_path / "c.h5ad"), label_key="tissue")
-    with pytest.raises(DataError, match="data.key = 'raw': no such layer"):
+    with pytest.raises(DataError, match=r"data.key = 'raw': no such matrix .*valid: X \(the default\), raw/X, "
+                                        r"layers/NAME \(or NAME\), obsm/NAME; it holds \['X', 'layers/counts'\]"):
         pyrovae.load_dataset("file", str(tmp_path / "c.h5ad"), key="raw")
 
 

@@ -383,49 +383,109 @@ def _labels_array(labels, where: str):
 
 
 # -- AnnData ---------------------------------------------------------------------------------
+#: where an ``.h5ad`` file keeps matrices of one row per cell, as ``data.key`` names them
+H5AD_KEYS = ("X (the default)", "raw/X", "layers/NAME (or NAME)", "obsm/NAME")
+
+
 def _h5ad(file: Path, where: str, key: Optional[str], label_key: Optional[str]):
-    """``X`` (or the layer ``key``) of an ``.h5ad`` file, and the ``obs`` column ``label_key``; every
-    object reached without leaving the file (:func:`_h5_get`)."""
+    """``X``, or the matrix ``key`` names (``raw/X``, ``layers/NAME`` or a bare ``NAME``, ``obsm/NAME``),
+    of an ``.h5ad`` file, and the ``obs`` column ``label_key``; in AnnData's current layout and the
+    older ones scanpy's bundled files use (``raw.X``, ``obs`` and ``obsm`` as record arrays,
+    categories in ``uns``); every object reached without leaving the file (:func:`_h5_get`)."""
     _optional("h5py", where, "AnnData (.h5ad) files")
     f = _h5_file(file, where, "an HDF5 (.h5ad) file")
-    if key is None:
-        points = _h5_get(f, "X", where)
-        if points is None:
+    points = _h5ad_matrix(f, key or "X", where)
+    if points is None:
+        if key is None:
             raise DataError(f"{where}: an .h5ad file without X")
-    else:
-        layers = _h5_get(f, "layers", where)
-        points = _h5_get(layers, key, where) if hasattr(layers, "keys") and "/" not in key else None
-        if points is None:
-            raise DataError(f"data.key = {shown(key)}: no such layer in {shown(str(file))}; it holds "
-                            f"{shown(sorted(layers) if hasattr(layers, 'keys') else [])}")
+        raise DataError(f"data.key = {shown(key)}: no such matrix in {shown(str(file))}; valid: "
+                        f"{', '.join(H5AD_KEYS)}; it holds {shown(_h5ad_matrices(f, where))}")
     rows = _rows(_h5_array(points, where), where)
     labels = None
     if label_key is not None:
-        obs = _h5_get(f, "obs", where)
-        column = _h5_get(obs, label_key, where) if hasattr(obs, "keys") and "/" not in label_key else None
-        if column is None:
-            raise DataError(f"data.label_key = {shown(label_key)}: no such obs column in {shown(str(file))}; it "
-                            f"holds {shown(sorted(k for k in obs.keys() if k != '_index') if obs else [])}")
-        labels = _obs_labels(column, f"data.label_key = {shown(label_key)}")
+        labels = _obs_labels(f, label_key, f"data.label_key = {shown(label_key)}", str(file))
     return rows, labels
 
 
-def _obs_labels(column, where: str) -> np.ndarray:
-    """Class numbers from an ``obs`` column: a categorical's codes, whole numbers, or strings
+def _h5ad_matrix(f, key: str, where: str):
+    """The matrix at ``key`` (an HDF5 dataset or sparse group, or a record array's field read whole
+    in the older layout), or None."""
+    if key == "X":
+        return _h5_get(f, "X", where)
+    if key == "raw/X":  # AnnData writes raw/X; before 0.7, raw.X at the top
+        found = _h5_get(f, "raw/X", where)
+        return found if found is not None else _h5_get(f, "raw.X", where)
+    group, _, name = key.rpartition("/") if "/" in key else ("layers", "", key)
+    if group not in ("layers", "obsm") or not name or "/" in name:
+        return None
+    parent = _h5_get(f, group, where)
+    if hasattr(parent, "keys"):
+        return _h5_get(parent, name, where)
+    if parent is not None and parent.dtype.names and name in parent.dtype.names:  # obsm as a record array (0.6)
+        check_fits(declared_bytes(parent.shape, parent.dtype.itemsize), where, f"{group} (read whole)")
+        return np.asarray(parent[name])
+    return None
+
+
+def _h5ad_matrices(f, where: str) -> list:
+    """The ``data.key`` values an ``.h5ad`` file holds (for messages)."""
+    found = ["X"] if _h5_get(f, "X", where) is not None else []
+    if _h5_get(f, "raw/X", where) is not None or _h5_get(f, "raw.X", where) is not None:
+        found.append("raw/X")
+    for group in ("layers", "obsm"):
+        parent = _h5_get(f, group, where)
+        names = parent.keys() if hasattr(parent, "keys") else parent.dtype.names if parent is not None else None
+        found += [f"{group}/{name}" for name in sorted(names or ())]
+    return found
+
+
+def _obs_labels(f, label_key: str, where: str, file: str) -> np.ndarray:
+    """Class numbers from the ``obs`` column ``label_key``: a categorical's codes (a group of codes and
+    categories; codes with their categories beside them in ``obs/__categories``; or, in the older
+    record-array ``obs``, codes with ``uns/<label_key>_categories``), whole numbers, or strings
     (numbered in sorted order); read whole once their declared size is checked."""
+    obs = _h5_get(f, "obs", where)
+    if hasattr(obs, "keys"):  # AnnData >= 0.7: a group of columns
+        column = _h5_get(obs, label_key, where) if "/" not in label_key and not label_key.startswith("__") else None
+        columns = sorted(k for k in obs.keys() if k not in ("_index", "__categories"))
+    elif obs is not None and obs.dtype.names:  # AnnData 0.6: one record array
+        column = None
+        if label_key in obs.dtype.names and label_key != "index":
+            check_fits(declared_bytes(obs.shape, obs.dtype.itemsize), where, "obs (read whole)")
+            column = np.asarray(obs[label_key])
+        columns = sorted(n for n in obs.dtype.names if n != "index")
+    else:
+        column, columns = None, []
+    if column is None:
+        raise DataError(f"{where}: no such obs column in {shown(file)}; it holds {shown(columns)}")
     codes = _h5_get(column, "codes", where) if hasattr(column, "keys") else None
     if codes is not None:
-        codes = np.asarray(_labels_array(codes, where), dtype=np.int64)
-        if (codes < 0).any():
-            raise DataError(f"{where}: {int((codes < 0).sum())} points have no category (missing values)")
-        return codes
+        return _codes(_labels_array(codes, where), where)
     if not hasattr(column, "dtype"):
         raise DataError(f"{where}: an obs column is an array or a categorical (codes and categories)")
     values = _labels_array(column, where)
+    if values.dtype.kind in "iu" and _has_categories(f, column, label_key, where):
+        return _codes(values, where)  # the older layouts' categorical: codes, categories kept elsewhere
     if values.dtype.kind in "OSU":
         strings = np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in values])
         return np.unique(strings, return_inverse=True)[1].astype(np.int64)
     return values
+
+
+def _has_categories(f, column, label_key: str, where: str) -> bool:
+    """Whether an integer ``obs`` column is a categorical's codes in an older layout: its categories
+    in ``obs/__categories/<name>`` (0.7) or ``uns/<name>_categories`` (0.6)."""
+    if hasattr(column, "attrs") and "categories" in column.attrs:
+        return True
+    return any(_h5_get(f, path, where) is not None
+               for path in (f"obs/__categories/{label_key}", f"uns/{label_key}_categories"))
+
+
+def _codes(codes, where: str) -> np.ndarray:
+    codes = np.asarray(codes, dtype=np.int64)
+    if (codes < 0).any():
+        raise DataError(f"{where}: {int((codes < 0).sum())} points have no category (missing values)")
+    return codes
 
 
 # -- CSV -------------------------------------------------------------------------------------
