@@ -168,3 +168,22 @@ def test_the_library_mean_for_prior_draws_comes_from_training_steps_only():
     nb.given((log_mean,), x)  # eval mode: not counted
     assert nb.library_count == 2
     assert nb.log_library(None).item() == pytest.approx((math.log(8) + math.log(7)) / 2)
+
+
+def test_uint8_counts_reach_a_count_likelihood_as_counts(tmp_path, capsys):
+    """uint8 values are pixels (times 1/255) for the image likelihoods, and counts, as they are, for a
+    count likelihood: a run of counts stored as uint8 trains, evaluates and encodes with no data.scale."""
+    x = np.random.default_rng(0).poisson(2.0, (200, 12)).astype(np.uint8)
+    np.save(tmp_path / "counts.npy", x)
+    args = ["--set", "data.name=file", "--set", f"data.path={tmp_path / 'counts.npy'}", "--set", "train.epochs=2",
+            "--set", "model.likelihood=poisson", "--set", 'model.encoder={name = "mlp", hidden = [16]}',
+            "--set", 'model.decoder={name = "mlp", hidden = [16]}', "-q"]
+    assert main(["train", *args, "--out", str(tmp_path / "run")]) == 0, capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "run"), "--nll-samples", "3", "--iwae-samples", "2", "-q"]) == 0
+    config = pyrovae.load_config(None, [a for a in args[1::2] if "=" in a][:5])
+    points = config.load_data().train_split.read(torch.arange(5))
+    assert torch.equal(points, points.round()) and float(points.max()) > 1  # counts, not counts / 255
+    # asked for, the scale is the user's; the message then says how to get counts back
+    code = main(["train", *args, "--set", "data.scale=0.5", "--out", str(tmp_path / "scaled")])
+    err = capsys.readouterr().err
+    assert code == 2 and "count likelihoods take raw counts" in err and "data.scale = 1" in err, err

@@ -555,7 +555,7 @@ def convert_checkpoint(run_dir, data=None) -> Path:
                               "epochs; cannot convert")
     config = record_config(old["config"], keep_destinations=True)  # the old record, rewritten: nothing it names runs
     if data is None:  # and nothing it names is followed: no download
-        data = dataclasses.replace(config.data, download=False).load()
+        data = dataclasses.replace(config, data=dataclasses.replace(config.data, download=False)).load_data()
     state = {"format": FORMAT, "model": old["model"], "optimizer": old["optimizer"], "rng": new_rng,
              "counters": counters, "event_shape": list(old["event_shape"]), "num_classes": None,
              "config": config.to_dict(),

@@ -30,6 +30,7 @@ from pyrovae.data.datasets import (
 from pyrovae.errors import ConfigError, DataError, UnknownNameError, one_line, shown
 from pyrovae.infer.algorithms import ALGORITHMS, algorithm_name
 from pyrovae.models.registry import MODELS, check_model_options, family_defaults, labeled_binarize, labeled_training
+from pyrovae.parts.likelihoods import LIKELIHOODS
 from pyrovae.registry import _type_name, check_at_least, check_choice, check_type
 from pyrovae.training.loop import TrainConfig
 from pyrovae.training.optim import check_optimizer
@@ -66,7 +67,8 @@ class DataConfig:
     key: Optional[str] = None
     #: file: the labels' array (default: y, where the file has it); .h5ad: an obs column; .csv: a header's column.
     label_key: Optional[str] = None
-    #: file: what the values are multiplied by; unset: 1/255 for uint8 arrays (pixels 0..255 to [0, 1]), else 1.
+    #: file: what the values are multiplied by; unset: 1/255 for uint8 arrays (pixels 0..255 to [0, 1]), else 1,
+    #: and 1 for a count likelihood (poisson, negative_binomial, ...: uint8 values are counts).
     scale: Optional[float] = None
     #: "auto": hold the splits in memory on the training device when their float32 points take at most
     #: half the memory the process may still use there, else stream them from disk a batch at a time;
@@ -270,6 +272,21 @@ class Config:
                               "needs a validation split: set data.validation_fraction (e.g. 0.1)")
         check_optimizer(self.optim, self.train.epochs, validation)
         return self
+
+    def load_data(self, device="cpu") -> Dataset:
+        """The data ``[data]`` names, read as ``[model]``'s likelihood scores them: for a count
+        likelihood (``Likelihood.counts``) a file's uint8 values are counts, taken as they are
+        (``data.scale`` unset means 1, not 1/255)."""
+        data = self.data
+        if data.scale is None and "scale" in DATASETS.options(data.name) and self.counts_likelihood():
+            data = dataclasses.replace(data, scale=1.0)
+        return data.load(device)
+
+    def counts_likelihood(self) -> bool:
+        """Whether the model's likelihood (its ``likelihood`` option, where the family has one) scores counts."""
+        spec = self.model.to_dict().get("likelihood")
+        name = spec.get("name") if isinstance(spec, dict) else spec
+        return isinstance(name, str) and name in LIKELIHOODS and bool(getattr(LIKELIHOODS.get(name), "counts", False))
 
     def to_dict(self) -> Dict[str, Any]:
         return {**{s: _drop_none(getattr(self, s).to_dict() if s in ("model", "data")

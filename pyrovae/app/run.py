@@ -283,7 +283,7 @@ def load_run_data(config: Config, device="cpu", hint: str = ""):
     destination the folder names: :func:`pyrovae.app.config.without_destinations`), and data it
     cannot find say so, with ``hint``."""
     try:
-        return config.data.load(device)
+        return config.load_data(device)
     except DataError as e:
         if NO_DOWNLOAD not in str(e):
             raise

@@ -39,6 +39,9 @@ class Likelihood(nn.Module):
     num_params = 1
     #: Human-readable support, used in data-check messages.
     support_text = "any real value"
+    #: whether it scores whole-number counts: a run's uint8 data then reach it as counts, unscaled
+    #: (``data.scale`` defaults to 1 instead of 1/255)
+    counts = False
 
     def base(self, params: tuple) -> dist.TorchDistribution:
         """The per-value distribution (batch shape = data shape) for a tuple of decoder outputs."""
@@ -204,7 +207,9 @@ class _Counts(Likelihood):
     """
 
     support_text = "whole numbers >= 0 (counts)"
-    fix_hint = "; count likelihoods take raw counts, not normalized or log-transformed values"
+    fix_hint = ("; count likelihoods take raw counts, not normalized or log-transformed values (uint8 counts: "
+                "data.scale = 1, or scale=1 in load_dataset)")
+    counts = True
 
     def __init__(self, event_shape: Tuple[int, ...], library: str = "learned"):
         super().__init__()
