@@ -414,3 +414,10 @@ def test_named_sets_refuse_a_fifo_where_their_files_are(tmp_path, name, layout):
             (fifo.parent / f"data_batch_{i}").write_bytes(b"")
     with no_hang(), pytest.raises(DataError, match="FIFO"):
         load_dataset(name, path=str(tmp_path if name != "frey_face" else fifo), download=False)
+
+
+def test_evaluate_refuses_particles_a_trained_model_cannot_hold(run_copy, capsys):
+    """The evaluation's memory estimate runs the trained model itself (on one point where its
+    parameters are), so a huge --particles is one line, not an allocation failure."""
+    one_line_error(capsys, main(["evaluate", str(run_copy), "-q", "--particles", "1000000000"]),
+                   "--particles 1000000000: the test ELBO needs about")

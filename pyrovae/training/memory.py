@@ -66,11 +66,13 @@ def _forward_numels(model) -> Optional[tuple]:
     """(A_enc, A_dec): numbers created per datapoint by the parts that run once per point and by
     those that run once per particle. From the model's terms for 1 and 2 particles on meta
     tensors: A_dec is the difference, A_enc the rest. A family that reads labels is run with a
-    label (its one-hot inputs counted too)."""
-    x = torch.zeros((1, *model.event_shape), device="meta")
+    label (its one-hot inputs counted too). A model with parameters (a trained one, for
+    ``evaluate``) runs on one point where they are; one built on the meta device, on meta tensors."""
+    device = getattr(model, "device", torch.device("meta"))
+    x = torch.zeros((1, *model.event_shape), device=device)
     batches = [Batch(x)]
     if getattr(model, "num_classes", None):
-        batches.insert(0, Batch(x, torch.zeros(1, dtype=torch.long, device="meta")))
+        batches.insert(0, Batch(x, torch.zeros(1, dtype=torch.long, device=device)))
     for batch in batches:
         try:
             counts = []
