@@ -499,7 +499,7 @@ def test_a_signal_while_plotting_exits_after_the_last_checkpoint(tmp_path, monke
     plots = importlib.import_module("pyrovae.app.plots")
     received = []
     original = plots.plot_run
-    monkeypatch.setattr(plots, "plot_run", lambda *a: (received.append(signal.SIGINT), original(*a))[1])
+    monkeypatch.setattr(plots, "plot_run", lambda *a, **k: (received.append(signal.SIGINT), original(*a, **k))[1])
     with pytest.raises(pyrovae.Interrupted, match="SIGINT after the last epoch"):
         fit_into_run_folder(tmp_path, small_config(epochs=2), lambda: received[0] if received else None)
     run = tmp_path / "run"

@@ -54,7 +54,8 @@ CONVERT_HINT = "pyrovae convert-checkpoint RUN_DIR --trust"
 TOP_KEYS = frozenset({"format", "model", "optimizer", "rng", "counters", "algorithm", "schedule", "event_shape",
                       "num_classes", "config", "data", "metrics"})
 FINGERPRINT_KEYS = frozenset({"train_shape", "train_sha256", "test_shape", "test_sha256", "train_y_sha256",
-                              "test_y_sha256", "labeled_sha256", "validation_shape", "validation_sha256"})
+                              "test_y_sha256", "labeled_sha256", "validation_shape", "validation_sha256",
+                              "standardization"})
 
 
 # -- the data's fingerprint ----------------------------------------------------------------
@@ -75,7 +76,22 @@ def data_fingerprint(data) -> Dict[str, Any]:
         t = getattr(data, labels, None)
         if t is not None:
             out[f"{labels}_sha256"] = _sha256(t, torch.int64)
+    if getattr(data, "standardization", None) is not None:  # data.standardize: the training split's statistics
+        out["standardization"] = data.standardization.as_record()
     return out
+
+
+def _standardization_ok(record, fingerprint) -> bool:
+    """A fingerprint's standardization record: absent, or finite ``mean`` and positive ``std`` lists, one
+    number per feature of the training points."""
+    if record is None:
+        return True
+    shape = fingerprint.get("train_shape") or [0]
+    features = math.prod(shape[1:]) if len(shape) > 1 else 0
+    return isinstance(record, dict) and set(record) == {"mean", "std"} and all(
+        isinstance(record[k], list) and len(record[k]) == features
+        and all(isinstance(v, float) and math.isfinite(v) and (k == "mean" or v > 0) for v in record[k])
+        for k in ("mean", "std"))
 
 
 def fingerprint_difference(saved: Dict[str, Any], now: Dict[str, Any]) -> Optional[str]:
@@ -88,6 +104,8 @@ def fingerprint_difference(saved: Dict[str, Any], now: Dict[str, Any]) -> Option
             theirs = str(saved.get(f"{split}_sha256"))[:12]
             return (f"the {split} split has the same shape {tuple(b)} but other values "
                     f"(sha256 {str(now.get(f'{split}_sha256'))[:12]}..., the checkpoint's {theirs}...)")
+    if saved.get("standardization") != now.get("standardization"):
+        return "the standardization (data.standardize) differs"
     for labels, what in (("train_y", "the train split's labels"), ("test_y", "the test split's labels"),
                          ("labeled", "the choice of labelled points (data.labeled)")):
         if saved.get(f"{labels}_sha256") != now.get(f"{labels}_sha256"):
@@ -279,6 +297,7 @@ def checkpoint_problem(state: Dict[str, Any]) -> Optional[str]:
         and all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s < 2**31 for s in v),
         "config": lambda v: _is_dict_of(v, str, lambda t: isinstance(t, dict)) and _plain_values(v),
         "data": lambda v: isinstance(v, dict) and set(v) <= FINGERPRINT_KEYS
+        and _standardization_ok(v.get("standardization"), v)
         and all(isinstance(v.get(f"{s}_sha256"), str) and isinstance(v.get(f"{s}_shape"), list)
                 and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**62 for d in v[f"{s}_shape"])
                 for s in ("train", "test", *(("validation",) if {"validation_shape", "validation_sha256"} & set(v)

@@ -17,6 +17,7 @@ from pyrovae.app.config import load_config
 from pyrovae.app.files import check_writable, own_file_problem
 from pyrovae.app.run import StoppedAtOnce, encode_run, evaluate_run, stop_at_once_on_signals, summary_line, train
 from pyrovae.app.tracking import opened_run_store, recorded_store, tracking_notice
+from pyrovae.data.splits import Standardization
 from pyrovae.errors import PyrovaeError, RunDirError, one_line, shell_word
 from pyrovae.training.loop import Interrupted
 from pyrovae.version import __version__
@@ -211,7 +212,8 @@ def _sample(args) -> None:
         raise PyrovaeError(f"--out {problem}")
     check_writable(Path(args.out).parent, "--out ")
     command = f"pyrovae sample RUN_DIR {{plugins}} --out {shell_word(args.out)}"
-    vae = open_run(args.run_dir, args.plugins, command).model.eval()
+    opened = open_run(args.run_dir, args.plugins, command)
+    vae = opened.model.eval()
     classes = getattr(vae, "num_classes", None)
     if args.label is not None and not classes:
         raise PyrovaeError(f"--label {args.label}: the run's model ({type(vae).__name__}) reads no labels; "
@@ -220,6 +222,9 @@ def _sample(args) -> None:
         raise PyrovaeError(f"--label {args.label}: must be a class in [0, {classes})")
     pyro.set_rng_seed(args.seed)
     samples = vae.sample(args.num) if args.label is None else vae.sample(args.num, y=args.label)
+    recorded = opened.state["data"].get("standardization")
+    if recorded is not None:  # data.standardize: the samples in the data's units
+        samples = Standardization.from_record(recorded, vae.event_shape).undo(samples)
     save_grid(args.out, samples, vae.event_shape, max(1, round(args.num ** 0.5)))
     print(f"wrote {args.out}")
 

@@ -76,6 +76,10 @@ class DataConfig:
     in_memory: Any = "auto"
     #: processes that read a streamed split's minibatches ahead of the step (0: in the training process).
     num_workers: int = 0
+    #: map every split to (x - mean) / std per feature, with the training split's mean and standard deviation
+    #: (recorded in the checkpoint; figures and samples are mapped back): for raw tables whose features have
+    #: their own units. Not with data.binarize.
+    standardize: bool = False
     #: a plugin source's own options: the table's other keys.
     options: Dict[str, Any] = field(default_factory=dict)
 
@@ -113,7 +117,8 @@ class DataConfig:
         """The data set this section describes, on ``device``."""
         return load_dataset(self.name, binarize=self.binarize, test_fraction=self.test_fraction, device=device,
                             labeled=self.labeled, in_memory=self.in_memory, num_workers=self.num_workers,
-                            validation_fraction=self.validation_fraction, **self._given())
+                            validation_fraction=self.validation_fraction, standardize=self.standardize,
+                            **self._given())
 
 
 class ModelConfig:

@@ -6,7 +6,7 @@ import math
 import sys
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import matplotlib
 
@@ -127,13 +127,15 @@ def _vectors(x: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def plot_reconstructions(path, vae, x, n: int = 10) -> None:
+def plot_reconstructions(path, vae, x, n: int = 10, undo: Optional[Callable] = None) -> None:
     """Test points above their reconstructions E[x | z = mu(x)]; x is a tensor or a
     :class:`~pyrovae.Batch`. Images: a grid (rows 1, 3 the data, rows 2, 4 the reconstructions);
     vectors: each point's values and its reconstruction as two lines (up to
-    :data:`MAX_LINE_FEATURES` features), or the points and their reconstructions as two heat maps."""
+    :data:`MAX_LINE_FEATURES` features), or the points and their reconstructions as two heat maps.
+    ``undo`` maps both back to the data's units (``data.standardize``)."""
     batch = as_batch(x)[: 2 * n]
-    rec, x = vae.reconstruct(batch), batch.x
+    undo = undo or _same
+    rec, x = undo(vae.reconstruct(batch)), undo(batch.x)
     if is_image(vae.event_shape):
         rows = torch.cat([x[:n], rec[:n], x[n:], rec[n:]])
         save_grid(path, rows, vae.event_shape, n, "test data (rows 1, 3) and reconstructions (rows 2, 4)")
@@ -166,11 +168,12 @@ MAX_CLASS_ROWS = 20
 
 
 @torch.no_grad()
-def plot_samples(path, vae, n: int = 64) -> None:
+def plot_samples(path, vae, n: int = 64, undo: Optional[Callable] = None) -> None:
     """E[x | z] for z ~ p(z): the decoder's mean at prior samples; for a family that draws for
     labels (cvae, m2: ``num_classes``), one row per class of ``sqrt(n)`` samples each (the first
-    :data:`MAX_CLASS_ROWS` classes)."""
+    :data:`MAX_CLASS_ROWS` classes). ``undo`` maps them back to the data's units."""
     classes = min(getattr(vae, "num_classes", None) or 0, MAX_CLASS_ROWS)
+    vae = _Undone(vae, undo) if undo is not None else vae
     if not is_image(vae.event_shape):  # vectors: one heat-map row per sample (sorted by class where there are classes)
         if classes:
             per_class = max(1, int(math.sqrt(n)))
@@ -273,17 +276,35 @@ class FigureWarning(UserWarning):
     """A figure of a finished run could not be drawn (the run itself is complete)."""
 
 
+def _same(x):
+    return x
+
+
+class _Undone:
+    """A model whose ``sample`` gives values in the data's units (``undo`` applied); the rest as it is."""
+
+    def __init__(self, vae, undo: Callable):
+        self.vae, self.undo = vae, undo
+
+    def __getattr__(self, name):
+        return getattr(self.vae, name)
+
+    def sample(self, *args, **kwargs):
+        return self.undo(self.vae.sample(*args, **kwargs))
+
+
 def plot_run(run_dir, vae, test_x: torch.Tensor, metrics: List[Dict], latent_x=None,
-             notes: Optional[List[str]] = None) -> List[str]:
+             notes: Optional[List[str]] = None, undo: Optional[Callable] = None) -> List[str]:
     """Write every figure of a run folder; returns the file names written. A figure that cannot
     be drawn (a family's sample or reconstruction failing, a full disk) is a :class:`FigureWarning`
     that names it and why, and the others are still drawn: a finished run never fails on a figure.
     A figure that does not apply (the manifold of data that are not images, the latent space of a
     1-D latent) is left out with a note, appended to ``notes`` (else printed on stderr). ``latent_x``:
-    the test points of ``latent.png`` (default ``test_x``)."""
+    the test points of ``latent.png`` (default ``test_x``). ``undo``: what maps the model's values
+    back to the data's units (a standardization's ``undo``), for the reconstructions and samples."""
     run_dir = Path(run_dir)
-    figures = [("reconstructions.png", lambda path: plot_reconstructions(path, vae, test_x)),
-               ("samples.png", lambda path: plot_samples(path, vae)),
+    figures = [("reconstructions.png", lambda path: plot_reconstructions(path, vae, test_x, undo=undo)),
+               ("samples.png", lambda path: plot_samples(path, vae, undo=undo)),
                ("elbo.png", lambda path: plot_elbo(path, metrics))]
     latent_dim = getattr(vae, "latent_dim", None)
     left_out = []

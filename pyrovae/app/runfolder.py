@@ -97,8 +97,9 @@ class RunFolder(Callback):
         from pyrovae.app.plots import LATENT_POINTS, plot_run
 
         notes = []
+        standardization = getattr(trainer.data, "standardization", None)
         plot_run(self.run_dir, trainer.model, trainer.data.test_head(FIGURE_POINTS), trainer.metrics,
-                 trainer.data.test_head(LATENT_POINTS), notes)
+                 trainer.data.test_head(LATENT_POINTS), notes, undo=standardization and standardization.undo)
         if trainer.cfg.progress:  # what was left out, and why (a quiet run says nothing but errors)
             for note in notes:
                 tqdm.write(f"pyrovae: {note}", file=sys.stderr)

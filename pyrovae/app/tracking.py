@@ -77,6 +77,9 @@ class TensorBoardLog(Callback):
                 x = trainer.data.test_head(32)
                 grids = {"samples": trainer.model.sample(64),
                          "reconstructions": torch.cat([x.x, trainer.model.reconstruct(x)])}
+            standardization = getattr(trainer.data, "standardization", None)
+            if standardization is not None:  # in the data's units
+                grids = {tag: standardization.undo(images) for tag, images in grids.items()}
             for tag, images in grids.items():
                 grid = image_grid(as_images(images, trainer.model.event_shape), 8 if tag == "samples" else 16)
                 tb.add_image(tag, grid.clip(0, 1), epoch, dataformats="HWC" if grid.ndim == 3 else "HW")

@@ -46,7 +46,7 @@ from pyrovae.data.sources import (
     load_mnist_layout,
     load_svhn,
 )
-from pyrovae.data.splits import SPLIT_SEED, InMemorySplit, Split, StreamedSplit, as_split
+from pyrovae.data.splits import SPLIT_SEED, InMemorySplit, Split, Standardization, StreamedSplit, as_split
 from pyrovae.devices import available_bytes, format_bytes
 from pyrovae.errors import ConfigError, DataError, PyrovaeError, one_line, shown
 from pyrovae.registry import Registry
@@ -76,8 +76,12 @@ class Dataset:
     """
 
     def __init__(self, name: str, train, test, binarize: str = "none", train_y: Optional[torch.Tensor] = None,
-                 test_y: Optional[torch.Tensor] = None, labeled: Optional[torch.Tensor] = None, validation=None):
+                 test_y: Optional[torch.Tensor] = None, labeled: Optional[torch.Tensor] = None, validation=None,
+                 standardization: Optional[Standardization] = None):
         self.name, self.binarize, self.labeled = name, binarize, labeled
+        #: the per-feature standardization every split went through (``data.standardize``), or None;
+        #: ``standardization.undo`` maps a model's outputs back to the data's units
+        self.standardization = standardization
         #: processes that read a streamed split's batches ahead of the step (data.num_workers)
         self.num_workers = 0
         self.train_split = _with_labels(as_split(train, where=f"data set {name!r} (train)"), train_y)
@@ -140,7 +144,8 @@ class Dataset:
             return self
         out = Dataset(self.name, self.train_split.to(device), self.test_split.to(device), self.binarize,
                       labeled=None if self.labeled is None else self.labeled.to(device),
-                      validation=None if self.validation_split is None else self.validation_split.to(device))
+                      validation=None if self.validation_split is None else self.validation_split.to(device),
+                      standardization=self.standardization)
         out.num_workers = self.num_workers
         return out
 
@@ -345,7 +350,7 @@ def placed(data: Dataset, in_memory="auto", device="cpu", where: str = "data") -
     splits = {k: s.to(device).in_memory() if keep else s.to(device) for k, s in data.splits.items()}
     out = Dataset(data.name, splits["train"], splits["test"], data.binarize,
                   labeled=None if data.labeled is None else data.labeled.to(device),
-                  validation=splits.get("validation"))
+                  validation=splits.get("validation"), standardization=data.standardization)
     out.num_workers = data.num_workers
     return out
 
@@ -505,7 +510,7 @@ def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Opt
                  test_fraction: float = 0.1, download: bool = True, device="cpu",
                  labeled: Optional[int] = None, key: Optional[str] = None, label_key: Optional[str] = None,
                  scale: Optional[float] = None, in_memory="auto", num_workers: int = 0,
-                 validation_fraction: float = 0.0, **options) -> Dataset:
+                 validation_fraction: float = 0.0, standardize: bool = False, **options) -> Dataset:
     """Load a data set by name (:data:`DATASETS`; see the module docstring) onto ``device``, with
     its labels where the source has them; ``labeled = K`` keeps K training labels (balanced per
     class, a fixed choice) and masks the rest. ``path``, ``download``, ``key``, ``label_key``,
@@ -517,7 +522,10 @@ def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Opt
     them from their storage (:func:`placed`); ``num_workers`` processes read a streamed split's
     batches ahead of the step. ``validation_fraction`` of the training split is held out as a
     validation split (:func:`validation_holdout`: a fixed choice, binarized once like the test
-    split); the label budget is then chosen from the points that remain for training."""
+    split); the label budget is then chosen from the points that remain for training.
+    ``standardize``: every split mapped to (x - mean) / std per feature, with the mean and standard
+    deviation of the training split (:class:`~pyrovae.data.splits.Standardization`, kept as
+    ``Dataset.standardization``): for raw tables whose features have their own units."""
     DATASETS.get(name, "data.name")
     binarize = binarize or DEFAULT_BINARIZE.get(name, "none")
     if binarize not in BINARIZE:
@@ -529,6 +537,12 @@ def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Opt
     if in_memory not in IN_MEMORY:
         raise DataError(f"data.in_memory = {shown(in_memory)}: valid: \"auto\", true, false")
     check_num_workers(num_workers)
+    if standardize not in (True, False):
+        raise DataError(f"data.standardize = {shown(standardize)}: valid: true, false")
+    if standardize and binarize != "none":
+        raise DataError(f"data.standardize = true with data.binarize = {shown(binarize)}: standardized values are "
+                        "not grey levels; set data.binarize = \"none\" (and a likelihood for real values, such as "
+                        "gaussian)")
     given = dict(path=path, download=download, key=key, label_key=label_key, scale=scale, **options)
     try:
         _, chosen = DATASETS.split({"name": name, **source_options(name, given)}, "data")
@@ -559,6 +573,11 @@ def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Opt
             raise DataError(f"data.labeled = {labeled}: data set {shown(name)} has no labels")
         mask = choose_labeled(train.labels.cpu(), labeled)
     train = train.binarized_as("threshold") if binarize == "threshold" else train
-    out = Dataset(name, train, data.test_split.binarized_as(binarize), binarize, labeled=mask, validation=validation)
+    test, standardization = data.test_split.binarized_as(binarize), None
+    if standardize:  # the training split's statistics, for every split
+        standardization = Standardization.of(train)
+        train, test = train.standardized(standardization), test.standardized(standardization)
+        validation = None if validation is None else validation.standardized(standardization)
+    out = Dataset(name, train, test, binarize, labeled=mask, validation=validation, standardization=standardization)
     out.num_workers = num_workers
     return placed(out, in_memory, device, where)

@@ -129,6 +129,10 @@ class Split:
         """The split as a float32 tensor on its device (read once, in chunks)."""
         raise NotImplementedError
 
+    def standardized(self, standardization: "Standardization") -> "Split":
+        """The split with every point mapped to (x - mean) / std per feature (``data.standardize``)."""
+        raise NotImplementedError
+
     def __getitem__(self, key) -> torch.Tensor:
         """Points by position: an int, a slice, an index tensor or a boolean mask (as a tensor's rows)."""
         if isinstance(key, slice):
@@ -187,6 +191,9 @@ class InMemorySplit(Split):
             return self
         return StreamedSplit(TensorRows(self.tensor.cpu()), self.labels, 1.0, None, mode, self.device).in_memory()
 
+    def standardized(self, standardization: "Standardization") -> "InMemorySplit":
+        return InMemorySplit(standardization.apply(self.tensor), self.labels)
+
 
 class _PlanReader(torch.utils.data.Dataset):
     """A streamed split as a map-style Dataset whose ``__getitems__`` reads one minibatch (what a
@@ -239,10 +246,13 @@ class StreamedSplit(Split):
     """
 
     def __init__(self, rows: Rows, labels: Optional[torch.Tensor] = None, scale: Optional[float] = None,
-                 index: Optional[np.ndarray] = None, binarized: str = "none", device="cpu"):
+                 index: Optional[np.ndarray] = None, binarized: str = "none", device="cpu",
+                 standardization: Optional["Standardization"] = None):
         if binarized not in FIXED_BINARIZATIONS:
             raise ValueError(f"binarized = {binarized!r}: one of {FIXED_BINARIZATIONS}")
         self.rows, self.index, self.binarized = rows, index, binarized
+        #: (x - mean) / std after the conversion (``data.standardize``), or None
+        self.standardization = standardization
         self.scale = default_scale(rows.dtype) if scale is None else float(scale)
         self.event_shape = tuple(rows.row_shape)
         self.device = torch.device(device)
@@ -279,6 +289,8 @@ class StreamedSplit(Split):
 
     def _finish(self, raw: torch.Tensor) -> torch.Tensor:
         x = as_points(raw, self.scale, self.device)
+        if self.standardization is not None:
+            x = self.standardization.apply(x)
         return (x > 0.5).float() if self.binarized == "threshold" else x
 
     def read(self, index: torch.Tensor) -> torch.Tensor:
@@ -332,13 +344,23 @@ class StreamedSplit(Split):
         index = np.asarray(torch.as_tensor(index).cpu().numpy(), dtype=np.int64).reshape(-1)
         positions = self._positions(index)
         compact = positions.astype(np.int32) if len(self.rows) < 2**31 else positions
-        return StreamedSplit(self.rows, self.row_labels, self.scale, compact, self.binarized, self.device)
+        return self._with(index=compact)
 
     def to(self, device) -> "StreamedSplit":
-        return StreamedSplit(self.rows, self.row_labels, self.scale, self.index, self.binarized, device)
+        return self._with(device=device)
 
     def binarized_as(self, mode: str) -> "StreamedSplit":
-        return StreamedSplit(self.rows, self.row_labels, self.scale, self.index, mode, self.device)
+        return self._with(binarized=mode)
+
+    def standardized(self, standardization: "Standardization") -> "StreamedSplit":
+        return self._with(standardization=standardization)
+
+    def _with(self, **changes) -> "StreamedSplit":
+        """This split over the same rows, with ``changes`` to its index map, binarization, device or
+        standardization."""
+        given = dict(labels=self.row_labels, scale=self.scale, index=self.index, binarized=self.binarized,
+                     device=self.device, standardization=self.standardization)
+        return StreamedSplit(self.rows, **{**given, **changes})
 
     def in_memory(self) -> InMemorySplit:
         out = torch.empty((len(self), *self.event_shape), dtype=torch.float32, device=self.device)
@@ -347,6 +369,57 @@ class StreamedSplit(Split):
             out[start:start + chunk.shape[0]] = chunk
             start += chunk.shape[0]
         return InMemorySplit(out, self.labels)
+
+
+class Standardization:
+    """Per-feature standardization, x -> (x - mean) / std (``data.standardize``), with the mean and
+    the standard deviation of the training split: features that do not vary (std 0) are only
+    centred. :meth:`undo` maps a model's outputs (samples, reconstructions) back to the data's
+    units for figures."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        self.mean = mean.detach().to(torch.float32)
+        self.std = torch.where(std > 0, std, torch.ones_like(std)).detach().to(torch.float32)
+
+    @classmethod
+    def of(cls, split: Split) -> "Standardization":
+        """The mean and standard deviation (population) of each feature over ``split``, in one sweep
+        of float64 chunk statistics combined exactly (Chan et al.'s pairwise update): never the
+        split whole."""
+        count, mean, m2 = 0, None, None
+        for chunk in split.chunks():
+            values = chunk.detach().to("cpu", torch.float64)
+            n = values.shape[0]
+            if n == 0:
+                continue
+            chunk_mean = values.mean(0)
+            chunk_m2 = ((values - chunk_mean) ** 2).sum(0)
+            if mean is None:
+                count, mean, m2 = n, chunk_mean, chunk_m2
+                continue
+            delta, total = chunk_mean - mean, count + n
+            mean = mean + delta * (n / total)
+            m2 = m2 + chunk_m2 + delta ** 2 * (count * n / total)
+            count = total
+        if mean is None:
+            raise DataError("data.standardize: the training split is empty")
+        return cls(mean, (m2 / count).sqrt())
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def undo(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.std.to(x.device) + self.mean.to(x.device)
+
+    def as_record(self) -> dict:
+        """Plain lists (what the checkpoint's data record keeps)."""
+        return {"mean": self.mean.reshape(-1).tolist(), "std": self.std.reshape(-1).tolist()}
+
+    @classmethod
+    def from_record(cls, record: dict, event_shape) -> "Standardization":
+        shape = tuple(event_shape)
+        return cls(torch.tensor(record["mean"], dtype=torch.float32).reshape(shape),
+                   torch.tensor(record["std"], dtype=torch.float32).reshape(shape))
 
 
 def as_split(points, labels: Optional[torch.Tensor] = None, where: str = "data") -> Split:

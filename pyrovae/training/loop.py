@@ -640,7 +640,19 @@ def check_data(model, data: Dataset, batch_size: int) -> None:
         for chunk in data.test_split.chunks():
             model.check_data(chunk, f"data {data.name!r} (test split)")
         data.checked_for = model
-    model.dry_run(data.test_head(2), data.num_train)
+    head = data.test_head(2)
+    try:
+        model.dry_run(head, data.num_train)
+    except ConfigError as e:
+        largest = float(head.x.abs().max()) if head.x.numel() else 0.0
+        if largest > LARGE_VALUES and getattr(data, "standardization", None) is None:
+            raise ConfigError(f"{e}; the data hold values up to {largest:g} (raw features in units of their own "
+                              "often break a network's first step): try data.standardize = true") from None
+        raise
+
+
+#: a dry-run failure on data with values beyond this suggests data.standardize
+LARGE_VALUES = 100.0
 
 
 def _out_of_memory(e: BaseException) -> bool:
