@@ -246,7 +246,7 @@ def test_a_family_that_does_not_fit_the_data_is_one_line():
             pass
 
     data = load_dataset("digits")
-    with pytest.raises(ConfigError, match=r"model \(Broken\): a dry batch of 2 points with 2 particles fails"):
+    with pytest.raises(ConfigError, match=r"model \(Broken\): a dry batch of 2 points fails"):
         fit(Broken(data.event_shape), data, epochs=1, progress=False)
 
 

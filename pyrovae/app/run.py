@@ -19,6 +19,7 @@ import json
 import math
 import shutil
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
@@ -153,6 +154,8 @@ def _train(config: Config, out_dir, resume: bool, device: torch.device, model=No
         model = build_run_model(config, data.event_shape, data.num_classes, device)
     check_data(model, data, config.train.batch_size)
     resolve_estimator(config.train.estimator, model, data.test_head(2))
+    if rank == 0 and config.train.progress and getattr(type(model), "vectorizable", True) is None:
+        print(particles_line(model), file=sys.stderr)  # what the dry run showed, for a family that did not say
 
     if dist.is_initialized():
         dist.barrier()  # every rank has checked its input before rank 0 creates anything
@@ -176,6 +179,16 @@ def _train(config: Config, out_dir, resume: bool, device: torch.device, model=No
     finally:
         lock.release()
     return out_dir
+
+
+def particles_line(model) -> str:
+    """One line on how a family that did not declare :attr:`~pyrovae.Model.vectorizable` runs L > 1 particles."""
+    name = type(model).__name__
+    if model.particles_vectorized:
+        return (f"pyrovae: model ({name}): L > 1 particles run in one vectorized pass (a particle plate left of "
+                "its plates); one particle, the default, runs on the batch's own shapes")
+    return (f"pyrovae: model ({name}): L > 1 particles run one after another: a particle plate fails it "
+            f"({model.particles_note}); declare vectorizable = False to skip the check, or True once it broadcasts")
 
 
 def _claim_run_dir(config: Config, out_dir, resume: bool, lock: RunLock) -> Path:

@@ -35,15 +35,24 @@ def make_elbo(estimator: str, model, num_particles: int = 1, batch=None) -> pyro
         estimator = resolve_estimator(estimator, model, batch)
     # The VAE has exactly one plate, so the particle plate goes at dim -2 without a guessing trace.
     nesting = getattr(model, "plate_nesting", None) or float("inf")
+    # L > 1 particles in one pass where the family can take a particle plate (Model.vectorized_for),
+    # else one after another, as Pyro's vectorize_particles=False does
+    shown_on_batch = batch is not None and hasattr(model, "vectorized_for")
+    vectorize = num_particles > 1 and (model.vectorized_for(batch) if shown_on_batch
+                                       else getattr(model, "particles_vectorized", True) is not False)
     if estimator == "iwae":
+        if num_particles > 1 and not vectorize:
+            raise ConfigError(f"train.estimator = 'iwae' with train.engine = 'pyro' draws its "
+                              f"{num_particles} particles in one pass, which {type(model).__name__} cannot take "
+                              f"({model.particles_note}); use train.engine = 'torch'")
         return IWAE(num_particles=num_particles, max_plate_nesting=nesting)
     if estimator == "mc" and batch is not None and model.enumerated_sites(batch):
-        return pyro.infer.TraceEnum_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1,
+        return pyro.infer.TraceEnum_ELBO(num_particles=num_particles, vectorize_particles=vectorize,
                                          max_plate_nesting=model.max_plate_nesting(batch))
     cls = ESTIMATORS.get(estimator).pyro_elbo
     if cls is None:
         raise ConfigError(f"train.estimator = {shown(estimator)} has no Pyro ELBO: use train.engine = 'torch'")
-    return cls(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=nesting)
+    return cls(num_particles=num_particles, vectorize_particles=vectorize, max_plate_nesting=nesting)
 
 
 class LatentScale(Messenger):

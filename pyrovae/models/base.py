@@ -133,12 +133,21 @@ class Model(PyroModule):
             raise ConfigError(f"model: {type(self).__name__}.num_classes = {mine!r}, but it was built for "
                               f"{num_classes} classes (pyrovae reads num_classes as the number of classes)")
 
+    #: whether the model and guide run L particles at once, in a particle plate left of their own
+    #: plates (True, as under Pyro's ``vectorize_particles=True``), or not (False: the particles run
+    #: one after another, as under ``vectorize_particles=False``); None: as the dry run shows. With
+    #: one particle, the default, a family never sees a particle dimension either way.
+    vectorizable: Optional[bool] = None
+
     def __init__(self, event_shape: Sequence[int], name: str = ""):
         super().__init__(name)
         self.event_shape = tuple(int(s) for s in event_shape)
         self.event_dim = len(self.event_shape)
         self._max_plate_nesting: Optional[int] = None
         self._enumerated: Optional[List[str]] = None
+        #: whether L > 1 particles run vectorized (None: not yet known), and why not
+        self.particles_vectorized: Optional[bool] = self.vectorizable
+        self.particles_note: Optional[str] = None
 
     # -- the Pyro program (a family writes these) ------------------------------------------
     def model(self, batch, num_data: Optional[int] = None):
@@ -205,20 +214,22 @@ class Model(PyroModule):
 
     def traces(self, batch, num_particles: int = 1, num_data: Optional[int] = None,
                values: Optional[Dict[str, torch.Tensor]] = None):
-        """``(model_trace, guide_trace)`` for L = ``num_particles`` vectorized particles, with
+        """``(model_trace, guide_trace)`` for L = ``num_particles`` vectorized particles (one
+        particle: no particle plate, so the programs see the batch's own shapes), with
         log-densities computed; ``values`` fixes guide sites to given (reparameterized) values.
         Sites marked ``infer={"enumerate": "parallel"}`` are enumerated as in ``TraceEnum_ELBO``:
         the guide's in the dimensions left of the plates and the particles, the model's own left
         of those."""
         batch = as_batch(batch)
         nesting = self.max_plate_nesting(batch)
-        guide = self._vectorized(self.guide, num_particles, nesting)
+        guide = self._vectorized(self.guide, num_particles, nesting) if num_particles > 1 else self.guide
         if values:
             guide = poutine.condition(guide, data=values)
         guide_trace = poutine.trace(EnumMessenger(first_available_dim=-(nesting + 2))(guide)).get_trace(batch, num_data)
         for name in values or ():  # given values stand for samples: latent, not observed
             guide_trace.nodes[name]["is_observed"] = False
-        model = poutine.replay(self._vectorized(self.model, num_particles, nesting), trace=guide_trace)
+        model = self._vectorized(self.model, num_particles, nesting) if num_particles > 1 else self.model
+        model = poutine.replay(model, trace=guide_trace)
         model_trace = poutine.trace(EnumMessenger()(model)).get_trace(batch, num_data)  # the guide's dims kept
         for trace in (guide_trace, model_trace):
             trace.compute_log_prob(lambda name, site: not site_is_subsample(site))
@@ -232,8 +243,29 @@ class Model(PyroModule):
         loop passes what :meth:`noise_shape` asks for); the general path samples through Pyro.
         ``values`` fixes guide sites (as ``poutine.condition``)."""
         batch = as_batch(batch)
+        if num_particles > 1 and not self.vectorized_for(batch, num_data):
+            return Terms.stack([self.terms(batch, 1, num_data, kl, None, _particle(values, i))
+                                for i in range(num_particles)])
         model_trace, guide_trace = self.traces(batch, num_particles, num_data, values)
-        return trace_terms(model_trace, guide_trace, num_particles, batch.x.shape[0], num_data, kl, values or ())
+        return trace_terms(model_trace, guide_trace, num_particles, batch.x.shape[0], num_data, kl, values or (),
+                           nesting=self.max_plate_nesting(batch))
+
+    def vectorized_for(self, batch, num_data: Optional[int] = None) -> bool:
+        """Whether L > 1 particles run in one vectorized pass: as the family declares
+        (:attr:`vectorizable`), else as a 2-particle pass on ``batch`` shows, once (a family whose
+        code assumes the batch's own shapes, a ``BatchNorm1d`` or a mask over (M, D), fails it and
+        runs its particles one after another; :attr:`particles_note` says why)."""
+        if self.particles_vectorized is None:
+            try:
+                with torch.no_grad(), torch.random.fork_rng(devices=[]), poutine.block():
+                    model_trace, guide_trace = self.traces(as_batch(batch), 2, num_data)
+                    trace_terms(model_trace, guide_trace, 2, len(as_batch(batch)), num_data, False,
+                                nesting=self.max_plate_nesting(batch))
+                self.particles_vectorized = True
+            except Exception as e:  # a family's own code can fail in any way on a particle dimension
+                self.particles_vectorized = False
+                self.particles_note = f"{type(e).__name__}: {one_line(str(e), 120)}"
+        return self.particles_vectorized
 
     def importance_sampler(self, batch, num_data: Optional[int] = None):
         """A function ``draw(k)`` that gives the log importance weights log p(x, z_j) - log q(z_j | x)
@@ -255,24 +287,32 @@ class Model(PyroModule):
         return None
 
     def dry_run(self, batch, num_data: Optional[int] = None) -> None:
-        """Check the family's contract on a small batch, when the model is built: its terms with 2
-        particles compute, every guide site is a model site (Pyro's ``check_model_guide_match``),
-        its local sites are under a subsampled plate "data" (size ``num_data``, scaled by N/M),
-        and its observed site is found. A family that breaks it fails here, in one ConfigError
-        line naming the site, not deep inside training or after it."""
+        """Check the family's contract on a small batch, when the model is built: its terms with one
+        particle (the batch's own shapes) compute, every guide site is a model site (Pyro's
+        ``check_model_guide_match``), its local sites are under a subsampled plate "data" (size
+        ``num_data``, scaled by N/M), and its observed site is found; then whether L > 1 particles
+        can run vectorized (:meth:`vectorized_for`; a family that declares ``vectorizable = True``
+        must). A family that breaks it fails here, in one ConfigError line naming the site, not
+        deep inside training or after it."""
         batch = as_batch(batch)
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                self.terms(batch, 2, num_data, kl=False)
-                model_trace, guide_trace = self.traces(batch, 2, num_data)
+                self.terms(batch, 1, num_data, kl=False)
+                model_trace, guide_trace = self.traces(batch, 1, num_data)
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting(batch) + 1)
         except PyrovaeError:
             raise
         except Exception as e:  # a family's own code can fail in any way
-            raise ConfigError(f"model ({type(self).__name__}): a dry batch of {len(batch)} points with 2 "
-                              f"particles fails ({type(e).__name__}: {one_line(str(e), 200)})") from None
+            raise ConfigError(f"model ({type(self).__name__}): a dry batch of {len(batch)} points "
+                              f"fails ({type(e).__name__}: {one_line(str(e), 200)})") from None
+        if self.vectorizable is not False:  # shown on this batch, and a declaration checked
+            self.particles_vectorized = None
+            if not self.vectorized_for(batch, num_data) and self.vectorizable:
+                raise ConfigError(f"model ({type(self).__name__}) declares vectorizable = True, but 2 particles in a "
+                                  f"particle plate fail ({self.particles_note}); declare vectorizable = False to "
+                                  "run them one after another")
         for warning in caught:
             if "not model" in str(warning.message):
                 names = str(warning.message).split(":", 1)[-1].strip()
@@ -396,6 +436,11 @@ class Model(PyroModule):
             return param.device
         buffer = next(self.buffers(), None)
         return buffer.device if buffer is not None else torch.device("cpu")
+
+
+def _particle(values: Optional[Dict[str, torch.Tensor]], i: int) -> Optional[Dict[str, torch.Tensor]]:
+    """Particle ``i``'s fixed guide values, from values with the particles on the left."""
+    return None if not values else {name: value[i] for name, value in values.items()}
 
 
 def _with_batch(fn):

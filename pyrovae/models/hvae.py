@@ -58,6 +58,8 @@ class HVAE(Model):
     :param posterior: the posterior family of each guide layer (``gaussian``, ``iaf``).
     """
 
+    vectorizable = True  # its programs broadcast over a particle plate (Pyro's vectorize_particles)
+
     plate_nesting = 1
     config_defaults = {"encoder": _TANH_200, "decoder": _TANH_200, "encoder2": _TANH_100, "decoder2": _TANH_100}
 

@@ -100,6 +100,20 @@ class Terms:
     def num_particles(self) -> int:
         return self.reconstruction.shape[0]
 
+    @staticmethod
+    def stack(particles) -> "Terms":
+        """The terms of L particles drawn one after another (each a ``Terms`` of one particle), as
+        one ``Terms`` of L: the same estimate a vectorized pass gives."""
+        first = particles[0]
+
+        def cat(name):
+            values = [getattr(t, name) for t in particles]
+            return None if values[0] is None else torch.cat(values, 0)
+
+        auxiliary = None if first.auxiliary is None else torch.stack([t.auxiliary for t in particles]).mean(0)
+        return Terms(cat("reconstruction"), cat("kl"), cat("log_prior"), cat("log_q"),
+                     all(t.kl_exact for t in particles), auxiliary, cat("importance_log_weights"))
+
 
 def _frames(site) -> Dict[str, object]:
     return {f.name: f for f in site["cond_indep_stack"] if f.vectorized}
@@ -194,11 +208,13 @@ def closed_form_kl(q, p) -> Optional[torch.Tensor]:
 
 
 def trace_terms(model_trace, guide_trace, num_particles: int, num_points: int, num_data: Optional[int] = None,
-                kl: bool = True, given: Iterable[str] = (), plate: str = DATA_PLATE) -> Terms:
+                kl: bool = True, given: Iterable[str] = (), plate: str = DATA_PLATE,
+                nesting: Optional[int] = None) -> Terms:
     """The :class:`Terms` of a model trace replayed on a guide trace, both with log-densities
-    computed and L = ``num_particles`` particles in the plate ``num_particles_vectorized``
-    (see the module docstring). ``given``: guide sites fixed to values (they count as samples);
-    ``plate``: the plate whose entries are the datapoints."""
+    computed and L = ``num_particles`` particles in the plate ``num_particles_vectorized``, or
+    one particle and no particle plate (see the module docstring). ``given``: guide sites fixed
+    to values (they count as samples); ``plate``: the plate whose entries are the datapoints;
+    ``nesting``: the program's plate nesting (where enumeration starts without a particle plate)."""
     shape = (num_particles, num_points)
     n = num_data or num_points
     guide_latent = latent_sites(guide_trace, given)
@@ -217,7 +233,7 @@ def trace_terms(model_trace, guide_trace, num_particles: int, num_points: int, n
                                 if site["fn"].support.is_discrete else "")
                              + "; pyrovae's estimators differentiate through the samples")
     if enum_guide or enum_model:
-        return _enumerated_terms(model_trace, guide_latent, enum_guide, enum_model, shape, n, plate)
+        return _enumerated_terms(model_trace, guide_latent, enum_guide, enum_model, shape, n, plate, nesting)
     device = next(site["unscaled_log_prob"].device for _, site in sample_sites(model_trace))
     zeros = torch.zeros(shape, device=device)
     log_q, q_per_site = zeros, {}
@@ -250,11 +266,15 @@ def trace_terms(model_trace, guide_trace, num_particles: int, num_points: int, n
     return Terms(reconstruction, kl_total if kl else None, log_prior, log_q, exact)
 
 
-def _enumerated_terms(model_trace, guide_latent, enum_guide, enum_model, shape, n, plate) -> Terms:
+def _enumerated_terms(model_trace, guide_latent, enum_guide, enum_model, shape, n, plate,
+                      nesting: Optional[int] = None) -> Terms:
     """:func:`trace_terms` with discrete sites summed out (the module docstring's sums)."""
     particle_dims = [-f.dim for _, site in sample_sites(model_trace) for f in site["cond_indep_stack"]
                      if f.name == PARTICLE_PLATE]
-    plate_dims = max(particle_dims)
+    if not particle_dims and nesting is None:  # one particle, no particle plate: the plates' own nesting
+        nesting = max((-f.dim for _, site in sample_sites(model_trace) for f in site["cond_indep_stack"]
+                       if f.vectorized), default=0)
+    plate_dims = max(particle_dims) if particle_dims else nesting + 1  # the particle plate's place, used or not
     dims = [site["infer"]["_enumerate_dim"] for site in (*enum_guide.values(), *enum_model.values())]
     enum_dims = -min(dims) - plate_dims
     for name, site in (*enum_guide.items(), *enum_model.items()):

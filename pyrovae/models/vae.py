@@ -65,6 +65,8 @@ class VAE(Model):
         svi.step(x_batch, num_data=N)
     """
 
+    vectorizable = True  # its programs broadcast over a particle plate (Pyro's vectorize_particles)
+
     plate_nesting = 1  # the plate "data"
     observed_site = "x"
     #: the networks' defaults as a config writes them out

@@ -1,0 +1,139 @@
+"""What a model sees: with one particle (the default) the batch's own shapes and no particle
+dimension, as under Pyro's Trace_ELBO; with L > 1 a particle plate where the family can take one,
+else the particles one after another. Both schedules give the same estimate, in value and
+gradient, from the same draws."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from torch import nn
+
+import pyrovae
+from pyrovae import Batch, ConfigError, Model
+from pyrovae.app.cli import main
+
+
+class Plain(Model):
+    """A family in plain Pyro that broadcasts over a particle plate (it never says so)."""
+
+    def __init__(self, event_shape, latent_dim: int = 3):
+        super().__init__(event_shape)
+        d = event_shape[0]
+        self.latent_dim = latent_dim
+        self.encoder, self.decoder = nn.Linear(d, 2 * latent_dim), nn.Linear(latent_dim, d)
+        self.seen = []
+
+    def decode(self, z):
+        return self.decoder(z)
+
+    def model(self, batch, num_data=None):
+        with self.data_plate(batch, num_data):
+            z = pyro.sample("z", dist.Normal(batch.x.new_zeros(len(batch), self.latent_dim), 1.0).to_event(1))
+            self.seen.append(tuple(z.shape))
+            pyro.sample("x", dist.Normal(self.decode(z), 1.0).to_event(1), obs=batch.x)
+
+    def guide(self, batch, num_data=None):
+        loc, log_scale = self.encoder(batch.x).chunk(2, -1)
+        with self.data_plate(batch, num_data):
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+
+class Normed(Plain):
+    """ProdLDA's way: a BatchNorm1d over (M, D) in the decoder, which a particle plate breaks."""
+
+    def __init__(self, event_shape, latent_dim: int = 3):
+        super().__init__(event_shape, latent_dim)
+        self.norm = nn.BatchNorm1d(event_shape[0])
+
+    def decode(self, z):
+        return self.norm(self.decoder(z))
+
+
+def batch(m=8, d=5):
+    return Batch(torch.randn(m, d, generator=torch.Generator().manual_seed(1)))
+
+
+def test_one_particle_is_the_batchs_own_shape():
+    model = Plain((5,))
+    model.dry_run(batch(), 100)
+    model.seen.clear()
+    model.terms(batch(), 1, 100)
+    assert model.seen == [(8, 3)]  # no particle dimension
+    model.seen.clear()
+    model.terms(batch(), 4, 100)
+    assert model.seen == [(4, 8, 3)] and model.particles_vectorized  # shown at the dry run
+
+
+def test_a_family_that_cannot_take_a_particle_plate_runs_its_particles_one_after_another():
+    model = Normed((5,))
+    model.dry_run(batch(), 100)
+    assert model.particles_vectorized is False and "RuntimeError" in model.particles_note
+    model.seen.clear()
+    terms = model.terms(batch(), 3, 100)
+    assert model.seen == [(8, 3)] * 3 and terms.elbo.shape == (3, 8)
+
+
+def test_the_two_schedules_give_the_same_estimate_in_value_and_gradient(monkeypatch):
+    """The same draws in both: torch's normal sampler fills a tensor of 16 or more in blocks, so 4 draws of
+    (8, 3) are not one draw of (4, 8, 3); here every reparameterized draw reads the next values of one stream."""
+    stream = torch.randn(4096, generator=torch.Generator().manual_seed(3))
+
+    def estimate(vectorized):
+        used = [0]
+
+        def rsample(self, sample_shape=torch.Size()):
+            shape = self._extended_shape(sample_shape)
+            n = shape.numel()
+            eps = stream[used[0]:used[0] + n].reshape(shape)
+            used[0] += n
+            return self.loc + eps * self.scale
+
+        monkeypatch.setattr(torch.distributions.Normal, "rsample", rsample)
+        torch.manual_seed(0)
+        model = Plain((5,))
+        model.particles_vectorized = vectorized
+        terms = model.terms(batch(), 4, 100)
+        loss = -terms.elbo.mean()
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        return terms.elbo.detach(), grads
+
+    (a, ga), (b, gb) = estimate(True), estimate(False)
+    assert torch.allclose(a, b, atol=1e-5)
+    for x, y in zip(ga, gb):
+        assert torch.allclose(x, y, atol=1e-5)
+
+
+def test_a_declared_vectorizable_family_that_is_not_is_one_line():
+    class Claims(Normed):
+        vectorizable = True
+
+    with pytest.raises(ConfigError, match="declares vectorizable = True, but 2 particles in a particle plate fail"):
+        Claims((5,)).dry_run(batch(), 100)
+
+
+def test_a_family_declared_sequential_is_never_tried_on_a_plate():
+    class Says(Normed):
+        vectorizable = False
+
+    model = Says((5,))
+    model.dry_run(batch(), 100)
+    model.seen.clear()
+    model.terms(batch(), 2, 100)
+    assert model.seen == [(8, 3)] * 2 and model.particles_note is None
+
+
+@pytest.mark.parametrize("engine", ["torch", "pyro"])
+def test_a_batchnorm_family_trains_with_several_particles_under_both_engines(tmp_path, engine, capsys):
+    pyrovae.MODELS.register("normed_test")(Normed)
+    table = tmp_path / "t.npy"
+    import numpy as np
+
+    np.save(table, np.random.default_rng(0).normal(size=(120, 5)).astype(np.float32))
+    code = main(["train", "--set", "model.family=normed_test", "--set", "data.name=file", "--set",
+                 f"data.path={table}", "--set", "train.num_particles=3", "--set", f"train.engine={engine}",
+                 "--set", "train.estimator=mc", "--set", "train.epochs=2", "--set", "train.batch_size=20",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "model (Normed): L > 1 particles run one after another" in err
