@@ -137,3 +137,32 @@ def test_a_batchnorm_family_trains_with_several_particles_under_both_engines(tmp
     err = capsys.readouterr().err
     assert code == 0, err
     assert "model (Normed): L > 1 particles run one after another" in err
+
+
+class Pretrained(Plain):
+    """A family whose constructor loads pretrained weights (as a pasted example may)."""
+
+    WEIGHTS = {"weight": torch.full((5, 3), 0.25), "bias": torch.zeros(5)}
+
+    def __init__(self, event_shape, latent_dim: int = 3):
+        super().__init__(event_shape, latent_dim)
+        self.decoder.load_state_dict(self.WEIGHTS)
+
+
+def test_a_constructor_that_loads_weights_builds_without_warnings_and_trains_them(tmp_path):
+    import numpy as np
+
+    pyrovae.MODELS.register("pretrained_test")(Pretrained)
+    np.save(tmp_path / "t.npy", np.random.default_rng(0).normal(size=(120, 5)).astype(np.float32))
+    config = pyrovae.load_config(None, ["model.family=pretrained_test", "data.name=file",
+                                        f"data.path={tmp_path / 't.npy'}", "train.epochs=1", "train.batch_size=20",
+                                        "train.progress=false"])
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:  # as a user's terminal shows them
+        warnings.simplefilter("always")
+        run = pyrovae.train(config, tmp_path / "run")
+    assert not [w for w in caught if "meta" in str(w.message)], [str(w.message)[:80] for w in caught]
+    trained = pyrovae.load(run).decoder.weight.detach()
+    assert trained.shape == (5, 3) and not torch.equal(trained, Pretrained.WEIGHTS["weight"])
+    assert float((trained - 0.25).abs().max()) < 0.5  # trained from the loaded weights, not from a fresh draw

@@ -21,6 +21,7 @@ only just is better than losing a run to an allocation failure.
 """
 
 import contextlib
+import warnings
 from typing import Optional
 
 import pyro
@@ -151,7 +152,10 @@ def meta_model(build, device="cpu", options=None, num_classes: Optional[int] = N
     """``build()`` on the meta device (shapes only), within :func:`build_budget`; None if the model
     cannot be built there."""
     try:
-        with build_budget(device, options, num_classes), torch.device("meta"):
+        with build_budget(device, options, num_classes), torch.device("meta"), warnings.catch_warnings():
+            # a constructor that loads pretrained weights copies them into meta parameters: a no-op here (the
+            # real build loads them), which torch warns about once per tensor
+            warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
             return build()
     except ConfigError:
         raise
