@@ -200,3 +200,16 @@ def test_stratified_m2_resumes_bit_for_bit_and_bad_settings_are_refused(tmp_path
         pyrovae.load_config(None, ["model.family=m2", "train.labeled_per_batch=10", "train.epochs=1"])
     with pytest.raises(pyrovae.ConfigError, match="need a label budget"):  # and from Python, before training
         pyrovae.fit(M2((1, 8, 8), 10), pyrovae.load_dataset("digits"), epochs=1, labeled_weight=2.0)
+
+
+def test_m2_under_the_pyro_engine_with_a_label_budget_is_one_line_when_built(tmp_path, capsys):
+    """Its Pyro program takes all-labelled or all-unlabelled minibatches; the loop's mix of them is
+    refused when the run is built (a dry step on one labelled and one unlabelled point), naming
+    nothing the user did not set, and leaving no run folder."""
+    from conftest import one_line_error
+
+    err = one_line_error(capsys, main(["train", "--set", "model.family=m2", "--set", "data.labeled=100", "--set",
+                                       "train.engine=pyro", "--set", "train.epochs=1", "-q", "--out",
+                                       str(tmp_path / "run")]),
+                         "a dry step on 2 points fails (ValueError: the m2 family's Pyro program takes a minibatch")
+    assert "labeled_per_batch" not in err and "unexpected" not in err and not (tmp_path / "run").exists()

@@ -400,7 +400,8 @@ def with_family_training(d: Dict[str, Any]) -> Dict[str, Any]:
     if not isinstance(batch, int) or isinstance(batch, bool):
         return d  # refused by the [train] checks
     family = model.get("family", "vae")
-    fill = labeled_training(family, train, batch)
+    # the weighting keys weigh points of a minibatch, which Pyro's ELBOs (train.engine = "pyro") do not
+    fill = labeled_training(family, train, batch) if train.get("engine", TrainConfig.engine) != "pyro" else {}
     binarize = labeled_binarize(family)
     name = data.get("name", DataConfig.name)
     if binarize and data.get("binarize") is None and isinstance(name, str) and DEFAULT_BINARIZE.get(name) == "dynamic":

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from pyrovae.data.batch import Batch
 from pyrovae.data.datasets import Dataset, as_dataset, binarize_split
 from pyrovae.data.sampling import epoch_plan
 from pyrovae.devices import release_freed_memory, resolve_device
@@ -277,7 +278,7 @@ class Trainer:
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         #: what a step maximises (train.algorithm): the loop only calls its loss
         self.algorithm = build_algorithm(model, cfg, self.estimator, self.data.num_train, self.world)
-        self.algorithm.dry_run(self.data.test_head(2))
+        self.algorithm.dry_run(dry_training_batch(self.data))
         # Training noise (dynamic binarization, the family's reparameterization noise) is drawn for
         # the whole global batch from this generator, the same on every rank, and each rank takes
         # its shard: a run on K processes sees the same noise as on one, and resumes on any K.
@@ -613,6 +614,16 @@ class Trainer:
         return (f"; likely causes: a learning rate too high (optim.lr = {lr:.3g}), a learned likelihood scale "
                 "shrinking to 0 (raise min_scale), extreme data values; "
                 f"{self.kept()}; train.on_nan = 'rollback' retries with a smaller learning rate")
+
+
+def dry_training_batch(data: Dataset) -> Batch:
+    """Two test points as a training step sees them: under a label budget (``data.labeled``) one
+    labelled and one not, as minibatches that mix them are (a family's program that cannot take
+    such a minibatch then fails when the run is built, not mid-run)."""
+    head = data.test_head(2)
+    if data.labeled is None or head.y is None or len(head) < 2:
+        return head
+    return Batch(head.x, head.y, torch.tensor([True, False], device=head.x.device))
 
 
 def beta_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
