@@ -166,3 +166,48 @@ def test_a_constructor_that_loads_weights_builds_without_warnings_and_trains_the
     trained = pyrovae.load(run).decoder.weight.detach()
     assert trained.shape == (5, 3) and not torch.equal(trained, Pretrained.WEIGHTS["weight"])
     assert float((trained - 0.25).abs().max()) < 0.5  # trained from the loaded weights, not from a fresh draw
+
+
+# -- sampling from the prior: no made-up batch ------------------------------------------------------
+class Masked(Plain):
+    """Pyro's CVAE's way: the model conditions on part of x (a mask over its values)."""
+
+    def model(self, batch, num_data=None):
+        with self.data_plate(batch, num_data):
+            visible = batch.x * (batch.x > 0)  # reads the values of x
+            z = pyro.sample("z", dist.Normal(visible[:, :self.latent_dim], 1.0).to_event(1))
+            self.seen.append(tuple(z.shape))
+            pyro.sample("x", dist.Normal(self.decode(z), 1.0).to_event(1), obs=batch.x)
+
+
+def test_a_model_that_takes_only_shapes_from_x_samples_its_prior_with_no_data():
+    model = Plain((5,))
+    model.dry_run(batch(), 100)
+    with pytest.raises(pyrovae.data.batch.NeedsData):
+        Batch.without_data(3, (5,)).x.sum()  # its values cannot be read
+    assert model.sample(6).shape == (6, 5)  # x.new_zeros and obs=x: shapes only
+
+
+def test_a_model_that_reads_its_input_is_sampled_given_real_points_and_says_so(tmp_path, capsys):
+    from pyrovae.models.base import NeedsInput
+
+    model = Masked((5,))
+    model.dry_run(batch(), 100)
+    with pytest.raises(NeedsInput, match=r"cannot be sampled from its prior alone: it reads the data's values"):
+        model.sample(4)
+    given = model.sample(4, batch=batch())
+    assert given.shape == (4, 5)
+    import numpy as np
+
+    pyrovae.MODELS.register("masked_test")(Masked)
+    np.save(tmp_path / "t.npy", np.random.default_rng(0).normal(size=(120, 5)).astype(np.float32))
+    run = tmp_path / "run"
+    assert main(["train", "--set", "model.family=masked_test", "--set", "data.name=file", "--set",
+                 f"data.path={tmp_path / 't.npy'}", "--set", "train.epochs=1", "--set", "train.batch_size=20", "-q",
+                 "--out", str(run)]) == 0, capsys.readouterr().err
+    assert (run / "samples.png").exists()
+    capsys.readouterr()
+    assert main(["sample", str(run), "-n", "9", "--out", str(tmp_path / "s.png")]) == 0
+    err = capsys.readouterr().err
+    assert "cannot be sampled from its prior alone" in err and "drawn given the first 9 test points" in err, err
+    assert (tmp_path / "s.png").exists()

@@ -15,10 +15,19 @@ from pathlib import Path
 from pyrovae.app.checkpoint import convert_checkpoint, open_run, read_run_record
 from pyrovae.app.config import load_config
 from pyrovae.app.files import check_writable, own_file_problem
-from pyrovae.app.run import StoppedAtOnce, encode_run, evaluate_run, stop_at_once_on_signals, summary_line, train
+from pyrovae.app.run import (
+    StoppedAtOnce,
+    encode_run,
+    evaluate_run,
+    open_run_with_data,
+    stop_at_once_on_signals,
+    summary_line,
+    train,
+)
 from pyrovae.app.tracking import opened_run_store, recorded_store, tracking_notice
 from pyrovae.data.splits import Standardization
 from pyrovae.errors import PyrovaeError, RunDirError, one_line, shell_word
+from pyrovae.models.base import NeedsInput
 from pyrovae.training.loop import Interrupted
 from pyrovae.version import __version__
 
@@ -221,7 +230,14 @@ def _sample(args) -> None:
     if args.label is not None and not 0 <= args.label < classes:
         raise PyrovaeError(f"--label {args.label}: must be a class in [0, {classes})")
     pyro.set_rng_seed(args.seed)
-    samples = vae.sample(args.num) if args.label is None else vae.sample(args.num, y=args.label)
+    try:
+        samples = vae.sample(args.num) if args.label is None else vae.sample(args.num, y=args.label)
+    except NeedsInput as e:  # the model conditions on an input: samples given the run's test points
+        _, data = open_run_with_data(args.run_dir, args.plugins, command, "cpu")
+        points = data.test_head(args.num)
+        print(f"pyrovae: {e}; drawn given the first {len(points)} test points", file=sys.stderr)
+        pyro.set_rng_seed(args.seed)
+        samples = vae.sample(len(points), batch=points, y=args.label)
     recorded = opened.state["data"].get("standardization")
     if recorded is not None:  # data.standardize: the samples in the data's units
         samples = Standardization.from_record(recorded, vae.event_shape).undo(samples)

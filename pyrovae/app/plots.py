@@ -168,10 +168,30 @@ MAX_CLASS_ROWS = 20
 
 
 @torch.no_grad()
-def plot_samples(path, vae, n: int = 64, undo: Optional[Callable] = None) -> None:
+def plot_samples(path, vae, n: int = 64, undo: Optional[Callable] = None, given=None) -> None:
     """E[x | z] for z ~ p(z): the decoder's mean at prior samples; for a family that draws for
     labels (cvae, m2: ``num_classes``), one row per class of ``sqrt(n)`` samples each (the first
-    :data:`MAX_CLASS_ROWS` classes). ``undo`` maps them back to the data's units."""
+    :data:`MAX_CLASS_ROWS` classes). ``undo`` maps them back to the data's units. A family whose
+    model needs an input (:class:`~pyrovae.models.base.NeedsInput`) is sampled given the points of
+    ``given`` (test points), and the figure says so."""
+    from pyrovae.models.base import NeedsInput
+
+    try:
+        with torch.random.fork_rng(devices=[]):
+            vae.sample(1)
+    except NeedsInput:
+        if given is None:
+            raise
+        points = as_batch(given)
+        samples = vae.sample(len(points), batch=points)
+        samples = undo(samples) if undo is not None else samples
+        if is_image(vae.event_shape):
+            save_grid(path, samples, vae.event_shape, max(1, int(math.sqrt(len(points)))),
+                      f"samples given {len(points)} test points (the model conditions on its input)")
+        else:
+            save_vector_rows(path, [(_vectors(samples), f"{len(points)} samples given test points")],
+                             "samples given test points (the model conditions on its input)")
+        return
     classes = min(getattr(vae, "num_classes", None) or 0, MAX_CLASS_ROWS)
     vae = _Undone(vae, undo) if undo is not None else vae
     if not is_image(vae.event_shape):  # vectors: one heat-map row per sample (sorted by class where there are classes)
@@ -304,7 +324,7 @@ def plot_run(run_dir, vae, test_x: torch.Tensor, metrics: List[Dict], latent_x=N
     back to the data's units (a standardization's ``undo``), for the reconstructions and samples."""
     run_dir = Path(run_dir)
     figures = [("reconstructions.png", lambda path: plot_reconstructions(path, vae, test_x, undo=undo)),
-               ("samples.png", lambda path: plot_samples(path, vae, undo=undo)),
+               ("samples.png", lambda path: plot_samples(path, vae, undo=undo, given=test_x)),
                ("elbo.png", lambda path: plot_elbo(path, metrics))]
     latent_dim = getattr(vae, "latent_dim", None)
     left_out = []

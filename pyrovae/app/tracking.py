@@ -37,6 +37,7 @@ import torch
 
 from pyrovae.app.files import CONFIG, FIGURES, MLFLOW, atomic_write_bytes
 from pyrovae.errors import RunDirError, TrackingError, one_line, shell_word, shown
+from pyrovae.models.base import NeedsInput
 from pyrovae.rng import seeded
 from pyrovae.training.loop import Callback
 
@@ -75,8 +76,11 @@ class TensorBoardLog(Callback):
         if record["test_elbo"] is not None:
             with torch.no_grad(), seeded(trainer.data.test_split, trainer.cfg.seed):
                 x = trainer.data.test_head(32)
-                grids = {"samples": trainer.model.sample(64),
-                         "reconstructions": torch.cat([x.x, trainer.model.reconstruct(x)])}
+                try:
+                    samples = trainer.model.sample(64)
+                except NeedsInput:  # a model that conditions on an input: samples given the test points
+                    samples = trainer.model.sample(len(x), batch=x)
+                grids = {"samples": samples, "reconstructions": torch.cat([x.x, trainer.model.reconstruct(x)])}
             standardization = getattr(trainer.data, "standardization", None)
             if standardization is not None:  # in the data's units
                 grids = {tag: standardization.undo(images) for tag, images in grids.items()}

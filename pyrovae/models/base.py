@@ -39,7 +39,7 @@ from pyro.poutine.util import site_is_subsample
 from pyro.util import check_model_guide_match
 from torch.distributions import TransformedDistribution
 
-from pyrovae.data.batch import Batch, as_batch
+from pyrovae.data.batch import Batch, NeedsData, as_batch
 from pyrovae.errors import ConfigError, PyrovaeError, one_line
 from pyrovae.models.amortized import AmortizedGuide
 from pyrovae.models.terms import (
@@ -412,18 +412,32 @@ class Model(PyroModule):
     @torch.no_grad()
     def sample(self, num_samples: int, mean: bool = True, batch=None, y=None) -> torch.Tensor:
         """Draw from the model: the observed site's mean E[x | z] (``mean=True``) or a sample of
-        it, z ~ p(z). ``batch`` supplies what the model conditions on besides x (labels); or
-        ``y``, the labels of a family that reads them (one int, or ``num_samples``; default the
-        classes in turn: 0, 1, ..., C-1, 0, ...)."""
+        it, z ~ p(z). Without ``batch`` the model runs on a batch without data
+        (:meth:`Batch.without_data`, as Pyro's ``model(x=None)``): its prior predictive, never a
+        made-up batch; a family whose model needs an input (a CVAE that conditions on part of x)
+        cannot, which is :class:`NeedsInput`. ``batch``: real points the model is run on, their
+        observed site drawn instead of scored (samples given those inputs). ``y``: the labels of a
+        family that reads them (one int, or ``num_samples``; default the classes in turn: 0, 1,
+        ..., C-1, 0, ...)."""
         classes = getattr(self, "num_classes", None)
         if y is not None and not classes:
             raise ValueError(f"y: {type(self).__name__} reads no labels (it has no num_classes)")
+        name = self.observed_name()
         if batch is None:
             y = labels_for(num_samples, y, classes, self.device) if classes else None
-            batch = Batch(torch.zeros((num_samples, *self.event_shape), device=self.device), y)
-        trace = poutine.trace(poutine.uncondition(self.model)).get_trace(as_batch(batch), None)
-        site = trace.nodes[self.observed_name()]
-        return self._as_data(_mean_or_sample(site["fn"]) if mean else site["value"], num_samples)
+            empty = Batch.without_data(num_samples, self.event_shape, y, self.device)
+            try:
+                trace = poutine.trace(poutine.uncondition(self.model)).get_trace(empty, None)
+            except NeedsData as e:
+                raise NeedsInput(f"model ({type(self).__name__}) cannot be sampled from its prior alone: {e}; "
+                                 "give it inputs (sample(n, batch=points))") from None
+        else:
+            batch = as_batch(batch)[:num_samples]
+            if y is not None and classes:
+                batch = Batch(batch.x, labels_for(len(batch), y, classes, self.device), batch.labeled)
+            trace = poutine.trace(poutine.uncondition(self.model)).get_trace(batch, None)
+        site = trace.nodes[name]
+        return self._as_data(_mean_or_sample(site["fn"]) if mean else site["value"], len(site["value"]))
 
     def _as_data(self, values: torch.Tensor, m: int) -> torch.Tensor:
         """The observed site's values in the data's shape ``(M, *event_shape)`` (a family may flatten x)."""
@@ -436,6 +450,12 @@ class Model(PyroModule):
             return param.device
         buffer = next(self.buffers(), None)
         return buffer.device if buffer is not None else torch.device("cpu")
+
+
+class NeedsInput(ValueError):
+    """A family's model cannot be run without data (it reads its input's values: a CVAE that
+    conditions on part of x, a topic model that takes its document lengths from x): it is sampled
+    given real points instead (:meth:`Model.sample` with ``batch``)."""
 
 
 def _particle(values: Optional[Dict[str, torch.Tensor]], i: int) -> Optional[Dict[str, torch.Tensor]]:

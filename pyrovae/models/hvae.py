@@ -94,9 +94,10 @@ class HVAE(Model):
 
     def model(self, batch, num_data: Optional[int] = None):
         """p(z2) p(z1 | z2) p_theta(x | z1) under the plate "data"."""
-        x = as_batch(batch).x
-        with self.data_plate(x, num_data):
-            z2 = pyro.sample("z2", self.prior((x.shape[0],)))
+        batch = as_batch(batch)
+        x = batch.x  # None: drawn from the prior (Batch.without_data)
+        with self.data_plate(batch, num_data):
+            z2 = pyro.sample("z2", self.prior((len(batch),)))
             loc, log_var = self.decoder2(z2)
             z1 = pyro.sample("z1", dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1))
             pyro.sample("x", self.likelihood_dist(z1, batch=x), obs=x)

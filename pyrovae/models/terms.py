@@ -50,12 +50,15 @@ def data_plate(x, num_data: Optional[int] = None, name: str = DATA_PLATE) -> pyr
 
     Every site sampled inside it is scaled by ``num_data / M``, so a Pyro ELBO of the
     minibatch is an unbiased estimate of the full-data ELBO (Kingma & Welling 2014, eq. 8).
-    ``x`` is the minibatch (a tensor whose first dimension is M, or a :class:`~pyrovae.Batch`).
+    ``x`` is the minibatch (a tensor whose first dimension is M, or a :class:`~pyrovae.Batch`, which
+    may be one without data: then its size).
     Passing the subsample indices rather than ``subsample_size`` avoids a ``randperm(N)`` per step.
     """
-    x = x.x if isinstance(x, Batch) else x
-    size = x.shape[0]
-    return pyro.plate(name, size=num_data or size, subsample=torch.arange(size, device=x.device))
+    if isinstance(x, Batch):
+        size, device = len(x), x.device  # (a batch without data: its size)
+    else:
+        size, device = x.shape[0], x.device
+    return pyro.plate(name, size=num_data or size, subsample=torch.arange(size, device=device))
 
 
 @dataclass

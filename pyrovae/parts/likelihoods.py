@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyrovae.data.batch import as_batch
+from pyrovae.data.batch import NoData, as_batch
 from pyrovae.errors import DataError, shown
 from pyrovae.registry import Registry, check_choice
 
@@ -221,8 +221,9 @@ class _Counts(Likelihood):
         self.register_buffer("library_count", torch.zeros((), dtype=torch.float64))
 
     def log_library(self, batch) -> torch.Tensor:
-        """log l per point, ``(M, 1, ..., 1)``, or the training mean (a scalar) for ``batch=None``."""
-        if batch is None:
+        """log l per point, ``(M, 1, ..., 1)``, or the training mean (a scalar) for ``batch=None`` or a
+        batch without data (codes drawn from the prior: :meth:`pyrovae.Batch.without_data`)."""
+        if batch is None or isinstance(as_batch(batch).x, (NoData, type(None))):
             mean = self.log_library_sum / self.library_count.clamp(min=1)
             return mean.to(torch.get_default_dtype())
         x = as_batch(batch).x
