@@ -99,8 +99,10 @@ def run_hand_written(family, data, images, batch_size, alpha_per_label):
 
 def _fit(model, data, images, batch_size):
     sub = torch.randperm(data.num_train)[:images]
+    # a label budget only for a family that reads labels (pyrovae refuses one that reaches nothing)
+    budget = None if data.labeled is None or not getattr(model, "num_classes", None) else data.labeled[sub]
     part = pyrovae.Dataset(data.name, data.train[sub], data.test[:batch_size], "none", data.train_y[sub],
-                           data.test_y[:batch_size], None if data.labeled is None else data.labeled[sub])
+                           data.test_y[:batch_size], budget)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pyrovae.PosteriorCollapseWarning)
         metrics = pyrovae.fit(model, part, epochs=1, batch_size=batch_size, progress=False, eval_every=1,

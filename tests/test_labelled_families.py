@@ -213,3 +213,18 @@ def test_m2_under_the_pyro_engine_with_a_label_budget_is_one_line_when_built(tmp
                                        str(tmp_path / "run")]),
                          "a dry step on 2 points fails (ValueError: the m2 family's Pyro program takes a minibatch")
     assert "labeled_per_batch" not in err and "unexpected" not in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("family, reads", [("vae", False), ("hvae", False), ("cvae", True), ("m2", True)])
+def test_labels_that_reach_nothing_are_one_line(tmp_path, capsys, family, reads):
+    """A label budget on a family whose terms do not change with the labels is refused when the run
+    is built; one that reads them trains."""
+    from conftest import one_line_error
+
+    args = ["train", "--set", f"model.family={family}", "--set", "data.labeled=100", "--set", "train.epochs=1",
+            "--set", "train.batch_size=200", "-q", "--out", str(tmp_path / "run")]
+    if reads:
+        assert main(args) == 0, capsys.readouterr().err
+    else:
+        one_line_error(capsys, main(args), f"data.labeled = 100: model ({family.upper()}) reads no labels")
+        assert not (tmp_path / "run").exists()

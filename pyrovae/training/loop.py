@@ -660,6 +660,30 @@ def check_data(model, data: Dataset, batch_size: int) -> None:
             raise ConfigError(f"{e}; the data hold values up to {largest:g} (raw features in units of their own "
                               "often break a network's first step): try data.standardize = true") from None
         raise
+    if data.labeled is not None and head.y is not None and (data.num_classes or 0) > 1 \
+            and not labels_reach(model, head, data.num_classes, data.num_train):
+        raise ConfigError(f"data.labeled = {int(data.labeled.sum())}: model ({type(model).__name__}) reads no labels: "
+                          "on labelled points its model and guide give the same terms whatever the labels are; a "
+                          "label budget is for a family that reads batch.y (m2, cvae, or your own)")
+
+
+def labels_reach(model, batch: Batch, num_classes: int, num_data: int) -> bool:
+    """Whether a family's terms on the labelled ``batch`` depend on its labels: they are computed
+    with the labels and with other labels, from the same draws."""
+    other = (batch.y + 1) % num_classes
+    terms = []
+    for y in (batch.y, other):
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            terms.append(model.terms(Batch(batch.x, y), 1, num_data, kl=False))
+    fields = ("reconstruction", "log_prior", "log_q", "auxiliary", "importance_log_weights")
+    return any(not _same_values(getattr(terms[0], f), getattr(terms[1], f)) for f in fields)
+
+
+def _same_values(a, b) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.shape == b.shape and bool(torch.equal(a, b))
 
 
 #: a dry-run failure on data with values beyond this suggests data.standardize
