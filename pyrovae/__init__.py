@@ -19,36 +19,57 @@ Public API::
     MonteCarloEM   Monte Carlo EM with per-datapoint HMC E-steps; hmc_log_likelihood
 """
 
-from pyrovae.app.checkpoint import build_model, load
-from pyrovae.app.config import Config, DataConfig, ModelConfig, load_config
-from pyrovae.app.run import evaluate_run, train
-from pyrovae.app.runfolder import RunFolder
-from pyrovae.app.tracking import MLflowLog, TensorBoardLog
-from pyrovae.data.batch import Batch
-from pyrovae.data.datasets import DATASETS, Dataset, load_dataset
+import ast
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from pyrovae.errors import ConfigError, DataError, PyrovaeError, RunDirError, TrackingError
-from pyrovae.infer.algorithms import ALGORITHMS, Algorithm
-from pyrovae.infer.elbos import IWAE, LatentScale, elbo_per_datapoint, elbo_terms, make_elbo, objective_per_datapoint
-from pyrovae.infer.estimators import ESTIMATORS, Estimator, resolve_estimator
-from pyrovae.infer.evaluate import active_units, dataset_elbo, dataset_terms, evaluate, kl_per_dimension, log_likelihood
-from pyrovae.infer.hmc import hmc_log_likelihood
-from pyrovae.infer.wake_sleep import WakeSleep
-from pyrovae.models.amortized import AmortizedGuide
-from pyrovae.models.base import Model
-from pyrovae.models.cvae import CVAE
-from pyrovae.models.hvae import HVAE
-from pyrovae.models.m2 import M2
-from pyrovae.models.registry import MODELS
-from pyrovae.models.terms import Terms, data_plate
-from pyrovae.models.vae import VAE
-from pyrovae.parts.likelihoods import LIKELIHOODS, Likelihood
-from pyrovae.parts.nets import CLASSIFIERS, DECODERS, ENCODERS
-from pyrovae.parts.posteriors import POSTERIORS
-from pyrovae.parts.priors import PRIORS, Prior
-from pyrovae.training.loop import Callback, Interrupted, PosteriorCollapseWarning, TrainConfig, TrainingError, fit
-from pyrovae.training.mcem import MonteCarloEM
-from pyrovae.training.optim import OPTIMIZERS, build_optimizer
 from pyrovae.version import __version__  # noqa: F401 (the package's version)
+
+if TYPE_CHECKING:  # the public names, each imported on first use (see __getattr__); listed here once
+    from pyrovae.app.checkpoint import build_model, load
+    from pyrovae.app.config import Config, DataConfig, ModelConfig, load_config
+    from pyrovae.app.run import evaluate_run, train
+    from pyrovae.app.runfolder import RunFolder
+    from pyrovae.app.tracking import MLflowLog, TensorBoardLog
+    from pyrovae.data.batch import Batch
+    from pyrovae.data.datasets import DATASETS, Dataset, load_dataset
+    from pyrovae.infer.algorithms import ALGORITHMS, Algorithm
+    from pyrovae.infer.elbos import (
+        IWAE,
+        LatentScale,
+        elbo_per_datapoint,
+        elbo_terms,
+        make_elbo,
+        objective_per_datapoint,
+    )
+    from pyrovae.infer.estimators import ESTIMATORS, Estimator, resolve_estimator
+    from pyrovae.infer.evaluate import (
+        active_units,
+        dataset_elbo,
+        dataset_terms,
+        evaluate,
+        kl_per_dimension,
+        log_likelihood,
+    )
+    from pyrovae.infer.hmc import hmc_log_likelihood
+    from pyrovae.infer.wake_sleep import WakeSleep
+    from pyrovae.models.amortized import AmortizedGuide
+    from pyrovae.models.base import Model
+    from pyrovae.models.cvae import CVAE
+    from pyrovae.models.hvae import HVAE
+    from pyrovae.models.m2 import M2
+    from pyrovae.models.registry import MODELS
+    from pyrovae.models.terms import Terms, data_plate
+    from pyrovae.models.vae import VAE
+    from pyrovae.parts.likelihoods import LIKELIHOODS, Likelihood
+    from pyrovae.parts.nets import CLASSIFIERS, DECODERS, ENCODERS
+    from pyrovae.parts.posteriors import POSTERIORS
+    from pyrovae.parts.priors import PRIORS, Prior
+    from pyrovae.training.loop import Callback, Interrupted, PosteriorCollapseWarning, TrainConfig, TrainingError, fit
+    from pyrovae.training.mcem import MonteCarloEM
+    from pyrovae.training.optim import OPTIMIZERS, build_optimizer
 
 __all__ = [
     "DATASETS",
@@ -65,3 +86,32 @@ __all__ = [
     "PosteriorCollapseWarning",
     "WakeSleep", "MonteCarloEM", "hmc_log_likelihood",
 ]
+
+
+def _public_imports():
+    """``(module, name)`` of each public name, read from the ``TYPE_CHECKING`` block above (the one list)."""
+    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
+    block = next(node for node in tree.body
+                 if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING")
+    return [(node.module, alias.name) for node in block.body for alias in node.names]
+
+
+def __getattr__(name: str):
+    """The public API is imported at its first use, all of it at once (every registry filled, as an
+    eager ``import pyrovae`` did), so that ``pyrovae --version`` and ``--help`` answer without
+    loading torch and Pyro. A submodule (``pyrovae.data``) is imported when asked for."""
+    if name.startswith("__"):
+        raise AttributeError(f"module 'pyrovae' has no attribute {name!r}")
+    if "MODELS" not in globals():
+        for module, public in _public_imports():
+            globals()[public] = getattr(importlib.import_module(module), public)
+    if name in globals():
+        return globals()[name]
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError:
+        raise AttributeError(f"module 'pyrovae' has no attribute {name!r}") from None
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

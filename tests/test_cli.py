@@ -129,3 +129,19 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path, capsys):
     (out / "checkpoint.pt").write_bytes(data[: len(data) // 2])
     assert main(["evaluate", str(out)]) == 2
     assert "not a readable checkpoint" in capsys.readouterr().err
+
+
+def test_version_and_help_answer_before_torch_loads():
+    """``pyrovae --version`` (and ``--help``) answer from argparse, before torch and Pyro are imported;
+    the public API still loads whole at its first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom pyrovae.app.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit:\n"
+            "    pass\nprint('torch' in sys.modules, 'pyro' in sys.modules)\nimport pyrovae\n"
+            "print(pyrovae.VAE.__name__, sorted(pyrovae.MODELS.names())[:2])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("pyrovae ") and lines[1] == "False False", out.stdout
+    assert lines[2] == "VAE ['cvae', 'hvae']", out.stdout

@@ -12,23 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from pyrovae.app.checkpoint import convert_checkpoint, open_run, read_run_record
-from pyrovae.app.config import load_config
-from pyrovae.app.files import check_writable, own_file_problem
-from pyrovae.app.run import (
-    StoppedAtOnce,
-    encode_run,
-    evaluate_run,
-    open_run_with_data,
-    stop_at_once_on_signals,
-    summary_line,
-    train,
-)
-from pyrovae.app.tracking import opened_run_store, recorded_store, tracking_notice
-from pyrovae.data.splits import Standardization
 from pyrovae.errors import PyrovaeError, RunDirError, one_line, shell_word
-from pyrovae.models.base import NeedsInput
-from pyrovae.training.loop import Interrupted
 from pyrovae.version import __version__
 
 
@@ -108,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> None:
+    from pyrovae.app.config import load_config
+    from pyrovae.app.run import summary_line, train
 
     if isinstance(args.mlflow, str) and args.config is None and args.mlflow.lower().endswith(".toml"):
         args.config, args.mlflow = args.mlflow, True  # "--mlflow vae.toml": the flag, then the config
@@ -121,11 +107,7 @@ def _train(args) -> None:
     _hint_if_busy(args.threads, args.quiet)
     mlflow = args.mlflow
     if mlflow is None and record_of is not None:  # the run's record: it was tracked where the user's environment is?
-        recorded = recorded_store(record_of, _recorded_log(record_of))
-        mlflow = opened_run_store(record_of, None, recorded)
-        notice = tracking_notice(record_of, recorded, mlflow, f"pyrovae train --out {shell_word(args.out)} --resume")
-        if notice and _rank() == 0:
-            print(notice, file=sys.stderr)
+        mlflow = _opened_run_store(record_of, None, f"pyrovae train --out {shell_word(args.out)} --resume")
     overrides = (list(args.overrides) + (["train.progress=false"] if args.quiet else [])
                  + (["log.tensorboard=true"] if args.tensorboard else [])
                  + (["log.mlflow=true"] if mlflow else [])
@@ -140,13 +122,23 @@ def _train(args) -> None:
         print(summary_line(run_dir, os.environ.get("PYROVAE_CLI", "pyrovae")))
 
 
-def _recorded_log(run_dir) -> dict:
-    """The ``[log]`` table a run folder's ``config.toml`` records (shown, never followed); {} if unreadable."""
+def _opened_run_store(run_dir, mlflow, command: str):
+    """Where a command that opens ``run_dir`` logs to MLflow (:func:`~pyrovae.app.tracking.opened_run_store`:
+    the user's flag or environment alone), saying in one line where the folder records it was
+    tracked when that is not where the user points."""
+    from pyrovae.app.checkpoint import read_run_record
+    from pyrovae.app.tracking import opened_run_store, recorded_store, tracking_notice
+
     try:
-        log = read_run_record(run_dir).get("log", {})
+        log = read_run_record(run_dir).get("log", {})  # shown, never followed
     except PyrovaeError:
-        return {}
-    return log if isinstance(log, dict) else {}
+        log = {}
+    recorded = recorded_store(run_dir, log if isinstance(log, dict) else {})
+    store = opened_run_store(run_dir, mlflow, recorded)
+    notice = tracking_notice(run_dir, recorded, store, command)
+    if notice and _rank() == 0:
+        print(notice, file=sys.stderr)
+    return store
 
 
 def _hint_if_busy(threads, quiet: bool) -> None:
@@ -168,6 +160,7 @@ def _check_threads(threads) -> None:
 def _evaluate(args) -> None:
     import torch
 
+    from pyrovae.app.run import evaluate_run
 
     for flag in ("nll_samples", "iwae_samples", "particles"):
         value = getattr(args, flag)
@@ -178,11 +171,7 @@ def _evaluate(args) -> None:
         torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else Path(args.run_dir) / _evaluation_name(args.which)
     if Path(args.run_dir, "config.toml").is_file():
-        recorded = recorded_store(args.run_dir, _recorded_log(args.run_dir))
-        notice = tracking_notice(args.run_dir, recorded, opened_run_store(args.run_dir, args.mlflow, recorded),
-                                 f"pyrovae evaluate {shell_word(args.run_dir)}")
-        if notice:
-            print(notice, file=sys.stderr)
+        _opened_run_store(args.run_dir, args.mlflow, f"pyrovae evaluate {shell_word(args.run_dir)}")
 
     def report(result):
         print(json.dumps({k: v for k, v in result.items() if k not in ("unit_activity", "kl_per_dim")}, indent=2),
@@ -201,6 +190,8 @@ def _evaluation_name(which: str) -> str:
 
 
 def _encode(args) -> None:
+    from pyrovae.app.run import encode_run
+
     shapes = encode_run(args.run_dir, args.out, args.split, args.plugins, args.which, args.device)
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in shapes.items()))
 
@@ -208,7 +199,12 @@ def _encode(args) -> None:
 def _sample(args) -> None:
     import pyro
 
+    from pyrovae.app.checkpoint import open_run
+    from pyrovae.app.files import check_writable, own_file_problem
     from pyrovae.app.plots import save_grid
+    from pyrovae.app.run import open_run_with_data
+    from pyrovae.data.splits import Standardization
+    from pyrovae.models.base import NeedsInput
 
     if not 1 <= args.num <= 100_000:
         raise PyrovaeError(f"--num {args.num}: must be in [1, 100000]")
@@ -246,6 +242,7 @@ def _sample(args) -> None:
 
 
 def _convert(args) -> None:
+    from pyrovae.app.checkpoint import convert_checkpoint
 
     if not args.trust:
         raise PyrovaeError(f"{args.run_dir}: converting unpickles the old checkpoint, which runs any code it holds; "
@@ -259,7 +256,10 @@ def _rank() -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # --version, --help and bad flags answer here, before torch loads
+    from pyrovae.app.run import StoppedAtOnce, stop_at_once_on_signals
+    from pyrovae.training.loop import Interrupted
+
     command = {"train": _train, "evaluate": _evaluate, "encode": _encode, "sample": _sample,
                "convert-checkpoint": _convert}[args.command]
     try:

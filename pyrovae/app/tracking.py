@@ -168,24 +168,20 @@ def read_mlflow_record(run_dir) -> Optional[Dict]:
     return record
 
 
-def mlflow_hint(run_dir) -> Optional[str]:
-    """The MLflow run id the folder's ``mlflow.json`` names, as a hint only (:func:`run_of_folder`
-    checks it): None where the record is absent or unreadable (it is then rewritten)."""
+def _readable_record(run_dir) -> Optional[Dict]:
+    """The folder's ``mlflow.json`` as a record to show and a hint to check: None where it is absent
+    or unreadable (a run that logs rewrites it)."""
     try:
-        record = read_mlflow_record(run_dir)
+        return read_mlflow_record(run_dir)
     except RunDirError:
         return None
-    return record["run_id"] if record else None
 
 
 def recorded_store(run_dir, recorded_log: Optional[Dict] = None) -> Optional[str]:
     """The MLflow store a run folder says it was tracked in: its ``mlflow.json``'s, else its
     config's ``[log]`` (``recorded_log``, where ``mlflow`` is true); None if it names none. Shown to
     the user, never connected to."""
-    try:
-        record = read_mlflow_record(run_dir)
-    except RunDirError:
-        record = None
+    record = _readable_record(run_dir)
     if record is not None:
         return record["tracking_uri"]
     log = recorded_log if isinstance(recorded_log, dict) else {}
@@ -295,11 +291,12 @@ class MLflowLog(Callback):
             return
         with self.guarded("opening the MLflow run", trainer):
             self.client = mlflow_client(self.uri)
-            hint = mlflow_hint(self.run_dir)
+            record = _readable_record(self.run_dir)
+            hint = record["run_id"] if record else None
             self.run_id, experiment_id, created = run_of_folder(self.client, self.run_dir, self.experiment, hint)
             if not created:
                 self.client.update_run(self.run_id, status="RUNNING")
-            if hint != self.run_id or recorded_store(self.run_dir) != self.uri:
+            if hint != self.run_id or record["tracking_uri"] != self.uri:
                 text = json.dumps({"tracking_uri": self.uri, "experiment_id": experiment_id, "run_id": self.run_id,
                                    "experiment": self.experiment}, indent=2) + "\n"
                 atomic_write_bytes(self.run_dir / MLFLOW, lambda f: f.write(text.encode()))
@@ -371,7 +368,8 @@ def log_evaluation(run_dir, uri: str, evaluation_file, result: Dict, step: int, 
     failure is one TrackingError line (the JSON file is written by then)."""
     try:
         client = mlflow_client(uri)
-        run_id, _, _ = run_of_folder(client, run_dir, experiment, mlflow_hint(run_dir))
+        record = _readable_record(run_dir)
+        run_id, _, _ = run_of_folder(client, run_dir, experiment, record["run_id"] if record else None)
         client.log_artifact(run_id, str(evaluation_file))
         log_metrics(client, run_id, {f"evaluation.{k}": v for k, v in record_metrics(result).items()}, step)
     except Exception as e:
