@@ -177,8 +177,7 @@ def plot_samples(path, vae, n: int = 64, undo: Optional[Callable] = None, given=
     from pyrovae.models.base import NeedsInput
 
     try:
-        with torch.random.fork_rng(devices=[]):
-            vae.sample(1)
+        _plot_prior_samples(path, _Undone(vae, undo) if undo is not None else vae, n)
     except NeedsInput:
         if given is None:
             raise
@@ -191,9 +190,11 @@ def plot_samples(path, vae, n: int = 64, undo: Optional[Callable] = None, given=
         else:
             save_vector_rows(path, [(_vectors(samples), f"{len(points)} samples given test points")],
                              "samples given test points (the model conditions on its input)")
-        return
+
+
+def _plot_prior_samples(path, vae, n: int) -> None:
+    """:func:`plot_samples` from the prior: a grid, or heat-map rows for vectors; by class where there are classes."""
     classes = min(getattr(vae, "num_classes", None) or 0, MAX_CLASS_ROWS)
-    vae = _Undone(vae, undo) if undo is not None else vae
     if not is_image(vae.event_shape):  # vectors: one heat-map row per sample (sorted by class where there are classes)
         if classes:
             per_class = max(1, int(math.sqrt(n)))
