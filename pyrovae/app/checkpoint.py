@@ -35,13 +35,14 @@ import torch
 
 from pyrovae.app.config import Config, parse_toml, read_config_text, record_config, run_difference
 from pyrovae.app.files import BEST, CHECKPOINT, CONFIG, METRICS, RunLock, atomic_write_bytes, write_metrics
+from pyrovae.data.sampling import steps_per_epoch
 from pyrovae.devices import resolve_device
 from pyrovae.errors import ConfigError, RunDirError, needed_object, one_line, shell_word, shown
 from pyrovae.models.base import Model
-from pyrovae.models.registry import build_family, takes_labels
+from pyrovae.models.registry import MODELS, build_family, takes_labels
 from pyrovae.rng import plain_numpy_state, plain_python_state
 from pyrovae.safe_load import UnsafeFile, load_torch_file
-from pyrovae.training.loop import RECORD_KEYS, RENAMED_RECORD_KEYS, steps_per_epoch
+from pyrovae.training.loop import RECORD_KEYS, RENAMED_RECORD_KEYS, per_minibatch_labels, resolved_labeled_weight
 from pyrovae.training.memory import build_budget, meta_model
 from pyrovae.training.state import load_model_state
 
@@ -335,7 +336,11 @@ def counters_problem(state: Dict[str, Any], config: Config) -> Optional[str]:
     bound = {k: saved.get(k) if isinstance(saved.get(k), int) and not isinstance(saved.get(k), bool)
              else getattr(t, k) for k in ("epochs", "max_rollbacks")}
     n = state["data"]["train_shape"][0] if state["data"]["train_shape"] else 0
-    per_epoch = steps_per_epoch(n, t.batch_size, t.labeled_per_batch)
+    num_labeled = config.data.labeled or 0  # data.labeled = K keeps exactly K labels
+    family = MODELS.get(config.model.family) if config.model.family in MODELS else None
+    per_epoch = steps_per_epoch(n, t.batch_size, t.labeled_per_batch, num_labeled,
+                                resolved_labeled_weight(t.labeled_weight, n, num_labeled),
+                                per_minibatch_labels(family))
     expected = {"epoch": (0, bound["epochs"]), "epoch_step": (0, max(per_epoch - 1, 0)),
                 "rollbacks": (0, bound["max_rollbacks"])}
     for key, (low, high) in expected.items():

@@ -16,8 +16,9 @@ Register another with ``@pyrovae.ALGORITHMS.register("name")``.
 
 import contextlib
 import re
+import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import pyro
 import torch
@@ -108,17 +109,22 @@ class Algorithm:
         counts the gradient steps taken on this minibatch so far."""
         raise NotImplementedError
 
-    def dry_run(self, batch: Batch) -> None:
-        """Called once on a small batch when the run is built, before any step: refuse in one
-        ConfigError line what the step would fail on (by default the step's loss is computed)."""
-        try:
-            with torch.random.fork_rng(devices=[]):  # with gradients (Pyro's TraceEnum_ELBO wants them), no step
-                self.loss(batch, None, 1.0, len(batch), torch.arange(len(batch)))
-        except (PyrovaeError, NonFinite):
-            raise
-        except Exception as e:  # a family's or Pyro's code can fail in any way
-            raise ConfigError(f"train.algorithm = {type(self).__name__}: a dry step on {len(batch)} points fails "
-                              f"({type(e).__name__}: {one_line(str(e), 200)})") from None
+    def dry_run(self, batches: Union[Batch, Sequence[Batch]]) -> None:
+        """Called once when the run is built, before any step, on a small batch of each kind the
+        steps will see (a list; under a label budget a family that takes labels per minibatch
+        trains on labelled and unlabelled minibatches): refuse in one ConfigError line what a step
+        would fail on (by default the step's loss is computed on each)."""
+        batches = _batches(batches)
+        for batch in batches:
+            kind = "" if len(batches) == 1 else "unlabelled " if batch.y is None else "labelled "
+            try:
+                with torch.random.fork_rng(devices=[]):  # with gradients (Pyro's TraceEnum_ELBO wants them), no step
+                    self.loss(batch, None, 1.0, len(batch), torch.arange(len(batch)))
+            except (PyrovaeError, NonFinite):
+                raise
+            except Exception as e:  # a family's or Pyro's code can fail in any way
+                raise ConfigError(f"train.algorithm = {type(self).__name__}: a dry step on {len(batch)} {kind}points "
+                                  f"fails ({type(e).__name__}: {one_line(str(e), 200)})") from None
 
     def state_dict(self) -> Dict[str, Any]:
         """State of its own to checkpoint (tensors and plain containers only)."""
@@ -155,9 +161,9 @@ class AEVB(Algorithm):
 
     @classmethod
     def check_config(cls, train) -> None:
-        if (train.labeled_per_batch or train.labeled_weight != 1) and train.engine == "pyro":
-            raise ConfigError("train.labeled_per_batch and train.labeled_weight weigh the points of a minibatch, "
-                              "which train.engine = 'pyro' does not; use engine 'torch'")
+        if train.labeled_per_batch and train.engine == "pyro":
+            raise ConfigError("train.labeled_per_batch weighs the points of a minibatch, which train.engine = 'pyro' "
+                              "does not; use engine 'torch'")
 
     def __init__(self, model, train, estimator, num_data, world=1):
         super().__init__(model, train, estimator, num_data, world)
@@ -165,22 +171,29 @@ class AEVB(Algorithm):
         self.draws_noise = self.torch_engine
         self.validates = not self.torch_engine
         self.elbo = None
+        per_minibatch = getattr(model, "labels", "per_point") == "per_minibatch"
+        if not self.torch_engine and train.labeled_weight != 1 and not per_minibatch:
+            raise ConfigError(f"train.labeled_weight = {train.labeled_weight!r} weighs the labelled points of a "
+                              "mixed minibatch, which train.engine = 'pyro' does not; use engine 'torch' (a family "
+                              "with labels = 'per_minibatch' takes it under either engine)")
         if self.torch_engine:
             self.objective = _Objective(model, estimator, train.num_particles, num_data)
-            # gradients are averaged over the processes by PyTorch's DDP
-            self.forward = DistributedDataParallel(self.objective) if world > 1 else self.objective
+            # gradients are averaged over the processes by PyTorch's DDP; a family's labelled and
+            # unlabelled minibatches may each leave some parameters out (Pyro's M2: q(y | x))
+            self.forward = DistributedDataParallel(self.objective, find_unused_parameters=per_minibatch) \
+                if world > 1 else self.objective
         elif world > 1:
             raise ConfigError("train.engine = 'pyro' trains in one process; distributed runs use engine 'torch'")
 
-    def dry_run(self, batch):
+    def dry_run(self, batches):
         if self.torch_engine:
             return  # the estimator reads the model's terms, which the model's own dry run computed
-        try:
-            self.elbo = make_elbo(self.estimator, self.model, self.train.num_particles, batch)
+        try:  # the ELBO is chosen from the traces of every kind of batch the steps will see
+            self.elbo = make_elbo(self.estimator, self.model, self.train.num_particles, _batches(batches))
         except (PyrovaeError, ValueError) as e:
             raise ConfigError(f"train.engine = 'pyro' with train.estimator = {self.estimator!r}: "
                               f"{one_line(str(e), 200)}") from None
-        super().dry_run(batch)
+        super().dry_run(batches)
 
     def loss(self, batch, noise, beta, global_size, index=None, update=0):
         if self.torch_engine:  # the estimator over the model's terms (closed forms where the family has them)
@@ -192,9 +205,16 @@ class AEVB(Algorithm):
         elbo = reported_elbo(self.model, batch, self.estimator, self.train.num_particles, self.num_data) \
             if reports else None
         weighted = LatentScale(beta) if beta != 1.0 else contextlib.nullcontext()
-        with weighted, _non_finite_from_validation():
+        with weighted, _non_finite_from_validation(), warnings.catch_warnings():
+            # TraceEnum_ELBO on a minibatch whose guide enumerates nothing (labelled, in a family that
+            # takes labels per minibatch) is Trace_ELBO, as it should be: its warning says nothing
+            warnings.filterwarnings("ignore", "TraceEnum_ELBO found no sample sites configured for enumeration")
             loss = self.elbo.differentiable_loss(self.model.model, self.model.guide, batch, self.num_data)
-        return StepLoss.of(pyro_objective(loss, len(batch), self.num_data), elbo, global_size)
+        objective = pyro_objective(loss, len(batch), self.num_data)
+        if batch.weight is not None:  # a minibatch of one kind weighs its points alike (data.sampling.split_plan)
+            weight = batch.weight[0]
+            objective, elbo = objective * weight, (elbo if elbo is None else elbo * weight)
+        return StepLoss.of(objective, elbo, global_size)
 
 
 @ALGORITHMS.register("wake_sleep")
@@ -287,6 +307,10 @@ class MonteCarloEMAlgorithm(Algorithm):
         if "chains" not in state:
             raise KeyError("the checkpoint holds no chains for train.algorithm = 'mcem'")
         self.chains.load_state_dict(state["chains"])
+
+
+def _batches(batches) -> List[Batch]:
+    return [batches] if isinstance(batches, Batch) else list(batches)
 
 
 def _one_particle_no_beta(train, name: str, why: str) -> None:

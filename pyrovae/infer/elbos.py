@@ -28,7 +28,10 @@ from pyrovae.models.terms import log_mean_exp, sample_sites, trace_terms
 
 def make_elbo(estimator: str, model, num_particles: int = 1, batch=None) -> pyro.infer.ELBO:
     """The Pyro ELBO for an estimator name (``auto`` resolved on ``batch`` first, see
-    :func:`~pyrovae.infer.estimators.resolve_estimator`)."""
+    :func:`~pyrovae.infer.estimators.resolve_estimator`), chosen from the traces of ``batch``: one
+    batch, or a list of the kinds of batch it will train on (a family that takes labels per
+    minibatch: a labelled and an unlabelled one), ``TraceEnum_ELBO`` if any marks a site for
+    enumeration, vectorized particles if all can take them."""
     if num_particles < 1:
         raise ConfigError(f"train.num_particles = {num_particles}: must be >= 1")
     if estimator == "auto" or batch is not None:
@@ -37,8 +40,9 @@ def make_elbo(estimator: str, model, num_particles: int = 1, batch=None) -> pyro
     nesting = getattr(model, "plate_nesting", None) or float("inf")
     # L > 1 particles in one pass where the family can take a particle plate (Model.vectorized_for),
     # else one after another, as Pyro's vectorize_particles=False does
-    shown_on_batch = batch is not None and hasattr(model, "vectorized_for")
-    vectorize = num_particles > 1 and (model.vectorized_for(batch) if shown_on_batch
+    batches = [] if batch is None else list(batch) if isinstance(batch, (list, tuple)) else [batch]
+    shown_on_batch = batches and hasattr(model, "vectorized_for")
+    vectorize = num_particles > 1 and (all(model.vectorized_for(b) for b in batches) if shown_on_batch
                                        else getattr(model, "particles_vectorized", True) is not False)
     if estimator == "iwae":
         if num_particles > 1 and not vectorize:
@@ -46,9 +50,9 @@ def make_elbo(estimator: str, model, num_particles: int = 1, batch=None) -> pyro
                               f"{num_particles} particles in one pass, which {type(model).__name__} cannot take "
                               f"({model.particles_note}); use train.engine = 'torch'")
         return IWAE(num_particles=num_particles, max_plate_nesting=nesting)
-    if estimator == "mc" and batch is not None and model.enumerated_sites(batch):
+    if estimator == "mc" and batches and model.enumerated_sites(batches):
         return pyro.infer.TraceEnum_ELBO(num_particles=num_particles, vectorize_particles=vectorize,
-                                         max_plate_nesting=model.max_plate_nesting(batch))
+                                         max_plate_nesting=max(model.max_plate_nesting(b) for b in batches))
     cls = ESTIMATORS.get(estimator).pyro_elbo
     if cls is None:
         raise ConfigError(f"train.estimator = {shown(estimator)} has no Pyro ELBO: use train.engine = 'torch'")

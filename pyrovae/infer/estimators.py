@@ -100,13 +100,15 @@ def get_estimator(name: str) -> Estimator:
 
 def resolve_estimator(estimator: str, model, batch=None) -> str:
     """``auto`` -> ``analytic`` or ``mc`` for this model; checks that ``analytic`` applies
-    (``batch``: a sample batch, for families whose answer needs a trace)."""
+    (``batch``: a sample batch, or a list of them, for families whose answer needs a trace: analytic
+    where every one has a closed-form KL)."""
     if estimator not in estimator_names():
         raise ConfigError(f"train.estimator: unknown estimator {shown(estimator)}; "
                           f"valid: {', '.join(estimator_names())}")
     if estimator not in ("auto", "analytic"):
         return estimator
-    analytic_ok = model.has_closed_form_kl(batch)
+    batches = batch if isinstance(batch, (list, tuple)) else [batch]
+    analytic_ok = all(model.has_closed_form_kl(b) for b in batches)
     if estimator == "auto":
         return "analytic" if analytic_ok else "mc"
     if not analytic_ok:

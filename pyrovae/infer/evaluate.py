@@ -6,6 +6,7 @@ IWAE and VampPrior papers report it.
 """
 
 import contextlib
+import functools
 import math
 import sys
 from typing import Dict, Iterator, List, Optional
@@ -172,10 +173,26 @@ def accuracy(model, x, batch_size: int = 1000) -> Optional[float]:
     """The fraction of x's points whose label the model's classifier predicts (M2's
     argmax_y q(y | x)); None for a family that does not classify or data without labels."""
     labels = x.labels if isinstance(x, Split) else as_batch(x).y
-    if not hasattr(model, "classify") or labels is None or len(x) == 0:
+    if labels is None or len(x) == 0:
         return None
-    correct = sum(int((model.classify(chunk) == chunk.y.to(chunk.x.device)).sum()) for chunk in _chunks(x, batch_size))
+    classify = classifier(model, next(_chunks(x, 2)))
+    if classify is None:
+        return None
+    correct = sum(int((classify(chunk) == chunk.y.to(chunk.x.device)).sum()) for chunk in _chunks(x, batch_size))
     return correct / len(x)
+
+
+def classifier(model, labeled_batch=None):
+    """The model's classifier, a function of a batch to ``(M,)`` labels: its ``classify`` (M2's
+    argmax_y q(y | x)); for a family that takes labels per minibatch and has none, its guide's
+    q(y | x) at the label site shown on ``labeled_batch`` (:meth:`~pyrovae.Model.label_site`);
+    else None."""
+    if hasattr(model, "classify"):
+        return model.classify
+    if getattr(model, "labels", None) != "per_minibatch" or labeled_batch is None:
+        return None
+    site = model.label_site(labeled_batch)
+    return None if site is None else functools.partial(model.guide_classify, site=site)
 
 
 def evaluate(model, x, nll_samples: int = 5000, iwae_samples: int = 50, elbo_particles: int = 10,

@@ -35,6 +35,7 @@ import torch
 from pyro import poutine
 from pyro.nn import PyroModule, pyro_method
 from pyro.poutine.enum_messenger import EnumMessenger
+from pyro.poutine.uncondition_messenger import UnconditionMessenger
 from pyro.poutine.util import site_is_subsample
 from pyro.util import check_model_guide_match
 from torch.distributions import TransformedDistribution
@@ -138,13 +139,20 @@ class Model(PyroModule):
     #: one after another, as under ``vectorize_particles=False``); None: as the dry run shows. With
     #: one particle, the default, a family never sees a particle dimension either way.
     vectorizable: Optional[bool] = None
+    #: how the family takes labels (``batch.y``): ``"per_point"`` (the default), any minibatch,
+    #: each point's label usable where ``batch.labeled`` says so (None: all); or ``"per_minibatch"``,
+    #: as Pyro's M2 example takes them: under a label budget every training minibatch is all
+    #: labelled (``batch.y`` set, ``batch.labeled`` all true) or all unlabelled (``batch.y`` None),
+    #: in a fixed seeded proportion (:func:`pyrovae.data.sampling.split_plan`); its test scores are
+    #: computed without labels (log p(x)), and where it has no ``classify`` its guide's q(y | x)
+    #: classifies (:meth:`label_site`)
+    labels: str = "per_point"
 
     def __init__(self, event_shape: Sequence[int], name: str = ""):
         super().__init__(name)
         self.event_shape = tuple(int(s) for s in event_shape)
         self.event_dim = len(self.event_shape)
         self._max_plate_nesting: Optional[int] = None
-        self._enumerated: Optional[List[str]] = None
         #: whether L > 1 particles run vectorized (None: not yet known), and why not
         self.particles_vectorized: Optional[bool] = self.vectorizable
         self.particles_note: Optional[str] = None
@@ -176,7 +184,7 @@ class Model(PyroModule):
             batch = self._blank_batch(2)
         self.amortized_guide = AmortizedGuide(self.model, encoder=self.guide_encoder, num_classes=classes)
         self.amortized_guide.setup(as_batch(batch), None)
-        self._max_plate_nesting = self._enumerated = None
+        self._max_plate_nesting = None
 
     def data_plate(self, batch, num_data: Optional[int] = None) -> pyro.plate:
         """The plate "data" of size ``num_data`` (or M) with the minibatch as its subsample:
@@ -195,11 +203,12 @@ class Model(PyroModule):
         return self._max_plate_nesting
 
     def enumerated_sites(self, batch) -> List[str]:
-        """The model's and the guide's sites marked ``infer={"enumerate": "parallel"}`` (summed out)."""
-        if self._enumerated is None:
-            self._enumerated = sorted({name for t in self._prototype_traces(batch) for name, site in sample_sites(t)
-                                       if enumerated(site)})
-        return self._enumerated
+        """The model's and the guide's sites marked ``infer={"enumerate": "parallel"}`` (summed out)
+        on ``batch`` (one batch, or a list: the sites of any of them; a family that takes
+        all-labelled and all-unlabelled minibatches enumerates its label only on the latter)."""
+        batches = batch if isinstance(batch, (list, tuple)) else [batch]
+        return sorted({name for b in batches for t in self._prototype_traces(b) for name, site in sample_sites(t)
+                       if enumerated(site)})
 
     def _prototype_traces(self, batch):
         """Plain traces of the guide and the model on ``batch``, leaving the RNG as it was."""
@@ -293,7 +302,16 @@ class Model(PyroModule):
         ``num_data``, scaled by N/M), and its observed site is found; then whether L > 1 particles
         can run vectorized (:meth:`vectorized_for`; a family that declares ``vectorizable = True``
         must). A family that breaks it fails here, in one ConfigError line naming the site, not
-        deep inside training or after it."""
+        deep inside training or after it. ``batch`` may be a list: every batch is checked (a family
+        that takes labels per minibatch, on a labelled and an unlabelled one), and L > 1 particles
+        run vectorized only if they can on all of them."""
+        if isinstance(batch, (list, tuple)):
+            shown = []
+            for one in batch:
+                self.dry_run(one, num_data)
+                shown.append(self.particles_vectorized)
+            self.particles_vectorized = all(shown)
+            return
         batch = as_batch(batch)
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
@@ -320,7 +338,9 @@ class Model(PyroModule):
                                   "model does not (a misspelt site name?); every guide site must be a model site")
         self._check_data_plate(model_trace, len(batch), num_data)
         self._observed = None
-        self.observed_name(model_trace)
+        # a family that takes labels per minibatch observes them on a labelled one: the data site is
+        # the one observed without labels
+        self.observed_name(None if self.labels == "per_minibatch" and batch.y is not None else model_trace)
 
     def _check_data_plate(self, model_trace, m: int, num_data: Optional[int]) -> None:
         """A local site under a plate "data" of M entries where N were given is not subsampled:
@@ -342,8 +362,11 @@ class Model(PyroModule):
         if getattr(self, "_observed", None) is not None:
             return self._observed
         if model_trace is None:
+            blank = self._blank_batch(2)
+            if self.labels == "per_minibatch":  # its labels are an observed site too: the data's without them
+                blank = Batch(blank.x)
             with torch.no_grad(), poutine.block(), torch.random.fork_rng(devices=[]):
-                model_trace = poutine.trace(self.model).get_trace(self._blank_batch(2), None)
+                model_trace = poutine.trace(self.model).get_trace(blank, None)
         observed = [name for name, site in sample_sites(model_trace) if site["is_observed"]
                     and any(f.name == DATA_PLATE for f in site["cond_indep_stack"])]
         if self.observed_site is not None:
@@ -374,8 +397,35 @@ class Model(PyroModule):
 
     def scoring_batch(self, batch) -> Batch:
         """The batch that test scores (ELBO, IWAE, NLL, active units) are computed on: the batch
-        itself, or (M2) the points without their labels, so that the scores bound log p(x)."""
-        return as_batch(batch)
+        itself, or (M2, and a family whose :attr:`labels` are ``"per_minibatch"``) the points without
+        their labels, so that the scores bound log p(x)."""
+        batch = as_batch(batch)
+        return Batch(batch.x) if self.labels == "per_minibatch" else batch
+
+    def label_site(self, batch) -> Optional[str]:
+        """The site that carries the labels: observed in the model on the labelled ``batch`` and
+        sampled by the guide on the same points without labels (Pyro's M2: ``"y"``); None if no
+        site is (or several are)."""
+        batch = as_batch(batch)
+        if batch.y is None:
+            return None
+        labeled_model = self._prototype_traces(batch)[1]
+        unlabeled_guide = self._prototype_traces(Batch(batch.x))[0]
+        observed = {name for name, site in sample_sites(labeled_model) if site["is_observed"]}
+        found = [name for name, site in sample_sites(unlabeled_guide)
+                 if name in observed and not site["is_observed"] and site["fn"].support.is_discrete]
+        return found[0] if len(found) == 1 else None
+
+    @torch.no_grad()
+    def guide_classify(self, batch, site: str) -> torch.Tensor:
+        """argmax_y q(y | x) at the guide's label ``site`` on the points without labels, ``(M,)``
+        (a ``Categorical``'s or a ``OneHotCategorical``'s probabilities)."""
+        batch = as_batch(batch)
+        guide_trace = self._prototype_traces(Batch(batch.x))[0]
+        fn = guide_trace.nodes[site]["fn"]
+        while not hasattr(fn, "probs") and hasattr(fn, "base_dist"):
+            fn = fn.base_dist
+        return fn.probs.reshape(len(batch), -1).argmax(-1)
 
     def check_data(self, x: torch.Tensor, where: str = "data") -> None:
         """Raise :class:`~pyrovae.DataError` for data this model cannot score (the ``vae`` family
@@ -427,15 +477,15 @@ class Model(PyroModule):
             y = labels_for(num_samples, y, classes, self.device) if classes else None
             empty = Batch.without_data(num_samples, self.event_shape, y, self.device)
             try:
-                trace = poutine.trace(poutine.uncondition(self.model)).get_trace(empty, None)
+                trace = drawn_trace(self.model, name, empty)
             except NeedsData as e:
-                raise NeedsInput(f"model ({type(self).__name__}) cannot be sampled from its prior alone: {e}; "
-                                 "give it inputs (sample(n, batch=points))") from None
+                raise NeedsInput(f"model ({type(self).__name__}) cannot be sampled from its prior alone: "
+                                 f"{str(e).splitlines()[0]}; give it inputs (sample(n, batch=points))") from None
         else:
             batch = as_batch(batch)[:num_samples]
             if y is not None and classes:
                 batch = Batch(batch.x, labels_for(len(batch), y, classes, self.device), batch.labeled)
-            trace = poutine.trace(poutine.uncondition(self.model)).get_trace(batch, None)
+            trace = drawn_trace(self.model, name, batch)
         site = trace.nodes[name]
         return self._as_data(_mean_or_sample(site["fn"]) if mean else site["value"], len(site["value"]))
 
@@ -450,6 +500,39 @@ class Model(PyroModule):
             return param.device
         buffer = next(self.buffers(), None)
         return buffer.device if buffer is not None else torch.device("cpu")
+
+
+class Unobserved(UnconditionMessenger):
+    """``poutine.uncondition`` of one site: the data site ``name`` is drawn rather than scored,
+    and every other observed site (labels a family observes, ``obs=batch.y``) stays observed;
+    the program stops once the data site is drawn (:class:`DataDrawn`): what follows it (an
+    auxiliary classifier's term on the data, Pyro's M2) cannot change the draw."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["name"] == self.name:
+            super()._pyro_sample(msg)
+
+    def _pyro_post_sample(self, msg) -> None:
+        if msg["name"] == self.name:
+            raise DataDrawn()
+
+
+class DataDrawn(Exception):
+    """The data site has been drawn (:class:`Unobserved`): the rest of the program is not run."""
+
+
+def drawn_trace(model, name: str, batch):
+    """The trace of ``model`` on ``batch`` up to its data site ``name``, drawn (:class:`Unobserved`)."""
+    with poutine.trace() as tracer:
+        try:
+            Unobserved(name)(model)(batch, None)
+        except DataDrawn:
+            pass
+    return tracer.trace
 
 
 class NeedsInput(ValueError):

@@ -36,6 +36,7 @@ from typing import Dict, Iterable, Optional
 
 import pyro
 import torch
+from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
@@ -149,6 +150,26 @@ def per_datapoint(value: torch.Tensor, site, shape: tuple, num_data: int, plate:
     return value.expand(*value.shape[:enum_dims], *shape)
 
 
+def site_weight(site):
+    """The scale the program puts on a site beyond its plates' subsample scales N/M (which the
+    estimators apply themselves): 1 but under ``poutine.scale`` (Pyro's M2 weighs its auxiliary
+    classifier term so) or :class:`~pyrovae.infer.elbos.LatentScale` (the KL weight beta)."""
+    subsample = 1.0
+    for frame in site["cond_indep_stack"]:
+        if frame.vectorized and frame.full_size and frame.size:
+            subsample *= frame.full_size / frame.size
+    scale = site["scale"]
+    if isinstance(scale, (int, float)) and math.isclose(scale, subsample, rel_tol=1e-12):
+        return 1.0
+    return scale / subsample
+
+
+def site_log_prob(site) -> torch.Tensor:
+    """A site's log-density per element as the program weighs it: ``unscaled_log_prob`` times its
+    :func:`site_weight`, masked where it is under ``poutine.mask``."""
+    return scale_and_mask(site["unscaled_log_prob"], site_weight(site), site["mask"])
+
+
 def _per_datapoint_values(value: torch.Tensor, site, m: int) -> Optional[torch.Tensor]:
     """A local site's value-shaped tensor (e.g. its posterior mean) as ``(M, -1)``; None for a
     site outside the data plate."""
@@ -241,7 +262,7 @@ def trace_terms(model_trace, guide_trace, num_particles: int, num_points: int, n
     zeros = torch.zeros(shape, device=device)
     log_q, q_per_site = zeros, {}
     for name, site in guide_latent.items():
-        q_per_site[name] = per_datapoint(site["unscaled_log_prob"], site, shape, n, plate)
+        q_per_site[name] = per_datapoint(site_log_prob(site), site, shape, n, plate)
         log_q = log_q + q_per_site[name]
     # A site's closed-form KL at the sampled values of the others is unbiased only if every latent
     # site the model samples before it (its possible parents in p) the guide samples before it too:
@@ -252,16 +273,19 @@ def trace_terms(model_trace, guide_trace, num_particles: int, num_points: int, n
     reconstruction = log_prior = kl_total = zeros
     exact = True
     for name, site in sample_sites(model_trace):
-        per = per_datapoint(site["unscaled_log_prob"], site, shape, n, plate)
+        per = per_datapoint(site_log_prob(site), site, shape, n, plate)
         if name not in q_per_site:
             reconstruction = reconstruction + per
             continue
         log_prior = log_prior + per
         if kl:
             q_site = guide_latent[name]
-            closed = closed_form_kl(q_site["fn"], site["fn"]) if guide_order[name] > latest else None
-            if closed is not None:
-                kl_total = kl_total + per_datapoint(closed, q_site, shape, n, plate)
+            weights = [site_weight(one) for one in (q_site, site)]
+            alike = site["mask"] is None and q_site["mask"] is None \
+                and all(isinstance(w, float) for w in weights) and math.isclose(weights[0], weights[1])
+            closed = closed_form_kl(q_site["fn"], site["fn"]) if guide_order[name] > latest and alike else None
+            if closed is not None:  # weighed as the program weighs both sites
+                kl_total = kl_total + per_datapoint(closed * weights[0], q_site, shape, n, plate)
             else:
                 exact = False
                 kl_total = kl_total + q_per_site[name] - per
@@ -288,7 +312,7 @@ def _enumerated_terms(model_trace, guide_latent, enum_guide, enum_model, shape, 
                              f"per datapoint (inside the plate {plate!r} and no other)")
 
     def points(site):
-        return per_datapoint(site["unscaled_log_prob"], site, shape, n, plate, plate_dims, enum_dims)
+        return per_datapoint(site_log_prob(site), site, shape, n, plate, plate_dims, enum_dims)
 
     position = lambda site: enum_dims + plate_dims + site["infer"]["_enumerate_dim"]  # noqa: E731
     summed = tuple(sorted({position(site) for site in enum_model.values()}))

@@ -33,12 +33,12 @@ from tqdm.auto import tqdm
 
 from pyrovae.data.batch import Batch
 from pyrovae.data.datasets import Dataset, as_dataset, binarize_split
-from pyrovae.data.sampling import epoch_plan
+from pyrovae.data.sampling import epoch_plan, steps_per_epoch
 from pyrovae.devices import release_freed_memory, resolve_device
 from pyrovae.errors import ConfigError, PyrovaeError, UnknownNameError, shown
 from pyrovae.infer.algorithms import ALGORITHMS, NonFinite, algorithm_name, build_algorithm, validation
 from pyrovae.infer.estimators import estimator_names, resolve_estimator
-from pyrovae.infer.evaluate import accuracy, active_units, dataset_terms
+from pyrovae.infer.evaluate import accuracy, active_units, classifier, dataset_terms
 from pyrovae.registry import PartSpec, check_at_least, check_choice
 from pyrovae.rng import rng_state, seeded, set_rng_state
 from pyrovae.training.early_stopping import EarlyStopping, best_so_far
@@ -258,10 +258,16 @@ def current_record(record: Dict) -> Dict:
     return {RENAMED_RECORD_KEYS.get(k, k): v for k, v in record.items()}
 
 
-def steps_per_epoch(num_train: int, batch_size: int, labeled_per_batch: int = 0) -> int:
-    """Minibatches in an epoch of ``num_train`` points (:func:`~pyrovae.data.sampling.epoch_plan`): the
-    permutation in chunks of M, or of M - k beside k labelled draws."""
-    return -(-num_train // (batch_size - labeled_per_batch))
+def resolved_labeled_weight(labeled_weight, num_train: int, num_labeled: int) -> float:
+    """``train.labeled_weight`` as a number: ``"balanced"`` is N_unlabelled / N_labelled."""
+    if labeled_weight == "balanced":
+        return max(num_train - num_labeled, 1) / max(num_labeled, 1)
+    return float(labeled_weight)
+
+
+def per_minibatch_labels(model) -> bool:
+    """Whether a family takes all-labelled and all-unlabelled minibatches (``labels = "per_minibatch"``)."""
+    return getattr(model, "labels", "per_point") == "per_minibatch"
 
 
 class Trainer:
@@ -278,7 +284,14 @@ class Trainer:
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         #: what a step maximises (train.algorithm): the loop only calls its loss
         self.algorithm = build_algorithm(model, cfg, self.estimator, self.data.num_train, self.world)
-        self.algorithm.dry_run(dry_training_batch(self.data))
+        #: whether the epochs are all-labelled and all-unlabelled minibatches (labels = "per_minibatch")
+        self.split_labels = per_minibatch_labels(model) and self.data.labeled is not None
+        if per_minibatch_labels(model) and cfg.labeled_per_batch:
+            raise ConfigError(f"train.labeled_per_batch = {cfg.labeled_per_batch}: model ({type(model).__name__}) "
+                              "takes all-labelled and all-unlabelled minibatches (labels = 'per_minibatch'), not "
+                              "labelled points in every minibatch; leave it out (train.labeled_weight sets how "
+                              "often the labelled minibatches come)")
+        self.algorithm.dry_run(dry_training_batches(self.data, self.split_labels))
         # Training noise (dynamic binarization, the family's reparameterization noise) is drawn for
         # the whole global batch from this generator, the same on every rank, and each rank takes
         # its shard: a run on K processes sees the same noise as on one, and resumes on any K.
@@ -290,7 +303,16 @@ class Trainer:
         self.optimizer = build_optimizer(optim, model.parameters())
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.n, self.m = self.data.num_train, cfg.batch_size
-        self.steps_per_epoch = steps_per_epoch(self.n, self.m, cfg.labeled_per_batch)
+        num_labeled = 0 if self.data.labeled is None else int(self.data.labeled.sum())
+        if (cfg.labeled_per_batch or cfg.labeled_weight != 1) and self.data.labeled is None:
+            raise ConfigError("train.labeled_per_batch and train.labeled_weight need a label budget (data.labeled); "
+                              "with every label usable there is no labelled part to weigh")
+        #: how many times a labelled point counts in the objective (data.epoch_plan)
+        self.labeled_weight = resolved_labeled_weight(cfg.labeled_weight, self.n, num_labeled)
+        #: the number of training points as the objective counts them (a labelled one labeled_weight times)
+        self.weighted_n = self.n + (self.labeled_weight - 1) * num_labeled
+        self.steps_per_epoch = steps_per_epoch(self.n, self.m, cfg.labeled_per_batch, num_labeled,
+                                               self.labeled_weight, self.split_labels)
         validation = self.data.validation_split is not None
         #: the learning-rate schedule (optim.schedule), stepped per step, epoch or evaluation
         self.schedule = build_schedule(schedule_spec(optim), self.optimizer, cfg.epochs, self.steps_per_epoch,
@@ -300,23 +322,13 @@ class Trainer:
         if self.stopping is not None and self.stopping.metric.startswith("validation") and not validation:
             raise ConfigError(f"train.early_stopping.metric = {self.stopping.metric!r} needs a validation split: "
                               "set data.validation_fraction (e.g. 0.1)")
-        if self.stopping is not None and self.stopping.metric.endswith("accuracy") and not hasattr(model, "classify"):
+        if self.stopping is not None and self.stopping.metric.endswith("accuracy") \
+                and classifier(model, self.data.test_head(2)) is None:
             raise ConfigError(f"train.early_stopping.metric = {self.stopping.metric!r}: the model "
                               f"({type(model).__name__}) does not classify")
         #: the metric the best epoch (best.pt) is chosen by: early stopping's, else the validation ELBO, if any
         self.best_metric = (self.stopping.metric if self.stopping is not None
                             else "validation_elbo" if validation else None)
-        if (cfg.labeled_per_batch or cfg.labeled_weight != 1) and self.data.labeled is None:
-            raise ConfigError("train.labeled_per_batch and train.labeled_weight need a label budget (data.labeled); "
-                              "with every label usable there is no labelled part to weigh")
-        num_labeled = 0 if self.data.labeled is None else int(self.data.labeled.sum())
-        #: how many times a labelled point counts in the objective (data.epoch_plan)
-        if cfg.labeled_weight == "balanced":
-            self.labeled_weight = max(self.n - num_labeled, 1) / num_labeled
-        else:
-            self.labeled_weight = float(cfg.labeled_weight)
-        #: the number of training points as the objective counts them (a labelled one labeled_weight times)
-        self.weighted_n = self.n + (self.labeled_weight - 1) * num_labeled
         # epoch, step and samples_seen count completed work; epoch_* hold a half-done epoch
         # (after an interruption): its next step and running sums.
         self.counters = {"epoch": 0, "step": 0, "samples_seen": 0, "epoch_step": 0, "rollbacks": 0,
@@ -460,7 +472,7 @@ class Trainer:
     def epoch(self, epoch: int, bar) -> None:
         cfg, c, n, m = self.cfg, self.counters, self.n, self.m
         batches = epoch_plan(n, m, cfg.seed, epoch, self.data.labeled, cfg.labeled_per_batch, self.labeled_weight,
-                             self.device)
+                             self.device, self.split_labels)
         # -sum_i objective_i and -sum_i ELBO_i so far: a half-done epoch's sums are over every rank's
         # shard (saved so), so rank 0 resumes with them and the others from 0
         carried = self.rank == 0
@@ -480,7 +492,7 @@ class Trainer:
             if signal_number:
                 self.keep_partial_epoch(i, total, total_elbo, start)
                 self.stop(signal_number, f"at epoch {epoch}, step {c['step'] + i}", mid_epoch=True)
-            batch, noise = self.minibatch(batches[i].index, batches[i].weight, next(points))
+            batch, noise = self.minibatch(batches[i].index, batches[i].weight, next(points), batches[i].labeled)
             self.beta = beta_at(cfg, c["step"] + i, self.steps_per_epoch)
             where = (epoch, c["step"] + i + 1, i + 1, len(batches))
             for update in range(self.algorithm.updates_per_batch):  # 1, but for mcem's M-steps
@@ -548,7 +560,7 @@ class Trainer:
         an interruption; a resumed run goes on from there and the epoch's whole record replaces this one)."""
         c = self.counters
         total, total_elbo = c["epoch_loss"], c["epoch_elbo"]
-        seen = sum(step.size for step in done)
+        seen = round(sum(step.size for step in done))
         per_point = -1 / max(self.weighted_n * seen / self.n, 1e-30)
         seconds = c["epoch_seconds"]
         record = {"epoch": epoch, "step": c["step"] + len(done), "samples_seen": c["samples_seen"] + seen,
@@ -564,10 +576,12 @@ class Trainer:
             callback.on_epoch_end(self, record)
 
     def minibatch(self, index: torch.Tensor, weight: Optional[torch.Tensor] = None,
-                  points: Optional[torch.Tensor] = None):
+                  points: Optional[torch.Tensor] = None, labeled: Optional[bool] = None):
         """This rank's shard of a global minibatch (a :class:`~pyrovae.Batch`, with its points'
         weights, if any), and the family's noise for it (torch engine; :meth:`~pyrovae.Model.noise_shape`).
-        ``points``: the shard's points, already read (:meth:`~pyrovae.data.splits.Split.plan`).
+        ``points``: the shard's points, already read (:meth:`~pyrovae.data.splits.Split.plan`);
+        ``labeled``: the step's kind (:class:`~pyrovae.data.sampling.Step`): all labelled, all
+        unlabelled (no labels), or None (each point as the label budget marks it).
 
         The noise is drawn for the whole global batch (every rank draws the same), then sharded
         like the points: rank r of K takes positions r, r + K, r + 2K, ... of the batch.
@@ -578,6 +592,8 @@ class Trainer:
             uniform = torch.rand((index.numel(), *self.data.event_shape), generator=self.noise,
                                  device=self.device)[shard]
         batch = self.data.train_batch(index[shard], uniform, points)
+        if labeled is not None:
+            batch = as_labeled(batch, labeled)
         if weight is not None:
             batch.weight = weight[shard]
         noise = None
@@ -616,14 +632,26 @@ class Trainer:
                 f"{self.kept()}; train.on_nan = 'rollback' retries with a smaller learning rate")
 
 
-def dry_training_batch(data: Dataset) -> Batch:
-    """Two test points as a training step sees them: under a label budget (``data.labeled``) one
-    labelled and one not, as minibatches that mix them are (a family's program that cannot take
-    such a minibatch then fails when the run is built, not mid-run)."""
+def dry_training_batches(data: Dataset, split_labels: bool = False) -> List[Batch]:
+    """Two test points as the training steps see them: under a label budget (``data.labeled``)
+    one labelled and one not, as minibatches that mix them are (a family's program that cannot
+    take such a minibatch then fails when the run is built, not mid-run); with ``split_labels``
+    (labels = "per_minibatch") the two points labelled, then the two without labels: the two
+    kinds of minibatch it trains on."""
     head = data.test_head(2)
     if data.labeled is None or head.y is None or len(head) < 2:
-        return head
-    return Batch(head.x, head.y, torch.tensor([True, False], device=head.x.device))
+        return [head]
+    if split_labels:
+        return [as_labeled(head, True), as_labeled(head, False)]
+    return [Batch(head.x, head.y, torch.tensor([True, False], device=head.x.device))]
+
+
+def as_labeled(batch: Batch, labeled: bool) -> Batch:
+    """A batch as a minibatch of one kind: all labelled (``batch.y`` set, ``batch.labeled`` all
+    true) or all unlabelled (no labels: ``batch.y`` None), its weights kept."""
+    if not labeled or batch.y is None:
+        return Batch(batch.x, None, None, batch.weight)
+    return Batch(batch.x, batch.y, torch.ones(len(batch.y), dtype=torch.bool, device=batch.y.device), batch.weight)
 
 
 def beta_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -652,8 +680,9 @@ def check_data(model, data: Dataset, batch_size: int) -> None:
             model.check_data(chunk, f"data {data.name!r} (test split)")
         data.checked_for = model
     head = data.test_head(2)
-    try:
-        model.dry_run(head, data.num_train)
+    try:  # a family that takes labels per minibatch, on a labelled and an unlabelled batch
+        split = per_minibatch_labels(model) and data.labeled is not None
+        model.dry_run(dry_training_batches(data, True) if split else head, data.num_train)
     except ConfigError as e:
         largest = float(head.x.abs().max()) if head.x.numel() else 0.0
         if largest > LARGE_VALUES and getattr(data, "standardization", None) is None:
