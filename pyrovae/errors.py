@@ -50,8 +50,13 @@ def needed_object(error: BaseException):
 
 def one_line(message: str, limit: int = 2000) -> str:
     """A message as one printable line of at most ``limit`` characters (the CLI's last guard):
-    white space folded to single spaces, other control characters escaped (:func:`printable`)."""
-    text = printable(" ".join(str(message).split()))
+    white space folded to single spaces, other control characters escaped (:func:`printable`);
+    the table of a program's sites that Pyro appends to an error raised inside it is left out."""
+    message = str(message)
+    table = message.find("\n Trace Shapes:")
+    if table < 0:
+        table = message.find("\nTrace Shapes:")
+    text = printable(" ".join((message if table < 0 else message[:table]).split()))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

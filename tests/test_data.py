@@ -167,8 +167,8 @@ def test_data_key_and_label_key_pick_arrays_in_a_file_that_holds_several(tmp_pat
     np.save(tmp_path / "one.npy", x)
     with pytest.raises(DataError, match="a .npy file holds one array"):
         load_dataset("file", str(tmp_path / "one.npy"), key="x")
-    assert main(["train", "--set", "data.scale=0.5", "-q"]) == 2
-    assert "data.scale: data set 'digits' takes no scale" in capsys.readouterr().err
+    assert main(["train", "--set", "data.name=mnist", "--set", "data.scale=0.5", "-q"]) == 2
+    assert "data.scale: data set 'mnist' takes no scale" in capsys.readouterr().err
     assert main(["train", "--set", "data.name=file", "--set", f"data.path={tmp_path / 'one.npy'}", "--set",
                  "data.scale=-1", "-q"]) == 2
     assert "data.scale = -1: must be a finite number > 0" in capsys.readouterr().err

@@ -203,8 +203,9 @@ def _sample(args) -> None:
     from pyrovae.app.files import check_writable, own_file_problem
     from pyrovae.app.plots import save_grid
     from pyrovae.app.run import open_run_with_data
+    from pyrovae.data.batch import NeedsData
     from pyrovae.data.splits import Standardization
-    from pyrovae.models.base import NeedsInput
+    from pyrovae.models.base import NeedsInput, draws_read_labels
 
     if not 1 <= args.num <= 100_000:
         raise PyrovaeError(f"--num {args.num}: must be in [1, 100000]")
@@ -220,9 +221,22 @@ def _sample(args) -> None:
     opened = open_run(args.run_dir, args.plugins, command)
     vae = opened.model.eval()
     classes = getattr(vae, "num_classes", None)
+    if args.label is not None and not classes and opened.state.get("num_classes"):
+        # a family that reads batch.y without a num_classes of its own: the data's classes, if its draws read them
+        classes = opened.state["num_classes"]
+        try:
+            reads = draws_read_labels(vae, classes)
+        except NeedsData:
+            reads = draws_read_labels(vae, classes, open_run_with_data(args.run_dir, args.plugins, command,
+                                                                        "cpu")[1].test_head(2))
+        if reads:
+            vae.num_classes = classes
+        else:
+            classes = None
     if args.label is not None and not classes:
-        raise PyrovaeError(f"--label {args.label}: the run's model ({type(vae).__name__}) reads no labels; "
-                           "--label is for families that do (cvae, m2)")
+        raise PyrovaeError(f"--label {args.label}: the run's model ({type(vae).__name__}) reads no labels (its "
+                           "draws are the same whatever the label); --label is for families that do (cvae, m2, "
+                           "a family of yours that reads batch.y)")
     if args.label is not None and not 0 <= args.label < classes:
         raise PyrovaeError(f"--label {args.label}: must be a class in [0, {classes})")
     pyro.set_rng_seed(args.seed)

@@ -288,7 +288,11 @@ class Config:
         return data.load(device)
 
     def counts_likelihood(self) -> bool:
-        """Whether the model's likelihood (its ``likelihood`` option, where the family has one) scores counts."""
+        """Whether the model scores counts: its likelihood (its ``likelihood`` option, where the family
+        has one) does, or the family says so itself (the class attribute ``counts = True``: a topic model)."""
+        family = self.model.family
+        if isinstance(family, str) and family in MODELS and getattr(MODELS.get(family), "counts", False) is True:
+            return True
         spec = self.model.to_dict().get("likelihood")
         name = spec.get("name") if isinstance(spec, dict) else spec
         return isinstance(name, str) and name in LIKELIHOODS and bool(getattr(LIKELIHOODS.get(name), "counts", False))

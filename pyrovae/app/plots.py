@@ -4,6 +4,7 @@ points' posterior means, by PCA when the latent has more than 2 dimensions), the
 
 import math
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -68,7 +69,10 @@ def save_grid(path, x: torch.Tensor, event_shape, ncols: int, title: str = "") -
     vmin, vmax = (0.0, 1.0) if lo >= 0 and hi <= 1 else (lo, hi)
     fig_w = max(3.0, min(12.0, ncols * 0.6))
     grid = image_grid(images, ncols)
-    fig, ax = plt.subplots(figsize=(fig_w, fig_w * grid.shape[0] / grid.shape[1] + (0.4 if title else 0)))
+    title = textwrap.fill(title, width=int(fig_w * 12)) if title else ""  # a 9-point title, wrapped to the width
+    lines = title.count("\n") + 1 if title else 0
+    height = fig_w * grid.shape[0] / grid.shape[1] + 0.25 * lines + (0.15 if title else 0)
+    fig, ax = plt.subplots(figsize=(fig_w, height))
     ax.imshow(grid, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set_axis_off()
     if title:

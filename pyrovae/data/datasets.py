@@ -412,9 +412,13 @@ returning a :class:`Dataset`, a map-style torch ``Dataset`` or a pair ``(train, 
 
 
 @DATASETS.register("digits")
-def digits():
-    """scikit-learn's bundled 8x8 digits, with their labels (no download: the embedded default)."""
-    return torch.utils.data.TensorDataset(*load_digits())
+def digits(scale: Optional[float] = None):
+    """scikit-learn's bundled 8x8 digits, with their labels (no download: the embedded default).
+    Each value counts the ink pixels of a 4x4 block of a 32x32 bitmap (0..16): ``scale`` unset
+    gives grey levels in [0, 1] (1/16), and the counts themselves (1) for a model that scores
+    counts (a count likelihood, a topic model)."""
+    images, labels = load_digits()
+    return torch.utils.data.TensorDataset(images if scale is None else images * (16.0 * scale), labels)
 
 
 @DATASETS.register("mnist")

@@ -456,8 +456,9 @@ class Model(PyroModule):
         batch = as_batch(batch)
         values = {name: site["fn"].mode if site["fn"].support.is_discrete else posterior_mean(site["fn"])
                   for name, site in self.latent_sites(batch).items()}
-        trace = poutine.trace(poutine.condition(self.model, data=values)).get_trace(batch, None)
-        return self._as_data(_mean_or_sample(trace.nodes[self.observed_name()]["fn"]), len(batch))
+        with poutine.trace() as tracer:
+            returned = poutine.condition(self.model, data=values)(batch, None)
+        return self._as_data(_mean_or_sample(tracer.trace.nodes[self.observed_name()]["fn"]), len(batch), returned)
 
     @torch.no_grad()
     def sample(self, num_samples: int, mean: bool = True, batch=None, y=None) -> torch.Tensor:
@@ -477,7 +478,7 @@ class Model(PyroModule):
             y = labels_for(num_samples, y, classes, self.device) if classes else None
             empty = Batch.without_data(num_samples, self.event_shape, y, self.device)
             try:
-                trace = drawn_trace(self.model, name, empty)
+                trace, returned = drawn_trace(self.model, name, empty)
             except NeedsData as e:
                 raise NeedsInput(f"model ({type(self).__name__}) cannot be sampled from its prior alone: "
                                  f"{str(e).splitlines()[0]}; give it inputs (sample(n, batch=points))") from None
@@ -485,13 +486,22 @@ class Model(PyroModule):
             batch = as_batch(batch)[:num_samples]
             if y is not None and classes:
                 batch = Batch(batch.x, labels_for(len(batch), y, classes, self.device), batch.labeled)
-            trace = drawn_trace(self.model, name, batch)
+            trace, returned = drawn_trace(self.model, name, batch)
         site = trace.nodes[name]
-        return self._as_data(_mean_or_sample(site["fn"]) if mean else site["value"], len(site["value"]))
+        m = len(batch) if batch is not None else num_samples
+        return self._as_data(_mean_or_sample(site["fn"]) if mean else site["value"], m, returned)
 
-    def _as_data(self, values: torch.Tensor, m: int) -> torch.Tensor:
-        """The observed site's values in the data's shape ``(M, *event_shape)`` (a family may flatten x)."""
-        return values.reshape(m, *self.event_shape) if values.numel() == m * math.prod(self.event_shape) else values
+    def _as_data(self, values: torch.Tensor, m: int, returned=None) -> torch.Tensor:
+        """The observed site's values in the data's shape ``(M, *event_shape)`` (a family may flatten
+        x); where the site is not the size of the points (Pyro's CVAE observes only the pixels it
+        predicts, ``loc[mask]``), what the program returned, if that is (Pyro's CVAE returns the
+        whole image's ``loc``)."""
+        size = m * math.prod(self.event_shape)
+        if values.numel() == size:
+            return values.reshape(m, *self.event_shape)
+        if isinstance(returned, torch.Tensor) and returned.numel() == size:
+            return returned.detach().reshape(m, *self.event_shape)
+        return values
 
     @property
     def device(self) -> torch.device:
@@ -504,9 +514,7 @@ class Model(PyroModule):
 
 class Unobserved(UnconditionMessenger):
     """``poutine.uncondition`` of one site: the data site ``name`` is drawn rather than scored,
-    and every other observed site (labels a family observes, ``obs=batch.y``) stays observed;
-    the program stops once the data site is drawn (:class:`DataDrawn`): what follows it (an
-    auxiliary classifier's term on the data, Pyro's M2) cannot change the draw."""
+    and every other observed site (labels a family observes, ``obs=batch.y``) stays observed."""
 
     def __init__(self, name: str):
         super().__init__()
@@ -516,25 +524,21 @@ class Unobserved(UnconditionMessenger):
         if msg["name"] == self.name:
             super()._pyro_sample(msg)
 
-    def _pyro_post_sample(self, msg) -> None:
-        if msg["name"] == self.name:
-            raise DataDrawn()
-
-
-class DataDrawn(Exception):
-    """The data site has been drawn (:class:`Unobserved`): the rest of the program is not run."""
-
 
 def drawn_trace(model, name: str, batch):
-    """The trace of ``model`` on ``batch`` up to its data site ``name``, drawn (:class:`Unobserved`)."""
+    """``(trace, returned)``: the trace of ``model`` on ``batch`` with its data site ``name`` drawn
+    (:class:`Unobserved`), and what the program returned (None if it stopped early). A program
+    that reads the values of a batch without data (:class:`NeedsData`) after its data site was
+    drawn (Pyro's M2 adds its classifier's term on x last) is stopped there: what follows cannot
+    change the draw."""
+    returned = None
     with poutine.trace() as tracer:
         try:
-            Unobserved(name)(model)(batch, None)
-        except DataDrawn:
-            pass
-    return tracer.trace
-
-
+            returned = Unobserved(name)(model)(batch, None)
+        except NeedsData:
+            if name not in tracer.trace.nodes:
+                raise
+    return tracer.trace, returned
 class NeedsInput(ValueError):
     """A family's model cannot be run without data (it reads its input's values: a CVAE that
     conditions on part of x, a topic model that takes its document lengths from x): it is sampled
@@ -551,6 +555,25 @@ def _with_batch(fn):
     def program(self, batch, *args, **kwargs):
         return fn(self, as_batch(batch), *args, **kwargs)
     return program
+
+
+@torch.no_grad()
+def draws_read_labels(model: Model, num_classes: int, batch: Optional[Batch] = None) -> bool:
+    """Whether a family's draws depend on the labels it is given (a family that reads ``batch.y``
+    without a ``num_classes`` of its own): its observed site's mean for labels 0 and for labels 1,
+    from the same random draws, on a batch without data (or on the points of ``batch``, for a
+    model that needs inputs: :class:`NeedsData` otherwise)."""
+    if num_classes < 2:
+        return False
+    name, drawn = model.observed_name(), []
+    for label in (0, 1):
+        y = torch.full((2,), label, dtype=torch.long, device=model.device)
+        given = Batch.without_data(2, model.event_shape, y, model.device) if batch is None \
+            else Batch(as_batch(batch).x[:2], y[:len(as_batch(batch))])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            drawn.append(_mean_or_sample(drawn_trace(model.model, name, given)[0].nodes[name]["fn"]))
+    return not torch.equal(drawn[0], drawn[1])
 
 
 def labels_for(num_samples: int, y, num_classes: int, device) -> torch.Tensor:

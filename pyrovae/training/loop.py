@@ -44,7 +44,7 @@ from pyrovae.rng import rng_state, seeded, set_rng_state
 from pyrovae.training.early_stopping import EarlyStopping, best_so_far
 from pyrovae.training.optim import build_optimizer, load_state
 from pyrovae.training.schedules import build_schedule, schedule_spec
-from pyrovae.training.state import load_model_state
+from pyrovae.training.state import kept_buffers, load_model_state
 
 MAX_THREADS = 1024
 
@@ -72,6 +72,8 @@ class TrainConfig:
     labeled_per_batch: int = 0
     #: with a label budget: each labelled point counts this many times in the objective (as if the labelled
     #: set were copied); "balanced": N_unlabelled / N_labelled, the labelled data weighing as much as the rest.
+    #: For a family with labels = "per_minibatch" (Pyro's M2): labelled minibatches come this many times as
+    #: often as the data's proportion gives (the labelled set cycled), under either engine.
     labeled_weight: Union[float, str] = 1.0
     #: the weight of the KL term (beta-VAE, Higgins et al. 2017); 1 is the ELBO.
     beta: float = 1.0
@@ -278,12 +280,6 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device)
         self.data = data.to(self.device)
-        check_data(self.model, self.data, cfg.batch_size)
-        self.model.prepare(self.data)  # a resumed run's checkpoint restores the same state over it
-        self.estimator = resolve_estimator(cfg.estimator, model, self.data.test_head(2))
-        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        #: what a step maximises (train.algorithm): the loop only calls its loss
-        self.algorithm = build_algorithm(model, cfg, self.estimator, self.data.num_train, self.world)
         #: whether the epochs are all-labelled and all-unlabelled minibatches (labels = "per_minibatch")
         self.split_labels = per_minibatch_labels(model) and self.data.labeled is not None
         if per_minibatch_labels(model) and cfg.labeled_per_batch:
@@ -291,7 +287,17 @@ class Trainer:
                               "takes all-labelled and all-unlabelled minibatches (labels = 'per_minibatch'), not "
                               "labelled points in every minibatch; leave it out (train.labeled_weight sets how "
                               "often the labelled minibatches come)")
-        self.algorithm.dry_run(dry_training_batches(self.data, self.split_labels))
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        self.model.train()
+        with kept_buffers(self.model):  # the checks run the model in training mode, and change none of its state
+            check_data(self.model, self.data, cfg.batch_size)
+        self.model.prepare(self.data)  # a resumed run's checkpoint restores the same state over it
+        with kept_buffers(self.model):
+            dry = dry_training_batches(self.data, self.split_labels)
+            self.estimator = resolve_estimator(cfg.estimator, model, dry)
+            #: what a step maximises (train.algorithm): the loop only calls its loss
+            self.algorithm = build_algorithm(model, cfg, self.estimator, self.data.num_train, self.world)
+            self.algorithm.dry_run(dry)
         # Training noise (dynamic binarization, the family's reparameterization noise) is drawn for
         # the whole global batch from this generator, the same on every rank, and each rank takes
         # its shard: a run on K processes sees the same noise as on one, and resumes on any K.
@@ -603,6 +609,15 @@ class Trainer:
         return batch, noise
 
     def evaluate(self, record: Dict) -> None:
+        """The epoch's test numbers, with the model in evaluation mode (a family's dropout off, its
+        batch norms on their running statistics), as Lightning and scvi-tools evaluate."""
+        self.model.eval()
+        try:
+            self._evaluate(record)
+        finally:
+            self.model.train()
+
+    def _evaluate(self, record: Dict) -> None:
         model, epoch = self.model, record["epoch"]
         test = self.data.test_split
         terms = dataset_terms(model, test, self.cfg.eval_particles, seed=self.cfg.seed)

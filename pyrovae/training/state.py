@@ -1,5 +1,8 @@
-"""Checked loading of a model's parameters: names, shapes, dtypes and finite values, each refusal one line."""
+"""A model's state outside the training steps: checked loading of its parameters (names, shapes,
+dtypes and finite values, each refusal one line), and its buffers kept through the passes that
+are not training steps."""
 
+import contextlib
 from typing import Dict
 
 import torch
@@ -29,3 +32,17 @@ def load_model_state(module: torch.nn.Module, saved: Dict[str, torch.Tensor], wh
             raise RunDirError(f"{where}: the checkpoint's {shown(k, 60)} holds non-finite values (NaN or infinite); "
                               "a model with them gives no meaningful numbers")
     module.load_state_dict(saved)
+
+
+@contextlib.contextmanager
+def kept_buffers(module: torch.nn.Module):
+    """Run passes that are not training steps (the checks when a run is built) in training mode
+    and leave the module's buffers as they were: a ``BatchNorm1d``'s running statistics move
+    only with the steps, so that a resumed run, which is built again, continues bit for bit."""
+    saved = [(b, b.detach().clone()) for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
