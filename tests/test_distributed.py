@@ -19,10 +19,10 @@ SETTINGS = ["--set", "train.eval_every=1", "--set", "model.encoder.hidden=[32]",
             "--set", "train.batch_size=64", "-q"]
 
 
-def pyrovae_cmd(tmp_path, *args, nproc=1):
+def pyrovae_cmd(tmp_path, *args, nproc=1, settings=SETTINGS):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
-    proc = subprocess.run([sys.executable, *launcher, "-m", "pyrovae", "train", *args, *SETTINGS], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, *launcher, "-m", "pyrovae", "train", *args, *settings], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -136,3 +136,19 @@ def test_two_ranks_streaming_a_file_match_one_process_holding_it_and_resume_with
     pyrovae_cmd(tmp_path, "--out", "one", *more)
     assert_same_parameters(tmp_path / "two", tmp_path / "one")
     assert read_checkpoint(tmp_path / "two" / "checkpoint.pt")["counters"]["epoch"] == 3
+
+
+def test_two_ranks_of_a_family_with_labels_per_minibatch_match_one_process(tmp_path):
+    """A family that takes labels per minibatch (M2's terms, which take all-labelled and
+    all-unlabelled minibatches, and whose noise the loop draws for the global batch): each rank
+    takes its shard of every minibatch of one kind, and two ranks end where one process does."""
+    (tmp_path / "split_m2.py").write_text(
+        "import pyrovae\nfrom pyrovae.models.m2 import M2\n\n\n@pyrovae.MODELS.register('split_m2')\n"
+        "class SplitM2(M2):\n    labels = 'per_minibatch'\n")
+    sets = ["--plugins", str(tmp_path / "split_m2.py"), "--set", "model.family=split_m2", "--set", "model.latent_dim=2",
+            "--set", "data.labeled=100", "--set", "data.binarize=threshold", "--set",
+            "train.epochs=1", "--set", "train.max_steps=8", "--set", "train.labeled_weight=balanced"]
+    settings = ["--set", "train.eval_every=1", "--set", "train.batch_size=50", "-q"]
+    pyrovae_cmd(tmp_path, "--out", "two", *sets, nproc=2, settings=settings)
+    pyrovae_cmd(tmp_path, "--out", "one", *sets, settings=settings)
+    assert_same_parameters(tmp_path / "two", tmp_path / "one")

@@ -77,3 +77,49 @@ def test_prodlda_reads_the_digits_as_counts_and_runs_its_particles_one_after_ano
         model.particles_note
     terms = model.terms(data.test_head(4), 3, data.num_train)
     assert terms.elbo.shape == (3, 4) and bool(torch.isfinite(terms.elbo).all())
+
+
+LABEL_READER = '''
+import pyro, pyro.distributions as dist, torch, torch.nn.functional as F
+import pyrovae
+
+
+@pyrovae.MODELS.register("reads_y")
+class ReadsY(pyrovae.Model):
+    """A conditional model with its own number of classes (no num_classes argument), as Pyro's examples write one."""
+
+    def __init__(self, event_shape):
+        super().__init__(event_shape)
+        self.decoder = torch.nn.Linear(2 + 10, 64)
+        self.encoder = torch.nn.Linear(64, 4)
+
+    def model(self, batch, num_data=None):
+        x = batch.x.reshape(len(batch), -1)
+        y = F.one_hot(batch.y, 10).to(x.dtype) if batch.y is not None else x.new_zeros(len(batch), 10)
+        with self.data_plate(batch, num_data):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(len(batch), 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(torch.cat([z, y], -1))).to_event(1), obs=x)
+
+    def guide(self, batch, num_data=None):
+        x = batch.x.reshape(len(batch), -1)
+        with self.data_plate(batch, num_data):
+            loc, scale = self.encoder(x).chunk(2, -1)
+            pyro.sample("z", dist.Normal(loc, F.softplus(scale) + 1e-3).to_event(1))
+'''
+
+
+def test_label_draws_for_a_family_that_reads_labels_of_its_own_and_is_one_line_for_one_that_does_not(tmp_path,
+                                                                                                      capsys):
+    plugin = tmp_path / "reads_y.py"
+    plugin.write_text(LABEL_READER)
+    run = tmp_path / "run"
+    assert main(["train", "--plugins", str(plugin), "--set", "model.family=reads_y", "--set", "train.epochs=1",
+                 "--out", str(run), *FAST]) == 0
+    assert main(["sample", str(run), "--plugins", str(plugin), "--out", str(tmp_path / "three.png"),
+                 "--label", "3"]) == 0
+    vae = tmp_path / "vae"
+    assert main(["train", "--set", "train.epochs=1", "--out", str(vae), *FAST]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(vae), "--out", str(tmp_path / "v.png"), "--label", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--label 3: the run's model (VAE) reads no labels" in err

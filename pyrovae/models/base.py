@@ -86,8 +86,11 @@ class Model(PyroModule):
     @classmethod
     def training_under_budget(cls, given, batch_size: int) -> Dict[str, Any]:
         """The :attr:`labeled_training` keys not among ``given`` (those a config or call sets), with
-        ``labeled_per_batch`` at most half the minibatch ``batch_size``."""
+        ``labeled_per_batch`` at most half the minibatch ``batch_size`` (none where the family takes
+        labels per minibatch)."""
         fill = {k: v for k, v in cls.labeled_training.items() if k not in given}
+        if cls.labels == "per_minibatch":  # its minibatches are all labelled or all unlabelled
+            fill.pop("labeled_per_batch", None)
         if "labeled_per_batch" in fill:
             fill["labeled_per_batch"] = max(0, min(fill["labeled_per_batch"], batch_size // 2))
         return fill
