@@ -94,3 +94,11 @@ def test_a_forged_standardization_record_is_refused(tmp_path, capsys):
 
     rewrite(run, state_edit=negative_std)
     one_line_error(capsys, main(["sample", str(run), "--out", str(tmp_path / "s.png")]), "checkpoint")
+
+
+def test_standardized_data_take_a_gaussian_likelihood_unless_the_config_names_one():
+    config = pyrovae.load_config(None, ["data.standardize=true"])
+    assert config.model.likelihood == "gaussian"
+    assert pyrovae.load_config(None, ["data.standardize=true", "model.likelihood=laplace"]).model.likelihood \
+        == "laplace"
+    assert pyrovae.load_config(None, []).model.likelihood != "gaussian"

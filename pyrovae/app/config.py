@@ -78,7 +78,8 @@ class DataConfig:
     num_workers: int = 0
     #: map every split to (x - mean) / std per feature, with the training split's mean and standard deviation
     #: (recorded in the checkpoint; figures and samples are mapped back): for raw tables whose features have
-    #: their own units. Not with data.binarize.
+    #: their own units. Not with data.binarize. A family with a likelihood option whose config names none then
+    #: takes "gaussian" (written into the run's config.toml).
     standardize: bool = False
     #: a plugin source's own options: the table's other keys.
     options: Dict[str, Any] = field(default_factory=dict)
@@ -396,14 +397,23 @@ def with_family_training(d: Dict[str, Any]) -> Dict[str, Any]:
     """A fresh run's config with the settings its family trains with under a label budget, where the
     config leaves them out: ``[train]`` keys (:func:`pyrovae.models.registry.labeled_training`) and
     a binarization in place of a dynamic default (:func:`pyrovae.models.registry.labeled_binarize`);
-    they are then written in the run's ``config.toml`` like any other key."""
+    and, for standardized data (``data.standardize``), a Gaussian likelihood where the family takes
+    one and the config names none. They are then written in the run's ``config.toml`` like any
+    other key."""
     model, data, train = (d.get(s, {}) for s in ("model", "data", "train"))
-    if not all(isinstance(t, dict) for t in (model, data, train)) or data.get("labeled") is None:
+    if not all(isinstance(t, dict) for t in (model, data, train)):
+        return d
+    family = model.get("family", "vae")
+    if data.get("standardize") is True and "likelihood" not in model and isinstance(family, str) \
+            and family in MODELS and "likelihood" in MODELS.options(family):
+        # standardized features are real numbers around 0: a Gaussian, not the default for pixels in [0, 1]
+        model = {**model, "likelihood": "gaussian"}
+        d = {**d, "model": model}
+    if data.get("labeled") is None:
         return d
     batch = train.get("batch_size", TrainConfig.batch_size)
     if not isinstance(batch, int) or isinstance(batch, bool):
         return d  # refused by the [train] checks
-    family = model.get("family", "vae")
     # the weighting keys weigh points of a minibatch, which Pyro's ELBOs (train.engine = "pyro") do not
     fill = labeled_training(family, train, batch) if train.get("engine", TrainConfig.engine) != "pyro" else {}
     binarize = labeled_binarize(family)
