@@ -340,7 +340,7 @@ def counters_problem(state: Dict[str, Any], config: Config) -> Optional[str]:
     family = MODELS.get(config.model.family) if config.model.family in MODELS else None
     per_epoch = steps_per_epoch(n, t.batch_size, t.labeled_per_batch, num_labeled,
                                 resolved_labeled_weight(t.labeled_weight, n, num_labeled),
-                                per_minibatch_labels(family))
+                                per_minibatch_labels(family, t.engine))
     expected = {"epoch": (0, bound["epochs"]), "epoch_step": (0, max(per_epoch - 1, 0)),
                 "rollbacks": (0, bound["max_rollbacks"])}
     for key, (low, high) in expected.items():

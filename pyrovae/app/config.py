@@ -414,8 +414,8 @@ def with_family_training(d: Dict[str, Any]) -> Dict[str, Any]:
     batch = train.get("batch_size", TrainConfig.batch_size)
     if not isinstance(batch, int) or isinstance(batch, bool):
         return d  # refused by the [train] checks
-    # the weighting keys weigh points of a minibatch, which Pyro's ELBOs (train.engine = "pyro") do not
-    fill = labeled_training(family, train, batch) if train.get("engine", TrainConfig.engine) != "pyro" else {}
+    engine = train.get("engine", TrainConfig.engine)
+    fill = labeled_training(family, train, batch, engine if engine in ("torch", "pyro") else "torch")
     binarize = labeled_binarize(family)
     name = data.get("name", DataConfig.name)
     if binarize and data.get("binarize") is None and isinstance(name, str) and DEFAULT_BINARIZE.get(name) == "dynamic":

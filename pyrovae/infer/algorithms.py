@@ -171,7 +171,8 @@ class AEVB(Algorithm):
         self.draws_noise = self.torch_engine
         self.validates = not self.torch_engine
         self.elbo = None
-        per_minibatch = getattr(model, "labels", "per_point") == "per_minibatch"
+        under = getattr(model, "labels_under", None)
+        per_minibatch = (under(train.engine) if under is not None else None) == "per_minibatch"
         if not self.torch_engine and train.labeled_weight != 1 and not per_minibatch:
             raise ConfigError(f"train.labeled_weight = {train.labeled_weight!r} weighs the labelled points of a "
                               "mixed minibatch, which train.engine = 'pyro' does not; use engine 'torch' (a family "

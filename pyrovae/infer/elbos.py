@@ -50,7 +50,11 @@ def make_elbo(estimator: str, model, num_particles: int = 1, batch=None) -> pyro
                               f"{num_particles} particles in one pass, which {type(model).__name__} cannot take "
                               f"({model.particles_note}); use train.engine = 'torch'")
         return IWAE(num_particles=num_particles, max_plate_nesting=nesting)
-    if estimator == "mc" and batches and model.enumerated_sites(batches):
+    enumerated = model.enumerated_sites(batches) if batches and hasattr(model, "enumerated_sites") else []
+    if estimator == "analytic" and enumerated:
+        raise ConfigError(f"train.estimator = 'analytic': Pyro's TraceMeanField_ELBO cannot sum out the "
+                          f"enumerated sites {', '.join(map(repr, enumerated))}; use 'mc' (TraceEnum_ELBO) or 'auto'")
+    if estimator == "mc" and enumerated:
         return pyro.infer.TraceEnum_ELBO(num_particles=num_particles, vectorize_particles=vectorize,
                                          max_plate_nesting=max(model.max_plate_nesting(b) for b in batches))
     cls = ESTIMATORS.get(estimator).pyro_elbo

@@ -98,16 +98,19 @@ def get_estimator(name: str) -> Estimator:
     return ESTIMATORS.build(name, "train.estimator")
 
 
-def resolve_estimator(estimator: str, model, batch=None) -> str:
+def resolve_estimator(estimator: str, model, batch=None, engine: str = "torch") -> str:
     """``auto`` -> ``analytic`` or ``mc`` for this model; checks that ``analytic`` applies
     (``batch``: a sample batch, or a list of them, for families whose answer needs a trace: analytic
-    where every one has a closed-form KL)."""
+    where every one has a closed-form KL; under ``engine = "pyro"``, mc where a site is enumerated)."""
     if estimator not in estimator_names():
         raise ConfigError(f"train.estimator: unknown estimator {shown(estimator)}; "
                           f"valid: {', '.join(estimator_names())}")
     if estimator not in ("auto", "analytic"):
         return estimator
     batches = batch if isinstance(batch, (list, tuple)) else [batch]
+    if estimator == "auto" and engine == "pyro" and batch is not None and hasattr(model, "enumerated_sites") \
+            and model.enumerated_sites(batches):
+        return "mc"  # Pyro sums enumerated sites out in TraceEnum_ELBO, which samples the KL (no closed form)
     analytic_ok = all(model.has_closed_form_kl(b) for b in batches)
     if estimator == "auto":
         return "analytic" if analytic_ok else "mc"

@@ -84,13 +84,15 @@ class Model(PyroModule):
     binarize_under_budget: Optional[str] = None
 
     @classmethod
-    def training_under_budget(cls, given, batch_size: int) -> Dict[str, Any]:
+    def training_under_budget(cls, given, batch_size: int, engine: str = "torch") -> Dict[str, Any]:
         """The :attr:`labeled_training` keys not among ``given`` (those a config or call sets), with
         ``labeled_per_batch`` at most half the minibatch ``batch_size`` (none where the family takes
         labels per minibatch)."""
         fill = {k: v for k, v in cls.labeled_training.items() if k not in given}
-        if cls.labels == "per_minibatch":  # its minibatches are all labelled or all unlabelled
+        if cls.labels_under(engine) == "per_minibatch":  # its minibatches are all labelled or all unlabelled
             fill.pop("labeled_per_batch", None)
+        elif engine == "pyro":  # Pyro's ELBOs weigh no points inside a mixed minibatch
+            return {}
         if "labeled_per_batch" in fill:
             fill["labeled_per_batch"] = max(0, min(fill["labeled_per_batch"], batch_size // 2))
         return fill
@@ -150,6 +152,13 @@ class Model(PyroModule):
     #: computed without labels (log p(x)), and where it has no ``classify`` its guide's q(y | x)
     #: classifies (:meth:`label_site`)
     labels: str = "per_point"
+
+    @classmethod
+    def labels_under(cls, engine: str) -> str:
+        """How the family takes labels under ``train.engine`` (``"torch"`` or ``"pyro"``): its
+        :attr:`labels` (M2: per point under the torch engine, whose terms mix them; per minibatch
+        under Pyro's, whose program is Pyro's ss_vae_M2)."""
+        return cls.labels
 
     def __init__(self, event_shape: Sequence[int], name: str = ""):
         super().__init__(name)

@@ -81,6 +81,13 @@ class M2(CVAE):
     #: fixed thresholded images, the mean of seeds 0-5; see docs/training.md)
     binarize_under_budget = "threshold"
 
+    @classmethod
+    def labels_under(cls, engine: str) -> str:
+        """Per point under the torch engine (:meth:`terms` mixes labelled and unlabelled points);
+        per minibatch under Pyro's, whose program (:meth:`model`, :meth:`guide`) takes all-labelled
+        and all-unlabelled minibatches, as Pyro's ss_vae_M2 example does."""
+        return "per_minibatch" if engine == "pyro" else "per_point"
+
     def __init__(self, event_shape: Sequence[int], num_classes: int, latent_dim: int = 10,
                  prior: Union[Spec, Prior] = "standard_normal",
                  likelihood: Union[Spec, Likelihood] = "bernoulli",

@@ -38,13 +38,13 @@ def family_defaults(family: str) -> Dict[str, Any]:
     return {**defaults, **getattr(MODELS.get(family), "config_defaults", {})}
 
 
-def labeled_training(family, given, batch_size: int) -> Dict[str, Any]:
+def labeled_training(family, given, batch_size: int, engine: str = "torch") -> Dict[str, Any]:
     """The ``[train]`` keys a family sets under a label budget that are not among ``given``
     (:meth:`pyrovae.Model.training_under_budget`); none for a family that is not a Model class."""
     if not isinstance(family, str) or family not in MODELS:
         return {}
     entry = MODELS.get(family)
-    return entry.training_under_budget(given, batch_size) if hasattr(entry, "training_under_budget") else {}
+    return entry.training_under_budget(given, batch_size, engine) if hasattr(entry, "training_under_budget") else {}
 
 
 def labeled_binarize(family) -> Optional[str]:

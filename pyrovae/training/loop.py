@@ -267,9 +267,12 @@ def resolved_labeled_weight(labeled_weight, num_train: int, num_labeled: int) ->
     return float(labeled_weight)
 
 
-def per_minibatch_labels(model) -> bool:
-    """Whether a family takes all-labelled and all-unlabelled minibatches (``labels = "per_minibatch"``)."""
-    return getattr(model, "labels", "per_point") == "per_minibatch"
+def per_minibatch_labels(model, engine: str = "torch") -> bool:
+    """Whether a family (a model or its class) takes all-labelled and all-unlabelled minibatches
+    under ``train.engine`` (:meth:`~pyrovae.Model.labels_under`: ``labels = "per_minibatch"``, or
+    the built-in m2's Pyro program under the Pyro engine)."""
+    under = getattr(model, "labels_under", None)
+    return (under(engine) if under is not None else getattr(model, "labels", "per_point")) == "per_minibatch"
 
 
 class Trainer:
@@ -281,8 +284,8 @@ class Trainer:
         self.model = model.to(self.device)
         self.data = data.to(self.device)
         #: whether the epochs are all-labelled and all-unlabelled minibatches (labels = "per_minibatch")
-        self.split_labels = per_minibatch_labels(model) and self.data.labeled is not None
-        if per_minibatch_labels(model) and cfg.labeled_per_batch:
+        self.split_labels = per_minibatch_labels(model, cfg.engine) and self.data.labeled is not None
+        if per_minibatch_labels(model, cfg.engine) and cfg.labeled_per_batch:
             raise ConfigError(f"train.labeled_per_batch = {cfg.labeled_per_batch}: model ({type(model).__name__}) "
                               "takes all-labelled and all-unlabelled minibatches (labels = 'per_minibatch'), not "
                               "labelled points in every minibatch; leave it out (train.labeled_weight sets how "
@@ -290,11 +293,11 @@ class Trainer:
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         self.model.train()
         with kept_buffers(self.model):  # the checks run the model in training mode, and change none of its state
-            check_data(self.model, self.data, cfg.batch_size)
+            check_data(self.model, self.data, cfg.batch_size, cfg.engine)
         self.model.prepare(self.data)  # a resumed run's checkpoint restores the same state over it
         with kept_buffers(self.model):
             dry = dry_training_batches(self.data, self.split_labels)
-            self.estimator = resolve_estimator(cfg.estimator, model, dry)
+            self.estimator = resolve_estimator(cfg.estimator, model, dry, cfg.engine)
             #: what a step maximises (train.algorithm): the loop only calls its loss
             self.algorithm = build_algorithm(model, cfg, self.estimator, self.data.num_train, self.world)
             self.algorithm.dry_run(dry)
@@ -676,7 +679,7 @@ def beta_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return cfg.beta * min(1.0, (step + 1) / (cfg.kl_warmup_epochs * steps_per_epoch))
 
 
-def check_data(model, data: Dataset, batch_size: int) -> None:
+def check_data(model, data: Dataset, batch_size: int, engine: str = "torch") -> None:
     """Reject data that does not fit the model or the batch size, before any training."""
     if tuple(data.event_shape) != tuple(model.event_shape):
         raise ConfigError(f"data points have shape {data.event_shape} but the model expects {model.event_shape}")
@@ -696,7 +699,7 @@ def check_data(model, data: Dataset, batch_size: int) -> None:
         data.checked_for = model
     head = data.test_head(2)
     try:  # a family that takes labels per minibatch, on a labelled and an unlabelled batch
-        split = per_minibatch_labels(model) and data.labeled is not None
+        split = per_minibatch_labels(model, engine) and data.labeled is not None
         model.dry_run(dry_training_batches(data, True) if split else head, data.num_train)
     except ConfigError as e:
         largest = float(head.x.abs().max()) if head.x.numel() else 0.0
