@@ -196,22 +196,44 @@ def test_an_enumerated_site_the_guide_leaves_out_is_summed_out_exactly():
     assert torch.allclose(terms.reconstruction, log_px.expand(2, 3), atol=1e-5)  # nothing else to explain x
 
 
-def test_a_discrete_site_not_marked_for_enumeration_is_one_line_at_build():
-    class Unmarked(Model):
-        def model(self, batch, num_data=None):
+def test_a_guides_unmarked_discrete_site_is_summed_out_as_config_enumerate_marks_it():
+    """Pyro's examples mark the guide with config_enumerate(guide) outside the class: pyrovae marks it
+    itself (the same terms as the site marked by hand), and a discrete site without a finite
+    support stays one line at build; a model-only discrete site must be marked."""
+    def model(self, batch, num_data=None):
+        x = as_batch(batch).x
+        with data_plate(x, num_data):
+            c = pyro.sample("c", dist.Bernoulli(0.5))
+            pyro.sample("x", dist.Normal(c.unsqueeze(-1), 1.0).to_event(1), obs=x)
+
+    def guide(mark):
+        def program(self, batch, num_data=None):
             x = as_batch(batch).x
             with data_plate(x, num_data):
-                c = pyro.sample("c", dist.Bernoulli(0.5))
-                pyro.sample("x", dist.Normal(c.unsqueeze(-1), 1.0).to_event(1), obs=x)
+                pyro.sample("c", dist.Bernoulli(torch.sigmoid(x.squeeze(-1))), **mark)
+        return program
 
-        def guide(self, batch, num_data=None):
-            with data_plate(as_batch(batch).x, num_data):
-                pyro.sample("c", dist.Bernoulli(0.5))
+    batch = Batch(torch.randn(3, 1))
+    unmarked = type("Unmarked", (Model,), {"model": model, "guide": guide({})})((1,))
+    marked = type("Marked", (Model,), {"model": model, "guide": guide({"infer": {"enumerate": "parallel"}})})((1,))
+    unmarked.dry_run(batch, 10)
+    assert unmarked.enumerated_sites(batch) == ["c"]
+    torch.testing.assert_close(unmarked.terms(batch, 1, 10).elbo, marked.terms(batch, 1, 10).elbo)
 
-    with pytest.raises(pyrovae.ConfigError, match="guide site 'c' is not reparameterizable; mark it infer="):
-        Unmarked((1,)).dry_run(Batch(torch.randn(3, 1)), 10)
+    def counts_model(self, batch, num_data=None):
+        x = as_batch(batch).x
+        with data_plate(x, num_data):
+            c = pyro.sample("c", dist.Poisson(torch.ones(len(x))))
+            pyro.sample("x", dist.Normal(c.unsqueeze(-1), 1.0).to_event(1), obs=x)
+
+    def counts_guide(self, batch, num_data=None):
+        with data_plate(as_batch(batch).x, num_data):
+            pyro.sample("c", dist.Poisson(torch.ones(len(as_batch(batch).x))))
+
+    with pytest.raises(pyrovae.ConfigError, match="guide site 'c' is not reparameterizable"):
+        type("Counts", (Model,), {"model": counts_model, "guide": counts_guide})((1,)).dry_run(batch, 10)
     with pytest.raises(ValueError, match="AmortizedGuide: site 'c' is discrete; mark it for enumeration"):
-        type("NoGuide", (Model,), {"model": Unmarked.model})((1,))
+        type("NoGuide", (Model,), {"model": model})((1,))
 
 
 @pytest.mark.filterwarnings("ignore::pyrovae.PosteriorCollapseWarning")

@@ -11,13 +11,13 @@ The networks, ``model`` and ``guide`` are Pyro's, with these changes only:
   ``ys`` the one-hot ``batch.y`` (None on an unlabelled minibatch);
 - the plate is ``self.data_plate(batch, num_data)`` (Pyro's ``pyro.plate("data")``), so that a
   minibatch of M of the N points is scaled by N/M;
-- Pyro's ``config_enumerate(ss_vae.guide)`` is the decorator ``@config_enumerate`` on the guide:
-  an unlabelled point's ELBO sums over the ten classes instead of sampling one;
 - Pyro's auxiliary loss, a second SVI on ``model_classify`` there, is a site of the model here:
   ``y_aux``, observed on labelled minibatches only, scaled by ``aux_loss_multiplier`` (Pyro's 46),
   so that q(y | x) learns from the labels directly (Kingma et al. 2014, eq. 9).
 
-Pyro's ``classifier(xs)`` is not needed: pyrovae classifies with the guide's q(y | x) at the label
+Pyro's ``config_enumerate(ss_vae.guide)``, in its ``main()``, needs no counterpart: pyrovae marks
+a guide's discrete sites so itself, and an unlabelled point's ELBO sums over the ten classes
+instead of sampling one. Pyro's ``classifier(xs)`` is not needed: pyrovae classifies with the guide's q(y | x) at the label
 site ``y``, which it finds from the traces (:meth:`pyrovae.Model.label_site`), and scores the
 test points without their labels (log p(x)). Train it on MNIST with 3000 labels with
 
@@ -31,7 +31,6 @@ import pyro.distributions as dist
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pyro.infer import config_enumerate
 
 import pyrovae
 
@@ -116,7 +115,6 @@ class SSVAE(pyrovae.Model):
                 with pyro.poutine.scale(scale=self.aux_loss_multiplier):
                     pyro.sample("y_aux", dist.OneHotCategorical(alpha), obs=ys)
 
-    @config_enumerate
     def guide(self, batch, num_data=None):
         xs = batch.x.reshape(len(batch), -1)
         ys = None if batch.y is None else F.one_hot(batch.y, self.output_size).to(xs.dtype)

@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import pyro
 import torch
 from pyro import poutine
+from pyro.infer import config_enumerate
 from pyro.nn import PyroModule, pyro_method
 from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.uncondition_messenger import UnconditionMessenger
@@ -100,11 +101,18 @@ class Model(PyroModule):
     def __init_subclass__(cls, **kwargs):
         """A family's ``model`` and ``guide`` run in the module's Pyro context (as with
         ``@pyro_method``), so that its parameters reach Pyro's param store under plain SVI, and
-        always get a :class:`~pyrovae.Batch` (a plain tensor of points is taken as ``x``)."""
+        always get a :class:`~pyrovae.Batch` (a plain tensor of points is taken as ``x``). The
+        guide's discrete sites with a finite support that carry no mark of their own are marked
+        ``infer={"enumerate": "parallel"}``, as Pyro's examples do with ``config_enumerate(guide)``
+        outside the class (Pyro's SS-VAE): their values are summed out, the exact expectation that
+        a sampled value (a score-function estimate, which pyrovae's estimators cannot
+        differentiate) would estimate."""
         super().__init_subclass__(**kwargs)
         for name in ("model", "guide"):
             fn = cls.__dict__.get(name)
             if fn is not None and not getattr(fn, "_pyrovae_method", False):
+                if name == "guide":  # its discrete sites summed out, as Pyro's config_enumerate(guide) marks them
+                    fn = config_enumerate(fn, default="parallel")
                 wrapped = pyro_method(_with_batch(fn))
                 wrapped._pyrovae_method = True
                 setattr(cls, name, wrapped)
@@ -370,15 +378,11 @@ class Model(PyroModule):
     def observed_name(self, model_trace=None) -> str:
         """The observed site :meth:`sample` and :meth:`reconstruct` return: :attr:`observed_site`
         if the family declares it, else the one observed site under the plate "data" of a trace
-        of the model (on 2 blank points if no trace is given); none or several is one line."""
+        of the model (:meth:`_structure_trace` if no trace is given); none or several is one line."""
         if getattr(self, "_observed", None) is not None:
             return self._observed
         if model_trace is None:
-            blank = self._blank_batch(2)
-            if self.labels == "per_minibatch":  # its labels are an observed site too: the data's without them
-                blank = Batch(blank.x)
-            with torch.no_grad(), poutine.block(), torch.random.fork_rng(devices=[]):
-                model_trace = poutine.trace(self.model).get_trace(blank, None)
+            model_trace = self._structure_trace()
         observed = [name for name, site in sample_sites(model_trace) if site["is_observed"]
                     and any(f.name == DATA_PLATE for f in site["cond_indep_stack"])]
         if self.observed_site is not None:
@@ -395,6 +399,21 @@ class Model(PyroModule):
                                  if observed else "no observed site under the plate 'data': observe the data "
                                  "with pyro.sample(name, ..., obs=batch.x) inside self.data_plate(batch, num_data)"))
         return self._observed
+
+    def _structure_trace(self):
+        """A trace of the model that shows its sites (their names, plates and which are observed):
+        on 2 points without data (:meth:`Batch.without_data`, labels 0 where the family reads them;
+        none for one that takes labels per minibatch, whose labels are an observed site too), or, for
+        a model that reads its input's values, on 2 blank points (only the sites are read)."""
+        classes = getattr(self, "num_classes", None) if self.labels != "per_minibatch" else None
+        y = torch.zeros(2, dtype=torch.long, device=self.device) if classes else None
+        with torch.no_grad(), poutine.block(), torch.random.fork_rng(devices=[]):
+            try:
+                return poutine.trace(self.model).get_trace(Batch.without_data(2, self.event_shape, y, self.device),
+                                                           None)
+            except NeedsData:
+                blank = self._blank_batch(2)
+                return poutine.trace(self.model).get_trace(Batch(blank.x, y), None)
 
     def _blank_batch(self, m: int) -> Batch:
         """``m`` blank points of ``event_shape`` (labels 0 if the family has ``num_classes``)."""
