@@ -17,9 +17,10 @@ The networks, ``model`` and ``guide`` are Pyro's, with these changes only:
 
 Pyro's ``config_enumerate(ss_vae.guide)``, in its ``main()``, needs no counterpart: pyrovae marks
 a guide's discrete sites so itself, and an unlabelled point's ELBO sums over the ten classes
-instead of sampling one. Pyro's ``classifier(xs)`` is not needed: pyrovae classifies with the guide's q(y | x) at the label
-site ``y``, which it finds from the traces (:meth:`pyrovae.Model.label_site`), and scores the
-test points without their labels (log p(x)). Train it on MNIST with 3000 labels with
+instead of sampling one. Pyro's ``classifier(xs)`` is not needed: pyrovae classifies with the
+guide's q(y | x) at the label site ``y``, which it finds from the traces
+(:meth:`pyrovae.Model.label_site`), and scores the test points without their labels (log p(x)).
+Train it on MNIST with 3000 labels with
 
     pyrovae train examples/configs/ss_vae_mnist.toml
 """
