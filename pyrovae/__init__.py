@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # the public names, each imported on first use (see __getattr
     from pyrovae.app.tracking import MLflowLog, TensorBoardLog
     from pyrovae.data.batch import Batch
     from pyrovae.data.datasets import DATASETS, Dataset, load_dataset
+    from pyrovae.data.formats import FORMATS, Format
     from pyrovae.infer.algorithms import ALGORITHMS, Algorithm
     from pyrovae.infer.elbos import (
         IWAE,
@@ -67,12 +68,13 @@ if TYPE_CHECKING:  # the public names, each imported on first use (see __getattr
     from pyrovae.parts.nets import CLASSIFIERS, DECODERS, ENCODERS
     from pyrovae.parts.posteriors import POSTERIORS
     from pyrovae.parts.priors import PRIORS, Prior
-    from pyrovae.training.loop import Callback, Interrupted, PosteriorCollapseWarning, TrainConfig, TrainingError, fit
+    from pyrovae.training.callbacks import CALLBACKS, Callback
+    from pyrovae.training.loop import Interrupted, PosteriorCollapseWarning, TrainConfig, TrainingError, fit
     from pyrovae.training.mcem import MonteCarloEM
     from pyrovae.training.optim import OPTIMIZERS, build_optimizer
 
 __all__ = [
-    "DATASETS",
+    "DATASETS", "FORMATS", "Format",
     "Model", "AmortizedGuide", "VAE", "CVAE", "M2", "HVAE", "POSTERIORS", "CLASSIFIERS", "Terms", "ALGORITHMS",
     "Algorithm", "Batch",
     "data_plate", "MODELS", "fit", "train", "load",
@@ -82,7 +84,8 @@ __all__ = [
     "LatentScale", "elbo_terms", "dataset_elbo", "dataset_terms", "log_likelihood", "active_units",
     "kl_per_dimension", "evaluate", "evaluate_run", "build_optimizer", "Prior", "Likelihood", "PRIORS",
     "LIKELIHOODS", "ENCODERS", "DECODERS", "OPTIMIZERS", "PyrovaeError", "ConfigError", "DataError", "RunDirError",
-    "TrackingError", "TrainingError", "Interrupted", "Callback", "RunFolder", "TensorBoardLog", "MLflowLog",
+    "TrackingError", "TrainingError", "Interrupted", "Callback", "CALLBACKS", "RunFolder", "TensorBoardLog",
+    "MLflowLog",
     "PosteriorCollapseWarning",
     "WakeSleep", "MonteCarloEM", "hmc_log_likelihood",
 ]

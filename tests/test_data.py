@@ -84,7 +84,7 @@ def test_bad_npz_and_suffix(tmp_path):
     with pytest.raises(DataError, match="test split of 'file' is empty"):
         load_dataset("file", str(tmp_path / "empty.npz"))
     (tmp_path / "x.txt").write_text("1,2\n")
-    with pytest.raises(DataError, match="unsupported file type '.txt'; valid: .npy, .npz, .pt, .h5"):
+    with pytest.raises(DataError, match="unsupported file type '.txt'; valid: .csv, .h5, .h5ad, .hdf5, .npy, .npz"):
         load_dataset("file", str(tmp_path / "x.txt"))
     np.save(tmp_path / "big.npy", np.full((10, 2), 3.0))
     with pytest.raises(DataError, match="binarize = 'dynamic'.*outside \\[0, 1\\]"):

@@ -32,6 +32,7 @@ from pyrovae.infer.algorithms import ALGORITHMS, algorithm_name
 from pyrovae.models.registry import MODELS, check_model_options, family_defaults, labeled_binarize, labeled_training
 from pyrovae.parts.likelihoods import LIKELIHOODS
 from pyrovae.registry import _type_name, check_at_least, check_choice, check_type
+from pyrovae.training.callbacks import CALLBACKS
 from pyrovae.training.loop import TrainConfig
 from pyrovae.training.optim import check_optimizer
 
@@ -210,8 +211,25 @@ class LogConfig:
     mlflow_uri: str = ""
     #: the MLflow experiment; "" (the default): the data set's name (data.name).
     experiment: str = ""
+    #: callbacks around the training loop, by name (pyrovae.CALLBACKS, a plugin's too), each a name or a table of
+    #: its options: ["print_elbo", { name = "other", every = 5 }]; "tensorboard" and "mlflow" are log.tensorboard
+    #: and log.mlflow.
+    callbacks: List[Any] = dataclasses.field(default_factory=list)
 
     def check(self):
+        if not isinstance(self.callbacks, list):
+            raise ConfigError(f"log.callbacks = {shown(self.callbacks)}: expected a list of names or tables")
+        kept = []
+        for i, spec in enumerate(self.callbacks):
+            name = spec if isinstance(spec, str) else spec.get("name") if isinstance(spec, dict) else None
+            if not isinstance(name, str):
+                raise ConfigError(f"log.callbacks[{i}] = {shown(spec)}: expected a callback's name or a table with "
+                                  "'name'")
+            if name in BUILT_IN_CALLBACKS and (isinstance(spec, str) or set(spec) == {"name"}):
+                setattr(self, name, True)  # the same as log.tensorboard = true, log.mlflow = true
+            else:
+                kept.append(spec)
+        self.callbacks = kept
         if self.tensorboard:
             try:
                 import torch.utils.tensorboard  # noqa: F401
@@ -224,6 +242,19 @@ class LogConfig:
             except ImportError:
                 raise ConfigError("log.mlflow = true needs the mlflow package: "
                                   "pip install mlflow-skinny (or pyrovae[mlflow])") from None
+
+    def callback_specs(self) -> List[Any]:
+        """The callbacks to build around the loop (:data:`pyrovae.CALLBACKS`): TensorBoard and MLflow
+        where switched on, then ``log.callbacks``, each checked against the registry (one line naming
+        the entry and the registered names: a plugin's callback needs its plugin named)."""
+        specs = [name for name in BUILT_IN_CALLBACKS if getattr(self, name)] + list(self.callbacks)
+        for i, spec in enumerate(self.callbacks):
+            try:
+                CALLBACKS.split(spec, f"log.callbacks[{i}]")
+            except UnknownNameError as e:
+                raise ConfigError(f"{e} (a plugin's callback is registered when its plugin is named: "
+                                  "[plugins] modules, or --plugins)") from None
+        return specs
 
 
 @dataclass
@@ -425,6 +456,8 @@ def with_family_training(d: Dict[str, Any]) -> Dict[str, Any]:
 
 #: the [log] keys that name a destination (where a run is tracked): a run's record of them is never followed
 DESTINATION_KEYS = ("mlflow", "mlflow_uri")
+#: the callbacks that the [log] keys of the same names switch on (pyrovae.CALLBACKS' built-in entries)
+BUILT_IN_CALLBACKS = ("tensorboard", "mlflow")
 
 
 def without_destinations(d: Dict[str, Any]) -> Dict[str, Any]:
@@ -436,9 +469,15 @@ def without_destinations(d: Dict[str, Any]) -> Dict[str, Any]:
     out = dict(d)
     if isinstance(out.get("log"), dict):
         out["log"] = {k: v for k, v in out["log"].items() if k not in DESTINATION_KEYS}
+        if isinstance(out["log"].get("callbacks"), list):  # "mlflow" there is log.mlflow
+            out["log"]["callbacks"] = [spec for spec in out["log"]["callbacks"] if not _names_mlflow(spec)]
     if isinstance(out.get("data", {}), dict):
         out["data"] = {**out.get("data", {}), "download": False}
     return out
+
+
+def _names_mlflow(spec) -> bool:
+    return spec == "mlflow" or (isinstance(spec, dict) and spec.get("name") == "mlflow")
 
 
 def record_config(d: Dict[str, Any], plugins: Sequence[str] = (), run_dir=None,

@@ -61,13 +61,14 @@ from pyrovae.app.files import (
 )
 from pyrovae.app.plugins import source_of as plugin_source
 from pyrovae.app.runfolder import RunFolder
-from pyrovae.app.tracking import MLflowLog, TensorBoardLog, log_evaluation, opened_run_store, recorded_store
+from pyrovae.app.tracking import log_evaluation, opened_run_store, recorded_store
 from pyrovae.data.sources import NO_DOWNLOAD
 from pyrovae.devices import resolve_device
 from pyrovae.errors import ConfigError, DataError, RunDirError, shell_word
 from pyrovae.infer.estimators import resolve_estimator
 from pyrovae.infer.evaluate import evaluate, posterior_means
 from pyrovae.rng import seeded
+from pyrovae.training.callbacks import CALLBACKS
 from pyrovae.training.distributed import distributed, on_rank0
 from pyrovae.training.early_stopping import EarlyStopping, best_so_far
 from pyrovae.training.loop import (
@@ -157,6 +158,7 @@ def _train(config: Config, out_dir, resume: bool, device: torch.device, model=No
     if rank == 0 and config.train.progress and getattr(type(model), "vectorizable", True) is None:
         print(particles_line(model), file=sys.stderr)  # what the dry run showed, for a family that did not say
 
+    specs = config.log.callback_specs()  # every callback the config names is registered (its plugin named)
     if dist.is_initialized():
         dist.barrier()  # every rank has checked its input before rank 0 creates anything
     lock = RunLock(".", "write")
@@ -164,10 +166,8 @@ def _train(config: Config, out_dir, resume: bool, device: torch.device, model=No
         made = not resume and (out_dir is None or not Path(out_dir).exists())
         out_dir = on_rank0(lambda: _claim_run_dir(config, out_dir, resume, lock), rank)
         folder = RunFolder(out_dir, config, resume)
-        callbacks = [folder] + ([TensorBoardLog(out_dir / "tensorboard")] if config.log.tensorboard else [])
-        if config.log.mlflow:
-            callbacks.append(MLflowLog(out_dir, config.to_dict(), config.log.experiment or config.data.name,
-                                       config.log.mlflow_uri))
+        callbacks = [folder] + [CALLBACKS.build(spec, "log.callbacks", run_dir=out_dir, config=config)
+                                for spec in specs]
         try:
             with _stop_on_signals() as stop_signal:
                 fit(model, data, dataclasses.replace(config.train, device=str(device)), config.optim, callbacks,

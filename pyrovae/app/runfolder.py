@@ -16,7 +16,8 @@ from pyrovae.app.checkpoint import (
 from pyrovae.app.config import Config
 from pyrovae.app.files import BEST, CHECKPOINT, append_metrics, write_metrics
 from pyrovae.errors import RunDirError, one_line
-from pyrovae.training.loop import Callback, current_record
+from pyrovae.training.callbacks import Callback
+from pyrovae.training.loop import current_record
 
 #: the test points the figures draw (reconstructions: the first 20)
 FIGURE_POINTS = 20

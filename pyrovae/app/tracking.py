@@ -39,7 +39,7 @@ from pyrovae.app.files import CONFIG, FIGURES, MLFLOW, atomic_write_bytes
 from pyrovae.errors import RunDirError, TrackingError, one_line, shell_word, shown
 from pyrovae.models.base import NeedsInput
 from pyrovae.rng import seeded
-from pyrovae.training.loop import Callback
+from pyrovae.training.callbacks import CALLBACKS, Callback
 
 #: MLflow's limit on a param's value (characters); a longer value is cut in the middle
 MLFLOW_PARAM_CHARS = 6000
@@ -376,3 +376,17 @@ def log_evaluation(run_dir, uri: str, evaluation_file, result: Dict, step: int, 
         raise TrackingError(f"{tracking_failed(uri, 'logging the evaluation', e)}; {evaluation_file} is written") \
             from None
     return run_id
+
+
+@CALLBACKS.register("tensorboard")
+def tensorboard_callback(run_dir) -> TensorBoardLog:
+    """``log.tensorboard = true`` (or ``"tensorboard"`` in ``log.callbacks``): event files in
+    ``RUN_DIR/tensorboard``."""
+    return TensorBoardLog(Path(run_dir) / "tensorboard")
+
+
+@CALLBACKS.register("mlflow")
+def mlflow_callback(run_dir, config) -> MLflowLog:
+    """``log.mlflow = true`` (or ``"mlflow"`` in ``log.callbacks``): the run in MLflow, at the store the
+    user names (``log.mlflow_uri`` of a fresh run's config, ``--mlflow``), in ``log.experiment``."""
+    return MLflowLog(run_dir, config.to_dict(), config.log.experiment or config.data.name, config.log.mlflow_uri)

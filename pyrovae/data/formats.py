@@ -50,9 +50,43 @@ from pyrovae.data.regular import check_folder, inside, open_fd, open_regular, re
 from pyrovae.data.rows import ArrayRows, CsrRows, NpyRows, Rows, TensorRows
 from pyrovae.devices import available_bytes, format_bytes
 from pyrovae.errors import DataError, needed_object, one_line, shown
+from pyrovae.registry import Registry
 from pyrovae.safe_load import UnsafeFile, load_torch_file
 
-SUFFIXES = (".npy", ".npz", ".pt", ".h5", ".hdf5", ".h5ad", ".zarr", ".csv")
+FORMATS = Registry("file format")
+"""Data file formats by suffix (``".npy"``, ``".npz"``, ``".pt"``, ``".h5"``, ``".hdf5"``, ``".h5ad"``,
+``".zarr"``, ``".csv"``): each a :class:`Format` subclass, which ``data.name = "file"`` reads a
+``data.path`` of that suffix with. ``@pyrovae.FORMATS.register(".parquet")`` on a subclass adds
+one (``docs/your-data.md``).
+"""
+
+
+class Format:
+    """A data file format: what ``data.name = "file"`` reads a file of its suffix with.
+
+    A format overrides :meth:`arrays`, the named arrays the file holds (the points, and their
+    labels ``y``; or ``train``, ``test``, ``train_y``, ``test_y``), which :meth:`read` then
+    chooses among as ``data.key`` and ``data.label_key`` say; or :meth:`read` itself, for a file
+    that is one table (``.npy``, ``.csv``, ``.h5ad``). Arrays may be NumPy arrays, tensors, or
+    array-likes that read rows by index (HDF5 and zarr datasets: streamed). A file must read
+    only itself: open it with :func:`pyrovae.data.regular.open_regular` (a FIFO, a device or a
+    symbolic link to one is refused, and the open cannot block), and follow no reference it
+    holds to another file.
+    """
+
+    def arrays(self, path: Path, where: str) -> Dict[str, object]:
+        """The named arrays of the file at ``path`` (``where``: how messages name it)."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither arrays() nor read()")
+
+    def read(self, path: Path, where: str, key: Optional[str] = None, label_key: Optional[str] = None):
+        """``(train, test, train_y, test_y)``: the points as :class:`~pyrovae.data.rows.Rows` (test
+        None where the file has no test split of its own) and the labels as arrays (or None)."""
+        train, test, train_y, test_y = _choose(self.arrays(path, where), path, key, label_key)
+        rows = [_rows(a, where if i == 0 else f"{where} (test)") if a is not None else None
+                for i, a in enumerate((train, test))]
+        labels = [None if y is None else _labels_array(y, where) for y in (train_y, test_y)]
+        return rows[0], rows[1], labels[0], labels[1]
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 FORMATS_EXTRA = 'pip install "pyrovae[formats]"'
 
@@ -138,67 +172,87 @@ def load_file(path: str, key: Optional[str] = None, label_key: Optional[str] = N
         raise DataError(f"{where}: no such file")
     if not file.exists():
         raise DataError(f"{where}: a broken symbolic link (to {shown(os.readlink(file))})")
-    if suffix not in SUFFIXES:
-        raise DataError(f"{where}: unsupported file type {shown(suffix)}; valid: {', '.join(SUFFIXES)}, "
+    if suffix not in FORMATS:
+        raise DataError(f"{where}: unsupported file type {shown(suffix)}; valid: {', '.join(FORMATS.names())}, "
                         "or a folder of images")
     try:
-        if suffix == ".npy":
-            if key is not None or label_key is not None:
-                raise DataError(f"{where}: a .npy file holds one array; data.key and data.label_key name arrays "
-                                "in a file that holds several")
-            return NpyRows(file, where), None, None, None
-        if suffix in (".csv", ".h5ad"):
-            rows, labels = (_csv if suffix == ".csv" else _h5ad)(file, where, key, label_key)
-            return rows, None, labels, None
-        arrays = _arrays(file, suffix, where)
+        return FORMATS.get(suffix)().read(file, where, key, label_key)
     except DataError:
         raise
-    except Exception as e:
+    except Exception as e:  # a format's reader (a plugin's too) can fail in any way on a hostile file
         needed = needed_object(e)
         reason = (f"it needs the Python object {shown(needed)}; a data file holds tensors or arrays only"
                   if needed else f"{type(e).__name__}: {one_line(str(e), 160)}")
         raise DataError(f"{where}: cannot read {suffix} file ({reason})") from None
-    train, test, train_y, test_y = _choose(arrays, path, key, label_key)
-    rows = [_rows(a, where if i == 0 else f"{where} (test)") if a is not None else None
-            for i, a in enumerate((train, test))]
-    labels = [None if y is None else _labels_array(y, where) for y in (train_y, test_y)]
-    return rows[0], rows[1], labels[0], labels[1]
 
 
-def _arrays(file: Path, suffix: str, where: str) -> Dict[str, object]:
-    """The named arrays (or array-likes that read by index) of an .npz, .pt, HDF5 or zarr file."""
-    if suffix == ".npz":
-        with open_regular(file, where) as f:
+@FORMATS.register(".npy")
+class NpyFormat(Format):
+    """One array ``(N, ...)``, streamed by offset."""
+
+    def read(self, path, where, key=None, label_key=None):
+        if key is not None or label_key is not None:
+            raise DataError(f"{where}: a .npy file holds one array; data.key and data.label_key name arrays "
+                            "in a file that holds several")
+        return NpyRows(path, where), None, None, None
+
+
+@FORMATS.register(".npz")
+class NpzFormat(Format):
+    """NumPy's archive of arrays, or a SciPy sparse matrix (``save_npz``); read into memory."""
+
+    def arrays(self, path, where):
+        with open_regular(path, where) as f:
             _check_npz(f, where)
             with np.load(f, allow_pickle=False) as z:
                 names = set(z.files)
                 if {"data", "indices", "indptr", "format", "shape"} <= names:  # scipy.sparse.save_npz
                     return {"x": _sparse_npz(z, f, where)}
                 return {k: z[k] for k in z.files}
-    if suffix == ".pt":
+
+
+@FORMATS.register(".pt")
+class TorchFormat(Format):
+    """A tensor, or a dict of them, read without unpickling code."""
+
+    def arrays(self, path, where):
         try:
-            obj = load_torch_file(file)  # never unpickles code, never inflates a compressed entry
+            obj = load_torch_file(path)  # never unpickles code, never inflates a compressed entry
         except UnsafeFile as e:
             raise DataError(f"{where}: refused unread: {e}") from None
         return obj if isinstance(obj, dict) else {"x": obj}
-    if suffix in (".h5", ".hdf5"):
+
+
+@FORMATS.register(".h5")
+@FORMATS.register(".hdf5")
+class HDF5Format(Format):
+    """HDF5 datasets (or sparse groups) at the file's top level, streamed by chunks."""
+
+    def arrays(self, path, where):
         h5py = _optional("h5py", where, "HDF5 files")
-        f = _h5_file(file, where, "an HDF5 file")
+        f = _h5_file(path, where, "an HDF5 file")
         objects = {name: _h5_get(f, name, where) for name in f.keys()}
         return {name: _h5_array(obj, where) for name, obj in objects.items()
                 if isinstance(obj, h5py.Dataset) or _is_sparse_group(obj)}
-    zarr = _optional("zarr", where, "zarr stores")
-    if not file.is_dir():
-        raise DataError(f"{where}: a zarr store is a folder")
-    check_folder(file, where)  # regular files and folders only, no link out of it
-    store = zarr.open(str(file), mode="r")
-    arrays = {"x": store} if hasattr(store, "shape") else {name: array for name, array in store.arrays()}
-    held = sum(p.stat().st_size for p in file.rglob("*") if p.is_file())  # (checked regular: check_folder)
-    for name, array in arrays.items():
-        _check_chunks(array, f"{where}: array {shown(name)}")
-        check_expansion(declared_bytes(array.shape, np.dtype(array.dtype).itemsize), held,
-                        f"{where}: array {shown(name)}")
-    return arrays
+
+
+@FORMATS.register(".zarr")
+class ZarrFormat(Format):
+    """A zarr store (a folder): an array, or a group of arrays, streamed by chunks."""
+
+    def arrays(self, path, where):
+        zarr = _optional("zarr", where, "zarr stores")
+        if not path.is_dir():
+            raise DataError(f"{where}: a zarr store is a folder")
+        check_folder(path, where)  # regular files and folders only, no link out of it
+        store = zarr.open(str(path), mode="r")
+        arrays = {"x": store} if hasattr(store, "shape") else {name: array for name, array in store.arrays()}
+        held = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())  # (checked regular: check_folder)
+        for name, array in arrays.items():
+            _check_chunks(array, f"{where}: array {shown(name)}")
+            check_expansion(declared_bytes(array.shape, np.dtype(array.dtype).itemsize), held,
+                            f"{where}: array {shown(name)}")
+        return arrays
 
 
 def _check_npz(f, where: str) -> None:
@@ -385,6 +439,24 @@ def _labels_array(labels, where: str):
 # -- AnnData ---------------------------------------------------------------------------------
 #: where an ``.h5ad`` file keeps matrices of one row per cell, as ``data.key`` names them
 H5AD_KEYS = ("X (the default)", "raw/X", "layers/NAME (or NAME)", "obsm/NAME")
+
+
+@FORMATS.register(".h5ad")
+class AnnDataFormat(Format):
+    """AnnData: ``X`` (dense or CSR) or a layer, labels from an ``obs`` column; streamed."""
+
+    def read(self, path, where, key=None, label_key=None):
+        rows, labels = _h5ad(path, where, key, label_key)
+        return rows, None, labels, None
+
+
+@FORMATS.register(".csv")
+class CsvFormat(Format):
+    """Numeric columns, one row per point (a header allowed); parsed line by line into memory."""
+
+    def read(self, path, where, key=None, label_key=None):
+        rows, labels = _csv(path, where, key, label_key)
+        return rows, None, labels, None
 
 
 def _h5ad(file: Path, where: str, key: Optional[str], label_key: Optional[str]):

@@ -41,6 +41,7 @@ from pyrovae.infer.estimators import estimator_names, resolve_estimator
 from pyrovae.infer.evaluate import accuracy, active_units, classifier, dataset_terms
 from pyrovae.registry import PartSpec, check_at_least, check_choice
 from pyrovae.rng import rng_state, seeded, set_rng_state
+from pyrovae.training.callbacks import Callback
 from pyrovae.training.early_stopping import EarlyStopping, best_so_far
 from pyrovae.training.optim import build_optimizer, load_state
 from pyrovae.training.schedules import build_schedule, schedule_spec
@@ -162,32 +163,6 @@ class Interrupted(PyrovaeError):
     def __init__(self, message: str, signal_number: int):
         super().__init__(message)
         self.signal_number = signal_number
-
-
-class Callback:
-    """Hooks around the loop; each gets the :class:`Trainer` (its model, optimizer, counters,
-    metrics, ``state()``). Override what you need."""
-
-    def on_start(self, trainer: "Trainer") -> None:
-        """Before the first step (the run folder restores a checkpoint here)."""
-
-    def on_epoch_end(self, trainer: "Trainer", record: Dict) -> None:
-        """After an epoch, its record complete (evaluated when due) and appended to ``trainer.metrics``."""
-
-    def on_interrupt(self, trainer: "Trainer", mid_epoch: bool) -> Optional[str]:
-        """A signal stops the run (mid-epoch: at a step; else after an epoch's callbacks): save what
-        is needed; return what the message should say of it (e.g. how to resume)."""
-        return None
-
-    def on_end(self, trainer: "Trainer") -> None:
-        """After the last epoch (the run folder draws its figures here)."""
-
-    def on_close(self, trainer: "Trainer") -> None:
-        """Always, last, however the loop ended (close files)."""
-
-    def kept(self) -> Optional[str]:
-        """What survives a failure, for its message (e.g. the last good checkpoint)."""
-        return None
 
 
 def fit(model, data, train: Optional[TrainConfig] = None, optim: Optional[Dict[str, Any]] = None,
