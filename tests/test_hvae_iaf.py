@@ -125,3 +125,18 @@ def test_a_family_trains_on_the_embedded_digits_with_nothing_else_set(family, tm
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert math.isfinite(last["test_elbo"]) and (last["test_accuracy"] is not None) == (family == "m2")
     assert type(pyrovae.load(run)).__name__ == family.upper()
+
+
+def test_a_posterior_module_that_says_nothing_of_its_kl_has_no_closed_form_everywhere():
+    """A user's posterior module without has_closed_form_kl: the closed-form fast path and the
+    per-dimension KL are not claimed for it (one rule, read in one place: it was read as True in
+    two modules), while its terms come from the traces, whose KL is closed-form where torch has one."""
+
+    class Mine(torch.nn.Module):
+        def forward(self, loc, log_var):
+            return dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
+
+    vae = VAE((1, 8, 8), 2, posterior=Mine())
+    x = torch.rand(4, 1, 8, 8).round()
+    assert not vae.fast_path and resolve_estimator("auto", vae, Batch(x)) == "analytic"  # Normal || Normal
+    assert pyrovae.kl_per_dimension(vae, x) is None

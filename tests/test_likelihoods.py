@@ -101,3 +101,14 @@ def test_bad_options_are_rejected():
         LIKELIHOODS.build({"name": "gaussian", "scale": -1.0})
     with pytest.raises(ConfigError, match="expected true or false"):
         LIKELIHOODS.build({"name": "gaussian", "learn_scale": "yes"})
+
+
+def test_an_unregistered_likelihood_is_named_by_its_class():
+    registered = LIKELIHOODS.build("bernoulli", event_shape=(3,))
+
+    class Mine(type(registered)):
+        pass
+
+    assert registered.name == "bernoulli"
+    registered.__class__ = Mine
+    assert registered.name == "Mine"  # it raised StopIteration

@@ -27,6 +27,7 @@ import torch
 
 from pyrovae.errors import ConfigError, shown
 from pyrovae.models.terms import log_mean_exp
+from pyrovae.parts.posteriors import has_closed_form_kl
 from pyrovae.registry import Registry
 
 ESTIMATORS = Registry("estimator")
@@ -116,9 +117,9 @@ def resolve_estimator(estimator: str, model, batch=None, engine: str = "torch") 
         return "analytic" if analytic_ok else "mc"
     if not analytic_ok:
         posterior = getattr(model, "posterior_module", None)
-        if posterior is not None and not getattr(posterior, "has_closed_form_kl", True):
+        if posterior is not None and not has_closed_form_kl(posterior):
             what = f"the posterior ({type(posterior).__name__})"
-        elif hasattr(model, "prior") and not getattr(model.prior, "has_closed_form_kl", True):
+        elif hasattr(model, "prior") and not has_closed_form_kl(model.prior):
             what = f"the {type(model.prior).__name__}"
         else:
             what = ("a latent site of the model (its KL has no closed form, or its prior depends on a latent the "

@@ -19,6 +19,7 @@ from pyrovae.data.batch import Batch, as_batch
 from pyrovae.data.splits import Split
 from pyrovae.infer.elbos import elbo_terms
 from pyrovae.models.terms import LogMeanExp
+from pyrovae.parts.posteriors import has_closed_form_kl
 from pyrovae.rng import seeded
 
 #: A latent unit u is active when Cov_x(E_q[u | x]) exceeds this (Burda et al. 2015).
@@ -155,7 +156,7 @@ def kl_per_dimension(model, x, batch_size: int = 1000) -> Optional[List[float]]:
     """
     if not (hasattr(model, "posterior") and hasattr(model, "prior")) or getattr(model, "num_conditions", 0):
         return None  # (a conditional family's posterior needs the labels)
-    if not getattr(getattr(model, "posterior_module", None), "has_closed_form_kl", True):
+    if not has_closed_form_kl(getattr(model, "posterior_module", None)):
         return None  # a flow posterior (iaf) couples the dimensions
     prior = model.prior()
     base = getattr(prior, "base_dist", None)

@@ -53,6 +53,7 @@ from pyrovae.models.registry import MODELS
 from pyrovae.models.terms import Terms
 from pyrovae.parts.likelihoods import Likelihood
 from pyrovae.parts.nets import CLASSIFIERS
+from pyrovae.parts.posteriors import has_closed_form_kl
 from pyrovae.parts.priors import LOG_2PI, Prior
 from pyrovae.registry import Spec
 
@@ -159,7 +160,7 @@ class M2(CVAE):
         weight = torch.cat([log_qy_unlabeled.exp().reshape(-1), x.new_ones(len(labeled_index))])  # q(y | x), or 1
         x_rows, c = x[owner], one_hot(row_class, classes, x.dtype)
         loc, log_var = self.encoder(self.encoder_input(x_rows, c))
-        gaussian = getattr(self.posterior_module, "has_closed_form_kl", False)
+        gaussian = has_closed_form_kl(self.posterior_module)
         if gaussian:
             noise = noise[:, owner] if noise is not None else \
                 torch.randn((num_particles, *loc.shape), dtype=loc.dtype, device=loc.device)
@@ -201,10 +202,10 @@ class M2(CVAE):
                      importance_log_weights=log_w)
 
     def has_closed_form_kl(self, batch=None) -> bool:
-        return bool(getattr(self.posterior_module, "has_closed_form_kl", False) and self.prior.has_closed_form_kl)
+        return bool(has_closed_form_kl(self.posterior_module) and has_closed_form_kl(self.prior))
 
     def noise_shape(self, batch_size: int, num_particles: int) -> Optional[tuple]:
-        gaussian = getattr(self.posterior_module, "has_closed_form_kl", False)
+        gaussian = has_closed_form_kl(self.posterior_module)
         return (num_particles, batch_size, self.latent_dim) if gaussian else None
 
     # -- the Pyro program (plain SVI with TraceEnum_ELBO) ----------------------------------------

@@ -32,7 +32,7 @@ from pyrovae.models.registry import MODELS
 from pyrovae.models.terms import Terms
 from pyrovae.parts.likelihoods import LIKELIHOODS, Likelihood
 from pyrovae.parts.nets import DECODERS, ENCODERS
-from pyrovae.parts.posteriors import POSTERIORS
+from pyrovae.parts.posteriors import POSTERIORS, has_closed_form_kl
 from pyrovae.parts.priors import LOG_2PI, PRIORS, Prior
 from pyrovae.registry import Spec
 
@@ -210,7 +210,7 @@ class VAE(Model):
         form (``iaf``); then every term comes from the traces."""
         cls = type(self)
         return (cls.model is VAE.model and cls.guide is VAE.guide and cls.posterior is VAE.posterior
-                and getattr(self.posterior_module, "has_closed_form_kl", False))
+                and has_closed_form_kl(self.posterior_module))
 
     def has_closed_form_kl(self, batch=None) -> bool:
         if not self.fast_path:

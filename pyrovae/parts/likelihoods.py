@@ -83,7 +83,7 @@ class Likelihood(nn.Module):
 
     @property
     def name(self) -> str:
-        return next(n for n in LIKELIHOODS.names() if LIKELIHOODS.get(n) is type(self))
+        return next((n for n in LIKELIHOODS.names() if LIKELIHOODS.get(n) is type(self)), type(self).__name__)
 
 
 @LIKELIHOODS.register("bernoulli")

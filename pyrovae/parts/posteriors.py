@@ -38,6 +38,13 @@ to a distribution of z, built with ``latent_dim``: ``gaussian`` (the paper's) an
 """
 
 
+def has_closed_form_kl(part) -> bool:
+    """Whether a posterior or a prior declares that its KL can be closed-form (its attribute
+    ``has_closed_form_kl``); one that says nothing (a user's module) has none: the traces' KL
+    at the particle is used, which is right for any distribution."""
+    return bool(getattr(part, "has_closed_form_kl", False))
+
+
 @POSTERIORS.register("gaussian")
 class GaussianPosterior(nn.Module):
     """q(z | x) = N(loc, diag(exp(log_var))): the paper's diagonal Gaussian, the reparameterization
