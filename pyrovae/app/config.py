@@ -33,7 +33,7 @@ from pyrovae.models.registry import MODELS, check_model_options, family_defaults
 from pyrovae.parts.likelihoods import LIKELIHOODS
 from pyrovae.registry import _type_name, check_at_least, check_choice, check_type
 from pyrovae.training.callbacks import CALLBACKS
-from pyrovae.training.loop import TrainConfig
+from pyrovae.training.loop import TrainConfig, check_against_data
 from pyrovae.training.optim import check_optimizer
 
 #: a config file larger than this is refused unread (a config is a few hundred bytes)
@@ -298,15 +298,9 @@ class Config:
         self.data.check()
         self.model.check()
         self.train.check()
-        if (self.train.labeled_per_batch or self.train.labeled_weight != 1) and self.data.labeled is None:
-            raise ConfigError("train.labeled_per_batch and train.labeled_weight need a label budget (data.labeled); "
-                              "with every label usable there is no labelled part to weigh")
-        self.log.check()
         validation = bool(self.data.validation_fraction)
-        stopping = self.train.early_stopping or {}
-        if str(stopping.get("metric", "validation_elbo")).startswith("validation") and stopping and not validation:
-            raise ConfigError(f"train.early_stopping.metric = {shown(stopping.get('metric', 'validation_elbo'))} "
-                              "needs a validation split: set data.validation_fraction (e.g. 0.1)")
+        check_against_data(self.train, self.data.labeled is not None, validation)
+        self.log.check()
         check_optimizer(self.optim, self.train.epochs, validation)
         return self
 

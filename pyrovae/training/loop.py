@@ -235,6 +235,20 @@ def current_record(record: Dict) -> Dict:
     return {RENAMED_RECORD_KEYS.get(k, k): v for k, v in record.items()}
 
 
+def check_against_data(cfg: TrainConfig, labeled: bool, validation: bool) -> None:
+    """The ``[train]`` rules that depend on the data, stated once: :meth:`pyrovae.Config.check`
+    applies them before any data is read (from ``[data]``), the :class:`Trainer` on the data it is
+    given. ``labeled``: a label budget (``data.labeled``); ``validation``: a validation split."""
+    if (cfg.labeled_per_batch or cfg.labeled_weight != 1) and not labeled:
+        raise ConfigError("train.labeled_per_batch and train.labeled_weight need a label budget (data.labeled); "
+                          "with every label usable there is no labelled part to weigh")
+    if cfg.early_stopping is not None:
+        metric = EarlyStopping.from_spec(cfg.early_stopping).metric
+        if metric.startswith("validation") and not validation:
+            raise ConfigError(f"train.early_stopping.metric = {metric!r} needs a validation split: "
+                              "set data.validation_fraction (e.g. 0.1)")
+
+
 def resolved_labeled_weight(labeled_weight, num_train: int, num_labeled: int) -> float:
     """``train.labeled_weight`` as a number: ``"balanced"`` is N_unlabelled / N_labelled."""
     if labeled_weight == "balanced":
@@ -288,24 +302,19 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.n, self.m = self.data.num_train, cfg.batch_size
         num_labeled = 0 if self.data.labeled is None else int(self.data.labeled.sum())
-        if (cfg.labeled_per_batch or cfg.labeled_weight != 1) and self.data.labeled is None:
-            raise ConfigError("train.labeled_per_batch and train.labeled_weight need a label budget (data.labeled); "
-                              "with every label usable there is no labelled part to weigh")
+        validation = self.data.validation_split is not None
+        check_against_data(cfg, self.data.labeled is not None, validation)
         #: how many times a labelled point counts in the objective (data.epoch_plan)
         self.labeled_weight = resolved_labeled_weight(cfg.labeled_weight, self.n, num_labeled)
         #: the number of training points as the objective counts them (a labelled one labeled_weight times)
         self.weighted_n = self.n + (self.labeled_weight - 1) * num_labeled
         self.steps_per_epoch = steps_per_epoch(self.n, self.m, cfg.labeled_per_batch, num_labeled,
                                                self.labeled_weight, self.split_labels)
-        validation = self.data.validation_split is not None
         #: the learning-rate schedule (optim.schedule), stepped per step, epoch or evaluation
         self.schedule = build_schedule(schedule_spec(optim), self.optimizer, cfg.epochs, self.steps_per_epoch,
                                        validation)
         #: train.early_stopping, or None
         self.stopping = None if cfg.early_stopping is None else EarlyStopping.from_spec(cfg.early_stopping)
-        if self.stopping is not None and self.stopping.metric.startswith("validation") and not validation:
-            raise ConfigError(f"train.early_stopping.metric = {self.stopping.metric!r} needs a validation split: "
-                              "set data.validation_fraction (e.g. 0.1)")
         if self.stopping is not None and self.stopping.metric.endswith("accuracy") \
                 and classifier(model, self.data.test_head(2)) is None:
             raise ConfigError(f"train.early_stopping.metric = {self.stopping.metric!r}: the model "
