@@ -13,6 +13,14 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+#: seeds are in [0, SEED_LIMIT): NumPy's, which pyro.set_rng_seed sets with torch's and Python's
+SEED_LIMIT = 2**32
+
+
+def seed_problem(seed) -> str:
+    """Why ``seed`` cannot seed every generator (``""`` if it can)."""
+    return "" if 0 <= seed < SEED_LIMIT else "must be in [0, 2^32)"
+
 
 def plain_numpy_state(numpy_state: tuple) -> Dict[str, Any]:
     """``np.random.get_state()`` as a dict of a tensor and numbers."""

@@ -153,8 +153,10 @@ def _hint_if_busy(threads, quiet: bool) -> None:
 
 
 def _check_threads(threads) -> None:
-    if threads is not None and not 1 <= threads <= 1024:
-        raise PyrovaeError(f"--threads {threads}: must be in [1, 1024]")
+    from pyrovae.training.loop import MAX_THREADS
+
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise PyrovaeError(f"--threads {threads}: must be in [1, {MAX_THREADS}]")
 
 
 def _evaluate(args) -> None:
@@ -206,13 +208,14 @@ def _sample(args) -> None:
     from pyrovae.data.batch import NeedsData
     from pyrovae.data.splits import Standardization
     from pyrovae.models.base import NeedsInput, draws_read_labels
+    from pyrovae.rng import seed_problem
 
     if not 1 <= args.num <= 100_000:
         raise PyrovaeError(f"--num {args.num}: must be in [1, 100000]")
     if Path(args.out).suffix.lower() != ".png":
         raise PyrovaeError(f"--out {args.out}: must be a .png file")
-    if not 0 <= args.seed < 2**32:  # NumPy's seeds, which pyro.set_rng_seed sets too
-        raise PyrovaeError(f"--seed {args.seed}: must be in [0, 2^32)")
+    if seed_problem(args.seed):
+        raise PyrovaeError(f"--seed {args.seed}: {seed_problem(args.seed)}")
     problem = own_file_problem(args.out, args.run_dir, ".png", "")
     if problem:
         raise PyrovaeError(f"--out {problem}")

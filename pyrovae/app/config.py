@@ -34,7 +34,7 @@ from pyrovae.parts.likelihoods import LIKELIHOODS
 from pyrovae.registry import _type_name, check_at_least, check_choice, check_type
 from pyrovae.training.callbacks import CALLBACKS
 from pyrovae.training.loop import TrainConfig, check_against_data
-from pyrovae.training.optim import check_optimizer
+from pyrovae.training.optim import DEFAULT_OPTIMIZER, check_optimizer, default_optimizer
 
 #: a config file larger than this is refused unread (a config is a few hundred bytes)
 MAX_CONFIG_BYTES = 1 << 20
@@ -290,7 +290,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    optim: Dict[str, Any] = field(default_factory=lambda: {"name": "adam", "lr": 1e-3})
+    optim: Dict[str, Any] = field(default_factory=default_optimizer)
     log: LogConfig = field(default_factory=LogConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
 
@@ -502,10 +502,10 @@ def record_config(d: Dict[str, Any], plugins: Sequence[str] = (), run_dir=None,
 
 def _checked(d: Dict[str, Any]) -> Config:
     """Every section but ``[plugins]`` (already checked), validated into a Config."""
-    optim = d.get("optim", {"name": "adam", "lr": 1e-3})
+    optim = d.get("optim", default_optimizer())
     if not isinstance(optim, dict):
         raise ConfigError(f"[optim] must be a table, got {shown(optim)}")
-    optim = {"name": "adam", **optim}
+    optim = {"name": DEFAULT_OPTIMIZER["name"], **optim}
     return Config(**{s: _section(cls, d.get(s, {}), s) for s, cls in SECTIONS.items()}, optim=optim).check()
 
 

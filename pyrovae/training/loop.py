@@ -40,13 +40,14 @@ from pyrovae.infer.algorithms import ALGORITHMS, NonFinite, algorithm_name, buil
 from pyrovae.infer.estimators import estimator_names, resolve_estimator
 from pyrovae.infer.evaluate import accuracy, active_units, classifier, dataset_terms
 from pyrovae.registry import PartSpec, check_at_least, check_choice
-from pyrovae.rng import rng_state, seeded, set_rng_state
+from pyrovae.rng import rng_state, seed_problem, seeded, set_rng_state
 from pyrovae.training.callbacks import Callback
 from pyrovae.training.early_stopping import EarlyStopping, best_so_far
-from pyrovae.training.optim import build_optimizer, load_state
+from pyrovae.training.optim import build_optimizer, default_optimizer, load_state
 from pyrovae.training.schedules import build_schedule, schedule_spec
 from pyrovae.training.state import kept_buffers, load_model_state
 
+#: the most CPU threads a run may ask torch for (train.num_threads, --threads)
 MAX_THREADS = 1024
 
 
@@ -130,8 +131,8 @@ class TrainConfig:
             raise ConfigError("train.estimator = 'iwae' weighs whole importance weights: it takes no train.beta "
                               "or train.kl_warmup_epochs; use 'analytic' or 'mc' for KL annealing")
         ALGORITHMS.get(algorithm_name(self.algorithm)).check_config(self)
-        if not 0 <= self.seed < 2**32:
-            raise ConfigError(f"train.seed = {self.seed}: must be in [0, 2^32)")
+        if seed_problem(self.seed):
+            raise ConfigError(f"train.seed = {self.seed}: {seed_problem(self.seed)}")
         check_at_least("train.eval_every", self.eval_every, 1)
         check_at_least("train.eval_particles", self.eval_particles, 1)
         if self.early_stopping is not None:
@@ -214,7 +215,7 @@ def fit(model, data, train: Optional[TrainConfig] = None, optim: Optional[Dict[s
         under_budget = getattr(model, "training_under_budget", None)
         cfg = dataclasses.replace(cfg, **(under_budget(set(train_options), cfg.batch_size) if under_budget else {}))
         cfg.check()
-    trainer = Trainer(model, data, cfg, optim or {"name": "adam", "lr": 1e-3}, callbacks, stop_signal)
+    trainer = Trainer(model, data, cfg, optim or default_optimizer(), callbacks, stop_signal)
     return trainer.run()
 
 

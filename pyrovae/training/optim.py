@@ -118,6 +118,15 @@ def load_state(optimizer: torch.optim.Optimizer, saved: Dict[str, Any]) -> None:
     optimizer.load_state_dict({**saved, "param_groups": groups})
 
 
+#: the optimizer a run takes where ``[optim]`` names none (``optim.name`` left out: the same name)
+DEFAULT_OPTIMIZER = {"name": "adam", "lr": 1e-3}
+
+
+def default_optimizer() -> Dict[str, Any]:
+    """A fresh copy of :data:`DEFAULT_OPTIMIZER` (Adam at 1e-3)."""
+    return dict(DEFAULT_OPTIMIZER)
+
+
 def build_optimizer(spec: Spec, params) -> torch.optim.Optimizer:
     """A torch optimizer from a spec such as ``{"name": "adagrad", "lr": 0.02}`` (its ``schedule``,
     if any, is :func:`pyrovae.training.schedules.build_schedule`'s)."""
