@@ -17,7 +17,6 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from pyrovae.app.plugins import PluginRecord, needs_plugins_message, parse_record, run_named_plugins, run_own_plugins
 from pyrovae.data.datasets import (
-    BINARIZE,
     DATASETS,
     DEFAULT_BINARIZE,
     IN_MEMORY,
@@ -27,6 +26,7 @@ from pyrovae.data.datasets import (
     load_dataset,
     source_options,
 )
+from pyrovae.data.splits import BINARIZATIONS
 from pyrovae.errors import ConfigError, DataError, UnknownNameError, one_line, shown
 from pyrovae.infer.algorithms import ALGORITHMS, algorithm_name
 from pyrovae.models.registry import MODELS, check_model_options, family_defaults, labeled_binarize, labeled_training
@@ -97,7 +97,7 @@ class DataConfig:
         except DataError as e:
             raise ConfigError(str(e)) from None
         if self.binarize is not None:
-            check_choice("data.binarize", self.binarize, BINARIZE)
+            check_choice("data.binarize", self.binarize, BINARIZATIONS)
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"data.test_fraction = {self.test_fraction}: must be in (0, 1)")
         if not 0 <= self.validation_fraction < 1:

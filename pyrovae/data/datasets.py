@@ -46,12 +46,20 @@ from pyrovae.data.sources import (
     load_mnist_layout,
     load_svhn,
 )
-from pyrovae.data.splits import SPLIT_SEED, InMemorySplit, Split, Standardization, StreamedSplit, as_split
+from pyrovae.data.splits import (
+    BINARIZATIONS,
+    SPLIT_SEED,
+    InMemorySplit,
+    Split,
+    Standardization,
+    StreamedSplit,
+    as_split,
+    thresholded,
+)
 from pyrovae.devices import available_bytes, format_bytes
 from pyrovae.errors import ConfigError, DataError, PyrovaeError, one_line, shown
 from pyrovae.registry import Registry
 
-BINARIZE = ("dynamic", "threshold", "none")
 DEFAULT_BINARIZE = {"digits": "dynamic", "mnist": "dynamic", "fashion_mnist": "dynamic", "kmnist": "dynamic"}
 
 
@@ -197,7 +205,7 @@ def _with_labels(split: Split, labels: Optional[torch.Tensor]) -> Split:
 def binarize_split(x: torch.Tensor, mode: str, seed: int = SPLIT_SEED) -> torch.Tensor:
     """Fixed binarization of a split: a seeded Bernoulli draw (``dynamic``), a threshold, or none."""
     if mode == "threshold":
-        return (x > 0.5).float()
+        return thresholded(x)
     if mode == "dynamic":
         return torch.bernoulli(x, generator=torch.Generator(device=x.device).manual_seed(seed))
     return x
@@ -532,8 +540,8 @@ def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Opt
     ``Dataset.standardization``): for raw tables whose features have their own units."""
     DATASETS.get(name, "data.name")
     binarize = binarize or DEFAULT_BINARIZE.get(name, "none")
-    if binarize not in BINARIZE:
-        raise DataError(f"data.binarize = {shown(binarize)}: valid: {', '.join(BINARIZE)}")
+    if binarize not in BINARIZATIONS:
+        raise DataError(f"data.binarize = {shown(binarize)}: valid: {', '.join(BINARIZATIONS)}")
     if not 0 < test_fraction < 1:
         raise DataError(f"data.test_fraction = {test_fraction}: must be in (0, 1)")
     if not 0 <= validation_fraction < 1:

@@ -53,7 +53,14 @@ def sweep_rows(event_shape, size: int = SWEEP_CHUNK) -> int:
 SPLIT_SEED = 0
 #: what uint8 values (pixels 0..255) are multiplied by, unless data.scale says otherwise
 UINT8_SCALE = 1 / 255
-FIXED_BINARIZATIONS = ("none", "threshold", "dynamic")
+#: data.binarize: a fresh Bernoulli draw of each grey level at every step (one fixed draw in the test
+#: split), 1[x > 0.5], or the values as they are
+BINARIZATIONS = ("dynamic", "threshold", "none")
+
+
+def thresholded(x: torch.Tensor) -> torch.Tensor:
+    """``threshold`` binarization: 1[x > 0.5]."""
+    return (x > 0.5).float()
 
 
 def default_scale(dtype: torch.dtype) -> float:
@@ -248,8 +255,8 @@ class StreamedSplit(Split):
     def __init__(self, rows: Rows, labels: Optional[torch.Tensor] = None, scale: Optional[float] = None,
                  index: Optional[np.ndarray] = None, binarized: str = "none", device="cpu",
                  standardization: Optional["Standardization"] = None):
-        if binarized not in FIXED_BINARIZATIONS:
-            raise ValueError(f"binarized = {binarized!r}: one of {FIXED_BINARIZATIONS}")
+        if binarized not in BINARIZATIONS:
+            raise ValueError(f"binarized = {binarized!r}: one of {BINARIZATIONS}")
         self.rows, self.index, self.binarized = rows, index, binarized
         #: (x - mean) / std after the conversion (``data.standardize``), or None
         self.standardization = standardization
@@ -291,7 +298,7 @@ class StreamedSplit(Split):
         x = as_points(raw, self.scale, self.device)
         if self.standardization is not None:
             x = self.standardization.apply(x)
-        return (x > 0.5).float() if self.binarized == "threshold" else x
+        return thresholded(x) if self.binarized == "threshold" else x
 
     def read(self, index: torch.Tensor) -> torch.Tensor:
         index = index.detach().cpu().numpy().astype(np.int64).reshape(-1)
