@@ -245,7 +245,8 @@ def _plain_values(v, depth: int = 0) -> bool:
 
 def _record_ok(r) -> bool:
     """A metrics record as the loop writes it: known keys, each a number (or None, or a bool)."""
-    return (isinstance(r, dict) and isinstance(r.get("epoch"), int) and set(r) <= RECORD_KEYS | set(RENAMED_RECORD_KEYS)
+    return (isinstance(r, dict) and isinstance(r.get("epoch"), int)
+            and set(r) <= set(RECORD_KEYS) | set(RENAMED_RECORD_KEYS)
             and all(v is None or isinstance(v, (bool, float)) or (isinstance(v, int) and abs(v) < 2**63)
                     for v in r.values()))
 

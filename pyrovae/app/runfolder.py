@@ -54,7 +54,7 @@ class RunFolder(Callback):
                                   f"({type(e).__name__}: {one_line(str(e), 120)})") from None
             trainer.metrics = [current_record(r) for r in state["metrics"]]
             last = trainer.metrics[-1] if trainer.metrics else None
-            self.partial_written = last is not None and last["step"] < last["epoch"] * trainer.steps_per_epoch
+            self.partial_written = last is not None and not trainer.is_whole(last)
             self.saved_epoch = trainer.counters["epoch"]
         if self.resume and self.writes:
             # metrics.jsonl may lack the checkpoint's last epoch, or hold epochs past it or a torn
@@ -82,7 +82,7 @@ class RunFolder(Callback):
                 write_metrics(self.run_dir, trainer.metrics)
             else:
                 append_metrics(self.run_dir, record, self.failure_note())
-        self.partial_written = record["step"] < record["epoch"] * trainer.steps_per_epoch
+        self.partial_written = not trainer.is_whole(record)
 
     def on_interrupt(self, trainer, mid_epoch: bool) -> Optional[str]:
         if mid_epoch:

@@ -224,11 +224,20 @@ def _where(epoch, step, batch, batches) -> str:
 
 
 #: the keys of an epoch's metrics record (``metrics.jsonl``, and every checkpoint's ``metrics``)
-RECORD_KEYS = frozenset({"epoch", "step", "samples_seen", "train_elbo", "train_objective", "beta", "test_elbo",
-                         "test_reconstruction", "test_kl", "active_units", "test_accuracy", "train_seconds",
-                         "images_per_second", "validation_elbo", "validation_accuracy", "learning_rate"})
+RECORD_KEYS = ("epoch", "step", "samples_seen", "train_elbo", "train_objective", "beta", "test_elbo",
+               "test_reconstruction", "test_kl", "active_units", "test_accuracy", "train_seconds",
+               "images_per_second", "validation_elbo", "validation_accuracy", "learning_rate")
 #: record keys that earlier versions wrote, and their names now (a resumed run renames them)
 RENAMED_RECORD_KEYS = {"kl_weight": "beta"}
+
+
+def epoch_record(**values) -> Dict[str, Any]:
+    """An epoch's record (a line of ``metrics.jsonl``): every key of :data:`RECORD_KEYS`, in that
+    order, None where ``values`` has none (the test numbers until an evaluation fills them)."""
+    unknown = set(values) - set(RECORD_KEYS)
+    if unknown:
+        raise KeyError(f"not epoch record keys: {sorted(unknown)}")
+    return {key: values.get(key) for key in RECORD_KEYS}
 
 
 def current_record(record: Dict) -> Dict:
@@ -355,14 +364,18 @@ class Trainer:
         or None (no such metric, or no evaluation yet). A step budget's partial epoch does not count."""
         if self.best_metric is None:
             return None
-        whole = [r for r in self.metrics if r["step"] >= r["epoch"] * self.steps_per_epoch]
+        whole = [r for r in self.metrics if self.is_whole(r)]
         return best_so_far(whole, self.best_metric, self.stopping.min_delta if self.stopping else 0.0)
+
+    def is_whole(self, record: Dict) -> bool:
+        """Whether a record is of a whole epoch (not the first part of one that a step budget ended)."""
+        return record["step"] >= record["epoch"] * self.steps_per_epoch
 
     def is_best(self, record: Dict) -> bool:
         """Whether ``record`` (the last epoch's) is the best epoch so far: best.pt is its state."""
         best = self.best()
         return best is not None and best.epoch == record["epoch"] and best.since == 0 \
-            and record["step"] >= record["epoch"] * self.steps_per_epoch
+            and self.is_whole(record)
 
     def stopped_early(self) -> bool:
         """Whether early stopping's patience has run out (evaluations without an improvement)."""
@@ -512,19 +525,14 @@ class Trainer:
             if i % 20 == 0:
                 bar.set_postfix(epoch=epoch, loss=f"{total.item() / (i * m + len(batch)):.2f}")
         seconds = time.perf_counter() - start
-        if self.world > 1:  # the epoch's sums over all ranks' shards
-            sums = torch.stack([total, total_elbo])
-            dist.all_reduce(sums)
-            total, total_elbo = sums[0], sums[1]
+        total, total_elbo = self.summed(total, total_elbo)
         c.update(epoch=epoch, step=c["step"] + len(batches), samples_seen=c["samples_seen"] + n, epoch_step=0,
                  epoch_loss=0.0, epoch_elbo=0.0, epoch_seconds=0.0)
         per_point = -1 / self.weighted_n
-        record = {"epoch": epoch, "step": c["step"], "samples_seen": c["samples_seen"],
-                  "train_elbo": total_elbo.item() * per_point, "train_objective": total.item() * per_point,
-                  "beta": self.beta, "test_elbo": None, "test_reconstruction": None, "test_kl": None,
-                  "active_units": None, "test_accuracy": None, "train_seconds": seconds,
-                  "images_per_second": n / seconds, "validation_elbo": None, "validation_accuracy": None,
-                  "learning_rate": self.step_lr}
+        record = epoch_record(epoch=epoch, step=c["step"], samples_seen=c["samples_seen"],
+                              train_elbo=total_elbo.item() * per_point, train_objective=total.item() * per_point,
+                              beta=self.beta, train_seconds=seconds, images_per_second=n / seconds,
+                              learning_rate=self.step_lr)
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs or self.out_of_steps():
             self.evaluate(record)
             bar.set_postfix(epoch=epoch, elbo=f"{record['train_elbo']:.2f}", test_elbo=f"{record['test_elbo']:.2f}")
@@ -540,12 +548,17 @@ class Trainer:
     def keep_partial_epoch(self, step: int, total, total_elbo, start: float) -> None:
         """A half-done epoch's counters (its next step and running sums, over every rank's shard)
         for a checkpoint to continue from."""
+        total, total_elbo = self.summed(total, total_elbo)
+        self.counters.update(epoch_step=step, epoch_loss=total.item(), epoch_elbo=total_elbo.item(),
+                             epoch_seconds=time.perf_counter() - start)
+
+    def summed(self, total: torch.Tensor, total_elbo: torch.Tensor):
+        """The running sums of an epoch over every rank's shard (the process's own in one process)."""
         if self.world > 1:
             sums = torch.stack([total, total_elbo])
             dist.all_reduce(sums)
             total, total_elbo = sums[0], sums[1]
-        self.counters.update(epoch_step=step, epoch_loss=total.item(), epoch_elbo=total_elbo.item(),
-                             epoch_seconds=time.perf_counter() - start)
+        return total, total_elbo
 
     def end_partial_epoch(self, epoch: int, done: List) -> None:
         """The step budget ran out after the steps ``done`` of ``epoch``: its record so far (the
@@ -557,13 +570,11 @@ class Trainer:
         seen = round(sum(step.size for step in done))
         per_point = -1 / max(self.weighted_n * seen / self.n, 1e-30)
         seconds = c["epoch_seconds"]
-        record = {"epoch": epoch, "step": c["step"] + len(done), "samples_seen": c["samples_seen"] + seen,
-                  "train_elbo": total_elbo * per_point if seen else None,
-                  "train_objective": total * per_point if seen else None, "beta": self.beta,
-                  "test_elbo": None, "test_reconstruction": None, "test_kl": None, "active_units": None,
-                  "test_accuracy": None, "train_seconds": seconds,
-                  "images_per_second": seen / seconds if seconds else None, "validation_elbo": None,
-                  "validation_accuracy": None, "learning_rate": self.step_lr}
+        record = epoch_record(epoch=epoch, step=c["step"] + len(done), samples_seen=c["samples_seen"] + seen,
+                              train_elbo=total_elbo * per_point if seen else None,
+                              train_objective=total * per_point if seen else None, beta=self.beta,
+                              train_seconds=seconds, images_per_second=seen / seconds if seconds else None,
+                              learning_rate=self.step_lr)
         self.evaluate(record)
         self.metrics = [r for r in self.metrics if r["epoch"] != epoch] + [record]
         for callback in self.callbacks:
