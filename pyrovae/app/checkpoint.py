@@ -24,7 +24,6 @@ stored NumPy's RNG state as an array) from a source you trust is converted by
 import dataclasses
 import hashlib
 import io
-import json
 import math
 import warnings
 from pathlib import Path
@@ -34,7 +33,16 @@ import numpy as np
 import torch
 
 from pyrovae.app.config import Config, parse_toml, read_config_text, record_config, run_difference
-from pyrovae.app.files import BEST, CHECKPOINT, CONFIG, METRICS, RunLock, atomic_write_bytes, write_metrics
+from pyrovae.app.files import (
+    BEST,
+    CHECKPOINT,
+    CONFIG,
+    METRICS,
+    RunLock,
+    atomic_write_bytes,
+    read_metrics,
+    write_metrics,
+)
 from pyrovae.data.sampling import steps_per_epoch
 from pyrovae.devices import resolve_device
 from pyrovae.errors import ConfigError, RunDirError, needed_object, one_line, shell_word, shown
@@ -566,14 +574,7 @@ def convert_checkpoint(run_dir, data=None) -> Path:
     counters = {"rollbacks": 0, **old["counters"]}
     records = []
     if (run_dir / METRICS).is_file():
-        by_epoch = {}
-        for line in (run_dir / METRICS).read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a torn last line
-            if isinstance(record, dict) and isinstance(record.get("epoch"), int):
-                by_epoch[record["epoch"]] = record
+        by_epoch = {r["epoch"]: r for r in read_metrics(run_dir) if isinstance(r.get("epoch"), int)}
         records = [by_epoch[e] for e in range(1, counters["epoch"] + 1) if e in by_epoch]
         if len(records) != counters["epoch"]:
             raise RunDirError(f"{run_dir / METRICS}: lacks records of some of the checkpoint's {counters['epoch']} "

@@ -12,6 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
+from pyrovae.app.files import CONFIG
 from pyrovae.errors import PyrovaeError, RunDirError, one_line, shell_word
 from pyrovae.version import __version__
 
@@ -99,7 +100,7 @@ def _train(args) -> None:
         args.config, args.mlflow = args.mlflow, True  # "--mlflow vae.toml": the flag, then the config
     config_path, record_of = args.config, None
     if config_path is None and args.resume and args.out:
-        config_path = str(Path(args.out) / "config.toml")
+        config_path = str(Path(args.out) / CONFIG)
         record_of = Path(args.out)  # the run's own config is its record: nothing it names runs
         if not Path(config_path).exists():
             raise RunDirError(f"{args.out}: not a pyrovae run folder (no config.toml)")
@@ -172,7 +173,7 @@ def _evaluate(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else Path(args.run_dir) / _evaluation_name(args.which)
-    if Path(args.run_dir, "config.toml").is_file():
+    if Path(args.run_dir, CONFIG).is_file():
         _opened_run_store(args.run_dir, args.mlflow, f"pyrovae evaluate {shell_word(args.run_dir)}")
 
     def report(result):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from pyrovae.app.files import CHECKPOINT, CONFIG, LOCK, METRICS
 from pyrovae.app.plugins import PluginRecord, needs_plugins_message, parse_record, run_named_plugins, run_own_plugins
 from pyrovae.data.datasets import (
     DATASETS,
@@ -601,14 +602,14 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
 
 
 #: what a run folder holds besides its config.toml, any one of which marks it as one
-RUN_FOLDER_MARKS = ("checkpoint.pt", "metrics.jsonl", ".lock")
+RUN_FOLDER_MARKS = (CHECKPOINT, METRICS, LOCK)
 
 
 def enclosing_run_folder(path) -> Optional[Path]:
     """The run folder a file lies in (the nearest folder above it that holds a ``config.toml``
     beside a checkpoint, metrics or lock file), or None."""
     for folder in Path(path).resolve().parents:
-        if (folder / "config.toml").is_file() and any((folder / m).exists() for m in RUN_FOLDER_MARKS):
+        if (folder / CONFIG).is_file() and any((folder / m).exists() for m in RUN_FOLDER_MARKS):
             return folder
     return None
 

@@ -231,6 +231,23 @@ def write_metrics(run_dir, records: Iterable[Dict]) -> None:
     atomic_write_bytes(Path(run_dir) / METRICS, lambda f: f.write(text))
 
 
+def read_metrics(run_dir) -> List[Dict]:
+    """The records of ``metrics.jsonl`` (read as data): each line's JSON object, a torn or foreign
+    line left out; none where the file is missing."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a torn last line
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 def append_metrics(run_dir, record: Dict, kept: str = "") -> None:
     """Append one record to ``metrics.jsonl`` (never through a symbolic link).
 

@@ -57,6 +57,7 @@ from pyrovae.app.files import (
     copy_plugins,
     create_run_dir,
     own_file_problem,
+    read_metrics,
     remove_stale,
 )
 from pyrovae.app.plugins import source_of as plugin_source
@@ -417,12 +418,7 @@ def summary_line(run_dir, command: str = "pyrovae") -> str:
     data): epochs, steps, the last test ELBO (and accuracy), how it stopped, the folder, and the
     ``evaluate`` command to run next (``command``: how the CLI is invoked)."""
     run_dir = Path(run_dir)
-    records = []
-    for line in (run_dir / METRICS).read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
+    records = read_metrics(run_dir)
     config = read_run_record(run_dir)
     last = records[-1] if records else {}
     tested = [r for r in records if r.get("test_elbo") is not None]
