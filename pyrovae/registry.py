@@ -6,6 +6,7 @@ constructor's signature and annotations, so a typo or a wrong type fails before 
 with a message that lists what is allowed.
 """
 
+import collections.abc
 import inspect
 import math
 import typing
@@ -30,11 +31,11 @@ def _type_name(annotation) -> str:
         return "true or false"
     if annotation is int:
         return "an integer"
-    if typing.get_origin(annotation) is dict or annotation is dict:
-        return "a table"
     origin = typing.get_origin(annotation)
     if origin is Union:
         return " or ".join(_type_name(a) for a in typing.get_args(annotation) if a is not type(None))
+    if origin in (dict, collections.abc.Mapping) or annotation is dict:
+        return "a table"
     if origin in (list, tuple, typing.Sequence):
         args = typing.get_args(annotation)
         return f"a list of {_type_name(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
@@ -54,6 +55,10 @@ def check_type(value, annotation) -> bool:
         return any(check_type(value, a) for a in typing.get_args(annotation))
     if annotation is type(None):
         return value is None
+    if origin in (dict, collections.abc.Mapping):  # a part spec's table (Spec)
+        return isinstance(value, Mapping)
+    if origin in (dict, collections.abc.Mapping):  # a part spec's table (Spec)
+        return isinstance(value, Mapping)
     if origin in (list, tuple, typing.Sequence):
         if not isinstance(value, (list, tuple)):
             return False
@@ -156,9 +161,6 @@ class Registry:
             raise
         except ValueError as e:
             raise ConfigError(f"{where or self.kind} {name!r}: {one_line(str(e), 200)}") from None
-
-
-PartSpec = Union[str, Dict[str, Any]]
 
 
 def check_choice(key, value, allowed, error=ConfigError):

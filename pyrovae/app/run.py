@@ -73,7 +73,7 @@ from pyrovae.training.callbacks import CALLBACKS
 from pyrovae.training.distributed import distributed, on_rank0
 from pyrovae.training.early_stopping import EarlyStopping, best_so_far
 from pyrovae.training.loop import (
-    check_data,
+    check_run_data,
     fit,
 )
 from pyrovae.training.memory import check_evaluation_memory, check_training_memory
@@ -154,7 +154,7 @@ def _train(config: Config, out_dir, resume: bool, device: torch.device, model=No
     pyro.set_rng_seed(config.train.seed)
     if model is None:
         model = build_run_model(config, data.event_shape, data.num_classes, device)
-    check_data(model, data, config.train.batch_size, config.train.engine)
+    check_run_data(model, data, config.train.batch_size, config.train.engine)
     resolve_estimator(config.train.estimator, model, data.test_head(2))
     if rank == 0 and config.train.progress and getattr(type(model), "vectorizable", True) is None:
         print(particles_line(model), file=sys.stderr)  # what the dry run showed, for a family that did not say

@@ -348,6 +348,6 @@ def build_algorithm(model, train, estimator: str, num_data: int, world: int = 1)
                             num_data=num_data, world=world)
 
 
-def validation(algorithm: Algorithm):
+def pyro_validation(algorithm: Algorithm):
     """The context the loop runs in: Pyro's validation off where the algorithm does not need it."""
     return contextlib.nullcontext() if algorithm.validates else pyro.validation_enabled(False)

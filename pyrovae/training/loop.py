@@ -36,10 +36,10 @@ from pyrovae.data.datasets import Dataset, as_dataset, binarize_split
 from pyrovae.data.sampling import epoch_plan, steps_per_epoch
 from pyrovae.devices import release_freed_memory, resolve_device
 from pyrovae.errors import ConfigError, PyrovaeError, UnknownNameError, shown
-from pyrovae.infer.algorithms import ALGORITHMS, NonFinite, algorithm_name, build_algorithm, validation
+from pyrovae.infer.algorithms import ALGORITHMS, NonFinite, algorithm_name, build_algorithm, pyro_validation
 from pyrovae.infer.estimators import estimator_names, resolve_estimator
 from pyrovae.infer.evaluate import accuracy, active_units, classifier, dataset_terms
-from pyrovae.registry import PartSpec, check_at_least, check_choice
+from pyrovae.registry import Spec, check_at_least, check_choice
 from pyrovae.rng import rng_state, seed_problem, seeded, set_rng_state
 from pyrovae.training.callbacks import Callback
 from pyrovae.training.early_stopping import EarlyStopping, best_so_far
@@ -64,7 +64,7 @@ class TrainConfig:
     batch_size: int = 100
     #: aevb (the VAE's SVI, Kingma & Welling 2014), wake_sleep (Hinton et al. 1995; same model and encoder) or
     #: mcem (Monte Carlo EM with per-datapoint HMC chains; options as a table: { name = "mcem", weight_updates = 5 }).
-    algorithm: PartSpec = "aevb"
+    algorithm: Spec = "aevb"
     #: auto, analytic (estimator B, TraceMeanField_ELBO), mc (estimator A, Trace_ELBO) or iwae.
     estimator: str = "auto"
     #: L samples per datapoint (k for iwae).
@@ -292,7 +292,7 @@ class Trainer:
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         self.model.train()
         with kept_buffers(self.model):  # the checks run the model in training mode, and change none of its state
-            check_data(self.model, self.data, cfg.batch_size, cfg.engine)
+            check_run_data(self.model, self.data, cfg.batch_size, cfg.engine)
         self.model.prepare(self.data)  # a resumed run's checkpoint restores the same state over it
         with kept_buffers(self.model):
             dry = dry_training_batches(self.data, self.split_labels)
@@ -417,7 +417,7 @@ class Trainer:
             # The data were checked once before training; per-step validation of every distribution's
             # arguments would cost a pass over the batch and a sync per step (non-finite values are
             # still caught, by the check on the loss and gradients).
-            with validation(self.algorithm):
+            with pyro_validation(self.algorithm):
                 try:
                     last_good = copy.deepcopy(self.state())
                     while self.counters["epoch"] < cfg.epochs and not self.out_of_steps() and not self.stopped_early():
@@ -675,7 +675,7 @@ def beta_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return cfg.beta * min(1.0, (step + 1) / (cfg.kl_warmup_epochs * steps_per_epoch))
 
 
-def check_data(model, data: Dataset, batch_size: int, engine: str = "torch") -> None:
+def check_run_data(model, data: Dataset, batch_size: int, engine: str = "torch") -> None:
     """Reject data that does not fit the model or the batch size, before any training."""
     if tuple(data.event_shape) != tuple(model.event_shape):
         raise ConfigError(f"data points have shape {data.event_shape} but the model expects {model.event_shape}")
