@@ -1,17 +1,22 @@
-"""Data sets as tensors: each split is one float32 tensor ``(N, *event_shape)`` kept on the
-training device, and minibatches are drawn by index (no DataLoader, no per-step host copies).
+"""Data sets: a :class:`Dataset` holds a training and a test split (and a validation split where
+asked), each a :class:`~pyrovae.data.splits.Split` held in memory on the training device when it
+fits or streamed from disk a minibatch at a time (a ``DataLoader`` over the epoch's plan, with
+``data.num_workers`` readers), and :data:`DATASETS` names the sources.
 
 Sources, by ``[data] name``:
 
-- ``digits``: scikit-learn's bundled 8x8 digits (1797 images, grey levels 0..16 scaled to
-  [0, 1]); needs no network: the embedded default.
-- ``mnist``: MNIST through torchvision (``path`` is torchvision's root folder; 60000 / 10000).
+- ``digits``: scikit-learn's bundled 8x8 digits (1797 images; counts of ink pixels 0..16,
+  scaled to grey levels in [0, 1] unless ``scale`` says otherwise); needs no network: the
+  embedded default.
+- ``mnist``, ``fashion_mnist``, ``kmnist``: through torchvision (``path`` is torchvision's root
+  folder; 60000 / 10000); ``cifar10``, ``svhn`` and ``celeba`` likewise.
 - ``frey_face``: Frey Face, 1965 faces of 28x20 from the standard ``frey_rawface.mat``
   (``path`` is the file or its folder; downloaded there if missing and ``download``).
-- ``file``: a user's ``.npy``, ``.npz`` or ``.pt`` file: one array ``(N, ...)`` (and its
-  labels ``y``), or the arrays ``train`` and ``test`` (and ``train_y``, ``test_y``).
+- ``file``: a user's file or folder, read by its suffix (:data:`pyrovae.data.formats.FORMATS`:
+  ``.npy``, ``.npz``, ``.pt``, HDF5, AnnData, zarr, CSV, a plugin's) or a folder of images.
   ``data.key`` and ``data.label_key`` name the arrays in a file that holds several; uint8
-  values (pixels 0..255) are multiplied by 1/255, other types by 1, unless ``data.scale`` says otherwise.
+  values (pixels 0..255) are multiplied by 1/255, other types by 1, unless ``data.scale`` says
+  otherwise (or the model scores counts).
 
 Labels (class numbers 0..C-1) come with digits, MNIST and files that hold them; they reach a
 model as :class:`Batch` ``.y``. ``labeled = K`` keeps K training labels, balanced per class,
