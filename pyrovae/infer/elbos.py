@@ -15,15 +15,12 @@ from typing import Optional
 
 import pyro.infer
 import torch
-from pyro.infer.enum import get_importance_trace
-from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
-from pyro.util import warn_if_nan
 
 from pyrovae.errors import ConfigError, shown
-from pyrovae.infer.estimators import ESTIMATORS, estimate, resolve_estimator
-from pyrovae.models.terms import log_mean_exp, sample_sites, trace_terms
+from pyrovae.infer.estimators import ESTIMATORS, TermsELBO, estimate, resolve_estimator
+from pyrovae.models.terms import log_mean_exp
 
 
 def make_elbo(estimator: str, model, num_particles: int = 1, batch=None) -> pyro.infer.ELBO:
@@ -112,7 +109,7 @@ def elbo_per_datapoint(model, x, num_particles: int = 1, analytic_kl: Optional[b
     return reconstruction - kl
 
 
-class IWAE(pyro.infer.ELBO):
+class IWAE(TermsELBO):
     """The importance-weighted bound (Burda et al. 2015) as a Pyro ELBO that stays correct
     under minibatches.
 
@@ -137,43 +134,18 @@ class IWAE(pyro.infer.ELBO):
     [1] "Importance Weighted Autoencoders", Yuri Burda, Roger Grosse, Ruslan Salakhutdinov (2015)
     """
 
-    def __init__(self, num_particles: int = 10, data_plate: str = "data", max_plate_nesting: float = float("inf")):
-        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting, vectorize_particles=True)
-        self.data_plate = data_plate
+    #: always from traces of the programs, as Pyro's RenyiELBO draws them (tests compare the two)
+    model_terms = False
 
-    def _get_trace(self, model, guide, args, kwargs):
-        # discrete sites marked for enumeration: the guide's left of the plates, the model's further left
-        guide = EnumMessenger(first_available_dim=-1 - self.max_plate_nesting)(guide)
-        return get_importance_trace("flat", self.max_plate_nesting, EnumMessenger()(model), guide, args, kwargs)
+    def __init__(self, num_particles: int = 10, data_plate: str = "data", max_plate_nesting: float = float("inf")):
+        super().__init__(num_particles, data_plate, max_plate_nesting, vectorize_particles=True)
 
     def log_weights(self, model, guide, *args, **kwargs):
         """``(log_w, scale)``: the log-weights of shape ``(k, M)`` (the :class:`~pyrovae.models.terms.Terms`
         of the traces, built by the same function as ``Model.terms``) and N/M."""
-        model_trace, guide_trace = next(self._get_traces(model, guide, args, kwargs))
-        frames = [f for trace in (model_trace, guide_trace) for _, site in sample_sites(trace)
-                  for f in site["cond_indep_stack"] if f.name == self.data_plate]
-        if not frames:
-            raise ValueError(f"IWAE: no site is inside the plate {shown(self.data_plate)}; the bound is per datapoint")
-        if len({(f.size, f.full_size) for f in frames}) > 1:
-            raise ValueError(f"IWAE: sites of plate {shown(self.data_plate)} have different subsample scales")
-        m, n = frames[0].size, frames[0].full_size or frames[0].size
-        terms = trace_terms(model_trace, guide_trace, self.num_particles, m, n, kl=False, plate=self.data_plate)
-        return terms.log_weights, n / m
+        terms, scale = self.terms(model, guide, *args, **kwargs)
+        return terms.log_weights, scale
 
-    def differentiable_loss(self, model, guide, *args, **kwargs):
-        """-(N/M) sum_i IWAE_k(x_i), differentiable in the parameters of model and guide."""
-        log_w, scale = self.log_weights(model, guide, *args, **kwargs)
-        bound = log_mean_exp(log_w, 0)
-        loss = -scale * bound.sum()
-        warn_if_nan(loss, "loss")
-        return loss
-
-    def loss(self, model, guide, *args, **kwargs):
-        with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
-
-    def loss_and_grads(self, model, guide, *args, **kwargs):
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        if loss.requires_grad:
-            loss.backward()
-        return loss.item()
+    def objective(self, terms):
+        """IWAE_k per datapoint, ``(M,)``."""
+        return log_mean_exp(terms.log_weights, 0)

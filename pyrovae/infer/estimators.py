@@ -16,17 +16,30 @@ With L particles z_l ~ q(z | x) and the KL weight beta (1 is the ELBO; beta-VAE,
 
 ``auto`` (not an estimator, a choice) is ``analytic`` when the model's KL has a closed form for
 every latent site, else ``mc``. An estimator registered with ``@ESTIMATORS.register(name)``
-(e.g. in a plugin) is a class with ``needs_kl`` and ``__call__(terms, beta) -> (objective,
-elbo)``, each of shape ``(M,)``.
+(e.g. in a plugin) is an :class:`Estimator` subclass with ``needs_kl`` and ``__call__(terms,
+beta) -> (objective, elbo)``, each of shape ``(M,)``.
+
+Every estimator is also a ``pyro.infer.ELBO``: ``SVI(vae.model, vae.guide, optim,
+pyrovae.ESTIMATORS.build("mc"))`` trains in plain Pyro, with ``svi.step(batch, num_data)`` as the
+model takes them. Its loss is -(N/M) times the minibatch's sum of the objective (what Pyro's
+ELBOs compute under a subsampled plate), from the family's :meth:`~pyrovae.Model.terms` (its
+closed forms) when model and guide are a pyrovae model's, else from traces of any Pyro model and
+guide (:func:`pyrovae.models.terms.trace_terms`, the one place traces become numbers).
 """
 
+import contextlib
+import math
 from typing import Optional, Tuple
 
 import pyro.infer
 import torch
+from pyro.infer.enum import get_importance_trace
+from pyro.poutine.enum_messenger import EnumMessenger
+from pyro.util import warn_if_nan
 
+from pyrovae.data.batch import as_batch
 from pyrovae.errors import ConfigError, shown
-from pyrovae.models.terms import log_mean_exp
+from pyrovae.models.terms import PARTICLE_PLATE, Terms, log_mean_exp, sample_sites, trace_terms
 from pyrovae.parts.posteriors import has_closed_form_kl
 from pyrovae.registry import Registry
 
@@ -36,17 +49,104 @@ and ``iwae``, each an :class:`Estimator` over a model's terms.
 """
 
 
-class Estimator:
-    """Reduces terms ``(L, M)`` to ``(objective, elbo)`` per datapoint, ``(M,)`` each. A family's
-    ``terms.auxiliary`` (M2's classifier term) is added to the objective, never to the ELBO."""
+class TermsELBO(pyro.infer.ELBO):
+    """A Pyro ELBO that reads :class:`~pyrovae.models.terms.Terms`: the base of the estimators and
+    of :class:`~pyrovae.IWAE`. :meth:`terms` gives the minibatch's terms and N/M, from a pyrovae
+    model's :meth:`~pyrovae.Model.terms` or from traces of any model and guide.
+
+    :param int num_particles: L, drawn in one vectorized pass (a particle plate) where L > 1.
+    :param str data_plate: the plate whose entries are the datapoints.
+    :param max_plate_nesting: as in Pyro's ELBOs (guessed by a trace when not given).
+    """
 
     #: whether it reads ``terms.kl`` (else ``terms.log_prior`` and ``terms.log_q``)
     needs_kl = False
+    #: whether a pyrovae model's own :meth:`~pyrovae.Model.terms` (its closed forms) are used; else traces
+    model_terms = True
+
+    def __init__(self, num_particles: int = 1, data_plate: str = "data", max_plate_nesting: float = float("inf"),
+                 vectorize_particles: Optional[bool] = None):
+        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting,
+                         vectorize_particles=num_particles > 1 if vectorize_particles is None else vectorize_particles)
+        self.data_plate = data_plate
+
+    def _get_trace(self, model, guide, args, kwargs):
+        # discrete sites marked for enumeration: the guide's left of the plates, the model's further left
+        guide = EnumMessenger(first_available_dim=-1 - self.max_plate_nesting)(guide)
+        return get_importance_trace("flat", self.max_plate_nesting, EnumMessenger()(model), guide, args, kwargs)
+
+    def terms(self, model, guide, *args, **kwargs) -> Tuple[Terms, float]:
+        """``(terms, N/M)`` of the minibatch that ``args`` give the model (``(batch, num_data)``)."""
+        owner = getattr(model, "__self__", None)
+        if self.model_terms and owner is not None and getattr(guide, "__self__", None) is owner \
+                and hasattr(owner, "terms") and args:
+            batch = as_batch(args[0])
+            num_data = args[1] if len(args) > 1 else kwargs.get("num_data")
+            with getattr(owner, "_pyro_context", contextlib.nullcontext()):  # its parameters reach SVI, as in model()
+                terms = owner.terms(batch, self.num_particles, num_data, kl=self.needs_kl)
+            return terms, (num_data or len(batch)) / len(batch)
+        if self.vectorize_particles and self.max_plate_nesting == float("inf"):
+            self._guess_max_plate_nesting(model, guide, args, kwargs)
+        particles = []
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            frames = [f for trace in (model_trace, guide_trace) for _, site in sample_sites(trace)
+                      for f in site["cond_indep_stack"] if f.name == self.data_plate]
+            if not frames:
+                raise ValueError(f"{type(self).__name__}: no site is inside the plate {shown(self.data_plate)}; the "
+                                 "estimate is per datapoint")
+            if len({(f.size, f.full_size) for f in frames}) > 1:
+                raise ValueError(f"{type(self).__name__}: sites of plate {shown(self.data_plate)} have different "
+                                 "subsample scales")
+            m, n = frames[0].size, frames[0].full_size or frames[0].size
+            vectorized = any(f.name == PARTICLE_PLATE for _, site in sample_sites(model_trace)
+                             for f in site["cond_indep_stack"])
+            nesting = None if self.max_plate_nesting == float("inf") else int(self.max_plate_nesting)
+            particles.append(trace_terms(model_trace, guide_trace, self.num_particles if vectorized else 1, m, n,
+                                         kl=self.needs_kl, plate=self.data_plate, nesting=nesting))
+        return (particles[0] if len(particles) == 1 else Terms.stack(particles)), n / m
+
+    def objective(self, terms: Terms) -> torch.Tensor:
+        """What is maximised per datapoint, ``(M,)``."""
+        raise NotImplementedError
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        """-(N/M) sum_i objective_i over the minibatch, differentiable in the parameters."""
+        terms, scale = self.terms(model, guide, *args, **kwargs)
+        loss = -scale * self.objective(terms).sum()
+        warn_if_nan(loss, "loss")
+        return loss
+
+    def loss(self, model, guide, *args, **kwargs):
+        with torch.no_grad():
+            return self.differentiable_loss(model, guide, *args, **kwargs).item()
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        if loss.requires_grad:
+            loss.backward()
+        return loss.item()
+
+
+class Estimator(TermsELBO):
+    """Reduces terms ``(L, M)`` to ``(objective, elbo)`` per datapoint, ``(M,)`` each. A family's
+    ``terms.auxiliary`` (M2's classifier term) is added to the objective, never to the ELBO. As a
+    Pyro ELBO (:class:`TermsELBO`) it maximises the objective at KL weight ``beta``."""
+
     #: the Pyro ELBO class computing the same (train.engine = "pyro"), or None
     pyro_elbo = None
 
+    def __init__(self, num_particles: int = 1, beta: float = 1.0, data_plate: str = "data",
+                 max_plate_nesting: float = float("inf")):
+        if not (math.isfinite(beta) and beta >= 0):
+            raise ValueError(f"beta must be a finite number >= 0, got {beta}")
+        super().__init__(num_particles, data_plate, max_plate_nesting)
+        self.beta = float(beta)
+
     def __call__(self, terms, beta: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+    def objective(self, terms: Terms) -> torch.Tensor:
+        return self(terms, self.beta)[0]
 
 
 @ESTIMATORS.register("analytic")
