@@ -69,9 +69,10 @@ if TYPE_CHECKING:  # the public names, each imported on first use (see __getattr
     from pyrovae.parts.posteriors import POSTERIORS
     from pyrovae.parts.priors import PRIORS, Prior
     from pyrovae.training.callbacks import CALLBACKS, Callback
-    from pyrovae.training.loop import Interrupted, PosteriorCollapseWarning, TrainConfig, TrainingError, fit
+    from pyrovae.training.loop import Interrupted, PosteriorCollapseWarning, TrainingError, fit
     from pyrovae.training.mcem import MonteCarloEM
     from pyrovae.training.optim import OPTIMIZERS, build_optimizer
+    from pyrovae.training.train_config import TrainConfig
 
 __all__ = [
     "DATASETS", "FORMATS", "Format",

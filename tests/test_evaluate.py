@@ -23,7 +23,8 @@ from pyrovae import (
     log_likelihood,
 )
 from pyrovae.infer.elbos import LatentScale
-from pyrovae.training.loop import TrainConfig, beta_at
+from pyrovae.training.loop import beta_at
+from pyrovae.training.train_config import TrainConfig
 
 
 def test_log_likelihood_matches_the_closed_form(ppca):

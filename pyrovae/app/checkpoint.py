@@ -50,9 +50,11 @@ from pyrovae.models.base import Model
 from pyrovae.models.registry import MODELS, build_family, takes_labels
 from pyrovae.rng import plain_numpy_state, plain_python_state
 from pyrovae.safe_load import UnsafeFile, load_torch_file
-from pyrovae.training.loop import RECORD_KEYS, RENAMED_RECORD_KEYS, per_minibatch_labels, resolved_labeled_weight
+from pyrovae.training.checks import per_minibatch_labels
 from pyrovae.training.memory import build_budget, meta_model
+from pyrovae.training.records import RECORD_KEYS, RENAMED_RECORD_KEYS
 from pyrovae.training.state import load_model_state
+from pyrovae.training.train_config import resolved_labeled_weight
 
 FORMAT = "pyrovae-checkpoint-2"
 OLD_FORMATS = ("pyrovae-checkpoint-1",)

@@ -154,7 +154,7 @@ def _hint_if_busy(threads, quiet: bool) -> None:
 
 
 def _check_threads(threads) -> None:
-    from pyrovae.training.loop import MAX_THREADS
+    from pyrovae.training.train_config import MAX_THREADS
 
     if threads is not None and not 1 <= threads <= MAX_THREADS:
         raise PyrovaeError(f"--threads {threads}: must be in [1, {MAX_THREADS}]")

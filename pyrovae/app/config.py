@@ -34,8 +34,8 @@ from pyrovae.models.registry import MODELS, check_model_options, family_defaults
 from pyrovae.parts.likelihoods import LIKELIHOODS
 from pyrovae.registry import _type_name, check_at_least, check_choice, check_type
 from pyrovae.training.callbacks import CALLBACKS
-from pyrovae.training.loop import TrainConfig, check_against_data
 from pyrovae.training.optim import DEFAULT_OPTIMIZER, check_optimizer, default_optimizer
+from pyrovae.training.train_config import TrainConfig, check_against_data
 
 #: a config file larger than this is refused unread (a config is a few hundred bytes)
 MAX_CONFIG_BYTES = 1 << 20

@@ -70,12 +70,10 @@ from pyrovae.infer.estimators import resolve_estimator
 from pyrovae.infer.evaluate import evaluate, posterior_means
 from pyrovae.rng import seeded
 from pyrovae.training.callbacks import CALLBACKS
+from pyrovae.training.checks import check_run_data
 from pyrovae.training.distributed import distributed, on_rank0
 from pyrovae.training.early_stopping import EarlyStopping, best_so_far
-from pyrovae.training.loop import (
-    check_run_data,
-    fit,
-)
+from pyrovae.training.loop import fit
 from pyrovae.training.memory import check_evaluation_memory, check_training_memory
 
 

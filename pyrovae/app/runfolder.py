@@ -17,7 +17,7 @@ from pyrovae.app.config import Config
 from pyrovae.app.files import BEST, CHECKPOINT, append_metrics, write_metrics
 from pyrovae.errors import RunDirError, one_line
 from pyrovae.training.callbacks import Callback
-from pyrovae.training.loop import current_record
+from pyrovae.training.records import current_record
 
 #: the test points the figures draw (reconstructions: the first 20)
 FIGURE_POINTS = 20

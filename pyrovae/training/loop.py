@@ -18,136 +18,33 @@ loop itself writes nothing.
 
 import copy
 import dataclasses
-import math
 import signal
 import sys
 import time
 import warnings
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import pyro
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from pyrovae.data.batch import Batch
-from pyrovae.data.datasets import Dataset, as_dataset, binarize_split
+from pyrovae.data.datasets import as_dataset
 from pyrovae.data.sampling import epoch_plan, steps_per_epoch
 from pyrovae.devices import release_freed_memory, resolve_device
-from pyrovae.errors import ConfigError, PyrovaeError, UnknownNameError, shown
-from pyrovae.infer.algorithms import ALGORITHMS, NonFinite, algorithm_name, build_algorithm, pyro_validation
-from pyrovae.infer.estimators import estimator_names, resolve_estimator
+from pyrovae.errors import ConfigError, PyrovaeError
+from pyrovae.infer.algorithms import NonFinite, build_algorithm, pyro_validation
+from pyrovae.infer.estimators import resolve_estimator
 from pyrovae.infer.evaluate import accuracy, active_units, classifier, dataset_terms
-from pyrovae.registry import Spec, check_at_least, check_choice
-from pyrovae.rng import rng_state, seed_problem, seeded, set_rng_state
+from pyrovae.rng import rng_state, seeded, set_rng_state
 from pyrovae.training.callbacks import Callback
+from pyrovae.training.checks import as_labeled, check_run_data, dry_training_batches, per_minibatch_labels
 from pyrovae.training.early_stopping import EarlyStopping, best_so_far
 from pyrovae.training.optim import build_optimizer, default_optimizer, load_state
+from pyrovae.training.records import epoch_record
 from pyrovae.training.schedules import build_schedule, schedule_spec
 from pyrovae.training.state import kept_buffers, load_model_state
-
-#: the most CPU threads a run may ask torch for (train.num_threads, --threads)
-MAX_THREADS = 1024
-
-
-@dataclass
-class TrainConfig:
-    """``[train]``: the SVI loop."""
-
-    #: passes over the training split.
-    epochs: int = 50
-    #: stop after this many steps in all (0: no limit), mid-epoch if need be, with a checkpoint, the
-    #: evaluation and the figures as at the end of an epoch; --resume with a larger value continues.
-    max_steps: int = 0
-    #: the minibatch size M (the global one when data-parallel).
-    batch_size: int = 100
-    #: aevb (the VAE's SVI, Kingma & Welling 2014), wake_sleep (Hinton et al. 1995; same model and encoder) or
-    #: mcem (Monte Carlo EM with per-datapoint HMC chains; options as a table: { name = "mcem", weight_updates = 5 }).
-    algorithm: Spec = "aevb"
-    #: auto, analytic (estimator B, TraceMeanField_ELBO), mc (estimator A, Trace_ELBO) or iwae.
-    estimator: str = "auto"
-    #: L samples per datapoint (k for iwae).
-    num_particles: int = 1
-    #: with a label budget (data.labeled): k labelled points drawn into every minibatch, weighted so
-    #: the objective stays unbiased (semi-supervised families, where labels are rare); 0: none.
-    labeled_per_batch: int = 0
-    #: with a label budget: each labelled point counts this many times in the objective (as if the labelled
-    #: set were copied); "balanced": N_unlabelled / N_labelled, the labelled data weighing as much as the rest.
-    #: For a family with labels = "per_minibatch" (Pyro's M2): labelled minibatches come this many times as
-    #: often as the data's proportion gives (the labelled set cycled), under either engine.
-    labeled_weight: Union[float, str] = 1.0
-    #: the weight of the KL term (beta-VAE, Higgins et al. 2017); 1 is the ELBO.
-    beta: float = 1.0
-    #: linear warm-up of the KL weight from 0 to beta over this many epochs (0: none).
-    kl_warmup_epochs: int = 0
-    #: seeds initialisation, data order and all sampling; in [0, 2^32).
-    seed: int = 0
-    #: cpu, cuda or cuda:N.
-    device: str = "cpu"
-    #: evaluate the test ELBO (and the validation ELBO) every this many epochs (and after the last).
-    eval_every: int = 5
-    #: stop when the metric has not improved for patience evaluations, and keep the best epoch as best.pt:
-    #: { metric = "validation_elbo", patience = 10, min_delta = 0.0 }, the metric one of validation_elbo,
-    #: validation_accuracy, test_elbo, test_accuracy or train_elbo (higher is better), patience counted in
-    #: evaluations (see pyrovae.training.early_stopping); absent: no early stopping.
-    early_stopping: Optional[Dict[str, Any]] = None
-    #: particles per test point for the test ELBO.
-    eval_particles: int = 1
-    #: a tqdm progress bar with the running loss.
-    progress: bool = True
-    #: torch: the estimator's loss written with plain tensors (fast); pyro: Pyro's ELBO on model and guide.
-    engine: str = "torch"
-    #: on a non-finite loss or gradient: stop, or roll back to the last completed epoch.
-    on_nan: str = "stop"
-    #: rollback multiplies the learning rate by this.
-    rollback_lr_factor: float = 0.5
-    #: after this many rollbacks the run stops as with on_nan = "stop".
-    max_rollbacks: int = 3
-    #: CPU threads for torch's operations; 0: torch's choice (one per core). On a shared, busy CPU
-    #: fewer threads than cores avoid oversubscription (--threads on the command line).
-    num_threads: int = 0
-
-    def check(self):
-        check_at_least("train.epochs", self.epochs, 1)
-        check_at_least("train.max_steps", self.max_steps, 0)
-        check_at_least("train.batch_size", self.batch_size, 1)
-        ALGORITHMS.split(self.algorithm, "train.algorithm")
-        check_choice("train.estimator", self.estimator, estimator_names(), UnknownNameError)
-        check_at_least("train.num_particles", self.num_particles, 1)
-        check_at_least("train.labeled_per_batch", self.labeled_per_batch, 0)
-        if self.labeled_weight != "balanced" and not (isinstance(self.labeled_weight, (int, float))
-                                                      and not isinstance(self.labeled_weight, bool)
-                                                      and 0 < self.labeled_weight < 1e12):
-            raise ConfigError(f"train.labeled_weight = {shown(self.labeled_weight)}: must be a number > 0 or "
-                              "'balanced'")
-        if self.labeled_per_batch >= self.batch_size:
-            raise ConfigError(f"train.labeled_per_batch = {self.labeled_per_batch}: must be less than "
-                              f"train.batch_size ({self.batch_size})")
-        if not (self.beta >= 0 and math.isfinite(self.beta)):
-            raise ConfigError(f"train.beta = {shown(self.beta)}: must be a finite number >= 0")
-        check_at_least("train.kl_warmup_epochs", self.kl_warmup_epochs, 0)
-        if self.estimator == "iwae" and (self.beta != 1 or self.kl_warmup_epochs):
-            raise ConfigError("train.estimator = 'iwae' weighs whole importance weights: it takes no train.beta "
-                              "or train.kl_warmup_epochs; use 'analytic' or 'mc' for KL annealing")
-        ALGORITHMS.get(algorithm_name(self.algorithm)).check_config(self)
-        if seed_problem(self.seed):
-            raise ConfigError(f"train.seed = {self.seed}: {seed_problem(self.seed)}")
-        check_at_least("train.eval_every", self.eval_every, 1)
-        check_at_least("train.eval_particles", self.eval_particles, 1)
-        if self.early_stopping is not None:
-            EarlyStopping.from_spec(self.early_stopping)
-        check_choice("train.on_nan", self.on_nan, ("stop", "rollback"))
-        check_choice("train.engine", self.engine, ("torch", "pyro"))
-        if not 0 < self.rollback_lr_factor < 1:
-            raise ConfigError(f"train.rollback_lr_factor = {shown(self.rollback_lr_factor)}: must be in (0, 1)")
-        check_at_least("train.max_rollbacks", self.max_rollbacks, 0)
-        check_at_least("train.num_threads", self.num_threads, 0)
-        if self.num_threads > MAX_THREADS:
-            raise ConfigError(f"train.num_threads = {shown(self.num_threads)}: must be <= {MAX_THREADS}")
-        if not (self.device == "cpu" or self.device == "cuda"
-                or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
-            raise ConfigError(f"train.device = {shown(self.device)}: valid: cpu, cuda, cuda:N")
+from pyrovae.training.train_config import TrainConfig, check_against_data, resolved_labeled_weight
 
 
 class TrainingError(PyrovaeError):
@@ -221,57 +118,6 @@ def fit(model, data, train: Optional[TrainConfig] = None, optim: Optional[Dict[s
 
 def _where(epoch, step, batch, batches) -> str:
     return f"at epoch {epoch}, step {step} (batch {batch} of {batches})"
-
-
-#: the keys of an epoch's metrics record (``metrics.jsonl``, and every checkpoint's ``metrics``)
-RECORD_KEYS = ("epoch", "step", "samples_seen", "train_elbo", "train_objective", "beta", "test_elbo",
-               "test_reconstruction", "test_kl", "active_units", "test_accuracy", "train_seconds",
-               "images_per_second", "validation_elbo", "validation_accuracy", "learning_rate")
-#: record keys that earlier versions wrote, and their names now (a resumed run renames them)
-RENAMED_RECORD_KEYS = {"kl_weight": "beta"}
-
-
-def epoch_record(**values) -> Dict[str, Any]:
-    """An epoch's record (a line of ``metrics.jsonl``): every key of :data:`RECORD_KEYS`, in that
-    order, None where ``values`` has none (the test numbers until an evaluation fills them)."""
-    unknown = set(values) - set(RECORD_KEYS)
-    if unknown:
-        raise KeyError(f"not epoch record keys: {sorted(unknown)}")
-    return {key: values.get(key) for key in RECORD_KEYS}
-
-
-def current_record(record: Dict) -> Dict:
-    """An epoch's record with the keys earlier versions wrote renamed to today's."""
-    return {RENAMED_RECORD_KEYS.get(k, k): v for k, v in record.items()}
-
-
-def check_against_data(cfg: TrainConfig, labeled: bool, validation: bool) -> None:
-    """The ``[train]`` rules that depend on the data, stated once: :meth:`pyrovae.Config.check`
-    applies them before any data is read (from ``[data]``), the :class:`Trainer` on the data it is
-    given. ``labeled``: a label budget (``data.labeled``); ``validation``: a validation split."""
-    if (cfg.labeled_per_batch or cfg.labeled_weight != 1) and not labeled:
-        raise ConfigError("train.labeled_per_batch and train.labeled_weight need a label budget (data.labeled); "
-                          "with every label usable there is no labelled part to weigh")
-    if cfg.early_stopping is not None:
-        metric = EarlyStopping.from_spec(cfg.early_stopping).metric
-        if metric.startswith("validation") and not validation:
-            raise ConfigError(f"train.early_stopping.metric = {metric!r} needs a validation split: "
-                              "set data.validation_fraction (e.g. 0.1)")
-
-
-def resolved_labeled_weight(labeled_weight, num_train: int, num_labeled: int) -> float:
-    """``train.labeled_weight`` as a number: ``"balanced"`` is N_unlabelled / N_labelled."""
-    if labeled_weight == "balanced":
-        return max(num_train - num_labeled, 1) / max(num_labeled, 1)
-    return float(labeled_weight)
-
-
-def per_minibatch_labels(model, engine: str = "torch") -> bool:
-    """Whether a family (a model or its class) takes all-labelled and all-unlabelled minibatches
-    under ``train.engine`` (:meth:`~pyrovae.Model.labels_under`: ``labels = "per_minibatch"``, or
-    the built-in m2's Pyro program under the Pyro engine)."""
-    under = getattr(model, "labels_under", None)
-    return (under(engine) if under is not None else getattr(model, "labels", "per_point")) == "per_minibatch"
 
 
 class Trainer:
@@ -646,91 +492,11 @@ class Trainer:
                 f"{self.kept()}; train.on_nan = 'rollback' retries with a smaller learning rate")
 
 
-def dry_training_batches(data: Dataset, split_labels: bool = False) -> List[Batch]:
-    """Two test points as the training steps see them: under a label budget (``data.labeled``)
-    one labelled and one not, as minibatches that mix them are (a family's program that cannot
-    take such a minibatch then fails when the run is built, not mid-run); with ``split_labels``
-    (labels = "per_minibatch") the two points labelled, then the two without labels: the two
-    kinds of minibatch it trains on."""
-    head = data.test_head(2)
-    if data.labeled is None or head.y is None or len(head) < 2:
-        return [head]
-    if split_labels:
-        return [as_labeled(head, True), as_labeled(head, False)]
-    return [Batch(head.x, head.y, torch.tensor([True, False], device=head.x.device))]
-
-
-def as_labeled(batch: Batch, labeled: bool) -> Batch:
-    """A batch as a minibatch of one kind: all labelled (``batch.y`` set, ``batch.labeled`` all
-    true) or all unlabelled (no labels: ``batch.y`` None), its weights kept."""
-    if not labeled or batch.y is None:
-        return Batch(batch.x, None, None, batch.weight)
-    return Batch(batch.x, batch.y, torch.ones(len(batch.y), dtype=torch.bool, device=batch.y.device), batch.weight)
-
-
 def beta_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """beta, reached linearly over ``kl_warmup_epochs`` epochs (Bowman et al. 2016; Sønderby et al. 2016)."""
     if cfg.kl_warmup_epochs == 0:
         return cfg.beta
     return cfg.beta * min(1.0, (step + 1) / (cfg.kl_warmup_epochs * steps_per_epoch))
-
-
-def check_run_data(model, data: Dataset, batch_size: int, engine: str = "torch") -> None:
-    """Reject data that does not fit the model or the batch size, before any training."""
-    if tuple(data.event_shape) != tuple(model.event_shape):
-        raise ConfigError(f"data points have shape {data.event_shape} but the model expects {model.event_shape}")
-    if batch_size > data.num_train:
-        raise ConfigError(f"train.batch_size = {batch_size}: larger than the training split ({data.num_train} points)")
-    if getattr(data, "checked_for", None) is not model:  # pyrovae.train checks before fit does: once
-        # chunk by chunk (a streamed split is read once, never held); binarized points are 0 or 1, however drawn
-        # (binarized points are 0 or 1 everywhere: one chunk shows whether the likelihood takes them)
-        binarized = "threshold" if data.binarize != "none" else "none"
-        for i, chunk in enumerate(data.train_split.chunks()):
-            if binarized == "none" or i == 0:
-                model.check_data(binarize_split(chunk, binarized), f"data {data.name!r} (train split)")
-            else:
-                break
-        for chunk in data.test_split.chunks():
-            model.check_data(chunk, f"data {data.name!r} (test split)")
-        data.checked_for = model
-    head = data.test_head(2)
-    try:  # a family that takes labels per minibatch, on a labelled and an unlabelled batch
-        split = per_minibatch_labels(model, engine) and data.labeled is not None
-        model.dry_run(dry_training_batches(data, True) if split else head, data.num_train)
-    except ConfigError as e:
-        largest = float(head.x.abs().max()) if head.x.numel() else 0.0
-        if largest > LARGE_VALUES and getattr(data, "standardization", None) is None:
-            raise ConfigError(f"{e}; the data hold values up to {largest:g} (raw features in units of their own "
-                              "often break a network's first step): try data.standardize = true") from None
-        raise
-    if data.labeled is not None and head.y is not None and (data.num_classes or 0) > 1 \
-            and not labels_reach(model, head, data.num_classes, data.num_train):
-        raise ConfigError(f"data.labeled = {int(data.labeled.sum())}: model ({type(model).__name__}) reads no labels: "
-                          "on labelled points its model and guide give the same terms whatever the labels are; a "
-                          "label budget is for a family that reads batch.y (m2, cvae, or your own)")
-
-
-def labels_reach(model, batch: Batch, num_classes: int, num_data: int) -> bool:
-    """Whether a family's terms on the labelled ``batch`` depend on its labels: they are computed
-    with the labels and with other labels, from the same draws."""
-    other = (batch.y + 1) % num_classes
-    terms = []
-    for y in (batch.y, other):
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            terms.append(model.terms(Batch(batch.x, y), 1, num_data, kl=False))
-    fields = ("reconstruction", "log_prior", "log_q", "auxiliary", "importance_log_weights")
-    return any(not _same_values(getattr(terms[0], f), getattr(terms[1], f)) for f in fields)
-
-
-def _same_values(a, b) -> bool:
-    if a is None or b is None:
-        return a is b
-    return a.shape == b.shape and bool(torch.equal(a, b))
-
-
-#: a dry-run failure on data with values beyond this suggests data.standardize
-LARGE_VALUES = 100.0
 
 
 def _out_of_memory(e: BaseException) -> bool:

@@ -14,7 +14,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from pyrovae.data.datasets import Dataset
-from pyrovae.training.loop import TrainConfig, Trainer
+from pyrovae.training.loop import Trainer
+from pyrovae.training.train_config import TrainConfig
 
 
 class MonteCarloEM:
