@@ -52,18 +52,15 @@ from pyrovae.rng import plain_numpy_state, plain_python_state
 from pyrovae.safe_load import UnsafeFile, load_torch_file
 from pyrovae.training.checks import per_minibatch_labels
 from pyrovae.training.memory import build_budget, meta_model
-from pyrovae.training.records import RECORD_KEYS, RENAMED_RECORD_KEYS
+from pyrovae.training.records import COUNTERS, RECORD_KEYS, RENAMED_RECORD_KEYS, TRAINING_STATE_KEYS
 from pyrovae.training.state import load_model_state
 from pyrovae.training.train_config import resolved_labeled_weight
 
 FORMAT = "pyrovae-checkpoint-2"
 OLD_FORMATS = ("pyrovae-checkpoint-1",)
-COUNTERS = {"epoch": int, "step": int, "samples_seen": int, "epoch_step": int, "rollbacks": int,
-            "epoch_loss": float, "epoch_elbo": float, "epoch_seconds": float}
 CONVERT_HINT = "pyrovae convert-checkpoint RUN_DIR --trust"
 #: every key a checkpoint holds ("algorithm": the algorithm's own state, e.g. mcem's chains)
-TOP_KEYS = frozenset({"format", "model", "optimizer", "rng", "counters", "algorithm", "schedule", "event_shape",
-                      "num_classes", "config", "data", "metrics"})
+TOP_KEYS = frozenset({"format", *TRAINING_STATE_KEYS, "event_shape", "num_classes", "config", "data", "metrics"})
 FINGERPRINT_KEYS = frozenset({"train_shape", "train_sha256", "test_shape", "test_sha256", "train_y_sha256",
                               "test_y_sha256", "labeled_sha256", "validation_shape", "validation_sha256",
                               "standardization"})

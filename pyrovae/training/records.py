@@ -1,5 +1,5 @@
-"""An epoch's record: the keys of a line of ``metrics.jsonl`` (and of every checkpoint's
-``metrics``), made in one place."""
+"""The run's records, each schema in one place: an epoch's record (a line of ``metrics.jsonl``,
+and of every checkpoint's ``metrics``) and the loop's counters (a checkpoint's ``counters``)."""
 
 from typing import Any, Dict
 
@@ -9,6 +9,21 @@ RECORD_KEYS = ("epoch", "step", "samples_seen", "train_elbo", "train_objective",
                "images_per_second", "validation_elbo", "validation_accuracy", "learning_rate")
 #: record keys that earlier versions wrote, and their names now (a resumed run renames them)
 RENAMED_RECORD_KEYS = {"kl_weight": "beta"}
+
+
+#: the loop's counters and their types: epoch, step and samples_seen count completed work;
+#: epoch_step and the epoch_* sums hold a half-done epoch (after an interruption or a step budget)
+COUNTERS = {"epoch": int, "step": int, "samples_seen": int, "epoch_step": int, "rollbacks": int,
+            "epoch_loss": float, "epoch_elbo": float, "epoch_seconds": float}
+
+
+#: what a training state holds (:meth:`pyrovae.training.loop.Trainer.state`, a checkpoint's first keys)
+TRAINING_STATE_KEYS = ("model", "optimizer", "rng", "counters", "algorithm", "schedule")
+
+
+def fresh_counters() -> Dict[str, Any]:
+    """The counters of a run before its first step: every :data:`COUNTERS` key at zero."""
+    return {key: kind(0) for key, kind in COUNTERS.items()}
 
 
 def epoch_record(**values) -> Dict[str, Any]:
