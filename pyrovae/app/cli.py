@@ -203,7 +203,7 @@ def _sample(args) -> None:
     import pyro
 
     from pyrovae.app.checkpoint import open_run
-    from pyrovae.app.files import check_writable, own_file_problem
+    from pyrovae.app.files import checked_output
     from pyrovae.app.plots import save_grid
     from pyrovae.app.run import open_run_with_data
     from pyrovae.data.batch import NeedsData
@@ -213,14 +213,9 @@ def _sample(args) -> None:
 
     if not 1 <= args.num <= 100_000:
         raise PyrovaeError(f"--num {args.num}: must be in [1, 100000]")
-    if Path(args.out).suffix.lower() != ".png":
-        raise PyrovaeError(f"--out {args.out}: must be a .png file")
     if seed_problem(args.seed):
         raise PyrovaeError(f"--seed {args.seed}: {seed_problem(args.seed)}")
-    problem = own_file_problem(args.out, args.run_dir, ".png", "")
-    if problem:
-        raise PyrovaeError(f"--out {problem}")
-    check_writable(Path(args.out).parent, "--out ")
+    checked_output(args.out, args.run_dir, ".png")
     command = f"pyrovae sample RUN_DIR {{plugins}} --out {shell_word(args.out)}"
     opened = open_run(args.run_dir, args.plugins, command)
     vae = opened.model.eval()

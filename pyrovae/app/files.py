@@ -310,6 +310,23 @@ def own_file_problem(out, run_dir, suffix: str = ".json", default: str = EVALUAT
     return None
 
 
+def checked_output(out, run_dir, suffix: str, default: str = "", required: bool = True) -> Path:
+    """A command's ``--out`` beside (or in) a run folder, checked before any work: a ``suffix`` file
+    (where ``required``), not one of the run's own files or folders (:func:`own_file_problem`),
+    in a folder where a file can be created (a run folder that does not exist is left to the
+    command that opens it to name); each refusal one line."""
+    out = Path(out)
+    if required and out.suffix.lower() != suffix:
+        raise RunDirError(f"--out {out}: must be a {suffix} file")
+    problem = own_file_problem(out, run_dir, suffix, default)
+    if problem:
+        raise RunDirError(f"--out {problem}")
+    into_run = out.parent.resolve() == Path(run_dir).resolve()
+    if not into_run or Path(run_dir).is_dir():
+        check_writable(out.parent, "" if into_run else "--out ")
+    return out
+
+
 def check_writable(folder, flag: str = "") -> None:
     """Fail now, in one line, if no file can be created in ``folder`` (rather than after the work)."""
     folder = Path(folder)

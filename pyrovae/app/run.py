@@ -53,10 +53,9 @@ from pyrovae.app.files import (
     RunLock,
     atomic_write_bytes,
     check_fresh,
-    check_writable,
+    checked_output,
     copy_plugins,
     create_run_dir,
-    own_file_problem,
     read_metrics,
     remove_stale,
 )
@@ -346,16 +345,13 @@ def evaluate_run(run_dir, nll_samples: int = 5000, iwae_samples: int = 50, elbo_
     device = resolve_device(str(device), "--device")
     checkpoint_path(run_dir, which, "--which")  # a bad choice is refused before anything else
     out = Path(out) if out is not None else run_dir / (EVALUATION if which == "last" else EVALUATION_BEST)
-    problem = own_file_problem(out, run_dir)
-    if problem:
-        raise RunDirError(f"--out {problem}")
+    checked_output(out, run_dir, ".json", EVALUATION, required=False)
     into_run = out.parent.resolve() == run_dir.resolve()
     which_flag = "" if which == "last" else f" --which {which}"
     opened, data = open_run_with_data(run_dir, plugins, f"pyrovae evaluate RUN_DIR{which_flag} {{plugins}}", device,
                                       which)
     config, model = opened.config, opened.model
     check_evaluation_memory(model, elbo_particles, device)
-    check_writable(out.parent, "--out " if not into_run else "")
     with contextlib.ExitStack() as stack:
         if into_run:
             stack.enter_context(RunLock(run_dir, "evaluate"))
@@ -389,12 +385,7 @@ def encode_run(run_dir, out, split: str = "test", plugins: Sequence[str] = (), w
     run_dir, out = Path(run_dir), Path(out)
     device = resolve_device(str(device), "--device")
     checkpoint_path(run_dir, which, "--which")
-    if out.suffix.lower() != ".npz":
-        raise RunDirError(f"--out {out}: must be a .npz file")
-    problem = own_file_problem(out, run_dir, ".npz", "")
-    if problem:
-        raise RunDirError(f"--out {problem}")
-    check_writable(out.parent, "--out ")
+    checked_output(out, run_dir, ".npz")
     which_flag = "" if which == "last" else f" --which {which}"
     opened, data = open_run_with_data(run_dir, plugins,
                                       f"pyrovae encode RUN_DIR{which_flag} {{plugins}} --out {out}", device, which)
