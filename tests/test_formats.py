@@ -129,7 +129,7 @@ def test_every_format_trains_from_the_cli(tmp_path, capsys, name):
 def test_the_same_values_give_the_same_fingerprint_whatever_the_format(tmp_path):
     h5py = pytest.importorskip("h5py")
     zarr = pytest.importorskip("zarr")
-    from pyrovae.app.checkpoint import data_fingerprint
+    from pyrovae.app.fingerprint import data_fingerprint
 
     x = (grey() * 255).astype(np.uint8)
     np.save(tmp_path / "x.npy", x)

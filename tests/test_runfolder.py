@@ -23,8 +23,9 @@ from test_reliability import poison, small_config
 
 import pyrovae
 from pyrovae import RunDirError, load_dataset, train
-from pyrovae.app.checkpoint import FORMAT, convert_checkpoint, read_checkpoint
+from pyrovae.app.checkpoint import FORMAT, read_checkpoint
 from pyrovae.app.cli import main
+from pyrovae.app.convert import convert_checkpoint
 from pyrovae.app.files import RunLock, create_run_dir, is_fresh
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -42,7 +42,7 @@ def test_streamed_and_in_memory_splits_give_the_same_points_fingerprint_and_trai
     assert torch.equal(streamed.test[10:20], memory.test[10:20])
     expected = torch.from_numpy(x.astype(np.float32)) * (1 / 255)
     assert torch.equal(memory.train_split.read(index), expected[streamed.train_split.index[index.numpy()]])
-    from pyrovae.app.checkpoint import data_fingerprint
+    from pyrovae.app.fingerprint import data_fingerprint
 
     assert data_fingerprint(memory) == data_fingerprint(streamed)
 

@@ -127,7 +127,7 @@ def _opened_run_store(run_dir, mlflow, command: str):
     """Where a command that opens ``run_dir`` logs to MLflow (:func:`~pyrovae.app.tracking.opened_run_store`:
     the user's flag or environment alone), saying in one line where the folder records it was
     tracked when that is not where the user points."""
-    from pyrovae.app.checkpoint import read_run_record
+    from pyrovae.app.opening import read_run_record
     from pyrovae.app.tracking import opened_run_store, recorded_store, tracking_notice
 
     try:
@@ -202,8 +202,8 @@ def _encode(args) -> None:
 def _sample(args) -> None:
     import pyro
 
-    from pyrovae.app.checkpoint import open_run
     from pyrovae.app.files import checked_output
+    from pyrovae.app.opening import open_run
     from pyrovae.app.plots import save_grid
     from pyrovae.app.run import open_run_with_data
     from pyrovae.data.batch import NeedsData
@@ -255,7 +255,7 @@ def _sample(args) -> None:
 
 
 def _convert(args) -> None:
-    from pyrovae.app.checkpoint import convert_checkpoint
+    from pyrovae.app.convert import convert_checkpoint
 
     if not args.trust:
         raise PyrovaeError(f"{args.run_dir}: converting unpickles the old checkpoint, which runs any code it holds; "

@@ -29,18 +29,7 @@ import pyro
 import torch
 import torch.distributed as dist
 
-from pyrovae.app.checkpoint import (
-    build_run_model,
-    check_one_config,
-    checked_model_shapes,
-    checkpoint_path,
-    counters_problem,
-    data_fingerprint,
-    fingerprint_difference,
-    open_run,
-    read_checkpoint,
-    read_run_record,
-)
+from pyrovae.app.checkpoint import counters_problem, read_checkpoint
 from pyrovae.app.config import Config, dumps, run_difference
 from pyrovae.app.files import (
     CHECKPOINT,
@@ -58,6 +47,15 @@ from pyrovae.app.files import (
     create_run_dir,
     read_metrics,
     remove_stale,
+)
+from pyrovae.app.fingerprint import data_fingerprint, fingerprint_difference
+from pyrovae.app.opening import (
+    build_run_model,
+    check_one_config,
+    checked_model_shapes,
+    checkpoint_path,
+    open_run,
+    read_run_record,
 )
 from pyrovae.app.plugins import source_of as plugin_source
 from pyrovae.app.runfolder import RunFolder
@@ -303,7 +301,7 @@ def load_run_data(config: Config, device="cpu", hint: str = ""):
 
 
 def open_run_with_data(run_dir, plugins: Sequence[str], command: str, device, which: str = "last"):
-    """A run folder opened (:func:`~pyrovae.app.checkpoint.open_run`: nothing in it runs) with its
+    """A run folder opened (:func:`~pyrovae.app.opening.open_run`: nothing in it runs) with its
     model in eval mode on ``device``, and the run's data, checked to be those it was trained on
     (their fingerprint against the checkpoint's): ``(opened, data)``."""
     opened = open_run(run_dir, plugins, command, device, which=which)

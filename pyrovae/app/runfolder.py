@@ -7,14 +7,10 @@ from typing import Dict, Optional
 
 from tqdm.auto import tqdm
 
-from pyrovae.app.checkpoint import (
-    data_fingerprint,
-    fingerprint_difference,
-    read_checkpoint,
-    save_checkpoint,
-)
+from pyrovae.app.checkpoint import read_checkpoint, save_checkpoint
 from pyrovae.app.config import Config
 from pyrovae.app.files import BEST, CHECKPOINT, append_metrics, write_metrics
+from pyrovae.app.fingerprint import data_fingerprint, fingerprint_difference
 from pyrovae.errors import RunDirError, one_line
 from pyrovae.training.callbacks import Callback
 from pyrovae.training.records import current_record
