@@ -183,3 +183,14 @@ def test_sigkill_never_leaves_an_unloadable_checkpoint(tmp_path):
             assert state["counters"]["epoch"] >= 1
         # a torn temporary file may stay behind, hidden, never under the checkpoint's name
         assert all(p.name.startswith(".") for p in out.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_the_counters_are_typed_once_and_read_by_key_as_a_dict_was():
+    from pyrovae.training.records import COUNTERS, Counters
+
+    counters = Counters()
+    counters.update({"epoch": 3}, epoch_step=2)
+    assert counters.epoch == counters["epoch"] == 3 and counters["epoch_step"] == 2
+    assert list(counters.as_dict()) == list(COUNTERS) and COUNTERS["epoch_loss"] is float
+    with pytest.raises(KeyError):
+        counters["epochs"] = 1

@@ -41,7 +41,7 @@ from pyrovae.training.callbacks import Callback
 from pyrovae.training.checks import as_labeled, check_run_data, dry_training_batches, per_minibatch_labels
 from pyrovae.training.early_stopping import EarlyStopping, best_so_far
 from pyrovae.training.optim import build_optimizer, default_optimizer, load_state
-from pyrovae.training.records import TRAINING_STATE_KEYS, epoch_record, fresh_counters
+from pyrovae.training.records import TRAINING_STATE_KEYS, Counters, epoch_record
 from pyrovae.training.schedules import build_schedule, schedule_spec
 from pyrovae.training.state import kept_buffers, load_model_state
 from pyrovae.training.train_config import TrainConfig, check_against_data, resolved_labeled_weight
@@ -178,7 +178,7 @@ class Trainer:
         #: the metric the best epoch (best.pt) is chosen by: early stopping's, else the validation ELBO, if any
         self.best_metric = (self.stopping.metric if self.stopping is not None
                             else "validation_elbo" if validation else None)
-        self.counters = fresh_counters()  # (training.records.COUNTERS: what each one counts)
+        self.counters = Counters()
         self.metrics: List[Dict] = []
         self.warned = False
         # a new run starts from the seed; a callback restoring a checkpoint (on_start) overrides it
@@ -189,7 +189,7 @@ class Trainer:
     def state(self) -> Dict[str, Any]:
         """What a checkpoint holds to continue the run bit for bit."""
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "rng": {**rng_state(), "noise": self.noise.get_state()}, "counters": dict(self.counters),
+                 "rng": {**rng_state(), "noise": self.noise.get_state()}, "counters": self.counters.as_dict(),
                  "algorithm": self.algorithm.state_dict(), "schedule": self.schedule.state_dict()}
         assert tuple(state) == TRAINING_STATE_KEYS
         return state

@@ -1,7 +1,9 @@
 """The run's records, each schema in one place: an epoch's record (a line of ``metrics.jsonl``,
 and of every checkpoint's ``metrics``) and the loop's counters (a checkpoint's ``counters``)."""
 
-from typing import Any, Dict
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
 
 #: the keys of an epoch's metrics record, in the order they are written
 RECORD_KEYS = ("epoch", "step", "samples_seen", "train_elbo", "train_objective", "beta", "test_elbo",
@@ -11,19 +13,48 @@ RECORD_KEYS = ("epoch", "step", "samples_seen", "train_elbo", "train_objective",
 RENAMED_RECORD_KEYS = {"kl_weight": "beta"}
 
 
-#: the loop's counters and their types: epoch, step and samples_seen count completed work;
-#: epoch_step and the epoch_* sums hold a half-done epoch (after an interruption or a step budget)
-COUNTERS = {"epoch": int, "step": int, "samples_seen": int, "epoch_step": int, "rollbacks": int,
-            "epoch_loss": float, "epoch_elbo": float, "epoch_seconds": float}
+@dataclass
+class Counters:
+    """The loop's counters (a checkpoint's ``counters``, :attr:`pyrovae.training.loop.Trainer.counters`):
+    ``epoch``, ``step`` and ``samples_seen`` count completed work; ``epoch_step`` and the
+    ``epoch_*`` sums hold a half-done epoch (after an interruption or a step budget); ``rollbacks``
+    counts the restarts of an epoch at a smaller learning rate. Read and set as attributes or,
+    as callbacks written for a dict do, by key (``trainer.counters["epoch"]``)."""
+
+    epoch: int = 0
+    step: int = 0
+    samples_seen: int = 0
+    epoch_step: int = 0
+    rollbacks: int = 0
+    epoch_loss: float = 0.0
+    epoch_elbo: float = 0.0
+    epoch_seconds: float = 0.0
+
+    def __getitem__(self, key: str):
+        if key not in COUNTERS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __setitem__(self, key: str, value) -> None:
+        if key not in COUNTERS:
+            raise KeyError(key)
+        setattr(self, key, value)
+
+    def update(self, values: Optional[Dict[str, Any]] = None, **more) -> None:
+        for key, value in {**(values or {}), **more}.items():
+            self[key] = value
+
+    def as_dict(self) -> Dict[str, Any]:
+        """As a checkpoint holds them: a dict of numbers."""
+        return dataclasses.asdict(self)
+
+
+#: the counters' keys and types (a checkpoint's ``counters`` is checked against them)
+COUNTERS = {f.name: f.type for f in dataclasses.fields(Counters)}
 
 
 #: what a training state holds (:meth:`pyrovae.training.loop.Trainer.state`, a checkpoint's first keys)
 TRAINING_STATE_KEYS = ("model", "optimizer", "rng", "counters", "algorithm", "schedule")
-
-
-def fresh_counters() -> Dict[str, Any]:
-    """The counters of a run before its first step: every :data:`COUNTERS` key at zero."""
-    return {key: kind(0) for key, kind in COUNTERS.items()}
 
 
 def epoch_record(**values) -> Dict[str, Any]:
