@@ -34,7 +34,8 @@ if TYPE_CHECKING:  # the public names, each imported on first use (see __getattr
     from pyrovae.app.runfolder import RunFolder
     from pyrovae.app.tracking import MLflowLog, TensorBoardLog
     from pyrovae.data.batch import Batch
-    from pyrovae.data.datasets import DATASETS, Dataset, load_dataset
+    from pyrovae.data.catalog import DATASETS
+    from pyrovae.data.datasets import Dataset, load_dataset
     from pyrovae.data.formats import FORMATS, Format
     from pyrovae.infer.algorithms import ALGORITHMS, Algorithm
     from pyrovae.infer.elbos import (

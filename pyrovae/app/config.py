@@ -17,15 +17,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from pyrovae.app.files import CHECKPOINT, CONFIG, LOCK, METRICS
 from pyrovae.app.plugins import PluginRecord, needs_plugins_message, parse_record, run_named_plugins, run_own_plugins
+from pyrovae.data.catalog import DATASETS, SOURCE_KEYS, source_options
 from pyrovae.data.datasets import (
-    DATASETS,
     DEFAULT_BINARIZE,
     IN_MEMORY,
-    SOURCE_KEYS,
     Dataset,
     check_num_workers,
     load_dataset,
-    source_options,
 )
 from pyrovae.data.splits import BINARIZATIONS
 from pyrovae.errors import ConfigError, DataError, UnknownNameError, one_line, shown

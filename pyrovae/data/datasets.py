@@ -3,20 +3,7 @@ asked), each a :class:`~pyrovae.data.splits.Split` held in memory on the trainin
 fits or streamed from disk a minibatch at a time (a ``DataLoader`` over the epoch's plan, with
 ``data.num_workers`` readers), and :data:`DATASETS` names the sources.
 
-Sources, by ``[data] name``:
-
-- ``digits``: scikit-learn's bundled 8x8 digits (1797 images; counts of ink pixels 0..16,
-  scaled to grey levels in [0, 1] unless ``scale`` says otherwise); needs no network: the
-  embedded default.
-- ``mnist``, ``fashion_mnist``, ``kmnist``: through torchvision (``path`` is torchvision's root
-  folder; 60000 / 10000); ``cifar10``, ``svhn`` and ``celeba`` likewise.
-- ``frey_face``: Frey Face, 1965 faces of 28x20 from the standard ``frey_rawface.mat``
-  (``path`` is the file or its folder; downloaded there if missing and ``download``).
-- ``file``: a user's file or folder, read by its suffix (:data:`pyrovae.data.formats.FORMATS`:
-  ``.npy``, ``.npz``, ``.pt``, HDF5, AnnData, zarr, CSV, a plugin's) or a folder of images.
-  ``data.key`` and ``data.label_key`` name the arrays in a file that holds several; uint8
-  values (pixels 0..255) are multiplied by 1/255, other types by 1, unless ``data.scale`` says
-  otherwise (or the model scores counts).
+The sources by ``[data] name`` are :data:`pyrovae.data.catalog.DATASETS`.
 
 Labels (class numbers 0..C-1) come with digits, MNIST and files that hold them; they reach a
 model as :class:`Batch` ``.y``. ``labeled = K`` keeps K training labels, balanced per class,
@@ -29,10 +16,8 @@ Splits without a standard test set hold out ``test_fraction`` of the points, cho
 fixed permutation (the same for every run).
 """
 
-import inspect
 import math
 import os
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -40,17 +25,9 @@ import torch
 
 from pyrovae.data.batch import Batch
 from pyrovae.data.budget import check_index_fits
-from pyrovae.data.formats import ImageRows, _numeric_tensor, load_file
+from pyrovae.data.catalog import DATASETS, source_options
+from pyrovae.data.formats import _numeric_tensor, as_labels
 from pyrovae.data.rows import DatasetRows, TensorRows
-from pyrovae.data.sources import (
-    celeba_files,
-    load_cifar10,
-    load_digits,
-    load_frey_face,
-    load_mnist,
-    load_mnist_layout,
-    load_svhn,
-)
 from pyrovae.data.splits import (
     BINARIZATIONS,
     SPLIT_SEED,
@@ -63,7 +40,6 @@ from pyrovae.data.splits import (
 )
 from pyrovae.devices import available_bytes, format_bytes
 from pyrovae.errors import ConfigError, DataError, PyrovaeError, one_line, shown
-from pyrovae.registry import Registry
 
 DEFAULT_BINARIZE = {"digits": "dynamic", "mnist": "dynamic", "fashion_mnist": "dynamic", "kmnist": "dynamic"}
 
@@ -290,18 +266,6 @@ def validation_holdout(train: Split, fraction: float, where: str):
     return train.subset(perm[n_val:].sort().values), train.subset(perm[:n_val].sort().values)
 
 
-def as_labels(array, n: int, where: str) -> torch.Tensor:
-    """Class labels as an int64 tensor ``(N,)`` of values 0, 1, ...; anything else is one DataError line."""
-    t = _numeric_tensor(array, where)
-    if t.dim() != 1 or t.shape[0] != n:
-        raise DataError(f"{where}: labels must be one number per point, shape ({n},); got {tuple(t.shape)}")
-    if t.is_floating_point() and not bool((torch.isfinite(t) & (t == t.round())).all()):
-        raise DataError(f"{where}: labels must be whole numbers 0, 1, ...")
-    if n and (bool((t < 0).any()) or float(t.max()) >= 2**20):
-        raise DataError(f"{where}: labels must be class numbers in [0, 2^20)")
-    return t.to(torch.int64)
-
-
 def choose_labeled(y: torch.Tensor, k: int, where: str = "data.labeled") -> torch.Tensor:
     """A mask keeping ``k`` labels, balanced per class (floor(k / C) each, one more for the first
     k mod C classes), chosen by a fixed permutation: the same for every run and seed."""
@@ -415,112 +379,6 @@ def _as_split_of(data, where: str) -> Split:
     rows = DatasetRows(data, where)
     labels = rows.labels()
     return StreamedSplit(rows, None if labels is None else as_labels(labels, len(rows), f"{where} (labels)"))
-
-
-DATASETS = Registry("data set")
-"""Data sources by name (``data.name``): functions whose options are the ``[data]`` table's other keys,
-returning a :class:`Dataset`, a map-style torch ``Dataset`` or a pair ``(train, test)`` of them;
-``@DATASETS.register("mine")`` adds one (``docs/write-your-own.md``).
-"""
-
-
-@DATASETS.register("digits")
-def digits(scale: Optional[float] = None):
-    """scikit-learn's bundled 8x8 digits, with their labels (no download: the embedded default).
-    Each value counts the ink pixels of a 4x4 block of a 32x32 bitmap (0..16): ``scale`` unset
-    gives grey levels in [0, 1] (1/16), and the counts themselves (1) for a model that scores
-    counts (a count likelihood, a topic model)."""
-    images, labels = load_digits()
-    return torch.utils.data.TensorDataset(images if scale is None else images * (16.0 * scale), labels)
-
-
-@DATASETS.register("mnist")
-def mnist(path: str = "data", download: bool = True):
-    """MNIST through torchvision (``path``: its root folder), 60000 / 10000, with labels."""
-    return (torch.utils.data.TensorDataset(*load_mnist(path, True, download)),
-            torch.utils.data.TensorDataset(*load_mnist(path, False, download)))
-
-
-@DATASETS.register("fashion_mnist")
-def fashion_mnist(path: str = "data", download: bool = True):
-    """Fashion-MNIST through torchvision (``path``: its root folder), 60000 / 10000 28x28 uint8, with labels."""
-    return tuple(torch.utils.data.TensorDataset(*load_mnist_layout("FashionMNIST", path, train, download))
-                 for train in (True, False))
-
-
-@DATASETS.register("kmnist")
-def kmnist(path: str = "data", download: bool = True):
-    """Kuzushiji-MNIST through torchvision (``path``: its root folder), 60000 / 10000, with labels."""
-    return tuple(torch.utils.data.TensorDataset(*load_mnist_layout("KMNIST", path, train, download))
-                 for train in (True, False))
-
-
-@DATASETS.register("cifar10")
-def cifar10(path: str = "data", download: bool = True):
-    """CIFAR-10 in torchvision's folder (``path``: its root), 50000 / 10000 3x32x32 uint8, with labels."""
-    return tuple(torch.utils.data.TensorDataset(*load_cifar10(path, train, download)) for train in (True, False))
-
-
-@DATASETS.register("svhn")
-def svhn(path: str = "data", download: bool = True):
-    """SVHN's cropped digits (``path``: torchvision's root), 73257 / 26032 3x32x32 uint8, with labels."""
-    return tuple(torch.utils.data.TensorDataset(*load_svhn(path, train, download)) for train in (True, False))
-
-
-@DATASETS.register("celeba")
-def celeba(path: str = "data", download: bool = True):
-    """CelebA's aligned faces in torchvision's layout (``path``: its root), its train and test
-    partitions as 3x218x178 uint8 images, decoded a batch at a time (streamed unless they fit)."""
-    where = f"data.path = {shown(path)}"
-    root = Path(path) / "celeba" / "img_align_celeba"
-    return tuple(StreamedSplit(ImageRows([f.resolve() for f in celeba_files(path, train, download)], where, root))
-                 for train in (True, False))
-
-
-@DATASETS.register("frey_face")
-def frey_face(path: str = "data", download: bool = True):
-    """Frey Face from ``frey_rawface.mat`` (``path``: the file or its folder)."""
-    return torch.utils.data.TensorDataset(load_frey_face(path, download))
-
-
-@DATASETS.register("file")
-def user_file(path: str, key: Optional[str] = None, label_key: Optional[str] = None, scale: Optional[float] = None):
-    """A user's file or folder, read by its extension (see :mod:`pyrovae.data.formats`)."""
-    where = f"data.path = {shown(path)}"
-    train_rows, test_rows, train_labels, test_labels = load_file(path, key, label_key)
-    train_y = None if train_labels is None else as_labels(train_labels, len(train_rows), f"{where} (labels)")
-    train = StreamedSplit(train_rows, train_y, scale)
-    if test_rows is None:
-        return train
-    if tuple(test_rows.row_shape) != tuple(train_rows.row_shape):
-        raise DataError(f"{where}: train points have shape {tuple(train_rows.row_shape)} "
-                        f"but test points {tuple(test_rows.row_shape)}")
-    if (train_labels is None) != (test_labels is None):
-        raise DataError(f"{where}: labels for one split only; give both 'train_y' and 'test_y', or neither")
-    test_y = None if test_labels is None else as_labels(test_labels, len(test_rows), f"{where} (test labels)")
-    return train, StreamedSplit(test_rows, test_y, scale)
-
-
-#: the [data] keys that are a source's options where its signature takes them (the others are pyrovae's)
-SOURCE_KEYS = ("path", "download", "key", "label_key", "scale")
-
-
-def source_options(name: str, given: dict) -> dict:
-    """The options a source gets: of the common keys those it takes (one set that it does not take is
-    one line), and every other key, checked against its signature."""
-    takes = DATASETS.options(name)
-    options = {}
-    for key, value in given.items():
-        if value is None or (key == "download" and key not in takes):
-            continue
-        if key in SOURCE_KEYS and key not in takes:
-            raise DataError(f"data.{key}: data set {shown(name)} takes no {key} (its options: "
-                            f"{', '.join(sorted(takes)) or 'none'})")
-        options[key] = value
-    missing = [k for k, p in takes.items() if p.default is inspect.Parameter.empty and k not in options]
-    if missing:
-        raise DataError(f"data.{missing[0]}: required by data set {shown(name)}")
-    return options
 
 
 def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Optional[str] = None,

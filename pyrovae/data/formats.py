@@ -739,3 +739,15 @@ def _image_files(paths, root: Path, where: str):
             os.close(open_fd(real, where))  # says what it is (a FIFO, a device, ...)
         out.append(real)
     return out
+
+
+def as_labels(array, n: int, where: str) -> torch.Tensor:
+    """Class labels as an int64 tensor ``(N,)`` of values 0, 1, ...; anything else is one DataError line."""
+    t = _numeric_tensor(array, where)
+    if t.dim() != 1 or t.shape[0] != n:
+        raise DataError(f"{where}: labels must be one number per point, shape ({n},); got {tuple(t.shape)}")
+    if t.is_floating_point() and not bool((torch.isfinite(t) & (t == t.round())).all()):
+        raise DataError(f"{where}: labels must be whole numbers 0, 1, ...")
+    if n and (bool((t < 0).any()) or float(t.max()) >= 2**20):
+        raise DataError(f"{where}: labels must be class numbers in [0, 2^20)")
+    return t.to(torch.int64)
