@@ -3,7 +3,8 @@
 import pytest
 
 from pyrovae import Config, ConfigError, load_config
-from pyrovae.app.config import apply_overrides, config_from_dict, dumps
+from pyrovae.app.config import apply_overrides, config_from_dict
+from pyrovae.app.tomlfile import dumps
 
 
 def write(tmp_path, text, name="c.toml"):

@@ -17,7 +17,7 @@ from hypothesis.extra import numpy as hnp
 
 from pyrovae import PosteriorCollapseWarning
 from pyrovae.app.cli import main
-from pyrovae.app.config import dumps
+from pyrovae.app.tomlfile import dumps
 
 junk = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=True),
                  st.text(max_size=8), st.lists(st.integers(-3, 3), max_size=3),
@@ -289,7 +289,7 @@ def test_any_hostile_or_damaged_checkpoint_is_refused_in_one_line(tmp_path, caps
                 {"modules": [name], "sha256": []}, {"modules": [name], "files": [str(marker)], "sha256": ["0" * 64]},
                 {"modules": [str(run / "plugins" / "x.py")], "files": [], "sha256": [""]}]))
             if data.draw(st.booleans()):
-                from pyrovae.app.config import parse_toml
+                from pyrovae.app.tomlfile import parse_toml
 
                 d = parse_toml((run / "config.toml").read_text(), "c")
                 d["plugins"] = state["config"]["plugins"]

@@ -22,9 +22,10 @@ from conftest import one_line_error
 import pyrovae
 from pyrovae import RunDirError
 from pyrovae.app.cli import main
-from pyrovae.app.config import PluginsConfig, dumps, parse_toml
+from pyrovae.app.config import PluginsConfig
 from pyrovae.app.files import RunLock
 from pyrovae.app.plugins import PluginRecord, read_plugin, run_named_plugins
+from pyrovae.app.tomlfile import dumps, parse_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "examples" / "plugins" / "two_latents.py"

@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 from pyrovae.app.checkpoint import counters_problem, read_checkpoint
-from pyrovae.app.config import Config, parse_toml, read_config_text, record_config, run_difference
+from pyrovae.app.config import Config, record_config, run_difference
 from pyrovae.app.files import (
     BEST,
     CHECKPOINT,
     CONFIG,
 )
+from pyrovae.app.tomlfile import parse_toml, read_config_text
 from pyrovae.devices import resolve_device
 from pyrovae.errors import ConfigError, RunDirError, one_line, shell_word, shown
 from pyrovae.models.base import Model

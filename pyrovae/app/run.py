@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from pyrovae.app.checkpoint import counters_problem, read_checkpoint
-from pyrovae.app.config import Config, dumps, run_difference
+from pyrovae.app.config import Config, run_difference
 from pyrovae.app.files import (
     CHECKPOINT,
     CONFIG,
@@ -59,6 +59,7 @@ from pyrovae.app.opening import (
 )
 from pyrovae.app.plugins import source_of as plugin_source
 from pyrovae.app.runfolder import RunFolder
+from pyrovae.app.tomlfile import dumps
 from pyrovae.app.tracking import log_evaluation, opened_run_store, recorded_store
 from pyrovae.data.sources import NO_DOWNLOAD
 from pyrovae.devices import resolve_device
