@@ -53,8 +53,8 @@ from pyrovae.models.registry import MODELS
 from pyrovae.models.terms import Terms
 from pyrovae.parts.likelihoods import Likelihood
 from pyrovae.parts.nets import CLASSIFIERS
-from pyrovae.parts.posteriors import has_closed_form_kl
-from pyrovae.parts.priors import LOG_2PI, Prior
+from pyrovae.parts.posteriors import gaussian_log_q, has_closed_form_kl, reparameterized
+from pyrovae.parts.priors import Prior
 from pyrovae.registry import Spec
 
 
@@ -162,10 +162,8 @@ class M2(CVAE):
         loc, log_var = self.encoder(self.encoder_input(x_rows, c))
         gaussian = has_closed_form_kl(self.posterior_module)
         if gaussian:
-            noise = noise[:, owner] if noise is not None else \
-                torch.randn((num_particles, *loc.shape), dtype=loc.dtype, device=loc.device)
-            z = loc + noise * torch.exp(0.5 * log_var)
-            log_q_rows = -0.5 * (noise.pow(2) + log_var + LOG_2PI).sum(-1)
+            z, noise = reparameterized(loc, log_var, None if noise is None else noise[:, owner], num_particles)
+            log_q_rows = gaussian_log_q(noise, log_var)
         else:
             q = self.posterior_module(loc, log_var)
             z = q.rsample((num_particles,))

@@ -32,8 +32,8 @@ from pyrovae.models.registry import MODELS
 from pyrovae.models.terms import Terms
 from pyrovae.parts.likelihoods import LIKELIHOODS, Likelihood
 from pyrovae.parts.nets import DECODERS, ENCODERS
-from pyrovae.parts.posteriors import POSTERIORS, has_closed_form_kl
-from pyrovae.parts.priors import LOG_2PI, PRIORS, Prior
+from pyrovae.parts.posteriors import POSTERIORS, gaussian_log_q, has_closed_form_kl, reparameterized
+from pyrovae.parts.priors import PRIORS, Prior
 from pyrovae.registry import Spec
 
 
@@ -178,13 +178,11 @@ class VAE(Model):
 
     def _terms_at(self, batch, c, loc, log_var, num_particles: int, kl: bool, noise=None) -> Terms:
         """:meth:`terms` given the encoder's output ``(loc, log_var)`` for the batch's x."""
-        if noise is None:
-            noise = torch.randn((num_particles, *loc.shape), dtype=loc.dtype, device=loc.device)
-        z = loc + noise * torch.exp(0.5 * log_var)  # the reparameterization, (L, M, latent_dim)
+        z, noise = reparameterized(loc, log_var, noise, num_particles)  # (L, M, latent_dim)
         reconstruction = self.likelihood.log_prob(self.decode(z, c, batch), batch.x, self.event_dim)  # (L, M)
         if kl and self.prior.has_closed_form_kl:
             return Terms(reconstruction, kl=self.prior.kl_from_normal(loc, log_var).unsqueeze(0))
-        log_q = -0.5 * (noise.pow(2) + log_var + LOG_2PI).sum(-1)
+        log_q = gaussian_log_q(noise, log_var)
         log_prior = self.prior.log_prob(z)
         return Terms(reconstruction, log_q - log_prior if kl else None, log_prior, log_q, kl_exact=False)
 

@@ -30,12 +30,29 @@ from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
+from pyrovae.parts.priors import LOG_2PI
 from pyrovae.registry import Registry
 
 POSTERIORS = Registry("posterior", context=("latent_dim",))
 """Posteriors q(z | x) by name (``model.posterior``): modules from the encoder's ``(loc, log_var)``
 to a distribution of z, built with ``latent_dim``: ``gaussian`` (the paper's) and ``iaf``.
 """
+
+
+def reparameterized(loc: torch.Tensor, log_var: torch.Tensor, noise: Optional[torch.Tensor] = None,
+                    num_particles: int = 1):
+    """``(z, noise)``: z = mu + sigma * eps with sigma = exp(log_var / 2), eps ~ N(0, I) (the
+    reparameterization, Kingma & Welling 2014, Sec. 2.4), ``(L, M, latent_dim)``; ``noise`` is
+    eps where the caller draws it (the loop, for K processes that see the noise of one)."""
+    if noise is None:
+        noise = torch.randn((num_particles, *loc.shape), dtype=loc.dtype, device=loc.device)
+    return loc + noise * torch.exp(0.5 * log_var), noise
+
+
+def gaussian_log_q(noise: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """log q(z | x) of the diagonal Gaussian at z = mu + sigma * eps, from eps:
+    -1/2 sum_j (eps_j^2 + log sigma_j^2 + log 2 pi), ``(L, M)``."""
+    return -0.5 * (noise.pow(2) + log_var + LOG_2PI).sum(-1)
 
 
 def has_closed_form_kl(part) -> bool:
