@@ -230,3 +230,12 @@ def test_labels_that_reach_nothing_are_one_line(tmp_path, capsys, family, reads)
     else:
         one_line_error(capsys, main(args), f"data.labeled = 100: model ({family.upper()}) reads no labels")
         assert not (tmp_path / "run").exists()
+
+
+def test_fit_from_python_gives_m2_under_the_pyro_engine_the_settings_of_that_engine():
+    """pyrovae.fit fills a family's settings under a budget for the engine it runs (no labelled
+    points inside a minibatch, which Pyro's ELBOs cannot weigh)."""
+    data = pyrovae.load_dataset("digits", labeled=100, binarize="threshold")
+    metrics = pyrovae.fit(M2((1, 8, 8), 10, latent_dim=2), data, epochs=1, engine="pyro", progress=False,
+                          eval_every=1)
+    assert len(metrics) == 1 and metrics[0]["test_accuracy"] is not None

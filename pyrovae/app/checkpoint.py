@@ -36,9 +36,9 @@ from pyrovae.app.files import (
 from pyrovae.app.fingerprint import FINGERPRINT_KEYS, standardization_record_ok
 from pyrovae.data.sampling import steps_per_epoch
 from pyrovae.errors import RunDirError, needed_object, one_line, shown
+from pyrovae.models.base import per_minibatch_labels
 from pyrovae.models.registry import MODELS
 from pyrovae.safe_load import UnsafeFile, load_torch_file
-from pyrovae.training.checks import per_minibatch_labels
 from pyrovae.training.records import COUNTERS, RECORD_KEYS, RENAMED_RECORD_KEYS, TRAINING_STATE_KEYS
 from pyrovae.training.train_config import resolved_labeled_weight
 

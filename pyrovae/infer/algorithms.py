@@ -30,6 +30,7 @@ from pyrovae.infer import hmc
 from pyrovae.infer.elbos import LatentScale, make_elbo
 from pyrovae.infer.estimators import estimate, get_estimator
 from pyrovae.infer.wake_sleep import WakeSleep
+from pyrovae.models.base import per_minibatch_labels
 from pyrovae.registry import Registry
 
 ALGORITHMS = Registry("algorithm", context=("model", "train", "estimator", "num_data", "world"))
@@ -171,8 +172,7 @@ class AEVB(Algorithm):
         self.draws_noise = self.torch_engine
         self.validates = not self.torch_engine
         self.elbo = None
-        under = getattr(model, "labels_under", None)
-        per_minibatch = (under(train.engine) if under is not None else None) == "per_minibatch"
+        per_minibatch = per_minibatch_labels(model, train.engine)
         if not self.torch_engine and train.labeled_weight != 1 and not per_minibatch:
             raise ConfigError(f"train.labeled_weight = {train.labeled_weight!r} weighs the labelled points of a "
                               "mixed minibatch, which train.engine = 'pyro' does not; use engine 'torch' (a family "

@@ -543,6 +543,14 @@ class Model(PyroModule):
         return buffer.device if buffer is not None else torch.device("cpu")
 
 
+def per_minibatch_labels(model, engine: str = "torch") -> bool:
+    """Whether a family (a model or its class) takes all-labelled and all-unlabelled minibatches
+    under ``train.engine`` (:meth:`Model.labels_under`: ``labels = "per_minibatch"``, or the
+    built-in m2's Pyro program under the Pyro engine)."""
+    under = getattr(model, "labels_under", None)
+    return (under(engine) if under is not None else getattr(model, "labels", "per_point")) == "per_minibatch"
+
+
 class Unobserved(UnconditionMessenger):
     """``poutine.uncondition`` of one site: the data site ``name`` is drawn rather than scored,
     and every other observed site (labels a family observes, ``obs=batch.y``) stays observed."""
@@ -570,6 +578,8 @@ def drawn_trace(model, name: str, batch):
             if name not in tracer.trace.nodes:
                 raise
     return tracer.trace, returned
+
+
 class NeedsInput(ValueError):
     """A family's model cannot be run without data (it reads its input's values: a CVAE that
     conditions on part of x, a topic model that takes its document lengths from x): it is sampled

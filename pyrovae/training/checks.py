@@ -9,14 +9,7 @@ import torch
 from pyrovae.data.batch import Batch
 from pyrovae.data.datasets import Dataset, binarize_split
 from pyrovae.errors import ConfigError
-
-
-def per_minibatch_labels(model, engine: str = "torch") -> bool:
-    """Whether a family (a model or its class) takes all-labelled and all-unlabelled minibatches
-    under ``train.engine`` (:meth:`~pyrovae.Model.labels_under`: ``labels = "per_minibatch"``, or
-    the built-in m2's Pyro program under the Pyro engine)."""
-    under = getattr(model, "labels_under", None)
-    return (under(engine) if under is not None else getattr(model, "labels", "per_point")) == "per_minibatch"
+from pyrovae.models.base import per_minibatch_labels
 
 
 def dry_training_batches(data: Dataset, split_labels: bool = False) -> List[Batch]:

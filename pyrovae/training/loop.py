@@ -36,9 +36,10 @@ from pyrovae.errors import ConfigError, PyrovaeError
 from pyrovae.infer.algorithms import NonFinite, build_algorithm, pyro_validation
 from pyrovae.infer.estimators import resolve_estimator
 from pyrovae.infer.evaluate import accuracy, active_units, classifier, dataset_terms
+from pyrovae.models.base import per_minibatch_labels
 from pyrovae.rng import rng_state, seeded, set_rng_state
 from pyrovae.training.callbacks import Callback
-from pyrovae.training.checks import as_labeled, check_run_data, dry_training_batches, per_minibatch_labels
+from pyrovae.training.checks import as_labeled, check_run_data, dry_training_batches
 from pyrovae.training.early_stopping import EarlyStopping, best_so_far
 from pyrovae.training.optim import build_optimizer, default_optimizer, load_state
 from pyrovae.training.records import TRAINING_STATE_KEYS, Counters, epoch_record
@@ -110,7 +111,8 @@ def fit(model, data, train: Optional[TrainConfig] = None, optim: Optional[Dict[s
                       num_workers=num_workers)
     if train is None and data.labeled is not None:  # the family's settings under a label budget, unless given
         under_budget = getattr(model, "training_under_budget", None)
-        cfg = dataclasses.replace(cfg, **(under_budget(set(train_options), cfg.batch_size) if under_budget else {}))
+        cfg = dataclasses.replace(cfg, **(under_budget(set(train_options), cfg.batch_size, cfg.engine)
+                                          if under_budget else {}))
         cfg.check()
     trainer = Trainer(model, data, cfg, optim or default_optimizer(), callbacks, stop_signal)
     return trainer.run()
@@ -129,8 +131,9 @@ class Trainer:
         self.model = model.to(self.device)
         self.data = data.to(self.device)
         #: whether the epochs are all-labelled and all-unlabelled minibatches (labels = "per_minibatch")
-        self.split_labels = per_minibatch_labels(model, cfg.engine) and self.data.labeled is not None
-        if per_minibatch_labels(model, cfg.engine) and cfg.labeled_per_batch:
+        per_minibatch = per_minibatch_labels(model, cfg.engine)
+        self.split_labels = per_minibatch and self.data.labeled is not None
+        if per_minibatch and cfg.labeled_per_batch:
             raise ConfigError(f"train.labeled_per_batch = {cfg.labeled_per_batch}: model ({type(model).__name__}) "
                               "takes all-labelled and all-unlabelled minibatches (labels = 'per_minibatch'), not "
                               "labelled points in every minibatch; leave it out (train.labeled_weight sets how "
