@@ -39,14 +39,13 @@ if TYPE_CHECKING:  # the public names, each imported on first use (see __getattr
     from pyrovae.data.formats import FORMATS, Format
     from pyrovae.infer.algorithms import ALGORITHMS, Algorithm
     from pyrovae.infer.elbos import (
-        IWAE,
         LatentScale,
         elbo_per_datapoint,
         elbo_terms,
         make_elbo,
         objective_per_datapoint,
     )
-    from pyrovae.infer.estimators import ESTIMATORS, Estimator, resolve_estimator
+    from pyrovae.infer.estimators import ESTIMATORS, IWAE, Estimator, resolve_estimator
     from pyrovae.infer.evaluate import (
         active_units,
         dataset_elbo,

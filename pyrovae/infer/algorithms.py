@@ -27,8 +27,8 @@ from torch.nn.parallel import DistributedDataParallel
 from pyrovae.data.batch import Batch
 from pyrovae.errors import ConfigError, PyrovaeError, one_line
 from pyrovae.infer import hmc
-from pyrovae.infer.elbos import LatentScale, make_elbo
-from pyrovae.infer.estimators import estimate, get_estimator
+from pyrovae.infer.elbos import make_elbo, minibatch_sums
+from pyrovae.infer.estimators import TermsELBO, estimate
 from pyrovae.infer.wake_sleep import WakeSleep
 from pyrovae.models.base import per_minibatch_labels
 from pyrovae.registry import Registry
@@ -136,29 +136,25 @@ class Algorithm:
 
 
 class _Objective(torch.nn.Module):
-    """The estimator over the model's terms, as a module that DistributedDataParallel can wrap."""
+    """A minibatch's sums under the run's ELBO (:func:`~pyrovae.infer.elbos.minibatch_sums`), as a
+    module that DistributedDataParallel can wrap."""
 
-    def __init__(self, model, estimator: str, num_particles: int, num_data: int):
+    def __init__(self, model, elbo: pyro.infer.ELBO, num_data: int):
         super().__init__()
-        self.model, self.num_particles, self.num_data = model, num_particles, num_data
-        self.reduce = get_estimator(estimator)  # built once: the hot path only calls it
+        self.model, self.elbo, self.num_data = model, elbo, num_data
 
-    def forward(self, x, y, labeled, noise, beta: float, weight=None):
-        terms = self.model.terms(Batch(x, y, labeled), self.num_particles, self.num_data, kl=self.reduce.needs_kl,
-                                 noise=noise)
-        objective, elbo = self.reduce(terms, beta)
-        if weight is None:
-            return objective, elbo
-        weighted = objective * weight  # a stratified minibatch (train.labeled_per_batch): data.sampling.epoch_plan
-        return weighted, (weighted if elbo is objective else elbo * weight)
+    def forward(self, x, y, labeled, weight, noise, beta: float):
+        return minibatch_sums(self.elbo, self.model, Batch(x, y, labeled, weight), self.num_data, beta, noise)
 
 
 @ALGORITHMS.register("aevb")
 class AEVB(Algorithm):
     """Auto-encoding variational Bayes: a gradient step on an ELBO estimator of the minibatch,
-    scaled to the full data (Kingma & Welling 2014, Algorithm 1). With ``train.engine = "pyro"``
-    the step is Pyro's ELBO class on ``model.model`` and ``model.guide`` (``TraceEnum_ELBO``
-    where the model has sites marked for enumeration), built on the dry batch."""
+    scaled to the full data (Kingma & Welling 2014, Algorithm 1). The step reads one
+    ``pyro.infer.ELBO`` on ``model.model`` and ``model.guide`` (:func:`~pyrovae.infer.elbos.make_elbo`):
+    ``train.engine`` only chooses which is built, pyrovae's estimator over the family's terms
+    (``torch``, closed forms where the family has them) or Pyro's class (``pyro``; ``TraceEnum_ELBO``
+    where the model has sites marked for enumeration), chosen on the dry batches."""
 
     @classmethod
     def check_config(cls, train) -> None:
@@ -168,54 +164,52 @@ class AEVB(Algorithm):
 
     def __init__(self, model, train, estimator, num_data, world=1):
         super().__init__(model, train, estimator, num_data, world)
-        self.torch_engine = train.engine == "torch"
-        self.draws_noise = self.torch_engine
-        self.validates = not self.torch_engine
-        self.elbo = None
         per_minibatch = per_minibatch_labels(model, train.engine)
-        if not self.torch_engine and train.labeled_weight != 1 and not per_minibatch:
+        if train.engine == "pyro" and train.labeled_weight != 1 and not per_minibatch:
             raise ConfigError(f"train.labeled_weight = {train.labeled_weight!r} weighs the labelled points of a "
                               "mixed minibatch, which train.engine = 'pyro' does not; use engine 'torch' (a family "
                               "with labels = 'per_minibatch' takes it under either engine)")
-        if self.torch_engine:
-            self.objective = _Objective(model, estimator, train.num_particles, num_data)
-            # gradients are averaged over the processes by PyTorch's DDP; a family's labelled and
-            # unlabelled minibatches may each leave some parameters out (Pyro's M2: q(y | x))
-            self.forward = DistributedDataParallel(self.objective, find_unused_parameters=per_minibatch) \
-                if world > 1 else self.objective
-        elif world > 1:
+        if train.engine == "pyro" and world > 1:
             raise ConfigError("train.engine = 'pyro' trains in one process; distributed runs use engine 'torch'")
+        self.per_minibatch = per_minibatch
+        # the torch engine's estimator is built now (the model's own dry run checked its terms); Pyro's
+        # class is chosen from the traces of the dry batches
+        self._build(make_elbo(estimator, model, train.num_particles, engine="torch") if train.engine == "torch"
+                    else None)
+
+    def _build(self, elbo: Optional[pyro.infer.ELBO]) -> None:
+        self.elbo = elbo
+        self.draws_noise = isinstance(elbo, TermsELBO) and elbo.reads_model_terms(self.model.model, self.model.guide)
+        self.validates = not self.draws_noise  # the torch engine checked the data once
+        if elbo is None:
+            return
+        self.objective = _Objective(self.model, elbo, self.num_data)
+        # gradients are averaged over the processes by PyTorch's DDP; a family's labelled and
+        # unlabelled minibatches may each leave some parameters out (Pyro's M2: q(y | x))
+        self.forward = DistributedDataParallel(self.objective, find_unused_parameters=self.per_minibatch) \
+            if self.world > 1 else self.objective
 
     def dry_run(self, batches):
-        if self.torch_engine:
+        if self.elbo is not None:
             return  # the estimator reads the model's terms, which the model's own dry run computed
         try:  # the ELBO is chosen from the traces of every kind of batch the steps will see
-            self.elbo = make_elbo(self.estimator, self.model, self.train.num_particles, _batches(batches))
+            self._build(make_elbo(self.estimator, self.model, self.train.num_particles, _batches(batches),
+                                  engine=self.train.engine))
         except (PyrovaeError, ValueError) as e:
-            raise ConfigError(f"train.engine = 'pyro' with train.estimator = {self.estimator!r}: "
+            raise ConfigError(f"train.engine = {self.train.engine!r} with train.estimator = {self.estimator!r}: "
                               f"{one_line(str(e), 200)}") from None
         super().dry_run(batches)
 
     def loss(self, batch, noise, beta, global_size, index=None, update=0):
-        if self.torch_engine:  # the estimator over the model's terms (closed forms where the family has them)
-            objective, elbo = self.forward(batch.x, batch.y, batch.labeled, noise, beta, batch.weight)
-            return StepLoss.of(objective.sum(), None if elbo is objective else elbo.sum(), global_size, self.world)
         if self.elbo is None:
-            self.elbo = make_elbo(self.estimator, self.model, self.train.num_particles, batch)
-        reports = beta != 1.0 or self.estimator == "iwae"  # then the objective is not the ELBO
-        elbo = reported_elbo(self.model, batch, self.estimator, self.train.num_particles, self.num_data) \
-            if reports else None
-        weighted = LatentScale(beta) if beta != 1.0 else contextlib.nullcontext()
-        with weighted, _non_finite_from_validation(), warnings.catch_warnings():
+            self._build(make_elbo(self.estimator, self.model, self.train.num_particles, batch,
+                                  engine=self.train.engine))
+        with _non_finite_from_validation(), warnings.catch_warnings():
             # TraceEnum_ELBO on a minibatch whose guide enumerates nothing (labelled, in a family that
             # takes labels per minibatch) is Trace_ELBO, as it should be: its warning says nothing
             warnings.filterwarnings("ignore", "TraceEnum_ELBO found no sample sites configured for enumeration")
-            loss = self.elbo.differentiable_loss(self.model.model, self.model.guide, batch, self.num_data)
-        objective = pyro_objective(loss, len(batch), self.num_data)
-        if batch.weight is not None:  # a minibatch of one kind weighs its points alike (data.sampling.split_plan)
-            weight = batch.weight[0]
-            objective, elbo = objective * weight, (elbo if elbo is None else elbo * weight)
-        return StepLoss.of(objective, elbo, global_size)
+            objective, elbo = self.forward(batch.x, batch.y, batch.labeled, batch.weight, noise, beta)
+        return StepLoss.of(objective, elbo, global_size, self.world)
 
 
 @ALGORITHMS.register("wake_sleep")
@@ -275,9 +269,9 @@ class MonteCarloEMAlgorithm(Algorithm):
         super().__init__(model, train, estimator, num_data, world)
         if world > 1:
             raise ConfigError("train.algorithm = 'mcem' trains in one process (its chains live in it)")
-        if not getattr(model, "fast_path", False):
+        if not getattr(model, "has_plain_vae_model", False):
             raise ConfigError("train.algorithm = 'mcem' needs the vae family's model (a prior and a likelihood "
-                              f"to run HMC on); got {type(model).__name__}")
+                              f"to run HMC on, no condition); got {type(model).__name__}")
         if weight_updates < 1:
             raise ConfigError(f"train.algorithm.weight_updates = {weight_updates}: must be >= 1")
         self.log_joint = hmc.log_joint

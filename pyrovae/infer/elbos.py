@@ -1,38 +1,51 @@
-"""Pyro ELBOs for pyrovae's estimators, and the per-datapoint numbers as one-line fronts over Terms.
+"""The ELBO a run trains on, as a Pyro ELBO object, and the step's sums from it.
 
-- :func:`make_elbo`: an estimator name -> the Pyro ELBO that computes the same on a model's
-  ``model`` and ``guide`` (``analytic``: ``TraceMeanField_ELBO``, ``mc``: ``Trace_ELBO``, or
-  ``TraceEnum_ELBO`` where the model has sites marked for enumeration, ``iwae``: :class:`IWAE`
-  below), with L = ``num_particles`` vectorized particles;
-- :func:`objective_per_datapoint`, :func:`elbo_terms`, :func:`elbo_per_datapoint`: the same
-  numbers per datapoint, read off the model's :class:`~pyrovae.models.terms.Terms` (see
+- :func:`make_elbo`: an estimator name -> the ELBO on a model's ``model`` and ``guide``: under
+  ``engine = "torch"`` the estimator itself, reading the family's :meth:`~pyrovae.Model.terms`
+  (its closed forms); under ``engine = "pyro"`` what the estimator's
+  :meth:`~pyrovae.Estimator.pyro_elbo` names (``analytic``: ``TraceMeanField_ELBO``, ``mc``:
+  ``Trace_ELBO``, or ``TraceEnum_ELBO`` where the model has sites marked for enumeration,
+  ``iwae``: :class:`~pyrovae.IWAE`, a user's estimator: itself over the traces), with L =
+  ``num_particles`` particles;
+- :func:`minibatch_sums`: the one way the trainer reads any ``pyro.infer.ELBO``, pyrovae's or
+  Pyro's: a minibatch's sum of what is maximised at KL weight beta and its sum of ELBOs, from
+  one forward pass;
+- :func:`objective_per_datapoint`, :func:`elbo_terms`, :func:`elbo_per_datapoint`: the numbers
+  per datapoint, read off the model's :class:`~pyrovae.models.terms.Terms` (see
   :mod:`pyrovae.infer.estimators`);
 - :class:`LatentScale`: the KL weight beta for Pyro's ELBOs, as a handler (not model state).
 """
 
 
-from typing import Optional
+import contextlib
+from typing import Optional, Tuple
 
 import pyro.infer
 import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
-from pyrovae.errors import ConfigError, shown
+from pyrovae.errors import ConfigError
 from pyrovae.infer.estimators import ESTIMATORS, TermsELBO, estimate, resolve_estimator
-from pyrovae.models.terms import log_mean_exp
+
+ENGINES = ("torch", "pyro")
+"""What ``train.engine`` takes: which ELBO object :func:`make_elbo` builds."""
 
 
-def make_elbo(estimator: str, model, num_particles: int = 1, batch=None) -> pyro.infer.ELBO:
-    """The Pyro ELBO for an estimator name (``auto`` resolved on ``batch`` first, see
-    :func:`~pyrovae.infer.estimators.resolve_estimator`), chosen from the traces of ``batch``: one
-    batch, or a list of the kinds of batch it will train on (a family that takes labels per
-    minibatch: a labelled and an unlabelled one), ``TraceEnum_ELBO`` if any marks a site for
+def make_elbo(estimator: str, model, num_particles: int = 1, batch=None, engine: str = "pyro") -> pyro.infer.ELBO:
+    """The ELBO for an estimator name (``auto`` resolved on ``batch`` first, see
+    :func:`~pyrovae.infer.estimators.resolve_estimator`) on ``model.model`` and ``model.guide``.
+    ``engine = "torch"``: the registered estimator, over the family's own terms. ``engine =
+    "pyro"``: its :meth:`~pyrovae.Estimator.pyro_elbo`, chosen from the traces of ``batch`` (one
+    batch, or a list of the kinds of batch it will train on: a family that takes labels per
+    minibatch has a labelled and an unlabelled one): ``TraceEnum_ELBO`` if any marks a site for
     enumeration, vectorized particles if all can take them."""
     if num_particles < 1:
         raise ConfigError(f"train.num_particles = {num_particles}: must be >= 1")
     if estimator == "auto" or batch is not None:
-        estimator = resolve_estimator(estimator, model, batch)
+        estimator = resolve_estimator(estimator, model, batch, engine)
+    if engine == "torch":
+        return ESTIMATORS.build(estimator, "train.estimator", num_particles=num_particles)
     # The VAE has exactly one plate, so the particle plate goes at dim -2 without a guessing trace.
     nesting = getattr(model, "plate_nesting", None) or float("inf")
     # L > 1 particles in one pass where the family can take a particle plate (Model.vectorized_for),
@@ -41,39 +54,67 @@ def make_elbo(estimator: str, model, num_particles: int = 1, batch=None) -> pyro
     shown_on_batch = batches and hasattr(model, "vectorized_for")
     vectorize = num_particles > 1 and (all(model.vectorized_for(b) for b in batches) if shown_on_batch
                                        else getattr(model, "particles_vectorized", True) is not False)
-    if estimator == "iwae":
-        if num_particles > 1 and not vectorize:
-            raise ConfigError(f"train.estimator = 'iwae' with train.engine = 'pyro' draws its "
-                              f"{num_particles} particles in one pass, which {type(model).__name__} cannot take "
-                              f"({model.particles_note}); use train.engine = 'torch'")
-        return IWAE(num_particles=num_particles, max_plate_nesting=nesting)
     enumerated = model.enumerated_sites(batches) if batches and hasattr(model, "enumerated_sites") else []
-    if estimator == "analytic" and enumerated:
-        raise ConfigError(f"train.estimator = 'analytic': Pyro's TraceMeanField_ELBO cannot sum out the "
-                          f"enumerated sites {', '.join(map(repr, enumerated))}; use 'mc' (TraceEnum_ELBO) or 'auto'")
-    if estimator == "mc" and enumerated:
-        return pyro.infer.TraceEnum_ELBO(num_particles=num_particles, vectorize_particles=vectorize,
-                                         max_plate_nesting=max(model.max_plate_nesting(b) for b in batches))
-    cls = ESTIMATORS.get(estimator).pyro_elbo
-    if cls is None:
-        raise ConfigError(f"train.estimator = {shown(estimator)} has no Pyro ELBO: use train.engine = 'torch'")
-    return cls(num_particles=num_particles, vectorize_particles=vectorize, max_plate_nesting=nesting)
+    enum_nesting = max(model.max_plate_nesting(b) for b in batches) if enumerated else None
+    return ESTIMATORS.get(estimator).pyro_elbo(num_particles, vectorize, nesting, enumerated, enum_nesting)
+
+
+def minibatch_sums(elbo: pyro.infer.ELBO, model, batch, num_data: int, beta: float = 1.0,
+                   noise: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(objective, elbo)``: the minibatch's sum of what ``elbo`` maximises at KL weight ``beta``
+    (differentiable) and its sum of ELBOs (None: the same), each point weighed by ``batch.weight``
+    where given, both from one pass.
+
+    - A :class:`~pyrovae.infer.estimators.TermsELBO` (pyrovae's estimators) gives both per datapoint
+      (:meth:`~pyrovae.infer.estimators.TermsELBO.per_datapoint`).
+    - Any other Pyro ELBO gives its loss, -(N/M) sum_i f_i under the plate "data", with every latent
+      site's log-density weighted by beta (:class:`LatentScale`). That loss is linear in beta,
+      f(beta) = a + beta b, so the ELBO f(1) = f(beta) + (1 - beta) df/dbeta comes from the same
+      pass: beta is a leaf tensor and df/dbeta one backward step through the scales alone
+      (``tests/test_estimators_as_elbos.py`` ties it to a pass at beta = 1).
+    """
+    weight = batch.weight
+    if isinstance(elbo, TermsELBO):
+        objective, elbo_value, _ = elbo.per_datapoint(model.model, model.guide, (batch, num_data), beta=beta,
+                                                      noise=noise)
+        same = elbo_value is objective
+        if weight is not None:  # a stratified minibatch (train.labeled_per_batch): data.sampling.epoch_plan
+            objective = objective * weight
+            elbo_value = objective if same else elbo_value * weight
+        return objective.sum(), (None if same else elbo_value.sum())
+    if weight is not None and bool((weight != weight[0]).any()):
+        raise ValueError(f"{type(elbo).__name__} weighs a minibatch as a whole: its points' weights must be equal")
+    if beta == 1.0:
+        scaled, beta_leaf = contextlib.nullcontext(), None
+    else:
+        beta_leaf = torch.tensor(float(beta), requires_grad=True)
+        scaled = LatentScale(beta_leaf)
+    with scaled, torch.enable_grad() if beta_leaf is not None else contextlib.nullcontext():
+        loss = elbo.differentiable_loss(model.model, model.guide, batch, num_data)
+        objective = loss * (-len(batch) / num_data)  # the plate's N/M undone: the sum of f_i
+    elbo_value = None
+    if beta_leaf is not None:
+        slope, = torch.autograd.grad(objective, beta_leaf, retain_graph=True)
+        elbo_value = objective.detach() + (1.0 - beta) * slope
+    if weight is not None:  # a minibatch of one kind weighs its points alike (data.sampling.split_plan)
+        objective, elbo_value = objective * weight[0], (None if elbo_value is None else elbo_value * weight[0])
+    return objective, elbo_value
 
 
 class LatentScale(Messenger):
     """Multiply the log-density of every latent (unobserved) site by ``beta``, in model and guide
     alike: log p(z) - log q(z|x), the KL term, gets the weight beta and the reconstruction term
-    none (beta-VAE, Higgins et al. 2017; KL annealing). ``beta = 0`` masks the sites (Pyro's
-    scales must be positive)."""
+    none (beta-VAE, Higgins et al. 2017; KL annealing). A number ``beta = 0`` masks the sites
+    (Pyro's scales must be positive); a tensor ``beta`` (:func:`minibatch_sums`' leaf) always scales."""
 
-    def __init__(self, beta: float):
+    def __init__(self, beta):
         super().__init__()
-        self.beta = float(beta)
+        self.beta = beta if isinstance(beta, torch.Tensor) else float(beta)
 
     def _process_message(self, msg):
         if msg["type"] != "sample" or msg["is_observed"] or site_is_subsample(msg):
             return
-        if self.beta == 0:
+        if not isinstance(self.beta, torch.Tensor) and self.beta == 0:
             msg["mask"] = False if msg["mask"] is None else msg["mask"] & False
         else:
             msg["scale"] = self.beta * msg["scale"]
@@ -107,45 +148,3 @@ def elbo_per_datapoint(model, x, num_particles: int = 1, analytic_kl: Optional[b
     """The ELBO of each datapoint of x (``(M,)``, nats): :func:`elbo_terms`' difference."""
     reconstruction, kl = elbo_terms(model, x, num_particles, analytic_kl, num_data)
     return reconstruction - kl
-
-
-class IWAE(TermsELBO):
-    """The importance-weighted bound (Burda et al. 2015) as a Pyro ELBO that stays correct
-    under minibatches.
-
-    For each datapoint x_i of the plate ``data_plate``, with z_{i,j} ~ q(z | x_i), j = 1..k:
-
-        IWAE_k(x_i) = log (1/k) sum_j p(x_i, z_{i,j}) / q(z_{i,j} | x_i),
-
-    and the loss of a minibatch of M points out of N is ``-(N/M) sum_i IWAE_k(x_i)``. Pyro's
-    ``RenyiELBO(alpha=0)`` applies the N/M scale to the log-weights before the log-sum-exp,
-    computing sum_i log (1/k) sum_j w_ij^(N/M), which is wrong under plate subsampling
-    (``tests/test_evaluate.py`` shows both); here the log-sum-exp runs over each datapoint's
-    own k unscaled weights and the scale is applied after it. k = 1 is estimator A.
-
-    Every latent site must be reparameterized (or marked for enumeration: it is summed out inside
-    each weight). A global latent (outside the data plate) counts 1/N of its log-density in each
-    datapoint's weights, as ``Model.terms`` has it (the torch engine's ``iwae`` is the same number).
-
-    :param int num_particles: k, drawn in one vectorized pass.
-    :param str data_plate: the name of the plate whose entries are datapoints.
-    :param int max_plate_nesting: as in Pyro's ELBOs (guessed by a trace when not given).
-
-    [1] "Importance Weighted Autoencoders", Yuri Burda, Roger Grosse, Ruslan Salakhutdinov (2015)
-    """
-
-    #: always from traces of the programs, as Pyro's RenyiELBO draws them (tests compare the two)
-    model_terms = False
-
-    def __init__(self, num_particles: int = 10, data_plate: str = "data", max_plate_nesting: float = float("inf")):
-        super().__init__(num_particles, data_plate, max_plate_nesting, vectorize_particles=True)
-
-    def log_weights(self, model, guide, *args, **kwargs):
-        """``(log_w, scale)``: the log-weights of shape ``(k, M)`` (the :class:`~pyrovae.models.terms.Terms`
-        of the traces, built by the same function as ``Model.terms``) and N/M."""
-        terms, scale = self.terms(model, guide, *args, **kwargs)
-        return terms.log_weights, scale
-
-    def objective(self, terms):
-        """IWAE_k per datapoint, ``(M,)``."""
-        return log_mean_exp(terms.log_weights, 0)

@@ -7,6 +7,7 @@ from typing import Any, Dict, Optional, Union
 
 from pyrovae.errors import ConfigError, UnknownNameError, shown
 from pyrovae.infer.algorithms import ALGORITHMS, algorithm_name
+from pyrovae.infer.elbos import ENGINES
 from pyrovae.infer.estimators import estimator_names
 from pyrovae.registry import Spec, check_at_least, check_choice
 from pyrovae.rng import seed_problem
@@ -103,7 +104,7 @@ class TrainConfig:
         if self.early_stopping is not None:
             EarlyStopping.from_spec(self.early_stopping)
         check_choice("train.on_nan", self.on_nan, ("stop", "rollback"))
-        check_choice("train.engine", self.engine, ("torch", "pyro"))
+        check_choice("train.engine", self.engine, ENGINES)
         if not 0 < self.rollback_lr_factor < 1:
             raise ConfigError(f"train.rollback_lr_factor = {shown(self.rollback_lr_factor)}: must be in (0, 1)")
         check_at_least("train.max_rollbacks", self.max_rollbacks, 0)
