@@ -223,7 +223,7 @@ class ShiftedPosterior(VAE):
 def test_a_vae_subclass_with_its_own_posterior_is_trained_with_it():
     model = ShiftedPosterior((1, 8, 8), 2)
     x = binary_batch(6)
-    assert not model.fast_path and model.noise_shape(6, 1) is None
+    assert not model.closed_forms_hold and model.noise_shape(6, 1) is None
     pyro.set_rng_seed(0)
     a = model.terms(x, 3, kl=False)
     pyro.set_rng_seed(0)

@@ -18,6 +18,7 @@ forms through the parts (``likelihood.log_prob``, ``prior.log_prob``,
 together in value and gradient.
 """
 
+import functools
 from typing import Optional, Sequence, Union
 
 import pyro
@@ -35,6 +36,19 @@ from pyrovae.parts.nets import DECODERS, ENCODERS
 from pyrovae.parts.posteriors import POSTERIORS, gaussian_log_q, has_closed_form_kl, reparameterized
 from pyrovae.parts.priors import PRIORS, Prior
 from pyrovae.registry import Spec
+
+
+def closed_form(method):
+    """A :class:`VAE` method written with the class's closed forms: it runs where they describe the
+    model (:attr:`VAE.closed_forms_hold`); elsewhere :class:`~pyrovae.Model`'s general method of
+    the same name runs, from the traces (the one place this choice is made)."""
+    general = getattr(Model, method.__name__)
+
+    @functools.wraps(method)
+    def chosen(self, *args, **kwargs):
+        return (method if self.closed_forms_hold else general)(self, *args, **kwargs)
+
+    return chosen
 
 
 @MODELS.register("vae")
@@ -153,7 +167,8 @@ class VAE(Model):
         with self.data_plate(batch.x, num_data):  # a subclass's posterior(x) without a condition still serves
             pyro.sample("z", self.posterior(batch.x) if c is None else self.posterior(batch.x, c))
 
-    # -- the closed forms (Model.terms derives the same from traces) ------------------------
+    # -- the closed forms (Model derives the same from traces) ---------------------------------
+    @closed_form
     def terms(self, batch, num_particles: int = 1, num_data: Optional[int] = None, kl: bool = True,
               noise: Optional[torch.Tensor] = None, values=None) -> Terms:
         """The ELBO's terms per particle and datapoint with z_l = mu(x) + sigma(x) * eps_l:
@@ -169,7 +184,7 @@ class VAE(Model):
         ``noise`` (shape ``(L, M, latent_dim)``) is the standard normal draw to use; drawn here if
         None. ``values`` is not needed by the closed forms and must be None.
         """
-        if values is not None or not self.fast_path:
+        if values is not None:
             return Model.terms(self, batch, num_particles, num_data, kl, noise, values)
         batch = as_batch(batch)
         c = self.condition(batch)
@@ -186,12 +201,11 @@ class VAE(Model):
         log_prior = self.prior.log_prob(z)
         return Terms(reconstruction, log_q - log_prior if kl else None, log_prior, log_q, kl_exact=False)
 
+    @closed_form
     def importance_sampler(self, batch, num_data: Optional[int] = None):
         """``draw(k, noise=None)``: the log importance weights of k samples z = mu(x) + sigma(x) * eps for
         each point (see :meth:`pyrovae.Model.importance_sampler`), the batch encoded once for every call:
         the same weights as :meth:`terms`, which a test ties to the general trace-derived path."""
-        if not self.fast_path:
-            return Model.importance_sampler(self, batch, num_data)
         batch = as_batch(batch)
         c = self.condition(batch)
         loc, log_var = self.encoder(self.encoder_input(batch.x, c))
@@ -202,21 +216,27 @@ class VAE(Model):
         self.likelihood.check_data(x, where)
 
     @property
-    def fast_path(self) -> bool:
-        """Whether this class's closed forms (its fast path) describe the model: not where a subclass
-        overrides the model, the guide or the posterior, nor with a posterior whose KL has no closed
-        form (``iaf``); then every term comes from the traces."""
+    def closed_forms_hold(self) -> bool:
+        """Whether this class's closed forms (the :func:`closed_form` methods) describe the model:
+        not where a subclass overrides the model, the guide or the posterior, nor with a posterior
+        whose KL has no closed form (``iaf``); then every term comes from the traces."""
         cls = type(self)
         return (cls.model is VAE.model and cls.guide is VAE.guide and cls.posterior is VAE.posterior
                 and has_closed_form_kl(self.posterior_module))
 
+    @property
+    def has_plain_vae_model(self) -> bool:
+        """Whether the generative model is this class's own, z ~ p(z) and x ~ p_theta(x | z) with no
+        condition: what Monte Carlo EM's HMC chains run on (:mod:`pyrovae.infer.hmc`)."""
+        return type(self).model is VAE.model and not self.num_conditions
+
+    @closed_form
     def has_closed_form_kl(self, batch=None) -> bool:
-        if not self.fast_path:
-            return Model.has_closed_form_kl(self, batch)
         return bool(self.prior.has_closed_form_kl)
 
+    @closed_form
     def noise_shape(self, batch_size: int, num_particles: int) -> Optional[tuple]:
-        return (num_particles, batch_size, self.latent_dim) if self.fast_path else None
+        return (num_particles, batch_size, self.latent_dim)
 
     # -- plain-tensor helpers (no Pyro effects) --------------------------------------------
     def posterior(self, x: torch.Tensor, c: Optional[torch.Tensor] = None) -> dist.TorchDistribution:
@@ -239,20 +259,18 @@ class VAE(Model):
         """p_theta(x|z) (under condition c, for the points of ``batch`` if given) with the data's event shape."""
         return self.likelihood(self.decode(z, c, batch), self.event_dim)
 
+    @closed_form
     @torch.no_grad()
     def encode(self, batch) -> torch.Tensor:
         """E_q[z | x] = mu(x), ``(M, latent_dim)``."""
-        if not self.fast_path:
-            return Model.encode(self, batch)
         batch = as_batch(batch)
         return self.encoder(self.encoder_input(batch.x, self.condition(batch)))[0]
 
+    @closed_form
     @torch.no_grad()
     def reconstruct(self, batch) -> torch.Tensor:
         """E[x | z = E_q[z | x]]: the decoder's mean at the posterior mean (the encoder's mean
         for the Gaussian posterior)."""
-        if not self.fast_path:
-            return Model.reconstruct(self, batch)
         return self.likelihood.mean(self.decode(self.encode(batch), self.condition(as_batch(batch)), batch))
 
     @torch.no_grad()
