@@ -84,6 +84,12 @@ class TermsELBO(pyro.infer.ELBO):
         return (not self.from_traces and owner is not None and getattr(guide, "__self__", None) is owner
                 and hasattr(owner, "terms"))
 
+    @staticmethod
+    def _as_in_pyro(model):
+        """The context a pyrovae model's methods run in under Pyro (its parameters reach the param store
+        that ``SVI``'s optimizer reads, as in ``model()``); the trainer's torch optimizer needs none."""
+        return getattr(getattr(model, "__self__", None), "_pyro_context", None) or contextlib.nullcontext()
+
     def terms(self, model, guide, *args, noise: Optional[torch.Tensor] = None, **kwargs) -> Tuple[Terms, float]:
         """``(terms, N/M)`` of the minibatch that ``args`` give the model (``(batch, num_data)``);
         ``noise``: the standard normal draw a pyrovae model's terms take (its ``noise_shape``)."""
@@ -91,8 +97,7 @@ class TermsELBO(pyro.infer.ELBO):
             owner = model.__self__
             batch = as_batch(args[0])
             num_data = args[1] if len(args) > 1 else kwargs.get("num_data")
-            with getattr(owner, "_pyro_context", contextlib.nullcontext()):  # its parameters reach SVI
-                terms = owner.terms(batch, self.num_particles, num_data, kl=self.needs_kl, noise=noise)
+            terms = owner.terms(batch, self.num_particles, num_data, kl=self.needs_kl, noise=noise)
             return terms, (num_data or len(batch)) / len(batch)
         if self.vectorize_particles and self.max_plate_nesting == float("inf"):
             self._guess_max_plate_nesting(model, guide, args, kwargs)
@@ -129,7 +134,8 @@ class TermsELBO(pyro.infer.ELBO):
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         """-(N/M) sum_i objective_i over the minibatch, differentiable in the parameters."""
-        objective, _, scale = self.per_datapoint(model, guide, args, kwargs, getattr(self, "beta", 1.0))
+        with self._as_in_pyro(model):
+            objective, _, scale = self.per_datapoint(model, guide, args, kwargs, getattr(self, "beta", 1.0))
         loss = -scale * objective.sum()
         warn_if_nan(loss, "loss")
         return loss
