@@ -16,6 +16,7 @@ import torch
 
 from pyrovae import Config, Interrupted, RunFolder, TrainingError, build_model, fit, load_dataset, train
 from pyrovae.app.checkpoint import read_checkpoint
+from pyrovae.app.cli import main
 from pyrovae.data.datasets import Dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,3 +195,39 @@ def test_the_counters_are_typed_once_and_read_by_key_as_a_dict_was():
     assert list(counters.as_dict()) == list(COUNTERS) and COUNTERS["epoch_loss"] is float
     with pytest.raises(KeyError):
         counters["epochs"] = 1
+
+
+def test_the_records_own_their_checks_and_a_half_done_epoch_with_a_positive_elbo_is_readable():
+    """A Gaussian likelihood's ELBO can be positive, so a half-done epoch's running loss can be
+    negative: the checkpoint holding it is pyrovae's own (it was refused as foreign before)."""
+    from pyrovae.training.records import RECORD_KEYS, Counters, EpochRecord, TrainingState, epoch_record
+
+    counters = Counters(epoch=2, epoch_step=3, epoch_loss=-1234.5, epoch_elbo=-1200.0).as_dict()
+    assert Counters.problem(counters) is None
+    assert "epoch" in Counters.problem({**counters, "epoch": -1})
+    assert "epoch_loss" in Counters.problem({**counters, "epoch_loss": float("nan")})
+    assert Counters.problem({**counters, "extra": 1}) is not None
+    record = epoch_record(epoch=1, train_elbo=-90.5)
+    assert tuple(record) == RECORD_KEYS and EpochRecord.problem(record) is None
+    assert EpochRecord.problem({"epoch": 1, "kl_weight": 0.5}) is None  # an earlier name
+    assert EpochRecord.current({"epoch": 1, "kl_weight": 0.5}) == {"epoch": 1, "beta": 0.5}
+    assert EpochRecord.problem({"epoch": 1, "os": "rm"}) is not None
+    assert EpochRecord.problem({"epoch": 1, "test_elbo": "x"}) is not None
+    state = TrainingState.of({"model": {}, "optimizer": {}, "rng": {}, "counters": counters})  # an older one
+    assert state.algorithm == {} and list(state.as_dict())[:4] == ["model", "optimizer", "rng", "counters"]
+
+
+def test_a_run_interrupted_mid_epoch_with_a_positive_elbo_resumes(tmp_path):
+    """The checkpoint of a half-done epoch whose running ELBO sum is positive (its loss negative,
+    as a Gaussian likelihood's can be) is read and resumed."""
+    run = tmp_path / "run"
+    args = ["train", "--out", str(run), "--set", "train.batch_size=50", "--set", "train.max_steps=2",
+            "--set", "train.epochs=2", "-q"]
+    assert main(args) == 0
+    state = read_checkpoint(run / "checkpoint.pt")
+    assert state["counters"]["epoch_step"] == 2
+    state["counters"].update(epoch_loss=-abs(state["counters"]["epoch_loss"]), epoch_elbo=-1.0)
+    torch.save(state, run / "checkpoint.pt")
+    assert read_checkpoint(run / "checkpoint.pt")["counters"]["epoch_loss"] < 0
+    assert main(["train", "--out", str(run), "--resume", "--set", "train.max_steps=0", "-q"]) == 0
+    assert read_checkpoint(run / "checkpoint.pt")["counters"]["epoch"] == 2

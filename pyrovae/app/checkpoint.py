@@ -39,7 +39,7 @@ from pyrovae.errors import RunDirError, needed_object, one_line, shown
 from pyrovae.models.base import per_minibatch_labels
 from pyrovae.models.registry import MODELS
 from pyrovae.safe_load import UnsafeFile, load_torch_file
-from pyrovae.training.records import COUNTERS, RECORD_KEYS, RENAMED_RECORD_KEYS, TRAINING_STATE_KEYS
+from pyrovae.training.records import TRAINING_STATE_KEYS, Counters, EpochRecord, TrainingState
 from pyrovae.training.train_config import resolved_labeled_weight
 
 FORMAT = "pyrovae-checkpoint-2"
@@ -174,14 +174,6 @@ def _plain_values(v, depth: int = 0) -> bool:
     return isinstance(v, (str, float, bool))
 
 
-def _record_ok(r) -> bool:
-    """A metrics record as the loop writes it: known keys, each a number (or None, or a bool)."""
-    return (isinstance(r, dict) and isinstance(r.get("epoch"), int)
-            and set(r) <= set(RECORD_KEYS) | set(RENAMED_RECORD_KEYS)
-            and all(v is None or isinstance(v, (bool, float)) or (isinstance(v, int) and abs(v) < 2**63)
-                    for v in r.values()))
-
-
 def _scheduler_values(v, depth: int = 0) -> bool:
     """Whether a scheduler's state holds only what torch's schedulers write: None, numbers (infinities:
     ReduceLROnPlateau's ``best``), strings, and lists and string-keyed tables of them."""
@@ -222,9 +214,7 @@ def checkpoint_problem(state: Dict[str, Any]) -> Optional[str]:
         "model": lambda v: _is_dict_of(v, str, lambda t: isinstance(t, torch.Tensor)),
         "optimizer": _optimizer_ok,
         "rng": _rng_ok,
-        "counters": lambda v: isinstance(v, dict) and set(v) == set(COUNTERS) and all(
-            isinstance(v.get(k), t) and not isinstance(v.get(k), bool) and math.isfinite(v.get(k)) and v.get(k) >= 0
-            and abs(v.get(k)) < 2**62 for k, t in COUNTERS.items()),
+        "counters": lambda v: Counters.problem(v) is None,
         "num_classes": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 2**20),
         "event_shape": lambda v: isinstance(v, list) and 1 <= len(v) <= 8
         and all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s < 2**31 for s in v),
@@ -235,13 +225,13 @@ def checkpoint_problem(state: Dict[str, Any]) -> Optional[str]:
                 and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**62 for d in v[f"{s}_shape"])
                 for s in ("train", "test", *(("validation",) if {"validation_shape", "validation_sha256"} & set(v)
                                              else ()))),
-        "metrics": lambda v: isinstance(v, list) and all(_record_ok(r) for r in v),
+        "metrics": lambda v: isinstance(v, list) and all(EpochRecord.problem(r) is None for r in v),
         "algorithm": lambda v: isinstance(v, dict),
         "schedule": lambda v: isinstance(v, dict) and _scheduler_values(v),
     }
     for key, ok in checks.items():
         if key not in state:
-            if key in ("algorithm", "schedule"):
+            if key in TrainingState.OPTIONAL:
                 continue  # older checkpoints: algorithms without state of their own, no schedules
             return f"no {key!r}"
         if not ok(state[key]):

@@ -56,7 +56,7 @@ def convert_checkpoint(run_dir, data=None) -> Path:
     counters = {"rollbacks": 0, **old["counters"]}
     records = []
     if (run_dir / METRICS).is_file():
-        by_epoch = {r["epoch"]: r for r in read_metrics(run_dir) if isinstance(r.get("epoch"), int)}
+        by_epoch = {r["epoch"]: r for r in read_metrics(run_dir)}
         records = [by_epoch[e] for e in range(1, counters["epoch"] + 1) if e in by_epoch]
         if len(records) != counters["epoch"]:
             raise RunDirError(f"{run_dir / METRICS}: lacks records of some of the checkpoint's {counters['epoch']} "

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional
 
 from pyrovae.errors import RunDirError
+from pyrovae.training.records import EpochRecord
 
 CHECKPOINT = "checkpoint.pt"
 #: the best epoch's checkpoint (train.early_stopping's metric, or the validation ELBO)
@@ -232,8 +233,8 @@ def write_metrics(run_dir, records: Iterable[Dict]) -> None:
 
 
 def read_metrics(run_dir) -> List[Dict]:
-    """The records of ``metrics.jsonl`` (read as data): each line's JSON object, a torn or foreign
-    line left out; none where the file is missing."""
+    """The epoch records of ``metrics.jsonl`` (read as data, :class:`~pyrovae.training.records.EpochRecord`'s
+    schema, earlier key names renamed): a torn or foreign line left out; none where the file is missing."""
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return []
@@ -243,8 +244,8 @@ def read_metrics(run_dir) -> List[Dict]:
             record = json.loads(line)
         except ValueError:
             continue  # a torn last line
-        if isinstance(record, dict):
-            records.append(record)
+        if EpochRecord.problem(record) is None:
+            records.append(EpochRecord.current(record))
     return records
 
 
@@ -286,7 +287,8 @@ def copy_plugins(sources, run_dir) -> None:
 
 
 #: the figures a run draws at its end (those its data allow)
-FIGURES = ("samples.png", "reconstructions.png", "elbo.png", "manifold.png", "latent.png")
+FIGURES = SAMPLES_PNG, RECONSTRUCTIONS_PNG, ELBO_PNG, MANIFOLD_PNG, LATENT_PNG = (
+    "samples.png", "reconstructions.png", "elbo.png", "manifold.png", "latent.png")
 #: the names of what pyrovae writes in a run folder (``evaluate --out`` may write none of them)
 OWN_FILES = (CHECKPOINT, BEST, CONFIG, METRICS, LOCK, MLFLOW, *FIGURES)
 

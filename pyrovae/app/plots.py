@@ -17,7 +17,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 
-from pyrovae.app.files import atomic_write_bytes  # noqa: E402
+from pyrovae.app.files import (  # noqa: E402
+    ELBO_PNG,
+    EVALUATION,
+    LATENT_PNG,
+    MANIFOLD_PNG,
+    RECONSTRUCTIONS_PNG,
+    SAMPLES_PNG,
+    atomic_write_bytes,
+)
 from pyrovae.data.batch import as_batch  # noqa: E402
 from pyrovae.errors import one_line  # noqa: E402
 
@@ -328,20 +336,20 @@ def plot_run(run_dir, vae, test_x: torch.Tensor, metrics: List[Dict], latent_x=N
     the test points of ``latent.png`` (default ``test_x``). ``undo``: what maps the model's values
     back to the data's units (a standardization's ``undo``), for the reconstructions and samples."""
     run_dir = Path(run_dir)
-    figures = [("reconstructions.png", lambda path: plot_reconstructions(path, vae, test_x, undo=undo)),
-               ("samples.png", lambda path: plot_samples(path, vae, undo=undo, given=test_x)),
-               ("elbo.png", lambda path: plot_elbo(path, metrics))]
+    figures = [(RECONSTRUCTIONS_PNG, lambda path: plot_reconstructions(path, vae, test_x, undo=undo)),
+               (SAMPLES_PNG, lambda path: plot_samples(path, vae, undo=undo, given=test_x)),
+               (ELBO_PNG, lambda path: plot_elbo(path, metrics))]
     latent_dim = getattr(vae, "latent_dim", None)
     left_out = []
     if latent_dim == 2 and hasattr(vae, "decode") and not getattr(vae, "num_classes", None):
         if is_image(vae.event_shape):
-            figures.append(("manifold.png", lambda path: plot_manifold(path, vae)))
+            figures.append((MANIFOLD_PNG, lambda path: plot_manifold(path, vae)))
         else:
-            left_out.append(f"manifold.png left out: the data (shape {tuple(vae.event_shape)}) are not images")
+            left_out.append(f"{MANIFOLD_PNG} left out: the data (shape {tuple(vae.event_shape)}) are not images")
     if isinstance(latent_dim, int) and latent_dim >= 2:
-        figures.append(("latent.png", lambda path: plot_latent(path, vae, test_x if latent_x is None else latent_x)))
+        figures.append((LATENT_PNG, lambda path: plot_latent(path, vae, test_x if latent_x is None else latent_x)))
     elif latent_dim == 1:
-        left_out.append("latent.png left out: a 1-D latent has no plane to draw (see elbo.png, evaluation.json)")
+        left_out.append(f"{LATENT_PNG} left out: a 1-D latent has no plane to draw (see {ELBO_PNG}, {EVALUATION})")
     if notes is not None:
         notes.extend(left_out)
     else:

@@ -42,7 +42,7 @@ from pyrovae.training.callbacks import Callback
 from pyrovae.training.checks import as_labeled, check_run_data, dry_training_batches
 from pyrovae.training.early_stopping import EarlyStopping, best_so_far
 from pyrovae.training.optim import build_optimizer, default_optimizer, load_state
-from pyrovae.training.records import TRAINING_STATE_KEYS, Counters, epoch_record
+from pyrovae.training.records import Counters, TrainingState, epoch_record
 from pyrovae.training.schedules import build_schedule, schedule_spec
 from pyrovae.training.state import kept_buffers, load_model_state
 from pyrovae.training.train_config import TrainConfig, check_against_data, resolved_labeled_weight
@@ -191,20 +191,20 @@ class Trainer:
     # -- state -------------------------------------------------------------------------------
     def state(self) -> Dict[str, Any]:
         """What a checkpoint holds to continue the run bit for bit."""
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "rng": {**rng_state(), "noise": self.noise.get_state()}, "counters": self.counters.as_dict(),
-                 "algorithm": self.algorithm.state_dict(), "schedule": self.schedule.state_dict()}
-        assert tuple(state) == TRAINING_STATE_KEYS
-        return state
+        return TrainingState(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                             rng={**rng_state(), "noise": self.noise.get_state()}, counters=self.counters.as_dict(),
+                             algorithm=self.algorithm.state_dict(), schedule=self.schedule.state_dict()).as_dict()
 
     def restore(self, state: Dict[str, Any], where="checkpoint") -> None:
-        load_model_state(self.model, state["model"], where)
-        load_state(self.optimizer, state["optimizer"])
-        set_rng_state(state["rng"])
-        self.noise.set_state(state["rng"]["noise"])
-        self.counters.update(state["counters"])
-        self.algorithm.load_state_dict(state.get("algorithm", {}))
-        self.schedule.load_state_dict(state.get("schedule", {}))
+        """Continue from a training state (:meth:`state`, or a checkpoint holding one)."""
+        state = TrainingState.of(state)
+        load_model_state(self.model, state.model, where)
+        load_state(self.optimizer, state.optimizer)
+        set_rng_state(state.rng)
+        self.noise.set_state(state.rng["noise"])
+        self.counters.update(state.counters)
+        self.algorithm.load_state_dict(state.algorithm)
+        self.schedule.load_state_dict(state.schedule)
 
     # -- the best epoch and early stopping (functions of the records: see pyrovae.training.early_stopping) --
     def best(self):
