@@ -28,7 +28,8 @@ from pyrovae.errors import ConfigError, DataError, PyrovaeError, RunDirError, Tr
 from pyrovae.version import __version__  # noqa: F401 (the package's version)
 
 if TYPE_CHECKING:  # the public names, each imported on first use (see __getattr__); listed here once
-    from pyrovae.app.config import Config, DataConfig, ModelConfig, load_config
+    from pyrovae.app.config import Config, DataConfig, ModelConfig
+    from pyrovae.app.config_files import load_config
     from pyrovae.app.opening import build_model, load
     from pyrovae.app.run import evaluate_run, train
     from pyrovae.app.runfolder import RunFolder

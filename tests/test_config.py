@@ -3,7 +3,8 @@
 import pytest
 
 from pyrovae import Config, ConfigError, load_config
-from pyrovae.app.config import apply_overrides, config_from_dict
+from pyrovae.app.config_files import config_from_dict
+from pyrovae.app.overrides import apply_overrides
 from pyrovae.app.tomlfile import dumps
 
 

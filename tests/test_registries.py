@@ -87,7 +87,7 @@ def test_the_built_in_suffixes_and_callbacks_are_entries_and_an_unknown_one_is_o
 
 
 def test_a_run_folders_recorded_mlflow_callback_is_not_followed():
-    from pyrovae.app.config import without_destinations
+    from pyrovae.app.run_record import without_destinations
 
     record = {"log": {"callbacks": ["mlflow", {"name": "mlflow"}, "epoch_log"], "mlflow_uri": "http://x"}}
     assert without_destinations(record)["log"] == {"callbacks": ["epoch_log"]}

@@ -97,8 +97,10 @@ def test_a_forged_standardization_record_is_refused(tmp_path, capsys):
 
 
 def test_standardized_data_take_a_gaussian_likelihood_unless_the_config_names_one():
-    config = pyrovae.load_config(None, ["data.standardize=true"])
+    config = pyrovae.load_config(None, ["data.standardize=true", "data.binarize=none"])
     assert config.model.likelihood == "gaussian"
-    assert pyrovae.load_config(None, ["data.standardize=true", "model.likelihood=laplace"]).model.likelihood \
-        == "laplace"
+    assert pyrovae.load_config(None, ["data.standardize=true", "data.binarize=none", "model.likelihood=laplace"]
+                               ).model.likelihood == "laplace"
+    with pytest.raises(pyrovae.ConfigError, match="data.binarize = 'dynamic'"):  # the digits' default: at once
+        pyrovae.load_config(None, ["data.standardize=true"])
     assert pyrovae.load_config(None, []).model.likelihood != "gaussian"

@@ -11,7 +11,7 @@ from pyro.infer import SVI
 from torch import nn
 
 from pyrovae import VAE, ConfigError, TrainConfig, WakeSleep, fit, load_dataset
-from pyrovae.app.config import run_difference
+from pyrovae.app.run_record import run_difference
 
 
 def small_vae(**kw):

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> None:
-    from pyrovae.app.config import load_config
+    from pyrovae.app.config_files import load_config
     from pyrovae.app.run import summary_line, train
 
     if isinstance(args.mlflow, str) and args.config is None and args.mlflow.lower().endswith(".toml"):

@@ -1,36 +1,26 @@
-"""Run configuration: TOML -> validated dataclasses, and back.
+"""Run configuration: the config's sections as validated dataclasses, and back to TOML tables.
 
-A config has five sections. ``[data]``, ``[model]``, ``[train]`` and ``[log]`` are dataclasses below;
-``[optim]`` is an optimizer spec (``name``, ``lr`` and that optimizer's other
-hyperparameters, see :mod:`pyrovae.training.optim`). Every error names the file, the key and what is
-allowed. ``--set section.key=value`` overrides any key (``model.prior.num_components=5``
-reaches into a part's options).
+A config has six sections. ``[data]``, ``[model]``, ``[train]``, ``[log]`` and ``[plugins]`` are
+dataclasses (:data:`SECTIONS`); ``[optim]`` is an optimizer spec (``name``, ``lr`` and that
+optimizer's other hyperparameters, see :mod:`pyrovae.training.optim`). Every error names the
+file, the key and what is allowed. Reading a config for a run is :mod:`pyrovae.app.config_files`
+(a user's own) and :mod:`pyrovae.app.run_record` (a run's record); ``--set`` is
+:mod:`pyrovae.app.overrides`.
 """
 
 import dataclasses
 import math
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
-from pyrovae.app.files import CHECKPOINT, CONFIG, LOCK, METRICS
-from pyrovae.app.plugins import PluginRecord, needs_plugins_message, parse_record, run_named_plugins, run_own_plugins
-from pyrovae.app.tomlfile import parse_toml, read_config_text
+from pyrovae.app.plugins import PluginRecord
 from pyrovae.data.catalog import DATASETS, SOURCE_KEYS, source_options
-from pyrovae.data.datasets import (
-    DEFAULT_BINARIZE,
-    IN_MEMORY,
-    Dataset,
-    check_num_workers,
-    load_dataset,
-)
-from pyrovae.data.splits import BINARIZATIONS
+from pyrovae.data.datasets import DEFAULT_BINARIZE, Dataset, check_data_options, load_dataset
 from pyrovae.errors import ConfigError, DataError, UnknownNameError, one_line, shown
-from pyrovae.infer.algorithms import ALGORITHMS, algorithm_name
-from pyrovae.models.registry import MODELS, check_model_options, family_defaults, labeled_binarize, labeled_training
+from pyrovae.models.registry import MODELS, check_model_options, family_defaults
 from pyrovae.parts.likelihoods import LIKELIHOODS
-from pyrovae.registry import _type_name, check_at_least, check_choice, check_type
+from pyrovae.registry import _type_name, check_at_least, check_type
 from pyrovae.training.callbacks import CALLBACKS
 from pyrovae.training.optim import DEFAULT_OPTIMIZER, check_optimizer, default_optimizer
 from pyrovae.training.train_config import TrainConfig, check_against_data
@@ -92,17 +82,12 @@ class DataConfig:
             DATASETS.split({"name": self.name, **source_options(self.name, self._given())}, "data")
         except DataError as e:
             raise ConfigError(str(e)) from None
-        if self.binarize is not None:
-            check_choice("data.binarize", self.binarize, BINARIZATIONS)
-        if not 0 < self.test_fraction < 1:
-            raise ConfigError(f"data.test_fraction = {self.test_fraction}: must be in (0, 1)")
-        if not 0 <= self.validation_fraction < 1:
-            raise ConfigError(f"data.validation_fraction = {self.validation_fraction}: must be in [0, 1)")
-        if self.labeled is not None:
-            check_at_least("data.labeled", self.labeled, 1)
-        if self.in_memory not in IN_MEMORY or not isinstance(self.in_memory, (str, bool)):
-            raise ConfigError(f"data.in_memory = {shown(self.in_memory)}: valid: \"auto\", true, false")
-        check_num_workers(self.num_workers)
+        try:
+            check_data_options(self.binarize or DEFAULT_BINARIZE.get(self.name, "none"), self.test_fraction,
+                               self.validation_fraction, self.in_memory, self.num_workers, self.standardize,
+                               self.labeled)
+        except DataError as e:
+            raise ConfigError(str(e)) from None
         if self.scale is not None and not (isinstance(self.scale, (int, float)) and not isinstance(self.scale, bool)
                                            and 0 < self.scale < math.inf):
             raise ConfigError(f"data.scale = {shown(self.scale)}: must be a finite number > 0")
@@ -327,53 +312,12 @@ class Config:
 
 #: the [data] fields' defaults (a record written before a field existed reads as having its default)
 DATA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DataConfig) if f.default is not dataclasses.MISSING}
-#: [data] keys that say how the data are read, not which: a resumed run may change them (and opening a
-#: run never downloads: :func:`without_destinations`)
-READING_KEYS = frozenset({"in_memory", "num_workers", "download"})
-
-
-def run_difference(a: Dict[str, Any], b: Dict[str, Any], plugins: bool = False) -> Optional[str]:
-    """The first ``section.key`` in which two resolved configs (as dicts) differ in a way that makes
-    them two runs: the data, the model, the algorithm and the keys it cannot resume across (batch
-    size, estimator, seed, ...), the optimizer's name, and with ``plugins`` the plugin record.
-    Others (``train.epochs``, ``eval_every``, the device, ...) may change when a run is resumed."""
-    sections = ("data", "model", *(("plugins",) if plugins else ()))
-    for section in sections:
-        x, y = a.get(section, {}), b.get(section, {})
-        if not isinstance(x, dict) or not isinstance(y, dict):
-            return f"[{section}]"
-        if section == "data":  # a key an earlier version did not write has its default (validation_fraction)
-            x, y = ({**DATA_DEFAULTS, **v} for v in (x, y))
-        if section == "plugins":  # a record written before plugins.files existed lacks it: empty lists
-            x, y = ({k: v.get(k, []) for k in {"modules", "files", "sha256"} | set(v)} for v in (x, y))
-        for key in sorted(set(x) | set(y), key=str):
-            if section == "data" and key in READING_KEYS:
-                continue
-            if x.get(key) != y.get(key):
-                return f"{section}.{one_line(str(key), 40)}"
-    defaults = dataclasses.asdict(TrainConfig())
-    ta, tb = a.get("train", {}), b.get("train", {})
-    if not isinstance(ta, dict) or not isinstance(tb, dict):
-        return "[train]"
-    algorithm = tb.get("algorithm", defaults["algorithm"])
-    name = algorithm_name(algorithm) if isinstance(algorithm, (str, dict)) else None
-    keys = ALGORITHMS.get(name).resume_keys if isinstance(name, str) and name in ALGORITHMS else ()
-    for key in ("algorithm", *keys):
-        if ta.get(key, defaults[key]) != tb.get(key, defaults[key]):
-            return f"train.{key}"
-    oa, ob = a.get("optim", {}), b.get("optim", {})
-    if not isinstance(oa, dict) or not isinstance(ob, dict) or oa.get("name") != ob.get("name"):
-        return "optim.name"
-    if oa.get("schedule", "constant") != ob.get("schedule", "constant"):  # its state continues in the checkpoint
-        return "optim.schedule"
-    return None
-
 
 def _drop_none(d):
     return {k: v for k, v in d.items() if v is not None}
 
 
-def _section(cls, table, section: str):
+def checked_section(cls, table, section: str):
     if not isinstance(table, dict):
         raise ConfigError(f"[{section}] must be a table, got {shown(table)}")
     if cls is ModelConfig:  # the family's options are checked by ModelConfig.check
@@ -393,7 +337,7 @@ def _section(cls, table, section: str):
     return cls(**table)
 
 
-def _check_sections(d: Dict[str, Any]) -> None:
+def check_sections(d: Dict[str, Any]) -> None:
     if not isinstance(d, dict):
         raise ConfigError(f"a config is a table of sections, got {shown(d)}")
     for section in d:
@@ -402,181 +346,14 @@ def _check_sections(d: Dict[str, Any]) -> None:
             raise ConfigError(f"[{one_line(str(section), 40)}]: unknown section; valid: {valid}")
 
 
-def config_from_dict(d: Dict[str, Any], base_dir: Optional[Path] = None, plugins: Sequence[str] = ()) -> Config:
-    """Validate a user's own config, a parsed TOML document (missing keys take their defaults),
-    for a fresh run. ``[plugins]`` comes first: its modules (relative files from ``base_dir``)
-    and the extra ``plugins`` the user names are run from the bytes that are hashed, and
-    recorded (:func:`pyrovae.app.plugins.run_own_plugins`), before the rest is checked."""
-    _check_sections(d)
-    table = _section(PluginsConfig, d.get("plugins", {}), "plugins")
-    recorded = table.record() if table.sha256 else None
-    record = run_own_plugins([*table.modules, *plugins], base_dir, recorded)
-    return _checked(with_family_training({**d, "plugins": record.as_config()}))
-
-
-def with_family_training(d: Dict[str, Any]) -> Dict[str, Any]:
-    """A fresh run's config with the settings its family trains with under a label budget, where the
-    config leaves them out: ``[train]`` keys (:func:`pyrovae.models.registry.labeled_training`) and
-    a binarization in place of a dynamic default (:func:`pyrovae.models.registry.labeled_binarize`);
-    and, for standardized data (``data.standardize``), a Gaussian likelihood where the family takes
-    one and the config names none. They are then written in the run's ``config.toml`` like any
-    other key."""
-    model, data, train = (d.get(s, {}) for s in ("model", "data", "train"))
-    if not all(isinstance(t, dict) for t in (model, data, train)):
-        return d
-    family = model.get("family", "vae")
-    if data.get("standardize") is True and "likelihood" not in model and isinstance(family, str) \
-            and family in MODELS and "likelihood" in MODELS.options(family):
-        # standardized features are real numbers around 0: a Gaussian, not the default for pixels in [0, 1]
-        model = {**model, "likelihood": "gaussian"}
-        d = {**d, "model": model}
-    if data.get("labeled") is None:
-        return d
-    batch = train.get("batch_size", TrainConfig.batch_size)
-    if not isinstance(batch, int) or isinstance(batch, bool):
-        return d  # refused by the [train] checks
-    engine = train.get("engine", TrainConfig.engine)
-    fill = labeled_training(family, train, batch, engine if engine in ("torch", "pyro") else "torch")
-    binarize = labeled_binarize(family)
-    name = data.get("name", DataConfig.name)
-    if binarize and data.get("binarize") is None and isinstance(name, str) and DEFAULT_BINARIZE.get(name) == "dynamic":
-        d = {**d, "data": {**data, "binarize": binarize}}
-    return {**d, "train": {**train, **fill}} if fill else d
-
-
-#: the [log] keys that name a destination (where a run is tracked): a run's record of them is never followed
-DESTINATION_KEYS = ("mlflow", "mlflow_uri")
-#: the callbacks that the [log] keys of the same names switch on (pyrovae.CALLBACKS' built-in entries)
-BUILT_IN_CALLBACKS = ("tensorboard", "mlflow")
-
-
-def without_destinations(d: Dict[str, Any]) -> Dict[str, Any]:
-    """A run's record with every destination it names dropped (a run folder is data, and names
-    no destination: ``docs/run-folders.md``): its MLflow tracking (``log.mlflow``,
-    ``log.mlflow_uri``, shown by :func:`pyrovae.app.tracking.tracking_notice` instead) and any
-    download into ``data.path`` (``data.download = false``). The user's own command line, applied
-    after this, may name them again."""
-    out = dict(d)
-    if isinstance(out.get("log"), dict):
-        out["log"] = {k: v for k, v in out["log"].items() if k not in DESTINATION_KEYS}
-        if isinstance(out["log"].get("callbacks"), list):  # "mlflow" there is log.mlflow
-            out["log"]["callbacks"] = [spec for spec in out["log"]["callbacks"] if not _names_mlflow(spec)]
-    if isinstance(out.get("data", {}), dict):
-        out["data"] = {**out.get("data", {}), "download": False}
-    return out
-
-
-def _names_mlflow(spec) -> bool:
-    return spec == "mlflow" or (isinstance(spec, dict) and spec.get("name") == "mlflow")
-
-
-def record_config(d: Dict[str, Any], plugins: Sequence[str] = (), run_dir=None,
-                  command: str = "pyrovae evaluate RUN_DIR {plugins}", overrides: Sequence[str] = (),
-                  keep_destinations: bool = False) -> Config:
-    """Validate a run's own config (its record), running nothing it names and following no
-    destination it names (:func:`without_destinations`; ``keep_destinations``: kept as recorded,
-    for rewriting the record itself, never for acting on it); then the user's ``overrides``.
-
-    ``[plugins]`` is read as the run's record (:func:`pyrovae.app.plugins.parse_record`); only the
-    ``plugins`` the user names run, each checked against that record first (none from inside
-    ``run_dir``). A config that names a part or family no registry holds while recorded plugins
-    were left unnamed is one line that names what it needs, the recorded files and their
-    SHA-256, and ``command`` (with ``{plugins}`` for the flags) to open the run with them.
-    """
-    _check_sections(d)
-    d = apply_overrides(d if keep_destinations else without_destinations(d), list(overrides))
-    record = parse_record(d.get("plugins", {}))
-    named = run_named_plugins(plugins, record, run_dir)
-    try:
-        return _checked({**d, "plugins": record.as_config()})
-    except UnknownNameError as e:
-        unnamed = [i for i in range(len(record.files)) if i not in named]
-        if not unnamed:
-            raise
-        raise ConfigError(needs_plugins_message(e, record, unnamed, command, run_dir)) from None
-
-
-def _checked(d: Dict[str, Any]) -> Config:
+def checked_config(d: Dict[str, Any]) -> Config:
     """Every section but ``[plugins]`` (already checked), validated into a Config."""
     optim = d.get("optim", default_optimizer())
     if not isinstance(optim, dict):
         raise ConfigError(f"[optim] must be a table, got {shown(optim)}")
     optim = {"name": DEFAULT_OPTIMIZER["name"], **optim}
-    return Config(**{s: _section(cls, d.get(s, {}), s) for s, cls in SECTIONS.items()}, optim=optim).check()
+    return Config(**{s: checked_section(cls, d.get(s, {}), s) for s, cls in SECTIONS.items()}, optim=optim).check()
 
 
-def parse_override(text: str):
-    """``section.key=value`` -> (["section", "key"], value); the value is read as TOML, else a string."""
-    if "=" not in text:
-        raise ConfigError(f"--set {shown(text)}: expected section.key=value")
-    key, raw = text.split("=", 1)
-    path = key.strip().split(".")
-    if len(path) < 2 or not all(path):
-        raise ConfigError(f"--set {shown(text)}: expected section.key=value, e.g. train.epochs=3")
-    try:
-        value = parse_toml(f"v = {raw.strip()}", "--set")["v"]
-    except ConfigError:
-        value = raw.strip()
-    return path, value
-
-
-def apply_overrides(d: Dict[str, Any], overrides: List[str]) -> Dict[str, Any]:
-    """Apply ``--set`` overrides to a parsed config dict (in place) and return it."""
-    for text in overrides or []:
-        path, value = parse_override(text)
-        node = d
-        for i, part in enumerate(path[:-1]):
-            child = node.get(part)
-            if isinstance(child, str) and i >= 1:  # a part given by name gains options: prior="x" -> {name="x"}
-                child = {"name": child}
-            elif child is None and i >= 1 and path[0] == "model":  # a part's default, of the family chosen
-                family = d.get("model", {}).get("family", "vae")
-                child = ModelConfig(family).defaults().get(part) if isinstance(family, str) else None
-                child = {"name": child} if isinstance(child, str) else dict(child or {})
-            elif child is None:
-                child = {}
-            elif not isinstance(child, dict):
-                raise ConfigError(f"--set {shown(text)}: {'.'.join(path[:i + 1])} is not a table")
-            node[part] = child
-            node = child
-        node[path[-1]] = value
-    return d
-
-
-def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None, plugins: Sequence[str] = (),
-                record_of=None, command: str = "pyrovae train --out RUN_DIR --resume {plugins}") -> Config:
-    """Read a TOML config (or the embedded default when ``path`` is None) and apply overrides.
-
-    A user's own config runs its ``[plugins]`` and the ``plugins`` named here
-    (:func:`config_from_dict`). ``record_of`` (a run folder) says the file is that run's record,
-    as is any config inside a run folder: then nothing it names runs, and ``plugins`` are checked
-    against its record (:func:`record_config`).
-    """
-    d: Dict[str, Any] = {}
-    if path is not None:
-        d = parse_toml(read_config_text(path), path)
-        if record_of is None:
-            record_of = enclosing_run_folder(path)
-    where = path or "default config"
-    try:
-        if record_of is not None:  # the record's destinations are dropped before the user's overrides apply
-            return record_config(d, plugins, record_of, command, overrides or ())
-        d = apply_overrides(d, overrides)
-        return config_from_dict(d, Path(path).parent if path else None, plugins)
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
-
-
-#: what a run folder holds besides its config.toml, any one of which marks it as one
-RUN_FOLDER_MARKS = (CHECKPOINT, METRICS, LOCK)
-
-
-def enclosing_run_folder(path) -> Optional[Path]:
-    """The run folder a file lies in (the nearest folder above it that holds a ``config.toml``
-    beside a checkpoint, metrics or lock file), or None."""
-    for folder in Path(path).resolve().parents:
-        if (folder / CONFIG).is_file() and any((folder / m).exists() for m in RUN_FOLDER_MARKS):
-            return folder
-    return None
-
-
+#: the callbacks that the [log] keys of the same names switch on (pyrovae.CALLBACKS' built-in entries)
+BUILT_IN_CALLBACKS = ("tensorboard", "mlflow")

@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 
 from pyrovae.app.checkpoint import FORMAT, OLD_FORMATS, _torch_load, checkpoint_problem, read_checkpoint
-from pyrovae.app.config import record_config
 from pyrovae.app.files import (
     CHECKPOINT,
     METRICS,
@@ -17,6 +16,7 @@ from pyrovae.app.files import (
     write_metrics,
 )
 from pyrovae.app.fingerprint import data_fingerprint
+from pyrovae.app.run_record import record_config
 from pyrovae.errors import RunDirError
 from pyrovae.rng import plain_numpy_state, plain_python_state
 

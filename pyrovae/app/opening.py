@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 from pyrovae.app.checkpoint import counters_problem, read_checkpoint
-from pyrovae.app.config import Config, record_config, run_difference
+from pyrovae.app.config import Config
 from pyrovae.app.files import (
     BEST,
     CHECKPOINT,
     CONFIG,
 )
+from pyrovae.app.run_record import record_config, run_difference
 from pyrovae.app.tomlfile import parse_toml, read_config_text
 from pyrovae.devices import resolve_device
 from pyrovae.errors import ConfigError, RunDirError, one_line, shell_word, shown
@@ -67,7 +68,7 @@ def read_run_config(run_dir, plugins: Sequence[str] = (), command: str = "pyrova
                     recorded: Optional[Dict[str, Any]] = None) -> Config:
     """A run folder's ``config.toml`` (``recorded``: as already parsed), validated as the run's
     record: nothing it names runs, and only the ``plugins`` the user names (checked against the
-    record) do (see :func:`pyrovae.app.config.record_config`). Hostile or malformed text is one line."""
+    record) do (see :func:`pyrovae.app.run_record.record_config`). Hostile or malformed text is one line."""
     path = Path(run_dir) / CONFIG
     d = read_run_record(run_dir) if recorded is None else recorded
     try:

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from pyrovae.app.checkpoint import counters_problem, read_checkpoint
-from pyrovae.app.config import Config, run_difference
+from pyrovae.app.config import Config
 from pyrovae.app.files import (
     CHECKPOINT,
     CONFIG,
@@ -58,6 +58,7 @@ from pyrovae.app.opening import (
     read_run_record,
 )
 from pyrovae.app.plugins import source_of as plugin_source
+from pyrovae.app.run_record import run_difference
 from pyrovae.app.runfolder import RunFolder
 from pyrovae.app.tomlfile import dumps
 from pyrovae.app.tracking import log_evaluation, opened_run_store, recorded_store
@@ -290,7 +291,7 @@ def stop_at_once_on_signals():
 
 def load_run_data(config: Config, device="cpu", hint: str = ""):
     """The data of a run's config. A run's own record never downloads (its ``data.path`` is a
-    destination the folder names: :func:`pyrovae.app.config.without_destinations`), and data it
+    destination the folder names: :func:`pyrovae.app.run_record.without_destinations`), and data it
     cannot find say so, with ``hint``."""
     try:
         return config.load_data(device)

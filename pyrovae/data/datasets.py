@@ -296,6 +296,37 @@ def check_num_workers(value, where: str = "data.num_workers") -> None:
                         "processes; each costs memory and a core)")
 
 
+def check_data_options(binarize: str, test_fraction, validation_fraction, in_memory, num_workers,
+                       standardize=False, labeled=None) -> None:
+    """The ``[data]`` rules that hold for every source, in one place (``DataConfig.check`` and
+    :func:`load_dataset` call it): ``binarize`` (resolved: the data set's default in place of None)
+    one of :data:`~pyrovae.data.splits.BINARIZATIONS`, ``test_fraction`` in (0, 1),
+    ``validation_fraction`` in [0, 1), ``in_memory`` one of :data:`IN_MEMORY`, ``num_workers``,
+    ``standardize`` a bool and only with ``binarize = "none"``, ``labeled`` None or >= 1. One
+    :class:`DataError` line each."""
+    if binarize not in BINARIZATIONS:
+        raise DataError(f"data.binarize = {shown(binarize)}: valid: {', '.join(BINARIZATIONS)}")
+    if not _is_number(test_fraction) or not 0 < test_fraction < 1:
+        raise DataError(f"data.test_fraction = {shown(test_fraction)}: must be in (0, 1)")
+    if not _is_number(validation_fraction) or not 0 <= validation_fraction < 1:
+        raise DataError(f"data.validation_fraction = {shown(validation_fraction)}: must be in [0, 1)")
+    if not isinstance(in_memory, (str, bool)) or in_memory not in IN_MEMORY:
+        raise DataError(f"data.in_memory = {shown(in_memory)}: valid: \"auto\", true, false")
+    check_num_workers(num_workers)
+    if standardize not in (True, False) or not isinstance(standardize, (bool, int)):
+        raise DataError(f"data.standardize = {shown(standardize)}: valid: true, false")
+    if standardize and binarize != "none":
+        raise DataError(f"data.standardize = true with data.binarize = {shown(binarize)}: standardized values are "
+                        "not grey levels; set data.binarize = \"none\" (and a likelihood for real values, such as "
+                        "gaussian)")
+    if labeled is not None and (isinstance(labeled, bool) or not isinstance(labeled, int) or labeled < 1):
+        raise DataError(f"data.labeled = {shown(labeled)}: must be a whole number >= 1")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 #: ``data.in_memory = "auto"`` keeps the splits on the training device when their float32 points
 #: take at most this share of the memory the process may still use there, and streams them otherwise
 IN_MEMORY_SHARE = 0.5
@@ -403,21 +434,7 @@ def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Opt
     ``Dataset.standardization``): for raw tables whose features have their own units."""
     DATASETS.get(name, "data.name")
     binarize = binarize or DEFAULT_BINARIZE.get(name, "none")
-    if binarize not in BINARIZATIONS:
-        raise DataError(f"data.binarize = {shown(binarize)}: valid: {', '.join(BINARIZATIONS)}")
-    if not 0 < test_fraction < 1:
-        raise DataError(f"data.test_fraction = {test_fraction}: must be in (0, 1)")
-    if not 0 <= validation_fraction < 1:
-        raise DataError(f"data.validation_fraction = {validation_fraction}: must be in [0, 1)")
-    if in_memory not in IN_MEMORY:
-        raise DataError(f"data.in_memory = {shown(in_memory)}: valid: \"auto\", true, false")
-    check_num_workers(num_workers)
-    if standardize not in (True, False):
-        raise DataError(f"data.standardize = {shown(standardize)}: valid: true, false")
-    if standardize and binarize != "none":
-        raise DataError(f"data.standardize = true with data.binarize = {shown(binarize)}: standardized values are "
-                        "not grey levels; set data.binarize = \"none\" (and a likelihood for real values, such as "
-                        "gaussian)")
+    check_data_options(binarize, test_fraction, validation_fraction, in_memory, num_workers, standardize, labeled)
     given = dict(path=path, download=download, key=key, label_key=label_key, scale=scale, **options)
     try:
         _, chosen = DATASETS.split({"name": name, **source_options(name, given)}, "data")
