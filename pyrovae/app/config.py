@@ -279,10 +279,10 @@ class Config:
         self.data.check()
         self.model.check()
         self.train.check()
-        validation = bool(self.data.validation_fraction)
-        check_against_data(self.train, self.data.labeled is not None, validation)
+        has_validation = bool(self.data.validation_fraction)
+        check_against_data(self.train, self.data.labeled is not None, has_validation)
         self.log.check()
-        check_optimizer(self.optim, self.train.epochs, validation)
+        check_optimizer(self.optim, self.train.epochs, has_validation)
         return self
 
     def load_data(self, device="cpu") -> Dataset:

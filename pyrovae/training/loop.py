@@ -35,12 +35,13 @@ from pyrovae.devices import release_freed_memory, resolve_device
 from pyrovae.errors import ConfigError, PyrovaeError
 from pyrovae.infer.algorithms import NonFinite, build_algorithm, pyro_validation
 from pyrovae.infer.estimators import resolve_estimator
-from pyrovae.infer.evaluate import accuracy, active_units, classifier, dataset_terms
+from pyrovae.infer.evaluate import classifier
 from pyrovae.models.base import per_minibatch_labels
-from pyrovae.rng import rng_state, seeded, set_rng_state
+from pyrovae.rng import rng_state, set_rng_state
 from pyrovae.training.callbacks import Callback
 from pyrovae.training.checks import as_labeled, check_run_data, dry_training_batches
 from pyrovae.training.early_stopping import EarlyStopping, best_so_far
+from pyrovae.training.evaluation import held_out_numbers
 from pyrovae.training.optim import build_optimizer, default_optimizer, load_state
 from pyrovae.training.records import Counters, TrainingState, epoch_record
 from pyrovae.training.schedules import build_schedule, schedule_spec
@@ -161,8 +162,8 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.n, self.m = self.data.num_train, cfg.batch_size
         num_labeled = 0 if self.data.labeled is None else int(self.data.labeled.sum())
-        validation = self.data.validation_split is not None
-        check_against_data(cfg, self.data.labeled is not None, validation)
+        has_validation = self.data.validation_split is not None
+        check_against_data(cfg, self.data.labeled is not None, has_validation)
         #: how many times a labelled point counts in the objective (data.epoch_plan)
         self.labeled_weight = resolved_labeled_weight(cfg.labeled_weight, self.n, num_labeled)
         #: the number of training points as the objective counts them (a labelled one labeled_weight times)
@@ -171,7 +172,7 @@ class Trainer:
                                                self.labeled_weight, self.split_labels)
         #: the learning-rate schedule (optim.schedule), stepped per step, epoch or evaluation
         self.schedule = build_schedule(schedule_spec(optim), self.optimizer, cfg.epochs, self.steps_per_epoch,
-                                       validation)
+                                       has_validation)
         #: train.early_stopping, or None
         self.stopping = None if cfg.early_stopping is None else EarlyStopping.from_spec(cfg.early_stopping)
         if self.stopping is not None and self.stopping.metric.endswith("accuracy") \
@@ -180,7 +181,7 @@ class Trainer:
                               f"({type(model).__name__}) does not classify")
         #: the metric the best epoch (best.pt) is chosen by: early stopping's, else the validation ELBO, if any
         self.best_metric = (self.stopping.metric if self.stopping is not None
-                            else "validation_elbo" if validation else None)
+                            else "validation_elbo" if has_validation else None)
         self.counters = Counters()
         self.metrics: List[Dict] = []
         self.warned = False
@@ -465,20 +466,9 @@ class Trainer:
             self.model.train()
 
     def _evaluate(self, record: Dict) -> None:
-        model, epoch = self.model, record["epoch"]
-        test = self.data.test_split
-        terms = dataset_terms(model, test, self.cfg.eval_particles, seed=self.cfg.seed)
-        record.update(test_elbo=terms["elbo"], test_reconstruction=terms["reconstruction"], test_kl=terms["kl"])
-        with seeded(test, self.cfg.seed):  # a family's encode may sample (its guide's trace): never the run's RNG
-            record["active_units"], activity = active_units(model, test)
-            record["test_accuracy"] = accuracy(model, test)
-        validation = self.data.validation_split
-        if validation is not None:
-            record["validation_elbo"] = dataset_terms(model, validation, self.cfg.eval_particles,
-                                                      seed=self.cfg.seed)["elbo"]
-            with seeded(validation, self.cfg.seed):
-                record["validation_accuracy"] = accuracy(model, validation)
-        units = int(activity.shape[0])
+        numbers, activity = held_out_numbers(self.model, self.data, self.cfg.eval_particles, self.cfg.seed)
+        record.update(numbers)
+        epoch, units = record["epoch"], int(activity.shape[0])
         if (2 * record["active_units"] < units and epoch > 1 and not self.warned and self.rank == 0
                 and self.algorithm.trains_guide):
             self.warned = True

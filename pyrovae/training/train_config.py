@@ -116,16 +116,16 @@ class TrainConfig:
             raise ConfigError(f"train.device = {shown(self.device)}: valid: cpu, cuda, cuda:N")
 
 
-def check_against_data(cfg: TrainConfig, labeled: bool, validation: bool) -> None:
+def check_against_data(cfg: TrainConfig, has_labels: bool, has_validation: bool) -> None:
     """The ``[train]`` rules that depend on the data, stated once: :meth:`pyrovae.Config.check`
     applies them before any data is read (from ``[data]``), the :class:`Trainer` on the data it is
-    given. ``labeled``: a label budget (``data.labeled``); ``validation``: a validation split."""
-    if (cfg.labeled_per_batch or cfg.labeled_weight != 1) and not labeled:
+    given. ``has_labels``: a label budget (``data.labeled``); ``has_validation``: a validation split."""
+    if (cfg.labeled_per_batch or cfg.labeled_weight != 1) and not has_labels:
         raise ConfigError("train.labeled_per_batch and train.labeled_weight need a label budget (data.labeled); "
                           "with every label usable there is no labelled part to weigh")
     if cfg.early_stopping is not None:
         metric = EarlyStopping.from_spec(cfg.early_stopping).metric
-        if metric.startswith("validation") and not validation:
+        if metric.startswith("validation") and not has_validation:
             raise ConfigError(f"train.early_stopping.metric = {metric!r} needs a validation split: "
                               "set data.validation_fraction (e.g. 0.1)")
 
