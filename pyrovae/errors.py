@@ -6,6 +6,8 @@ stderr and exits with status 2; the Python API lets it propagate. Values echoed 
 go through :func:`shown`, so a hostile or huge value never floods the terminal.
 """
 
+import difflib
+import os
 import re
 
 #: the longest echo of a value in a message, in characters
@@ -65,6 +67,24 @@ def shell_word(text) -> str:
     message tells the user to run."""
     text = printable(str(text))
     return text if text and re.fullmatch(r"[\w./@%+=:,-]+", text) else "'" + text.replace("'", "'\\''") + "'"
+
+
+def as_typed(command: str) -> str:
+    """A ``pyrovae ...`` command a message tells the user to run, as they invoke the command line:
+    ``$PYROVAE_CLI`` in place of ``pyrovae`` (``./dev`` sets it to ``./dev pyrovae``)."""
+    program = os.environ.get("PYROVAE_CLI", "pyrovae")
+    return program + command[len("pyrovae"):] if command.startswith("pyrovae ") else command
+
+
+def counted(n, noun: str) -> str:
+    """``"1 epoch"``, ``"3 epochs"``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def did_you_mean(name, choices) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` to a mistyped ``name``, or ''."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class PyrovaeError(Exception):

@@ -12,7 +12,7 @@ import math
 import typing
 from typing import Any, Callable, Dict, Mapping, Union
 
-from pyrovae.errors import ConfigError, UnknownNameError, one_line, shown
+from pyrovae.errors import ConfigError, UnknownNameError, did_you_mean, one_line, shown
 
 #: integers in a config are C integers (int64): anything outside is refused before it reaches torch
 INT_RANGE = (-2**63, 2**63)
@@ -106,7 +106,8 @@ class Registry:
         """The constructor registered as ``name``; an unknown name is one line naming the valid ones."""
         if not isinstance(name, str) or name not in self._entries:
             raise UnknownNameError(
-                f"{where or self.kind}: unknown {self.kind} {shown(name)}; valid: {', '.join(self.names())}"
+                f"{where or self.kind}: unknown {self.kind} {shown(name)}{did_you_mean(name, self.names())}; "
+                f"valid: {', '.join(self.names())}"
             )
         return self._entries[name]
 
@@ -138,8 +139,8 @@ class Registry:
         for key, value in options.items():
             if key not in allowed:
                 valid = ", ".join(sorted(allowed)) or "none"
-                raise ConfigError(f"{where}.{one_line(str(key), 40)}: unknown option of {self.kind} {name!r}; "
-                                  f"valid options: {valid}")
+                raise ConfigError(f"{where}.{one_line(str(key), 40)}: unknown option of {self.kind} {name!r}"
+                                  f"{did_you_mean(key, allowed)}; valid options: {valid}")
             if not check_type(value, allowed[key].annotation):
                 raise ConfigError(
                     f"{where}.{key} = {shown(value)}: expected {_type_name(allowed[key].annotation)}"

@@ -69,7 +69,7 @@ def test_error_is_one_line_exit_2_and_leaves_no_folder(tmp_path):
 
 @pytest.mark.parametrize("argv, pattern", [
     (["train", "{tmp}/missing.toml"], "missing.toml: no such config file"),
-    (["train", "--set", "model.prior=vamp2"], "unknown prior 'vamp2'; valid:"),
+    (["train", "--set", "model.prior=vamp2"], "unknown prior 'vamp2' \\(did you mean 'vamp'\\?\\); valid:"),
     (["train", "--set", "data.name=file", "--set", "data.path={tmp}/nope.npy"], "nope.npy'?: no such file"),
     (["train", "--set", "train.batch_size=100000"], "larger than the training split"),
     (["train", "--set", "model.likelihood=bernoulli", "--set", "data.binarize=none"], "continuous_bernoulli"),
@@ -145,3 +145,34 @@ def test_version_and_help_answer_before_torch_loads():
     lines = out.stdout.splitlines()
     assert lines[0].startswith("pyrovae ") and lines[1] == "False False", out.stdout
     assert lines[2] == "VAE ['cvae', 'hvae']", out.stdout
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["evaluate", "--help"], ["encode", "--help"],
+                                  ["sample", "--help"], ["convert-checkpoint", "--help"], ["trian"], ["evaluate"],
+                                  ["train", "--threads", "x"], ["sample", "run", "-n", "many", "-o", "x.png"]])
+def test_help_and_argument_errors_import_no_torch_pyro_or_matplotlib(argv):
+    """What argparse answers (help, a typo, a missing or malformed argument) costs no heavy import."""
+    import subprocess
+    import sys
+
+    code = (f"import sys\nfrom pyrovae.app.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit as e:\n"
+            "    print('exit', e.code)\nprint(sorted(m for m in ('torch', 'pyro', 'matplotlib', 'numpy') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    lines = out.stdout.splitlines()
+    assert lines[-1] == "[]", (argv, out.stdout)
+    assert lines[-2] == ("exit 0" if "--help" in argv else "exit 2"), (argv, out.stdout, out.stderr)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "--set", "train.epoch=3"], "--set train.epoch=3: train.epoch: unknown key (did you mean 'epochs'?)"),
+    (["train", "--set", "model.prior=mixtur"], "--set model.prior=mixtur: model.prior: unknown prior 'mixtur' "
+                                               "(did you mean 'mixture'?)"),
+    (["train", "--set", "trian.epochs=3"], "--set trian.epochs=3: [trian]: unknown section (did you mean 'train'?)"),
+    (["train", "--set", "train.epochs=2", "--set", "train.batch_size=-1"], "--set train.batch_size=-1: "),
+    (["train", "--set", "data.name=mnits"], "(did you mean 'mnist'?)"),
+])
+def test_a_bad_key_from_set_names_set_and_a_near_miss_gets_did_you_mean(argv, expected, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1, err

@@ -135,6 +135,13 @@ def test_a_run_that_needs_an_unnamed_plugin_says_what_and_how(plugin_run, tmp_pa
     assert isinstance(pyrovae.load(run, plugins=[str(plugin)]), pyrovae.Model)
 
 
+def test_the_command_a_message_gives_is_typed_as_the_user_invokes_pyrovae(plugin_run, capsys, monkeypatch):
+    run, plugin = plugin_run
+    monkeypatch.setenv("PYROVAE_CLI", "./dev pyrovae")
+    err = one_line_error(capsys, main(["evaluate", str(run)]), "the run needs a plugin that was not named")
+    assert f"code: ./dev pyrovae evaluate {run} --plugins {plugin}" in err, err
+
+
 def test_plugins_inside_the_run_folder_are_never_run(plugin_run, capsys, monkeypatch):
     run, plugin = plugin_run
     assert (run / "plugins" / "two_latents.py").read_bytes() == plugin.read_bytes()  # the copy, same hash

@@ -35,7 +35,7 @@ from pyrovae.app.files import (
 )
 from pyrovae.app.fingerprint import FINGERPRINT_KEYS, standardization_record_ok
 from pyrovae.data.sampling import steps_per_epoch
-from pyrovae.errors import RunDirError, needed_object, one_line, shown
+from pyrovae.errors import RunDirError, as_typed, needed_object, one_line, shown
 from pyrovae.models.base import per_minibatch_labels
 from pyrovae.models.registry import MODELS
 from pyrovae.safe_load import UnsafeFile, load_torch_file
@@ -94,12 +94,13 @@ def read_checkpoint(path) -> Dict[str, Any]:
         if needed:
             raise RunDirError(f"{path}: refused: it needs the Python object {shown(needed)}, and "
                               "pyrovae loads only tensors and plain containers (loading it could run code); "
-                              f"an older pyrovae checkpoint you trust converts with: {CONVERT_HINT}") from None
+                              f"an older pyrovae checkpoint you trust converts with: {as_typed(CONVERT_HINT)}") \
+                from None
         reason = str(e).splitlines()[0] if str(e) else ""
         raise RunDirError(f"{path}: not a readable checkpoint ({type(e).__name__}: {one_line(reason, 120)})") from None
     if isinstance(state, dict) and state.get("format") in OLD_FORMATS:
         raise RunDirError(f"{path}: a checkpoint of an older pyrovae ({shown(state['format'])}); "
-                          f"if you trust it, convert it with: {CONVERT_HINT}")
+                          f"if you trust it, convert it with: {as_typed(CONVERT_HINT)}")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise RunDirError(f"{path}: not a pyrovae checkpoint")
     try:

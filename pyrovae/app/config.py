@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 from pyrovae.app.plugins import PluginRecord
 from pyrovae.data.catalog import DATASETS, SOURCE_KEYS, source_options
 from pyrovae.data.datasets import DEFAULT_BINARIZE, Dataset, check_data_options, load_dataset
-from pyrovae.errors import ConfigError, DataError, UnknownNameError, one_line, shown
+from pyrovae.errors import ConfigError, DataError, UnknownNameError, did_you_mean, one_line, shown
 from pyrovae.models.registry import MODELS, check_model_options, family_defaults
 from pyrovae.parts.likelihoods import LIKELIHOODS
 from pyrovae.registry import _type_name, check_at_least, check_type
@@ -330,7 +330,7 @@ def checked_section(cls, table, section: str):
     fields = {f.name for f in dataclasses.fields(cls)}
     for key, value in table.items():
         if key not in fields:
-            raise ConfigError(f"{section}.{one_line(str(key), 40)}: unknown key; "
+            raise ConfigError(f"{section}.{one_line(str(key), 40)}: unknown key{did_you_mean(key, fields)}; "
                               f"valid keys: {', '.join(sorted(fields))}")
         if not check_type(value, hints[key]):
             raise ConfigError(f"{section}.{key} = {shown(value)}: expected {_type_name(hints[key])}")
@@ -343,7 +343,8 @@ def check_sections(d: Dict[str, Any]) -> None:
     for section in d:
         if section not in (*SECTIONS, "optim"):
             valid = ", ".join((*SECTIONS, "optim"))
-            raise ConfigError(f"[{one_line(str(section), 40)}]: unknown section; valid: {valid}")
+            raise ConfigError(f"[{one_line(str(section), 40)}]: unknown section"
+                              f"{did_you_mean(section, (*SECTIONS, 'optim'))}; valid: {valid}")
 
 
 def checked_config(d: Dict[str, Any]) -> Config:

@@ -2,6 +2,7 @@
 settings filled in) or a run's record (:func:`pyrovae.app.run_record.record_config`);
 :func:`load_config` reads a TOML file (or the embedded default) and tells which it is."""
 
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -11,7 +12,7 @@ from pyrovae.app.plugins import run_own_plugins
 from pyrovae.app.run_record import enclosing_run_folder, record_config
 from pyrovae.app.tomlfile import parse_toml, read_config_text
 from pyrovae.data.datasets import DEFAULT_BINARIZE
-from pyrovae.errors import ConfigError
+from pyrovae.errors import ConfigError, one_line
 from pyrovae.infer.elbos import ENGINES
 from pyrovae.models.registry import MODELS, labeled_binarize, labeled_training
 from pyrovae.training.train_config import TrainConfig
@@ -80,4 +81,18 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
         d = apply_overrides(d, overrides)
         return config_from_dict(d, Path(path).parent if path else None, plugins)
     except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(f"{set_by(str(e), overrides or ()) or where}: {e}") from None
+
+
+def set_by(message: str, overrides: Sequence[str]) -> Optional[str]:
+    """``--set KEY=VALUE``, the last override that set the key a config error names (its message
+    starts with ``section.key`` or ``[section]``), or None: the error is the file's."""
+    named = re.match(r"\[?([A-Za-z_][\w.]*)", message)
+    if not named:
+        return None
+    key = named.group(1)
+    for text in reversed(list(overrides)):
+        path = text.split("=", 1)[0].strip()
+        if path == key or path.startswith(key + ".") or key.startswith(path + "."):
+            return f"--set {one_line(text, 80)}"
+    return None

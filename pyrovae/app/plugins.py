@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from pyrovae.errors import ConfigError, one_line, shell_word, shown
+from pyrovae.errors import ConfigError, as_typed, one_line, shell_word, shown
 
 #: the largest plugin source file read (a plugin is a few kilobytes of Python)
 MAX_PLUGIN_BYTES = 16 << 20
@@ -274,7 +274,7 @@ def needs_plugins_message(error: Exception, record: PluginRecord, unnamed: Seque
                           run_dir=None) -> str:
     """The line for a run that needs a plugin the user did not name: what it needs (the
     unknown name in ``error``), the recorded files and hashes, and the command that opens it."""
-    files = [record.files[i] for i in unnamed]
+    files, command = [record.files[i] for i in unnamed], as_typed(command)
     listed = ", ".join(f"{shown(record.files[i], 200)} (sha256 {record.sha256[i]})" for i in unnamed)
     if run_dir is not None and any(inside(f, run_dir) for f in files):
         return (f"the run needs a plugin that was not named: {error}; the run records {listed}, inside the run "

@@ -64,7 +64,7 @@ from pyrovae.app.tomlfile import dumps
 from pyrovae.app.tracking import log_evaluation, opened_run_store, recorded_store
 from pyrovae.data.sources import NO_DOWNLOAD
 from pyrovae.devices import resolve_device
-from pyrovae.errors import ConfigError, DataError, RunDirError, shell_word
+from pyrovae.errors import ConfigError, DataError, RunDirError, counted, shell_word
 from pyrovae.infer.estimators import resolve_estimator
 from pyrovae.infer.evaluate import evaluate, posterior_means
 from pyrovae.rng import seeded
@@ -411,7 +411,7 @@ def summary_line(run_dir, command: str = "pyrovae") -> str:
     config = read_run_record(run_dir)
     last = records[-1] if records else {}
     tested = [r for r in records if r.get("test_elbo") is not None]
-    parts = [f"trained {last.get('epoch', 0)} epochs, {last.get('step', 0)} steps"]
+    parts = [f"trained {counted(last.get('epoch', 0), 'epoch')}, {counted(last.get('step', 0), 'step')}"]
     if tested:
         score = f"test ELBO {tested[-1]['test_elbo']:.2f} nats"
         if tested[-1].get("test_accuracy") is not None:

@@ -11,7 +11,7 @@ from pyrovae.app.checkpoint import read_checkpoint, save_checkpoint
 from pyrovae.app.config import Config
 from pyrovae.app.files import BEST, CHECKPOINT, append_metrics, write_metrics
 from pyrovae.app.fingerprint import data_fingerprint, fingerprint_difference
-from pyrovae.errors import RunDirError, one_line
+from pyrovae.errors import RunDirError, as_typed, one_line, shell_word
 from pyrovae.training.callbacks import Callback
 from pyrovae.training.records import current_record
 
@@ -81,11 +81,11 @@ class RunFolder(Callback):
         self.partial_written = not trainer.is_whole(record)
 
     def on_interrupt(self, trainer, mid_epoch: bool) -> Optional[str]:
+        resume = as_typed(f"pyrovae train --out {shell_word(self.run_dir)} --resume")
         if mid_epoch:
             self.save(trainer)
-            return f"checkpoint saved: resume with pyrovae train --out {self.run_dir} --resume"
-        return (f"checkpoint of epoch {trainer.counters['epoch']} saved: resume with "
-                f"pyrovae train --out {self.run_dir} --resume")
+            return f"checkpoint saved: resume with {resume}"
+        return f"checkpoint of epoch {trainer.counters['epoch']} saved: resume with {resume}"
 
     def on_end(self, trainer) -> None:
         if not self.writes:

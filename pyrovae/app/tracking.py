@@ -36,7 +36,7 @@ from typing import Dict, Optional
 import torch
 
 from pyrovae.app.files import CONFIG, FIGURES, MLFLOW, atomic_write_bytes
-from pyrovae.errors import RunDirError, TrackingError, one_line, shell_word, shown
+from pyrovae.errors import RunDirError, TrackingError, as_typed, one_line, shell_word, shown
 from pyrovae.models.base import NeedsInput
 from pyrovae.rng import seeded
 from pyrovae.training.callbacks import CALLBACKS, Callback
@@ -214,7 +214,7 @@ def tracking_notice(run_dir, recorded: Optional[str], chosen: Optional[str], com
         return None
     flag = "--mlflow" if recorded == mlflow_tracking_uri(run_dir, "") else f"--mlflow {shell_word(recorded)}"
     return (f"pyrovae: this run was tracked in MLflow at {shown(recorded, 200)}, as its folder records; a run folder "
-            f"names no destination, so nothing is logged there unless you name it: {command} {flag}")
+            f"names no destination, so nothing is logged there unless you name it: {as_typed(command)} {flag}")
 
 
 def tracking_failed(uri: str, what: str, error: BaseException) -> TrackingError:
