@@ -196,6 +196,7 @@ def main(args) -> list:
     for name, value in targets.items():
         print(f"{name}: {value}")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(),
                                                "steps": args.steps, "rows": rows, "targets": targets}, indent=2))
     return rows

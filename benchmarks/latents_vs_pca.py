@@ -118,6 +118,7 @@ def main(argv=None):
         print(f"{name:<16} {r['setting']:<26} {r['latent_dim']:>3} {r['test_points']:>5} {r['vae_accuracy']:>6.3f} "
               f"{r['pca_accuracy']:>6.3f} {r['difference']:>+8.3f}")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"machine": platform.platform(), "torch": torch.__version__,
                                                "seeds": args.seeds, "results": rows}, indent=2) + "\n")
 

@@ -98,6 +98,7 @@ def main(args):
     print(f"| mean | {summary['pca_ari']:.3f} | {summary['pyrovae_ari']:.3f} | {summary['scvi_ari']:.3f} | "
           f"{summary['pyrovae_minus_scvi']:+.3f} | | |")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({
             "machine": platform.machine(), "torch": torch.__version__, "cells": args.cells, "genes": args.genes,
             "types": args.types, "fold_change": args.fold_change, "epochs": args.epochs, "threads": args.threads,

@@ -52,6 +52,7 @@ def main(argv=None) -> dict:
         rows[name] = {"median_s": median, "over_python_s": median - base, "all_s": values}
         print(f"| {name} | {median:.3f} | {median - base:+.3f} |")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"repeats": args.repeats, "commands": rows}, indent=1) + "\n")
         print(f"\nwritten: {args.json}")
     return rows

@@ -327,6 +327,7 @@ def main_family(args):
     row.update({"data": source, "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
                 "python": platform.python_version()})
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps([row], indent=2) + "\n")
         print(f"\nwritten: {args.json}")
     return [row]
@@ -417,6 +418,7 @@ def main(args):
         for r in results:
             r.update(meta)
             r.update(extra)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"\nwritten: {args.json}")
     return results

@@ -189,3 +189,65 @@ def test_your_data_page_python_example_runs():
     namespace = {}
     exec(compile(block, "docs/your-data.md", "exec"), namespace)
     assert namespace["metrics"][-1]["test_elbo"] is not None
+
+
+def documented_errors():
+    """Every ``$ pyrovae ...`` line of the README and the docs whose next line is an error, with that line."""
+    pairs = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        lines = page.read_text().splitlines()
+        for i, line in enumerate(lines[:-1]):
+            command = re.match(r"\$ (?:\./dev )?pyrovae (.*)$", line)
+            if command and lines[i + 1].startswith("pyrovae: error: ") and "runs/" not in line:
+                pairs.append(pytest.param(command.group(1), lines[i + 1], id=f"{page.name}:{i + 1}"))
+    return pairs
+
+
+@pytest.mark.parametrize("arguments, expected", documented_errors())
+def test_a_documented_error_is_what_the_command_prints(arguments, expected, capsys, monkeypatch):
+    import shlex
+
+    monkeypatch.delenv("PYROVAE_CLI", raising=False)
+    assert cli_main(shlex.split(arguments)) == 2
+    assert capsys.readouterr().err.strip() == expected
+
+
+def shell_block(page: Path, heading: str) -> list:
+    """The command lines of the first ``bash`` block under ``heading`` (comments dropped)."""
+    text = page.read_text().split(heading, 1)[1]
+    block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_the_getting_started_commands_run_as_typed_at_a_tiny_budget(tmp_path, monkeypatch, capsys):
+    """Every ``./dev pyrovae`` line of "Change anything by name", run in a fresh folder with a step
+    budget of 2 (and a small evaluation): each succeeds, and ``runs/<run>`` is the first run's folder.
+    The MNIST line names a placeholder path; it runs with the shared copy where there is one."""
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    mnist = ROOT.parent / "shared" / "data" / "mnist"
+    run = None
+    commands = shell_block(ROOT / "docs" / "getting-started.md", "## Change anything by name")
+    assert len(commands) >= 6 and all(c.startswith("./dev pyrovae ") for c in commands), commands
+    for command in commands:
+        argv = shlex.split(command)[2:]
+        if "data.path=/where/MNIST/lives" in argv:
+            if not mnist.is_dir():
+                continue
+            import shutil
+
+            shutil.copytree(mnist, tmp_path / "mnist")  # never written into the shared copy; torchvision finds
+            # its files there (checked against their md5) and extracts them without the network
+            argv = [str(ROOT / a) if a.startswith("examples/") else a.replace("/where/MNIST/lives", "mnist")
+                    for a in argv]
+        argv = [a.replace("runs/<run>", str(run)) for a in argv]
+        if argv[0] == "train":
+            argv += ["--set", "train.max_steps=2", "--set", "train.eval_particles=2", "-q"]
+        if argv[0] == "evaluate":
+            argv += ["--nll-samples", "4", "--iwae-samples", "2", "-k", "2", "-q"]
+        assert cli_main(argv) == 0, (command, capsys.readouterr().err)
+        if run is None:
+            run = next((tmp_path / "runs").iterdir())
+    assert (tmp_path / "runs" / "latents.npz").is_file() and (tmp_path / "runs" / "samples.png").is_file()
+    assert (run / "evaluation.json").is_file()
