@@ -15,7 +15,7 @@ PACKAGE = ROOT / "pyrovae"
 #: bottom to top: a module may import its own layer's modules (without a cycle) and those below
 LAYERS = [
     ("leaves", {"pyrovae.errors", "pyrovae.registry", "pyrovae.devices", "pyrovae.rng", "pyrovae.safe_load",
-                "pyrovae.version"}),
+                "pyrovae.progress", "pyrovae.version"}),
     ("data", {"pyrovae.data"}),
     ("parts", {"pyrovae.parts"}),
     ("models", {"pyrovae.models"}),

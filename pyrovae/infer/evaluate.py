@@ -8,18 +8,17 @@ IWAE and VampPrior papers report it.
 import contextlib
 import functools
 import math
-import sys
 from typing import Dict, Iterator, List, Optional
 
 import torch
 from torch.distributions import Normal, kl_divergence
-from tqdm.auto import tqdm
 
 from pyrovae.data.batch import Batch, as_batch
 from pyrovae.data.splits import Split
 from pyrovae.infer.elbos import elbo_terms
 from pyrovae.models.terms import LogMeanExp
 from pyrovae.parts.posteriors import has_closed_form_kl
+from pyrovae.progress import progress_bar
 from pyrovae.rng import seeded
 
 #: A latent unit u is active when Cov_x(E_q[u | x]) exceeds this (Burda et al. 2015).
@@ -42,13 +41,12 @@ def _device(x):
     return x.device if isinstance(x, (Split, Batch)) else as_batch(x).device
 
 
-def progress_bar(progress: Optional[str], total: int, unit: str = "point"):
-    """A tqdm bar with an ETA on stderr, titled ``progress``; none when ``progress`` is None or
-    stderr is not a terminal (a log file gets no bars)."""
-    if progress is None:
+def titled_bar(title: Optional[str], total: int, unit: str = "point"):
+    """A bar with an ETA on stderr (:func:`pyrovae.progress.progress_bar`), titled ``title``; none
+    when ``title`` is None or stderr is not a terminal (a log file gets no bars)."""
+    if title is None:
         return contextlib.nullcontext(None)
-    return tqdm(total=total, desc=progress, unit=unit, unit_scale=True, file=sys.stderr, dynamic_ncols=True,
-                disable=None, leave=False)
+    return progress_bar(total=total, desc=title, unit=unit, unit_scale=True, leave=False)
 
 
 @torch.no_grad()
@@ -67,7 +65,7 @@ def dataset_terms(model, x, num_particles: int = 1, batch_size: int = 1000, seed
     """
     reconstruction = kl = 0.0
     n = len(x)
-    with seeded(_device(x), seed), progress_bar(progress, n) as bar:
+    with seeded(_device(x), seed), titled_bar(progress, n) as bar:
         for chunk in _scored(model, x, batch_size):  # a global latent counts 1/N per point, whatever the chunks
             r, k = elbo_terms(model, chunk, num_particles, num_data=n)
             reconstruction, kl = reconstruction + float(r.sum()), kl + float(k.sum())
@@ -113,7 +111,7 @@ def log_likelihood(model, x, num_samples: int = 5000, batch_size: int = 100,
     device = _device(x)
     if max_elements is None:
         max_elements = CHUNK_ELEMENTS.get(torch.device(device).type, CHUNK_ELEMENTS["cuda"])
-    with seeded(device, seed), progress_bar(progress, n * num_samples, "sample") as bar:
+    with seeded(device, seed), titled_bar(progress, n * num_samples, "sample") as bar:
         for xb in _scored(model, x, batch_size):
             m = len(xb)
             per_sample = m * max(math.prod(model.event_shape), getattr(model, "latent_dim", 0), 512)

@@ -37,6 +37,7 @@ from pyrovae.infer.algorithms import NonFinite, build_algorithm, pyro_validation
 from pyrovae.infer.estimators import resolve_estimator
 from pyrovae.infer.evaluate import classifier
 from pyrovae.models.base import per_minibatch_labels
+from pyrovae.progress import progress_bar
 from pyrovae.rng import rng_state, set_rng_state
 from pyrovae.training.callbacks import Callback
 from pyrovae.training.checks import as_labeled, check_run_data, dry_training_batches
@@ -259,10 +260,9 @@ class Trainer:
                 callback.on_start(self)
             release_freed_memory()  # what the checks' and the fingerprint's sweeps left in the heap
             total = cfg.epochs * self.steps_per_epoch
-            bar = tqdm(total=min(total, cfg.max_steps) if cfg.max_steps else total, unit="step", file=sys.stderr,
-                       disable=not cfg.progress or self.rank != 0,
-                       initial=self.counters["epoch"] * self.steps_per_epoch + self.counters["epoch_step"],
-                       dynamic_ncols=True)
+            bar = progress_bar(total=min(total, cfg.max_steps) if cfg.max_steps else total, unit="step",
+                               disable=not cfg.progress or self.rank != 0,
+                               initial=self.counters["epoch"] * self.steps_per_epoch + self.counters["epoch_step"])
             # The data were checked once before training; per-step validation of every distribution's
             # arguments would cost a pass over the batch and a sync per step (non-finite values are
             # still caught, by the check on the loss and gradients).

@@ -1,0 +1,50 @@
+"""Progress on a terminal: the long commands show bars under a real pseudo-terminal that reports
+no size (0 columns, 0 lines: such a terminal made tqdm draw nothing), and none where stderr is a file."""
+
+import os
+import select
+import sys
+
+import pytest
+
+from pyrovae.infer.evaluate import titled_bar
+from pyrovae.progress import progress_bar
+
+pty = pytest.importorskip("pty")
+
+
+def on_a_terminal(argv, timeout=240.0) -> str:
+    """What ``python -m pyrovae.app.cli ARGV`` writes to a fresh pseudo-terminal (never sized)."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the terminal is its stdin, stdout and stderr
+        os.execv(sys.executable, [sys.executable, "-m", "pyrovae.app.cli", *argv])
+    out = b""
+    try:
+        while select.select([fd], [], [], timeout)[0]:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(fd)
+        os.waitpid(pid, 0)
+    return out.decode(errors="replace")
+
+
+def test_training_and_evaluate_show_their_bars_on_a_terminal_that_reports_no_size(tmp_path):
+    out = on_a_terminal(["train", "--out", str(tmp_path / "run"), "--set", "train.max_steps=3"])
+    assert "3/3 [" in out and "step" in out, out[-2000:]
+    out = on_a_terminal(["evaluate", str(tmp_path / "run"), "--nll-samples", "40", "-k", "2", "--iwae-samples", "4",
+                         "--out", str(tmp_path / "e.json")])
+    for title in ("ELBO (L=2): ", "IWAE (k=4): ", "NLL (K=40): "):
+        assert title in out, out[-2000:]
+
+
+def test_no_bar_where_stderr_is_a_file(tmp_path):
+    with open(tmp_path / "log", "w") as log:
+        assert progress_bar(total=3, file=log).disable
+    with titled_bar(None, 3) as bar:
+        assert bar is None
