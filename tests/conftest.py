@@ -1,5 +1,8 @@
+import atexit
 import os
 import shutil
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,51 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n 2: a process per core, one thread each (and their children)
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
+
+
+#: the process groups of the children the tests started that may still run (each child leads its own)
+CHILD_GROUPS = set()
+
+
+def end_groups(groups) -> None:
+    """Kill every process of each group (a test's child and whatever it started: torchrun's workers)."""
+    for group in list(groups):
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        groups.discard(group)
+
+
+def _end_children_then_stop(number, frame):
+    """The runner is stopped (SIGTERM): its tests' children stop with it, then it does."""
+    end_groups(CHILD_GROUPS)
+    signal.signal(number, signal.SIG_DFL)
+    os.kill(os.getpid(), number)
+
+
+atexit.register(end_groups, CHILD_GROUPS)
+signal.signal(signal.SIGTERM, _end_children_then_stop)
+
+
+@pytest.fixture(autouse=True)
+def children_end_with_the_test(monkeypatch):
+    """Every process a test starts leads a process group of its own, which is killed when the test
+    ends, fails or times out (a child's own children too); and when the runner is stopped."""
+    started = []
+    original = subprocess.Popen.__init__
+
+    def start(self, *args, **kwargs):
+        if not kwargs.get("start_new_session") and kwargs.get("process_group") is None:
+            kwargs["process_group"] = 0
+        original(self, *args, **kwargs)
+        started.append(self.pid)
+        CHILD_GROUPS.add(self.pid)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", start)
+    yield
+    end_groups(set(started))
+    CHILD_GROUPS.difference_update(started)
 
 
 @pytest.fixture(autouse=True)

@@ -231,3 +231,42 @@ def test_a_run_interrupted_mid_epoch_with_a_positive_elbo_resumes(tmp_path):
     assert read_checkpoint(run / "checkpoint.pt")["counters"]["epoch_loss"] < 0
     assert main(["train", "--out", str(run), "--resume", "--set", "train.max_steps=0", "-q"]) == 0
     assert read_checkpoint(run / "checkpoint.pt")["counters"]["epoch"] == 2
+
+
+def test_a_tests_children_lead_their_own_group_which_ends_with_everything_in_it():
+    """conftest: a child of a test (and its own child, as torchrun's workers) is killed with its
+    process group when the test ends, fails or times out, or when the runner is stopped."""
+    from conftest import CHILD_GROUPS, end_groups
+
+    proc = subprocess.Popen(["bash", "-c", "sleep 300 & echo $!; wait"], stdout=subprocess.PIPE, text=True)
+    grandchild = int(proc.stdout.readline())
+    assert os.getpgid(proc.pid) == proc.pid == os.getpgid(grandchild) and proc.pid in CHILD_GROUPS
+    end_groups({proc.pid})
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    proc.stdout.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the grandchild outlived its group")
+
+
+def test_once_everything_is_saved_a_signal_stops_at_once():
+    """After the last checkpoint (the figures remain) SIGTERM stops the process at once; before, the
+    first signal is a flag the loop polls (it saves the step), and a second stops at once."""
+    from pyrovae.app.run import StoppedAtOnce, _stop_on_signals
+
+    saved = []
+    with _stop_on_signals(at_once=lambda: bool(saved)) as stop_signal:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop_signal() == signal.SIGTERM  # a flag: the loop saves, then stops
+        with pytest.raises(StoppedAtOnce):
+            os.kill(os.getpid(), signal.SIGTERM)
+    with _stop_on_signals(at_once=lambda: bool(saved)) as stop_signal:
+        saved.append(True)
+        with pytest.raises(StoppedAtOnce):
+            os.kill(os.getpid(), signal.SIGTERM)

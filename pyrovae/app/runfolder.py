@@ -31,6 +31,9 @@ class RunFolder(Callback):
         self.fingerprint = None
         #: whether the last metrics record is a partial epoch's (train.max_steps), to be replaced
         self.partial_written = False
+        #: whether everything the run saves is saved (the last checkpoint; the figures remain): a
+        #: signal then stops the process at once, losing nothing
+        self.all_saved = False
 
     def on_start(self, trainer) -> None:
         self.writes = trainer.rank == 0
@@ -88,6 +91,7 @@ class RunFolder(Callback):
         return f"checkpoint of epoch {trainer.counters['epoch']} saved: resume with {resume}"
 
     def on_end(self, trainer) -> None:
+        self.all_saved = True
         if not self.writes:
             return
         # a figure that cannot be drawn is a warning
