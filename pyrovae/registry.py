@@ -164,6 +164,15 @@ class Registry:
             raise ConfigError(f"{where or self.kind} {name!r}: {one_line(str(e), 200)}") from None
 
 
+def check_keys(where: str, keys, valid) -> None:
+    """Every key of a table is one of ``valid``; else one line naming the first unknown one, the
+    nearest valid key where one is close, and the valid keys."""
+    for key in keys:
+        if key not in valid:
+            raise ConfigError(f"{where}.{one_line(str(key), 40)}: unknown key{did_you_mean(key, valid)}; "
+                              f"valid keys: {', '.join(sorted(valid))}")
+
+
 def check_choice(key, value, allowed, error=ConfigError):
     if value not in allowed:
         raise error(f"{key} = {shown(value)}: valid: {', '.join(allowed)}")

@@ -16,8 +16,9 @@ def write(tmp_path, text, name="c.toml"):
 
 @pytest.mark.parametrize("text, pattern", [
     ("[train\nepochs = 3", r"c\.toml: malformed TOML"),
-    ("[trian]\nepochs = 3", r"c\.toml: \[trian\]: unknown section; valid: data, model, train, log, plugins, optim"),
-    ("[train]\nepoch = 3", r"c\.toml: train\.epoch: unknown key; valid keys: .*epochs"),
+    ("[trian]\nepochs = 3", r"c\.toml: \[trian\]: unknown section \(did you mean 'train'\?\); valid: data, model, "
+                             r"train, log, plugins, optim"),
+    ("[train]\nepoch = 3", r"c\.toml: train\.epoch: unknown key \(did you mean 'epochs'\?\); valid keys: .*epochs"),
     ("[train]\nepochs = \"three\"", r"train\.epochs = 'three': expected an integer"),
     ("[train]\nepochs = 0", r"train\.epochs = 0: must be >= 1"),
     ("[train]\nbatch_size = 2.5", r"train\.batch_size = 2\.5: expected an integer"),
@@ -25,13 +26,15 @@ def write(tmp_path, text, name="c.toml"):
     ("[train]\nestimator = \"iwae2\"", r"train\.estimator = 'iwae2': valid: auto, analytic, iwae, mc"),
     ("[train]\ndevice = \"tpu\"", r"train\.device = 'tpu': valid: cpu, cuda, cuda:N"),
     ("[data]\nname = \"cifar\"",
-     r"data\.name: unknown data set 'cifar'; valid: celeba, cifar10, digits, fashion_mnist, file, frey_face, kmnist, "
+     r"data\.name: unknown data set 'cifar' \(did you mean 'cifar10'\?\); valid: celeba, cifar10, digits, "
+     r"fashion_mnist, file, frey_face, kmnist, "
      r"mnist, svhn"),
     ("[data]\nbinarize = \"yes\"", r"data\.binarize = 'yes': valid: dynamic, threshold, none"),
     ("[data]\ntest_fraction = 1.5", r"data\.test_fraction = 1\.5: must be in \(0, 1\)"),
     ("[data]\nname = \"file\"", r"data\.path: required"),
     ("[model]\nprior = \"vamp2\"",
-     r"model\.prior: unknown prior 'vamp2'; valid: flow, gaussian, mixture, standard_normal, vamp"),
+     r"model\.prior: unknown prior 'vamp2' \(did you mean 'vamp'\?\); valid: flow, gaussian, mixture, "
+     r"standard_normal, vamp"),
     ("[model]\nlikelihood = \"multinomial\"",
      r"model\.likelihood: unknown likelihood 'multinomial'; valid: bernoulli, "),
     ("[model]\nlikelihood = { name = \"gaussian\", sigma = 2.0 }", r"model\.likelihood\.sigma: unknown option"),

@@ -253,8 +253,8 @@ def test_a_data_source_registered_in_a_plugin_trains_from_toml(tmp_path, capsys)
     capsys.readouterr()
     code = main(["train", str(tmp_path / "run.toml"), "--out", str(tmp_path / "bad"), "--set", "data.num_point=5"])
     err = capsys.readouterr().err
-    assert code == 2 and "data.num_point: unknown option of data set 'noisy_sines'; valid options: length, " \
-        "num_points, seed" in err, err
+    assert code == 2 and "data.num_point: unknown option of data set 'noisy_sines' (did you mean 'num_points'?); " \
+        "valid options: length, num_points, seed" in err, err
     code = main(["train", str(tmp_path / "run.toml"), "--out", str(tmp_path / "bad"), "--set", "data.num_points=1"])
     assert code == 2 and "leaves an empty split" in capsys.readouterr().err
 

@@ -98,13 +98,14 @@ def test_a_run_stops_early_keeps_best_pt_evaluates_it_and_resumes_with_more_pati
      r"train.early_stopping.metric = 'validation_elbo' needs a validation split: set data.validation_fraction"),
     (["train.early_stopping={ metric = \"test_elbo\", patience = 0 }"], r"train.early_stopping.patience = 0: must be"),
     (["train.early_stopping={ metric = \"loss\" }"], r"train.early_stopping.metric = 'loss': valid: validation_elbo"),
-    (["train.early_stopping={ patients = 3 }"], r"train.early_stopping.patients: unknown key; valid keys: metric"),
+    (["train.early_stopping={ patients = 3 }"],
+     r"train.early_stopping.patients: unknown key \(did you mean 'patience'\?\); valid keys: metric"),
     (["data.validation_fraction=1.0"], r"data.validation_fraction = 1.0: must be in \[0, 1\)"),
 ])
 def test_bad_early_stopping_settings_are_one_line(tmp_path, capsys, sets, pattern):
     args = [x for s in sets for x in ("--set", s)]
     err = one_line_error(capsys, main(["train", "-q", "--out", str(tmp_path / "r"), *args]))
-    assert err.startswith("pyrovae: error: default config: ") and __import__("re").search(pattern, err), err
+    assert err.startswith(f"pyrovae: error: --set {sets[-1]}: ") and __import__("re").search(pattern, err), err
     assert not (tmp_path / "r").exists()
 
 

@@ -75,7 +75,8 @@ def test_a_cosine_schedule_resumes_bit_for_bit_and_its_rate_is_in_the_metrics(tm
 
 @pytest.mark.parametrize("schedule, pattern", [
     ("\"sawtooth\"", r"optim.schedule: unknown schedule 'sawtooth'; valid: constant, cosine, exponential, plateau"),
-    ("{ name = \"cosine\", tmax = 3 }", r"optim.schedule.tmax: unknown option of schedule 'cosine'; valid options: "),
+    ("{ name = \"cosine\", tmax = 3 }", r"optim.schedule.tmax: unknown option of schedule 'cosine' \(did you mean "
+                                       r"'t_max'\?\); valid options: "),
     ("{ name = \"step\", gamma = -1 }", r"optim.schedule 'step': gamma must be > 0, got -1"),
     ("{ name = \"plateau\", metric = \"validation_elbo\" }", r"metric 'validation_elbo' needs a validation split"),
     ("{ name = \"warmup_cosine\", warmup_epochs = 50 }", r"warmup_epochs must be in \[0, t_max = 50\)"),

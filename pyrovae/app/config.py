@@ -20,7 +20,7 @@ from pyrovae.data.datasets import DEFAULT_BINARIZE, Dataset, check_data_options,
 from pyrovae.errors import ConfigError, DataError, UnknownNameError, did_you_mean, one_line, shown
 from pyrovae.models.registry import MODELS, check_model_options, family_defaults
 from pyrovae.parts.likelihoods import LIKELIHOODS
-from pyrovae.registry import _type_name, check_at_least, check_type
+from pyrovae.registry import _type_name, check_at_least, check_keys, check_type
 from pyrovae.training.callbacks import CALLBACKS
 from pyrovae.training.optim import DEFAULT_OPTIMIZER, check_optimizer, default_optimizer
 from pyrovae.training.train_config import TrainConfig, check_against_data
@@ -328,10 +328,8 @@ def checked_section(cls, table, section: str):
         table = {**own, "options": {k: v for k, v in table.items() if k not in fields}}
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
+    check_keys(section, table, fields)
     for key, value in table.items():
-        if key not in fields:
-            raise ConfigError(f"{section}.{one_line(str(key), 40)}: unknown key{did_you_mean(key, fields)}; "
-                              f"valid keys: {', '.join(sorted(fields))}")
         if not check_type(value, hints[key]):
             raise ConfigError(f"{section}.{key} = {shown(value)}: expected {_type_name(hints[key])}")
     return cls(**table)

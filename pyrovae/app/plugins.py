@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from pyrovae.errors import ConfigError, as_typed, one_line, shell_word, shown
+from pyrovae.registry import check_keys
 
 #: the largest plugin source file read (a plugin is a few kilobytes of Python)
 MAX_PLUGIN_BYTES = 16 << 20
@@ -207,9 +208,7 @@ def parse_record(table, where: str = "plugins") -> PluginRecord:
     Nothing is read or run."""
     if not isinstance(table, dict):
         raise ConfigError(f"[{where}] must be a table, got {shown(table)}")
-    unknown = sorted(set(table) - {"modules", "files", "sha256"})
-    if unknown:
-        raise ConfigError(f"{where}.{one_line(str(unknown[0]), 40)}: unknown key; valid keys: files, modules, sha256")
+    check_keys(where, sorted(table, key=str), ("files", "modules", "sha256"))
     lists = {k: table.get(k, []) for k in ("modules", "files", "sha256")}
     for key, value in lists.items():
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

@@ -17,7 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from pyrovae.errors import ConfigError, one_line, shown
+from pyrovae.errors import ConfigError, shown
+from pyrovae.registry import check_keys
 
 #: the record keys early stopping (and the best checkpoint) may follow, all higher-is-better
 STOPPING_METRICS = ("validation_elbo", "validation_accuracy", "test_elbo", "test_accuracy", "train_elbo")
@@ -38,11 +39,7 @@ class EarlyStopping:
         if not isinstance(spec, dict):
             raise ConfigError(f"{where} = {shown(spec)}: expected a table such as "
                               "{ metric = \"validation_elbo\", patience = 10, min_delta = 0.0 }")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        for key in spec:
-            if key not in fields:
-                raise ConfigError(f"{where}.{one_line(str(key), 40)}: unknown key; "
-                                  f"valid keys: {', '.join(sorted(fields))}")
+        check_keys(where, spec, {f.name for f in dataclasses.fields(cls)})
         out = cls(**spec)
         if out.metric not in STOPPING_METRICS:
             raise ConfigError(f"{where}.metric = {shown(out.metric)}: valid: {', '.join(STOPPING_METRICS)}")
