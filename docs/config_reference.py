@@ -56,8 +56,8 @@ def param_docs(cls):
 
 
 def cell(text: str) -> str:
-    """Text for a table cell: a ``|`` escaped, so that it does not end the cell."""
-    return text.replace("|", "\\|")
+    """Text for a table cell: Sphinx roles as inline code, a ``|`` escaped (so that it does not end the cell)."""
+    return markdown(text).replace("|", "\\|")
 
 
 def default_text(value):
@@ -83,7 +83,7 @@ def render() -> str:
     defaults = Config()
     for section, cls in SECTIONS.items():
         doc = " ".join(line.strip() for line in (cls.__doc__ or "").strip().split("\n\n")[0].splitlines())
-        out += [f"## [{section}]", "", doc, "", "| key | default | meaning |", "| --- | --- | --- |"]
+        out += [f"## [{section}]", "", markdown(doc), "", "| key | default | meaning |", "| --- | --- | --- |"]
         if cls is ModelConfig:
             out.append("| `family` | `\"vae\"` | the model family, by name (below); the other keys are its options |")
             for key, value in ModelConfig().defaults().items():
@@ -120,7 +120,7 @@ def render() -> str:
             entry = registry.get(name)
             options = ", ".join(f"`{k}` = {default_text(p.default)} ({_type_name(p.annotation)})"
                                 for k, p in registry.options(name).items())
-            summary = markdown((inspect.getdoc(entry) or "").split("\n\n")[0].replace("\n", " "))
+            summary = (inspect.getdoc(entry) or "").split("\n\n")[0].replace("\n", " ")
             out.append(f"| `{name}` | {options or 'none'} | {cell(summary)} |")
         out.append("")
     return "\n".join(out)

@@ -54,6 +54,33 @@ def test_site_builds_in_strict_mode_and_runs_the_tutorial(tmp_path):
     assert len(elbos) == 4 and all(50 < elbo < 150 for elbo in elbos), elbos  # grey digits: positive nats
     assert tutorial.count('<img alt="No description has been provided') == 4  # its figures
     assert "Warning" not in re.sub(r"<[^>]+>", "", tutorial)  # no warning printed by any cell
+    assert "Tutorial: a VAE in Pyro, step by step" in tutorial  # its title apart from "Getting started"
+    screenshots = load_screenshots()
+    assert screenshots.raw_roles(site) == []  # no page shows a Sphinx role as text (the config reference did)
+    browser = screenshots.chromium()
+    if browser is not None:  # pictures of the pages as a reader sees them, at 1280 px
+        pictures = screenshots.screenshots(site, tmp_path / "shots", browser)
+        assert len(pictures) == len(screenshots.PAGES)
+        for picture in pictures:
+            assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            width = int.from_bytes(picture.read_bytes()[16:20], "big")
+            assert width == screenshots.WINDOW[0] and picture.stat().st_size > 20_000, picture
+
+
+def load_screenshots():
+    spec = importlib.util.spec_from_file_location("screenshots", ROOT / "docs" / "screenshots.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_raw_role_in_prose_is_found_and_one_in_code_is_not(tmp_path):
+    screenshots = load_screenshots()
+    (tmp_path / "a.html").write_text("<p>or a :class: <code>~pyrovae.parts.priors.Prior</code>.</p>")
+    (tmp_path / "b.html").write_text("<pre><code>(:class:`pyrovae.X`)</code></pre>"
+                                     "<p>a <code>:class:`~x`</code> role</p>")
+    (tmp_path / "c.html").write_text("<p>ratio 1:2, a::b and http://x</p>")
+    assert [found.split(":")[0] for found in screenshots.raw_roles(tmp_path)] == ["a.html"]
 
 
 def test_tutorial_is_committed_without_outputs():
