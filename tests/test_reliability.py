@@ -270,3 +270,22 @@ def test_once_everything_is_saved_a_signal_stops_at_once():
         saved.append(True)
         with pytest.raises(StoppedAtOnce):
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_run_folder_has_work_to_save_only_between_its_first_step_and_its_last_checkpoint(tmp_path):
+    from pyrovae.app.config_files import load_config
+    from pyrovae.training.callbacks import Callback
+
+    config = load_config(None, ["train.epochs=2", "train.progress=false"])
+    folder = RunFolder(tmp_path / "run", config)
+    (tmp_path / "run").mkdir()
+    seen = []
+
+    class Watch(Callback):
+        def on_epoch_end(self, trainer, record):
+            seen.append(folder.nothing_to_save)
+
+    assert folder.nothing_to_save  # the checks and the data's hash: a signal stops at once
+    data = load_dataset("digits")
+    fit(build_model(config.model, data.event_shape), data, config.train, config.optim, [folder, Watch()])
+    assert seen == [False, False] and folder.nothing_to_save  # after the last checkpoint: the figures remain

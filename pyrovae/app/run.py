@@ -167,7 +167,7 @@ def _train(config: Config, out_dir, resume: bool, device: torch.device, model=No
         callbacks = [folder] + [CALLBACKS.build(spec, "log.callbacks", run_dir=out_dir, config=config)
                                 for spec in specs]
         try:
-            with _stop_on_signals(at_once=lambda: folder.all_saved) as stop_signal:
+            with _stop_on_signals(at_once=lambda: folder.nothing_to_save) as stop_signal:
                 fit(model, data, dataclasses.replace(config.train, device=str(device)), config.optim, callbacks,
                     stop_signal)
         except BaseException:
@@ -267,7 +267,8 @@ def _handling_signals(handler):
 def _stop_on_signals(at_once: Callable[[], bool] = lambda: False):
     """Turn SIGINT and SIGTERM into a flag that the loop polls, so it can save a checkpoint
     at the current step (or the end of the epoch being evaluated) and stop cleanly; a second
-    signal, or one when ``at_once()`` (everything saved: the figures remain), stops at once
+    signal, or one when ``at_once()`` (no work would be lost: before the first step, after the last
+    checkpoint), stops at once
     (:class:`StoppedAtOnce`)."""
     received: List[int] = []
 

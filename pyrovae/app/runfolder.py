@@ -31,9 +31,9 @@ class RunFolder(Callback):
         self.fingerprint = None
         #: whether the last metrics record is a partial epoch's (train.max_steps), to be replaced
         self.partial_written = False
-        #: whether everything the run saves is saved (the last checkpoint; the figures remain): a
-        #: signal then stops the process at once, losing nothing
-        self.all_saved = False
+        #: whether a stop now loses no work: before the loop's first step (the checks, the data's
+        #: hash) and after its last checkpoint (the figures remain); a signal then stops at once
+        self.nothing_to_save = True
 
     def on_start(self, trainer) -> None:
         self.writes = trainer.rank == 0
@@ -59,6 +59,7 @@ class RunFolder(Callback):
             # metrics.jsonl may lack the checkpoint's last epoch, or hold epochs past it or a torn
             # line (a kill, a full disk): the checkpoint's records replace it, atomically.
             write_metrics(self.run_dir, trainer.metrics)
+        self.nothing_to_save = False  # the steps begin: a signal saves the step it stops at
 
     def failure_note(self) -> str:
         return f"; {self.kept()}" if self.saved_epoch is not None else "; no checkpoint was written yet"
@@ -91,7 +92,7 @@ class RunFolder(Callback):
         return f"checkpoint of epoch {trainer.counters['epoch']} saved: resume with {resume}"
 
     def on_end(self, trainer) -> None:
-        self.all_saved = True
+        self.nothing_to_save = True
         if not self.writes:
             return
         # a figure that cannot be drawn is a warning
