@@ -140,7 +140,7 @@ def test_version_and_help_answer_before_torch_loads():
     code = ("import sys\nfrom pyrovae.app.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit:\n"
             "    pass\nprint('torch' in sys.modules, 'pyro' in sys.modules)\nimport pyrovae\n"
             "print(pyrovae.VAE.__name__, sorted(pyrovae.MODELS.names())[:2])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith("pyrovae ") and lines[1] == "False False", out.stdout
@@ -158,7 +158,7 @@ def test_help_and_argument_errors_import_no_torch_pyro_or_matplotlib(argv):
     code = (f"import sys\nfrom pyrovae.app.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit as e:\n"
             "    print('exit', e.code)\nprint(sorted(m for m in ('torch', 'pyro', 'matplotlib', 'numpy') "
             "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     lines = out.stdout.splitlines()
     assert lines[-1] == "[]", (argv, out.stdout)
     assert lines[-2] == ("exit 0" if "--help" in argv else "exit 2"), (argv, out.stdout, out.stderr)

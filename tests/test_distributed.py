@@ -23,7 +23,7 @@ def pyrovae_cmd(tmp_path, *args, nproc=1, settings=SETTINGS):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
     proc = subprocess.run([sys.executable, *launcher, "-m", "pyrovae", "train", *args, *settings], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

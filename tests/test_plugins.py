@@ -73,7 +73,7 @@ def test_a_plugin_family_trains_evaluates_loads_resumes(project):
     code = ("import pyrovae; m = pyrovae.load({!r}, plugins=[{!r}]); print(type(m).__name__, tuple(m.sample(10).shape))"
             .format(str(run), plugin))
     proc = subprocess.run([sys.executable, "-c", code], cwd=project / "elsewhere", capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
     assert proc.returncode == 0 and "TwoLatents (10, 1, 8, 8)" in proc.stdout, proc.stderr[-2000:]
     assert main(["sample", str(run), "--out", str(project / "s.png"), "--plugins", plugin]) == 0
 

@@ -13,7 +13,7 @@ from pyrovae.progress import progress_bar
 pty = pytest.importorskip("pty")
 
 
-def on_a_terminal(argv, timeout=240.0) -> str:
+def on_a_terminal(argv, timeout=600.0) -> str:
     """What ``python -m pyrovae.app.cli ARGV`` writes to a fresh pseudo-terminal (never sized)."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: the terminal is its stdin, stdout and stderr

@@ -42,7 +42,7 @@ def test_site_builds_in_strict_mode_and_runs_the_tutorial(tmp_path):
     # the notebook's kernel is one more process beside the suite's workers: one thread
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1", OMP_NUM_THREADS="1", PYROVAE_DOCS_RUN_NOTEBOOK="true")
     done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     models = (site / "api" / "models.html").read_text()
     assert "Kingma" in models and "AmortizedGuide" in models  # the docstrings, rendered
