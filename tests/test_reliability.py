@@ -289,3 +289,33 @@ def test_a_run_folder_has_work_to_save_only_between_its_first_step_and_its_last_
     data = load_dataset("digits")
     fit(build_model(config.model, data.event_shape), data, config.train, config.optim, [folder, Watch()])
     assert seen == [False, False] and folder.nothing_to_save  # after the last checkpoint: the figures remain
+
+
+def test_a_signal_during_the_epochs_evaluation_cuts_it_short_and_saves_the_epoch(tmp_path, monkeypatch):
+    """A stop never waits for an evaluation: SIGTERM during epoch 1's evaluation ends it there, the
+    epoch is saved without its test numbers, and the run resumes to the end."""
+    import pyrovae.training.loop as loop
+    from pyrovae.app.config_files import load_config
+
+    evaluate = loop.held_out_numbers
+    calls = []
+
+    def signalled(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives inside the evaluation
+            time.sleep(30)  # an evaluation far longer than a step: cut short, never waited for
+            raise AssertionError("the evaluation was not cut short")
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "held_out_numbers", signalled)
+    config = load_config(None, ["train.epochs=3", "train.eval_every=1", "train.progress=false"])
+    start = time.monotonic()
+    with pytest.raises(Interrupted, match="after epoch 1") as stopped:
+        train(config, tmp_path / "run")
+    assert stopped.value.signal_number == signal.SIGTERM and time.monotonic() - start < 30
+    state = read_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["counters"]["epoch"] == 1 and state["metrics"][0]["test_elbo"] is None
+    train(config, tmp_path / "run", resume=True)
+    metrics = read_checkpoint(tmp_path / "run" / "checkpoint.pt")["metrics"]
+    assert [r["epoch"] for r in metrics] == [1, 2, 3] and metrics[-1]["test_elbo"] is not None

@@ -72,7 +72,7 @@ from pyrovae.training.callbacks import CALLBACKS
 from pyrovae.training.checks import check_run_data
 from pyrovae.training.distributed import distributed, on_rank0
 from pyrovae.training.early_stopping import EarlyStopping, best_so_far
-from pyrovae.training.loop import fit
+from pyrovae.training.loop import CutShort, fit
 from pyrovae.training.memory import check_evaluation_memory, check_training_memory
 
 
@@ -263,22 +263,36 @@ def _handling_signals(handler):
             signal.signal(s, h)
 
 
+class StopRequests:
+    """SIGINT and SIGTERM as the training loop sees them: calling it gives the first signal received
+    (or None), which the loop polls at every step to save a checkpoint there and stop cleanly.
+    A second signal, or one when ``at_once()`` (no work would be lost: before the first step,
+    after the last checkpoint), stops at once (:class:`StoppedAtOnce`); one during the epoch's
+    evaluation (``cuttable``, set by the loop) cuts it short (:class:`~pyrovae.training.loop.CutShort`):
+    the epoch is saved without its test numbers. So a run stops within a step of a signal."""
+
+    def __init__(self, at_once: Callable[[], bool] = lambda: False):
+        self.received: List[int] = []
+        self.at_once, self.cuttable = at_once, False
+
+    def __call__(self) -> Optional[int]:
+        return self.received[0] if self.received else None
+
+    def handler(self, number, frame) -> None:
+        first = not self.received
+        self.received.append(number)
+        if not first or self.at_once():
+            raise StoppedAtOnce(number)
+        if self.cuttable:
+            raise CutShort(number)
+
+
 @contextlib.contextmanager
 def _stop_on_signals(at_once: Callable[[], bool] = lambda: False):
-    """Turn SIGINT and SIGTERM into a flag that the loop polls, so it can save a checkpoint
-    at the current step (or the end of the epoch being evaluated) and stop cleanly; a second
-    signal, or one when ``at_once()`` (no work would be lost: before the first step, after the last
-    checkpoint), stops at once
-    (:class:`StoppedAtOnce`)."""
-    received: List[int] = []
-
-    def handler(number, frame):
-        if received or at_once():
-            raise StoppedAtOnce(number)
-        received.append(number)
-
-    with _handling_signals(handler):
-        yield lambda: received[0] if received else None
+    """The loop's :class:`StopRequests`, handling SIGINT and SIGTERM while it runs."""
+    requests = StopRequests(at_once)
+    with _handling_signals(requests.handler):
+        yield requests
 
 
 def _stop_at_once(number, frame):

@@ -58,6 +58,15 @@ class PosteriorCollapseWarning(UserWarning):
     """Most latent units are inactive: q(z|x) has collapsed onto the prior for them."""
 
 
+class CutShort(KeyboardInterrupt):
+    """A stop request that cuts the epoch's evaluation short: the loop saves the epoch without its
+    test numbers, then stops (a stop never waits for an evaluation of any length)."""
+
+    def __init__(self, signal_number: int):
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+
+
 class Interrupted(PyrovaeError):
     """SIGINT or SIGTERM arrived; the run saved a checkpoint at the step it had reached."""
 
@@ -384,7 +393,8 @@ class Trainer:
                               learning_rate=self.step_lr)
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs or self.out_of_steps():
             self.evaluate(record)
-            bar.set_postfix(epoch=epoch, elbo=f"{record['train_elbo']:.2f}", test_elbo=f"{record['test_elbo']:.2f}")
+            if record["test_elbo"] is not None:  # None: a stop request cut the evaluation short
+                bar.set_postfix(epoch=epoch, elbo=f"{record['train_elbo']:.2f}", test_elbo=f"{record['test_elbo']:.2f}")
         self.schedule.after_epoch(record)  # after the record took the epoch's rate; the checkpoint holds the next
         # the epoch's record replaces the record of its first part, where a step budget ended it before
         self.metrics = [r for r in self.metrics if r["epoch"] != epoch] + [record]
@@ -458,11 +468,21 @@ class Trainer:
 
     def evaluate(self, record: Dict) -> None:
         """The epoch's test numbers, with the model in evaluation mode (a family's dropout off, its
-        batch norms on their running statistics), as Lightning and scvi-tools evaluate."""
+        batch norms on their running statistics), as Lightning and scvi-tools evaluate. A stop
+        request may cut it short (:class:`CutShort`, where ``stop_signal`` has ``cuttable``): the
+        record then keeps no test numbers, and the loop saves the epoch and stops."""
+        cuttable = hasattr(self.stop_signal, "cuttable")
         self.model.eval()
         try:
+            if cuttable:
+                self.stop_signal.cuttable = True
             self._evaluate(record)
+        except CutShort:
+            record.update({key: None for key in record if key.startswith(("test_", "validation_"))},
+                          active_units=None)
         finally:
+            if cuttable:
+                self.stop_signal.cuttable = False
             self.model.train()
 
     def _evaluate(self, record: Dict) -> None:
