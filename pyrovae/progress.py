@@ -29,9 +29,16 @@ def progress_bar(**options) -> tqdm:
     tqdm), as wide as the terminal, or :data:`DEFAULT_SIZE` where it reports no size."""
     options.setdefault("file", sys.stderr)
     options.setdefault("disable", None)
-    columns, lines = terminal_size(options["file"])
-    if columns > 0 and lines > 0:
-        options.setdefault("dynamic_ncols", True)
-    else:
+    stream = options["file"]
+    if _is_terminal(stream) and 0 in terminal_size(stream):
         options.update(dynamic_ncols=False, ncols=options.get("ncols") or DEFAULT_SIZE[0], nrows=DEFAULT_SIZE[1])
+    else:  # a sized terminal, or a log file (whole lines, as tqdm writes them)
+        options.setdefault("dynamic_ncols", True)
     return tqdm(**options)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False

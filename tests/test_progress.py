@@ -48,6 +48,7 @@ def test_a_terminal_that_reports_no_size_gets_a_bar_of_80_columns_on_24_lines(mo
     import pyrovae.progress as progress
 
     with open(os.devnull, "w") as sink:
+        monkeypatch.setattr(progress, "_is_terminal", lambda stream: True)
         monkeypatch.setattr(progress, "terminal_size", lambda stream=None: (0, 0))
         bar = progress.progress_bar(total=3, file=sink, disable=False)
         assert (bar.ncols, bar.nrows, bar.dynamic_ncols) == (80, 24, False)
@@ -55,6 +56,10 @@ def test_a_terminal_that_reports_no_size_gets_a_bar_of_80_columns_on_24_lines(mo
         monkeypatch.setattr(progress, "terminal_size", lambda stream=None: (120, 40))
         bar = progress.progress_bar(total=3, file=sink, disable=False)
         assert bar.dynamic_ncols
+        bar.close()
+        monkeypatch.setattr(progress, "_is_terminal", lambda stream: False)  # a log file: whole lines
+        bar = progress.progress_bar(total=3, file=sink, disable=False)
+        assert bar.dynamic_ncols and bar.ncols is None
         bar.close()
 
 
