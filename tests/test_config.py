@@ -28,7 +28,7 @@ def write(tmp_path, text, name="c.toml"):
     ("[data]\nname = \"cifar\"",
      r"data\.name: unknown data set 'cifar' \(did you mean 'cifar10'\?\); valid: celeba, cifar10, digits, "
      r"fashion_mnist, file, frey_face, kmnist, "
-     r"mnist, svhn"),
+     r"mnist, static_mnist, svhn"),
     ("[data]\nbinarize = \"yes\"", r"data\.binarize = 'yes': valid: dynamic, threshold, none"),
     ("[data]\ntest_fraction = 1.5", r"data\.test_fraction = 1\.5: must be in \(0, 1\)"),
     ("[data]\nname = \"file\"", r"data\.path: required"),

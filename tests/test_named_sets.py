@@ -111,3 +111,47 @@ def test_absent_named_sets_are_one_line(tmp_path, name, expected):
     with pytest.raises(DataError, match=expected) as info:
         pyrovae.load_dataset(name, str(tmp_path), download=False)
     assert "\n" not in str(info.value) and "data.download = false" in str(info.value)
+
+
+STATIC_MNIST = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data" / "static_mnist"
+
+
+@pytest.mark.skipif(not STATIC_MNIST.is_dir(), reason="needs ../shared/data/static_mnist")
+def test_static_mnist_reads_the_three_standard_files_exactly():
+    """Larochelle's fixed binarization: 50000 / 10000 / 10000 images, their pixel sums as published
+    with the files, the validation file as the validation split, no binarization on top."""
+    data = pyrovae.load_dataset("static_mnist", path=str(STATIC_MNIST), download=False)
+    assert (data.num_train, len(data.validation_split), len(data.test)) == (50_000, 10_000, 10_000)
+    assert data.event_shape == (1, 28, 28) and data.binarize == "none"
+    train = data.train_points(torch.arange(data.num_train))
+    validation = data.validation_split[:]
+    assert (int(train.sum()), int(validation.sum()), int(data.test.sum())) == (5_118_041, 1_028_036, 1_038_896)
+    assert set(torch.unique(train).tolist()) == {0.0, 1.0}
+
+
+def amat(path, rows, values=784, text=None):
+    path.write_text(text if text is not None else "".join(" ".join("01"[(i + j) % 2] for j in range(values)) + "\n"
+                                                            for i in range(rows)))
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda f: amat(f, 3, 783), "3 lines and 2349 values where static MNIST's train split has 50000 lines"),
+    (lambda f: amat(f, 2, text="0 1 2\n"), "holds characters other than 0, 1 and white space"),
+    (lambda f: amat(f, 2, text="01 1\n"), "where static MNIST's train split has 50000 lines of 784 values"),
+])
+def test_a_static_mnist_file_that_is_not_the_standard_one_is_one_line(tmp_path, damage, expected):
+    damage(tmp_path / "binarized_mnist_train.amat")
+    with pytest.raises(DataError, match=expected):
+        pyrovae.load_dataset("static_mnist", path=str(tmp_path), download=False)
+    (tmp_path / "binarized_mnist_train.amat").unlink()
+    with pytest.raises(DataError, match="binarized_mnist_train.amat'?: no such file"):
+        pyrovae.load_dataset("static_mnist", path=str(tmp_path), download=False)
+
+
+def test_static_mnist_brings_its_validation_split_to_the_config():
+    """Early stopping on the validation ELBO needs no validation_fraction (the data set has its own
+    split), and a validation_fraction on top of it is one line."""
+    config = pyrovae.load_config(None, ["data.name=static_mnist", "train.early_stopping={ patience = 50 }"])
+    assert config.data.validation_fraction == 0
+    with pytest.raises(pyrovae.ConfigError, match="needs a validation split"):
+        pyrovae.load_config(None, ["data.name=mnist", "train.early_stopping={ patience = 50 }"])

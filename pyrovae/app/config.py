@@ -32,10 +32,12 @@ class DataConfig:
     the data set's source (one registered in a plugin), checked against its signature."""
 
     #: digits (scikit-learn's bundled 8x8 digits), mnist, fashion_mnist, kmnist, cifar10, svhn, celeba
-    #: (torchvision's), frey_face, file (a file or folder: .npy, .npz, .pt, .h5, .hdf5, .h5ad, .zarr, .csv,
-    #: images), or a source a plugin registers (pyrovae.DATASETS).
+    #: (torchvision's), static_mnist (Larochelle's fixed binarization, with its validation split), frey_face,
+    #: file (a file or folder: .npy, .npz, .pt, .h5, .hdf5, .h5ad, .zarr, .csv, images), or a source a plugin
+    #: registers (pyrovae.DATASETS).
     name: str = "digits"
-    #: torchvision's sets: their root folder; frey_face: the .mat file or its folder; file: the file or folder.
+    #: torchvision's sets: their root folder; static_mnist: the folder of its three .amat files; frey_face: the
+    #: .mat file or its folder; file: the file or folder.
     path: Optional[str] = None
     #: dynamic (x ~ Bernoulli(grey level) for each training batch), threshold (grey > 0.5) or none; unset:
     #: dynamic for digits and mnist, none otherwise (m2 under a label budget: threshold in place of dynamic).
@@ -279,7 +281,8 @@ class Config:
         self.data.check()
         self.model.check()
         self.train.check()
-        has_validation = bool(self.data.validation_fraction)
+        has_validation = bool(self.data.validation_fraction) or bool(
+            getattr(DATASETS.get(self.data.name), "has_validation", False))  # a data set's own (static_mnist)
         check_against_data(self.train, self.data.labeled is not None, has_validation)
         self.log.check()
         check_optimizer(self.optim, self.train.epochs, has_validation)

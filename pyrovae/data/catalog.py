@@ -9,6 +9,8 @@ Sources, by ``[data] name``:
   embedded default.
 - ``mnist``, ``fashion_mnist``, ``kmnist``: through torchvision (``path`` is torchvision's root
   folder; 60000 / 10000); ``cifar10``, ``svhn`` and ``celeba`` likewise.
+- ``static_mnist``: Larochelle & Murray's fixed binarization of MNIST from the standard ``.amat``
+  files (``path`` is their folder; 50000 / 10000 / 10000, the middle one its validation split).
 - ``frey_face``: Frey Face, 1965 faces of 28x20 from the standard ``frey_rawface.mat``
   (``path`` is the file or its folder; downloaded there if missing and ``download``).
 - ``file``: a user's file or folder, read by its suffix (:data:`pyrovae.data.formats.FORMATS`:
@@ -32,6 +34,7 @@ from pyrovae.data.sources import (
     load_frey_face,
     load_mnist,
     load_mnist_layout,
+    load_static_mnist,
     load_svhn,
 )
 from pyrovae.data.splits import StreamedSplit
@@ -40,7 +43,9 @@ from pyrovae.registry import Registry
 
 DATASETS = Registry("data set")
 """Data sources by name (``data.name``): functions whose options are the ``[data]`` table's other keys,
-returning a :class:`Dataset`, a map-style torch ``Dataset`` or a pair ``(train, test)`` of them;
+returning a :class:`Dataset`, a map-style torch ``Dataset``, a pair ``(train, test)`` of them, or a
+triple ``(train, validation, test)`` (a source with a validation split of its own: mark the function
+``has_validation = True``);
 ``@DATASETS.register("mine")`` adds one (``docs/write-your-own.md``).
 """
 
@@ -96,6 +101,21 @@ def celeba(path: str = "data", download: bool = True):
     root = Path(path) / "celeba" / "img_align_celeba"
     return tuple(StreamedSplit(ImageRows([f.resolve() for f in celeba_files(path, train, download)], where, root))
                  for train in (True, False))
+
+
+@DATASETS.register("static_mnist")
+def static_mnist(path: str = "data", download: bool = True):
+    """Static MNIST: Larochelle & Murray's fixed binarization of MNIST (Burda et al. 2016; Tomczak
+    & Welling 2018), 50000 / 10000 / 10000 28x28 images in {0, 1} without labels, from the
+    standard ``binarized_mnist_{train,valid,test}.amat`` files in the folder ``path``. Its
+    validation split is the papers' (early stopping, ``best.pt``)."""
+    train, valid, test = (torch.utils.data.TensorDataset(load_static_mnist(path, split, download))
+                          for split in ("train", "valid", "test"))
+    return train, valid, test
+
+
+#: the sources that bring a validation split of their own (their result is (train, validation, test))
+static_mnist.has_validation = True
 
 
 @DATASETS.register("frey_face")

@@ -448,15 +448,25 @@ def load_dataset(name: str = "digits", path: Optional[str] = None, binarize: Opt
         raise DataError(f"data set {shown(name)}: its source fails ({type(e).__name__}: {one_line(str(e), 200)})") \
             from None
     where = f"data.path = {shown(path)}" if path and "path" in DATASETS.options(name) else f"data set {shown(name)}"
-    pair = isinstance(result, tuple) and len(result) == 2
-    data = as_dataset(result[0] if pair else result, result[1] if pair else None, test_fraction, where,
-                      in_memory=None)
-    for split_name, split in (("train", data.train_split), ("test", data.test_split)):
+    parts = result if isinstance(result, tuple) and len(result) in (2, 3) else (result,)
+    data = as_dataset(parts[0], parts[-1] if len(parts) > 1 else None, test_fraction, where, in_memory=None)
+    own_validation = _as_split_of(parts[1], f"{where} (validation split)") if len(parts) == 3 else None
+    splits = (("train", data.train_split), ("validation", own_validation), ("test", data.test_split))
+    for split_name, split in ((n, s) for n, s in splits if s is not None):
         if len(split) == 0:
             raise DataError(f"data: the {split_name} split of {shown(name)} is empty")
-        check_values(split, f"{where} ({split_name} split)" if split_name == "test" else where, binarize)
+        if tuple(split.event_shape) != tuple(data.train_split.event_shape):
+            raise DataError(f"{where}: {split_name} points have shape {tuple(split.event_shape)}, the training points "
+                            f"{tuple(data.train_split.event_shape)}")
+        check_values(split, f"{where} ({split_name} split)" if split_name != "train" else where, binarize)
     train, validation = data.train_split, None
-    if validation_fraction:
+    if own_validation is not None:  # the data set's own (static MNIST's): what its papers stop early on
+        if validation_fraction:
+            raise DataError(f"data.validation_fraction = {validation_fraction}: data set {shown(name)} has a "
+                            f"validation split of its own ({len(own_validation)} points); leave "
+                            "data.validation_fraction at 0")
+        validation = own_validation.binarized_as(binarize)
+    elif validation_fraction:
         train, validation = validation_holdout(train, validation_fraction, f"data set {shown(name)}")
         validation = validation.binarized_as(binarize)
     mask = None

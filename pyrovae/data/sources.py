@@ -213,3 +213,49 @@ def load_frey_face(path: str, download: bool = True) -> torch.Tensor:
     except Exception as e:  # scipy raises several types for a foreign or truncated file
         raise DataError(f"data.path = {shown(str(file))}: not a Frey Face .mat file with variable 'ff' ({e})") from None
     return torch.from_numpy(ff.T.reshape(-1, 1, 28, 20).astype(np.float32) / 255.0)
+
+
+#: Larochelle & Murray's fixed binarization of MNIST ("static MNIST"), at its usual address
+STATIC_MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{split}.amat"
+#: its splits' sizes: train, valid, test
+STATIC_MNIST_ROWS = {"train": 50_000, "valid": 10_000, "test": 10_000}
+
+
+def load_static_mnist(path: str, split: str, download: bool = True) -> torch.Tensor:
+    """One split (``train``, ``valid``, ``test``) of static MNIST as ``(N, 1, 28, 28)`` float32 in
+    {0, 1}, from ``binarized_mnist_{split}.amat`` in the folder ``path`` (downloaded there from
+    :data:`STATIC_MNIST_URL` if missing and ``download``). The file is text, one image a line:
+    784 values 0 or 1 separated by white space. Anything else (another character, a line of
+    another length, a row count other than the split's) is one line naming the file."""
+    file = Path(path) / f"binarized_mnist_{split}.amat"
+    where = f"data.path = {shown(str(file))}"
+    if not file.exists():
+        if not download:
+            raise DataError(f"{where}: no such file {NO_DOWNLOAD}")
+        url = STATIC_MNIST_URL.format(split=split)
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = file.with_suffix(".part")
+            urllib.request.urlretrieve(url, tmp)
+            os.replace(tmp, file)
+        except OSError as e:
+            raise DataError(f"{where}: not found and download from {url} failed ({e}); put the three "
+                            "binarized_mnist_{train,valid,test}.amat files there") from None
+    rows = STATIC_MNIST_ROWS[split]
+    with open_regular(file, where) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > rows * 784 * 4:  # "0 " a value, and room for other spacing: larger is another file
+            raise DataError(f"{where}: {size} bytes, more than {rows} lines of 784 values 0 or 1 take")
+        text = np.frombuffer(f.read(), dtype=np.uint8)
+    digit = (text == ord("0")) | (text == ord("1"))
+    space = (text == ord(" ")) | (text == ord("\t")) | (text == ord("\r")) | (text == ord("\n"))
+    if not bool((digit | space).all()):
+        raise DataError(f"{where}: holds characters other than 0, 1 and white space; static MNIST's .amat "
+                        "files hold 784 values 0 or 1 a line")
+    lines = int(np.count_nonzero(text == ord("\n"))) + int(text.size > 0 and text[-1] != ord("\n"))
+    values = text[digit] - ord("0")
+    followed = np.concatenate([digit[1:], [False]])  # a value is one character: "0" or "1", never "01"
+    if bool((digit & followed).any()) or lines != rows or values.size != rows * 784:
+        raise DataError(f"{where}: {lines} lines and {values.size} values where static MNIST's {split} split has "
+                        f"{rows} lines of 784 values 0 or 1")
+    return torch.from_numpy(values.reshape(rows, 1, 28, 28).astype(np.float32))
