@@ -29,18 +29,44 @@ ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "elu":
                "leaky_relu": nn.LeakyReLU, "sigmoid": nn.Sigmoid}
 
 
+#: ``activation = "gated"``: every hidden layer a :class:`GatedDense` (the VampPrior paper's MLPs)
+GATED = "gated"
+
+
+class GatedDense(nn.Module):
+    """A gated dense layer, h = (W1 x + b1) * sigmoid(W2 x + b2) (Dauphin et al. 2017): the hidden
+    layer of the MLP encoders and decoders of Tomczak & Welling, "VAE with a VampPrior" (2018),
+    two of 300 units each (``jmtomczak/vae_vampprior``, ``GatedDense``)."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.h, self.g = nn.Linear(n_in, n_out), nn.Linear(n_in, n_out)
+
+    def forward(self, x):
+        return self.h(x) * torch.sigmoid(self.g(x))
+
+
 def _activation(name: str) -> nn.Module:
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; valid: {', '.join(sorted(ACTIVATIONS))}")
     return ACTIVATIONS[name]()
 
 
+def _check_mlp_activation(name: str) -> None:
+    """An MLP's activation: one of :data:`ACTIVATIONS`, or ``"gated"``."""
+    if name not in ACTIVATIONS and name != GATED:
+        raise ValueError(f"unknown activation {name!r}; valid: {', '.join(sorted([*ACTIVATIONS, GATED]))}")
+
+
 def _mlp(sizes: List[int], activation: str) -> nn.Sequential:
-    """Linear layers with the activation between them, none after the last."""
+    """Linear layers with the activation between them, none after the last; ``"gated"``: every hidden
+    layer a :class:`GatedDense` (its gate is its non-linearity), the last a linear one."""
+    _check_mlp_activation(activation)
     layers = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2:
+        hidden = i < len(sizes) - 2
+        layers.append(GatedDense(n_in, n_out) if hidden and activation == GATED else nn.Linear(n_in, n_out))
+        if hidden and activation != GATED:
             layers.append(_activation(activation))
     return nn.Sequential(*layers)
 
@@ -76,7 +102,8 @@ class MLPEncoder(nn.Module):
     """x -> hidden layers -> (mu, log sigma^2). The paper uses one hidden layer of tanh units.
 
     :param list hidden: hidden layer sizes.
-    :param str activation: tanh, relu, softplus, elu, leaky_relu or sigmoid.
+    :param str activation: tanh, relu, softplus, elu, leaky_relu, sigmoid, or gated (every hidden
+        layer a :class:`GatedDense`, as the VampPrior paper's MLPs).
     :param float init_std: if > 0, initialise every parameter from N(0, init_std^2) (the
         paper uses 0.01); 0 keeps PyTorch's default.
     :param str input: ``"identity"`` or ``"log1p"``: the network reads log(1 + x) (for counts).
@@ -89,7 +116,7 @@ class MLPEncoder(nn.Module):
         check_choice("input", input, INPUT_TRANSFORMS, ValueError)
         self.input = input
         sizes = [math.prod(event_shape), *_check_hidden(hidden), 2 * latent_dim]
-        _activation(activation)  # validates the name even without hidden layers
+        _check_mlp_activation(activation)  # the name, even without hidden layers
         self.net = _mlp(sizes, activation)
         _init_normal_(self, init_std)
 
@@ -103,7 +130,7 @@ class MLPDecoder(nn.Module):
     """z -> hidden layers -> num_params values per data value.
 
     :param list hidden: hidden layer sizes.
-    :param str activation: tanh, relu, softplus, elu, leaky_relu or sigmoid.
+    :param str activation: as for the encoder (``gated``: :class:`GatedDense` hidden layers).
     :param float init_std: as for the encoder.
     """
 
@@ -111,7 +138,7 @@ class MLPDecoder(nn.Module):
                  hidden: List[int] = (256,), activation: str = "relu", init_std: float = 0.0):
         super().__init__()
         self.out_shape = (num_params, *event_shape)
-        _activation(activation)
+        _check_mlp_activation(activation)
         self.net = _mlp([latent_dim, *_check_hidden(hidden), math.prod(self.out_shape)], activation)
         _init_normal_(self, init_std)
 
@@ -222,7 +249,7 @@ class MLPClassifier(nn.Module):
         self.event_dim = len(event_shape)
         check_choice("input", input, INPUT_TRANSFORMS, ValueError)
         self.input = input
-        _activation(activation)
+        _check_mlp_activation(activation)
         self.net = _mlp([math.prod(event_shape), *_check_hidden(hidden), num_classes], activation)
 
     def forward(self, x):
