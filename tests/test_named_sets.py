@@ -155,3 +155,28 @@ def test_static_mnist_brings_its_validation_split_to_the_config():
     assert config.data.validation_fraction == 0
     with pytest.raises(pyrovae.ConfigError, match="needs a validation split"):
         pyrovae.load_config(None, ["data.name=mnist", "train.early_stopping={ patience = 50 }"])
+
+
+@pytest.mark.parametrize("row, prior", [("vae_static_mnist", "standard_normal"),
+                                        ("vampprior_static_mnist", {"name": "vamp", "num_pseudo_inputs": 500})])
+def test_the_field_configs_state_the_vampprior_papers_protocol_and_train(row, prior, tmp_path):
+    """examples/configs/field/: Tomczak & Welling (2018)'s settings, and each trains (on the digits,
+    for two steps: the protocol itself runs for days)."""
+    import tomllib
+
+    from pyrovae.app.config_files import config_from_dict
+
+    path = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples" / "configs" / "field" / f"{row}.toml"
+    config = pyrovae.load_config(str(path))
+    gated = {"name": "mlp", "hidden": [300, 300], "activation": "gated"}
+    assert (config.data.name, config.model.latent_dim, config.model.prior) == ("static_mnist", 40, prior)
+    assert config.model.encoder == config.model.decoder == gated
+    assert (config.train.batch_size, config.train.kl_warmup_epochs, config.train.epochs) == (100, 100, 2000)
+    assert config.train.early_stopping == {"metric": "validation_elbo", "patience": 50}
+    assert config.optim["name"] == "adam" and config.optim["lr"] == 5e-4
+    table = tomllib.loads(path.read_text())
+    table["data"] = {"name": "digits", "validation_fraction": 0.2}
+    table["train"].update(max_steps=2, progress=False)
+    small = config_from_dict(table)
+    run = pyrovae.train(small, tmp_path / "run")
+    assert (run / "checkpoint.pt").is_file()
