@@ -187,6 +187,25 @@ def checked_mat(f, where: str):
     return f
 
 
+def fetched(file: Path, url: str, download: bool, hint: str) -> Path:
+    """``file``, downloaded from ``url`` first where it is missing and ``download`` (whole or not at
+    all: written beside it, then renamed); a missing file without a download is one line, as is a
+    download that fails (``hint``: what to put there instead)."""
+    if file.exists():
+        return file
+    where = f"data.path = {shown(str(file))}"
+    if not download:
+        raise DataError(f"{where}: no such file {NO_DOWNLOAD}")
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(".part")
+        urllib.request.urlretrieve(url, tmp)
+        os.replace(tmp, file)
+    except OSError as e:
+        raise DataError(f"{where}: not found and download from {url} failed ({e}); {hint}") from None
+    return file
+
+
 def load_frey_face(path: str, download: bool = True) -> torch.Tensor:
     """Frey Face as ``(1965, 1, 28, 20)`` grey levels in [0, 1], from ``frey_rawface.mat``."""
     from scipy.io import loadmat
@@ -194,17 +213,7 @@ def load_frey_face(path: str, download: bool = True) -> torch.Tensor:
     file = Path(path)
     if file.is_dir() or not file.suffix:
         file = file / "frey_rawface.mat"
-    if not file.exists():
-        if not download:
-            raise DataError(f"data.path = {shown(str(file))}: no such file {NO_DOWNLOAD}")
-        try:
-            file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_suffix(".part")
-            urllib.request.urlretrieve(FREY_FACE_URL, tmp)
-            os.replace(tmp, file)
-        except OSError as e:
-            raise DataError(f"data.path = {shown(str(file))}: not found and download from {FREY_FACE_URL} failed "
-                            f"({e}); put frey_rawface.mat there") from None
+    fetched(file, FREY_FACE_URL, download, "put frey_rawface.mat there")
     try:
         with open_regular(file, f"data.path = {shown(str(file))}") as f:
             ff = loadmat(checked_mat(f, f"data.path = {shown(str(file))}"))["ff"]
@@ -229,18 +238,8 @@ def load_static_mnist(path: str, split: str, download: bool = True) -> torch.Ten
     another length, a row count other than the split's) is one line naming the file."""
     file = Path(path) / f"binarized_mnist_{split}.amat"
     where = f"data.path = {shown(str(file))}"
-    if not file.exists():
-        if not download:
-            raise DataError(f"{where}: no such file {NO_DOWNLOAD}")
-        url = STATIC_MNIST_URL.format(split=split)
-        try:
-            file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_suffix(".part")
-            urllib.request.urlretrieve(url, tmp)
-            os.replace(tmp, file)
-        except OSError as e:
-            raise DataError(f"{where}: not found and download from {url} failed ({e}); put the three "
-                            "binarized_mnist_{train,valid,test}.amat files there") from None
+    fetched(file, STATIC_MNIST_URL.format(split=split), download,
+            "put the three binarized_mnist_{train,valid,test}.amat files there")
     rows = STATIC_MNIST_ROWS[split]
     with open_regular(file, where) as f:
         size = os.fstat(f.fileno()).st_size
