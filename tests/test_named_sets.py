@@ -180,3 +180,12 @@ def test_the_field_configs_state_the_vampprior_papers_protocol_and_train(row, pr
     small = config_from_dict(table)
     run = pyrovae.train(small, tmp_path / "run")
     assert (run / "checkpoint.pt").is_file()
+
+
+def test_static_mnist_is_sized_against_memory_before_a_byte_is_read(tmp_path, monkeypatch):
+    import pyrovae.data.budget as budget
+
+    amat(tmp_path / "binarized_mnist_train.amat", 3)
+    monkeypatch.setattr(budget, "available_bytes", lambda device="cpu": 1000)
+    with pytest.raises(DataError, match="the train split takes .* once decoded, more than"):
+        pyrovae.load_dataset("static_mnist", path=str(tmp_path), download=False)

@@ -13,7 +13,7 @@ from pyrovae.app.files import BEST, CHECKPOINT, append_metrics, write_metrics
 from pyrovae.app.fingerprint import data_fingerprint, fingerprint_difference
 from pyrovae.errors import RunDirError, as_typed, one_line, shell_word
 from pyrovae.training.callbacks import Callback
-from pyrovae.training.records import current_record
+from pyrovae.training.records import EpochRecord
 
 #: the test points the figures draw (reconstructions: the first 20)
 FIGURE_POINTS = 20
@@ -51,7 +51,7 @@ class RunFolder(Callback):
             except (RuntimeError, ValueError, TypeError, KeyError, IndexError, OverflowError) as e:  # e.g. RNG states
                 raise RunDirError(f"{checkpoint}: malformed checkpoint: its training state does not fit the run "
                                   f"({type(e).__name__}: {one_line(str(e), 120)})") from None
-            trainer.metrics = [current_record(r) for r in state["metrics"]]
+            trainer.metrics = [EpochRecord.current(r) for r in state["metrics"]]
             last = trainer.metrics[-1] if trainer.metrics else None
             self.partial_written = last is not None and not trainer.is_whole(last)
             self.saved_epoch = trainer.counters["epoch"]

@@ -245,16 +245,21 @@ def load_static_mnist(path: str, split: str, download: bool = True) -> torch.Ten
         size = os.fstat(f.fileno()).st_size
         if size > rows * 784 * 4:  # "0 " a value, and room for other spacing: larger is another file
             raise DataError(f"{where}: {size} bytes, more than {rows} lines of 784 values 0 or 1 take")
+        # the text, a mask of it and the float32 images, sized before a byte is read
+        check_fits(2 * size + rows * 784 * 4, where, f"the {split} split")
         text = np.frombuffer(f.read(), dtype=np.uint8)
-    digit = (text == ord("0")) | (text == ord("1"))
-    space = (text == ord(" ")) | (text == ord("\t")) | (text == ord("\r")) | (text == ord("\n"))
-    if not bool((digit | space).all()):
+    kind = np.zeros(256, dtype=np.uint8)  # each byte's kind: 1 a value ("0", "1"), 2 white space, 0 else
+    kind[[ord("0"), ord("1")]] = 1
+    kind[[ord(" "), ord("\t"), ord("\r"), ord("\n")]] = 2
+    kinds = kind[text]
+    if not bool(kinds.all()):
         raise DataError(f"{where}: holds characters other than 0, 1 and white space; static MNIST's .amat "
                         "files hold 784 values 0 or 1 a line")
+    digit = kinds == 1
     lines = int(np.count_nonzero(text == ord("\n"))) + int(text.size > 0 and text[-1] != ord("\n"))
     values = text[digit] - ord("0")
-    followed = np.concatenate([digit[1:], [False]])  # a value is one character: "0" or "1", never "01"
-    if bool((digit & followed).any()) or lines != rows or values.size != rows * 784:
+    # a value is one character, "0" or "1", never "01"
+    if bool((digit[1:] & digit[:-1]).any()) or lines != rows or values.size != rows * 784:
         raise DataError(f"{where}: {lines} lines and {values.size} values where static MNIST's {split} split has "
                         f"{rows} lines of 784 values 0 or 1")
     return torch.from_numpy(values.reshape(rows, 1, 28, 28).astype(np.float32))

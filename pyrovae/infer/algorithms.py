@@ -28,7 +28,7 @@ from pyrovae.data.batch import Batch
 from pyrovae.errors import ConfigError, PyrovaeError, one_line
 from pyrovae.infer import hmc
 from pyrovae.infer.elbos import make_elbo, minibatch_sums
-from pyrovae.infer.estimators import TermsELBO, estimate
+from pyrovae.infer.estimators import TermsELBO, get_estimator
 from pyrovae.infer.wake_sleep import WakeSleep
 from pyrovae.models.base import per_minibatch_labels
 from pyrovae.registry import Registry
@@ -74,12 +74,13 @@ def pyro_objective(pyro_loss: torch.Tensor, batch_size: int, num_data: int) -> t
     return pyro_loss * (-batch_size / num_data)
 
 
-def reported_elbo(model, batch, estimator: str, num_particles: int, num_data: int) -> torch.Tensor:
+def reported_elbo(model, batch, estimator: TermsELBO, num_data: int) -> torch.Tensor:
     """The minibatch's sum of ELBOs that an algorithm whose objective is not the ELBO reports: the
     estimator's ELBO (beta = 1) over the model's terms, a global latent shared by N = ``num_data``
-    points, drawn from the RNG as it stands (the torch engine's ELBO at the same draw)."""
+    points, drawn from the RNG as it stands (the torch engine's ELBO at the same draw). The
+    estimator is built once, by the algorithm."""
     with torch.no_grad():
-        return estimate(model, batch, estimator, num_particles, 1.0, num_data=num_data)[1].sum()
+        return estimator.per_datapoint(model.model, model.guide, (batch, num_data))[1].sum()
 
 
 class Algorithm:
@@ -230,13 +231,14 @@ class WakeSleepAlgorithm(Algorithm):
             raise ConfigError("train.algorithm = 'wake_sleep': the prior runs the encoder (vamp), so the wake "
                               "phase would train the recognition model; choose another prior")
         self.elbo = WakeSleep(observed_site=model.observed_name())
+        self.reporter = get_estimator(estimator)  # the recognition model's ELBO, one particle
 
     @classmethod
     def check_config(cls, train) -> None:
         _one_particle_no_beta(train, "wake_sleep", "draws one z per datapoint and has no KL term")
 
     def loss(self, batch, noise, beta, global_size, index=None, update=0):
-        elbo = reported_elbo(self.model, batch, self.estimator, 1, self.num_data)
+        elbo = reported_elbo(self.model, batch, self.reporter, self.num_data)
         with _non_finite_from_validation():
             loss = self.elbo.differentiable_loss(self.model.model, self.model.guide, batch, self.num_data)
         step = StepLoss.of(pyro_objective(loss, len(batch), self.num_data), elbo, global_size)
@@ -279,6 +281,7 @@ class MonteCarloEMAlgorithm(Algorithm):
                                   seed=train.seed)
         self.updates_per_batch = weight_updates
         self.latents: Optional[torch.Tensor] = None
+        self.reporter = get_estimator(estimator)  # the (untrained) encoder's ELBO, one particle
 
     @classmethod
     def check_config(cls, train) -> None:
@@ -289,7 +292,7 @@ class MonteCarloEMAlgorithm(Algorithm):
             if index is None:
                 raise ValueError("mcem: the loop passes the minibatch's indices")
             self.latents = self.chains.advance(index, batch.x).detach()
-        elbo = reported_elbo(self.model, batch, self.estimator, 1, self.num_data)
+        elbo = reported_elbo(self.model, batch, self.reporter, self.num_data)
         return StepLoss.of(self.log_joint(self.model, batch.x, self.latents).sum(), elbo, global_size)
 
     def dry_run(self, batch) -> None:

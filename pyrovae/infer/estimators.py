@@ -53,8 +53,8 @@ class TermsELBO(pyro.infer.ELBO):
     """A Pyro ELBO that reads :class:`~pyrovae.models.terms.Terms`: the base of the estimators and
     of :class:`~pyrovae.IWAE`. :meth:`terms` gives the minibatch's terms and N/M, from a pyrovae
     model's :meth:`~pyrovae.Model.terms` (its closed forms) or from traces of any model and guide;
-    :meth:`reduce` turns them into what is maximised and the ELBO, per datapoint, from the same
-    draws (so the reported ELBO costs no second pass).
+    calling it on them gives what is maximised and the ELBO, per datapoint, from the same draws
+    (so the reported ELBO costs no second pass).
 
     :param int num_particles: L, drawn in one vectorized pass (a particle plate) where L > 1.
     :param str data_plate: the plate whose entries are the datapoints.
@@ -119,17 +119,17 @@ class TermsELBO(pyro.infer.ELBO):
                                          kl=self.needs_kl, plate=self.data_plate, nesting=nesting))
         return (particles[0] if len(particles) == 1 else Terms.stack(particles)), n / m
 
-    def reduce(self, terms: Terms, beta: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, terms: Terms, beta: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(objective, elbo)`` per datapoint, ``(M,)`` each: what is maximised (at KL weight
         ``beta``) and the ELBO, from the same terms."""
         raise NotImplementedError
 
     def per_datapoint(self, model, guide, args: tuple = (), kwargs: Optional[dict] = None, beta: float = 1.0,
                       noise: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, float]:
-        """``(objective, elbo, N/M)``: :meth:`reduce` of the minibatch that ``args`` and ``kwargs``
-        give the programs, at KL weight ``beta`` (the trainer's one call per step)."""
+        """``(objective, elbo, N/M)``: ``self(terms, beta)`` of the minibatch that ``args`` and
+        ``kwargs`` give the programs, at KL weight ``beta`` (the trainer's one call per step)."""
         terms, scale = self.terms(model, guide, *args, noise=noise, **(kwargs or {}))
-        objective, elbo = self.reduce(terms, beta)
+        objective, elbo = self(terms, beta)
         return objective, elbo, scale
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
@@ -167,12 +167,6 @@ class Estimator(TermsELBO):
             raise ValueError(f"beta must be a finite number >= 0, got {beta}")
         super().__init__(num_particles, data_plate, max_plate_nesting, vectorize_particles, from_traces)
         self.beta = float(beta)
-
-    def __call__(self, terms, beta: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-    def reduce(self, terms, beta=1.0):
-        return self(terms, beta)
 
     @classmethod
     def pyro_elbo(cls, num_particles: int, vectorize: bool, max_plate_nesting: float,

@@ -74,11 +74,6 @@ def epoch_record(**values) -> Dict[str, Any]:
     return EpochRecord(**values).as_dict()
 
 
-def current_record(record: Dict) -> Dict:
-    """An epoch's record with the keys earlier versions wrote renamed to today's."""
-    return EpochRecord.current(record)
-
-
 @dataclass
 class Counters:
     """The loop's counters (a checkpoint's ``counters``, :attr:`pyrovae.training.loop.Trainer.counters`):
