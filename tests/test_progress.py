@@ -3,6 +3,7 @@ no size (0 columns, 0 lines: such a terminal made tqdm draw nothing), and none w
 
 import os
 import select
+import signal
 import sys
 
 import pytest
@@ -29,9 +30,11 @@ def on_a_terminal(argv, timeout=600.0) -> str:
             if not chunk:
                 break
             out += chunk
-    finally:
+    finally:  # the child ends with the test, whatever happened: never waited for forever
         os.close(fd)
-        os.waitpid(pid, 0)
+        if os.waitpid(pid, os.WNOHANG) == (0, 0):
+            os.killpg(pid, signal.SIGKILL)  # pty.fork's child leads a session (and group) of its own
+            os.waitpid(pid, 0)
     return out.decode(errors="replace")
 
 
