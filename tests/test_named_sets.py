@@ -157,8 +157,10 @@ def test_static_mnist_brings_its_validation_split_to_the_config():
         pyrovae.load_config(None, ["data.name=mnist", "train.early_stopping={ patience = 50 }"])
 
 
-@pytest.mark.parametrize("row, prior", [("vae_static_mnist", "standard_normal"),
-                                        ("vampprior_static_mnist", {"name": "vamp", "num_pseudo_inputs": 500})])
+VAMP_500 = {"name": "vamp", "num_pseudo_inputs": 500, "pseudo_input_range": [0.0, 1.0]}
+
+
+@pytest.mark.parametrize("row, prior", [("vae_static_mnist", "standard_normal"), ("vampprior_static_mnist", VAMP_500)])
 def test_the_field_configs_state_the_vampprior_papers_protocol_and_train(row, prior, tmp_path):
     """examples/configs/field/: Tomczak & Welling (2018)'s settings, and each trains (on the digits,
     for two steps: the protocol itself runs for days)."""
@@ -170,7 +172,7 @@ def test_the_field_configs_state_the_vampprior_papers_protocol_and_train(row, pr
     config = pyrovae.load_config(str(path))
     gated = {"name": "mlp", "hidden": [300, 300], "activation": "gated"}
     assert (config.data.name, config.model.latent_dim, config.model.prior) == ("static_mnist", 40, prior)
-    assert config.model.encoder == config.model.decoder == gated
+    assert config.model.encoder == {**gated, "log_var_range": [-6.0, 2.0]} and config.model.decoder == gated
     assert (config.train.batch_size, config.train.kl_warmup_epochs, config.train.epochs) == (100, 100, 2000)
     assert config.train.early_stopping == {"metric": "validation_elbo", "patience": 50}
     assert config.optim["name"] == "adam" and config.optim["lr"] == 5e-4
@@ -189,3 +191,48 @@ def test_static_mnist_is_sized_against_memory_before_a_byte_is_read(tmp_path, mo
     monkeypatch.setattr(budget, "available_bytes", lambda device="cpu": 1000)
     with pytest.raises(DataError, match="the train split takes .* once decoded, more than"):
         pyrovae.load_dataset("static_mnist", path=str(tmp_path), download=False)
+
+
+def test_an_encoders_log_var_range_is_a_hardtanh_in_value_and_gradient():
+    """log sigma^2 = hardtanh(h, -6, 2) (the VampPrior paper's encoder): inside the range the
+    network's output itself, outside it the bound, with no gradient there."""
+    from pyrovae.parts.nets import MLPEncoder
+
+    torch.manual_seed(0)
+    free = MLPEncoder((12,), 3, hidden=[8], init_std=3.0)
+    bounded = MLPEncoder((12,), 3, hidden=[8], log_var_range=[-6.0, 2.0])
+    bounded.load_state_dict(free.state_dict())
+    x = torch.rand(50, 12)
+    raw = free(x)[1]
+    log_var = bounded(x)[1]
+    inside = (raw > -6) & (raw < 2)
+    assert inside.any() and (raw < -6).any() and (raw > 2).any()  # the case tests all three parts
+    assert torch.equal(log_var[inside], raw[inside])
+    assert torch.equal(log_var[raw <= -6], torch.full_like(log_var[raw <= -6], -6.0))
+    assert torch.equal(log_var[raw >= 2], torch.full_like(log_var[raw >= 2], 2.0))
+    h = raw.detach().requires_grad_()
+    torch.nn.functional.hardtanh(h, -6.0, 2.0).sum().backward()
+    assert torch.equal(h.grad, inside.float())
+    with pytest.raises(ValueError, match=r"log_var_range must be \[low, high\].*got \[2.0, -6.0\]"):
+        MLPEncoder((12,), 3, log_var_range=[2.0, -6.0])
+
+
+def test_a_vampprior_with_a_pseudo_input_range_reads_its_pseudo_inputs_clamped():
+    """p(z) = (1/K) sum_k q(z | hardtanh(u_k, 0, 1)): the prior of pseudo-inputs outside [0, 1] is the
+    prior of their clamped values, and the clamped pixels take no gradient."""
+    from pyrovae import VAE
+
+    torch.manual_seed(0)
+    vae = VAE((6,), 2, prior={"name": "vamp", "num_pseudo_inputs": 4, "pseudo_input_range": [0.0, 1.0]})
+    with torch.no_grad():
+        pixels = torch.tensor([[-0.5, 0.2, 1.5, 0.7, 0.4, 3.0]] * 4)
+        vae.prior.pseudo_inputs.copy_(pixels + 0.01 * torch.arange(4.0)[:, None])
+    z = torch.randn(5, 2)
+    vae.prior.distribution().log_prob(z).sum().backward()
+    u = vae.prior.pseudo_inputs.detach()
+    q = vae.posterior(u.clamp(0, 1))
+    manual = torch.logsumexp(q.log_prob(z[:, None, :]), -1) - torch.log(torch.tensor(4.0))
+    assert torch.allclose(vae.prior.distribution().log_prob(z), manual, atol=1e-6)
+    outside = (u < 0) | (u > 1)
+    assert outside.any() and torch.all(vae.prior.pseudo_inputs.grad[outside] == 0)
+    assert torch.all(vae.prior.pseudo_inputs.grad[~outside] != 0)

@@ -9,7 +9,7 @@ Decoder: z of shape ``(..., latent_dim)`` (any leading dims: particles, batch) -
 """
 
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -88,6 +88,17 @@ def _check_hidden(hidden) -> List[int]:
     return hidden
 
 
+def checked_range(name: str, bounds) -> Optional[Tuple[float, float]]:
+    """``[low, high]`` as a pair of finite floats with low < high, or None where absent."""
+    if bounds is None:
+        return None
+    if (not isinstance(bounds, (list, tuple)) or len(bounds) != 2
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds)
+            or not bounds[0] < bounds[1]):
+        raise ValueError(f"{name} must be [low, high], two finite numbers with low < high, got {bounds!r}")
+    return float(bounds[0]), float(bounds[1])
+
+
 def _init_normal_(module: nn.Module, init_std: float) -> None:
     """The paper's initialisation: every weight and bias drawn from N(0, init_std^2)."""
     if init_std < 0:
@@ -107,14 +118,19 @@ class MLPEncoder(nn.Module):
     :param float init_std: if > 0, initialise every parameter from N(0, init_std^2) (the
         paper uses 0.01); 0 keeps PyTorch's default.
     :param str input: ``"identity"`` or ``"log1p"``: the network reads log(1 + x) (for counts).
+    :param list log_var_range: ``[low, high]``: log sigma^2 = hardtanh(h, low, high), h the
+        network's output, as the VampPrior paper's encoders bound it to [-6, 2] (Tomczak & Welling
+        2018, ``jmtomczak/vae_vampprior``); the gradient is zero outside the range. Absent: unbounded.
     """
 
     def __init__(self, event_shape: Tuple[int, ...], latent_dim: int, hidden: List[int] = (256,),
-                 activation: str = "relu", init_std: float = 0.0, input: str = "identity"):
+                 activation: str = "relu", init_std: float = 0.0, input: str = "identity",
+                 log_var_range: Optional[List[float]] = None):
         super().__init__()
         self.event_dim = len(event_shape)
         check_choice("input", input, INPUT_TRANSFORMS, ValueError)
         self.input = input
+        self.log_var_range = checked_range("log_var_range", log_var_range)
         sizes = [math.prod(event_shape), *_check_hidden(hidden), 2 * latent_dim]
         _check_mlp_activation(activation)  # the name, even without hidden layers
         self.net = _mlp(sizes, activation)
@@ -122,6 +138,8 @@ class MLPEncoder(nn.Module):
 
     def forward(self, x):
         loc, log_var = self.net(transformed(x, self.input).flatten(-self.event_dim)).chunk(2, dim=-1)
+        if self.log_var_range is not None:
+            log_var = nn.functional.hardtanh(log_var, *self.log_var_range)
         return loc, log_var
 
 

@@ -12,7 +12,7 @@ which the :class:`~pyrovae.VAE` calls once its encoder exists.
 """
 
 import math
-from typing import List
+from typing import List, Optional
 
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.distributions import kl_divergence
 
+from pyrovae.parts.nets import checked_range
 from pyrovae.registry import Registry
 
 PRIORS = Registry("prior", context=("latent_dim",))
@@ -143,15 +144,20 @@ class VampPrior(Prior):
     no closed form: ``auto`` uses estimator A.
 
     :param int num_pseudo_inputs: K (the paper uses 500 for MNIST).
+    :param list pseudo_input_range: ``[low, high]``: the encoder reads hardtanh(u_k, low, high), as the
+        paper keeps its pseudo-inputs in the data's range [0, 1] (``jmtomczak/vae_vampprior``,
+        ``add_pseudoinputs``); a value outside it has no gradient. Absent: u_k as they are.
 
     [1] "VAE with a VampPrior", Jakub M. Tomczak, Max Welling (AISTATS 2018)
     """
 
-    def __init__(self, latent_dim: int, num_pseudo_inputs: int = 100):
+    def __init__(self, latent_dim: int, num_pseudo_inputs: int = 100,
+                 pseudo_input_range: Optional[List[float]] = None):
         super().__init__(latent_dim)
         if num_pseudo_inputs < 1:
             raise ValueError(f"num_pseudo_inputs must be >= 1, got {num_pseudo_inputs}")
         self.num_pseudo_inputs = num_pseudo_inputs
+        self.pseudo_input_range = checked_range("pseudo_input_range", pseudo_input_range)
         self.pseudo_inputs = None
 
     def attach(self, encoder: nn.Module, event_shape) -> None:
@@ -162,7 +168,10 @@ class VampPrior(Prior):
     def distribution(self):
         if self.pseudo_inputs is None:
             raise RuntimeError("the VampPrior needs an encoder: build it through pyrovae.VAE")
-        loc, log_var = self.__dict__["encoder"](self.pseudo_inputs)
+        u = self.pseudo_inputs
+        if self.pseudo_input_range is not None:
+            u = nn.functional.hardtanh(u, *self.pseudo_input_range)
+        loc, log_var = self.__dict__["encoder"](u)
         logits = torch.zeros(self.num_pseudo_inputs, device=loc.device, dtype=loc.dtype)
         return gaussian_mixture(logits, loc, torch.exp(0.5 * log_var))
 

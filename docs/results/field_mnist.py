@@ -1,0 +1,212 @@
+"""Run the field's MNIST rows (examples/configs/field/*.toml) in order and write docs/results/field_mnist.csv.
+
+    python docs/results/field_mnist.py --data ../shared/data/static_mnist --runs runs/field --threads 1
+
+Each row is one shipped config at the protocol of Tomczak & Welling, "VAE with a VampPrior" (2018),
+trained by ``pyrovae train`` into ``RUNS/<row>`` and scored by ``pyrovae evaluate --which best``
+(the best epoch by the validation ELBO, the test NLL with 5000 importance samples). Run it again
+after an interruption (Ctrl-C, a signal, a lost machine) and each row goes on where it stopped:
+a row with a run folder is resumed from its checkpoint (``pyrovae train --resume``, bit for bit: the
+checkpoint holds the model, the optimizer, every random state and the data order), a finished
+row is evaluated once, and an evaluated row is only read. The CSV keeps the rows of other runs
+(another machine's, a GPU's) and replaces those scored here.
+
+A row trained with ``--set`` (a smaller budget, another seed) is marked ``reduced: <keys>`` in the
+``protocol`` column and does not count as reaching the paper's number. The wall time is the
+runner's own clock over every training and evaluation command of the row, summed across
+interruptions (``RUNS/<row>.seconds``); the runner writes nothing into the run folders but
+what ``pyrovae`` itself writes.
+"""
+
+import argparse
+import csv
+import dataclasses
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+import pyrovae
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+CONFIGS = REPOSITORY / "examples" / "configs" / "field"
+CSV = REPOSITORY / "docs" / "results" / "field_mnist.csv"
+PAPER = "Tomczak & Welling (2018), Table 2"
+PYTHAE = "pythae, README reproducibility table"
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One row of the table: its config, what it is, and the numbers it is compared with."""
+
+    name: str       # examples/configs/field/<name>.toml, and the run folder's name
+    model: str
+    prior: str
+    paper_nll: float
+    target_nll: float
+    pythae_nll: Optional[float] = None
+
+
+#: the rows in the order they run; the paper's values are Table 2 (static MNIST, MLPs, L = 1 and 2)
+ROWS = (
+    Row("vae_static_mnist", "VAE", "standard normal", 88.56, 88.9),
+    Row("vampprior_static_mnist", "VAE", "VampPrior (K = 500)", 85.57, 85.9, pythae_nll=85.79),
+    Row("hvae_static_mnist", "HVAE (2 levels)", "standard normal", 86.05, 86.35),
+    Row("hvae_vampprior_static_mnist", "HVAE (2 levels)", "VampPrior (K = 500)", 83.19, 83.49),
+)
+
+#: train keys that do not change what a row computes
+NOT_PROTOCOL = {"device", "num_threads", "progress"}
+
+FIELDS = ("row", "model", "prior", "data", "protocol", "epochs_trained", "best_epoch", "test_nll", "paper_nll",
+          "difference", "target_nll", "reached", "pythae_nll", "test_elbo_best", "wall_hours", "device", "threads",
+          "seed", "torch", "command")
+
+
+def pyrovae_command(*args: str) -> List[str]:
+    return [sys.executable, "-m", "pyrovae", *args]
+
+
+class WallClock:
+    """The seconds spent on one row, summed over the runner's invocations (``RUNS/<row>.seconds``,
+    beside the run folder, one file per row so that rows run side by side keep their own)."""
+
+    def __init__(self, runs: Path, row: str):
+        self.path = runs / f"{row}.seconds"
+        self.seconds = float(self.path.read_text()) if self.path.is_file() else 0.0
+
+    def run(self, command: Sequence[str]) -> int:
+        """Run ``command`` to its end; a SIGINT or SIGTERM the runner gets is passed on to it, once (it
+        runs in a session of its own, so that a terminal's Ctrl-C reaches it through the runner only),
+        and ``pyrovae`` then saves where it is and stops."""
+        start = time.monotonic()
+        process = subprocess.Popen(command, start_new_session=True)
+        forward = {number: signal.signal(number, lambda received, frame: process.send_signal(received))
+                   for number in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return process.wait()
+        finally:
+            for number, handler in forward.items():
+                signal.signal(number, handler)
+            self.seconds += time.monotonic() - start
+            temporary = self.path.with_suffix(".tmp")
+            temporary.write_text(f"{self.seconds:.1f}\n")
+            os.replace(temporary, self.path)
+
+
+def protocol(row: Row, run: Path, data: str) -> str:
+    """``paper`` where the run's config is the shipped one (but for the device and threads), else
+    ``reduced: `` and the keys that differ."""
+    shipped = pyrovae.load_config(str(CONFIGS / f"{row.name}.toml"), [f"data.path={data}"]).to_dict()
+    recorded = pyrovae.load_config(str(run / "config.toml")).to_dict()
+    differ = [f"{section}.{key}" for section in ("model", "train", "optim")
+              for key in sorted(set(shipped[section]) | set(recorded[section]))
+              if not (section == "train" and key in NOT_PROTOCOL)
+              and shipped[section].get(key) != recorded[section].get(key)]
+    return "paper" if not differ else "reduced: " + " ".join(differ)
+
+
+def table_row(row: Row, run: Path, data: str, wall: float, threads: int) -> Dict:
+    config = pyrovae.load_config(str(run / "config.toml"))
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    evaluation = json.loads((run / "evaluation_best.json").read_text())
+    best = max((m for m in metrics if m.get("validation_elbo") is not None), key=lambda m: m["validation_elbo"])
+    kind = protocol(row, run, data)
+    nll = round(evaluation["test_nll"], 2)
+    return {"row": row.name, "model": row.model, "prior": row.prior, "data": config.data.name, "protocol": kind,
+            "epochs_trained": metrics[-1]["epoch"], "best_epoch": evaluation["epoch"], "test_nll": nll,
+            "paper_nll": row.paper_nll, "difference": round(nll - row.paper_nll, 2), "target_nll": row.target_nll,
+            "reached": "yes" if kind == "paper" and nll <= row.target_nll else "no",
+            "pythae_nll": "" if row.pythae_nll is None else row.pythae_nll,
+            "test_elbo_best": round(best["test_elbo"], 2) if best.get("test_elbo") is not None else "",
+            "wall_hours": round(wall / 3600, 2), "device": config.train.device, "threads": threads,
+            "seed": config.train.seed, "torch": torch.__version__.split("+")[0],
+            "command": f"python docs/results/field_mnist.py --data DATA --rows {row.name} --threads {threads}"
+                       + ("" if kind == "paper" else " --set ...")}
+
+
+def write_csv(path: Path, scored: Dict[str, Dict], runs: Path) -> None:
+    """The rows scored now replace their old lines; the others stay; the order is :data:`ROWS`'.
+    Runners of other rows into the same ``runs`` wait for each other (``runs/.csv.lock``)."""
+    with (runs / ".csv.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _merge_csv(path, scored)
+
+
+def _merge_csv(path: Path, scored: Dict[str, Dict]) -> None:
+    kept = {}
+    if path.is_file():
+        with path.open(newline="") as f:
+            kept = {line["row"]: line for line in csv.DictReader(f)}
+    merged = {**kept, **scored}
+    order = [r.name for r in ROWS] + sorted(set(merged) - {r.name for r in ROWS})
+    temporary = path.with_suffix(".tmp")
+    with temporary.open("w", newline="") as f:
+        writer = csv.DictWriter(f, FIELDS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(merged[name] for name in order if name in merged)
+    os.replace(temporary, path)
+
+
+def run_row(row: Row, args) -> Optional[Dict]:
+    """Train (or resume) and evaluate one row; its table line, or None where a command failed."""
+    run, clock = args.runs / row.name, WallClock(args.runs, row.name)
+    threads = ["--threads", str(args.threads)]
+    device = ["--set", f"train.device={args.device}"]
+    if not (run / "config.toml").is_file():
+        sets = [item for s in [f"data.path={args.data}", *args.set] for item in ("--set", s)]
+        command = pyrovae_command("train", str(CONFIGS / f"{row.name}.toml"), "-o", str(run), "-q",
+                                  *threads, *device, *sets)
+    else:
+        command = pyrovae_command("train", "-o", str(run), "--resume", "-q", *threads, *device)
+    print(f"field_mnist: {row.name}: {' '.join(command[2:])}", flush=True)
+    if clock.run(command) != 0:
+        print(f"field_mnist: {row.name} stopped; run the same command again to resume it", file=sys.stderr)
+        return None
+    best, evaluation = run / "best.pt", run / "evaluation_best.json"
+    if not evaluation.is_file() or evaluation.stat().st_mtime < best.stat().st_mtime:
+        command = pyrovae_command("evaluate", str(run), "--which", "best", "--nll-samples", str(args.nll_samples),
+                                  "-q", *threads, "--device", args.device)
+        print(f"field_mnist: {row.name}: {' '.join(command[2:])}", flush=True)
+        if clock.run(command) != 0:
+            return None
+    return table_row(row, run, args.data, clock.seconds, args.threads)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="the folder of binarized_mnist_{train,valid,test}.amat")
+    parser.add_argument("--runs", type=Path, default=Path("runs/field"), help="where the rows' run folders go")
+    parser.add_argument("--rows", nargs="+", choices=[r.name for r in ROWS], default=[r.name for r in ROWS])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per command")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--nll-samples", type=int, default=5000)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="an override for a new row (marks it reduced: not the paper's protocol)")
+    parser.add_argument("--csv", type=Path, default=CSV)
+    args = parser.parse_args(argv)
+    args.runs.mkdir(parents=True, exist_ok=True)
+    scored = {}
+    try:
+        for row in (r for r in ROWS if r.name in args.rows):
+            line = run_row(row, args)
+            if line is None:
+                return 1
+            scored[row.name] = line
+            print(f"field_mnist: {row.name}: test NLL {line['test_nll']} nats (paper {row.paper_nll}, "
+                  f"{line['protocol']})", flush=True)
+    finally:
+        if scored:
+            write_csv(args.csv, scored, args.runs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
