@@ -3,7 +3,8 @@
 Public API::
 
     Model          the base of every model family: a Pyro model and guide over a Batch
-    VAE            the ``vae`` family (the default); CVAE, M2, HVAE: ``cvae``, ``m2``, ``hvae``
+    VAE            the ``vae`` family (the default); CVAE, M2, HVAE, TwoLevelVAE: ``cvae``, ``m2``, ``hvae``,
+                   ``two_level_vae``
     MODELS         model families by name; DATASETS data sources; PRIORS, LIKELIHOODS, ENCODERS, DECODERS,
                    POSTERIORS, CLASSIFIERS,
                    OPTIMIZERS, ESTIMATORS, ALGORITHMS
@@ -64,6 +65,7 @@ if TYPE_CHECKING:  # the public names, each imported on first use (see __getattr
     from pyrovae.models.m2 import M2
     from pyrovae.models.registry import MODELS
     from pyrovae.models.terms import Terms, data_plate
+    from pyrovae.models.two_level import TwoLevelVAE
     from pyrovae.models.vae import VAE
     from pyrovae.parts.likelihoods import LIKELIHOODS, Likelihood
     from pyrovae.parts.nets import CLASSIFIERS, DECODERS, ENCODERS
@@ -77,8 +79,8 @@ if TYPE_CHECKING:  # the public names, each imported on first use (see __getattr
 
 __all__ = [
     "DATASETS", "FORMATS", "Format",
-    "Model", "AmortizedGuide", "VAE", "CVAE", "M2", "HVAE", "POSTERIORS", "CLASSIFIERS", "Terms", "ALGORITHMS",
-    "Algorithm", "Batch",
+    "Model", "AmortizedGuide", "VAE", "CVAE", "M2", "HVAE", "TwoLevelVAE", "POSTERIORS", "CLASSIFIERS", "Terms",
+    "ALGORITHMS", "Algorithm", "Batch",
     "data_plate", "MODELS", "fit", "train", "load",
     "build_model",
     "load_dataset", "Dataset", "load_config", "Config", "DataConfig", "ModelConfig", "TrainConfig", "make_elbo",

@@ -158,29 +158,45 @@ def test_static_mnist_brings_its_validation_split_to_the_config():
 
 
 VAMP_500 = {"name": "vamp", "num_pseudo_inputs": 500, "pseudo_input_range": [0.0, 1.0]}
+PAPER_RANGE = [-6.0, 2.0]
+GATED = {"name": "mlp", "hidden": [300, 300], "activation": "gated"}
+FIELD = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples" / "configs" / "field"
 
 
-@pytest.mark.parametrize("row, prior", [("vae_static_mnist", "standard_normal"), ("vampprior_static_mnist", VAMP_500)])
-def test_the_field_configs_state_the_vampprior_papers_protocol_and_train(row, prior, tmp_path):
-    """examples/configs/field/: Tomczak & Welling (2018)'s settings, and each trains (on the digits,
-    for two steps: the protocol itself runs for days)."""
+@pytest.mark.parametrize("row, family, prior", [("vae_static_mnist", "vae", "standard_normal"),
+                                                ("vampprior_static_mnist", "vae", VAMP_500),
+                                                ("hvae_static_mnist", "two_level_vae", "standard_normal"),
+                                                ("hvae_vampprior_static_mnist", "two_level_vae", VAMP_500)])
+def test_the_field_configs_state_the_vampprior_papers_protocol(row, family, prior):
+    """examples/configs/field/: Tomczak & Welling (2018)'s settings, row by row."""
+    config = pyrovae.load_config(str(FIELD / f"{row}.toml"))
+    model = config.model.options
+    assert (config.data.name, config.model.family, model["latent_dim"], model["prior"]) == \
+        ("static_mnist", family, 40, prior)
+    assert model["encoder"] == {**GATED, "log_var_range": PAPER_RANGE}
+    if family == "vae":
+        assert model["decoder"] == GATED
+    else:
+        assert model["decoder2"] == {**GATED, "log_var_range": PAPER_RANGE}
+        assert (model["latent_dim2"], model["hidden"], model["activation"], model["log_var_range"]) == \
+            (40, 300, "gated", PAPER_RANGE)
+    assert (config.train.batch_size, config.train.kl_warmup_epochs, config.train.epochs) == (100, 100, 2000)
+    assert (config.train.estimator, config.train.eval_every) == ("mc", 1)
+    assert config.train.early_stopping == {"metric": "validation_elbo", "patience": 50}
+    assert config.optim["name"] == "adam" and config.optim["lr"] == 5e-4
+
+
+def test_a_field_config_trains(tmp_path):
+    """The VampPrior row, on the digits for two steps (the protocol itself runs for days; the
+    two-level family trains in tests/test_two_level.py)."""
     import tomllib
 
     from pyrovae.app.config_files import config_from_dict
 
-    path = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples" / "configs" / "field" / f"{row}.toml"
-    config = pyrovae.load_config(str(path))
-    gated = {"name": "mlp", "hidden": [300, 300], "activation": "gated"}
-    assert (config.data.name, config.model.latent_dim, config.model.prior) == ("static_mnist", 40, prior)
-    assert config.model.encoder == {**gated, "log_var_range": [-6.0, 2.0]} and config.model.decoder == gated
-    assert (config.train.batch_size, config.train.kl_warmup_epochs, config.train.epochs) == (100, 100, 2000)
-    assert config.train.early_stopping == {"metric": "validation_elbo", "patience": 50}
-    assert config.optim["name"] == "adam" and config.optim["lr"] == 5e-4
-    table = tomllib.loads(path.read_text())
+    table = tomllib.loads((FIELD / "vampprior_static_mnist.toml").read_text())
     table["data"] = {"name": "digits", "validation_fraction": 0.2}
     table["train"].update(max_steps=2, progress=False)
-    small = config_from_dict(table)
-    run = pyrovae.train(small, tmp_path / "run")
+    run = pyrovae.train(config_from_dict(table), tmp_path / "run")
     assert (run / "checkpoint.pt").is_file()
 
 

@@ -62,13 +62,41 @@ def _mlp(sizes: List[int], activation: str) -> nn.Sequential:
     """Linear layers with the activation between them, none after the last; ``"gated"``: every hidden
     layer a :class:`GatedDense` (its gate is its non-linearity), the last a linear one."""
     _check_mlp_activation(activation)
-    layers = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        hidden = i < len(sizes) - 2
-        layers.append(GatedDense(n_in, n_out) if hidden and activation == GATED else nn.Linear(n_in, n_out))
-        if hidden and activation != GATED:
-            layers.append(_activation(activation))
-    return nn.Sequential(*layers)
+    pairs = list(zip(sizes[:-1], sizes[1:]))
+    return nn.Sequential(*[_hidden_layer(n_in, n_out, activation) for n_in, n_out in pairs[:-1]],
+                         *[nn.Linear(n_in, n_out) for n_in, n_out in pairs[-1:]])
+
+
+def _hidden_layer(n_in: int, n_out: int, activation: str) -> nn.Module:
+    """One hidden layer: a :class:`GatedDense`, or a linear layer and the activation."""
+    if activation == GATED:
+        return GatedDense(n_in, n_out)
+    return nn.Sequential(nn.Linear(n_in, n_out), _activation(activation))
+
+
+class TwoInputMLP(nn.Module):
+    """(a, b) -> values: a and b each through a hidden layer of its own, the two concatenated, one
+    joint hidden layer, then a linear layer; the leading (particle, batch) dims of a and b
+    broadcast. The two-input networks of Tomczak & Welling's two-level VAE, q(z1 | x, z2) and
+    p(x | z1, z2) (``jmtomczak/vae_vampprior``, ``models/HVAE_2level.py``).
+
+    :param tuple sizes_in: the sizes of a and b.
+    :param int hidden: the width of every hidden layer.
+    :param int n_out: the number of values out.
+    :param str activation: as for :class:`MLPEncoder` (``gated``: :class:`GatedDense` layers).
+    """
+
+    def __init__(self, sizes_in: Tuple[int, int], hidden: int, n_out: int, activation: str = GATED):
+        super().__init__()
+        _check_mlp_activation(activation)
+        self.first = nn.ModuleList(_hidden_layer(n, hidden, activation) for n in sizes_in)
+        self.joint = _hidden_layer(2 * hidden, hidden, activation)
+        self.out = nn.Linear(hidden, n_out)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ha, hb = self.first[0](a), self.first[1](b)
+        batch = torch.broadcast_shapes(ha.shape[:-1], hb.shape[:-1])
+        return self.out(self.joint(torch.cat([ha.expand(*batch, -1), hb.expand(*batch, -1)], -1)))
 
 
 #: what an encoder may do to x before its network reads it (``input = ...``): counts want log1p,
