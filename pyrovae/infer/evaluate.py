@@ -18,6 +18,7 @@ from pyrovae.data.splits import Split
 from pyrovae.infer.elbos import elbo_terms
 from pyrovae.models.terms import LogMeanExp
 from pyrovae.parts.posteriors import has_closed_form_kl
+from pyrovae.parts.priors import priors_held
 from pyrovae.progress import progress_bar
 from pyrovae.rng import seeded
 
@@ -65,7 +66,7 @@ def dataset_terms(model, x, num_particles: int = 1, batch_size: int = 1000, seed
     """
     reconstruction = kl = 0.0
     n = len(x)
-    with seeded(_device(x), seed), titled_bar(progress, n) as bar:
+    with seeded(_device(x), seed), titled_bar(progress, n) as bar, priors_held(model):
         for chunk in _scored(model, x, batch_size):  # a global latent counts 1/N per point, whatever the chunks
             r, k = elbo_terms(model, chunk, num_particles, num_data=n)
             reconstruction, kl = reconstruction + float(r.sum()), kl + float(k.sum())
@@ -102,8 +103,9 @@ def log_likelihood(model, x, num_samples: int = 5000, batch_size: int = 100,
     (:meth:`~pyrovae.Model.importance_sampler`), then its samples are drawn and scored in chunks whose
     size keeps about ``max_elements`` numbers per tensor (samples x datapoints x data size; default
     :data:`CHUNK_ELEMENTS` for the device), and the log-sum-exp is accumulated across chunks, so
-    memory stays bounded at any K. Runs on x's
-    device (move the model there first). ``seed=None`` draws from the caller's generator.
+    memory stays bounded at any K. The prior's p(z) is computed once for the whole call
+    (:func:`~pyrovae.parts.priors.priors_held`: the VampPrior's pass over its pseudo-inputs). Runs on
+    x's device (move the model there first). ``seed=None`` draws from the caller's generator.
     ``progress``: a bar's title, counting importance samples (a terminal only).
     """
     out = []
@@ -111,7 +113,7 @@ def log_likelihood(model, x, num_samples: int = 5000, batch_size: int = 100,
     device = _device(x)
     if max_elements is None:
         max_elements = CHUNK_ELEMENTS.get(torch.device(device).type, CHUNK_ELEMENTS["cuda"])
-    with seeded(device, seed), titled_bar(progress, n * num_samples, "sample") as bar:
+    with seeded(device, seed), titled_bar(progress, n * num_samples, "sample") as bar, priors_held(model):
         for xb in _scored(model, x, batch_size):
             m = len(xb)
             per_sample = m * max(math.prod(model.event_shape), getattr(model, "latent_dim", 0), 512)
