@@ -89,3 +89,29 @@ def test_a_held_prior_computes_afresh_with_gradients_on_and_after_the_evaluation
         vae.prior.pseudo_inputs.add_(1.0)
         assert not torch.allclose(vae.prior.log_prob(z), first)
     assert passes == [6, 6, 6]
+
+
+def test_log_sigmoid_is_torchs_in_value_and_gradient():
+    from pyrovae.parts.likelihoods import log_sigmoid
+
+    t = torch.cat([torch.linspace(-120, 120, 2001), torch.tensor([0.0, -0.0, 1e-8, -1e-8])]).requires_grad_()
+    value, expected = log_sigmoid(t), torch.nn.functional.logsigmoid(t.double())
+    torch.testing.assert_close(value.double(), expected, atol=1e-6, rtol=1e-6)
+    (grad,) = torch.autograd.grad(value.sum(), t)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), t)
+    torch.testing.assert_close(grad, expected_grad.float(), atol=1e-7, rtol=1e-6)  # 1/2 at 0, as torch's
+
+
+def test_the_bernoulli_log_density_is_x_l_minus_softplus_l_in_value_and_gradient():
+    """sum log sigmoid((2x - 1) l) against the textbook sum x l - softplus(l), for the logits and for x."""
+    from pyrovae.parts.likelihoods import BernoulliLikelihood
+
+    torch.manual_seed(3)
+    logits = (8 * torch.randn(3, 5, 4, 4)).requires_grad_()
+    x = (torch.rand(5, 4, 4) > 0.5).float().requires_grad_()
+    value = BernoulliLikelihood().log_prob((logits,), x, 2)
+    expected = (x * logits - torch.nn.functional.softplus(logits)).flatten(-2).sum(-1)
+    torch.testing.assert_close(value, expected, atol=1e-4, rtol=1e-6)
+    grads = torch.autograd.grad(value.sum(), [logits, x])
+    for a, b in zip(grads, torch.autograd.grad(expected.sum(), [logits, x])):
+        torch.testing.assert_close(a, b)

@@ -194,12 +194,16 @@ class DiagonalGaussianMixture(dist.MixtureSameFamily):
         precision = scale.pow(-2)  # (K, D)
         constant = ((loc.pow(2) * precision).sum(-1) + 2 * scale.log().sum(-1) + loc.shape[-1] * LOG_2PI
                     - 2 * torch.log_softmax(logits, -1))
-        weights = torch.cat([precision, -2 * loc * precision, constant.unsqueeze(-1)], -1)  # (K, 2D + 1)
+        weights = -0.5 * torch.cat([precision, -2 * loc * precision, constant.unsqueeze(-1)], -1)  # (K, 2D + 1)
         z = x.to(wide)
         features = torch.cat([z * z, z, torch.ones_like(z[..., :1])], -1)
-        log_terms = -0.5 * (features @ weights.T).to(x.dtype)  # (..., K)
+        log_terms = (features @ weights.T).to(x.dtype)  # (..., K): log w_k + log N(z; m_k, s_k)
         top = log_terms.detach().amax(-1, keepdim=True)
-        out = (log_terms - top).clamp(min=-80.0).exp().sum(-1).log() + top.squeeze(-1)
+        if torch.is_grad_enabled() and log_terms.requires_grad:
+            terms = (log_terms - top).clamp(min=-80.0).exp()
+        else:  # evaluation: the same passes in place, over one buffer
+            terms = log_terms.sub_(top).clamp_(min=-80.0).exp_()
+        out = terms.sum(-1).log() + top.squeeze(-1)
         return out.expand(torch.broadcast_shapes(out.shape, self.batch_shape))
 
 
