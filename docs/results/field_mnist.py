@@ -101,10 +101,12 @@ class WallClock:
             os.replace(temporary, self.path)
 
 
-def protocol(row: Row, run: Path, data: str) -> str:
+def protocol(row: Row, run: Path, configs: Path) -> str:
     """``paper`` where the run's config is the shipped one (but for the device and threads), else
-    ``reduced: `` and the keys that differ."""
-    shipped = pyrovae.load_config(str(CONFIGS / f"{row.name}.toml"), [f"data.path={data}"]).to_dict()
+    ``reduced: `` and the keys that differ; ``own config`` for a row from another folder of configs."""
+    if configs.resolve() != CONFIGS:
+        return "own config"
+    shipped = pyrovae.load_config(str(CONFIGS / f"{row.name}.toml")).to_dict()
     recorded = pyrovae.load_config(str(run / "config.toml")).to_dict()
     differ = [f"{section}.{key}" for section in ("model", "train", "optim")
               for key in sorted(set(shipped[section]) | set(recorded[section]))
@@ -113,12 +115,12 @@ def protocol(row: Row, run: Path, data: str) -> str:
     return "paper" if not differ else "reduced: " + " ".join(differ)
 
 
-def table_row(row: Row, run: Path, data: str, wall: float, threads: int) -> Dict:
+def table_row(row: Row, run: Path, wall: float, threads: int, configs: Path) -> Dict:
     config = pyrovae.load_config(str(run / "config.toml"))
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     evaluation = json.loads((run / "evaluation_best.json").read_text())
     best = max((m for m in metrics if m.get("validation_elbo") is not None), key=lambda m: m["validation_elbo"])
-    kind = protocol(row, run, data)
+    kind = protocol(row, run, configs)
     nll = round(evaluation["test_nll"], 2)
     return {"row": row.name, "model": row.model, "prior": row.prior, "data": config.data.name, "protocol": kind,
             "epochs_trained": metrics[-1]["epoch"], "best_epoch": evaluation["epoch"], "test_nll": nll,
@@ -161,8 +163,9 @@ def run_row(row: Row, args) -> Optional[Dict]:
     threads = ["--threads", str(args.threads)]
     device = ["--set", f"train.device={args.device}"]
     if not (run / "config.toml").is_file():
-        sets = [item for s in [f"data.path={args.data}", *args.set] for item in ("--set", s)]
-        command = pyrovae_command("train", str(CONFIGS / f"{row.name}.toml"), "-o", str(run), "-q",
+        data = [f"data.path={args.data}"] if args.data else []
+        sets = [item for s in [*data, *args.set] for item in ("--set", s)]
+        command = pyrovae_command("train", str(args.configs / f"{row.name}.toml"), "-o", str(run), "-q",
                                   *threads, *device, *sets)
     else:
         command = pyrovae_command("train", "-o", str(run), "--resume", "-q", *threads, *device)
@@ -177,12 +180,13 @@ def run_row(row: Row, args) -> Optional[Dict]:
         print(f"field_mnist: {row.name}: {' '.join(command[2:])}", flush=True)
         if clock.run(command) != 0:
             return None
-    return table_row(row, run, args.data, clock.seconds, args.threads)
+    return table_row(row, run, clock.seconds, args.threads, args.configs)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="the folder of binarized_mnist_{train,valid,test}.amat")
+    parser.add_argument("--data", help="the folder of binarized_mnist_{train,valid,test}.amat (default: the "
+                                       "configs' data.path, data/static_mnist, where they are downloaded when missing)")
     parser.add_argument("--runs", type=Path, default=Path("runs/field"), help="where the rows' run folders go")
     parser.add_argument("--rows", nargs="+", choices=[r.name for r in ROWS], default=[r.name for r in ROWS])
     parser.add_argument("--threads", type=int, default=1, help="torch threads per command")
@@ -191,6 +195,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="an override for a new row (marks it reduced: not the paper's protocol)")
     parser.add_argument("--csv", type=Path, default=CSV)
+    parser.add_argument("--configs", type=Path, default=CONFIGS,
+                        help="the folder of the rows' configs (<row>.toml; default examples/configs/field; "
+                             "another folder's rows are marked 'own config')")
     args = parser.parse_args(argv)
     args.runs.mkdir(parents=True, exist_ok=True)
     scored = {}

@@ -1,0 +1,98 @@
+"""docs/results/field_mnist.py, the runner of the field's rows: a row interrupted and run again ends
+where the uninterrupted row ends, bit for bit; each row is evaluated once and written to the CSV
+beside the rows already there, marked reduced when it did not run the paper's protocol."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNNER = ROOT / "docs" / "results" / "field_mnist.py"
+#: the first row's config on the embedded digits, with small networks: the runner's mechanics, not the protocol
+SMALL = """
+[data]
+name = "digits"
+validation_fraction = 0.2
+[model]
+latent_dim = 4
+encoder = { name = "mlp", hidden = [16], activation = "gated", log_var_range = [-6.0, 2.0] }
+decoder = { name = "mlp", hidden = [16], activation = "gated" }
+[train]
+epochs = 5
+batch_size = 100
+estimator = "mc"
+kl_warmup_epochs = 5
+eval_every = 1
+early_stopping = { metric = "validation_elbo", patience = 50 }
+[optim]
+name = "adam"
+lr = 5e-4
+"""
+
+
+def small_configs(folder: Path) -> Path:
+    configs = folder / "configs"
+    configs.mkdir(exist_ok=True)
+    (configs / "vae_static_mnist.toml").write_text(SMALL)
+    return configs
+
+
+def runner(runs, csv_path, *extra, **popen):
+    configs = small_configs(runs.parent)
+    command = [sys.executable, str(RUNNER), "--runs", str(runs), "--configs", str(configs), "--rows",
+               "vae_static_mnist", "--nll-samples", "20", "--csv", str(csv_path), *extra]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def records(run):
+    keep = ("epoch", "step", "train_elbo", "train_objective", "validation_elbo", "test_elbo", "beta")
+    return [{k: json.loads(line)[k] for k in keep} for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_row_interrupted_and_run_again_ends_bit_for_bit_where_the_whole_row_ends(tmp_path):
+    config = small_configs(tmp_path) / "vae_static_mnist.toml"
+    whole = subprocess.run([sys.executable, "-m", "pyrovae", "train", str(config),
+                            "-o", str(tmp_path / "whole"), "-q", "--threads", "1", "--set", "train.device=cpu"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)  # the runner's command for a new row
+    assert whole.returncode == 0, whole.stderr
+
+    cut = runner(tmp_path / "cut", tmp_path / "cut.csv", start_new_session=True)
+    metrics = tmp_path / "cut" / "vae_static_mnist" / "metrics.jsonl"
+    while cut.poll() is None and not (metrics.is_file() and metrics.read_text().count("\n") >= 1):
+        time.sleep(0.02)
+    os.killpg(cut.pid, signal.SIGTERM)  # as a terminal's Ctrl-C reaches the runner (and only it)
+    out, err = cut.communicate(timeout=600)
+    assert cut.returncode != 0 and "run the same command again to resume it" in err, (out, err)
+    assert len(records(tmp_path / "cut" / "vae_static_mnist")) < 5
+    assert not (tmp_path / "cut.csv").exists()
+
+    again = runner(tmp_path / "cut", tmp_path / "cut.csv")
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    assert records(tmp_path / "cut" / "vae_static_mnist") == records(tmp_path / "whole")
+    evaluation = json.loads((tmp_path / "cut" / "vae_static_mnist" / "evaluation_best.json").read_text())
+    assert evaluation["nll_samples"] == 20 and evaluation["checkpoint"] == "best"
+    (row,) = csv.DictReader((tmp_path / "cut.csv").read_text().splitlines())
+    assert float(row["test_nll"]) == round(evaluation["test_nll"], 2) and row["best_epoch"] == str(evaluation["epoch"])
+    assert row["row"] == "vae_static_mnist" and row["paper_nll"] == "88.56" and row["reached"] == "no"
+    assert row["protocol"] == "own config" and row["data"] == "digits"
+    assert float((tmp_path / "cut" / "vae_static_mnist.seconds").read_text()) > 0
+
+
+def test_the_csv_keeps_the_rows_it_did_not_score(tmp_path):
+    sys.path.insert(0, str(RUNNER.parent))
+    try:
+        import field_mnist
+    finally:
+        sys.path.remove(str(RUNNER.parent))
+    path = tmp_path / "t.csv"
+    path.write_text("row,test_nll\nhvae_static_mnist,86.1\nsomething_else,1\n")
+    field_mnist.write_csv(path, {"vae_static_mnist": {"row": "vae_static_mnist", "test_nll": 89.0}}, tmp_path)
+    lines = list(csv.DictReader(path.read_text().splitlines()))
+    assert [(r["row"], r["test_nll"]) for r in lines] == [("vae_static_mnist", "89.0"), ("hvae_static_mnist", "86.1"),
+                                                          ("something_else", "1")]
