@@ -11,16 +11,17 @@ single-sample estimate (log p(x|z) + log p(z) - log q(z|x)) with a KL weight, Ad
 
 Both draw batches by index from one tensor. The loops alternate, their order rotating between
 repeats; the table gives images per second (medians), an epoch's time (50,000 images), and the
-ratio of the times within each repeat (then the median). ``--prior standard`` times the same
-model with the standard normal prior (the field's first row).
+ratio of the times within each repeat (then the median); ``--prior`` vamp and standard (the
+default: both) time the model with the VampPrior and with the standard normal prior (the field's
+first two rows). One torch thread by default, as the field's runs.
 
 ``--nll`` then times the final score, ``pyrovae.log_likelihood`` with K = 5000 importance
 samples, on ``--nll-images`` test images against its floor: the time the decoder's matrix
 products (40 -> 2 x 300 -> 2 x 300 -> 784 per sample) take at the matmul rate measured in the same
 process on the same shapes.
 
-    python benchmarks/vampprior.py --threads 1 --json benchmarks/latest-vampprior-cpu.json
-    python benchmarks/vampprior.py --threads 1 --prior standard --steps 200 --nll
+    python benchmarks/vampprior.py --nll --nll-images 20 --json benchmarks/latest-vampprior-cpu.json
+    python benchmarks/vampprior.py --prior vamp --steps 50 --repeats 3
 """
 
 import argparse
@@ -169,8 +170,9 @@ def time_log_likelihood(x_test, images, samples, vamp, repeats=3):
             "nll_over_floor_all": ratios, "nll_block_rows": rows}
 
 
-def compare_training(x, args, vamp):
+def compare_training(x, args, prior):
     """The two loops in alternating repeats: images per second, an epoch's time, the ratios."""
+    vamp = prior == "vamp"
     loops = {"torch": run_torch, "pyrovae": run_pyrovae}
     for loop in loops.values():  # warm-up
         loop(x, max(2, args.steps // 10), vamp)
@@ -190,14 +192,14 @@ def compare_training(x, args, vamp):
     print("\n| prior | torch img/s | pyrovae img/s | torch s/epoch | pyrovae s/epoch | pyrovae time / torch "
           "| median of per-repeat ratios |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    print(f"| {args.prior} | {med['torch']:,.0f} | {med['pyrovae']:,.0f} | {out['torch_epoch_seconds']:.1f} | "
+    print(f"| {prior} | {med['torch']:,.0f} | {med['pyrovae']:,.0f} | {out['torch_epoch_seconds']:.1f} | "
           f"{out['pyrovae_epoch_seconds']:.1f} | {out['pyrovae_vs_torch_time']:.2f} | {paired:.2f} |")
     return out
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prior", choices=["vamp", "standard"], default="vamp")
+    parser.add_argument("--prior", nargs="+", choices=["vamp", "standard"], default=["vamp", "standard"])
     parser.add_argument("--steps", type=int, default=100, help="steps per loop per repeat")
     parser.add_argument("--repeats", type=int, default=5, help="alternating repeats (0: time no training)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the field's runs use 1)")
@@ -207,26 +209,31 @@ def main(argv=None):
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    vamp = args.prior == "vamp"
     x, x_test, source = load_static_mnist()
     print(f"data: {source}; {torch.get_num_threads()} thread(s); torch {torch.__version__}; "
-          f"prior: {args.prior}; {args.steps} steps of {BATCH} per loop per repeat")
-    row = {"prior": args.prior, "batch_size": BATCH, "data": source, "threads": torch.get_num_threads(),
-           "torch_version": torch.__version__, "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
-    if args.repeats:
-        row.update(compare_training(x, args, vamp))
-    if args.nll:
-        row.update(time_log_likelihood(x_test, args.nll_images, args.nll_samples, vamp))
-        print(f"\nlog_likelihood, K = {row['nll_samples']}: {row['nll_images']} images in {row['nll_seconds']:.1f} s "
-              f"(10000 images: about {row['nll_seconds_for_10000_images'] / 60:.0f} min); the decoder's matrix "
-              f"products alone: {row['nll_floor_seconds']:.1f} s, so {row['nll_over_floor']:.2f}x the floor "
-              f"(repeats: {', '.join(f'{r:.2f}' for r in row['nll_over_floor_all'])})")
+          f"{args.steps} steps of {BATCH} per loop per repeat")
+    rows = []
+    for prior in args.prior:
+        torch.manual_seed(0)
+        vamp = prior == "vamp"
+        row = {"prior": prior, "batch_size": BATCH, "data": source, "threads": torch.get_num_threads(),
+               "torch_version": torch.__version__, "python": platform.python_version(),
+               "date": time.strftime("%Y-%m-%d")}
+        if args.repeats:
+            row.update(compare_training(x, args, prior))
+        if args.nll:
+            row.update(time_log_likelihood(x_test, args.nll_images, args.nll_samples, vamp))
+            print(f"{prior}: log_likelihood, K = {row['nll_samples']}: {row['nll_images']} images in "
+                  f"{row['nll_seconds']:.1f} s (10000 images: about {row['nll_seconds_for_10000_images'] / 60:.0f} "
+                  f"min); the decoder's matrix products alone: {row['nll_floor_seconds']:.1f} s, so "
+                  f"{row['nll_over_floor']:.2f}x the floor (repeats: "
+                  f"{', '.join(f'{r:.2f}' for r in row['nll_over_floor_all'])})")
+        rows.append(row)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps([row], indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
         print(f"\nwritten: {args.json}")
-    return row
+    return rows
 
 
 if __name__ == "__main__":

@@ -81,18 +81,44 @@ def test_a_row_interrupted_and_run_again_ends_bit_for_bit_where_the_whole_row_en
     assert float(row["test_nll"]) == round(evaluation["test_nll"], 2) and row["best_epoch"] == str(evaluation["epoch"])
     assert row["row"] == "vae_static_mnist" and row["paper_nll"] == "88.56" and row["reached"] == "no"
     assert row["protocol"] == "own config" and row["data"] == "digits"
+    field_mnist = runner_module()
+    table = (tmp_path / "cut.md").read_text()
+    assert table == field_mnist.markdown_table({"vae_static_mnist": row})
+    assert f"| VAE | standard normal | 88.56 | 89.78 | {float(row['test_nll']):.2f} |" in table
     assert float((tmp_path / "cut" / "vae_static_mnist.seconds").read_text()) > 0
 
 
-def test_the_csv_keeps_the_rows_it_did_not_score(tmp_path):
+def runner_module():
     sys.path.insert(0, str(RUNNER.parent))
     try:
         import field_mnist
     finally:
         sys.path.remove(str(RUNNER.parent))
+    return field_mnist
+
+
+def test_the_pages_table_is_the_committed_csvs():
+    """docs/field.md shows docs/results/field_mnist.md: it must be what the CSV says."""
+    field_mnist = runner_module()
+    committed = field_mnist.CSV.with_suffix(".md").read_text()
+    assert committed == field_mnist.markdown_table(field_mnist.read_csv(field_mnist.CSV))
+
+
+def test_the_csv_keeps_the_rows_it_did_not_score(tmp_path):
+    field_mnist = runner_module()
+
+    def line(row, nll):
+        numbers = dict(difference=0.5, wall_hours=1.0, epochs_trained=10, best_epoch=5, threads=1)
+        return {**{key: "x" for key in field_mnist.FIELDS}, **numbers, "row": row, "test_nll": nll}
+
     path = tmp_path / "t.csv"
-    path.write_text("row,test_nll\nhvae_static_mnist,86.1\nsomething_else,1\n")
-    field_mnist.write_csv(path, {"vae_static_mnist": {"row": "vae_static_mnist", "test_nll": 89.0}}, tmp_path)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, field_mnist.FIELDS)
+        writer.writeheader()
+        writer.writerows([line("hvae_static_mnist", 86.1), line("something_else", 1)])
+    field_mnist.write_csv(path, {"vae_static_mnist": line("vae_static_mnist", 89.0)}, tmp_path)
     lines = list(csv.DictReader(path.read_text().splitlines()))
     assert [(r["row"], r["test_nll"]) for r in lines] == [("vae_static_mnist", "89.0"), ("hvae_static_mnist", "86.1"),
                                                           ("something_else", "1")]
+    table = (tmp_path / "t.md").read_text()
+    assert "| 89.00 |" in table and "| 86.10 |" in table and table.count("not run to its end yet") == 2

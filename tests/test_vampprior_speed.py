@@ -115,3 +115,12 @@ def test_the_bernoulli_log_density_is_x_l_minus_softplus_l_in_value_and_gradient
     grads = torch.autograd.grad(value.sum(), [logits, x])
     for a, b in zip(grads, torch.autograd.grad(expected.sum(), [logits, x])):
         torch.testing.assert_close(a, b)
+
+
+def test_a_training_step_runs_the_pseudo_inputs_through_the_encoder_once_whatever_the_particles():
+    vae, passes = _counted_vamp()
+    x = (torch.rand(9, 10) > 0.5).float()
+    for particles in (1, 5):
+        passes.clear()
+        vae.terms(x, particles).elbo.mean().backward()
+        assert sorted(passes) == [6, 9]  # the pseudo-inputs once, the batch once

@@ -9,7 +9,8 @@ after an interruption (Ctrl-C, a signal, a lost machine) and each row goes on wh
 a row with a run folder is resumed from its checkpoint (``pyrovae train --resume``, bit for bit: the
 checkpoint holds the model, the optimizer, every random state and the data order), a finished
 row is evaluated once, and an evaluated row is only read. The CSV keeps the rows of other runs
-(another machine's, a GPU's) and replaces those scored here.
+(another machine's, a GPU's) and replaces those scored here; ``docs/results/field_mnist.md``, the
+table the page docs/field.md shows, is written from it (``--table-only`` writes only that).
 
 A row trained with ``--set`` (a smaller budget, another seed) is marked ``reduced: <keys>`` in the
 ``protocol`` column and does not count as reaching the paper's number. The wall time is the
@@ -56,7 +57,7 @@ class Row:
 
 #: the rows in the order they run; the paper's values are Table 2 (static MNIST, MLPs, L = 1 and 2)
 ROWS = (
-    Row("vae_static_mnist", "VAE", "standard normal", 88.56, 88.9),
+    Row("vae_static_mnist", "VAE", "standard normal", 88.56, 88.9, pythae_nll=89.78),
     Row("vampprior_static_mnist", "VAE", "VampPrior (K = 500)", 85.57, 85.9, pythae_nll=85.79),
     Row("hvae_static_mnist", "HVAE (2 levels)", "standard normal", 86.05, 86.35),
     Row("hvae_vampprior_static_mnist", "HVAE (2 levels)", "VampPrior (K = 500)", 83.19, 83.49),
@@ -135,19 +136,43 @@ def table_row(row: Row, run: Path, wall: float, threads: int, configs: Path) -> 
 
 
 def write_csv(path: Path, scored: Dict[str, Dict], runs: Path) -> None:
-    """The rows scored now replace their old lines; the others stay; the order is :data:`ROWS`'.
+    """The rows scored now replace their old lines; the others stay; the order is :data:`ROWS`'; then
+    the markdown table beside it.
     Runners of other rows into the same ``runs`` wait for each other (``runs/.csv.lock``)."""
     with (runs / ".csv.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         _merge_csv(path, scored)
 
 
+def markdown_table(lines: Dict[str, Dict]) -> str:
+    """The page's table (docs/field.md includes it): every row of :data:`ROWS`, ours where the CSV
+    has it, beside the paper's and pythae's values."""
+    out = ["| model | prior | paper | pythae | pyrovae | difference | target | reached | epochs (best) "
+           "| protocol | hours | device, threads |",
+           "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- | ---: | --- |"]
+    for row in ROWS:
+        pythae = "" if row.pythae_nll is None else f"{row.pythae_nll:.2f}"
+        line = lines.get(row.name)
+        if line is None:
+            out.append(f"| {row.model} | {row.prior} | {row.paper_nll:.2f} | {pythae} | not run to its end yet "
+                       f"| | {row.target_nll:.2f} | | | | | |")
+            continue
+        out.append(f"| {row.model} | {row.prior} | {row.paper_nll:.2f} | {pythae} | {float(line['test_nll']):.2f} "
+                   f"| {float(line['difference']):+.2f} | {row.target_nll:.2f} | {line['reached']} "
+                   f"| {line['epochs_trained']} ({line['best_epoch']}) | {line['protocol']} "
+                   f"| {float(line['wall_hours']):.1f} | {line['device']}, {line['threads']} |")
+    return "\n".join(out) + "\n"
+
+
+def read_csv(path: Path) -> Dict[str, Dict]:
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        return {line["row"]: line for line in csv.DictReader(f)}
+
+
 def _merge_csv(path: Path, scored: Dict[str, Dict]) -> None:
-    kept = {}
-    if path.is_file():
-        with path.open(newline="") as f:
-            kept = {line["row"]: line for line in csv.DictReader(f)}
-    merged = {**kept, **scored}
+    merged = {**read_csv(path), **scored}
     order = [r.name for r in ROWS] + sorted(set(merged) - {r.name for r in ROWS})
     temporary = path.with_suffix(".tmp")
     with temporary.open("w", newline="") as f:
@@ -155,6 +180,15 @@ def _merge_csv(path: Path, scored: Dict[str, Dict]) -> None:
         writer.writeheader()
         writer.writerows(merged[name] for name in order if name in merged)
     os.replace(temporary, path)
+    write_table(path)
+
+
+def write_table(path: Path) -> None:
+    """The CSV's table as markdown, beside it (``<csv>.md``)."""
+    table = path.with_suffix(".md")
+    temporary = table.with_suffix(".md.tmp")
+    temporary.write_text(markdown_table(read_csv(path)))
+    os.replace(temporary, table)
 
 
 def run_row(row: Row, args) -> Optional[Dict]:
@@ -198,7 +232,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--configs", type=Path, default=CONFIGS,
                         help="the folder of the rows' configs (<row>.toml; default examples/configs/field; "
                              "another folder's rows are marked 'own config')")
+    parser.add_argument("--table-only", action="store_true", help="only write the CSV's markdown table (<csv>.md)")
     args = parser.parse_args(argv)
+    if args.table_only:
+        write_table(args.csv)
+        return 0
     args.runs.mkdir(parents=True, exist_ok=True)
     scored = {}
     try:
