@@ -63,15 +63,17 @@ def _mlp(sizes: List[int], activation: str) -> nn.Sequential:
     layer a :class:`GatedDense` (its gate is its non-linearity), the last a linear one."""
     _check_mlp_activation(activation)
     pairs = list(zip(sizes[:-1], sizes[1:]))
-    return nn.Sequential(*[_hidden_layer(n_in, n_out, activation) for n_in, n_out in pairs[:-1]],
-                         *[nn.Linear(n_in, n_out) for n_in, n_out in pairs[-1:]])
+    hidden = [layer for n_in, n_out in pairs[:-1] for layer in _hidden_layer(n_in, n_out, activation)]
+    return nn.Sequential(*hidden, *[nn.Linear(n_in, n_out) for n_in, n_out in pairs[-1:]])
 
 
-def _hidden_layer(n_in: int, n_out: int, activation: str) -> nn.Module:
-    """One hidden layer: a :class:`GatedDense`, or a linear layer and the activation."""
+def _hidden_layer(n_in: int, n_out: int, activation: str) -> List[nn.Module]:
+    """One hidden layer's modules: a :class:`GatedDense`, or a linear layer and the activation (a
+    flat list: an MLP's parameter names, ``net.0.weight``, ``net.2.weight``, ..., are those its
+    checkpoints have always had)."""
     if activation == GATED:
-        return GatedDense(n_in, n_out)
-    return nn.Sequential(nn.Linear(n_in, n_out), _activation(activation))
+        return [GatedDense(n_in, n_out)]
+    return [nn.Linear(n_in, n_out), _activation(activation)]
 
 
 class TwoInputMLP(nn.Module):
@@ -89,8 +91,8 @@ class TwoInputMLP(nn.Module):
     def __init__(self, sizes_in: Tuple[int, int], hidden: int, n_out: int, activation: str = GATED):
         super().__init__()
         _check_mlp_activation(activation)
-        self.first = nn.ModuleList(_hidden_layer(n, hidden, activation) for n in sizes_in)
-        self.joint = _hidden_layer(2 * hidden, hidden, activation)
+        self.first = nn.ModuleList(nn.Sequential(*_hidden_layer(n, hidden, activation)) for n in sizes_in)
+        self.joint = nn.Sequential(*_hidden_layer(2 * hidden, hidden, activation))
         self.out = nn.Linear(hidden, n_out)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
