@@ -1,6 +1,6 @@
-"""docs/results/field_mnist.py, the runner of the field's rows: a row interrupted and run again ends
-where the uninterrupted row ends, bit for bit; each row is evaluated once and written to the CSV
-beside the rows already there, marked reduced when it did not run the paper's protocol."""
+"""docs/results/field_mnist.py, the runner of the field's rows: a row interrupted and run again goes
+on from its checkpoint; each row is evaluated once and written to the CSV beside the rows already
+there, with the page's table."""
 
 import csv
 import json
@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = ROOT / "docs" / "results" / "field_mnist.py"
@@ -54,38 +56,38 @@ def records(run):
     return [{k: json.loads(line)[k] for k in keep} for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_row_interrupted_and_run_again_ends_bit_for_bit_where_the_whole_row_ends(tmp_path):
-    config = small_configs(tmp_path) / "vae_static_mnist.toml"
-    whole = subprocess.run([sys.executable, "-m", "pyrovae", "train", str(config),
-                            "-o", str(tmp_path / "whole"), "-q", "--threads", "1", "--set", "train.device=cpu"],
-                           cwd=ROOT, capture_output=True, text=True, timeout=600)  # the runner's command for a new row
-    assert whole.returncode == 0, whole.stderr
-
-    cut = runner(tmp_path / "cut", tmp_path / "cut.csv", start_new_session=True)
-    metrics = tmp_path / "cut" / "vae_static_mnist" / "metrics.jsonl"
-    while cut.poll() is None and not (metrics.is_file() and metrics.read_text().count("\n") >= 1):
+def test_a_row_interrupted_and_run_again_goes_on_from_its_checkpoint_and_is_scored_once(tmp_path, monkeypatch):
+    """The runner resumes a row with ``pyrovae train --resume`` (bit for bit: tests/test_reliability.py
+    and tests/test_runfolder.py), so the row's epochs follow on, none lost or repeated."""
+    cut = runner(tmp_path / "runs", tmp_path / "field.csv", start_new_session=True)
+    run = tmp_path / "runs" / "vae_static_mnist"
+    while cut.poll() is None and not ((run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text()):
         time.sleep(0.02)
     os.killpg(cut.pid, signal.SIGTERM)  # as a terminal's Ctrl-C reaches the runner (and only it)
     out, err = cut.communicate(timeout=600)
     assert cut.returncode != 0 and "run the same command again to resume it" in err, (out, err)
-    assert len(records(tmp_path / "cut" / "vae_static_mnist")) < 5
-    assert not (tmp_path / "cut.csv").exists()
+    assert len(records(run)) < 5 and not (tmp_path / "field.csv").exists()
 
-    again = runner(tmp_path / "cut", tmp_path / "cut.csv")
+    again = runner(tmp_path / "runs", tmp_path / "field.csv")
     out, err = again.communicate(timeout=600)
     assert again.returncode == 0, err
-    assert records(tmp_path / "cut" / "vae_static_mnist") == records(tmp_path / "whole")
-    evaluation = json.loads((tmp_path / "cut" / "vae_static_mnist" / "evaluation_best.json").read_text())
+    assert f"pyrovae train -o {run} --resume" in out
+    assert [r["epoch"] for r in records(run)] == [1, 2, 3, 4, 5]
+    evaluation = json.loads((run / "evaluation_best.json").read_text())
     assert evaluation["nll_samples"] == 20 and evaluation["checkpoint"] == "best"
-    (row,) = csv.DictReader((tmp_path / "cut.csv").read_text().splitlines())
+    (row,) = csv.DictReader((tmp_path / "field.csv").read_text().splitlines())
     assert float(row["test_nll"]) == round(evaluation["test_nll"], 2) and row["best_epoch"] == str(evaluation["epoch"])
     assert row["row"] == "vae_static_mnist" and row["paper_nll"] == "88.56" and row["reached"] == "no"
-    assert row["protocol"] == "own config" and row["data"] == "digits"
-    field_mnist = runner_module()
-    table = (tmp_path / "cut.md").read_text()
-    assert table == field_mnist.markdown_table({"vae_static_mnist": row})
+    assert row["protocol"] == "own config" and row["data"] == "digits" and row["epochs_trained"] == "5"
+    table = (tmp_path / "field.md").read_text()
+    assert table == runner_module().markdown_table({"vae_static_mnist": row})
     assert f"| VAE | standard normal | 88.56 | 89.78 | {float(row['test_nll']):.2f} |" in table
-    assert float((tmp_path / "cut" / "vae_static_mnist.seconds").read_text()) > 0
+    assert float((tmp_path / "runs" / "vae_static_mnist.seconds").read_text()) > 0
+
+    field_mnist = runner_module()  # a scored row is only read: no command runs
+    args = field_mnist.parse_args(["--runs", str(tmp_path / "runs"), "--configs", str(tmp_path / "configs")])
+    monkeypatch.setattr(field_mnist.WallClock, "run", lambda clock, command: pytest.fail(f"ran {command}"))
+    assert {k: str(v) for k, v in field_mnist.run_row(field_mnist.ROWS[0], args).items()} == row
 
 
 def runner_module():

@@ -100,13 +100,14 @@ def test_its_vampprior_is_over_z2_with_pseudo_inputs_in_the_datas_space_read_onc
     torch.testing.assert_close(model.prior.distribution().log_prob(z2), expected)
 
 
-def test_a_config_names_it_and_it_trains_samples_and_scores(tmp_path):
-    prior = VAMP
+def test_a_config_names_it_and_it_trains_samples_and_scores():
     from pyrovae.app.config_files import config_from_dict
 
     config = config_from_dict({"model": {"family": "two_level_vae", "latent_dim": 3, "latent_dim2": 2, "hidden": 16,
-                                         "prior": prior}, "train": {"max_steps": 3, "progress": False}})
-    run = pyrovae.train(config, tmp_path / "run")
-    model = pyrovae.load(run)
-    assert isinstance(model, TwoLevelVAE) and model.sample(4).shape == (4, 1, 8, 8)
+                                         "prior": VAMP}})
+    data = pyrovae.load_dataset("digits")
+    model = pyrovae.build_model(config.model, data.event_shape)
+    assert isinstance(model, TwoLevelVAE) and model.prior.pseudo_inputs.shape == (5, *data.event_shape)
+    metrics = pyrovae.fit(model, data, max_steps=3, progress=False)
+    assert math.isfinite(metrics[-1]["test_elbo"]) and model.sample(4).shape == (4, *data.event_shape)
     assert torch.isfinite(pyrovae.log_likelihood(model, model.sample(3, mean=False), 10)).all()
