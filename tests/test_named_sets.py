@@ -113,20 +113,6 @@ def test_absent_named_sets_are_one_line(tmp_path, name, expected):
     assert "\n" not in str(info.value) and "data.download = false" in str(info.value)
 
 
-STATIC_MNIST = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data" / "static_mnist"
-
-
-@pytest.mark.skipif(not STATIC_MNIST.is_dir(), reason="needs ../shared/data/static_mnist")
-def test_static_mnist_reads_the_three_standard_files_exactly():
-    """Larochelle's fixed binarization: 50000 / 10000 / 10000 images, their pixel sums as published
-    with the files, the validation file as the validation split, no binarization on top."""
-    data = pyrovae.load_dataset("static_mnist", path=str(STATIC_MNIST), download=False)
-    assert (data.num_train, len(data.validation_split), len(data.test)) == (50_000, 10_000, 10_000)
-    assert data.event_shape == (1, 28, 28) and data.binarize == "none"
-    train = data.train_points(torch.arange(data.num_train))
-    validation = data.validation_split[:]
-    assert (int(train.sum()), int(validation.sum()), int(data.test.sum())) == (5_118_041, 1_028_036, 1_038_896)
-    assert set(torch.unique(train).tolist()) == {0.0, 1.0}
 
 
 def amat(path, rows, values=784, text=None):
