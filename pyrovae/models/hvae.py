@@ -38,12 +38,38 @@ from pyrovae.parts.posteriors import POSTERIORS
 from pyrovae.parts.priors import PRIORS, Prior
 from pyrovae.registry import Spec
 
+
+def part(registry, spec, where: str, **context) -> nn.Module:
+    """A module given as it is, or the registered part a spec names, built with ``context``."""
+    return spec if isinstance(spec, nn.Module) else registry.build(spec, where, **context)
+
+
+class TwoStochasticLayers(Model):
+    """The generative model p(z2) p(z1 | z2) p(x | ...) of the two-layer families: z2 from the prior,
+    z1 ~ N(mu(z2), diag sigma^2(z2)) through ``decoder2``, x from :meth:`x_given` (what the family's
+    decoder reads: ``hvae`` z1, ``two_level_vae`` z1 and z2). A family sets ``prior`` and
+    ``decoder2`` and writes its guide."""
+
+    def model(self, batch, num_data: Optional[int] = None):
+        """p(z2) p(z1 | z2) p_theta(x | ...) under the plate "data"."""
+        batch = as_batch(batch)
+        x = batch.x  # None: drawn from the prior (Batch.without_data)
+        with self.data_plate(batch, num_data):
+            z2 = pyro.sample("z2", self.prior((len(batch),)))
+            loc, log_var = self.decoder2(z2)
+            z1 = pyro.sample("z1", dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1))
+            pyro.sample("x", self.x_given(z1, z2, batch=x), obs=x)
+
+    def x_given(self, z1: torch.Tensor, z2: torch.Tensor, batch=None) -> dist.TorchDistribution:
+        raise NotImplementedError
+
+
 _TANH_200 = {"name": "mlp", "hidden": [200, 200], "activation": "tanh"}
 _TANH_100 = {"name": "mlp", "hidden": [100, 100], "activation": "tanh"}
 
 
 @MODELS.register("hvae")
-class HVAE(Model):
+class HVAE(TwoStochasticLayers):
     """Two stochastic layers, z2 -> z1 -> x (see the module docstring).
 
     :param tuple event_shape: the shape of one data point.
@@ -74,33 +100,20 @@ class HVAE(Model):
             raise ValueError(f"latent_dim and latent_dim2 must be >= 1, got {latent_dim} and {latent_dim2}")
         self.latent_dim, self.latent_dim2 = int(latent_dim), int(latent_dim2)
 
-        def build(registry, spec, where, **context):
-            return spec if isinstance(spec, nn.Module) else registry.build(spec, where, **context)
-
-        self.prior = build(PRIORS, prior, "model.prior", latent_dim=self.latent_dim2)
-        self.likelihood = build(LIKELIHOODS, likelihood, "model.likelihood", event_shape=self.event_shape)
-        self.encoder = build(ENCODERS, encoder, "model.encoder", event_shape=self.event_shape,
+        self.prior = part(PRIORS, prior, "model.prior", latent_dim=self.latent_dim2)
+        self.likelihood = part(LIKELIHOODS, likelihood, "model.likelihood", event_shape=self.event_shape)
+        self.encoder = part(ENCODERS, encoder, "model.encoder", event_shape=self.event_shape,
                              latent_dim=self.latent_dim)
-        self.decoder = build(DECODERS, decoder, "model.decoder", event_shape=self.event_shape,
+        self.decoder = part(DECODERS, decoder, "model.decoder", event_shape=self.event_shape,
                              latent_dim=self.latent_dim, num_params=self.likelihood.num_params)
-        self.encoder2 = build(ENCODERS, encoder2, "model.encoder2", event_shape=(self.latent_dim,),
+        self.encoder2 = part(ENCODERS, encoder2, "model.encoder2", event_shape=(self.latent_dim,),
                               latent_dim=self.latent_dim2)
-        self.decoder2 = build(ENCODERS, decoder2, "model.decoder2", event_shape=(self.latent_dim2,),
+        self.decoder2 = part(ENCODERS, decoder2, "model.decoder2", event_shape=(self.latent_dim2,),
                               latent_dim=self.latent_dim)
-        self.posterior1 = build(POSTERIORS, posterior, "model.posterior", latent_dim=self.latent_dim)
-        self.posterior2 = build(POSTERIORS, posterior, "model.posterior", latent_dim=self.latent_dim2)
+        self.posterior1 = part(POSTERIORS, posterior, "model.posterior", latent_dim=self.latent_dim)
+        self.posterior2 = part(POSTERIORS, posterior, "model.posterior", latent_dim=self.latent_dim2)
         if hasattr(self.prior, "attach"):  # the VampPrior runs an encoder on its pseudo-inputs: here z1 -> z2
             self.prior.attach(self.encoder2, (self.latent_dim,))
-
-    def model(self, batch, num_data: Optional[int] = None):
-        """p(z2) p(z1 | z2) p_theta(x | z1) under the plate "data"."""
-        batch = as_batch(batch)
-        x = batch.x  # None: drawn from the prior (Batch.without_data)
-        with self.data_plate(batch, num_data):
-            z2 = pyro.sample("z2", self.prior((len(batch),)))
-            loc, log_var = self.decoder2(z2)
-            z1 = pyro.sample("z1", dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1))
-            pyro.sample("x", self.likelihood_dist(z1, batch=x), obs=x)
 
     def guide(self, batch, num_data: Optional[int] = None):
         """q(z1 | x) q(z2 | z1) under the same plate."""
@@ -108,6 +121,9 @@ class HVAE(Model):
         with self.data_plate(x, num_data):
             z1 = pyro.sample("z1", self.posterior1(*self.encoder(x)))
             pyro.sample("z2", self.posterior2(*self.encoder2(z1)))
+
+    def x_given(self, z1, z2, batch=None):
+        return self.likelihood_dist(z1, batch)
 
     def likelihood_dist(self, z1: torch.Tensor, batch=None) -> dist.TorchDistribution:
         """p_theta(x | z1) (for the points of ``batch`` if given) with the data's event shape."""

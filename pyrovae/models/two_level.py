@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from pyrovae.data.batch import as_batch
-from pyrovae.models.base import Model
+from pyrovae.models.hvae import TwoStochasticLayers, part
 from pyrovae.models.registry import MODELS
 from pyrovae.parts.likelihoods import LIKELIHOODS, Likelihood
 from pyrovae.parts.nets import ENCODERS, TwoInputMLP, checked_range
@@ -52,7 +52,7 @@ _GATED_300 = {"name": "mlp", "hidden": [300, 300], "activation": "gated", "log_v
 
 
 @MODELS.register("two_level_vae")
-class TwoLevelVAE(Model):
+class TwoLevelVAE(TwoStochasticLayers):
     """Tomczak & Welling's two-level VAE (see the module docstring).
 
     :param tuple event_shape: the shape of one data point.
@@ -86,33 +86,20 @@ class TwoLevelVAE(Model):
         self.latent_dim, self.latent_dim2 = int(latent_dim), int(latent_dim2)
         self.log_var_range = checked_range("log_var_range", log_var_range)
 
-        def build(registry, spec, where, **context):
-            return spec if isinstance(spec, nn.Module) else registry.build(spec, where, **context)
-
         data_size = math.prod(self.event_shape)
-        self.prior = build(PRIORS, prior, "model.prior", latent_dim=self.latent_dim2)
-        self.likelihood = build(LIKELIHOODS, likelihood, "model.likelihood", event_shape=self.event_shape)
-        self.encoder = build(ENCODERS, encoder, "model.encoder", event_shape=self.event_shape,
+        self.prior = part(PRIORS, prior, "model.prior", latent_dim=self.latent_dim2)
+        self.likelihood = part(LIKELIHOODS, likelihood, "model.likelihood", event_shape=self.event_shape)
+        self.encoder = part(ENCODERS, encoder, "model.encoder", event_shape=self.event_shape,
                              latent_dim=self.latent_dim2)
-        self.decoder2 = build(ENCODERS, decoder2, "model.decoder2", event_shape=(self.latent_dim2,),
+        self.decoder2 = part(ENCODERS, decoder2, "model.decoder2", event_shape=(self.latent_dim2,),
                               latent_dim=self.latent_dim)
         self.encoder1 = TwoInputMLP((data_size, self.latent_dim2), int(hidden), 2 * self.latent_dim, activation)
         self.decoder = TwoInputMLP((self.latent_dim, self.latent_dim2), int(hidden),
                                    self.likelihood.num_params * data_size, activation)
-        self.posterior1 = build(POSTERIORS, posterior, "model.posterior", latent_dim=self.latent_dim)
-        self.posterior2 = build(POSTERIORS, posterior, "model.posterior", latent_dim=self.latent_dim2)
+        self.posterior1 = part(POSTERIORS, posterior, "model.posterior", latent_dim=self.latent_dim)
+        self.posterior2 = part(POSTERIORS, posterior, "model.posterior", latent_dim=self.latent_dim2)
         if hasattr(self.prior, "attach"):  # the VampPrior: pseudo-inputs in x's space through q(z2 | x)'s network
             self.prior.attach(self.encoder, self.event_shape)
-
-    def model(self, batch, num_data: Optional[int] = None):
-        """p(z2) p(z1 | z2) p_theta(x | z1, z2) under the plate "data"."""
-        batch = as_batch(batch)
-        x = batch.x  # None: drawn from the prior (Batch.without_data)
-        with self.data_plate(batch, num_data):
-            z2 = pyro.sample("z2", self.prior((len(batch),)))
-            loc, log_var = self.decoder2(z2)
-            z1 = pyro.sample("z1", dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1))
-            pyro.sample("x", self.likelihood_dist(z1, z2, batch=x), obs=x)
 
     def guide(self, batch, num_data: Optional[int] = None):
         """q(z2 | x) q(z1 | x, z2) under the same plate."""
@@ -123,6 +110,9 @@ class TwoLevelVAE(Model):
             if self.log_var_range is not None:
                 log_var = nn.functional.hardtanh(log_var, *self.log_var_range)
             pyro.sample("z1", self.posterior1(loc, log_var))
+
+    def x_given(self, z1, z2, batch=None):
+        return self.likelihood_dist(z1, z2, batch)
 
     def likelihood_dist(self, z1: torch.Tensor, z2: torch.Tensor, batch=None) -> dist.TorchDistribution:
         """p_theta(x | z1, z2) (for the points of ``batch`` if given) with the data's event shape."""
