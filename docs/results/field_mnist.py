@@ -188,8 +188,9 @@ def write_table(path: Path) -> None:
     os.replace(temporary, table)
 
 
-def run_row(row: Row, args) -> Optional[Dict]:
-    """Train (or resume) and evaluate one row; its table line, or None where a command failed."""
+def run_row(row: Row, args) -> Dict:
+    """Train (or resume) and evaluate one row; its table line (:class:`RowStopped` where a command
+    did not end)."""
     run, clock = args.runs / row.name, WallClock(args.runs, row.name)
     best, evaluation = run / "best.pt", run / "evaluation_best.json"
     if evaluation.is_file() and evaluation.stat().st_mtime >= (run / "checkpoint.pt").stat().st_mtime:
@@ -203,17 +204,34 @@ def run_row(row: Row, args) -> Optional[Dict]:
                                   *threads, *device, *sets)
     else:
         command = pyrovae_command("train", "-o", str(run), "--resume", "-q", *threads, *device)
-    print(f"field_mnist: {row.name}: {' '.join(command[2:])}", flush=True)
-    if clock.run(command) != 0:
-        print(f"field_mnist: {row.name} stopped; run the same command again to resume it", file=sys.stderr)
-        return None
+    run_to_the_end(clock, row, command)
     if not evaluation.is_file() or evaluation.stat().st_mtime < best.stat().st_mtime:
         command = pyrovae_command("evaluate", str(run), "--which", "best", "--nll-samples", str(args.nll_samples),
                                   "-q", *threads, "--device", args.device)
-        print(f"field_mnist: {row.name}: {' '.join(command[2:])}", flush=True)
-        if clock.run(command) != 0:
-            return None
+        run_to_the_end(clock, row, command)
     return table_row(row, run, clock.seconds, args.threads, args.configs)
+
+
+class RowStopped(Exception):
+    """A row's command ended before its end: ``status`` is its exit status."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+INTERRUPTED = {128 + signal.SIGINT, 128 + signal.SIGTERM}  # pyrovae saved where it was, and exits so
+
+
+def run_to_the_end(clock: WallClock, row: Row, command: Sequence[str]) -> None:
+    """Run a row's command; an interruption or a failure is :class:`RowStopped`, saying which."""
+    print(f"field_mnist: {row.name}: {' '.join(command[2:])}", flush=True)
+    status = clock.run(command)
+    if status in INTERRUPTED or status < 0:
+        raise RowStopped(status, f"field_mnist: {row.name} stopped; run the same command again to resume it")
+    if status != 0:
+        raise RowStopped(status, f"field_mnist: {row.name}: {command[3]} failed with exit status {status} "
+                                 "(its message is above); nothing was scored")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -244,9 +262,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     scored = {}
     try:
         for row in (r for r in ROWS if r.name in args.rows):
-            line = run_row(row, args)
-            if line is None:
-                return 1
+            try:
+                line = run_row(row, args)
+            except RowStopped as e:
+                print(e, file=sys.stderr)
+                return e.status if e.status > 0 else 128 - e.status
             scored[row.name] = line
             print(f"field_mnist: {row.name}: test NLL {line['test_nll']} nats (paper {row.paper_nll}, "
                   f"{line['protocol']})", flush=True)
