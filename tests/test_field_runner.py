@@ -124,3 +124,17 @@ def test_the_csv_keeps_the_rows_it_did_not_score(tmp_path):
                                                           ("something_else", "1")]
     table = (tmp_path / "t.md").read_text()
     assert "| 89.00 |" in table and "| 86.10 |" in table and table.count("not run to its end yet") == 2
+
+
+def test_the_wall_clock_is_on_disk_while_a_command_runs(tmp_path, monkeypatch):
+    """A runner killed outright (no finally runs) keeps the row's time up to its last save."""
+    field_mnist = runner_module()
+    clock = field_mnist.WallClock(tmp_path, "row")
+    monkeypatch.setattr(clock, "SAVE_EVERY", 0.1)
+    marker = tmp_path / "x.seconds"
+    code = (f"import pathlib, time\nfor _ in range(600):\n    time.sleep(0.05)\n"
+            f"    if pathlib.Path({str(tmp_path / 'row.seconds')!r}).is_file():\n"
+            f"        pathlib.Path({str(marker)!r}).write_text('seen')\n        break\n")
+    assert clock.run([sys.executable, "-c", code]) == 0
+    assert marker.read_text() == "seen"  # the command saw the file before it ended
+    assert float((tmp_path / "row.seconds").read_text()) == pytest.approx(clock.seconds, abs=0.1)

@@ -74,7 +74,10 @@ def pyrovae_command(*args: str) -> List[str]:
 
 class WallClock:
     """The seconds spent on one row, summed over the runner's invocations (``RUNS/<row>.seconds``,
-    beside the run folder, one file per row so that rows run side by side keep their own)."""
+    beside the run folder, one file per row so that rows run side by side keep their own), written
+    every minute while a command runs, so that a runner killed outright loses a minute at most."""
+
+    SAVE_EVERY = 60.0
 
     def __init__(self, runs: Path, row: str):
         self.path = runs / f"{row}.seconds"
@@ -84,19 +87,26 @@ class WallClock:
         """Run ``command`` to its end; a SIGINT or SIGTERM the runner gets is passed on to it, once (it
         runs in a session of its own, so that a terminal's Ctrl-C reaches it through the runner only),
         and ``pyrovae`` then saves where it is and stops."""
-        start = time.monotonic()
+        before, start = self.seconds, time.monotonic()
         process = subprocess.Popen(command, start_new_session=True)
         forward = {number: signal.signal(number, lambda received, frame: process.send_signal(received))
                    for number in (signal.SIGINT, signal.SIGTERM)}
         try:
-            return process.wait()
+            while True:
+                try:
+                    return process.wait(timeout=self.SAVE_EVERY)
+                except subprocess.TimeoutExpired:
+                    self._save(before + time.monotonic() - start)
         finally:
             for number, handler in forward.items():
                 signal.signal(number, handler)
-            self.seconds += time.monotonic() - start
-            temporary = self.path.with_suffix(".tmp")
-            temporary.write_text(f"{self.seconds:.1f}\n")
-            os.replace(temporary, self.path)
+            self._save(before + time.monotonic() - start)
+
+    def _save(self, seconds: float) -> None:
+        self.seconds = seconds
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(f"{seconds:.1f}\n")
+        os.replace(temporary, self.path)
 
 
 def protocol(row: Row, run: Path, configs: Path) -> str:
