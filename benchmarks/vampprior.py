@@ -155,7 +155,7 @@ def time_log_likelihood(x_test, images, samples, vamp, repeats=3):
     """Medians over ``repeats``: log_likelihood's time on ``images`` points, the floor's, and their ratio."""
     vae = pyrovae_model(vamp)
     batch = min(100, images)
-    rows = max(1, pyrovae.infer.evaluate.CHUNK_ELEMENTS["cpu"] // (batch * PIXELS)) * batch
+    rows = max(1, pyrovae.infer.evaluate.chunk_elements("cpu") // (batch * PIXELS)) * batch
     pyrovae.log_likelihood(vae, x_test[:2], num_samples=100)  # warm-up
     seconds, floors = [], []
     for _ in range(repeats):

@@ -82,9 +82,21 @@ def dataset_elbo(model, x, num_particles: int = 1, batch_size: int = 1000, seed:
 
 
 #: numbers per tensor of one chunk of importance samples (samples x points x data size): on the CPU
-#: sized to the caches (measured in benchmarks/throughput.py --nll: 2^20 runs at 1.4x the decoder's
-#: matrix-multiply floor, 2^24 at 2.7x); on a GPU large, to fill it
-CHUNK_ELEMENTS = {"cpu": 2**20, "cuda": 2**24}
+#: per torch thread, so that each thread's share of a chunk stays in its caches (one thread: 2^19 ran at
+#: 1.35x the decoder's matrix-product floor where 2^20 ran at 1.8x, benchmarks/vampprior.py; two
+#: threads: 2^20 at 1.1x where 2^19 ran at 1.4x and 2^24 at 2.7x, benchmarks/throughput.py --nll); on a
+#: GPU large, to fill it. The chunks take the seeded draws in turn, so the last digits of an estimate
+#: depend on the chunk size, hence on the device and the thread count (as a sum's rounding does).
+CHUNK_ELEMENTS = {"cpu": 2**19, "cuda": 2**24}
+
+
+def chunk_elements(device) -> int:
+    """Numbers per tensor of one chunk of importance samples on ``device``: :data:`CHUNK_ELEMENTS`, on
+    the CPU times torch's thread count."""
+    kind = torch.device(device).type
+    if kind == "cpu":
+        return CHUNK_ELEMENTS["cpu"] * max(1, torch.get_num_threads())
+    return CHUNK_ELEMENTS.get(kind, CHUNK_ELEMENTS["cuda"])
 
 
 @torch.no_grad()
@@ -102,7 +114,7 @@ def log_likelihood(model, x, num_samples: int = 5000, batch_size: int = 100,
     bound whose expectation rises to log p(x) as K grows. Each batch of points is encoded once
     (:meth:`~pyrovae.Model.importance_sampler`), then its samples are drawn and scored in chunks whose
     size keeps about ``max_elements`` numbers per tensor (samples x datapoints x data size; default
-    :data:`CHUNK_ELEMENTS` for the device), and the log-sum-exp is accumulated across chunks, so
+    :func:`chunk_elements` for the device), and the log-sum-exp is accumulated across chunks, so
     memory stays bounded at any K. The prior's p(z) is computed once for the whole call
     (:func:`~pyrovae.parts.priors.priors_held`: the VampPrior's pass over its pseudo-inputs). Runs on
     x's device (move the model there first). ``seed=None`` draws from the caller's generator.
@@ -112,7 +124,7 @@ def log_likelihood(model, x, num_samples: int = 5000, batch_size: int = 100,
     n = len(x)
     device = _device(x)
     if max_elements is None:
-        max_elements = CHUNK_ELEMENTS.get(torch.device(device).type, CHUNK_ELEMENTS["cuda"])
+        max_elements = chunk_elements(device)
     with seeded(device, seed), titled_bar(progress, n * num_samples, "sample") as bar, priors_held(model):
         for xb in _scored(model, x, batch_size):
             m = len(xb)
