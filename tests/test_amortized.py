@@ -156,8 +156,12 @@ def test_a_guide_free_plugin_family_resumes_bit_for_bit(ink_project):
     assert scores["test_elbo"] < scores["test_iwae"] < -scores["test_nll"] + 0.05, scores
     with torch.no_grad():  # a q(bias) far from the prior: its KL is large, and must count 1/N whatever the chunks
         model.amortized_guide.global_loc["bias"].fill_(3.0)
-    small, whole = (pyrovae.log_likelihood(model, test, 20, batch_size=b).mean() for b in (10, 120))
-    assert abs(float(small - whole)) < 1.0
+    small, whole = (pyrovae.log_likelihood(model, test, 200, batch_size=b).mean() for b in (10, 120))
+    # counted in full per point instead of 1/N, log p(bias) - log q(bias) (about -400 nats here: 64 values
+    # 3 prior deviations out) would move the small batches' mean by that; the two estimates' own noise,
+    # over seeds and chunk sizes, is within 1.2 nats (it reached 2 with 20 samples, where this check
+    # once stood at 1.0 and failed when the chunks changed)
+    assert abs(float(small - whole)) < 3.0
 
 
 def test_the_guide_reads_labels_only_where_they_are_usable():
