@@ -1,5 +1,5 @@
 """The field's data and a held-out check of its pipeline on the real files: the static MNIST loader
-reads the three standard files exactly, and a shipped config, trained for a few epochs, scores
+reads the three standard files exactly, and a shipped config, trained for two epochs, scores
 the same test NLL under pyrovae's evaluation as under an independent one written here from the
 trained weights and torch's own distributions."""
 
@@ -54,23 +54,23 @@ def _independent_log_likelihood(state, x, k, generator):
     return torch.logsumexp(log_w, 0) - math.log(k)
 
 
-def test_a_shipped_config_trained_for_a_few_epochs_scores_the_same_nll_under_an_independent_evaluation(
+def test_a_shipped_config_trained_for_two_epochs_scores_the_same_nll_under_an_independent_evaluation(
         static_mnist):
     config = pyrovae.load_config(str(ROOT / "examples" / "configs" / "field" / "vae_static_mnist.toml"),
                                  [f"data.path={STATIC_MNIST}"])
     data = static_mnist
     part = pyrovae.Dataset("static_mnist", data.train_points(torch.arange(10_000)), data.test, "none",
-                           validation=data.validation_split[:2000])  # 10,000 training images, 3 epochs
+                           validation=data.validation_split[:2000])  # 10,000 training images, 2 epochs
     model = pyrovae.build_model(config.model, data.event_shape)
     torch.manual_seed(0)
-    metrics = pyrovae.fit(model, part, config.train, config.optim, epochs=3, progress=False, num_threads=1)
-    assert metrics[-1]["beta"] == pytest.approx(0.03) and metrics[-1]["validation_elbo"] > -300
+    metrics = pyrovae.fit(model, part, config.train, config.optim, epochs=2, progress=False, num_threads=1)
+    assert metrics[-1]["beta"] == pytest.approx(0.02) and metrics[-1]["validation_elbo"] > -300
 
     x = data.test[:100]
     with torch.no_grad():
-        ours = pyrovae.log_likelihood(model, x, num_samples=1000)
-        theirs = _independent_log_likelihood(model.state_dict(), x, 1000, torch.Generator().manual_seed(1))
+        ours = pyrovae.log_likelihood(model, x, num_samples=500)
+        theirs = _independent_log_likelihood(model.state_dict(), x, 500, torch.Generator().manual_seed(1))
     difference = ours - theirs  # two independent estimates of the same log p(x_i), point by point
     standard_error = difference.std() / math.sqrt(len(x))
     assert abs(float(difference.mean())) < 5 * float(standard_error) + 1e-3, (difference.mean(), standard_error)
-    assert 100 < -float(ours.mean()) < 400  # trained, if briefly: a decoder at chance scores 784 log 2 = 543
+    assert 100 < -float(ours.mean()) < 450  # trained, if briefly: a decoder at chance scores 784 log 2 = 543

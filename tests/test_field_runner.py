@@ -25,10 +25,10 @@ latent_dim = 4
 encoder = { name = "mlp", hidden = [16], activation = "gated", log_var_range = [-6.0, 2.0] }
 decoder = { name = "mlp", hidden = [16], activation = "gated" }
 [train]
-epochs = 5
+epochs = 3
 batch_size = 100
 estimator = "mc"
-kl_warmup_epochs = 5
+kl_warmup_epochs = 3
 eval_every = 1
 early_stopping = { metric = "validation_elbo", patience = 50 }
 [optim]
@@ -66,19 +66,19 @@ def test_a_row_interrupted_and_run_again_goes_on_from_its_checkpoint_and_is_scor
     os.killpg(cut.pid, signal.SIGTERM)  # as a terminal's Ctrl-C reaches the runner (and only it)
     out, err = cut.communicate(timeout=600)
     assert cut.returncode != 0 and "run the same command again to resume it" in err, (out, err)
-    assert len(records(run)) < 5 and not (tmp_path / "field.csv").exists()
+    assert len(records(run)) < 3 and not (tmp_path / "field.csv").exists()
 
     again = runner(tmp_path / "runs", tmp_path / "field.csv")
     out, err = again.communicate(timeout=600)
     assert again.returncode == 0, err
     assert f"pyrovae train -o {run} --resume" in out
-    assert [r["epoch"] for r in records(run)] == [1, 2, 3, 4, 5]
+    assert [r["epoch"] for r in records(run)] == [1, 2, 3]
     evaluation = json.loads((run / "evaluation_best.json").read_text())
     assert evaluation["nll_samples"] == 20 and evaluation["checkpoint"] == "best"
     (row,) = csv.DictReader((tmp_path / "field.csv").read_text().splitlines())
     assert float(row["test_nll"]) == round(evaluation["test_nll"], 2) and row["best_epoch"] == str(evaluation["epoch"])
     assert row["row"] == "vae_static_mnist" and row["paper_nll"] == "88.56" and row["reached"] == "no"
-    assert row["protocol"] == "own config" and row["data"] == "digits" and row["epochs_trained"] == "5"
+    assert row["protocol"] == "own config" and row["data"] == "digits" and row["epochs_trained"] == "3"
     table = (tmp_path / "field.md").read_text()
     assert table == runner_module().markdown_table({"vae_static_mnist": row})
     assert f"| VAE | standard normal | 88.56 | 89.78 | {float(row['test_nll']):.2f} |" in table
