@@ -132,10 +132,6 @@ def run_pyrovae(x, steps, vamp):
 
 
 # -- the final score against its floor ------------------------------------------------------------
-def decoder_macs_per_sample():
-    return 2 * LATENT * HIDDEN + 2 * HIDDEN * HIDDEN + HIDDEN * PIXELS
-
-
 def decoder_matmul_seconds(vae, rows, samples):
     """The time of the decoder's matrix products alone (its five weight matrices, no bias, no gate,
     inputs made beforehand) over ``samples`` importance samples in blocks of ``rows``: the floor."""

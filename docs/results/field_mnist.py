@@ -23,8 +23,8 @@ import argparse
 import csv
 import dataclasses
 import fcntl
+import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import pyrovae  # (its API, torch and Pyro load at the first use: a row's table line)
+from pyrovae.app.files import atomic_write_bytes
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 CONFIGS = REPOSITORY / "examples" / "configs" / "field"
@@ -104,9 +105,7 @@ class WallClock:
 
     def _save(self, seconds: float) -> None:
         self.seconds = seconds
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(f"{seconds:.1f}\n")
-        os.replace(temporary, self.path)
+        atomic_write_bytes(self.path, lambda f: f.write(f"{seconds:.1f}\n".encode()))
 
 
 def protocol(row: Row, run: Path, configs: Path) -> str:
@@ -127,7 +126,7 @@ def table_row(row: Row, run: Path, wall: float, threads: int, configs: Path) -> 
     config = pyrovae.load_config(str(run / "config.toml"))
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     evaluation = json.loads((run / "evaluation_best.json").read_text())
-    best = max((m for m in metrics if m.get("validation_elbo") is not None), key=lambda m: m["validation_elbo"])
+    best = next(m for m in metrics if m["epoch"] == evaluation["epoch"])  # the epoch best.pt holds
     kind = protocol(row, run, configs)
     nll = round(evaluation["test_nll"], 2)
     return {"row": row.name, "model": row.model, "prior": row.prior, "data": config.data.name, "protocol": kind,
@@ -181,21 +180,18 @@ def read_csv(path: Path) -> Dict[str, Dict]:
 def _merge_csv(path: Path, scored: Dict[str, Dict]) -> None:
     merged = {**read_csv(path), **scored}
     order = [r.name for r in ROWS] + sorted(set(merged) - {r.name for r in ROWS})
-    temporary = path.with_suffix(".tmp")
-    with temporary.open("w", newline="") as f:
-        writer = csv.DictWriter(f, FIELDS, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(merged[name] for name in order if name in merged)
-    os.replace(temporary, path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(merged[name] for name in order if name in merged)
+    atomic_write_bytes(path, lambda f: f.write(text.getvalue().encode()))
     write_table(path)
 
 
 def write_table(path: Path) -> None:
     """The CSV's table as markdown, beside it (``<csv>.md``)."""
-    table = path.with_suffix(".md")
-    temporary = table.with_suffix(".md.tmp")
-    temporary.write_text(markdown_table(read_csv(path)))
-    os.replace(temporary, table)
+    table = markdown_table(read_csv(path)).encode()
+    atomic_write_bytes(path.with_suffix(".md"), lambda f: f.write(table))
 
 
 def run_row(row: Row, args) -> Dict:

@@ -21,9 +21,9 @@ giving :class:`~pyrovae.parts.nets.GatedDense` layers):
 - p(x | z1, z2): z1 and z2 each through one hidden layer, concatenated, one joint hidden layer,
   then the likelihood's parameters.
 
-``log_var_range`` bounds the log-variances of the two networks built here, q(z1 | x, z2) and
-p(z1 | z2)'s default, as the paper's hardtanh(-6, 2) (give ``encoder`` and ``decoder2`` their own
-``log_var_range``). Every term comes from the traces (:meth:`pyrovae.Model.terms`): the paper's
+``log_var_range`` bounds the log-variance of q(z1 | x, z2), the one posterior network built here,
+by the paper's hardtanh(-6, 2); ``encoder`` and ``decoder2`` take their own ``log_var_range``
+(their defaults have the paper's). Every term comes from the traces (:meth:`pyrovae.Model.terms`): the paper's
 single-sample estimate is ``mc``, and ``iwae`` applies. Because the guide draws z2 before z1, each
 KL is closed-form at the sampled z2 with a Gaussian prior, KL(q(z2 | x) || p(z2)) and
 KL(q(z1 | x, z2) || p(z1 | z2)), so ``analytic`` (estimator B) applies there too; the VampPrior's
@@ -42,7 +42,7 @@ from pyrovae.data.batch import as_batch
 from pyrovae.models.hvae import TwoStochasticLayers, part
 from pyrovae.models.registry import MODELS
 from pyrovae.parts.likelihoods import LIKELIHOODS, Likelihood
-from pyrovae.parts.nets import ENCODERS, TwoInputMLP, checked_range
+from pyrovae.parts.nets import ENCODERS, TwoInputMLP, bounded, checked_range
 from pyrovae.parts.posteriors import POSTERIORS
 from pyrovae.parts.priors import PRIORS, Prior
 from pyrovae.registry import Spec
@@ -107,9 +107,7 @@ class TwoLevelVAE(TwoStochasticLayers):
         with self.data_plate(x, num_data):
             z2 = pyro.sample("z2", self.posterior2(*self.encoder(x)))
             loc, log_var = self.encoder1(x.flatten(-self.event_dim), z2).chunk(2, dim=-1)
-            if self.log_var_range is not None:
-                log_var = nn.functional.hardtanh(log_var, *self.log_var_range)
-            pyro.sample("z1", self.posterior1(loc, log_var))
+            pyro.sample("z1", self.posterior1(loc, bounded(log_var, self.log_var_range)))
 
     def x_given(self, z1, z2, batch=None):
         return self.likelihood_dist(z1, z2, batch)

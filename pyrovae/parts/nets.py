@@ -129,6 +129,12 @@ def checked_range(name: str, bounds) -> Optional[Tuple[float, float]]:
     return float(bounds[0]), float(bounds[1])
 
 
+def bounded(values: torch.Tensor, bounds: Optional[Tuple[float, float]]) -> torch.Tensor:
+    """hardtanh(values, low, high) for ``bounds = (low, high)`` (no gradient outside them), or the
+    values as they are where ``bounds`` is None (:func:`checked_range` gives it)."""
+    return values if bounds is None else nn.functional.hardtanh(values, *bounds)
+
+
 def _init_normal_(module: nn.Module, init_std: float) -> None:
     """The paper's initialisation: every weight and bias drawn from N(0, init_std^2)."""
     if init_std < 0:
@@ -168,9 +174,7 @@ class MLPEncoder(nn.Module):
 
     def forward(self, x):
         loc, log_var = self.net(transformed(x, self.input).flatten(-self.event_dim)).chunk(2, dim=-1)
-        if self.log_var_range is not None:
-            log_var = nn.functional.hardtanh(log_var, *self.log_var_range)
-        return loc, log_var
+        return loc, bounded(log_var, self.log_var_range)
 
 
 @DECODERS.register("mlp")

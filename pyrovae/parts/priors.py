@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.distributions import kl_divergence
 
-from pyrovae.parts.nets import checked_range
+from pyrovae.parts.nets import bounded, checked_range
 from pyrovae.registry import Registry
 
 PRIORS = Registry("prior", context=("latent_dim",))
@@ -199,11 +199,7 @@ class DiagonalGaussianMixture(dist.MixtureSameFamily):
         features = torch.cat([z * z, z, torch.ones_like(z[..., :1])], -1)
         log_terms = (features @ weights.T).to(x.dtype)  # (..., K): log w_k + log N(z; m_k, s_k)
         top = log_terms.detach().amax(-1, keepdim=True)
-        if torch.is_grad_enabled() and log_terms.requires_grad:
-            terms = (log_terms - top).clamp(min=-80.0).exp()
-        else:  # evaluation: the same passes in place, over one buffer
-            terms = log_terms.sub_(top).clamp_(min=-80.0).exp_()
-        out = terms.sum(-1).log() + top.squeeze(-1)
+        out = (log_terms - top).clamp(min=-80.0).exp().sum(-1).log() + top.squeeze(-1)
         return out.expand(torch.broadcast_shapes(out.shape, self.batch_shape))
 
 
@@ -240,10 +236,7 @@ class VampPrior(Prior):
     def distribution(self):
         if self.pseudo_inputs is None:
             raise RuntimeError("the VampPrior needs an encoder: build it through pyrovae.VAE")
-        u = self.pseudo_inputs
-        if self.pseudo_input_range is not None:
-            u = nn.functional.hardtanh(u, *self.pseudo_input_range)
-        loc, log_var = self.__dict__["encoder"](u)
+        loc, log_var = self.__dict__["encoder"](bounded(self.pseudo_inputs, self.pseudo_input_range))
         logits = torch.zeros(self.num_pseudo_inputs, device=loc.device, dtype=loc.dtype)
         return gaussian_mixture(logits, loc, torch.exp(0.5 * log_var))
 
