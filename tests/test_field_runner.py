@@ -138,3 +138,38 @@ def test_the_wall_clock_is_on_disk_while_a_command_runs(tmp_path, monkeypatch):
     assert clock.run([sys.executable, "-c", code]) == 0
     assert marker.read_text() == "seen"  # the command saw the file before it ended
     assert float((tmp_path / "row.seconds").read_text()) == pytest.approx(clock.seconds, abs=0.1)
+
+
+def running(pid: int) -> bool:
+    """Whether a process runs (an ended one its new parent has not reaped yet counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_runner_killed_outright_ends_its_command(tmp_path):
+    """SIGKILL to the runner (no handler runs): its command gets a SIGTERM, and does not go on alone."""
+    pid_file = tmp_path / "child.pid"
+    code = ("import os, pathlib, signal, sys, time\n"
+            f"pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))\n"
+            "signal.signal(signal.SIGTERM, lambda n, f: sys.exit(0))\n"
+            "time.sleep(600)\n")
+    script = (f"import pathlib, sys; sys.path.insert(0, {str(RUNNER.parent)!r}); import field_mnist\n"
+              f"clock = field_mnist.WallClock(pathlib.Path({str(tmp_path)!r}), 'row')\n"
+              f"clock.run([sys.executable, '-c', {code!r}])\n")
+    runner_process = subprocess.Popen([sys.executable, "-c", script])
+    while not pid_file.is_file() or not pid_file.read_text():
+        assert runner_process.poll() is None
+        time.sleep(0.02)
+    child = int(pid_file.read_text())
+    runner_process.kill()
+    runner_process.wait(timeout=60)
+    for _ in range(3000):  # the child ends on its SIGTERM (a guard against a hang, not a timing)
+        if not running(child):
+            break
+        time.sleep(0.02)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the runner's command outlived it")

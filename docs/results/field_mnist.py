@@ -21,6 +21,7 @@ what ``pyrovae`` itself writes.
 
 import argparse
 import csv
+import ctypes
 import dataclasses
 import fcntl
 import io
@@ -89,7 +90,7 @@ class WallClock:
         runs in a session of its own, so that a terminal's Ctrl-C reaches it through the runner only),
         and ``pyrovae`` then saves where it is and stops."""
         before, start = self.seconds, time.monotonic()
-        process = subprocess.Popen(command, start_new_session=True)
+        process = subprocess.Popen(command, start_new_session=True, preexec_fn=ended_with_parent)
         forward = {number: signal.signal(number, lambda received, frame: process.send_signal(received))
                    for number in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -106,6 +107,16 @@ class WallClock:
     def _save(self, seconds: float) -> None:
         self.seconds = seconds
         atomic_write_bytes(self.path, lambda f: f.write(f"{seconds:.1f}\n".encode()))
+
+
+def ended_with_parent() -> None:
+    """In the child, before it runs: on Linux, a SIGTERM to it when the runner ends, however it ends
+    (killed outright too), so that ``pyrovae`` saves where it is and no run goes on unwatched."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def protocol(row: Row, run: Path, configs: Path) -> str:
