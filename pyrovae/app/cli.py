@@ -1,4 +1,4 @@
-"""The ``pyrovae`` command line: ``train``, ``evaluate``, ``encode``, ``sample``, ``convert-checkpoint``.
+"""The ``pyrovae`` command line: ``train``, ``tune``, ``evaluate``, ``encode``, ``sample``, ``convert-checkpoint``.
 
 It only parses arguments and calls the Python API. Bad input of any kind prints one line on
 stderr (``pyrovae: error: ...``) and exits with status 2; SIGINT and SIGTERM exit with
@@ -48,6 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
                          "your environment points, never where the run folder says")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for torch (train.num_threads; on a shared, busy CPU fewer than its cores)")
+    add_plugins_option(p)
+
+    p = sub.add_parser("tune", help="search hyperparameters with Optuna over the config's [tune.space]; "
+                                     "every trial is a run folder in --out")
+    p.add_argument("config", help="TOML config with a [tune] table ([tune.space]: the keys to search)")
+    p.add_argument("-o", "--out", required=True, help="the study folder: trial-NNNN run folders, study.db, "
+                                                      "best.toml, trials.csv and the figures")
+    p.add_argument("--storage", metavar="URL", help="Optuna's storage, any database URL it opens (default "
+                                                    "sqlite:///OUT/study.db); processes sharing one share the study")
+    p.add_argument("--trials", type=int, metavar="N", help="finished trials the study ends at (tune.trials)")
+    p.add_argument("-s", "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value of every trial, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch in each trial (train.num_threads)")
     add_plugins_option(p)
 
     p = sub.add_parser("evaluate", help="score a run on its test split; writes RUN_DIR/evaluation.json")
@@ -121,6 +134,15 @@ def _train(args) -> None:
     run_dir = train(config, args.out, resume=args.resume)
     if _rank() == 0:
         print(summary_line(run_dir, os.environ.get("PYROVAE_CLI", "pyrovae")))
+
+
+def _tune(args) -> None:
+    from pyrovae.app.tune import tune
+
+    _check_threads(args.threads)
+    if args.trials is not None and not 1 <= args.trials <= 10**6:
+        raise PyrovaeError(f"--trials {args.trials}: must be in [1, 10^6]")
+    tune(args.config, args.out, args.overrides, args.plugins, args.trials, args.storage, args.threads)
 
 
 def _opened_run_store(run_dir, mlflow, command: str):
@@ -273,7 +295,7 @@ def main(argv=None) -> int:
     from pyrovae.app.run import StoppedAtOnce, stop_at_once_on_signals
     from pyrovae.training.loop import Interrupted
 
-    command = {"train": _train, "evaluate": _evaluate, "encode": _encode, "sample": _sample,
+    command = {"train": _train, "tune": _tune, "evaluate": _evaluate, "encode": _encode, "sample": _sample,
                "convert-checkpoint": _convert}[args.command]
     try:
         # SIGINT / SIGTERM stop at once (exit 128 + n), except inside the training loop, which

@@ -67,7 +67,8 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
     A user's own config runs its ``[plugins]`` and the ``plugins`` named here
     (:func:`config_from_dict`). ``record_of`` (a run folder) says the file is that run's record,
     as is any config inside a run folder: then nothing it names runs, and ``plugins`` are checked
-    against its record (:func:`record_config`).
+    against its record (:func:`record_config`). A user's config may hold a ``[tune]`` table (a
+    search for ``pyrovae tune``): training it takes the config's own values and leaves that table out.
     """
     d: Dict[str, Any] = {}
     if path is not None:
@@ -78,6 +79,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
     try:
         if record_of is not None:  # the record's destinations are dropped before the user's overrides apply
             return record_config(d, plugins, record_of, command, overrides or ())
+        d.pop("tune", None)  # a search's table (pyrovae tune): train takes the config's own values
         d = apply_overrides(d, overrides)
         return config_from_dict(d, Path(path).parent if path else None, plugins)
     except ConfigError as e:

@@ -87,12 +87,15 @@ class StoppedAtOnce(KeyboardInterrupt):
         self.signal_number = signal_number
 
 
-def train(config: Optional[Config] = None, out_dir=None, resume: bool = False, model=None) -> Path:
+def train(config: Optional[Config] = None, out_dir=None, resume: bool = False, model=None,
+          callbacks: Sequence = ()) -> Path:
     """Run a whole config: load the data, build the model, train it, and fill a run folder.
 
     ``model``: a model built in Python (its own networks, say) to train instead of the one the
     config's ``[model]`` names; the run folder records its weights, and
-    ``pyrovae.load(run, model=an_instance_like_it)`` loads them back.
+    ``pyrovae.load(run, model=an_instance_like_it)`` loads them back. ``callbacks``: more
+    :class:`~pyrovae.Callback` objects around the loop, after the run folder's and the config's
+    (``pyrovae tune`` reports each evaluation to its trial this way).
 
     Everything that can be wrong with the input (config, data, device, run folder) is checked
     before the folder is created, so bad input leaves nothing behind. Returns the run folder,
@@ -107,10 +110,10 @@ def train(config: Optional[Config] = None, out_dir=None, resume: bool = False, m
     """
     config = (config or Config()).check()
     with distributed(config.train.device) as device:
-        return _train(config, out_dir, resume, device, model)
+        return _train(config, out_dir, resume, device, model, callbacks)
 
 
-def _train(config: Config, out_dir, resume: bool, device: torch.device, model=None) -> Path:
+def _train(config: Config, out_dir, resume: bool, device: torch.device, model=None, extra: Sequence = ()) -> Path:
     rank = dist.get_rank() if dist.is_initialized() else 0
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
@@ -165,7 +168,7 @@ def _train(config: Config, out_dir, resume: bool, device: torch.device, model=No
         out_dir = on_rank0(lambda: _claim_run_dir(config, out_dir, resume, lock), rank)
         folder = RunFolder(out_dir, config, resume)
         callbacks = [folder] + [CALLBACKS.build(spec, "log.callbacks", run_dir=out_dir, config=config)
-                                for spec in specs]
+                                for spec in specs] + list(extra)
         try:
             with _stop_on_signals(at_once=lambda: folder.nothing_to_save) as stop_signal:
                 fit(model, data, dataclasses.replace(config.train, device=str(device)), config.optim, callbacks,
