@@ -155,7 +155,7 @@ def test_where_an_opened_run_logs_comes_from_the_user_alone(tmp_path, monkeypatc
     recorded = recorded_store(run)
     assert recorded == "http://evil.example"
     assert opened_run_store(run, None, recorded) is None
-    assert opened_run_store(run, True, recorded) == (tmp_path / "runs" / "mlruns").resolve().as_uri()
+    assert opened_run_store(run, True, recorded) == f"sqlite:///{(tmp_path / 'runs').resolve() / 'mlflow.db'}"
     assert opened_run_store(run, "sqlite:///mine.db", recorded) == "sqlite:///mine.db"
     assert tracking_notice(run, recorded, None, "pyrovae evaluate r").endswith(
         "pyrovae evaluate r --mlflow http://evil.example")

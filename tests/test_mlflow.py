@@ -1,6 +1,7 @@
 """MLflow tracking (log.mlflow): a run, its resume and its evaluation read back from a real file store."""
 
 import json
+import os
 import sys
 
 import pytest
@@ -27,7 +28,10 @@ def small_config(epochs: int, tracked: bool = True) -> Config:
 
 def store(run):
     uri = mlflow_tracking_uri(run)
-    assert uri == (run.parent / "mlruns").resolve().as_uri()  # the default: mlruns beside the run folder
+    assert uri == f"sqlite:///{run.parent.resolve() / 'mlflow.db'}"  # the default: a database beside the run folder
+    assert (run.parent / "mlflow.db").is_file() and not (run.parent / "mlruns").exists()
+    # a user's own client opens it as it is: MLflow 3 opens a file store only with MLFLOW_ALLOW_FILE_STORE set
+    os.environ.pop("MLFLOW_ALLOW_FILE_STORE", None)
     return MlflowClient(tracking_uri=uri)
 
 

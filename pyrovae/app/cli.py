@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs to RUN_DIR/tensorboard")
     add_mlflow_option(p, "also log the run to MLflow (log.mlflow); URI: the store (log.mlflow_uri), default "
-                         "$MLFLOW_TRACKING_URI, else mlruns beside the run folder. --resume logs only where this or "
-                         "your environment points, never where the run folder says")
+                         "$MLFLOW_TRACKING_URI, else the database mlflow.db beside the run folder. --resume logs only "
+                         "where this or your environment points, never where the run folder says")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for torch (train.num_threads; on a shared, busy CPU fewer than its cores)")
     add_plugins_option(p)
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", help="where to write the JSON (default RUN_DIR/evaluation.json)")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
     add_mlflow_option(p, "also log the evaluation to the run's MLflow run in this store (default "
-                         "$MLFLOW_TRACKING_URI, else mlruns beside the run folder); without it, only where "
+                         "$MLFLOW_TRACKING_URI, else mlflow.db beside the run folder); without it, only where "
                          "$MLFLOW_TRACKING_URI is the store the run was tracked in, never where the folder says")
     add_plugins_option(p)
 

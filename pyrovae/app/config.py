@@ -189,8 +189,8 @@ class LogConfig:
     #: artifacts, and after evaluate evaluation.json. --resume continues the same MLflow run, whose id is kept
     #: in RUN_DIR/mlflow.json.
     mlflow: bool = False
-    #: the MLflow tracking URI; "" (the default): a local file store, the folder mlruns beside the run folder
-    #: (runs/mlruns); a path is a file store too.
+    #: the MLflow tracking URI; "" (the default): $MLFLOW_TRACKING_URI, else a SQLite database beside the run
+    #: folder (runs/mlflow.db); a path is a file store (a folder such as mlruns).
     mlflow_uri: str = ""
     #: the MLflow experiment; "" (the default): the data set's name (data.name).
     experiment: str = ""

@@ -343,7 +343,7 @@ def evaluate_run(run_dir, nll_samples: int = 5000, iwae_samples: int = 50, elbo_
     best epoch's checkpoint, ``best.pt``, into ``evaluation_best.json``).
 
     ``mlflow`` (``--mlflow [URI]``): also log the evaluation to MLflow, True for the user's
-    ``MLFLOW_TRACKING_URI`` or else ``mlruns`` beside the run folder, a string for that store;
+    ``MLFLOW_TRACKING_URI`` or else ``mlflow.db`` beside the run folder, a string for that store;
     None: only where the user's ``MLFLOW_TRACKING_URI`` is the store the run was tracked in. What
     the folder records (``config.toml``'s ``[log]``, ``mlflow.json``) never picks a store
     (:func:`pyrovae.app.tracking.opened_run_store`).

@@ -27,6 +27,7 @@ Both import their package only when a run asks for them (``pyrovae[tensorboard]`
 
 import contextlib
 import json
+import logging
 import math
 import os
 import time
@@ -98,15 +99,26 @@ class TensorBoardLog(Callback):
 TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
 
 
+#: the default store's file, beside the run folders (MLflow's recommended local store: a SQLite database)
+DEFAULT_STORE = "mlflow.db"
+
+
+def default_store(run_dir) -> str:
+    """The default tracking URI: a SQLite database beside the run folder (``runs/mlflow.db`` for
+    ``runs/digits-...``). MLflow 3 keeps file stores in maintenance mode and opens one only when
+    ``MLFLOW_ALLOW_FILE_STORE`` is set, so a database is what any user's own ``MlflowClient`` opens."""
+    return f"sqlite:///{Path(run_dir).resolve().parent / DEFAULT_STORE}"
+
+
 def mlflow_tracking_uri(run_dir, uri: str = "") -> str:
     """The tracking URI of ``log.mlflow_uri`` (or ``--mlflow URI``): as given, or (``""``, the
-    default) the user's ``MLFLOW_TRACKING_URI`` where it is set, else a local file store, the folder
-    ``mlruns`` beside the run folder (``runs/mlruns`` for ``runs/digits-...``). A path without a
-    scheme is a file store too."""
+    default) the user's ``MLFLOW_TRACKING_URI`` where it is set, else :func:`default_store`, the
+    database ``mlflow.db`` beside the run folder. A path without a scheme is a file store
+    (a folder, as MLflow's ``mlruns``)."""
     if not uri:
         uri = os.environ.get(TRACKING_URI_VARIABLE, "")
     if not uri:
-        return (Path(run_dir).resolve().parent / "mlruns").as_uri()
+        return default_store(run_dir)
     if "://" not in uri and ":" not in uri.split("/")[0]:
         return Path(uri).resolve().as_uri()
     return uri
@@ -120,10 +132,13 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BA
 
 def mlflow_client(uri: str):
     """An ``MlflowClient`` for ``uri``. MLflow 3 refuses a file store unless ``MLFLOW_ALLOW_FILE_STORE``
-    is set: a run that names one (the default) has chosen it, so it is allowed for such URIs. HTTP
-    requests retry as :data:`HTTP_DEFAULTS` says, unless the environment says otherwise."""
+    is set: a run that names one has chosen it, so it is allowed for such URIs. HTTP requests retry
+    as :data:`HTTP_DEFAULTS` says, unless the environment says otherwise. Creating a database's
+    tables logs nothing (MLflow and Alembic would say so at INFO)."""
     from mlflow.tracking import MlflowClient
 
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     if uri.startswith("file:"):
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     for name, value in HTTP_DEFAULTS.items():
@@ -187,14 +202,14 @@ def recorded_store(run_dir, recorded_log: Optional[Dict] = None) -> Optional[str
     log = recorded_log if isinstance(recorded_log, dict) else {}
     if log.get("mlflow") is True:
         uri = log.get("mlflow_uri", "")
-        return uri if isinstance(uri, str) and uri else (Path(run_dir).resolve().parent / "mlruns").as_uri()
+        return uri if isinstance(uri, str) and uri else default_store(run_dir)
     return None
 
 
 def opened_run_store(run_dir, mlflow=None, recorded: Optional[str] = None) -> Optional[str]:
     """Where a command that opens an existing run (``evaluate``, ``train --resume``) logs to MLflow,
     from the user alone: ``mlflow`` is ``--mlflow [URI]`` (True or ``""``: ``MLFLOW_TRACKING_URI``,
-    else ``mlruns`` beside the run folder; a string: that URI); without it, the user's
+    else ``mlflow.db`` beside the run folder; a string: that URI); without it, the user's
     ``MLFLOW_TRACKING_URI`` where the run was tracked there (``recorded``, the folder's own record,
     is compared with it, never used). None: the command logs nowhere."""
     if mlflow is True or mlflow == "":
