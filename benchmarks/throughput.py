@@ -181,8 +181,9 @@ def run_pyro(x, images, batch_size, estimator, particles, x_test=None):
 
 
 # -- (c) pyrovae -------------------------------------------------------------------------------------
-def run_pyrovae(x, images, batch_size, estimator, particles, x_test=None):
-    """pyrovae.fit over ``images`` points: whole epochs of x, or one epoch of a random part of it."""
+def run_pyrovae(x, images, batch_size, estimator, particles, x_test=None, precision="32"):
+    """pyrovae.fit over ``images`` points: whole epochs of x, or one epoch of a random part of it
+    (``precision``: train.precision)."""
     epochs, part = divmod(images, x.shape[0])
     if part:  # less than an epoch (the throughput repeats)
         x, epochs = x[torch.randperm(x.shape[0], device=x.device)[:images]], 1
@@ -193,7 +194,8 @@ def run_pyrovae(x, images, batch_size, estimator, particles, x_test=None):
         warnings.simplefilter("ignore", pyrovae.PosteriorCollapseWarning)
         metrics = pyrovae.fit(vae, data, epochs=epochs, batch_size=batch_size, estimator=estimator,
                               num_particles=particles, device=str(x.device), progress=False, eval_every=epochs,
-                              optim={"name": "adam", "lr": 1e-3}, seed=int(torch.randint(2**30, ())))
+                              optim={"name": "adam", "lr": 1e-3}, seed=int(torch.randint(2**30, ())),
+                              precision=precision)
     seconds = sum(m["train_seconds"] for m in metrics)
     return images / seconds, (vae.encoder, lambda z: vae.decode(z)[0])
 
@@ -333,7 +335,63 @@ def main_family(args):
     return [row]
 
 
+def main_precision(args):
+    """pyrovae's training speed under each train.precision the device runs (float32, bf16-mixed,
+    and on CUDA 16-mixed), alternating repeats, and the test ELBO each reaches after
+    ``--quality-epochs`` epochs from the same seed."""
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("benchmarks/throughput.py: --device cuda asked for, but CUDA is not available")
+    torch.manual_seed(0)
+    x, x_test, source = load_mnist(device)
+    precisions = ["32", "bf16-mixed"] + (["16-mixed"] if device.type == "cuda" else [])
+    print(f"data: {source}; device: {device} ({torch.get_num_threads()} threads); torch {torch.__version__}")
+    print(f"pyrovae.fit, model 784-{HIDDEN}-{LATENT}, batch {args.batch_size}, estimator analytic; "
+          f"{args.repeats} alternating repeats of {args.steps} steps")
+    images = args.steps * args.batch_size
+    runs = {p: [] for p in precisions}
+    for p in precisions:  # warm-up
+        run_pyrovae(x, max(2, args.steps // 10) * args.batch_size, args.batch_size, "analytic", 1, precision=p)
+    for repeat in range(args.repeats):
+        k = repeat % len(precisions)
+        for p in precisions[k:] + precisions[:k]:
+            runs[p].append(run_pyrovae(x, images, args.batch_size, "analytic", 1, precision=p)[0])
+    rows = []
+    for p in precisions:
+        paired = statistics.median(a / b for a, b in zip(runs[p], runs["32"]))
+        rows.append({"precision": p, "images_per_s": statistics.median(runs[p]), "speed_vs_float32": paired,
+                     "all_runs": runs[p], "device": str(device), "batch_size": args.batch_size, "data": source})
+    if args.quality_epochs:
+        for row in rows:
+            torch.manual_seed(0)
+            net = {"name": "mlp", "hidden": [HIDDEN], "activation": "relu"}
+            vae = pyrovae.VAE((PIXELS,), LATENT, likelihood="bernoulli", encoder=net, decoder=net)
+            data = pyrovae.Dataset("bench", x, x_test, "none")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", pyrovae.PosteriorCollapseWarning)
+                metrics = pyrovae.fit(vae, data, epochs=args.quality_epochs, batch_size=args.batch_size,
+                                      device=str(device), progress=False, eval_every=args.quality_epochs,
+                                      precision=row["precision"], seed=0)
+            row["test_elbo"], row["quality_epochs"] = metrics[-1]["test_elbo"], args.quality_epochs
+    print()
+    print("| precision | images/s | speed vs float32 (median of paired ratios) |"
+          + (f" test ELBO after {args.quality_epochs} epochs |" if args.quality_epochs else ""))
+    print("| --- | ---: | ---: |" + (" ---: |" if args.quality_epochs else ""))
+    for r in rows:
+        print(f"| {r['precision']} | {r['images_per_s']:,.0f} | {r['speed_vs_float32']:.2f} |"
+              + (f" {r['test_elbo']:.2f} |" if args.quality_epochs else ""))
+    if args.json:
+        meta = {"python": platform.python_version(), "machine": platform.machine(), "processor": platform.processor(),
+                "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps([{**r, **meta} for r in rows], indent=2) + "\n")
+        print(f"\nwritten: {args.json}")
+    return rows
+
+
 def main(args):
+    if args.precision:
+        return main_precision(args)
     if args.family != "vae":
         return main_family(args)
     device = torch.device(args.device)
@@ -446,6 +504,9 @@ def parse_args(argv=None):
                              "amortized: a Pyro-only model with no guide, pyrovae against Pyro's SVI "
                              "(benchmarks/families.py)")
     parser.add_argument("--labels", type=int, default=3000, help="m2: the label budget (default 3000)")
+    parser.add_argument("--precision", action="store_true",
+                        help="pyrovae's speed and test ELBO under each train.precision the device runs (32, "
+                             "bf16-mixed; 16-mixed on CUDA) instead of the loops above")
     args = parser.parse_args(argv)
     defaults = {"steps": (100, 40), "repeats": (7, 3), "memory_epochs": (10, 3), "quality_epochs": (10, 1)}
     for key, (full, quick) in defaults.items():  # what the command line left out

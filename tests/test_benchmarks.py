@@ -58,6 +58,15 @@ def test_quick_run_writes_the_json_fields(tmp_path):
         assert len(r["rss_mib_per_epoch"]) == 2 and r["nll_images"] == 2 and r["nll_over_floor"] > 0
 
 
+def test_the_precision_table_times_each_precision_against_float32(tmp_path):
+    out = tmp_path / "precision.json"
+    throughput.main(throughput.parse_args(["--precision", "--steps", "2", "--repeats", "2", "--quality-epochs", "0",
+                                           "--json", str(out)]))
+    rows = json.loads(out.read_text())
+    assert [r["precision"] for r in rows] == ["32", "bf16-mixed"]  # 16-mixed only on CUDA
+    assert rows[0]["speed_vs_float32"] == 1.0 and all(r["images_per_s"] > 0 and len(r["all_runs"]) == 2 for r in rows)
+
+
 def test_the_family_loops_run_and_report_their_ratio():
     """``--family``: each family's two loops run on a small stand-in and give a finite ratio."""
     import sys

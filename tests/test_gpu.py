@@ -57,3 +57,21 @@ def test_a_streamed_file_trains_on_the_gpu_as_in_memory(tmp_path, workers):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
     assert b[-1]["test_elbo"] is not None and dataset_elbo(vb, data.test_split) == pytest.approx(b[-1]["test_elbo"],
                                                                                               abs=1e-3)
+
+
+@requires_cuda
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_trains_on_the_gpu_to_the_float32_elbo(tmp_path, precision):
+    """Autocast on CUDA (float16 with its gradient scaler, whose state the checkpoint keeps)."""
+    from pyrovae.app.checkpoint import read_checkpoint
+
+    elbos = {}
+    for p in ("32", precision):
+        config = Config()
+        config.train.device, config.train.precision, config.train.progress = "cuda", p, False
+        config.train.epochs = 5
+        run = train(config, tmp_path / p)
+        elbos[p] = read_checkpoint(run / "checkpoint.pt")["metrics"][-1]["test_elbo"]
+    assert elbos[precision] == pytest.approx(elbos["32"], abs=0.5)
+    scaler = read_checkpoint(tmp_path / precision / "checkpoint.pt")["scaler"]
+    assert (scaler.get("scale", 0) > 0) == (precision == "16-mixed")

@@ -229,11 +229,13 @@ def checkpoint_problem(state: Dict[str, Any]) -> Optional[str]:
         "metrics": lambda v: isinstance(v, list) and all(EpochRecord.problem(r) is None for r in v),
         "algorithm": lambda v: isinstance(v, dict),
         "schedule": lambda v: isinstance(v, dict) and _scheduler_values(v),
+        "scaler": lambda v: _is_dict_of(v, str, lambda t: isinstance(t, (int, float)) and not isinstance(t, bool)
+                                        and math.isfinite(t)),
     }
     for key, ok in checks.items():
         if key not in state:
             if key in TrainingState.OPTIONAL:
-                continue  # older checkpoints: algorithms without state of their own, no schedules
+                continue  # older checkpoints: algorithms without state of their own, no schedules, no scaler
             return f"no {key!r}"
         if not ok(state[key]):
             return f"{key!r} is not what pyrovae writes"

@@ -44,6 +44,7 @@ from pyrovae.training.checks import as_labeled, check_run_data, dry_training_bat
 from pyrovae.training.early_stopping import EarlyStopping, best_so_far
 from pyrovae.training.evaluation import held_out_numbers
 from pyrovae.training.optim import build_optimizer, default_optimizer, load_state
+from pyrovae.training.precision import MixedPrecision, float32_outputs
 from pyrovae.training.records import Counters, TrainingState, epoch_record
 from pyrovae.training.schedules import build_schedule, schedule_spec
 from pyrovae.training.state import kept_buffers, load_model_state
@@ -169,6 +170,8 @@ class Trainer:
         #: the learning rate of the last step taken (an epoch's record holds its last step's)
         self.step_lr: Optional[float] = None
         self.optimizer = build_optimizer(optim, model.parameters())
+        #: train.precision: autocast around the step's forward pass, a gradient scaler for float16
+        self.precision = MixedPrecision(cfg.precision, self.device)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.n, self.m = self.data.num_train, cfg.batch_size
         num_labeled = 0 if self.data.labeled is None else int(self.data.labeled.sum())
@@ -204,7 +207,8 @@ class Trainer:
         """What a checkpoint holds to continue the run bit for bit."""
         return TrainingState(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
                              rng={**rng_state(), "noise": self.noise.get_state()}, counters=self.counters.as_dict(),
-                             algorithm=self.algorithm.state_dict(), schedule=self.schedule.state_dict()).as_dict()
+                             algorithm=self.algorithm.state_dict(), schedule=self.schedule.state_dict(),
+                             scaler=self.precision.state_dict()).as_dict()
 
     def restore(self, state: Dict[str, Any], where="checkpoint") -> None:
         """Continue from a training state (:meth:`state`, or a checkpoint holding one)."""
@@ -216,6 +220,7 @@ class Trainer:
         self.counters.update(state.counters)
         self.algorithm.load_state_dict(state.algorithm)
         self.schedule.load_state_dict(state.schedule)
+        self.precision.load_state_dict(state.scaler)
 
     # -- the best epoch and early stopping (functions of the records: see pyrovae.training.early_stopping) --
     def best(self):
@@ -275,7 +280,7 @@ class Trainer:
             # The data were checked once before training; per-step validation of every distribution's
             # arguments would cost a pass over the batch and a sync per step (non-finite values are
             # still caught, by the check on the loss and gradients).
-            with pyro_validation(self.algorithm):
+            with pyro_validation(self.algorithm), float32_outputs(self.model, self.precision.dtype is not None):
                 try:
                     last_good = copy.deepcopy(self.state())
                     while self.counters["epoch"] < cfg.epochs and not self.out_of_steps() and not self.stopped_early():
@@ -362,19 +367,23 @@ class Trainer:
             where = (epoch, c["step"] + i + 1, i + 1, len(batches))
             for update in range(self.algorithm.updates_per_batch):  # 1, but for mcem's M-steps
                 try:
-                    step = self.algorithm.loss(batch, noise, self.beta, batches[i].size,
-                                               batches[i].index[self.rank::self.world], update)
+                    with self.precision.autocast():
+                        step = self.algorithm.loss(batch, noise, self.beta, batches[i].size,
+                                                   batches[i].index[self.rank::self.world], update)
                 except NonFinite as e:
                     raise NonFinite(f"{e} {_where(*where)}") from None
                 loss = step.loss
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                # One sync per step: a non-finite loss or gradient is caught before it reaches the parameters.
-                checks = torch.stack([loss.detach()] + [p.grad.sum() for p in self.params if p.grad is not None])
+                self.precision.backward(loss)
+                self.precision.unscale(self.optimizer)
+                # One sync per step: a non-finite loss or gradient is caught before it reaches the parameters
+                # (under float16 a gradient that overflowed is the scaler's: the step is skipped, the scale shrinks).
+                checks = torch.stack([loss.detach()] + ([] if self.precision.skips_overflow else
+                                                        [p.grad.sum() for p in self.params if p.grad is not None]))
                 if not bool(torch.isfinite(checks).all()):
                     what = "loss" if not torch.isfinite(loss).item() else "gradient"
                     raise NonFinite(f"non-finite {what} {_where(*where)}")
-                self.optimizer.step()
+                self.precision.step(self.optimizer)
             self.step_lr = self.optimizer.param_groups[0]["lr"]  # the rate of the step just taken (the record's)
             self.schedule.after_step()
             total += step.objective_sum  # the minibatch's last update

@@ -133,7 +133,8 @@ COUNTERS = {f.name: f.type for f in dataclasses.fields(Counters)}
 class TrainingState:
     """What a checkpoint holds to continue a run bit for bit (:meth:`pyrovae.training.loop.Trainer.state`,
     a checkpoint's first keys): the model's and the optimizer's state dicts, every RNG's state, the
-    counters, the algorithm's own state (mcem's chains) and the learning-rate schedule's."""
+    counters, the algorithm's own state (mcem's chains), the learning-rate schedule's and the
+    gradient scaler's (``train.precision = "16-mixed"``; empty otherwise)."""
 
     model: Dict[str, Any]
     optimizer: Dict[str, Any]
@@ -141,9 +142,10 @@ class TrainingState:
     counters: Dict[str, Any]
     algorithm: Dict[str, Any]
     schedule: Dict[str, Any]
+    scaler: Dict[str, Any]
 
-    #: keys older checkpoints may lack (algorithms without state of their own, no schedules): empty then
-    OPTIONAL = ("algorithm", "schedule")
+    #: keys older checkpoints may lack (algorithms without state of their own, no schedules, no scaler): empty then
+    OPTIONAL = ("algorithm", "schedule", "scaler")
 
     def as_dict(self) -> Dict[str, Any]:
         return {key: getattr(self, key) for key in TRAINING_STATE_KEYS}  # shallow: the tensors as they are

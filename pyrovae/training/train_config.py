@@ -12,6 +12,7 @@ from pyrovae.infer.estimators import estimator_names
 from pyrovae.registry import Spec, check_at_least, check_choice
 from pyrovae.rng import seed_problem
 from pyrovae.training.early_stopping import EarlyStopping
+from pyrovae.training.precision import precision_problem
 
 #: the most CPU threads a run may ask torch for (train.num_threads, --threads)
 MAX_THREADS = 1024
@@ -73,6 +74,10 @@ class TrainConfig:
     #: CPU threads for torch's operations; 0: torch's choice (one per core). On a shared, busy CPU
     #: fewer threads than cores avoid oversubscription (--threads on the command line).
     num_threads: int = 0
+    #: "32" (float32), "bf16-mixed" (the step's networks under autocast to bfloat16, CPU and CUDA) or
+    #: "16-mixed" (float16 with a gradient scaler, CUDA); the log-densities, the KL, the ELBO and every
+    #: evaluation stay in float32 (pyrovae.training.precision). The number 32 is "32".
+    precision: Union[str, int] = "32"
 
     def check(self):
         check_at_least("train.epochs", self.epochs, 1)
@@ -111,6 +116,11 @@ class TrainConfig:
         check_at_least("train.num_threads", self.num_threads, 0)
         if self.num_threads > MAX_THREADS:
             raise ConfigError(f"train.num_threads = {shown(self.num_threads)}: must be <= {MAX_THREADS}")
+        if self.precision == 32 and not isinstance(self.precision, bool):
+            self.precision = "32"  # --set train.precision=32 reads a number
+        if precision_problem(self.precision, self.device):
+            raise ConfigError(f"train.precision = {shown(self.precision)}: "
+                              f"{precision_problem(self.precision, self.device)}")
         if not (self.device == "cpu" or self.device == "cuda"
                 or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise ConfigError(f"train.device = {shown(self.device)}: valid: cpu, cuda, cuda:N")
