@@ -109,6 +109,8 @@ SMOKE = {
         and all(r["test_elbo"] <= r["test_iwae50"] for r in result),
     "single_cell.py": lambda result: [r["method"][:4] for r in result] == ["PCA ", "NB, ", "ZINB", "Pois", "NB, "]
         and all(-1 <= r["ari"] <= 1 for r in result) and all(math.isfinite(r["test_elbo"]) for r in result[1:]),
+    "lightning_vae.py": lambda result: result["processes"] == 1 and result["points_per_epoch_per_process"] == 1617
+        and -60 < result["test_elbo"] < 0,
     "own_model.py": lambda result: result["sites"] == ["bias", "ink", "z"]
         and result["test_elbo"] <= result["test_iwae"] and result["ink_median_range"][0] > 0,
 }

@@ -22,7 +22,7 @@ LAYERS = [
     ("infer", {"pyrovae.infer"}),
     ("training", {"pyrovae.training"}),
     ("app", {"pyrovae.app"}),
-    ("front", {"pyrovae", "pyrovae.__main__"}),
+    ("front", {"pyrovae", "pyrovae.__main__", "pyrovae.lightning"}),
 ]
 
 
