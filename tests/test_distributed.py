@@ -2,6 +2,7 @@
 disjoint shards that cover each epoch, and checkpoints that resume with another world size."""
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -163,3 +164,31 @@ def test_two_ranks_of_a_family_with_labels_per_minibatch_match_one_process(tmp_p
     pyrovae_cmd(tmp_path, "--out", "two", *sets, nproc=2, settings=settings)
     pyrovae_cmd(tmp_path, "--out", "one", *sets, settings=settings)
     assert_same_parameters(tmp_path / "two", tmp_path / "one")
+
+
+def test_two_torchrun_agents_as_two_machines_train_one_run_folder_that_resumes_on_one_process(tmp_path):
+    """The docs' two-machine command, as two torchrun agents on this machine (--nnodes=2, c10d
+    rendezvous on 127.0.0.1, one process each): they train one run folder, written by rank 0 alone,
+    whose checkpoint continues on one process and ends where one process trained straight ends."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    run = ["-m", "pyrovae", "train", "--out", "two", "--set", "train.epochs=2", *SETTINGS]
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
+                                "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
+                                "--rdzv_id=pyrovae-test", *run], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [agent.communicate(timeout=600) for agent in agents]
+    for agent, (out, err) in zip(agents, outputs):
+        assert agent.returncode == 0, err[-3000:]
+    assert sum(out.count("run folder:") for out, _ in outputs) == 1  # rank 0 alone speaks and writes
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["two"]
+    more = ["--resume", "--set", "train.epochs=3"]
+    pyrovae_cmd(tmp_path, "--out", "two", *more)  # the 2-agent checkpoint, on 1 process
+    pyrovae_cmd(tmp_path, "--out", "one", "--set", "train.epochs=3")
+    assert_same_parameters(tmp_path / "two", tmp_path / "one")
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()] == \
+        [1, 2, 3]
