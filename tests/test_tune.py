@@ -201,3 +201,14 @@ def test_bad_tune_input_is_one_line_and_leaves_nothing(tmp_path, capsys, args, p
     one_line_error(capsys, code, pattern)
     assert not (tmp_path / "study").exists()
 
+
+
+def test_trials_that_cannot_train_fail_on_their_lines_and_five_in_a_row_stop_the_study(tmp_path, capsys):
+    config = tmp_path / "fail.toml"
+    config.write_text('[data]\nvalidation_fraction = 0.2\n[train]\nepochs = 1\n[tune]\ntrials = 3\n'
+                      '[tune.space]\n"optim.lr" = { low = 1e6, high = 1e7, log = true }\n')
+    code = main(["tune", str(config), "--out", str(tmp_path / "study")])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out.count("failed: non-finite loss") == 5
+    assert captured.err.startswith("pyrovae: error: tune: 5 trials in a row failed") and captured.err.count("\n") == 1
+    assert [r["state"] for r in rows(tmp_path / "study")] == ["fail"] * 5

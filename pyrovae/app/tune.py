@@ -61,8 +61,9 @@ from pyrovae.training.callbacks import Callback
 #: what a trial's value may be, and the direction each is optimized in
 METRICS = {"validation_elbo": "maximize", "test_elbo": "maximize", "test_nll": "minimize"}
 #: the samplers by name: Optuna's classes (each takes its own options, a seed among them)
-SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "cmaes": "CmaEsSampler", "qmc": "QMCSampler",
-            "gp": "GPSampler"}
+SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "qmc": "QMCSampler", "gp": "GPSampler"}
+#: failed trials in a row after which a process stops its study (every draw failing: a config that cannot train)
+MAX_FAILURES_IN_A_ROW = 5
 #: the pruners by name: Optuna's classes ("none": never prune)
 PRUNERS = {"median": "MedianPruner", "percentile": "PercentilePruner", "hyperband": "HyperbandPruner",
            "successive_halving": "SuccessiveHalvingPruner", "none": "NopPruner"}
@@ -381,12 +382,17 @@ class Search:
             say(f"tune: study {self.study_name!r} in {self.storage_url}: {done} of {self.tune.trials} trials done; "
                 f"trials in {self.study_dir}/trial-NNNN")
             stop = optuna.study.MaxTrialsCallback(self.tune.trials, states=finished)
+            self.failures: List[str] = []
             with _quiet_optuna():
                 try:
                     study.optimize(self.objective, callbacks=[stop, self.reporter(say)], catch=(TrialFailed,))
                 except Interrupted as e:
                     raise Interrupted(f"{e}; the study stopped: run the same pyrovae tune command again to "
                                       "continue it (this trial resumes from its checkpoint)", e.signal_number) from None
+            if len(self.failures) >= MAX_FAILURES_IN_A_ROW:
+                self.write_results(study, say)
+                raise PyrovaeError(f"tune: {len(self.failures)} trials in a row failed, so the study stopped; the "
+                                   f"last: {self.failures[-1]} (every trial's line is above; trials.csv lists them)")
         self.write_results(study, say)
         return study
 
@@ -472,6 +478,11 @@ class Search:
                 what = "pruned" + (f" at epoch {last}" if last is not None else "")
             else:
                 what = "failed" + (f": {trial.user_attrs.get('error')}" if trial.user_attrs.get("error") else "")
+                self.failures.append(trial.user_attrs.get("error") or f"trial {trial.number}")
+                if len(self.failures) >= MAX_FAILURES_IN_A_ROW:
+                    study.stop()
+            if trial.state != optuna.trial.TrialState.FAIL:
+                self.failures.clear()
             try:
                 best = f"; best: trial {study.best_trial.number} ({study.best_value:.4f})"
             except ValueError:
