@@ -281,12 +281,16 @@ class Config:
         self.data.check()
         self.model.check()
         self.train.check()
-        has_validation = bool(self.data.validation_fraction) or bool(
-            getattr(DATASETS.get(self.data.name), "has_validation", False))  # a data set's own (static_mnist)
-        check_against_data(self.train, self.data.labeled is not None, has_validation)
+        check_against_data(self.train, self.data.labeled is not None, self.has_validation())
         self.log.check()
-        check_optimizer(self.optim, self.train.epochs, has_validation)
+        check_optimizer(self.optim, self.train.epochs, self.has_validation())
         return self
+
+    def has_validation(self) -> bool:
+        """Whether the run will have a validation split: ``data.validation_fraction``, or the data
+        set's own (static_mnist's)."""
+        return bool(self.data.validation_fraction) or bool(
+            getattr(DATASETS.get(self.data.name), "has_validation", False))
 
     def load_data(self, device="cpu") -> Dataset:
         """The data ``[data]`` names, read as ``[model]``'s likelihood scores them: for a count

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from pyrovae.app.files import atomic_write_bytes, describe_os_error
-from pyrovae.app.overrides import set_key
+from pyrovae.app.overrides import apply_overrides, set_key
 from pyrovae.app.tomlfile import dumps, parse_toml, read_config_text
 from pyrovae.errors import ConfigError, PyrovaeError, RunDirError, one_line, shown
 from pyrovae.training.callbacks import Callback
@@ -244,8 +244,6 @@ class Search:
 
     def __init__(self, config_path: str, study_dir, overrides: Sequence[str] = (), plugins: Sequence[str] = (),
                  trials: Optional[int] = None, storage: Optional[str] = None, threads: Optional[int] = None):
-        from pyrovae.app.overrides import apply_overrides
-
         self.config_path = str(config_path)
         d = parse_toml(read_config_text(self.config_path), self.config_path)
         if "tune" not in d:
@@ -267,18 +265,11 @@ class Search:
             for value in dim.corners():
                 self.trial_config({dim.key: value})
         self.base_config = self.trial_config({})
-        if self.tune.metric == "validation_elbo" and not self._has_validation(self.base_config):
+        if self.tune.metric == "validation_elbo" and not self.base_config.has_validation():
             raise ConfigError(f"{self.config_path}: tune.metric = 'validation_elbo' needs a validation split: set "
                               "data.validation_fraction (e.g. 0.1), or tune.metric = 'test_elbo'")
         _built("sampler", self.tune.sampler, SAMPLERS, self.config_path)  # its options' values checked now
         self.pruner = _built("pruner", self.tune.pruner, PRUNERS, self.config_path)
-
-    @staticmethod
-    def _has_validation(config) -> bool:
-        from pyrovae.data.catalog import DATASETS
-
-        return bool(config.data.validation_fraction) or bool(getattr(DATASETS.get(config.data.name),
-                                                                     "has_validation", False))
 
     def trial_dict(self, params: Dict[str, Any]) -> Dict[str, Any]:
         """The config as a TOML document with ``params`` set (``best.toml`` is this for the best trial)."""
@@ -436,7 +427,7 @@ class Search:
         validation ELBO where there is a validation split, else the test ELBO."""
         if self.tune.metric != "test_nll":
             return self.tune.metric
-        return "validation_elbo" if self._has_validation(config) else "test_elbo"
+        return "validation_elbo" if config.has_validation() else "test_elbo"
 
     def trial_folder(self, trial):
         """The trial's run folder, and whether it resumes it: a requeued trial carries the folder of the
