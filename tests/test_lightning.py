@@ -86,3 +86,18 @@ def test_lightning_ddp_on_two_cpu_processes_shards_the_epoch_and_matches_one_pro
     assert two["processes"] == 2 and two["points_per_epoch_per_process"] == 809  # ceil(1617 / 2)
     assert one["processes"] == 1 and one["points_per_epoch_per_process"] == 1617
     assert two["test_elbo"] == pytest.approx(one["test_elbo"], abs=0.75)
+
+
+def test_a_streamed_file_read_by_worker_processes_trains_under_lightning(tmp_path):
+    """The data module reads through pyrovae's seam: a .npy file streamed a batch at a time, in two
+    worker processes, dynamically binarized there."""
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (300, 8, 8), dtype=np.uint8))
+    data = pyrovae.load_dataset("file", str(tmp_path / "x.npy"), binarize="dynamic", in_memory=False)
+    assert data.streamed
+    batch = next(iter(DataModule(data, batch_size=64).train_dataloader()))
+    assert len(batch) == 64 and set(batch.x.unique().tolist()) == {0.0, 1.0}
+    trainer = lightning.Trainer(max_epochs=1, **QUIET)
+    trainer.fit(Module(pyrovae.VAE(data.event_shape, 2)), DataModule(data, batch_size=64, num_workers=2))
+    assert trainer.global_step == 5 and torch.isfinite(trainer.callback_metrics["train_elbo"])
