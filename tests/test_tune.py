@@ -152,14 +152,16 @@ def test_a_stopped_then_killed_study_goes_on_and_the_stopped_trial_resumes_its_f
     assert resumed.value == pytest.approx(max(r["validation_elbo"] for r in records))
 
 
-def test_two_processes_sharing_one_storage_run_one_study_without_repeating_a_trial(tmp_path):
-    config = search(tmp_path / "search.toml", trials=4, epochs=2, sampler='"random"')
+def test_two_processes_sharing_one_storage_run_one_study_without_repeating_a_trial(tmp_path, capsys):
+    """Another process and this one, at the same time, on one SQLite storage: each runs trials."""
+    config = search(tmp_path / "search.toml", trials=4, epochs=3, sampler='"random"')
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    a = tune_process(config, tmp_path / "study", "--storage", storage)
-    b = tune_process(config, tmp_path / "study", "--storage", storage)
-    for process in (a, b):
-        out, err = process.communicate(timeout=600)
-        assert process.returncode == 0, err
+    other = tune_process(config, tmp_path / "study", "--storage", storage)
+    wait_for_epoch(other, tmp_path / "study" / "trial-0000")  # the other is under way
+    assert main(["tune", str(config), "--out", str(tmp_path / "study"), "--storage", storage]) == 0
+    out, err = other.communicate(timeout=600)
+    assert other.returncode == 0, err
+    assert out.count("tune: trial ") >= 1 and capsys.readouterr().out.count("tune: trial ") >= 1
     study = optuna.load_study(study_name="study", storage=storage)
     done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     assert len(done) >= 4 and len(study.trials) == len(done)  # each stops once the study holds 4
