@@ -2,8 +2,8 @@
 disjoint shards that cover each epoch, and checkpoints that resume with another world size."""
 
 import contextlib
-import json
 import os
+import socket
 import subprocess
 import sys
 import warnings
@@ -21,6 +21,24 @@ from pyrovae.training.loop import Trainer
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ["--set", "train.eval_every=1", "--set", "model.encoder.hidden=[32]", "--set", "model.decoder.hidden=[32]",
             "--set", "train.batch_size=64", "-q"]
+
+
+def two_machines(tmp_path, *args, settings=SETTINGS):
+    """``pyrovae train ARGS`` as the docs' two-machine command, simulated: two torchrun agents on
+    this machine (``--nnodes=2``, c10d rendezvous on 127.0.0.1, one process each); their outputs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
+                                "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
+                                "--rdzv_id=pyrovae-test", "-m", "pyrovae", "train", *args, *settings],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for rank in (0, 1)]
+    outputs = [agent.communicate(timeout=900) for agent in agents]
+    for agent, (_, err) in zip(agents, outputs):
+        assert agent.returncode == 0, err[-3000:]
+    return "".join(out for out, _ in outputs)
 
 
 def pyrovae_cmd(tmp_path, *args, nproc=1, settings=SETTINGS):
@@ -122,17 +140,20 @@ def test_a_streamed_rank_reads_only_its_shard_of_each_minibatch(tmp_path, monkey
     assert sorted(reads[0] + reads[1]) == list(range(len(data.train_split)))
 
 
-def test_two_ranks_streaming_a_file_match_one_process_holding_it_and_resume_with_one(tmp_path):
-    """Two torchrun ranks, each reading its shard from the file, end where one process with the
-    data in memory ends, mid-epoch (a step budget); rank 0 alone speaks and writes; the 2-rank
-    checkpoint, half an epoch in, continues on one process and ends where the 1-process run does."""
+def test_two_machines_streaming_a_file_match_one_process_holding_it_and_resume_with_one(tmp_path):
+    """Two ranks on two "machines" (the docs' two-machine command as two torchrun agents, c10d
+    rendezvous on 127.0.0.1), each reading its shard from the file, end where one process with the
+    data in memory ends, mid-epoch (a step budget); rank 0 alone speaks and writes one run folder;
+    the 2-rank checkpoint, half an epoch in, continues on one process and ends where the
+    1-process run does."""
     import numpy as np
 
     np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (300, 8, 8), dtype=np.uint8))
     data = ["--set", "data.name=file", "--set", f"data.path={tmp_path / 'x.npy'}", "--set", "data.binarize=dynamic",
             "--set", "train.epochs=2", "--set", "train.max_steps=7"]  # 5 steps an epoch: ends mid-epoch
-    proc = pyrovae_cmd(tmp_path, "--out", "two", *data, "--set", "data.in_memory=false", nproc=2)
-    assert proc.stdout.count("run folder:") == 1  # only rank 0 speaks
+    out = two_machines(tmp_path, "--out", "two", *data, "--set", "data.in_memory=false")
+    assert out.count("run folder:") == 1  # only rank 0 speaks
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["two"]  # and writes
     pyrovae_cmd(tmp_path, "--out", "one", *data, "--set", "data.in_memory=true")
     assert_same_parameters(tmp_path / "two", tmp_path / "one")
     assert read_checkpoint(tmp_path / "two" / "checkpoint.pt")["counters"]["epoch_step"] == 2
@@ -165,30 +186,3 @@ def test_two_ranks_of_a_family_with_labels_per_minibatch_match_one_process(tmp_p
     pyrovae_cmd(tmp_path, "--out", "one", *sets, settings=settings)
     assert_same_parameters(tmp_path / "two", tmp_path / "one")
 
-
-def test_two_torchrun_agents_as_two_machines_train_one_run_folder_that_resumes_on_one_process(tmp_path):
-    """The docs' two-machine command, as two torchrun agents on this machine (--nnodes=2, c10d
-    rendezvous on 127.0.0.1, one process each): they train one run folder, written by rank 0 alone,
-    whose checkpoint continues on one process and ends where one process trained straight ends."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    run = ["-m", "pyrovae", "train", "--out", "two", "--set", "train.epochs=2", *SETTINGS]
-    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
-                                "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
-                                "--rdzv_id=pyrovae-test", *run], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
-    outputs = [agent.communicate(timeout=600) for agent in agents]
-    for agent, (out, err) in zip(agents, outputs):
-        assert agent.returncode == 0, err[-3000:]
-    assert sum(out.count("run folder:") for out, _ in outputs) == 1  # rank 0 alone speaks and writes
-    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["two"]
-    more = ["--resume", "--set", "train.epochs=3"]
-    pyrovae_cmd(tmp_path, "--out", "two", *more)  # the 2-agent checkpoint, on 1 process
-    pyrovae_cmd(tmp_path, "--out", "one", "--set", "train.epochs=3")
-    assert_same_parameters(tmp_path / "two", tmp_path / "one")
-    assert [json.loads(line)["epoch"] for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()] == \
-        [1, 2, 3]
