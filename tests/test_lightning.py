@@ -101,3 +101,18 @@ def test_a_streamed_file_read_by_worker_processes_trains_under_lightning(tmp_pat
     trainer = lightning.Trainer(max_epochs=1, **QUIET)
     trainer.fit(Module(pyrovae.VAE(data.event_shape, 2)), DataModule(data, batch_size=64, num_workers=2))
     assert trainer.global_step == 5 and torch.isfinite(trainer.callback_metrics["train_elbo"])
+
+
+def test_a_family_that_takes_labels_per_minibatch_is_refused_in_one_line():
+    """Pyro's M2 takes all-labelled and all-unlabelled minibatches; the data module's are mixed."""
+    from pyrovae.models.m2 import M2
+
+    class SplitM2(M2):
+        @classmethod
+        def labels_under(cls, engine):
+            return "per_minibatch"
+
+    data = pyrovae.load_dataset("digits", labeled=100, binarize="threshold")
+    module = Module(SplitM2(data.event_shape, 10, latent_dim=2))
+    with pytest.raises(pyrovae.ConfigError, match="all-labelled and all-unlabelled minibatches"):
+        module.build(data)

@@ -44,8 +44,10 @@ except ImportError as e:  # pragma: no cover - the extra is missing
 
 from pyrovae.data.batch import Batch
 from pyrovae.data.datasets import as_dataset
+from pyrovae.errors import ConfigError
 from pyrovae.infer.algorithms import build_algorithm
 from pyrovae.infer.estimators import resolve_estimator
+from pyrovae.models.base import per_minibatch_labels
 from pyrovae.training.checks import check_run_data, dry_training_batches
 from pyrovae.training.optim import build_optimizer, default_optimizer
 from pyrovae.training.precision import float32_outputs
@@ -169,6 +171,10 @@ class Module(L.LightningModule):
         num_data = self.num_data or data.num_train
         cfg = self.train_config
         dry = None
+        if data is not None and data.labeled is not None and per_minibatch_labels(self.model):
+            raise ConfigError(f"pyrovae.lightning: model ({type(self.model).__name__}) takes all-labelled and "
+                              "all-unlabelled minibatches (labels = 'per_minibatch'), which the DataModule's "
+                              "shuffled minibatches are not; train it with pyrovae.fit or pyrovae train")
         if data is not None:
             self.model.train()
             with kept_buffers(self.model):
