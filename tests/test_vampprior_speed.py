@@ -91,15 +91,26 @@ def test_a_held_prior_computes_afresh_with_gradients_on_and_after_the_evaluation
     assert passes == [6, 6, 6]
 
 
-def test_log_sigmoid_is_torchs_in_value_and_gradient():
-    from pyrovae.parts.likelihoods import log_sigmoid
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 784, 2005])
+def test_the_sum_of_log_sigmoids_is_torchs_in_value_and_gradient(n, dtype):
+    """Products of 64 factors before each log, a remainder of n mod 64, and one log a factor where a
+    product would lose its digits (bfloat16); values from -120 to 120 and around 0."""
+    from pyrovae.parts.likelihoods import sum_log_sigmoid
 
-    t = torch.cat([torch.linspace(-120, 120, 2001), torch.tensor([0.0, -0.0, 1e-8, -1e-8])]).requires_grad_()
-    value, expected = log_sigmoid(t), torch.nn.functional.logsigmoid(t.double())
-    torch.testing.assert_close(value.double(), expected, atol=1e-6, rtol=1e-6)
+    torch.manual_seed(n)
+    spread = torch.cat([torch.linspace(-120, 120, 2001), torch.tensor([0.0, -0.0, 1e-8, -1e-8])])
+    t = torch.stack([spread[torch.randperm(spread.numel())[:n]], 4 * torch.randn(n), 0.01 * torch.randn(n)])
+    t = t.to(dtype).requires_grad_()
+    value = sum_log_sigmoid(t)
+    expected = torch.nn.functional.logsigmoid(t.double()).sum(-1)
+    assert value.dtype == dtype and value.shape == (3,)
+    tolerance = {torch.float32: 2e-6, torch.float64: 1e-12, torch.bfloat16: 1e-2}[dtype]
+    torch.testing.assert_close(value.double(), expected, atol=tolerance * n, rtol=tolerance)
     (grad,) = torch.autograd.grad(value.sum(), t)
     (expected_grad,) = torch.autograd.grad(expected.sum(), t)
-    torch.testing.assert_close(grad, expected_grad.float(), atol=1e-7, rtol=1e-6)  # 1/2 at 0, as torch's
+    # sigmoid(-t): 1/2 at 0, as torch's
+    torch.testing.assert_close(grad.double(), expected_grad.double(), atol=tolerance, rtol=tolerance)
 
 
 def test_the_bernoulli_log_density_is_x_l_minus_softplus_l_in_value_and_gradient():

@@ -86,29 +86,44 @@ class Likelihood(nn.Module):
         return next((n for n in LIKELIHOODS.names() if LIKELIHOODS.get(n) is type(self)), type(self).__name__)
 
 
-class _LogSigmoid(torch.autograd.Function):
+#: factors sigmoid(|t|) multiplied together before one log is taken: each lies in [1/2, 1], so a
+#: product of 64 stays above 2^-64, far above float32's smallest normal number (2^-126)
+LOG_SIGMOID_GROUP = 64
+
+
+class _SumLogSigmoid(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t):
         ctx.save_for_backward(t)
-        return torch.sigmoid(t.abs()).log_().add_(t.clamp(max=0))
+        factors = t.abs().sigmoid_()
+        n = t.shape[-1]
+        group = LOG_SIGMOID_GROUP if t.dtype in (torch.float32, torch.float64) else 1
+        whole = n - n % group
+        out = factors[..., :whole].unflatten(-1, (whole // group, group)).prod(-1).log_().sum(-1)
+        if whole < n:
+            out = out.add_(factors[..., whole:].log_().sum(-1))
+        return out.add_(t.clamp(max=0).sum(-1))
 
     @staticmethod
     def backward(ctx, grad):
         (t,) = ctx.saved_tensors
-        return grad * torch.sigmoid(-t)
+        return grad.unsqueeze(-1) * torch.sigmoid(-t)
 
 
-def log_sigmoid(t: torch.Tensor) -> torch.Tensor:
-    """log sigmoid(t) = min(t, 0) + log sigmoid(|t|), with torch's gradient sigmoid(-t).
+def sum_log_sigmoid(t: torch.Tensor) -> torch.Tensor:
+    """sum_i log sigmoid(t_i) over the last dimension, with torch's gradient sigmoid(-t_i).
 
-    sigmoid(|t|) lies in [1/2, 1), so nothing under- or overflows, and ``sigmoid`` and ``log`` are
-    vectorized on the CPU where torch's ``logsigmoid`` and ``softplus`` run element by element:
-    over a 784-pixel decoder's output those took as long as the decoder's last matrix product
-    (``benchmarks/vampprior.py --nll``). It agrees with torch's to 1e-6 (sigmoid(|t|) rounds to 1
-    an e^-|t| below float32's epsilon, about 6e-8); ``tests/test_vampprior_speed.py`` ties the two
-    in value and gradient.
+    Each term is min(t_i, 0) + log sigmoid(|t_i|), and sigmoid(|t_i|) lies in [1/2, 1], so nothing
+    under- or overflows. The logs are taken of products of :data:`LOG_SIGMOID_GROUP` factors: one log
+    for 64 values in float32 and float64 (one a value in lower precisions, whose products would lose
+    their digits). On one CPU thread a log over a chunk of 660 x 784 logits took 0.5 ms against
+    0.2 ms for the sigmoids (torch's ``logsigmoid``, 0.8 ms), and ``pyrovae.log_likelihood`` of the
+    VampPrior paper's model ran 5% faster for it (``benchmarks/vampprior.py --nll``). A product of 64
+    factors carries 64 roundings (4e-6 relative in float32) and sigmoid(|t|) rounds to 1 an e^-|t|
+    below float32's epsilon, so a sum of 784 terms is torch's to about 1e-5 nats;
+    ``tests/test_vampprior_speed.py`` ties the two in value and gradient.
     """
-    return _LogSigmoid.apply(t)
+    return _SumLogSigmoid.apply(t)
 
 
 @LIKELIHOODS.register("bernoulli")
@@ -116,8 +131,8 @@ class BernoulliLikelihood(Likelihood):
     """x_i ~ Bernoulli(sigmoid(logit_i)) independently: the paper's decoder for binary MNIST.
 
     log p(x|z) = sum_i x_i * l_i - softplus(l_i), the negative binary cross-entropy; for x_i in
-    {0, 1} that is sum_i log sigmoid((2 x_i - 1) l_i), which is how it is computed (:func:`log_sigmoid`:
-    three passes over the logits where the first form takes five).
+    {0, 1} that is sum_i log sigmoid((2 x_i - 1) l_i), which is how it is computed (:func:`sum_log_sigmoid`:
+    a sigmoid for each value, a log for each 64).
     """
 
     support_text = "binary values 0 or 1"
@@ -130,7 +145,7 @@ class BernoulliLikelihood(Likelihood):
     def log_prob(self, params, x, event_dim):
         logits = params[0]  # (..., *event_shape); x broadcasts over the leading particle dimensions
         sign = 2 * x.detach() - 1  # +1 where x = 1, -1 where x = 0
-        out = log_sigmoid(logits * sign).flatten(-event_dim).sum(-1)
+        out = sum_log_sigmoid((logits * sign).flatten(-event_dim))
         if x.requires_grad:  # d/dx of x l - softplus(l) is l (the sign's form has another slope off {0, 1})
             out = out + ((x - x.detach()) * logits).flatten(-event_dim).sum(-1)
         return out
