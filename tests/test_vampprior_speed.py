@@ -41,6 +41,14 @@ def test_the_mixtures_log_density_is_torchs_in_value_and_gradient(z_shape, batch
     inputs = [logits, locs, log_scales, z]
     for a, b in zip(torch.autograd.grad(value.sum(), inputs), torch.autograd.grad(expected.sum(), inputs)):
         torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3)
+    with torch.no_grad():  # an evaluation's path (in place; the expansion kept for the next call)
+        for _ in range(2):
+            torch.testing.assert_close(fast.log_prob(z), value.detach())
+    held = gaussian_mixture(logits.detach(), locs.detach(), log_scales.detach().exp())  # no gradient: kept
+    held = held.expand(batch) if batch else held
+    for shift in (0.0, 0.5):  # the kept expansion serves other codes alike
+        torch.testing.assert_close(held.log_prob(z.detach() + shift).double(), reference.log_prob(z.double() + shift),
+                                   atol=2e-4, rtol=1e-5)
 
 
 def test_a_mixture_whose_components_differ_across_the_batch_is_torchs_own():

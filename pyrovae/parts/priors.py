@@ -183,24 +183,43 @@ class DiagonalGaussianMixture(dist.MixtureSameFamily):
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(x)
+        weights = self._expansion() if x.device.type != "mps" else None  # MPS has no float64
+        if weights is None:
+            return super().log_prob(x)
+        z = x.to(weights.dtype)
+        features = torch.cat([z * z, z, torch.ones_like(z[..., :1])], -1)
+        log_terms = (features @ weights.T).to(x.dtype)  # (..., K): log w_k + log N(z; m_k, s_k)
+        top = log_terms.detach().amax(-1, keepdim=True)
+        if log_terms.requires_grad:
+            out = (log_terms - top).clamp(min=-80.0).exp().sum(-1).log()
+        else:  # no graph to keep (an evaluation): in place, no other (..., K) tensor made
+            out = log_terms.sub_(top).clamp_(min=-80.0).exp_().sum(-1).log_()
+        out = out + top.squeeze(-1)
+        return out.expand(torch.broadcast_shapes(out.shape, self.batch_shape))
+
+    def _expansion(self) -> Optional[torch.Tensor]:
+        """The (K, 2D + 1) float64 matrix of the class docstring, or None where the components'
+        parameters differ across the batch. Kept on the distribution where no gradient flows to
+        them: an evaluation's held prior (:func:`priors_held`) computes it once, not once per chunk
+        of samples."""
+        held = self.__dict__.get("_expansion_held")
+        if held is not None:
+            return held
         normal = self.component_distribution.base_dist
         loc, scale, logits = normal.loc, normal.scale, self.mixture_distribution.logits
         batch = loc.dim() - 2
-        if any(t.stride()[i] for t in (loc, scale, logits) for i in range(batch)) or x.device.type == "mps":
-            return super().log_prob(x)
+        if any(t.stride()[i] for t in (loc, scale, logits) for i in range(batch)):
+            return None
         first = (0,) * batch  # the one set every point of the batch shares
         wide = torch.float64
         loc, scale, logits = loc[first].to(wide), scale[first].to(wide), logits[first].to(wide)
         precision = scale.pow(-2)  # (K, D)
         constant = ((loc.pow(2) * precision).sum(-1) + 2 * scale.log().sum(-1) + loc.shape[-1] * LOG_2PI
                     - 2 * torch.log_softmax(logits, -1))
-        weights = -0.5 * torch.cat([precision, -2 * loc * precision, constant.unsqueeze(-1)], -1)  # (K, 2D + 1)
-        z = x.to(wide)
-        features = torch.cat([z * z, z, torch.ones_like(z[..., :1])], -1)
-        log_terms = (features @ weights.T).to(x.dtype)  # (..., K): log w_k + log N(z; m_k, s_k)
-        top = log_terms.detach().amax(-1, keepdim=True)
-        out = (log_terms - top).clamp(min=-80.0).exp().sum(-1).log() + top.squeeze(-1)
-        return out.expand(torch.broadcast_shapes(out.shape, self.batch_shape))
+        weights = -0.5 * torch.cat([precision, -2 * loc * precision, constant.unsqueeze(-1)], -1)
+        if not weights.requires_grad:
+            self.__dict__["_expansion_held"] = weights
+        return weights
 
 
 @PRIORS.register("vamp")
