@@ -39,13 +39,19 @@ def records(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_run_its_resume_and_its_evaluation_are_one_mlflow_run(tmp_path):
+def test_a_run_its_resume_and_its_evaluation_are_one_mlflow_run(tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"  # where the command runs: MLflow's client would write ./mlruns there
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     run = train(small_config(2), tmp_path / "run")
     client = store(run)
     run_id = json.loads((run / "mlflow.json").read_text())["run_id"]
     logged = client.get_run(run_id)
     assert logged.info.status == "FINISHED" and logged.info.run_name == "run"
-    assert client.get_experiment(logged.info.experiment_id).name == "digits"  # the data set's name
+    experiment = client.get_experiment(logged.info.experiment_id)
+    assert experiment.name == "digits"  # the data set's name
+    assert experiment.artifact_location == (tmp_path / "mlartifacts").resolve().as_uri()  # beside the database
+    assert (tmp_path / "mlartifacts" / run_id / "artifacts" / "config.toml").is_file()
     params = logged.data.params
     assert params["model.latent_dim"] == "2" and params["data.name"] == "digits" and params["train.epochs"] == "2"
     assert params["model.encoder.hidden"] == "[32]" and params["optim.lr"] == "0.001"
@@ -72,6 +78,7 @@ def test_a_run_its_resume_and_its_evaluation_are_one_mlflow_run(tmp_path):
     assert "evaluation.json" in {a.path for a in client.list_artifacts(run_id)}
     nll = client.get_metric_history(run_id, "evaluation.test_nll")
     assert [(m.step, m.value) for m in nll] == [(records(run)[-1]["step"], pytest.approx(result["test_nll"]))]
+    assert list(elsewhere.iterdir()) == []  # nothing where the command ran
 
 
 def test_a_run_that_turns_tracking_on_when_resumed_logs_its_earlier_epochs(tmp_path):

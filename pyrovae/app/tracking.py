@@ -238,6 +238,22 @@ def tracking_failed(uri: str, what: str, error: BaseException) -> TrackingError:
                          f"{one_line(str(error), 200)})")
 
 
+#: the folder beside a SQLite store's database where its new experiments keep their artifacts
+ARTIFACTS = "mlartifacts"
+
+
+def artifact_location(uri: str) -> Optional[str]:
+    """Where a new experiment in the store at ``uri`` keeps its artifacts: for a SQLite store, the
+    folder ``mlartifacts`` beside its database (as ``mlflow server`` keeps them), since MLflow's
+    client would otherwise put them in ``./mlruns`` under whatever folder the command runs in, a
+    place neither the command nor the environment named; for any other store, None (the store's
+    own default: a file store's folder, a server's artifact root)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri[len("sqlite:///"):].split("?")[0])
+    return (database.resolve().parent / ARTIFACTS).as_uri()
+
+
 #: the tag that ties an MLflow run to its run folder (its absolute path)
 RUN_DIR_TAG = "pyrovae.run_dir"
 
@@ -264,7 +280,8 @@ def run_of_folder(client, run_dir, experiment: str, hint: Optional[str] = None):
         if found:
             return found[0].info.run_id, found[0].info.experiment_id, False
     known = client.get_experiment_by_name(experiment)
-    experiment_id = known.experiment_id if known is not None else client.create_experiment(experiment)
+    experiment_id = known.experiment_id if known is not None else client.create_experiment(
+        experiment, artifact_location=artifact_location(client.tracking_uri))
     run_id = client.create_run(experiment_id, run_name=Path(run_dir).name, tags={RUN_DIR_TAG: folder}).info.run_id
     return run_id, experiment_id, True
 
