@@ -171,7 +171,7 @@ def test_signals_save_a_checkpoint_and_exit_cleanly(tmp_path, sig):
 
 
 def test_sigkill_never_leaves_an_unloadable_checkpoint(tmp_path):
-    """One kill at a random moment (tests/test_runfolder.py kills three times and resumes, too)."""
+    """One kill at a random moment (tests/test_runfolder.py kills a run and its resume and resumes again, too)."""
     out = tmp_path / "run"
     proc = _spawn(tmp_path, "--out", str(out), "--set", "train.epochs=100000")
     _wait_for(out / "config.toml", proc)

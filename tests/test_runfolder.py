@@ -266,7 +266,7 @@ def test_kills_at_random_moments_never_duplicate_or_lose_an_epoch(tmp_path):
     rng = random.Random(1)
     run = tmp_path / "run"
     target = 20
-    for trial in range(3):
+    for trial in range(2):  # a kill of the first run, then one of its resume
         args = ["train", "-q", "--out", "run", "--set", f"train.epochs={target}", "--set", "train.eval_every=3"]
         resuming = (run / "config.toml").exists()
         proc = _spawn(tmp_path, *(args + (["--resume"] if resuming else [])))
