@@ -262,3 +262,20 @@ def pyrovae_in_cgroup(limit_bytes: int, args, timeout: int = 600):
     finally:
         group.rmdir()
     return proc, peak
+
+
+#: the suite's longest tests (20 to 35 s each on 2 cores), run first: with --dist worksteal each worker
+#: starts on its half of the list and steals from the other's end, so a long test collected late
+#: would leave one worker idle while the other finishes it
+LONG_FIRST = ("test_site.py::test_site_builds_in_strict_mode_and_runs_the_tutorial",
+              "test_runfolder.py::test_kills_at_random_moments_never_duplicate_or_lose_an_epoch",
+              "test_field_runner.py::test_a_row_interrupted_and_run_again_goes_on_from_its_checkpoint",
+              "test_distributed.py::test_two_machines_streaming_a_file_match_one_process",
+              "test_runfolder.py::test_writers_started_together",
+              "test_plugins.py::test_a_plugin_family_under_torchrun_matches_one_process",
+              "test_lightning.py::test_lightning_ddp_on_two_cpu_processes",
+              "test_streaming.py::test_a_file_larger_than_the_memory_allowed_streams")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: not any(name in item.nodeid for name in LONG_FIRST))  # stable: else as collected
