@@ -48,7 +48,7 @@ from pyrovae.errors import ConfigError
 from pyrovae.infer.algorithms import build_algorithm
 from pyrovae.infer.estimators import resolve_estimator
 from pyrovae.models.base import per_minibatch_labels
-from pyrovae.training.checks import check_run_data, dry_training_batches
+from pyrovae.training.loop import beta_at, prepared_algorithm
 from pyrovae.training.optim import build_optimizer, default_optimizer
 from pyrovae.training.precision import float32_outputs
 from pyrovae.training.state import kept_buffers
@@ -170,32 +170,22 @@ class Module(L.LightningModule):
             raise ValueError("Module: train with a pyrovae.lightning.DataModule, or give num_data (N)")
         num_data = self.num_data or data.num_train
         cfg = self.train_config
-        dry = None
         if data is not None and data.labeled is not None and per_minibatch_labels(self.model):
             raise ConfigError(f"pyrovae.lightning: model ({type(self.model).__name__}) takes all-labelled and "
                               "all-unlabelled minibatches (labels = 'per_minibatch'), which the DataModule's "
                               "shuffled minibatches are not; train it with pyrovae.fit or pyrovae train")
         if data is not None:
-            self.model.train()
+            estimator, self.algorithm = prepared_algorithm(self.model, data, cfg, num_data)
+        else:
             with kept_buffers(self.model):
-                check_run_data(self.model, data, 1)
-            self.model.prepare(data)
-            dry = dry_training_batches(data)
-        with kept_buffers(self.model):
-            estimator = resolve_estimator(cfg.estimator, self.model, dry)
-            self.train_config = dataclasses.replace(cfg, estimator=estimator)
-            self.algorithm = build_algorithm(self.model, self.train_config, estimator, num_data)
-            if dry is not None:
-                self.algorithm.dry_run(dry)
+                estimator = resolve_estimator(cfg.estimator, self.model, None, cfg.engine)
+                self.algorithm = build_algorithm(self.model, cfg, estimator, num_data)
+        self.train_config = dataclasses.replace(cfg, estimator=estimator)
 
     # -- the steps ---------------------------------------------------------------------------------
     def beta_now(self) -> float:
-        """beta at this step: linear over ``kl_warmup_epochs`` epochs, as :func:`pyrovae.training.loop.beta_at`."""
-        cfg = self.train_config
-        if not cfg.kl_warmup_epochs:
-            return cfg.beta
-        steps = max(1, self.trainer.num_training_batches)
-        return cfg.beta * min(1.0, (self.global_step + 1) / (cfg.kl_warmup_epochs * steps))
+        """beta at this step: linear over ``kl_warmup_epochs`` epochs (:func:`pyrovae.training.loop.beta_at`)."""
+        return beta_at(self.train_config, self.global_step, max(1, self.trainer.num_training_batches))
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         noise = None

@@ -151,16 +151,9 @@ class Trainer:
                               "labelled points in every minibatch; leave it out (train.labeled_weight sets how "
                               "often the labelled minibatches come)")
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        self.model.train()
-        with kept_buffers(self.model):  # the checks run the model in training mode, and change none of its state
-            check_run_data(self.model, self.data, cfg.batch_size, cfg.engine)
-        self.model.prepare(self.data)  # a resumed run's checkpoint restores the same state over it
-        with kept_buffers(self.model):
-            dry = dry_training_batches(self.data, self.split_labels)
-            self.estimator = resolve_estimator(cfg.estimator, model, dry, cfg.engine)
-            #: what a step maximises (train.algorithm): the loop only calls its loss
-            self.algorithm = build_algorithm(model, cfg, self.estimator, self.data.num_train, self.world)
-            self.algorithm.dry_run(dry)
+        #: what a step maximises (train.algorithm): the loop only calls its loss
+        self.estimator, self.algorithm = prepared_algorithm(self.model, self.data, cfg, self.data.num_train,
+                                                            self.world, self.split_labels, cfg.batch_size)
         # Training noise (dynamic binarization, the family's reparameterization noise) is drawn for
         # the whole global batch from this generator, the same on every rank, and each rank takes
         # its shard: a run on K processes sees the same noise as on one, and resumes on any K.
@@ -511,6 +504,25 @@ class Trainer:
         return (f"; likely causes: a learning rate too high (optim.lr = {lr:.3g}), a learned likelihood scale "
                 "shrinking to 0 (raise min_scale), extreme data values; "
                 f"{self.kept()}; train.on_nan = 'rollback' retries with a smaller learning rate")
+
+
+def prepared_algorithm(model, data, cfg: TrainConfig, num_data: int, world: int = 1, split_labels: bool = False,
+                       batch_size: int = 1):
+    """``(estimator, algorithm)``: the step's algorithm for ``model`` on ``data`` as every trainer
+    builds it (:class:`Trainer`, :class:`pyrovae.lightning.Module`): the data checked on the model in
+    training mode (no state of it changed), ``model.prepare(data)`` (a resumed run's checkpoint
+    restores the same state over it), the estimator resolved on two dry minibatches, and the
+    algorithm built for N = ``num_data`` and dry-run on them."""
+    model.train()
+    with kept_buffers(model):
+        check_run_data(model, data, batch_size, cfg.engine)
+    model.prepare(data)
+    with kept_buffers(model):
+        dry = dry_training_batches(data, split_labels)
+        estimator = resolve_estimator(cfg.estimator, model, dry, cfg.engine)
+        algorithm = build_algorithm(model, cfg, estimator, num_data, world)
+        algorithm.dry_run(dry)
+    return estimator, algorithm
 
 
 def beta_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
