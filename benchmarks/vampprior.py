@@ -133,19 +133,24 @@ def run_pyrovae(x, steps, vamp):
 
 
 # -- the final score against its floor ------------------------------------------------------------
+def products_seconds(pairs, rows, samples):
+    """The time of the matrix products ``a @ w.T`` of ``pairs`` (inputs of ``rows`` rows made
+    beforehand) over ``samples`` samples in blocks of ``rows``, after one untimed block."""
+    blocks = max(1, round(samples / rows))
+    for a, w in pairs:
+        a @ w.T
+    start = time.perf_counter()
+    for _ in range(blocks):
+        for a, w in pairs:
+            a @ w.T
+    return (time.perf_counter() - start) * samples / (blocks * rows)
+
+
 def decoder_matmul_seconds(vae, rows, samples):
     """The time of the decoder's matrix products alone (its five weight matrices, no bias, no gate,
     inputs made beforehand) over ``samples`` importance samples in blocks of ``rows``: the floor."""
     weights = [m.weight.detach() for m in vae.decoder.modules() if isinstance(m, nn.Linear)]
-    inputs = [torch.randn(rows, w.shape[1]) for w in weights]
-    blocks = max(1, round(samples / rows))
-    for a, w in zip(inputs, weights):
-        a @ w.T
-    start = time.perf_counter()
-    for _ in range(blocks):
-        for a, w in zip(inputs, weights):
-            a @ w.T
-    return (time.perf_counter() - start) * samples / (blocks * rows)
+    return products_seconds([(torch.randn(rows, w.shape[1]), w) for w in weights], rows, samples)
 
 
 def prior_matmul_seconds(vae, rows, samples):
@@ -155,14 +160,8 @@ def prior_matmul_seconds(vae, rows, samples):
     a prior without one."""
     if not hasattr(vae.prior, "pseudo_inputs"):
         return 0.0
-    features = torch.randn(rows, 2 * LATENT + 1, dtype=torch.float64)
     weights = torch.randn(vae.prior.pseudo_inputs.shape[0], 2 * LATENT + 1, dtype=torch.float64)
-    blocks = max(1, round(samples / rows))
-    features @ weights.T
-    start = time.perf_counter()
-    for _ in range(blocks):
-        features @ weights.T
-    return (time.perf_counter() - start) * samples / (blocks * rows)
+    return products_seconds([(torch.randn(rows, 2 * LATENT + 1, dtype=torch.float64), weights)], rows, samples)
 
 
 def time_log_likelihood(x_test, images, samples, vamp, repeats=5):
